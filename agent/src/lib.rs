@@ -1,0 +1,222 @@
+//! `flotilla-agent`: the agent that runs in each cluster. It joins the hub with a one-line
+//! token, keeps its own key, holds a mutual-TLS session to the hub (dialing out only), renews
+//! its certificate over that session, and reconnects with jittered backoff.
+
+pub mod backoff;
+pub mod identity;
+pub mod join;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::clock::{SharedClock, SystemClock, unix_ms};
+use flotilla_proto::token::JoinToken;
+use flotilla_proto::tls::TlsDialer;
+use flotilla_proto::v1::AgentInfo;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::identity::{IdentityError, StateDir};
+use crate::join::JoinError;
+use crate::session::{SessionCtx, SessionEnd, SessionError};
+
+/// Reconnect backoff cap.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Which cluster the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterBackend {
+    /// An in-memory, simulated cluster (demo, tests, load generation).
+    Simulated,
+    /// A real Kubernetes API server (in-cluster config or --kubeconfig).
+    Kube,
+}
+
+impl ClusterBackend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClusterBackend::Simulated => "simulated",
+            ClusterBackend::Kube => "kube",
+        }
+    }
+}
+
+/// Agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    /// Join token, used only when the state dir holds no identity yet.
+    pub join_token: Option<String>,
+    /// Overrides the hub address from the token or state (`host:port` or `https://host:port`).
+    pub hub_override: Option<String>,
+    pub cluster: ClusterBackend,
+    pub clock: SharedClock,
+    pub backoff_base: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            join_token: None,
+            hub_override: None,
+            cluster: ClusterBackend::Simulated,
+            clock: Arc::new(SystemClock),
+            backoff_base: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What the agent is doing, for tests, the demo and health endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub cluster_id: String,
+    pub connected: bool,
+    pub session_id: String,
+    /// Sessions opened since start (reconnects show here).
+    pub sessions_opened: u64,
+    pub heartbeats_acked: u64,
+    pub renewals: u64,
+    pub cert_serial: String,
+    pub cert_not_after_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no identity in {0} and no --join token given")]
+    NotJoined(PathBuf),
+    #[error("invalid join token: {0}")]
+    BadToken(#[from] flotilla_proto::token::TokenError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("{0}")]
+    Tls(#[from] flotilla_proto::tls::TlsError),
+    #[error("disconnected by the hub ({reason}): {message}")]
+    Disconnected { reason: String, message: String },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+fn normalize_hub(s: &str) -> String {
+    s.trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The agent.
+pub struct Agent {
+    config: AgentConfig,
+    status: watch::Sender<AgentStatus>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> (Self, watch::Receiver<AgentStatus>) {
+        let (status, rx) = watch::channel(AgentStatus::default());
+        (Self { config, status }, rx)
+    }
+
+    fn info(&self) -> AgentInfo {
+        AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            hostname: std::env::var("HOSTNAME").unwrap_or_default(),
+            platform: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+            cluster_backend: self.config.cluster.as_str().into(),
+        }
+    }
+
+    /// Joins if needed, then holds the session until `shutdown` or a final refusal.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let state_dir = StateDir::new(&self.config.state_dir);
+        let hub_override = self.config.hub_override.as_deref().map(normalize_hub);
+        let mut backoff = Backoff::new(self.config.backoff_base, BACKOFF_CAP);
+        let (mut state, creds) = match state_dir.load()? {
+            Some(found) => {
+                if self.config.join_token.is_some() {
+                    tracing::info!(dir = %state_dir.path().display(), "already joined; ignoring --join");
+                }
+                found
+            }
+            None => {
+                let line = self
+                    .config
+                    .join_token
+                    .as_deref()
+                    .ok_or_else(|| AgentError::NotJoined(state_dir.path().to_path_buf()))?;
+                let token = JoinToken::decode(line)?;
+                loop {
+                    match join::join(&token, hub_override.as_deref(), self.info()).await {
+                        Ok((state, creds)) => {
+                            state_dir.save(&state, &creds)?;
+                            tracing::info!(cluster.id = %state.cluster_id, identity = %state.identity, "joined the hub");
+                            break (state, creds);
+                        }
+                        Err(JoinError::Transient(m)) => {
+                            tracing::warn!(error = %m, "join failed; retrying");
+                            self.status.send_modify(|s| s.last_error = Some(m.clone()));
+                            let d = backoff.next_delay();
+                            tokio::select! {
+                                _ = shutdown.changed() => return Ok(()),
+                                _ = tokio::time::sleep(d) => {}
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        };
+        if let Some(h) = hub_override {
+            state.hub = h;
+        }
+        let leaf = creds.leaf(&state.trust_domain)?;
+        self.status.send_modify(|s| {
+            s.cluster_id = state.cluster_id.clone();
+            s.cert_serial = leaf.serial.clone();
+            s.cert_not_after_ms = unix_ms(leaf.not_after);
+        });
+        let dialer = TlsDialer::new(creds.client_config()?);
+        let mut ctx = SessionCtx {
+            state,
+            creds,
+            dialer,
+            state_dir,
+            status: self.status.clone(),
+            clock: self.config.clock.clone(),
+            agent: self.info(),
+            last_generation: 0,
+            pending_key: None,
+        };
+        backoff.reset();
+        loop {
+            let opened_before = self.status.borrow().sessions_opened;
+            let result = ctx.run_once(&mut shutdown).await;
+            self.status.send_modify(|s| s.connected = false);
+            match result {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Disconnected { reason, message }) if reason == "revoked" => {
+                    return Err(AgentError::Disconnected { reason, message });
+                }
+                Ok(end) => tracing::warn!(?end, "session ended; reconnecting"),
+                Err(SessionError::Refused(m)) => return Err(SessionError::Refused(m).into()),
+                Err(SessionError::Failed(m)) => {
+                    tracing::warn!(error = %m, "session failed; reconnecting");
+                    self.status.send_modify(|s| s.last_error = Some(m.clone()));
+                }
+            }
+            if self.status.borrow().sessions_opened > opened_before {
+                backoff.reset();
+            }
+            let d = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(d) => {}
+            }
+        }
+    }
+}

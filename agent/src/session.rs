@@ -1,0 +1,247 @@
+//! The agent half of the session: dials the hub with mutual TLS, opens `Connect`, says Hello,
+//! heartbeats, and renews its certificate over the session at ~70% of its lifetime, swapping the
+//! new one in for future connections without dropping the current one.
+
+use std::time::{Duration, SystemTime};
+
+use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::tls::{TlsDialer, error_chain};
+use flotilla_proto::v1::agent_message::Msg as AgentMsg;
+use flotilla_proto::v1::agent_session_client::AgentSessionClient;
+use flotilla_proto::v1::hub_message::Msg as HubMsg;
+use flotilla_proto::v1::{AgentInfo, AgentMessage, Heartbeat, Hello, RenewRequest};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::AgentStatus;
+use crate::identity::{AgentState, Credentials, StateDir, new_key_and_csr};
+
+/// Share of a certificate's lifetime after which it is renewed.
+pub const RENEW_AT: f64 = 0.7;
+
+/// How a session ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    Shutdown,
+    /// The hub said goodbye.
+    Disconnected { reason: String, message: String },
+    /// The stream ended without a word (hub went away).
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Retrying will not help (revoked, expired certificate, refused identity).
+    #[error("session refused: {0}")]
+    Refused(String),
+    #[error("session failed: {0}")]
+    Failed(String),
+}
+
+/// What a session needs; owned by the agent across reconnects.
+pub struct SessionCtx {
+    pub state: AgentState,
+    pub creds: Credentials,
+    pub dialer: TlsDialer,
+    pub state_dir: StateDir,
+    pub status: watch::Sender<AgentStatus>,
+    pub clock: SharedClock,
+    pub agent: AgentInfo,
+    pub last_generation: u64,
+    /// The key behind an outstanding renewal request.
+    pub pending_key: Option<String>,
+}
+
+fn classify(msg: String) -> SessionError {
+    const FINAL: [&str; 4] = [
+        "CertificateRevoked",
+        "CertificateExpired",
+        "UnknownCA",
+        "BadCertificate",
+    ];
+    if FINAL.iter().any(|f| msg.contains(f)) {
+        SessionError::Refused(msg)
+    } else {
+        SessionError::Failed(msg)
+    }
+}
+
+fn agent_msg(m: AgentMsg) -> AgentMessage {
+    AgentMessage { msg: Some(m) }
+}
+
+impl SessionCtx {
+    /// When the current certificate should be renewed.
+    fn renew_deadline(&self) -> Instant {
+        let leaf = self.creds.leaf(&self.state.trust_domain);
+        let nb = self.creds.not_before();
+        let now = self.clock.now();
+        match (leaf, nb) {
+            (Ok(leaf), Ok(nb)) => {
+                let life = leaf.not_after.duration_since(nb).unwrap_or_default();
+                let at = nb + life.mul_f64(RENEW_AT);
+                Instant::now() + at.duration_since(now).unwrap_or_default()
+            }
+            _ => Instant::now(),
+        }
+    }
+
+    fn retry_delay(&self) -> Duration {
+        let life = self
+            .creds
+            .leaf(&self.state.trust_domain)
+            .ok()
+            .and_then(|l| self.creds.not_before().ok().map(|nb| (l, nb)))
+            .and_then(|(l, nb)| l.not_after.duration_since(nb).ok())
+            .unwrap_or(Duration::from_secs(60));
+        life.mul_f64(0.05).clamp(Duration::from_millis(500), Duration::from_secs(30))
+    }
+
+    /// Runs one session until it ends.
+    pub async fn run_once(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, SessionError> {
+        let hub = self.state.hub.clone();
+        let channel = self
+            .dialer
+            .channel(&hub)
+            .await
+            .map_err(|e| classify(format!("hub {hub}: {}", error_chain(&e))))?;
+        let mut client = AgentSessionClient::new(channel)
+            .max_decoding_message_size(flotilla_proto::limits::MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+        let hello = Hello {
+            cluster_id: self.state.cluster_id.clone(),
+            last_generation: self.last_generation,
+            cached_bundles: vec![],
+            agent: Some(self.agent.clone()),
+        };
+        tx.send(agent_msg(AgentMsg::Hello(hello)))
+            .await
+            .expect("receiver is alive");
+        let mut inbound = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| match s.code() {
+                Code::PermissionDenied | Code::Unauthenticated => {
+                    SessionError::Refused(s.message().to_string())
+                }
+                _ => classify(format!("hub {hub}: {}", error_chain(&s))),
+            })?
+            .into_inner();
+
+        let mut heartbeat_every = Duration::from_secs(10);
+        let mut next_heartbeat = Instant::now() + heartbeat_every;
+        let mut renew_at = self.renew_deadline();
+        let mut renewing = false;
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+                _ = sleep_until(next_heartbeat) => {
+                    seq += 1;
+                    let hb = Heartbeat { seq, sent_unix_ms: unix_ms(SystemTime::now()) };
+                    if tx.send(agent_msg(AgentMsg::Heartbeat(hb))).await.is_err() {
+                        return Err(SessionError::Failed("session stream closed".into()));
+                    }
+                    next_heartbeat = Instant::now() + heartbeat_every;
+                }
+                _ = sleep_until(renew_at), if !renewing => {
+                    let (key_pem, csr_pem) = new_key_and_csr("flotilla-agent")
+                        .map_err(|e| SessionError::Failed(e.to_string()))?;
+                    self.pending_key = Some(key_pem);
+                    tracing::info!(cluster.id = %self.state.cluster_id, "renewing certificate");
+                    if tx.send(agent_msg(AgentMsg::Renew(RenewRequest { csr_pem }))).await.is_err() {
+                        return Err(SessionError::Failed("session stream closed".into()));
+                    }
+                    renewing = true;
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(m)) => match m.msg {
+                        Some(HubMsg::Welcome(w)) => {
+                            if w.heartbeat_interval_ms > 0 {
+                                heartbeat_every = Duration::from_millis(w.heartbeat_interval_ms as u64);
+                                next_heartbeat = Instant::now() + heartbeat_every;
+                            }
+                            tracing::info!(cluster.id = %self.state.cluster_id, session = %w.session_id, "connected to hub");
+                            self.status.send_modify(|s| {
+                                s.connected = true;
+                                s.session_id = w.session_id.clone();
+                                s.sessions_opened += 1;
+                                s.last_error = None;
+                            });
+                        }
+                        Some(HubMsg::HeartbeatAck(_)) => {
+                            self.status.send_modify(|s| s.heartbeats_acked += 1);
+                        }
+                        Some(HubMsg::Renew(r)) => {
+                            renewing = false;
+                            let key = self.pending_key.take();
+                            match (r.error.is_empty(), key) {
+                                (true, Some(key_pem)) => match self.adopt(key_pem, r.cert_chain_pem) {
+                                    Ok(()) => renew_at = self.renew_deadline(),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "renewed certificate unusable; will retry");
+                                        renew_at = Instant::now() + self.retry_delay();
+                                    }
+                                },
+                                _ => {
+                                    tracing::warn!(error = %r.error, "renewal refused; will retry");
+                                    renew_at = Instant::now() + self.retry_delay();
+                                }
+                            }
+                        }
+                        Some(HubMsg::Desired(d)) => {
+                            self.last_generation = self.last_generation.max(d.generation);
+                        }
+                        Some(HubMsg::Disconnect(d)) => {
+                            return Ok(SessionEnd::Disconnected { reason: d.reason, message: d.message });
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return Ok(SessionEnd::Closed),
+                    Err(s) => return Err(match s.code() {
+                        Code::PermissionDenied | Code::Unauthenticated => SessionError::Refused(s.message().to_string()),
+                        _ => classify(format!("hub {hub}: {}", error_chain(&s))),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Swaps in a renewed certificate: checks it, persists it, and points new connections at it.
+    fn adopt(&mut self, key_pem: String, chain_pem: String) -> Result<(), SessionError> {
+        let creds = Credentials {
+            key_pem,
+            chain_pem,
+            ca_pem: self.creds.ca_pem.clone(),
+        };
+        let leaf = creds
+            .leaf(&self.state.trust_domain)
+            .map_err(|e| SessionError::Failed(e.to_string()))?;
+        if leaf.identity.uri(&self.state.trust_domain) != self.state.identity {
+            return Err(SessionError::Failed(format!(
+                "renewed certificate is for {} not {}",
+                leaf.identity, self.state.identity
+            )));
+        }
+        let cfg = creds
+            .client_config()
+            .map_err(|e| SessionError::Failed(e.to_string()))?;
+        self.state_dir
+            .save_credentials(&creds)
+            .map_err(|e| SessionError::Failed(e.to_string()))?;
+        self.dialer.set_config(cfg);
+        self.creds = creds;
+        tracing::info!(serial = %leaf.serial, expires = %flotilla_proto::clock::rfc3339(leaf.not_after), "certificate renewed and swapped in");
+        self.status.send_modify(|s| {
+            s.renewals += 1;
+            s.cert_serial = leaf.serial.clone();
+            s.cert_not_after_ms = unix_ms(leaf.not_after);
+        });
+        Ok(())
+    }
+}

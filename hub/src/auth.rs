@@ -1,0 +1,235 @@
+//! Authentication at the hub's TLS port: the server TLS configuration, the client-certificate
+//! verifier (chain to the hub CA, not expired, not revoked), the caller identity taken from the
+//! verified certificate only, and the per-address limiter for failed joins.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_proto::identity::{Identity, PeerCert};
+use flotilla_proto::tls::{TlsError, certs_from_pem, key_from_pem, provider};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::registry::RevokedSerials;
+
+/// Builds the hub's TLS server configuration. Client certificates are optional at the TLS
+/// layer (so `Registration.Join` works without one), but one that is presented must chain to
+/// the hub CA, be within its validity and not be revoked, or the handshake fails.
+pub fn server_config(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    trust_domain: &str,
+    revoked: Arc<RevokedSerials>,
+) -> Result<ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_from_pem(ca_pem, "hub CA")? {
+        roots.add(c)?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = HubClientVerifier {
+        inner,
+        revoked,
+        trust_domain: trust_domain.to_string(),
+    };
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(
+            certs_from_pem(chain_pem, "hub certificate")?,
+            key_from_pem(key_pem, "hub key")?,
+        )?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct HubClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RevokedSerials>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for HubClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let peer = PeerCert::from_der(end_entity, &self.trust_domain).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if self.revoked.contains(&peer.serial) {
+            tracing::warn!(identity = %peer.identity, serial = %peer.serial, "refused revoked certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The caller of an RPC, as established by the TLS layer.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub addr: Option<std::net::SocketAddr>,
+    /// `None` for callers that presented no certificate.
+    pub peer: Option<PeerCert>,
+}
+
+/// Reads the caller from the connection behind a request: the identity comes from the
+/// verified client certificate only, never from message fields.
+pub fn caller<T>(req: &tonic::Request<T>, trust_domain: &str) -> Result<Caller, tonic::Status> {
+    let info = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>();
+    let addr = info.and_then(|i| i.get_ref().remote_addr());
+    let peer = match info.and_then(|i| i.peer_certs()) {
+        Some(certs) if !certs.is_empty() => Some(
+            PeerCert::from_der(&certs[0], trust_domain)
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    Ok(Caller { addr, peer })
+}
+
+impl Caller {
+    /// Requires a cluster certificate; returns the cluster name and serial.
+    pub fn cluster(&self) -> Result<(&str, &PeerCert), tonic::Status> {
+        match &self.peer {
+            Some(p) => match &p.identity {
+                Identity::Cluster(n) => Ok((n, p)),
+                Identity::Admin(n) => Err(tonic::Status::permission_denied(format!(
+                    "admin/{n} cannot open a cluster session: a cluster certificate is required"
+                ))),
+            },
+            None => Err(tonic::Status::unauthenticated(
+                "a cluster client certificate is required",
+            )),
+        }
+    }
+
+    /// Requires an admin certificate; returns the admin name.
+    pub fn admin(&self) -> Result<&str, tonic::Status> {
+        match &self.peer {
+            Some(p) => match &p.identity {
+                Identity::Admin(n) => Ok(n),
+                Identity::Cluster(n) => Err(tonic::Status::permission_denied(format!(
+                    "cluster/{n} cannot call the Admin API: an admin certificate is required"
+                ))),
+            },
+            None => Err(tonic::Status::unauthenticated(
+                "an admin client certificate is required",
+            )),
+        }
+    }
+}
+
+/// Limits failed join attempts per source address: at most `burst` failures in `window`.
+#[derive(Debug)]
+pub struct JoinLimiter {
+    burst: usize,
+    window: Duration,
+    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+impl JoinLimiter {
+    pub fn new(burst: usize, window: Duration) -> Self {
+        Self {
+            burst,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(retry_after)` when the address has used up its failures.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = map.get_mut(&ip) else {
+            return Ok(());
+        };
+        list.retain(|t| now.duration_since(*t) < self.window);
+        if list.len() >= self.burst {
+            let oldest = list[0];
+            return Err(self.window.saturating_sub(now.duration_since(oldest)));
+        }
+        Ok(())
+    }
+
+    pub fn record_failure(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        // Bound memory under a flood of distinct sources.
+        if map.len() > 65_536 {
+            map.retain(|_, v| v.iter().any(|t| now.duration_since(*t) < self.window));
+        }
+        map.entry(ip).or_default().push(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_blocks_after_burst_and_per_address() {
+        let l = JoinLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.check(a).is_ok());
+        l.record_failure(a);
+        assert!(l.check(a).is_ok());
+        l.record_failure(a);
+        let retry = l.check(a).unwrap_err();
+        assert!(retry <= Duration::from_secs(60) && retry > Duration::ZERO);
+        assert!(l.check(b).is_ok());
+    }
+}

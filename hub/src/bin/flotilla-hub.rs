@@ -1,0 +1,171 @@
+//! `flotilla-hub`: parses and validates flags (bad config exits 64 naming the flag), binds, and
+//! runs the hub until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use flotilla_hub::server::{HubConfig, start};
+
+/// Exit status for configuration errors (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-hub", version, about = "Flotilla hub: tracks git, promotes revisions, serves agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for the store, CA and admin credential.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
+    data_dir: PathBuf,
+    /// gRPC (mutual TLS) listen address.
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Name or IP for the serving certificate (repeatable); the first is put into join tokens.
+    #[arg(long, env = "FLOTILLA_ADVERTISE", value_delimiter = ',')]
+    advertise: Vec<String>,
+    /// Plain-HTTP side port: /healthz, /readyz, /metrics.
+    #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
+    http_listen: SocketAddr,
+    /// Lifetime of cluster certificates (agents renew at ~70%).
+    #[arg(long, env = "FLOTILLA_CERT_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
+    /// SPIFFE trust domain of the identities this hub signs.
+    #[arg(long, env = "FLOTILLA_TRUST_DOMAIN", default_value = "flotilla.local")]
+    trust_domain: String,
+    /// Operator-provided CA certificate (PEM); needs --ca-key.
+    #[arg(long, env = "FLOTILLA_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Operator-provided CA private key (PEM); needs --ca-cert.
+    #[arg(long, env = "FLOTILLA_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Expected interval between agent heartbeats.
+    #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "FLOTILLA_LOG_JSON")]
+    log_json: bool,
+}
+
+fn config_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("flotilla-hub: invalid configuration: {msg}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Checks what clap cannot, before anything binds or dials.
+fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
+    if a.cert_lifetime < Duration::from_secs(1) || a.cert_lifetime > Duration::from_secs(366 * 86_400) {
+        return Err(format!(
+            "--cert-lifetime {} must be between 1s and 366d",
+            humantime::format_duration(a.cert_lifetime)
+        ));
+    }
+    if a.heartbeat_interval < Duration::from_millis(100) {
+        return Err("--heartbeat-interval must be at least 100ms".into());
+    }
+    if a.trust_domain.is_empty()
+        || !a
+            .trust_domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Err(format!(
+            "--trust-domain {:?} must be lowercase letters, digits, '-' and '.'",
+            a.trust_domain
+        ));
+    }
+    for name in &a.advertise {
+        if name.is_empty() || name.contains(['/', ' ', '@']) {
+            return Err(format!("--advertise {name:?} is not a host name or IP address"));
+        }
+    }
+    if a.listen == a.http_listen {
+        return Err(format!(
+            "--listen and --http-listen are both {}",
+            a.listen
+        ));
+    }
+    for (flag, p) in [("--ca-cert", &a.ca_cert), ("--ca-key", &a.ca_key)] {
+        if let Some(p) = p
+            && !p.is_file()
+        {
+            return Err(format!("{flag} {}: no such file", p.display()));
+        }
+    }
+    if a.data_dir.exists() && !a.data_dir.is_dir() {
+        return Err(format!("--data-dir {} is not a directory", a.data_dir.display()));
+    }
+    let mut c = HubConfig::new(&a.data_dir);
+    c.advertise = a.advertise.clone();
+    c.cert_lifetime = a.cert_lifetime;
+    c.trust_domain = a.trust_domain.clone();
+    c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
+    c.heartbeat_interval = a.heartbeat_interval;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+            _ => {
+                let _ = e.print();
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let Command::Serve(args) = cli.command;
+    flotilla_proto::telemetry::init("info", args.log_json);
+    let config = match validate(&args) {
+        Ok(c) => c,
+        Err(m) => return config_error(m),
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => return config_error(format!("--listen {}: {e}", args.listen)),
+    };
+    let http = match tokio::net::TcpListener::bind(args.http_listen).await {
+        Ok(l) => l,
+        Err(e) => return config_error(format!("--http-listen {}: {e}", args.http_listen)),
+    };
+    let hub = match start(config, listener, Some(http)).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("flotilla-hub: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "flotilla-hub: serving on {} (HTTP {}); admin credential: {}",
+        hub.addr,
+        args.http_listen,
+        hub.admin_credential_path().display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    hub.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

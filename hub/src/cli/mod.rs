@@ -1,0 +1,210 @@
+//! The `flotilla` command-line interface: argument parsing and one function per command. The
+//! binary in `src/bin/flotilla.rs` only calls [`run`].
+
+pub mod client;
+pub mod demo;
+pub mod output;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use flotilla_proto::clock::rfc3339_ms;
+use flotilla_proto::v1::*;
+use serde::Serialize;
+
+use self::client::{CliError, admin_client, config_path, load_credential};
+use self::output::{ClusterOut, Format, TokenOut};
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Flotilla: GitOps fleet manager for Kubernetes")]
+pub struct Cli {
+    /// Config file (the hub's admin.yaml format). Default: FLOTILLA_CONFIG, then
+    /// ~/.config/flotilla/config.yaml.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register and manage clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Run an in-process hub with three simulated agents in two regions and show the fleet.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Create a cluster and print its one-line join token.
+    Add {
+        name: String,
+        /// Label `key=value` (repeatable).
+        #[arg(long = "label", short = 'l', value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Allow the token to be used more than once (e.g. to re-join after losing state).
+        #[arg(long)]
+        reusable: bool,
+    },
+    /// List clusters.
+    List,
+    /// Show one cluster.
+    Get { name: String },
+    /// Set (`k=v`) or remove (`k-`) labels.
+    Label {
+        name: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Remove a cluster: revokes its certificates and tokens and closes its session.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// List join tokens (secrets are never shown again).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} must be key=value")),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AddOut {
+    name: String,
+    token: String,
+    token_id: String,
+    expires_at: Option<String>,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Runs one CLI invocation; `Ok(text)` goes to stdout.
+pub async fn run(cli: Cli) -> Result<String, CliError> {
+    if let Command::Demo(args) = &cli.command {
+        return demo::run(args, cli.output).await;
+    }
+    let path = config_path(cli.config.as_deref())?;
+    let cred = load_credential(&path)?;
+    let mut admin = admin_client(&cred).await?;
+    let fmt = cli.output;
+    Ok(match cli.command {
+        Command::Cluster(ClusterCmd::Add {
+            name,
+            labels,
+            ttl,
+            reusable,
+        }) => {
+            let resp = admin
+                .add_cluster(AddClusterRequest {
+                    name,
+                    labels: labels.into_iter().collect(),
+                    ttl_seconds: ttl.as_secs().max(1),
+                    reusable,
+                })
+                .await?
+                .into_inner();
+            let c = resp.cluster.unwrap_or_default();
+            let t = resp.token_info.unwrap_or_default();
+            let out = AddOut {
+                name: c.name.clone(),
+                token: resp.token.clone(),
+                token_id: t.id.clone(),
+                expires_at: rfc3339_ms(t.expires_unix_ms),
+                labels: c.labels.into_iter().collect(),
+            };
+            match fmt {
+                Format::Table => format!(
+                    "cluster {} added; join token (expires {}{}):\n{}\n\nstart the agent in the cluster with:\n  flotilla-agent --join '{}'\n",
+                    out.name,
+                    out.expires_at.clone().unwrap_or_default(),
+                    if reusable { ", reusable" } else { ", single use" },
+                    out.token,
+                    out.token
+                ),
+                f => output::structured(f, &out),
+            }
+        }
+        Command::Cluster(ClusterCmd::List) => {
+            let resp = admin.list_clusters(ListClustersRequest {}).await?.into_inner();
+            let rows: Vec<ClusterOut> = resp.clusters.iter().map(ClusterOut::from).collect();
+            output::clusters(fmt, &rows)
+        }
+        Command::Cluster(ClusterCmd::Get { name }) => {
+            let c = admin
+                .get_cluster(GetClusterRequest { name })
+                .await?
+                .into_inner();
+            output::cluster(fmt, &ClusterOut::from(&c))
+        }
+        Command::Cluster(ClusterCmd::Label { name, changes }) => {
+            let mut set = HashMap::new();
+            let mut remove = Vec::new();
+            for ch in changes {
+                if let Some((k, v)) = ch.split_once('=') {
+                    set.insert(k.to_string(), v.to_string());
+                } else if let Some(k) = ch.strip_suffix('-') {
+                    remove.push(k.to_string());
+                } else {
+                    return Err(CliError(format!(
+                        "label change {ch:?} must be key=value or key-"
+                    )));
+                }
+            }
+            let c = admin
+                .label_cluster(LabelClusterRequest { name, set, remove })
+                .await?
+                .into_inner();
+            output::cluster(fmt, &ClusterOut::from(&c))
+        }
+        Command::Cluster(ClusterCmd::Remove { name }) => {
+            let c = admin
+                .remove_cluster(RemoveClusterRequest { name })
+                .await?
+                .into_inner();
+            match fmt {
+                Format::Table => format!(
+                    "cluster {} removed: its certificates and tokens are revoked\n",
+                    c.name
+                ),
+                f => output::structured(f, &ClusterOut::from(&c)),
+            }
+        }
+        Command::Token(TokenCmd::List) => {
+            let resp = admin.list_tokens(ListTokensRequest {}).await?.into_inner();
+            let rows: Vec<TokenOut> = resp.tokens.iter().map(TokenOut::from).collect();
+            match fmt {
+                Format::Table => output::tokens_table(&rows),
+                f => output::structured(f, &rows),
+            }
+        }
+        Command::Token(TokenCmd::Revoke { id }) => {
+            let t = admin
+                .revoke_token(RevokeTokenRequest { id })
+                .await?
+                .into_inner();
+            match fmt {
+                Format::Table => format!("token {} revoked\n", t.id),
+                f => output::structured(f, &TokenOut::from(&t)),
+            }
+        }
+        Command::Demo(_) => unreachable!("handled above"),
+    })
+}

@@ -1,0 +1,131 @@
+//! Rendering of CLI results as a table (comfy-table), JSON or YAML.
+
+use std::collections::BTreeMap;
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use flotilla_proto::clock::rfc3339_ms;
+use flotilla_proto::v1::{Cluster, Token};
+use serde::Serialize;
+
+/// `-o` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// A cluster as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterOut {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: String,
+    pub last_seen: Option<String>,
+    pub agent_version: Option<String>,
+    pub cert_expires: Option<String>,
+    pub identity: String,
+    pub created: Option<String>,
+}
+
+impl From<&Cluster> for ClusterOut {
+    fn from(c: &Cluster) -> Self {
+        Self {
+            name: c.name.clone(),
+            labels: c.labels.clone().into_iter().collect(),
+            state: c.state.clone(),
+            last_seen: rfc3339_ms(c.last_seen_unix_ms),
+            agent_version: (!c.agent_version.is_empty()).then(|| c.agent_version.clone()),
+            cert_expires: rfc3339_ms(c.cert_expires_unix_ms),
+            identity: c.identity.clone(),
+            created: rfc3339_ms(c.created_unix_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenOut {
+    pub id: String,
+    pub cluster: String,
+    pub state: String,
+    pub reusable: bool,
+    pub uses: u32,
+    pub expires_at: Option<String>,
+}
+
+impl From<&Token> for TokenOut {
+    fn from(t: &Token) -> Self {
+        Self {
+            id: t.id.clone(),
+            cluster: t.cluster.clone(),
+            state: t.state.clone(),
+            reusable: t.reusable,
+            uses: t.uses,
+            expires_at: rfc3339_ms(t.expires_unix_ms),
+        }
+    }
+}
+
+pub fn structured<T: Serialize>(format: Format, v: &T) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(v).expect("serializes") + "\n",
+        _ => serde_yaml_ng::to_string(v).expect("serializes"),
+    }
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn clusters_table(rows: &[ClusterOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(["NAME", "LABELS", "STATE", "LAST SEEN", "AGENT", "CERT EXPIRES"]);
+    for c in rows {
+        t.add_row([
+            c.name.clone(),
+            labels_text(&c.labels),
+            c.state.clone(),
+            c.last_seen.clone().unwrap_or_else(|| "never".into()),
+            c.agent_version.clone().unwrap_or_else(|| "-".into()),
+            c.cert_expires.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn tokens_table(rows: &[TokenOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(["ID", "CLUSTER", "STATE", "REUSABLE", "USES", "EXPIRES"]);
+    for r in rows {
+        t.add_row([
+            r.id.clone(),
+            r.cluster.clone(),
+            r.state.clone(),
+            r.reusable.to_string(),
+            r.uses.to_string(),
+            r.expires_at.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// Renders clusters in the chosen format.
+pub fn clusters(format: Format, rows: &[ClusterOut]) -> String {
+    match format {
+        Format::Table => clusters_table(rows),
+        f => structured(f, &rows),
+    }
+}
+
+/// Renders one cluster: a single-row table, or an object.
+pub fn cluster(format: Format, c: &ClusterOut) -> String {
+    match format {
+        Format::Table => clusters_table(std::slice::from_ref(c)),
+        f => structured(f, c),
+    }
+}

@@ -1,0 +1,89 @@
+//! The hub's domain error type and its single mapping onto `tonic::Status` (the gRPC edge).
+
+use crate::ca::CaError;
+use crate::store::StoreError;
+
+/// Errors of the hub's domain logic (cluster registry, tokens, sessions).
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error("cluster {0:?} already exists")]
+    ClusterExists(String),
+    #[error("cluster {0:?} is revoked")]
+    ClusterRevoked(String),
+    #[error("unknown join token")]
+    UnknownToken,
+    #[error("unknown token {0:?}")]
+    UnknownTokenId(String),
+    #[error("join token expired at {0}")]
+    TokenExpired(String),
+    #[error("join token was already used")]
+    TokenUsed,
+    #[error("join token was revoked")]
+    TokenRevoked,
+    #[error("malformed join token: {0}")]
+    MalformedToken(String),
+    #[error("too many failed join attempts from {addr}; retry in {retry_secs}s")]
+    RateLimited { addr: String, retry_secs: u64 },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("certificate: {0}")]
+    Ca(#[from] CaError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored record {key} is corrupt: {err}")]
+    Corrupt { key: String, err: String },
+    #[error("concurrent update of {0} kept conflicting; try again")]
+    Contention(String),
+}
+
+impl HubError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            HubError::UnknownCluster(_) => "unknown_cluster",
+            HubError::ClusterExists(_) => "cluster_exists",
+            HubError::ClusterRevoked(_) => "cluster_revoked",
+            HubError::UnknownToken | HubError::UnknownTokenId(_) => "unknown_token",
+            HubError::TokenExpired(_) => "token_expired",
+            HubError::TokenUsed => "token_used",
+            HubError::TokenRevoked => "token_revoked",
+            HubError::MalformedToken(_) => "malformed_token",
+            HubError::RateLimited { .. } => "rate_limited",
+            HubError::Invalid(_) => "invalid",
+            HubError::PermissionDenied(_) => "permission_denied",
+            HubError::Ca(_) => "ca",
+            HubError::Store(_) => "store",
+            HubError::Corrupt { .. } => "corrupt",
+            HubError::Contention(_) => "contention",
+        }
+    }
+}
+
+impl From<HubError> for tonic::Status {
+    fn from(e: HubError) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            HubError::UnknownCluster(_) | HubError::UnknownTokenId(_) => Status::not_found(msg),
+            HubError::ClusterExists(_) => Status::already_exists(msg),
+            HubError::ClusterRevoked(_)
+            | HubError::UnknownToken
+            | HubError::TokenExpired(_)
+            | HubError::TokenUsed
+            | HubError::TokenRevoked
+            | HubError::MalformedToken(_)
+            | HubError::PermissionDenied(_) => Status::permission_denied(msg),
+            HubError::RateLimited { .. } => Status::resource_exhausted(msg),
+            HubError::Invalid(_) => Status::invalid_argument(msg),
+            HubError::Ca(ref c) if c.is_client_error() => Status::invalid_argument(msg),
+            HubError::Contention(_) => Status::aborted(msg),
+            HubError::Ca(_) | HubError::Store(_) | HubError::Corrupt { .. } => {
+                Status::internal(msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! `flotilla-hub`: the Flotilla hub — cluster registry, CA, agent sessions, admin API — and the
+//! code behind the `flotilla` CLI.
+
+pub mod admin;
+pub mod auth;
+pub mod ca;
+pub mod credential;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod registration;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod cli;

@@ -1,0 +1,527 @@
+//! The cluster registry: cluster records, join tokens and revoked certificate serials, kept in the
+//! store as JSON. Every change is persisted (compare-and-swap) before it is acknowledged.
+//!
+//! Keys: `/clusters/<name>`, `/tokens/<id>`, `/revoked/<serial>`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use flotilla_proto::clock::{SharedClock, rfc3339, unix_ms};
+use flotilla_proto::identity::{Identity, validate_name};
+use flotilla_proto::token::{hash_secret, split_secret};
+use futures::StreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::HubError;
+use crate::store::{SharedStore, WatchEvent};
+
+const CLUSTERS: &str = "/clusters/";
+const TOKENS: &str = "/tokens/";
+const REVOKED: &str = "/revoked/";
+const CAS_RETRIES: usize = 16;
+
+/// A cluster as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub created_ms: u64,
+    /// Set once the cluster has been removed; the record stays so that `list` shows it revoked.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Last time a session was opened or closed (heartbeats are tracked in memory).
+    #[serde(default)]
+    pub last_seen_ms: u64,
+    #[serde(default)]
+    pub agent_version: String,
+    /// Serials of certificates issued to this cluster that have not expired, with their expiry.
+    #[serde(default)]
+    pub certs: Vec<IssuedCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    pub serial: String,
+    pub not_after_ms: u64,
+}
+
+impl ClusterRecord {
+    /// Expiry of the newest certificate, 0 when none was issued.
+    pub fn cert_expires_ms(&self) -> u64 {
+        self.certs.iter().map(|c| c.not_after_ms).max().unwrap_or(0)
+    }
+}
+
+/// A join token as persisted: only a hash of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub cluster: String,
+    pub secret_sha256: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub reusable: bool,
+    #[serde(default)]
+    pub uses: u32,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    pub fn state(&self, now_ms: u64) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if !self.reusable && self.uses > 0 {
+            "used"
+        } else if now_ms >= self.expires_ms {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RevokedRecord {
+    cluster: String,
+    not_after_ms: u64,
+}
+
+/// Serials of revoked certificates, readable synchronously from the TLS verifier.
+#[derive(Debug, Default)]
+pub struct RevokedSerials(RwLock<HashSet<String>>);
+
+impl RevokedSerials {
+    pub fn contains(&self, serial: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(serial)
+    }
+
+    fn insert(&self, serial: String) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(serial);
+    }
+}
+
+/// What a successful token check yields.
+#[derive(Debug, Clone)]
+pub struct AcceptedToken {
+    pub record: TokenRecord,
+    mod_revision: u64,
+}
+
+/// The registry over a store.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: SharedStore,
+    clock: SharedClock,
+    revoked: Arc<RevokedSerials>,
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, HubError> {
+    serde_json::from_slice(bytes).map_err(|e| HubError::Corrupt {
+        key: key.to_string(),
+        err: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// Label keys and values: what Kubernetes accepts for label values, kept simple.
+pub fn validate_label(k: &str, v: &str) -> Result<(), HubError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_./".contains(c);
+    if k.is_empty() || k.len() > 253 || !k.chars().all(ok_char) {
+        return Err(HubError::Invalid(format!(
+            "label key {k:?} must be 1-253 characters of letters, digits, '-', '_', '.', '/'"
+        )));
+    }
+    if v.len() > 63 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(HubError::Invalid(format!(
+            "label value {v:?} for {k:?} must be at most 63 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Opens the registry and loads the revoked serials; `watch_revocations` keeps them in sync
+    /// with other hub replicas sharing the store.
+    pub async fn open(store: SharedStore, clock: SharedClock) -> Result<Self, HubError> {
+        let revoked = Arc::new(RevokedSerials::default());
+        let (items, _) = store.list(REVOKED).await?;
+        for kv in items {
+            revoked.insert(kv.key[REVOKED.len()..].to_string());
+        }
+        Ok(Self {
+            store,
+            clock,
+            revoked,
+        })
+    }
+
+    /// Follows `/revoked/` in the store until `shutdown` fires (for serials revoked by another replica).
+    pub async fn watch_revocations(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let from = match self.store.revision().await {
+            Ok(r) => r + 1,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch revocations");
+                return;
+            }
+        };
+        let mut stream = match self.store.watch(REVOKED, from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch revocations");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                ev = stream.next() => match ev {
+                    Some(Ok(WatchEvent::Put(kv))) => self.revoked.insert(kv.key[REVOKED.len()..].to_string()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => { tracing::error!(error = %e, "revocation watch failed"); return; }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    pub fn revoked(&self) -> Arc<RevokedSerials> {
+        self.revoked.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        unix_ms(self.clock.now())
+    }
+
+    pub async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
+        let key = format!("{CLUSTERS}{name}");
+        match self.store.get(&key).await? {
+            Some(kv) => decode(&key, &kv.value),
+            None => Err(HubError::UnknownCluster(name.to_string())),
+        }
+    }
+
+    pub async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, HubError> {
+        let (items, _) = self.store.list(CLUSTERS).await?;
+        items.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    /// Creates a cluster (or replaces a revoked one of the same name) and a join token for it.
+    /// Returns the record, the token record and the secret `<id>.<secret>` (shown once).
+    pub async fn add_cluster(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        ttl: Duration,
+        reusable: bool,
+    ) -> Result<(ClusterRecord, TokenRecord, String), HubError> {
+        validate_name(name).map_err(|e| HubError::Invalid(e.to_string()))?;
+        for (k, v) in &labels {
+            validate_label(k, v)?;
+        }
+        if ttl.is_zero() {
+            return Err(HubError::Invalid("token ttl must be positive".into()));
+        }
+        let key = format!("{CLUSTERS}{name}");
+        let now = self.now_ms();
+        let record = ClusterRecord {
+            name: name.to_string(),
+            labels,
+            created_ms: now,
+            revoked: false,
+            last_seen_ms: 0,
+            agent_version: String::new(),
+            certs: vec![],
+        };
+        let expected = match self.store.get(&key).await? {
+            None => None,
+            Some(kv) => {
+                let old: ClusterRecord = decode(&key, &kv.value)?;
+                if !old.revoked {
+                    return Err(HubError::ClusterExists(name.to_string()));
+                }
+                Some(kv.mod_revision)
+            }
+        };
+        if self
+            .store
+            .compare_and_swap(&key, expected, encode(&record))
+            .await?
+            .is_err()
+        {
+            return Err(HubError::ClusterExists(name.to_string()));
+        }
+        let (token, secret) = self.create_token(name, ttl, reusable).await?;
+        Ok((record, token, secret))
+    }
+
+    async fn create_token(
+        &self,
+        cluster: &str,
+        ttl: Duration,
+        reusable: bool,
+    ) -> Result<(TokenRecord, String), HubError> {
+        let id = random_hex(6);
+        let secret = random_hex(32);
+        let now = self.now_ms();
+        let rec = TokenRecord {
+            id: id.clone(),
+            cluster: cluster.to_string(),
+            secret_sha256: hash_secret(&secret),
+            created_ms: now,
+            expires_ms: now.saturating_add(ttl.as_millis() as u64),
+            reusable,
+            uses: 0,
+            revoked: false,
+        };
+        let key = format!("{TOKENS}{id}");
+        if self
+            .store
+            .compare_and_swap(&key, None, encode(&rec))
+            .await?
+            .is_err()
+        {
+            return Err(HubError::Contention(key));
+        }
+        Ok((rec, format!("{id}.{secret}")))
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, HubError> {
+        let (items, _) = self.store.list(TOKENS).await?;
+        items.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, HubError> {
+        let key = format!("{TOKENS}{id}");
+        self.update(&key, || HubError::UnknownTokenId(id.to_string()), |t: &mut TokenRecord| {
+            t.revoked = true;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Read-modify-write of one JSON record with compare-and-swap and bounded retries.
+    async fn update<T, F>(
+        &self,
+        key: &str,
+        missing: impl Fn() -> HubError,
+        mut f: F,
+    ) -> Result<T, HubError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> Result<(), HubError>,
+    {
+        for _ in 0..CAS_RETRIES {
+            let kv = self.store.get(key).await?.ok_or_else(&missing)?;
+            let mut v: T = decode(key, &kv.value)?;
+            f(&mut v)?;
+            if self
+                .store
+                .compare_and_swap(key, Some(kv.mod_revision), encode(&v))
+                .await?
+                .is_ok()
+            {
+                return Ok(v);
+            }
+        }
+        Err(HubError::Contention(key.to_string()))
+    }
+
+    /// Checks a presented `<id>.<secret>` without consuming it.
+    pub async fn check_token(&self, presented: &str) -> Result<AcceptedToken, HubError> {
+        let (id, secret) = split_secret(presented)
+            .ok_or_else(|| HubError::MalformedToken("expected <id>.<secret>".into()))?;
+        let key = format!("{TOKENS}{id}");
+        let kv = self.store.get(&key).await?.ok_or(HubError::UnknownToken)?;
+        let rec: TokenRecord = decode(&key, &kv.value)?;
+        // Both sides are fixed-length SHA-256 hex, so comparing them leaks nothing useful.
+        if rec.secret_sha256 != hash_secret(secret) {
+            return Err(HubError::UnknownToken);
+        }
+        let now = self.now_ms();
+        match rec.state(now) {
+            "revoked" => Err(HubError::TokenRevoked),
+            "used" => Err(HubError::TokenUsed),
+            "expired" => Err(HubError::TokenExpired(rfc3339(
+                flotilla_proto::clock::from_unix_ms(rec.expires_ms),
+            ))),
+            _ => Ok(AcceptedToken {
+                record: rec,
+                mod_revision: kv.mod_revision,
+            }),
+        }
+    }
+
+    /// Consumes a checked token (compare-and-swap, so two joins cannot both use a single-use
+    /// token) and records the certificate issued to its cluster.
+    pub async fn complete_join(
+        &self,
+        token: AcceptedToken,
+        serial: &str,
+        not_after: SystemTime,
+        agent_version: &str,
+    ) -> Result<ClusterRecord, HubError> {
+        let key = format!("{TOKENS}{}", token.record.id);
+        let mut rec = token.record;
+        rec.uses += 1;
+        if self
+            .store
+            .compare_and_swap(&key, Some(token.mod_revision), encode(&rec))
+            .await?
+            .is_err()
+        {
+            // Someone else changed the token between check and use: re-check to say why.
+            return Err(match self.check_token_state(&key).await {
+                Ok(()) => HubError::Contention(key),
+                Err(e) => e,
+            });
+        }
+        self.record_cert(&rec.cluster, serial, not_after, Some(agent_version))
+            .await
+    }
+
+    async fn check_token_state(&self, key: &str) -> Result<(), HubError> {
+        let kv = self.store.get(key).await?.ok_or(HubError::UnknownToken)?;
+        let rec: TokenRecord = decode(key, &kv.value)?;
+        match rec.state(self.now_ms()) {
+            "active" => Ok(()),
+            "revoked" => Err(HubError::TokenRevoked),
+            "used" => Err(HubError::TokenUsed),
+            _ => Err(HubError::TokenExpired(rfc3339(
+                flotilla_proto::clock::from_unix_ms(rec.expires_ms),
+            ))),
+        }
+    }
+
+    /// Adds an issued certificate to the cluster (join and renewal), dropping expired ones.
+    pub async fn record_cert(
+        &self,
+        cluster: &str,
+        serial: &str,
+        not_after: SystemTime,
+        agent_version: Option<&str>,
+    ) -> Result<ClusterRecord, HubError> {
+        let now = self.now_ms();
+        let key = format!("{CLUSTERS}{cluster}");
+        self.update(&key, || HubError::UnknownCluster(cluster.to_string()), |c: &mut ClusterRecord| {
+            if c.revoked {
+                return Err(HubError::ClusterRevoked(cluster.to_string()));
+            }
+            c.certs.retain(|x| x.not_after_ms > now);
+            c.certs.push(IssuedCert {
+                serial: serial.to_string(),
+                not_after_ms: unix_ms(not_after),
+            });
+            if let Some(v) = agent_version {
+                c.agent_version = v.to_string();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that a session opened or closed.
+    pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
+        let now = self.now_ms();
+        let key = format!("{CLUSTERS}{cluster}");
+        self.update(&key, || HubError::UnknownCluster(cluster.to_string()), |c: &mut ClusterRecord| {
+            c.last_seen_ms = now;
+            if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
+                c.agent_version = v.to_string();
+            }
+            Ok(())
+        })
+        .await
+        .map(|_: ClusterRecord| ())
+    }
+
+    pub async fn label_cluster(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<ClusterRecord, HubError> {
+        for (k, v) in set {
+            validate_label(k, v)?;
+        }
+        let key = format!("{CLUSTERS}{name}");
+        self.update(&key, || HubError::UnknownCluster(name.to_string()), |c: &mut ClusterRecord| {
+            if c.revoked {
+                return Err(HubError::ClusterRevoked(name.to_string()));
+            }
+            for k in remove {
+                c.labels.remove(k);
+            }
+            c.labels
+                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Revokes a cluster: marks the record, revokes its tokens and every certificate it holds.
+    /// The caller closes its live session.
+    pub async fn remove_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
+        let key = format!("{CLUSTERS}{name}");
+        let rec = self
+            .update(&key, || HubError::UnknownCluster(name.to_string()), |c: &mut ClusterRecord| {
+                c.revoked = true;
+                Ok(())
+            })
+            .await?;
+        for cert in &rec.certs {
+            let rk = format!("{REVOKED}{}", cert.serial);
+            let body = RevokedRecord {
+                cluster: name.to_string(),
+                not_after_ms: cert.not_after_ms,
+            };
+            self.store.put(&rk, encode(&body)).await?;
+            self.revoked.insert(cert.serial.clone());
+        }
+        for t in self.list_tokens().await? {
+            if t.cluster == name && !t.revoked {
+                self.revoke_token(&t.id).await?;
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Whether a cluster certificate may be used now: the cluster exists, is not revoked, and
+    /// the serial was not revoked.
+    pub async fn authorize_cluster_cert(
+        &self,
+        cluster: &str,
+        serial: &str,
+    ) -> Result<ClusterRecord, HubError> {
+        if self.revoked.contains(serial) {
+            return Err(HubError::ClusterRevoked(cluster.to_string()));
+        }
+        let rec = self.get_cluster(cluster).await?;
+        if rec.revoked {
+            return Err(HubError::ClusterRevoked(cluster.to_string()));
+        }
+        Ok(rec)
+    }
+
+    /// The identity for a cluster name.
+    pub fn cluster_identity(name: &str) -> Identity {
+        Identity::Cluster(name.to_string())
+    }
+}

@@ -1,0 +1,393 @@
+//! Wiring of one hub process: opens the data dir (store, CA, admin credential), builds the TLS
+//! configuration and the gRPC services, and runs the TLS accept loop and the HTTP side port until
+//! shutdown. The caller binds the listeners (so tests bind `127.0.0.1:0`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flotilla_proto::clock::{SharedClock, rfc3339};
+use flotilla_proto::identity::{Identity, PeerCert};
+use flotilla_proto::limits::MAX_MESSAGE_BYTES;
+use flotilla_proto::tls::certs_from_pem;
+use flotilla_proto::v1::admin_server::AdminServer;
+use flotilla_proto::v1::agent_session_server::AgentSessionServer;
+use flotilla_proto::v1::registration_server::RegistrationServer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::admin::AdminService;
+use crate::auth::{JoinLimiter, server_config};
+use crate::ca::Ca;
+use crate::credential::AdminCredential;
+use crate::metrics::Metrics;
+use crate::registration::RegistrationService;
+use crate::registry::Registry;
+use crate::session::{SessionConfig, SessionService, Sessions};
+use crate::store::SharedStore;
+use crate::store::redb::RedbStore;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of the hub's serving certificate (reissued at every start).
+const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the admin credential written to `DATA/admin.yaml`.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long shutdown waits for connections to drain.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Validated hub configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub data_dir: PathBuf,
+    /// Names and IPs in the serving certificate; the first one (with the bound port) is the
+    /// address written into join tokens and the admin credential.
+    pub advertise: Vec<String>,
+    pub cert_lifetime: Duration,
+    pub trust_domain: String,
+    /// Operator-provided CA (certificate, key) instead of the generated one.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    pub heartbeat_interval: Duration,
+    /// Failed joins allowed per source address per `join_failure_window`.
+    pub join_failure_burst: usize,
+    pub join_failure_window: Duration,
+    pub clock: SharedClock,
+}
+
+impl HubConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            advertise: vec![],
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            trust_domain: "flotilla.local".into(),
+            ca_files: None,
+            heartbeat_interval: Duration::from_secs(10),
+            join_failure_burst: 10,
+            join_failure_window: Duration::from_secs(60),
+            clock: Arc::new(flotilla_proto::clock::SystemClock),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    Hub(#[from] crate::error::HubError),
+    #[error(transparent)]
+    Tls(#[from] flotilla_proto::tls::TlsError),
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running hub; dropping it does not stop it — call [`RunningHub::shutdown`].
+pub struct RunningHub {
+    pub addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    /// The address written into tokens and the admin credential.
+    pub hub_address: String,
+    pub data_dir: PathBuf,
+    pub sessions: Arc<Sessions>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub ca: Arc<Ca>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningHub")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningHub {
+    /// Path of the admin credential file.
+    pub fn admin_credential_path(&self) -> PathBuf {
+        self.data_dir.join("admin.yaml")
+    }
+
+    /// Stops accepting, tells agents, drains connections for a bounded grace period, and
+    /// waits until every task (and so the store) is released.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        self.sessions
+            .disconnect_all("shutdown", "the hub is shutting down");
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts a hub on the given listeners.
+pub async fn start(
+    config: HubConfig,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+) -> Result<RunningHub, StartError> {
+    let dd = &config.data_dir;
+    let derr = |source| StartError::DataDir {
+        path: dd.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dd).map_err(derr)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dd, std::fs::Permissions::from_mode(0o700)).map_err(derr)?;
+    }
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr().map_err(StartError::Listener)?),
+        None => None,
+    };
+    let hub_address = match config.advertise.first() {
+        Some(name) if name.contains(':') && name.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{name}]:{}", addr.port())
+        }
+        Some(name) => format!("{name}:{}", addr.port()),
+        None if addr.ip().is_unspecified() => format!("127.0.0.1:{}", addr.port()),
+        None => addr.to_string(),
+    };
+
+    let store: SharedStore = Arc::new(RedbStore::open(&dd.join("store.redb"))?);
+    let ca = Arc::new(Ca::load_or_create(
+        dd,
+        &config.trust_domain,
+        config
+            .ca_files
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path())),
+        config.clock.clone(),
+    )?);
+    let registry = Registry::open(store.clone(), config.clock.clone()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let sessions = Arc::new(Sessions::default());
+
+    let mut names = config.advertise.clone();
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|x| x == n) {
+            names.push(n.to_string());
+        }
+    }
+    if !addr.ip().is_unspecified() && !names.contains(&addr.ip().to_string()) {
+        names.push(addr.ip().to_string());
+    }
+    let (server_cert, server_key) = ca.issue_server(&names, SERVER_CERT_LIFETIME)?;
+    ensure_admin_credential(&ca, &config, &hub_address)?;
+    let tls = server_config(
+        ca.cert_pem(),
+        &server_cert.chain_pem,
+        &server_key,
+        &config.trust_domain,
+        registry.revoked(),
+    )?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let session_svc = SessionService {
+        registry: registry.clone(),
+        sessions: sessions.clone(),
+        ca: ca.clone(),
+        metrics: metrics.clone(),
+        clock: config.clock.clone(),
+        config: SessionConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            cert_lifetime: config.cert_lifetime,
+        },
+        shutdown: shutdown_rx.clone(),
+    };
+    let registration_svc = RegistrationService {
+        registry: registry.clone(),
+        ca: ca.clone(),
+        limiter: Arc::new(JoinLimiter::new(
+            config.join_failure_burst,
+            config.join_failure_window,
+        )),
+        metrics: metrics.clone(),
+        cert_lifetime: config.cert_lifetime,
+    };
+    let admin_svc = AdminService {
+        registry: registry.clone(),
+        sessions: sessions.clone(),
+        ca: ca.clone(),
+        clock: config.clock.clone(),
+        hub_address: hub_address.clone(),
+    };
+
+    let mut tasks = Vec::new();
+    let (conn_tx, conn_rx) = mpsc::channel(1024);
+    tasks.push(tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        conn_tx,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )));
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let mut drain_guard = shutdown_rx.clone();
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_connection_window_size(256 * 1024)
+        .initial_stream_window_size(128 * 1024)
+        .add_service(
+            RegistrationServer::new(registration_svc)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AgentSessionServer::new(session_svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServer::new(admin_svc).max_decoding_message_size(MAX_MESSAGE_BYTES));
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = grpc_shutdown.changed().await;
+        };
+        let serve = router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stop);
+        // Bounded drain: sessions end on their own once told; anything slower is cut.
+        tokio::select! {
+            r = serve => if let Err(e) = r { tracing::error!(error = %e, "gRPC server failed") },
+            _ = async { let _ = drain_guard.wait_for(|v| *v).await; tokio::time::sleep(DRAIN_GRACE).await } => {
+                tracing::warn!("connections did not drain within {DRAIN_GRACE:?}; closing them");
+            }
+        }
+    }));
+    {
+        let registry = registry.clone();
+        let rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move { registry.watch_revocations(rx).await }));
+    }
+    if let Some(l) = http_listener {
+        let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(l, m, s, rx).await {
+                tracing::error!(error = %e, "HTTP side port failed");
+            }
+        }));
+    }
+    tracing::info!(
+        %addr,
+        http = ?http_addr,
+        hub_address = %hub_address,
+        data_dir = %dd.display(),
+        ca = %ca.fingerprint(),
+        "hub serving"
+    );
+    Ok(RunningHub {
+        addr,
+        http_addr,
+        hub_address,
+        data_dir: dd.clone(),
+        sessions,
+        registry,
+        metrics,
+        ca,
+        shutdown_tx,
+        tasks,
+    })
+}
+
+/// Writes `DATA/admin.yaml` on first start; later starts keep the credential, only reissuing it
+/// when it expired or belongs to another CA, and update the hub address if it changed.
+fn ensure_admin_credential(
+    ca: &Ca,
+    config: &HubConfig,
+    hub_address: &str,
+) -> Result<(), StartError> {
+    let path = config.data_dir.join("admin.yaml");
+    let now = config.clock.now();
+    if let Ok(mut cred) = AdminCredential::load(&path) {
+        let still_valid = cred.ca == ca.cert_pem()
+            && certs_from_pem(&cred.cert, "admin certificate")
+                .ok()
+                .and_then(|c| PeerCert::from_der(&c[0], ca.trust_domain()).ok())
+                .is_some_and(|p| p.not_after > now + Duration::from_secs(3600));
+        if still_valid {
+            if cred.hub != hub_address {
+                cred.hub = hub_address.to_string();
+                cred.save(&path)?;
+            }
+            return Ok(());
+        }
+        tracing::warn!(path = %path.display(), "admin credential expired or from another CA; reissuing");
+    }
+    let (issued, key) = ca.issue_with_key(
+        &Identity::Admin("admin".into()),
+        now - Duration::from_secs(60),
+        now + ADMIN_CERT_LIFETIME,
+    )?;
+    AdminCredential {
+        hub: hub_address.to_string(),
+        name: "admin".into(),
+        ca: ca.cert_pem().to_string(),
+        cert: issued.chain_pem,
+        key,
+    }
+    .save(&path)?;
+    tracing::info!(path = %path.display(), expires = %rfc3339(issued.not_after), "wrote admin credential");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    conns: mpsc::Sender<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let conns = conns.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    metrics.count_handshake("ok");
+                    let _ = conns.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => {
+                    metrics.count_handshake("failed");
+                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    metrics.count_handshake("timeout");
+                    tracing::info!(%peer, "TLS handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+/// Seconds until `t`, for log lines.
+pub fn until(t: SystemTime, now: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default()
+}

@@ -1,0 +1,431 @@
+//! The hub half of the agent session: one bidirectional `Connect` stream per connected cluster.
+//! The response stream itself drives the session (no extra task per session): it answers
+//! heartbeats, signs renewals, watches liveness and certificate expiry, and obeys control
+//! requests such as "disconnect, the cluster was revoked".
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::identity::Identity;
+use flotilla_proto::v1::agent_message::Msg as AgentMsg;
+use flotilla_proto::v1::agent_session_server::AgentSession;
+use flotilla_proto::v1::hub_message::Msg as HubMsg;
+use flotilla_proto::v1::{
+    AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, HeartbeatAck, HubMessage,
+    RenewResponse, Welcome,
+};
+use futures::Stream;
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep_until};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::caller;
+use crate::ca::Ca;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// How long a new session may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request to a live session from elsewhere in the hub.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Disconnect { reason: String, message: String },
+}
+
+/// What the rest of the hub can see of, and do to, one live session.
+#[derive(Debug)]
+pub struct SessionShared {
+    pub id: u64,
+    pub cluster: String,
+    pub agent_version: String,
+    last_seen_ms: AtomicU64,
+    notify: Notify,
+    pending: Mutex<Option<Control>>,
+}
+
+impl SessionShared {
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, c: Control) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<Control> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The live sessions of this hub, by cluster.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<String, Arc<SessionShared>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    pub fn get(&self, cluster: &str) -> Option<Arc<SessionShared>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks a cluster's live session (if any) to disconnect.
+    pub fn disconnect(&self, cluster: &str, reason: &str, message: &str) -> bool {
+        match self.get(cluster) {
+            Some(s) => {
+                s.send(Control::Disconnect {
+                    reason: reason.into(),
+                    message: message.into(),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every live session to disconnect (hub shutdown).
+    pub fn disconnect_all(&self, reason: &str, message: &str) {
+        let all: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in all {
+            s.send(Control::Disconnect {
+                reason: reason.into(),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn register(&self, cluster: &str, agent_version: &str, now_ms: u64) -> Arc<SessionShared> {
+        let shared = Arc::new(SessionShared {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            cluster: cluster.to_string(),
+            agent_version: agent_version.to_string(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            notify: Notify::new(),
+            pending: Mutex::new(None),
+        });
+        let old = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), shared.clone());
+        if let Some(old) = old {
+            old.send(Control::Disconnect {
+                reason: "replaced".into(),
+                message: "a newer session for this cluster was opened".into(),
+            });
+        }
+        shared
+    }
+
+    fn unregister(&self, cluster: &str, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.get(cluster).is_some_and(|s| s.id == id) {
+            live.remove(cluster);
+        }
+    }
+}
+
+/// Settings of the session service.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub heartbeat_interval: Duration,
+    pub cert_lifetime: Duration,
+}
+
+/// The `AgentSession` gRPC service.
+#[derive(Debug, Clone)]
+pub struct SessionService {
+    pub registry: Registry,
+    pub sessions: Arc<Sessions>,
+    pub ca: Arc<Ca>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub config: SessionConfig,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Unregisters a session however its stream ends (including the peer vanishing, which drops
+/// the stream without running it to completion).
+struct SessionGuard {
+    sessions: Arc<Sessions>,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    shared: Arc<SessionShared>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sessions.unregister(&self.shared.cluster, self.shared.id);
+        self.metrics.sessions_connected.dec();
+        tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
+        let registry = self.registry.clone();
+        let cluster = self.shared.cluster.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = registry.touch(&cluster, None).await {
+                    tracing::debug!(cluster.id = %cluster, error = %e, "could not record last seen");
+                }
+            });
+        }
+    }
+}
+
+fn hub(msg: HubMsg) -> Result<HubMessage, Status> {
+    Ok(HubMessage { msg: Some(msg) })
+}
+
+type HubStream = Pin<Box<dyn Stream<Item = Result<HubMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentSession for SessionService {
+    type ConnectStream = HubStream;
+    type FetchBundleStream = Pin<Box<dyn Stream<Item = Result<BundleChunk, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let c = caller(&req, self.ca.trust_domain())?;
+        let (cluster, peer) = c.cluster()?;
+        let cluster = cluster.to_string();
+        let cert_not_after = peer.not_after;
+        self.registry
+            .authorize_cluster_cert(&cluster, &peer.serial)
+            .await
+            .map_err(|e| {
+                tracing::warn!(cluster.id = %cluster, error = %e, "session refused");
+                Status::from(e)
+            })?;
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+            Ok(Err(s)) => {
+                self.metrics.rejected_messages.inc();
+                tracing::warn!(cluster.id = %cluster, error = %s, "bad first message");
+                return Err(s);
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
+            Ok(Ok(Some(AgentMessage {
+                msg: Some(AgentMsg::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                self.metrics.rejected_messages.inc();
+                return Err(Status::invalid_argument("the first message must be Hello"));
+            }
+        };
+        if !hello.cluster_id.is_empty() && hello.cluster_id != cluster {
+            tracing::warn!(
+                cluster.id = %cluster,
+                claimed = %hello.cluster_id,
+                "session refused: Hello names another cluster than the certificate"
+            );
+            self.metrics.rejected_messages.inc();
+            return Err(Status::permission_denied(format!(
+                "Hello names cluster {:?} but the certificate is for cluster {cluster:?}",
+                hello.cluster_id
+            )));
+        }
+        let version = hello.agent.as_ref().map(|a| a.version.clone()).unwrap_or_default();
+        let now_ms = unix_ms(self.clock.now());
+        let shared = self.sessions.register(&cluster, &version, now_ms);
+        self.metrics.sessions_connected.inc();
+        if let Err(e) = self.registry.touch(&cluster, Some(&version)).await {
+            tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");
+        }
+        tracing::info!(cluster.id = %cluster, session = shared.id, agent.version = %version, "session opened");
+
+        let guard = SessionGuard {
+            sessions: self.sessions.clone(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+            shared: shared.clone(),
+        };
+        let svc = self.clone();
+        let stream = async_stream::stream! {
+            let _guard = guard;
+            let mut shutdown = svc.shutdown.clone();
+            let interval = svc.config.heartbeat_interval;
+            yield hub(HubMsg::Welcome(Welcome {
+                session_id: shared.id.to_string(),
+                heartbeat_interval_ms: interval.as_millis() as u32,
+            }));
+            let mut liveness = Instant::now() + interval * 3;
+            let mut cert_deadline = deadline_for(&svc.clock, cert_not_after);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shared.notify.notified() => {
+                        if let Some(Control::Disconnect { reason, message }) = shared.take() {
+                            tracing::info!(cluster.id = %shared.cluster, %reason, "disconnecting session");
+                            yield hub(HubMsg::Disconnect(Disconnect { reason, message }));
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => {
+                        yield hub(HubMsg::Disconnect(Disconnect {
+                            reason: "shutdown".into(),
+                            message: "the hub is shutting down".into(),
+                        }));
+                        break;
+                    }
+                    _ = sleep_until(cert_deadline) => {
+                        tracing::warn!(cluster.id = %shared.cluster, "client certificate expired during the session");
+                        yield hub(HubMsg::Disconnect(Disconnect {
+                            reason: "certificate_expired".into(),
+                            message: "the session's client certificate expired without renewal".into(),
+                        }));
+                        break;
+                    }
+                    _ = sleep_until(liveness) => {
+                        tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
+                        break;
+                    }
+                    msg = inbound.message() => match msg {
+                        Ok(Some(AgentMessage { msg: Some(m) })) => {
+                            liveness = Instant::now() + interval * 3;
+                            shared.last_seen_ms.store(unix_ms(svc.clock.now()), Ordering::Relaxed);
+                            match m {
+                                AgentMsg::Heartbeat(h) => {
+                                    svc.metrics.heartbeats.inc();
+                                    yield hub(HubMsg::HeartbeatAck(HeartbeatAck { seq: h.seq, sent_unix_ms: h.sent_unix_ms }));
+                                }
+                                AgentMsg::Renew(r) => {
+                                    let (answer, new_deadline) = svc.renew(&shared.cluster, &r.csr_pem).await;
+                                    if let Some(d) = new_deadline {
+                                        cert_deadline = d;
+                                    }
+                                    yield hub(HubMsg::Renew(answer));
+                                }
+                                AgentMsg::Status(s) => {
+                                    tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), "status report");
+                                }
+                                AgentMsg::Ack(a) => {
+                                    tracing::debug!(cluster.id = %shared.cluster, generation = a.generation, "ack");
+                                }
+                                AgentMsg::Hello(_) => {
+                                    svc.metrics.rejected_messages.inc();
+                                    tracing::warn!(cluster.id = %shared.cluster, "second Hello in one session");
+                                    yield Err(Status::invalid_argument("Hello may only be sent once per session"));
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(Some(AgentMessage { msg: None })) => {
+                            svc.metrics.rejected_messages.inc();
+                            yield Err(Status::invalid_argument("empty AgentMessage"));
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(s) => {
+                            // Garbage or oversized input: end this one session, keep serving.
+                            svc.metrics.rejected_messages.inc();
+                            tracing::warn!(cluster.id = %shared.cluster, error = %s, "session ended by a bad message");
+                            yield Err(s);
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_bundle(
+        &self,
+        req: Request<FetchBundleRequest>,
+    ) -> Result<Response<Self::FetchBundleStream>, Status> {
+        let c = caller(&req, self.ca.trust_domain())?;
+        let (cluster, peer) = c.cluster()?;
+        self.registry
+            .authorize_cluster_cert(cluster, &peer.serial)
+            .await?;
+        Err(Status::not_found(format!(
+            "bundle {} is not known to this hub",
+            req.get_ref().digest
+        )))
+    }
+}
+
+fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instant {
+    let left = not_after
+        .duration_since(clock.now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+impl SessionService {
+    /// Signs a renewal CSR for the session's own cluster (whatever the CSR asks for).
+    async fn renew(
+        &self,
+        cluster: &str,
+        csr_pem: &str,
+    ) -> (RenewResponse, Option<Instant>) {
+        let refused = |e: String| {
+            tracing::warn!(cluster.id = %cluster, error = %e, "renewal refused");
+            (
+                RenewResponse {
+                    cert_chain_pem: String::new(),
+                    error: e,
+                },
+                None,
+            )
+        };
+        if let Err(e) = self.registry.get_cluster(cluster).await.and_then(|c| {
+            if c.revoked {
+                Err(crate::error::HubError::ClusterRevoked(cluster.into()))
+            } else {
+                Ok(())
+            }
+        }) {
+            return refused(e.to_string());
+        }
+        let issued = match self.ca.sign_csr(
+            csr_pem,
+            &Identity::Cluster(cluster.to_string()),
+            self.config.cert_lifetime,
+        ) {
+            Ok(i) => i,
+            Err(e) => return refused(e.to_string()),
+        };
+        if let Err(e) = self
+            .registry
+            .record_cert(cluster, &issued.serial, issued.not_after, None)
+            .await
+        {
+            return refused(e.to_string());
+        }
+        self.metrics.renewals.inc();
+        tracing::info!(cluster.id = %cluster, serial = %issued.serial, "certificate renewed");
+        (
+            RenewResponse {
+                cert_chain_pem: issued.chain_pem,
+                error: String::new(),
+            },
+            Some(deadline_for(&self.clock, issued.not_after)),
+        )
+    }
+}

@@ -1,0 +1,16 @@
+//! `flotilla-proto`: the `flotilla.v1` wire protocol plus the helpers both hub and agent need
+//! (identities, join tokens, TLS configuration, clock, telemetry setup), kept here so they are
+//! never written twice.
+
+pub mod clock;
+pub mod identity;
+pub mod limits;
+pub mod telemetry;
+pub mod tls;
+pub mod token;
+
+/// Generated protobuf and gRPC code for package `flotilla.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flotilla.v1");
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for system tests and the load generator.
