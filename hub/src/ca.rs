@@ -417,7 +417,9 @@ impl Ca {
         ))
     }
 
-    /// `now - BACKDATE .. now + lifetime`.
+    /// `now - backdate .. now + lifetime`, where the backdate (clock-skew allowance) is at most
+    /// a twentieth of the lifetime, so that agents scheduling renewal at 70% of the validity
+    /// window still get most of a short lifetime.
     fn window(&self, lifetime: Duration) -> Result<(SystemTime, SystemTime), CaError> {
         if lifetime.is_zero() {
             return Err(CaError::BadValidity(
@@ -428,7 +430,7 @@ impl Ca {
         let not_after = now
             .checked_add(lifetime)
             .ok_or_else(|| CaError::BadValidity(format!("lifetime {lifetime:?} is too long")))?;
-        Ok((now - BACKDATE, not_after))
+        Ok((now - BACKDATE.min(lifetime / 20), not_after))
     }
 
     /// Signs `params` for `public_key` and reads serial and expiry back from the result. With
@@ -758,7 +760,6 @@ mod tests {
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::server::WebPkiClientVerifier;
-    use rustls::server::danger::ClientCertVerifier;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
 
     const TD: &str = "flotilla.test";

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminService;
 use crate::auth::{JoinLimiter, server_config};
@@ -108,6 +109,7 @@ pub struct RunningHub {
     pub ca: Arc<Ca>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tracker: TaskTracker,
 }
 
 impl std::fmt::Debug for RunningHub {
@@ -134,6 +136,8 @@ impl RunningHub {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 }
 
@@ -201,6 +205,7 @@ pub async fn start(
     )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = TaskTracker::new();
     let session_svc = SessionService {
         registry: registry.clone(),
         sessions: sessions.clone(),
@@ -212,6 +217,7 @@ pub async fn start(
             cert_lifetime: config.cert_lifetime,
         },
         shutdown: shutdown_rx.clone(),
+        tracker: tracker.clone(),
     };
     let registration_svc = RegistrationService {
         registry: registry.clone(),
@@ -300,6 +306,7 @@ pub async fn start(
         ca,
         shutdown_tx,
         tasks,
+        tracker,
     })
 }
 

@@ -21,6 +21,7 @@ use flotilla_proto::v1::{
 use futures::Stream;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::caller;
@@ -166,11 +167,14 @@ pub struct SessionService {
     pub clock: SharedClock,
     pub config: SessionConfig,
     pub shutdown: watch::Receiver<bool>,
+    /// Background work spawned by sessions; hub shutdown waits for it.
+    pub tracker: TaskTracker,
 }
 
 /// Unregisters a session however its stream ends (including the peer vanishing, which drops
 /// the stream without running it to completion).
 struct SessionGuard {
+    tracker: TaskTracker,
     sessions: Arc<Sessions>,
     registry: Registry,
     metrics: Arc<Metrics>,
@@ -184,8 +188,9 @@ impl Drop for SessionGuard {
         tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
         let registry = self.registry.clone();
         let cluster = self.shared.cluster.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+        // Tracked, so hub shutdown waits for it (and for the store to be released).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tracker.spawn(async move {
                 if let Err(e) = registry.touch(&cluster, None).await {
                     tracing::debug!(cluster.id = %cluster, error = %e, "could not record last seen");
                 }
@@ -259,6 +264,7 @@ impl AgentSession for SessionService {
         tracing::info!(cluster.id = %cluster, session = shared.id, agent.version = %version, "session opened");
 
         let guard = SessionGuard {
+            tracker: self.tracker.clone(),
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),

@@ -1,1 +1,276 @@
-//! Shared helpers for system tests and the load generator.
+//! Shared helpers for the system tests: a real hub in-process on `127.0.0.1:0` with real TLS,
+//! real agents on simulated clusters, and waiting on conditions with deadlines (never sleeping).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus};
+use flotilla_hub::credential::AdminCredential;
+use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_proto::tls::{TlsDialer, mtls_client_config};
+use flotilla_proto::v1::admin_client::AdminClient;
+use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The default deadline for waiting on a condition.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Installs a test log subscriber once (RUST_LOG controls it).
+pub fn init_logs() {
+    flotilla_proto::telemetry::init("warn", false);
+}
+
+/// Polls `check` until it yields `Some`, or panics with `what` after `DEADLINE`. The poll
+/// interval is only a pacing of retries, not the synchronisation itself.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the agent status satisfies `cond`.
+pub async fn wait_status(
+    rx: &mut watch::Receiver<AgentStatus>,
+    what: &str,
+    cond: impl FnMut(&AgentStatus) -> bool,
+) -> AgentStatus {
+    let outcome = match tokio::time::timeout(DEADLINE, rx.wait_for(cond)).await {
+        Ok(Ok(s)) => Ok(s.clone()),
+        Ok(Err(_)) => Err("agent stopped"),
+        Err(_) => Err("timed out"),
+    };
+    outcome.unwrap_or_else(|why| panic!("{why} waiting for {what}: {:?}", rx.borrow()))
+}
+
+/// A hub running in-process.
+pub struct TestHub {
+    pub hub: Option<RunningHub>,
+    pub config: HubConfig,
+    pub port: u16,
+}
+
+impl TestHub {
+    pub fn config(dir: &Path) -> HubConfig {
+        let mut c = HubConfig::new(dir.join("hub"));
+        c.heartbeat_interval = Duration::from_secs(2);
+        c
+    }
+
+    /// Starts a hub on a fresh port.
+    pub async fn start(config: HubConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hub = start(config.clone(), listener, None).await.expect("hub starts");
+        Self {
+            hub: Some(hub),
+            config,
+            port,
+        }
+    }
+
+    pub fn running(&self) -> &RunningHub {
+        self.hub.as_ref().expect("hub is running")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn credential_path(&self) -> PathBuf {
+        self.config.data_dir.join("admin.yaml")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.shutdown().await;
+        }
+    }
+
+    /// Stops the hub and starts it again on the same port and data dir.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("rebind the same port");
+        self.hub = Some(
+            start(self.config.clone(), listener, None)
+                .await
+                .expect("hub restarts"),
+        );
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let cred = AdminCredential::load(&self.credential_path()).unwrap();
+        let cfg = mtls_client_config(&cred.ca, &cred.cert, &cred.key).unwrap();
+        AdminClient::new(TlsDialer::new(cfg).channel(&cred.hub).await.unwrap())
+    }
+
+    /// Adds a cluster and returns its join token line.
+    pub async fn add_cluster(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        self.add_cluster_with(name, labels, 3600, false).await
+    }
+
+    pub async fn add_cluster_with(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        ttl_seconds: u64,
+        reusable: bool,
+    ) -> String {
+        self.admin()
+            .await
+            .add_cluster(AddClusterRequest {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ttl_seconds,
+                reusable,
+            })
+            .await
+            .expect("add cluster")
+            .into_inner()
+            .token
+    }
+
+    pub async fn cluster(&self, name: &str) -> Cluster {
+        self.admin()
+            .await
+            .get_cluster(GetClusterRequest { name: name.into() })
+            .await
+            .expect("get cluster")
+            .into_inner()
+    }
+
+    /// Waits until the hub reports `name` in `state`.
+    pub async fn wait_state(&self, name: &str, state: &str) -> Cluster {
+        eventually(&format!("cluster {name} to be {state}"), || async {
+            let c = self.cluster(name).await;
+            (c.state == state).then_some(c)
+        })
+        .await
+    }
+}
+
+/// An agent running in-process.
+pub struct TestAgent {
+    pub status: watch::Receiver<AgentStatus>,
+    pub task: JoinHandle<Result<(), AgentError>>,
+    stop: watch::Sender<bool>,
+}
+
+impl TestAgent {
+    pub fn start(state_dir: &Path, token: Option<String>) -> Self {
+        let mut cfg = AgentConfig::new(state_dir);
+        cfg.join_token = token;
+        cfg.backoff_base = Duration::from_millis(50);
+        Self::start_with(cfg)
+    }
+
+    pub fn start_with(cfg: AgentConfig) -> Self {
+        let (agent, status) = Agent::new(cfg);
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(agent.run(rx));
+        Self { status, task, stop }
+    }
+
+    pub async fn connected(&mut self) -> AgentStatus {
+        wait_status(&mut self.status, "agent to connect", |s| s.connected).await
+    }
+
+    /// Stops the agent and returns how it ended.
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("agent task")
+    }
+
+    /// Waits for the agent to end by itself (a final refusal).
+    pub async fn ended(self) -> Result<(), AgentError> {
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("agent ends by itself")
+            .expect("agent task")
+    }
+}
+
+/// Calls `Registration.Join` directly (pinning the CA from the token line).
+pub async fn join_raw(
+    token_line: &str,
+    csr_pem: &str,
+) -> Result<flotilla_proto::v1::JoinResponse, tonic::Status> {
+    let token = flotilla_proto::token::JoinToken::decode(token_line).expect("token decodes");
+    let cfg = flotilla_proto::tls::bootstrap_client_config(&token.ca).unwrap();
+    let ch = TlsDialer::new(cfg).channel(&token.hub).await.unwrap();
+    flotilla_proto::v1::registration_client::RegistrationClient::new(ch)
+        .join(flotilla_proto::v1::JoinRequest {
+            token: token.token,
+            csr_pem: csr_pem.into(),
+            agent: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Opens a session with the given credentials and Hello, and returns the first hub message.
+/// The request sender is returned too so the caller can keep the session open.
+pub async fn open_session(
+    addr: &str,
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    hello: flotilla_proto::v1::Hello,
+) -> Result<
+    (
+        flotilla_proto::v1::HubMessage,
+        tokio::sync::mpsc::Sender<flotilla_proto::v1::AgentMessage>,
+        tonic::Streaming<flotilla_proto::v1::HubMessage>,
+    ),
+    String,
+> {
+    use flotilla_proto::v1::agent_message::Msg;
+    let cfg = mtls_client_config(ca_pem, chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let ch = TlsDialer::new(cfg)
+        .channel(addr)
+        .await
+        .map_err(|e| flotilla_proto::tls::error_chain(&e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(flotilla_proto::v1::AgentMessage {
+        msg: Some(Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = flotilla_proto::v1::agent_session_client::AgentSessionClient::new(ch)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), flotilla_proto::tls::error_chain(&s)))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(m)) => Ok((m, tx, inbound)),
+        Ok(None) => Err("stream closed".into()),
+        Err(s) => Err(format!("{:?}: {}", s.code(), flotilla_proto::tls::error_chain(&s))),
+    }
+}
+
+/// Reads an agent's credentials from its state dir: (ca, chain, key).
+pub fn agent_credentials(state_dir: &Path) -> (String, String, String) {
+    let (_, c) = flotilla_agent::identity::StateDir::new(state_dir)
+        .load()
+        .unwrap()
+        .expect("agent has joined");
+    (c.ca_pem, c.chain_pem, c.key_pem)
+}

@@ -134,6 +134,11 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(m) => return config_error(m),
     };
+    // Every agent session is a file descriptor: use the hard limit, not the small default.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => return config_error(format!("--listen {}: {e}", args.listen)),

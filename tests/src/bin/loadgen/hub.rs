@@ -1,0 +1,309 @@
+//! The hub under test, run as a child process: start on free loopback ports, wait for
+//! readiness, watch for an unexpected exit, read its memory and CPU from `/proc`, and stop it
+//! with SIGTERM.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Exit status of `flotilla-hub` for configuration errors, including a port that cannot be bound.
+const EXIT_CONFIG: i32 = 64;
+/// Attempts with fresh ports when the hub cannot bind (another process took a port in between).
+const START_ATTEMPTS: usize = 5;
+/// How long the hub may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// One sample of the hub's process state.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcSample {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size so far, KiB.
+    pub hwm_kib: u64,
+    pub threads: u64,
+    /// User plus system CPU time consumed so far, seconds.
+    pub cpu_secs: f64,
+}
+
+/// A running `flotilla-hub serve`.
+pub struct HubProcess {
+    pub pid: u32,
+    /// `host:port` of the gRPC (mutual TLS) port.
+    pub addr: String,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Arc<Mutex<Child>>,
+    /// Becomes `Some(description)` when the process exits on its own.
+    exited: watch::Receiver<Option<String>>,
+    monitor: JoinHandle<()>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")
+        .context("binding 127.0.0.1:0 to find a free port")?
+        .local_addr()?
+        .port())
+}
+
+impl HubProcess {
+    /// Starts the hub with its data dir and log under `dir`, and waits until `/readyz` answers
+    /// 200 and the admin credential exists.
+    pub async fn start(bin: &Path, dir: &Path, heartbeat_interval: &str) -> Result<Self> {
+        let data_dir = dir.join("data");
+        let log_path = dir.join("hub.log");
+        for attempt in 1..=START_ATTEMPTS {
+            let grpc_port = free_port()?;
+            let mut http_port = free_port()?;
+            while http_port == grpc_port {
+                http_port = free_port()?;
+            }
+            let addr = format!("127.0.0.1:{grpc_port}");
+            let http: SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let mut child = Command::new(bin)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--listen", &addr])
+                .args(["--http-listen", &http.to_string()])
+                .args(["--heartbeat-interval", heartbeat_interval])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            let pid = child.id();
+            let deadline = Instant::now() + READY_TIMEOUT;
+            let ready = loop {
+                if let Some(status) = child.try_wait()? {
+                    break Err(status);
+                }
+                if let Ok((200, _)) = http_get(http, "/readyz").await {
+                    break Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "hub did not become ready within {READY_TIMEOUT:?}; log {}:\n{}",
+                        log_path.display(),
+                        log_tail(&log_path, 30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if let Err(status) = ready {
+                let tail = log_tail(&log_path, 30);
+                if status.code() == Some(EXIT_CONFIG)
+                    && tail.contains("listen")
+                    && attempt < START_ATTEMPTS
+                {
+                    eprintln!("loadgen: hub could not bind (attempt {attempt}), retrying on other ports");
+                    continue;
+                }
+                bail!(
+                    "hub exited during start-up ({status}); log {}:\n{tail}",
+                    log_path.display()
+                );
+            }
+            let admin = data_dir.join("admin.yaml");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !admin.exists() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("hub is ready but {} did not appear", admin.display());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let child = Arc::new(Mutex::new(child));
+            let (tx, exited) = watch::channel(None);
+            let watched = child.clone();
+            let monitor = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let st = watched.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+                    match st {
+                        Ok(None) => continue,
+                        Ok(Some(s)) => {
+                            let _ = tx.send(Some(s.to_string()));
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Some(format!("cannot wait for the hub: {e}")));
+                            return;
+                        }
+                    }
+                }
+            });
+            return Ok(Self {
+                pid,
+                addr,
+                http,
+                data_dir,
+                log_path,
+                child,
+                exited,
+                monitor,
+            });
+        }
+        Err(anyhow!("hub could not bind free ports in {START_ATTEMPTS} attempts"))
+    }
+
+    /// Resolves when the hub exits on its own, with a description of how it ended.
+    pub async fn died(&self) -> String {
+        let mut rx = self.exited.clone();
+        match rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.clone().unwrap_or_default(),
+            Err(_) => "hub monitor stopped".to_string(),
+        }
+    }
+
+    /// Memory, threads and CPU time from `/proc/<pid>`.
+    pub fn sample(&self) -> Result<ProcSample> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .context("reading the hub's /proc status (did it exit?)")?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name (which may contain spaces) start at field 3 (state).
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // utime is field 14, stime 15 (1-based); `after` starts at field 3.
+        let cpu = (ticks(14 - 3) + ticks(15 - 3)) as f64 / CLOCK_TICKS;
+        Ok(ProcSample {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+            cpu_secs: cpu,
+        })
+    }
+
+    /// The last `n` lines of the hub's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.log_path, n)
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the hub to exit, then kills it.
+    pub async fn stop(self, grace: Duration) -> Result<ExitStatus> {
+        self.monitor.abort();
+        let already = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_wait()?;
+        if let Some(st) = already {
+            return Ok(st);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            let st = self
+                .child
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .try_wait()?;
+            if let Some(st) = st {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                eprintln!("loadgen: hub did not exit within {grace:?} of SIGTERM; killing it");
+                let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = c.kill();
+                return Ok(c.wait()?);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The last `n` lines of a file (reads at most its last 64 KiB).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::from("(no log)");
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 GET over loopback: returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("malformed HTTP response from {addr}{path}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no status in HTTP response from {addr}{path}"))?;
+        Ok::<_, anyhow::Error>((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow!("GET {addr}{path} timed out"))?
+}
+
+/// The value of the sample `name` (exactly, labels included) in a Prometheus/OpenMetrics text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = rest.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_lines() {
+        let t = "# TYPE x gauge\nflotilla_hub_sessions_connected 42\nflotilla_hub_sessions_connected_x 1\nflotilla_hub_tls_handshakes_total{result=\"ok\"} 7\n";
+        assert_eq!(metric(t, "flotilla_hub_sessions_connected"), Some(42.0));
+        assert_eq!(
+            metric(t, "flotilla_hub_tls_handshakes_total{result=\"ok\"}"),
+            Some(7.0)
+        );
+        assert_eq!(metric(t, "nope"), None);
+    }
+}

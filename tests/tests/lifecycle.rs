@@ -1,0 +1,182 @@
+//! Lifecycle of clusters and sessions with a real hub and real agents over real mutual TLS:
+//! join, hub restart, agent restart, certificate renewal, removal.
+
+use std::time::Duration;
+
+use flotilla_agent::AgentError;
+use flotilla_proto::clock::unix_ms;
+use flotilla_proto::v1::{ListClustersRequest, ListTokensRequest, RemoveClusterRequest};
+use flotilla_tests::*;
+
+#[tokio::test]
+async fn join_connects_and_hub_lists_the_cluster() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("eu-1", &[("region", "eu-west-1")]).await;
+    assert!(token.starts_with("flotilla-join:"));
+    assert_eq!(hub.cluster("eu-1").await.state, "pending");
+
+    let mut agent = TestAgent::start(&dir.path().join("a"), Some(token));
+    let st = agent.connected().await;
+    assert_eq!(st.cluster_id, "eu-1");
+
+    let c = hub.wait_state("eu-1", "connected").await;
+    assert_eq!(c.labels.get("region").map(String::as_str), Some("eu-west-1"));
+    assert_eq!(c.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(c.identity, "spiffe://flotilla.local/cluster/eu-1");
+    assert!(c.cert_expires_unix_ms > unix_ms(std::time::SystemTime::now()));
+    assert!(c.last_seen_unix_ms > 0);
+
+    // Heartbeats flow and are answered.
+    wait_status(&mut agent.status, "a heartbeat ack", |s| s.heartbeats_acked > 0).await;
+    agent.stop().await.unwrap();
+    hub.wait_state("eu-1", "disconnected").await;
+}
+
+#[tokio::test]
+async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let mut agents = Vec::new();
+    for (name, region) in [("eu-1", "eu"), ("us-1", "us")] {
+        let token = hub.add_cluster(name, &[("region", region)]).await;
+        let mut a = TestAgent::start(&dir.path().join(name), Some(token));
+        a.connected().await;
+        agents.push(a);
+    }
+    let spare = hub.add_cluster("later", &[]).await;
+    let before = hub
+        .admin()
+        .await
+        .list_clusters(ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters;
+
+    hub.restart().await;
+
+    for a in &mut agents {
+        wait_status(&mut a.status, "reconnect after hub restart", |s| {
+            s.connected && s.sessions_opened >= 2
+        })
+        .await;
+    }
+    hub.wait_state("eu-1", "connected").await;
+    hub.wait_state("us-1", "connected").await;
+    let after = hub
+        .admin()
+        .await
+        .list_clusters(ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters;
+    assert_eq!(after.len(), before.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.created_unix_ms, b.created_unix_ms);
+    }
+    // The token minted before the restart still works.
+    let mut late = TestAgent::start(&dir.path().join("later"), Some(spare));
+    late.connected().await;
+    let tokens = hub
+        .admin()
+        .await
+        .list_tokens(ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens.iter().all(|t| t.state == "used"));
+}
+
+#[tokio::test]
+async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("edge-1", &[]).await;
+    let state = dir.path().join("edge");
+    let mut a = TestAgent::start(&state, Some(token));
+    let first = a.connected().await;
+    a.stop().await.unwrap();
+
+    let mut again = TestAgent::start(&state, None);
+    let second = again.connected().await;
+    assert_eq!(second.cluster_id, "edge-1");
+    assert_eq!(second.cert_serial, first.cert_serial, "no re-join: same certificate");
+    hub.wait_state("edge-1", "connected").await;
+
+    // Without state and without a token the agent says what is missing.
+    let err = TestAgent::start(&dir.path().join("empty"), None).ended().await.unwrap_err();
+    assert!(matches!(err, AgentError::NotJoined(_)), "{err}");
+}
+
+#[tokio::test]
+async fn renewal_with_a_short_lifetime_keeps_the_session() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TestHub::config(dir.path());
+    cfg.cert_lifetime = Duration::from_secs(3);
+    let hub = TestHub::start(cfg).await;
+    let token = hub.add_cluster("short", &[]).await;
+    let state = dir.path().join("short");
+    let mut a = TestAgent::start(&state, Some(token));
+    let first = a.connected().await;
+
+    // Two renewals: the second one proves the first renewed certificate was usable.
+    let renewed = wait_status(&mut a.status, "two renewals", |s| s.renewals >= 2).await;
+    assert_ne!(renewed.cert_serial, first.cert_serial);
+    assert_eq!(renewed.session_id, first.session_id, "same session throughout");
+    assert_eq!(renewed.sessions_opened, 1, "the session was never dropped");
+    assert!(renewed.connected);
+
+    // The renewed certificate is persisted and a restarted agent connects with it.
+    let (_, chain, _) = agent_credentials(&state);
+    let certs = flotilla_proto::tls::certs_from_pem(&chain, "chain").unwrap();
+    let leaf = flotilla_proto::identity::PeerCert::from_der(&certs[0], "flotilla.local").unwrap();
+    assert_ne!(leaf.serial, first.cert_serial);
+    a.stop().await.unwrap();
+    let mut b = TestAgent::start(&state, None);
+    b.connected().await;
+}
+
+#[tokio::test]
+async fn removed_cluster_is_disconnected_and_refused() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("gone", &[]).await;
+    let state = dir.path().join("gone");
+    let mut a = TestAgent::start(&state, Some(token));
+    a.connected().await;
+
+    hub.admin()
+        .await
+        .remove_cluster(RemoveClusterRequest {
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+    // The live session is told and the agent stops for good.
+    let err = a.ended().await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Disconnected { reason, .. } if reason == "revoked"),
+        "{err}"
+    );
+    assert_eq!(hub.cluster("gone").await.state, "revoked");
+
+    // A later handshake with the revoked certificate is refused, and the agent says so.
+    let err = TestAgent::start(&state, None).ended().await.unwrap_err();
+    assert!(err.to_string().contains("CertificateRevoked"), "{err}");
+    // So is a raw session attempt with the same certificate.
+    let (ca, chain, key) = agent_credentials(&state);
+    let r = open_session(&hub.addr(), &ca, &chain, &key, Default::default()).await;
+    assert!(r.is_err());
+    assert!(hub.running().sessions.get("gone").is_none());
+}
