@@ -128,10 +128,11 @@ impl StateDir {
         let identity = std::fs::read_to_string(&id_path).map_err(self.io(&id_path))?;
         let ca_path = self.dir.join("ca.crt");
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(self.io(&ca_path))?;
-        let (chain_pem, key_pem) = split_identity(&identity).ok_or_else(|| IdentityError::Corrupt {
-            path: id_path.clone(),
-            err: "expected certificate and private key PEM blocks".into(),
-        })?;
+        let (chain_pem, key_pem) =
+            split_identity(&identity).ok_or_else(|| IdentityError::Corrupt {
+                path: id_path.clone(),
+                err: "expected certificate and private key PEM blocks".into(),
+            })?;
         Ok(Some((
             state,
             Credentials {
@@ -181,7 +182,8 @@ impl StateDir {
 
 /// Splits `identity.pem` into (certificate PEM blocks, key PEM block).
 fn split_identity(text: &str) -> Option<(String, String)> {
-    let key_start = text.find("-----BEGIN PRIVATE KEY-----")
+    let key_start = text
+        .find("-----BEGIN PRIVATE KEY-----")
         .or_else(|| text.find("-----BEGIN EC PRIVATE KEY-----"))?;
     let (certs, key) = text.split_at(key_start);
     (certs.contains("-----BEGIN CERTIFICATE-----")).then(|| (certs.to_string(), key.to_string()))
@@ -222,7 +224,10 @@ mod tests {
         assert_eq!(st2, st);
         assert_eq!(c2.key_pem, creds.key_pem);
         assert_eq!(c2.chain_pem, creds.chain_pem);
-        let mode = std::fs::metadata(sd.path().join("identity.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(sd.path().join("identity.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

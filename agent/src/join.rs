@@ -47,7 +47,10 @@ pub async fn join(
         })
         .await
         .map_err(|s| match s.code() {
-            Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
+            Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DeadlineExceeded
             | Code::Aborted => JoinError::Transient(format!("hub {hub}: {}", s.message())),
             _ => JoinError::Refused(s.message().to_string()),
         })?

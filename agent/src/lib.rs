@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, SystemClock, unix_ms};
-use flotilla_proto::token::JoinToken;
 use flotilla_proto::tls::TlsDialer;
+use flotilla_proto::token::JoinToken;
 use flotilla_proto::v1::AgentInfo;
 use tokio::sync::watch;
 

@@ -7,16 +7,29 @@ use clap::Parser;
 use flotilla_agent::{Agent, AgentConfig, ClusterBackend};
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla-agent", version, about = "Flotilla agent: dials out to the hub and reconciles its own cluster")]
+#[command(
+    name = "flotilla-agent",
+    version,
+    about = "Flotilla agent: dials out to the hub and reconciles its own cluster"
+)]
 struct Args {
     /// One-line join token from `flotilla cluster add` (first start only).
     #[arg(long, env = "FLOTILLA_JOIN")]
     join: Option<String>,
     /// Where the key, certificate and CA are kept.
-    #[arg(long, env = "FLOTILLA_STATE_DIR", default_value = "./flotilla-agent-state")]
+    #[arg(
+        long,
+        env = "FLOTILLA_STATE_DIR",
+        default_value = "./flotilla-agent-state"
+    )]
     state_dir: PathBuf,
     /// Cluster backend to drive.
-    #[arg(long, env = "FLOTILLA_CLUSTER", value_enum, default_value = "simulated")]
+    #[arg(
+        long,
+        env = "FLOTILLA_CLUSTER",
+        value_enum,
+        default_value = "simulated"
+    )]
     cluster: ClusterBackend,
     /// Hub address override (`host:port` or `https://host:port`).
     #[arg(long, env = "FLOTILLA_HUB")]
@@ -31,7 +44,9 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     flotilla_proto::telemetry::init("info", args.log_json);
     if args.cluster == ClusterBackend::Kube {
-        eprintln!("flotilla-agent: --cluster kube is not available in this build yet; use --cluster simulated");
+        eprintln!(
+            "flotilla-agent: --cluster kube is not available in this build yet; use --cluster simulated"
+        );
         return ExitCode::from(64);
     }
     let mut config = AgentConfig::new(args.state_dir);

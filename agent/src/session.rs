@@ -26,7 +26,10 @@ pub const RENEW_AT: f64 = 0.7;
 pub enum SessionEnd {
     Shutdown,
     /// The hub said goodbye.
-    Disconnected { reason: String, message: String },
+    Disconnected {
+        reason: String,
+        message: String,
+    },
     /// The stream ended without a word (hub went away).
     Closed,
 }
@@ -96,7 +99,8 @@ impl SessionCtx {
             .and_then(|l| self.creds.not_before().ok().map(|nb| (l, nb)))
             .and_then(|(l, nb)| l.not_after.duration_since(nb).ok())
             .unwrap_or(Duration::from_secs(60));
-        life.mul_f64(0.05).clamp(Duration::from_millis(500), Duration::from_secs(30))
+        life.mul_f64(0.05)
+            .clamp(Duration::from_millis(500), Duration::from_secs(30))
     }
 
     /// Runs one session until it ends.

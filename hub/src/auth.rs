@@ -13,7 +13,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::registry::RevokedSerials;
@@ -126,9 +129,7 @@ pub struct Caller {
 /// Reads the caller from the connection behind a request: the identity comes from the
 /// verified client certificate only, never from message fields.
 pub fn caller<T>(req: &tonic::Request<T>, trust_domain: &str) -> Result<Caller, tonic::Status> {
-    let info = req
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>();
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     let addr = info.and_then(|i| i.get_ref().remote_addr());
     let peer = match info.and_then(|i| i.peer_certs()) {
         Some(certs) if !certs.is_empty() => Some(

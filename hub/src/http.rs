@@ -41,7 +41,10 @@ pub async fn serve(
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     match s.store.revision().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod ca;
+pub mod cli;
 pub mod credential;
 pub mod error;
 pub mod http;
@@ -13,4 +14,3 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
-pub mod cli;

@@ -49,8 +49,16 @@ impl Metrics {
             tls_handshakes.clone(),
         );
         registry.register("joins", "Registration.Join calls, by result", joins.clone());
-        registry.register("heartbeats", "Agent heartbeats received", heartbeats.clone());
-        registry.register("renewals", "Certificates renewed over sessions", renewals.clone());
+        registry.register(
+            "heartbeats",
+            "Agent heartbeats received",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Certificates renewed over sessions",
+            renewals.clone(),
+        );
         registry.register(
             "rejected_messages",
             "Agent messages refused as malformed, oversized or out of place",

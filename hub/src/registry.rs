@@ -149,7 +149,11 @@ pub fn validate_label(k: &str, v: &str) -> Result<(), HubError> {
             "label key {k:?} must be 1-253 characters of letters, digits, '-', '_', '.', '/'"
         )));
     }
-    if v.len() > 63 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if v.len() > 63
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(HubError::Invalid(format!(
             "label value {v:?} for {k:?} must be at most 63 letters, digits, '-', '_' or '.'"
         )));
@@ -310,10 +314,14 @@ impl Registry {
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, HubError> {
         let key = format!("{TOKENS}{id}");
-        self.update(&key, || HubError::UnknownTokenId(id.to_string()), |t: &mut TokenRecord| {
-            t.revoked = true;
-            Ok(())
-        })
+        self.update(
+            &key,
+            || HubError::UnknownTokenId(id.to_string()),
+            |t: &mut TokenRecord| {
+                t.revoked = true;
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -420,20 +428,24 @@ impl Registry {
     ) -> Result<ClusterRecord, HubError> {
         let now = self.now_ms();
         let key = format!("{CLUSTERS}{cluster}");
-        self.update(&key, || HubError::UnknownCluster(cluster.to_string()), |c: &mut ClusterRecord| {
-            if c.revoked {
-                return Err(HubError::ClusterRevoked(cluster.to_string()));
-            }
-            c.certs.retain(|x| x.not_after_ms > now);
-            c.certs.push(IssuedCert {
-                serial: serial.to_string(),
-                not_after_ms: unix_ms(not_after),
-            });
-            if let Some(v) = agent_version {
-                c.agent_version = v.to_string();
-            }
-            Ok(())
-        })
+        self.update(
+            &key,
+            || HubError::UnknownCluster(cluster.to_string()),
+            |c: &mut ClusterRecord| {
+                if c.revoked {
+                    return Err(HubError::ClusterRevoked(cluster.to_string()));
+                }
+                c.certs.retain(|x| x.not_after_ms > now);
+                c.certs.push(IssuedCert {
+                    serial: serial.to_string(),
+                    not_after_ms: unix_ms(not_after),
+                });
+                if let Some(v) = agent_version {
+                    c.agent_version = v.to_string();
+                }
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -441,13 +453,17 @@ impl Registry {
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
         let now = self.now_ms();
         let key = format!("{CLUSTERS}{cluster}");
-        self.update(&key, || HubError::UnknownCluster(cluster.to_string()), |c: &mut ClusterRecord| {
-            c.last_seen_ms = now;
-            if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
-                c.agent_version = v.to_string();
-            }
-            Ok(())
-        })
+        self.update(
+            &key,
+            || HubError::UnknownCluster(cluster.to_string()),
+            |c: &mut ClusterRecord| {
+                c.last_seen_ms = now;
+                if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
+                    c.agent_version = v.to_string();
+                }
+                Ok(())
+            },
+        )
         .await
         .map(|_: ClusterRecord| ())
     }
@@ -462,17 +478,21 @@ impl Registry {
             validate_label(k, v)?;
         }
         let key = format!("{CLUSTERS}{name}");
-        self.update(&key, || HubError::UnknownCluster(name.to_string()), |c: &mut ClusterRecord| {
-            if c.revoked {
-                return Err(HubError::ClusterRevoked(name.to_string()));
-            }
-            for k in remove {
-                c.labels.remove(k);
-            }
-            c.labels
-                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Ok(())
-        })
+        self.update(
+            &key,
+            || HubError::UnknownCluster(name.to_string()),
+            |c: &mut ClusterRecord| {
+                if c.revoked {
+                    return Err(HubError::ClusterRevoked(name.to_string()));
+                }
+                for k in remove {
+                    c.labels.remove(k);
+                }
+                c.labels
+                    .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -481,10 +501,14 @@ impl Registry {
     pub async fn remove_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
         let key = format!("{CLUSTERS}{name}");
         let rec = self
-            .update(&key, || HubError::UnknownCluster(name.to_string()), |c: &mut ClusterRecord| {
-                c.revoked = true;
-                Ok(())
-            })
+            .update(
+                &key,
+                || HubError::UnknownCluster(name.to_string()),
+                |c: &mut ClusterRecord| {
+                    c.revoked = true;
+                    Ok(())
+                },
+            )
             .await?;
         for cert in &rec.certs {
             let rk = format!("{REVOKED}{}", cert.serial);

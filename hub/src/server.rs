@@ -254,8 +254,7 @@ pub async fn start(
         .initial_connection_window_size(256 * 1024)
         .initial_stream_window_size(128 * 1024)
         .add_service(
-            RegistrationServer::new(registration_svc)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            RegistrationServer::new(registration_svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
             AgentSessionServer::new(session_svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -277,7 +276,9 @@ pub async fn start(
     {
         let registry = registry.clone();
         let rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move { registry.watch_revocations(rx).await }));
+        tasks.push(tokio::spawn(
+            async move { registry.watch_revocations(rx).await },
+        ));
     }
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());

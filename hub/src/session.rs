@@ -60,7 +60,10 @@ impl SessionShared {
     }
 
     fn take(&self) -> Option<Control> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
@@ -183,7 +186,8 @@ struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.sessions.unregister(&self.shared.cluster, self.shared.id);
+        self.sessions
+            .unregister(&self.shared.cluster, self.shared.id);
         self.metrics.sessions_connected.dec();
         tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
         let registry = self.registry.clone();
@@ -254,7 +258,11 @@ impl AgentSession for SessionService {
                 hello.cluster_id
             )));
         }
-        let version = hello.agent.as_ref().map(|a| a.version.clone()).unwrap_or_default();
+        let version = hello
+            .agent
+            .as_ref()
+            .map(|a| a.version.clone())
+            .unwrap_or_default();
         let now_ms = unix_ms(self.clock.now());
         let shared = self.sessions.register(&cluster, &version, now_ms);
         self.metrics.sessions_connected.inc();
@@ -385,11 +393,7 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 
 impl SessionService {
     /// Signs a renewal CSR for the session's own cluster (whatever the CSR asks for).
-    async fn renew(
-        &self,
-        cluster: &str,
-        csr_pem: &str,
-    ) -> (RenewResponse, Option<Instant>) {
+    async fn renew(&self, cluster: &str, csr_pem: &str) -> (RenewResponse, Option<Instant>) {
         let refused = |e: String| {
             tracing::warn!(cluster.id = %cluster, error = %e, "renewal refused");
             (

@@ -147,9 +147,13 @@ mod tests {
     #[test]
     fn rejects_foreign_trust_domain_and_bad_names() {
         assert!(Identity::parse_uri("spiffe://other/cluster/a", "flotilla.local").is_err());
-        assert!(Identity::parse_uri("spiffe://flotilla.local/cluster/A_B", "flotilla.local").is_err());
+        assert!(
+            Identity::parse_uri("spiffe://flotilla.local/cluster/A_B", "flotilla.local").is_err()
+        );
         assert!(Identity::parse_uri("spiffe://flotilla.local/root/a", "flotilla.local").is_err());
-        assert!(Identity::parse_uri("spiffe://flotilla.local/cluster/a/b", "flotilla.local").is_err());
+        assert!(
+            Identity::parse_uri("spiffe://flotilla.local/cluster/a/b", "flotilla.local").is_err()
+        );
         assert!(validate_name("-x").is_err());
         assert!(validate_name(&"a".repeat(64)).is_err());
         assert!(validate_name("us-east-1").is_ok());

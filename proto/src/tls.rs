@@ -154,9 +154,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut store = RootCertStore::empty();
         store.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -240,14 +241,14 @@ impl TlsDialer {
     }
 
     fn current(&self) -> Arc<ClientConfig> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Opens one TLS connection to `addr` (`host:port`).
-    pub async fn dial(
-        &self,
-        addr: &str,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub async fn dial(&self, addr: &str) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let (host, _) = split_host_port(addr)?;
         let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -257,7 +258,9 @@ impl TlsDialer {
                 Some(ip) => a.is_ipv4() == ip.is_ipv4(),
                 None => true,
             })
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} did not resolve")))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{addr} did not resolve"))
+            })?;
         let fut = async {
             let tcp = match self.local_ip {
                 Some(ip) => {
@@ -278,7 +281,12 @@ impl TlsDialer {
         };
         tokio::time::timeout(self.connect_timeout, fut)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))?
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            })?
     }
 
     /// A tonic channel to `addr` whose connections are made by this dialer. Connects eagerly so
@@ -300,7 +308,12 @@ impl TlsDialer {
 
 /// Splits `host:port`, accepting `[v6]:port`.
 pub fn split_host_port(addr: &str) -> io::Result<(&str, u16)> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("{addr:?} is not host:port"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{addr:?} is not host:port"),
+        )
+    };
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     let port = port.parse().map_err(|_| bad())?;
     if host.is_empty() {
@@ -336,7 +349,10 @@ mod tests {
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:7443").unwrap(), ("127.0.0.1", 7443));
+        assert_eq!(
+            split_host_port("127.0.0.1:7443").unwrap(),
+            ("127.0.0.1", 7443)
+        );
         assert_eq!(split_host_port("[::1]:1").unwrap(), ("[::1]", 1));
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":1").is_err());

@@ -37,7 +37,10 @@ impl JoinToken {
     }
 
     pub fn decode(s: &str) -> Result<Self, TokenError> {
-        let body = s.trim().strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Prefix)?;
+        let body = s
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::Prefix)?;
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|e| TokenError::Encoding(e.to_string()))?;

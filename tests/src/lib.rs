@@ -74,7 +74,9 @@ impl TestHub {
     pub async fn start(config: HubConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hub = start(config.clone(), listener, None).await.expect("hub starts");
+        let hub = start(config.clone(), listener, None)
+            .await
+            .expect("hub starts");
         Self {
             hub: Some(hub),
             config,
@@ -262,7 +264,11 @@ pub async fn open_session(
     match inbound.message().await {
         Ok(Some(m)) => Ok((m, tx, inbound)),
         Ok(None) => Err("stream closed".into()),
-        Err(s) => Err(format!("{:?}: {}", s.code(), flotilla_proto::tls::error_chain(&s))),
+        Err(s) => Err(format!(
+            "{:?}: {}",
+            s.code(),
+            flotilla_proto::tls::error_chain(&s)
+        )),
     }
 }
 

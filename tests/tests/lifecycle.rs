@@ -22,14 +22,20 @@ async fn join_connects_and_hub_lists_the_cluster() {
     assert_eq!(st.cluster_id, "eu-1");
 
     let c = hub.wait_state("eu-1", "connected").await;
-    assert_eq!(c.labels.get("region").map(String::as_str), Some("eu-west-1"));
+    assert_eq!(
+        c.labels.get("region").map(String::as_str),
+        Some("eu-west-1")
+    );
     assert_eq!(c.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(c.identity, "spiffe://flotilla.local/cluster/eu-1");
     assert!(c.cert_expires_unix_ms > unix_ms(std::time::SystemTime::now()));
     assert!(c.last_seen_unix_ms > 0);
 
     // Heartbeats flow and are answered.
-    wait_status(&mut agent.status, "a heartbeat ack", |s| s.heartbeats_acked > 0).await;
+    wait_status(&mut agent.status, "a heartbeat ack", |s| {
+        s.heartbeats_acked > 0
+    })
+    .await;
     agent.stop().await.unwrap();
     hub.wait_state("eu-1", "disconnected").await;
 }
@@ -109,11 +115,17 @@ async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
     let mut again = TestAgent::start(&state, None);
     let second = again.connected().await;
     assert_eq!(second.cluster_id, "edge-1");
-    assert_eq!(second.cert_serial, first.cert_serial, "no re-join: same certificate");
+    assert_eq!(
+        second.cert_serial, first.cert_serial,
+        "no re-join: same certificate"
+    );
     hub.wait_state("edge-1", "connected").await;
 
     // Without state and without a token the agent says what is missing.
-    let err = TestAgent::start(&dir.path().join("empty"), None).ended().await.unwrap_err();
+    let err = TestAgent::start(&dir.path().join("empty"), None)
+        .ended()
+        .await
+        .unwrap_err();
     assert!(matches!(err, AgentError::NotJoined(_)), "{err}");
 }
 
@@ -132,7 +144,10 @@ async fn renewal_with_a_short_lifetime_keeps_the_session() {
     // Two renewals: the second one proves the first renewed certificate was usable.
     let renewed = wait_status(&mut a.status, "two renewals", |s| s.renewals >= 2).await;
     assert_ne!(renewed.cert_serial, first.cert_serial);
-    assert_eq!(renewed.session_id, first.session_id, "same session throughout");
+    assert_eq!(
+        renewed.session_id, first.session_id,
+        "same session throughout"
+    );
     assert_eq!(renewed.sessions_opened, 1, "the session was never dropped");
     assert!(renewed.connected);
 

@@ -13,7 +13,11 @@ use flotilla_hub::server::{HubConfig, start};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla-hub", version, about = "Flotilla hub: tracks git, promotes revisions, serves agents")]
+#[command(
+    name = "flotilla-hub",
+    version,
+    about = "Flotilla hub: tracks git, promotes revisions, serves agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,9 @@ fn config_error(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Checks what clap cannot, before anything binds or dials.
 fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
-    if a.cert_lifetime < Duration::from_secs(1) || a.cert_lifetime > Duration::from_secs(366 * 86_400) {
+    if a.cert_lifetime < Duration::from_secs(1)
+        || a.cert_lifetime > Duration::from_secs(366 * 86_400)
+    {
         return Err(format!(
             "--cert-lifetime {} must be between 1s and 366d",
             humantime::format_duration(a.cert_lifetime)
@@ -88,14 +94,13 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     }
     for name in &a.advertise {
         if name.is_empty() || name.contains(['/', ' ', '@']) {
-            return Err(format!("--advertise {name:?} is not a host name or IP address"));
+            return Err(format!(
+                "--advertise {name:?} is not a host name or IP address"
+            ));
         }
     }
-    if a.listen == a.http_listen {
-        return Err(format!(
-            "--listen and --http-listen are both {}",
-            a.listen
-        ));
+    if a.listen == a.http_listen && a.listen.port() != 0 {
+        return Err(format!("--listen and --http-listen are both {}", a.listen));
     }
     for (flag, p) in [("--ca-cert", &a.ca_cert), ("--ca-key", &a.ca_key)] {
         if let Some(p) = p
@@ -105,7 +110,10 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
         }
     }
     if a.data_dir.exists() && !a.data_dir.is_dir() {
-        return Err(format!("--data-dir {} is not a directory", a.data_dir.display()));
+        return Err(format!(
+            "--data-dir {} is not a directory",
+            a.data_dir.display()
+        ));
     }
     let mut c = HubConfig::new(&a.data_dir);
     c.advertise = a.advertise.clone();
@@ -121,7 +129,9 @@ async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
+            }
             _ => {
                 let _ = e.print();
                 return ExitCode::from(EXIT_CONFIG);

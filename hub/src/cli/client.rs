@@ -36,8 +36,9 @@ pub fn config_path(flag: Option<&Path>) -> Result<PathBuf, CliError> {
     {
         return Ok(PathBuf::from(p));
     }
-    let home = std::env::var("HOME")
-        .map_err(|_| CliError("no --config, FLOTILLA_CONFIG or HOME to find the config file".into()))?;
+    let home = std::env::var("HOME").map_err(|_| {
+        CliError("no --config, FLOTILLA_CONFIG or HOME to find the config file".into())
+    })?;
     Ok(PathBuf::from(home).join(".config/flotilla/config.yaml"))
 }
 
@@ -72,6 +73,12 @@ pub async fn admin_client(cred: &AdminCredential) -> Result<AdminClient<Channel>
         .with_connect_timeout(std::time::Duration::from_secs(5))
         .channel(&cred.hub)
         .await
-        .map_err(|e| CliError(format!("cannot reach hub at {}: {}", cred.hub, error_chain(&e))))?;
+        .map_err(|e| {
+            CliError(format!(
+                "cannot reach hub at {}: {}",
+                cred.hub,
+                error_chain(&e)
+            ))
+        })?;
     Ok(AdminClient::new(channel))
 }

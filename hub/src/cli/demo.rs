@@ -43,7 +43,8 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
         hub.data_dir.display(),
         FLEET.len()
     );
-    let cred = AdminCredential::load(&hub.admin_credential_path()).map_err(|e| err(e.to_string()))?;
+    let cred =
+        AdminCredential::load(&hub.admin_credential_path()).map_err(|e| err(e.to_string()))?;
     let mut admin = admin_client(&cred).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut agents = Vec::new();

@@ -18,14 +18,24 @@ use self::client::{CliError, admin_client, config_path, load_credential};
 use self::output::{ClusterOut, Format, TokenOut};
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "Flotilla: GitOps fleet manager for Kubernetes")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Flotilla: GitOps fleet manager for Kubernetes"
+)]
 pub struct Cli {
     /// Config file (the hub's admin.yaml format). Default: FLOTILLA_CONFIG, then
     /// ~/.config/flotilla/config.yaml.
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
     pub output: Format,
     #[command(subcommand)]
     pub command: Command,
@@ -135,7 +145,11 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     "cluster {} added; join token (expires {}{}):\n{}\n\nstart the agent in the cluster with:\n  flotilla-agent --join '{}'\n",
                     out.name,
                     out.expires_at.clone().unwrap_or_default(),
-                    if reusable { ", reusable" } else { ", single use" },
+                    if reusable {
+                        ", reusable"
+                    } else {
+                        ", single use"
+                    },
                     out.token,
                     out.token
                 ),
@@ -143,7 +157,10 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             }
         }
         Command::Cluster(ClusterCmd::List) => {
-            let resp = admin.list_clusters(ListClustersRequest {}).await?.into_inner();
+            let resp = admin
+                .list_clusters(ListClustersRequest {})
+                .await?
+                .into_inner();
             let rows: Vec<ClusterOut> = resp.clusters.iter().map(ClusterOut::from).collect();
             output::clusters(fmt, &rows)
         }

@@ -83,7 +83,14 @@ fn labels_text(l: &BTreeMap<String, String>) -> String {
 pub fn clusters_table(rows: &[ClusterOut]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(["NAME", "LABELS", "STATE", "LAST SEEN", "AGENT", "CERT EXPIRES"]);
+    t.set_header([
+        "NAME",
+        "LABELS",
+        "STATE",
+        "LAST SEEN",
+        "AGENT",
+        "CERT EXPIRES",
+    ]);
     for c in rows {
         t.add_row([
             c.name.clone(),

@@ -1,0 +1,128 @@
+//! The real `flotilla-hub` and `flotilla` binaries: configuration errors exit 64 naming the
+//! flag, and a hub started from the command line serves the CLI through its admin credential.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HUB: &str = env!("CARGO_BIN_EXE_flotilla-hub");
+const CLI: &str = env!("CARGO_BIN_EXE_flotilla");
+
+fn serve(args: &[&str]) -> std::process::Output {
+    Command::new(HUB)
+        .arg("serve")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_configuration_exits_64_and_names_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cert-lifetime", "bogus"], "--cert-lifetime"),
+        (&["--cert-lifetime", "0s"], "--cert-lifetime"),
+        (&["--listen", "not-an-address"], "--listen"),
+        (
+            &["--listen", "127.0.0.1:9", "--http-listen", "127.0.0.1:9"],
+            "--listen and --http-listen",
+        ),
+        (&["--trust-domain", "Bad Domain"], "--trust-domain"),
+        (
+            &[
+                "--ca-cert",
+                "/nonexistent.pem",
+                "--ca-key",
+                "/nonexistent.key",
+            ],
+            "--ca-cert",
+        ),
+        (&["--ca-cert", "/nonexistent.pem"], "--ca-key"),
+    ];
+    for (args, flag) in cases {
+        let out = serve(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(flag),
+            "{args:?} should name {flag}: {stderr}"
+        );
+    }
+}
+
+fn wait_for_file(p: &Path, hub: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.exists() {
+        if let Some(status) = hub.try_wait().unwrap() {
+            panic!("hub exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hub_binary_serves_the_cli_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut hub = Command::new(HUB)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cred = data.join("admin.yaml");
+    wait_for_file(&cred, &mut hub);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cred).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let out = Command::new(CLI)
+        .arg("--config")
+        .arg(&cred)
+        .args([
+            "cluster",
+            "add",
+            "eu-1",
+            "--label",
+            "region=eu",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("flotilla-join:"));
+
+    let out = Command::new(CLI)
+        .env("FLOTILLA_CONFIG", &cred)
+        .args(["cluster", "get", "missing"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "flotilla: unknown cluster \"missing\"\n"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status()
+        .unwrap();
+    let status = hub.wait().unwrap();
+    assert!(status.success(), "hub exit: {status}");
+}
