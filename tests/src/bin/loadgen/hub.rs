@@ -115,7 +115,9 @@ impl HubProcess {
                     && tail.contains("listen")
                     && attempt < START_ATTEMPTS
                 {
-                    eprintln!("loadgen: hub could not bind (attempt {attempt}), retrying on other ports");
+                    eprintln!(
+                        "loadgen: hub could not bind (attempt {attempt}), retrying on other ports"
+                    );
                     continue;
                 }
                 bail!(
@@ -164,7 +166,9 @@ impl HubProcess {
                 monitor,
             });
         }
-        Err(anyhow!("hub could not bind free ports in {START_ATTEMPTS} attempts"))
+        Err(anyhow!(
+            "hub could not bind free ports in {START_ATTEMPTS} attempts"
+        ))
     }
 
     /// Resolves when the hub exits on its own, with a description of how it ended.

@@ -37,7 +37,9 @@ use flotilla_proto::v1::admin_client::AdminClient;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::client::{Cmd, Enrolled, Fleet, Session, add_cluster, cluster_name, join, open_session, source_ip};
+use crate::client::{
+    Cmd, Enrolled, Fleet, Session, add_cluster, cluster_name, join, open_session, source_ip,
+};
 use crate::hub::{HubProcess, http_get, metric};
 use crate::report::{Latency, Report};
 
@@ -185,7 +187,11 @@ async fn run(args: Args) -> Result<ExitCode> {
     let keep = args.keep_dir || outcome.is_err();
     let dir = if keep {
         let p = tmp.keep();
-        println!("loadgen: kept {} (hub log: {})", p.display(), log_path.display());
+        println!(
+            "loadgen: kept {} (hub log: {})",
+            p.display(),
+            log_path.display()
+        );
         Some(p)
     } else {
         drop(tmp);
@@ -272,7 +278,13 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
             .with_local_ip(Some(source_ip(j, sources)))
             .channel(&first_token.hub)
             .await
-            .map_err(|e| anyhow!("bootstrap connection to {}: {}", first_token.hub, error_chain(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "bootstrap connection to {}: {}",
+                    first_token.hub,
+                    error_chain(&e)
+                )
+            })?;
         boot.push(ch);
     }
     let mut enrolled: Vec<Enrolled> = Vec::with_capacity(n);
@@ -381,8 +393,7 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     rep.handshake_secs = took.as_secs_f64();
     rep.handshakes_per_sec = sessions.len() as f64 / took.as_secs_f64();
     rep.open_latency = Latency::of(&mut open_latencies);
-    rep.hub_cpu_ms_per_handshake =
-        (cpu_after - cpu_before) * 1000.0 / sessions.len().max(1) as f64;
+    rep.hub_cpu_ms_per_handshake = (cpu_after - cpu_before) * 1000.0 / sessions.len().max(1) as f64;
     drop(enrolled);
     println!(
         "loadgen: opened {} sessions in {:.1} s ({:.0} handshakes/s), {} failed",
@@ -404,8 +415,10 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     rep.sessions_held = wait_for_gauge(hub, sessions.len(), GAUGE_TIMEOUT).await?;
     let text = metrics(hub).await?;
     rep.hub_tls_handshakes_ok = metric(&text, "flotilla_hub_tls_handshakes_total{result=\"ok\"}");
-    rep.hub_tls_handshakes_failed =
-        metric(&text, "flotilla_hub_tls_handshakes_total{result=\"failed\"}");
+    rep.hub_tls_handshakes_failed = metric(
+        &text,
+        "flotilla_hub_tls_handshakes_total{result=\"failed\"}",
+    );
     // Let the allocator and the runtime settle after the burst before reading RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rep.hub_held = hub.sample()?;
@@ -413,7 +426,9 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
         "loadgen: hub holds {} sessions; RSS {:.1} MiB ({:.1} KiB per session over baseline)",
         rep.sessions_held,
         rep.hub_held.rss_kib as f64 / 1024.0,
-        rep.hub_held.rss_kib.saturating_sub(rep.hub_baseline.rss_kib) as f64
+        rep.hub_held
+            .rss_kib
+            .saturating_sub(rep.hub_baseline.rss_kib) as f64
             / rep.sessions_held.max(1) as f64
     );
 
@@ -440,7 +455,8 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
                 Ok(Some(Err(e))) => {
                     failed += 1;
                     if rep.errors_examples.len() < 10 {
-                        rep.errors_examples.push(format!("heartbeat round {round}: {e}"));
+                        rep.errors_examples
+                            .push(format!("heartbeat round {round}: {e}"));
                     }
                 }
                 Ok(None) => break,
@@ -465,7 +481,8 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
         rep.hub_after_heartbeats = Some(hub.sample()?);
     }
     let text = metrics(hub).await?;
-    rep.sessions_held_end = metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
+    rep.sessions_held_end =
+        metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
     rep.sessions_alive_client = fleet.alive.load(Ordering::SeqCst);
     rep.sessions_ended_early = fleet.ended_count.load(Ordering::SeqCst);
     rep.ended_examples = fleet
@@ -488,7 +505,10 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     }
     let left = wait_for_gauge(hub, 0, Duration::from_secs(30)).await?;
     println!("loadgen: hub reports {left} sessions after close");
-    if too_many_failures(rep.sessions_ended_early + rep.open_failed + rep.enroll_failed, n) {
+    if too_many_failures(
+        rep.sessions_ended_early + rep.open_failed + rep.enroll_failed,
+        n,
+    ) {
         bail!(
             "{} sessions ended early (more than 1% failed in total); first: {:?}",
             rep.sessions_ended_early,

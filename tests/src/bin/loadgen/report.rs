@@ -111,11 +111,15 @@ impl Report {
         let held = self.sessions_held.max(1) as f64;
         let top = self
             .hub_after_heartbeats
-            .map_or(self.hub_held.rss_kib, |a| a.rss_kib.max(self.hub_held.rss_kib));
+            .map_or(self.hub_held.rss_kib, |a| {
+                a.rss_kib.max(self.hub_held.rss_kib)
+            });
         self.rss_per_session_kib = top.saturating_sub(self.hub_baseline.rss_kib) as f64 / held;
         self.rss_per_session_sessions_only_kib =
             top.saturating_sub(self.hub_enrolled.rss_kib) as f64 / held;
-        self.target = format!("≤ {TARGET_KIB_PER_SESSION:.0} KiB hub RSS per session at {TARGET_SESSIONS} sessions");
+        self.target = format!(
+            "≤ {TARGET_KIB_PER_SESSION:.0} KiB hub RSS per session at {TARGET_SESSIONS} sessions"
+        );
         self.verdict = if self.sessions_requested >= TARGET_SESSIONS {
             if self.sessions_held >= TARGET_SESSIONS
                 && self.rss_per_session_kib <= TARGET_KIB_PER_SESSION
@@ -125,7 +129,9 @@ impl Report {
                 "FAIL".into()
             }
         } else {
-            format!("n/a (target: ≤ {TARGET_KIB_PER_SESSION:.0} KiB/session, judged at ≥ {TARGET_SESSIONS} sessions)")
+            format!(
+                "n/a (target: ≤ {TARGET_KIB_PER_SESSION:.0} KiB/session, judged at ≥ {TARGET_SESSIONS} sessions)"
+            )
         };
     }
 
@@ -201,10 +207,7 @@ impl Report {
                     .map_or("-".to_string(), |s| mib(s.rss_kib))
             ),
         );
-        row(
-            "hub threads (held)",
-            self.hub_held.threads.to_string(),
-        );
+        row("hub threads (held)", self.hub_held.threads.to_string());
         row(
             "hub RSS per session",
             format!("{:.1} KiB", self.rss_per_session_kib),
