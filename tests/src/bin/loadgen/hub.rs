@@ -84,6 +84,8 @@ impl HubProcess {
                 .args(["--listen", &addr])
                 .args(["--http-listen", &http.to_string()])
                 .args(["--heartbeat-interval", heartbeat_interval])
+                // Plain log lines, so that the tail printed on failure is readable.
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -180,6 +182,22 @@ impl HubProcess {
         }
     }
 
+    /// How the hub ended, when it has exited on its own.
+    pub fn exit_status(&self) -> Option<String> {
+        if let Some(why) = self.exited.borrow().clone() {
+            return Some(why);
+        }
+        let st = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_wait();
+        match st {
+            Ok(Some(s)) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
     /// Memory, threads and CPU time from `/proc/<pid>`.
     pub fn sample(&self) -> Result<ProcSample> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
@@ -249,18 +267,50 @@ impl HubProcess {
     }
 }
 
-/// The last `n` lines of a file (reads at most its last 64 KiB).
+/// The end of a log for an error message: its last warnings and errors (up to `n`), then its
+/// last `n` lines, without terminal colour codes.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::from("(no log)");
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    let text = strip_ansi(&String::from_utf8_lossy(&buf));
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let problems: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.starts_with("flotilla-hub:"))
+        .collect();
+    let mut out = String::new();
+    if !problems.is_empty() {
+        out.push_str("  warnings and errors:\n    ");
+        out.push_str(&problems[problems.len().saturating_sub(n)..].join("\n    "));
+        out.push('\n');
+    }
+    out.push_str("  last lines:\n    ");
+    out.push_str(&lines[lines.len().saturating_sub(n)..].join("\n    "));
+    out
+}
+
+/// Removes ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.1 GET over loopback: returns the status code and the body.
@@ -309,5 +359,13 @@ mod tests {
             Some(7.0)
         );
         assert_eq!(metric(t, "nope"), None);
+    }
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2mts\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m x"),
+            "ts  INFO x"
+        );
     }
 }

@@ -172,10 +172,21 @@ async fn run(args: Args) -> Result<ExitCode> {
         why = hub.died() => Err(anyhow!(
             "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
             hub.log_path.display(),
-            hub.log_tail(40)
+            hub.log_tail(15)
         )),
     };
 
+    // A phase that failed because the hub died first says so, with the hub's log.
+    let outcome = match (outcome, hub.exit_status()) {
+        (Err(e), Some(why)) if !format!("{e}").contains("exited unexpectedly") => {
+            Err(e.context(format!(
+                "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
+                hub.log_path.display(),
+                hub.log_tail(15)
+            )))
+        }
+        (o, _) => o,
+    };
     println!("loadgen: stopping the hub (SIGTERM)");
     let log_path = hub.log_path.clone();
     match hub.stop(Duration::from_secs(30)).await {
@@ -185,39 +196,44 @@ async fn run(args: Args) -> Result<ExitCode> {
     }
 
     let keep = args.keep_dir || outcome.is_err();
-    let dir = if keep {
+    if keep {
         let p = tmp.keep();
         println!(
             "loadgen: kept {} (hub log: {})",
             p.display(),
             log_path.display()
         );
-        Some(p)
     } else {
         drop(tmp);
-        None
-    };
-    let _ = dir;
+    }
 
     if let Err(e) = outcome {
         if rep.sessions_opened > 0 || rep.enrolled > 0 {
             rep.finish();
+            rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
             println!("{}", rep.table());
+            write_json(&args, &rep)?;
         }
         return Err(e);
     }
     rep.finish();
     println!("{}", rep.table());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&rep)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("loadgen: wrote {}", path.display());
-    }
+    write_json(&args, &rep)?;
     Ok(if rep.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// Writes the report as JSON when `--json` was given.
+fn write_json(args: &Args, rep: &Report) -> Result<()> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(rep)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("loadgen: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Reads the hub's metrics text.
@@ -474,6 +490,13 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
             round + 1,
             secs * 1000.0
         );
+        let ended = fleet.ended_count.load(Ordering::SeqCst);
+        if too_many_failures(ended + rep.open_failed + rep.enroll_failed, n) {
+            bail!(
+                "{ended} sessions ended during the heartbeat rounds (more than 1% failed in total); first: {:?}",
+                fleet.ended.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        }
     }
     rep.heartbeat = Latency::of(&mut samples);
     if args.heartbeat_rounds > 0 {
