@@ -1,7 +1,9 @@
 //! The agent's identity: its private key (generated here, never sent anywhere), its certificate
-//! chain and the hub CA, persisted in the state dir (`identity.pem` holding certificate and key
-//! together so a renewal swaps both atomically, mode 0600; `ca.crt`; `agent.yaml`).
+//! chain and the hub CA, persisted as three items (`identity.pem` holding certificate and key
+//! together so a renewal swaps both atomically; `ca.crt`; `agent.yaml`) in an [`IdentityStore`]:
+//! a state dir (files, mode 0600) or a Kubernetes Secret ([`SecretState`]).
 
+use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,15 @@ use flotilla_proto::identity::PeerCert;
 use flotilla_proto::tls::{TlsError, certs_from_pem, mtls_client_config};
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
+
+pub use crate::secret_state::SecretState;
+
+/// Name of the agent state item (file or Secret key).
+pub const AGENT_YAML: &str = "agent.yaml";
+/// Name of the item holding the certificate chain followed by the private key.
+pub const IDENTITY_PEM: &str = "identity.pem";
+/// Name of the item holding the hub CA bundle.
+pub const CA_CRT: &str = "ca.crt";
 
 /// What `agent.yaml` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +34,13 @@ pub struct AgentState {
     pub trust_domain: String,
 }
 
+impl AgentState {
+    /// The `agent.yaml` item.
+    pub fn to_yaml(&self) -> Result<String, IdentityError> {
+        serde_yaml_ng::to_string(self).map_err(|e| IdentityError::Serialize(e.to_string()))
+    }
+}
+
 /// Key, certificate chain and CA, all PEM.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -32,6 +50,11 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The `identity.pem` item: certificate chain, then private key.
+    pub fn identity_pem(&self) -> String {
+        format!("{}{}", self.chain_pem, self.key_pem)
+    }
+
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
         mtls_client_config(&self.ca_pem, &self.chain_pem, &self.key_pem)
     }
@@ -62,6 +85,21 @@ pub enum IdentityError {
     },
     #[error("state file {path} is corrupt: {err}")]
     Corrupt { path: PathBuf, err: String },
+    #[error("state Secret {secret} key {key} is corrupt: {err}")]
+    SecretCorrupt {
+        secret: String,
+        key: &'static str,
+        err: String,
+    },
+    #[error("state Secret {secret}: {action}: {source}")]
+    Kube {
+        secret: String,
+        action: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("state: {0}")]
+    Serialize(String),
     #[error("certificate: {0}")]
     Certificate(String),
     #[error(transparent)]
@@ -113,7 +151,7 @@ impl StateDir {
 
     /// Loads state and credentials; `Ok(None)` when the agent has not joined yet.
     pub fn load(&self) -> Result<Option<(AgentState, Credentials)>, IdentityError> {
-        let state_path = self.dir.join("agent.yaml");
+        let state_path = self.dir.join(AGENT_YAML);
         let text = match std::fs::read_to_string(&state_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -124,9 +162,9 @@ impl StateDir {
                 path: state_path.clone(),
                 err: e.to_string(),
             })?;
-        let id_path = self.dir.join("identity.pem");
+        let id_path = self.dir.join(IDENTITY_PEM);
         let identity = std::fs::read_to_string(&id_path).map_err(self.io(&id_path))?;
-        let ca_path = self.dir.join("ca.crt");
+        let ca_path = self.dir.join(CA_CRT);
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(self.io(&ca_path))?;
         let (chain_pem, key_pem) =
             split_identity(&identity).ok_or_else(|| IdentityError::Corrupt {
@@ -151,16 +189,14 @@ impl StateDir {
             std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(self.io(&self.dir))?;
         }
-        self.write("ca.crt", creds.ca_pem.as_bytes())?;
+        self.write(CA_CRT, creds.ca_pem.as_bytes())?;
         self.save_credentials(creds)?;
-        let yaml = serde_yaml_ng::to_string(state).expect("state serializes");
-        self.write("agent.yaml", yaml.as_bytes())
+        self.write(AGENT_YAML, state.to_yaml()?.as_bytes())
     }
 
     /// Persists a renewed certificate and key (one atomic file replace).
     pub fn save_credentials(&self, creds: &Credentials) -> Result<(), IdentityError> {
-        let both = format!("{}{}", creds.chain_pem, creds.key_pem);
-        self.write("identity.pem", both.as_bytes())
+        self.write(IDENTITY_PEM, creds.identity_pem().as_bytes())
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), IdentityError> {
@@ -180,8 +216,145 @@ impl StateDir {
     }
 }
 
+/// Where the agent's identity is configured to live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    /// Files in a directory.
+    Dir(PathBuf),
+    /// Keys of one Kubernetes Secret (type Opaque) in the agent's cluster.
+    Secret { namespace: String, name: String },
+}
+
+/// A `--state-secret` value that is not `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretRefError {
+    #[error("expected NAMESPACE/NAME, got {0:?}")]
+    Shape(String),
+    #[error(
+        "namespace {0:?} is not a valid Kubernetes namespace (lowercase letters, digits and '-', at most 63)"
+    )]
+    Namespace(String),
+    #[error(
+        "name {0:?} is not a valid Secret name (lowercase letters, digits, '-' and '.', at most 253)"
+    )]
+    Name(String),
+}
+
+/// A DNS-1123 label (`max` 63) or, with `dots`, subdomain (`max` 253).
+fn dns1123(s: &str, max: usize, dots: bool) -> bool {
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(ok_char)
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+}
+
+impl StateLocation {
+    /// Parses `NAMESPACE/NAME` into a Secret location.
+    pub fn parse_secret(s: &str) -> Result<Self, SecretRefError> {
+        let (namespace, name) = s
+            .split_once('/')
+            .filter(|(_, n)| !n.contains('/'))
+            .ok_or_else(|| SecretRefError::Shape(s.to_string()))?;
+        if !dns1123(namespace, 63, false) {
+            return Err(SecretRefError::Namespace(namespace.to_string()));
+        }
+        if !dns1123(name, 253, true) {
+            return Err(SecretRefError::Name(name.to_string()));
+        }
+        Ok(StateLocation::Secret {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateLocation::Dir(d) => write!(f, "state dir {}", d.display()),
+            StateLocation::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
+        }
+    }
+}
+
+/// Where identity is loaded from and saved to.
+#[derive(Clone)]
+pub enum IdentityStore {
+    Dir(StateDir),
+    Secret(SecretState),
+}
+
+impl fmt::Display for IdentityStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityStore::Dir(d) => write!(f, "state dir {}", d.path().display()),
+            IdentityStore::Secret(s) => write!(f, "Secret {s}"),
+        }
+    }
+}
+
+impl fmt::Debug for IdentityStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityStore({self})")
+    }
+}
+
+impl IdentityStore {
+    /// Loads state and credentials; `Ok(None)` when the agent has not joined yet.
+    pub async fn load(&self) -> Result<Option<(AgentState, Credentials)>, IdentityError> {
+        match self {
+            IdentityStore::Dir(d) => {
+                let d = d.clone();
+                blocking(d.path().to_path_buf(), move || d.load()).await
+            }
+            IdentityStore::Secret(s) => s.load().await,
+        }
+    }
+
+    /// Persists everything after a join.
+    pub async fn save(&self, state: &AgentState, creds: &Credentials) -> Result<(), IdentityError> {
+        match self {
+            IdentityStore::Dir(d) => {
+                let (d, state, creds) = (d.clone(), state.clone(), creds.clone());
+                blocking(d.path().to_path_buf(), move || d.save(&state, &creds)).await
+            }
+            IdentityStore::Secret(s) => s.save(state, creds).await,
+        }
+    }
+
+    /// Persists a renewed certificate and key in one atomic write.
+    pub async fn save_credentials(&self, creds: &Credentials) -> Result<(), IdentityError> {
+        match self {
+            IdentityStore::Dir(d) => {
+                let (d, creds) = (d.clone(), creds.clone());
+                blocking(d.path().to_path_buf(), move || d.save_credentials(&creds)).await
+            }
+            IdentityStore::Secret(s) => s.save_credentials(creds).await,
+        }
+    }
+}
+
+/// Runs file I/O off the async workers.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> Result<T, IdentityError> + Send + 'static,
+) -> Result<T, IdentityError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(IdentityError::Io {
+            path,
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
 /// Splits `identity.pem` into (certificate PEM blocks, key PEM block).
-fn split_identity(text: &str) -> Option<(String, String)> {
+pub(crate) fn split_identity(text: &str) -> Option<(String, String)> {
     let key_start = text
         .find("-----BEGIN PRIVATE KEY-----")
         .or_else(|| text.find("-----BEGIN EC PRIVATE KEY-----"))?;
@@ -229,5 +402,65 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn state_secret_values_are_validated() {
+        assert_eq!(
+            StateLocation::parse_secret("flotilla/agent-state.v1"),
+            Ok(StateLocation::Secret {
+                namespace: "flotilla".into(),
+                name: "agent-state.v1".into()
+            })
+        );
+        for bad in [
+            "", "x", "/x", "x/", "a/b/c", "Ns/x", "ns/X", "n.s/x", "-ns/x", "ns/x-",
+        ] {
+            assert!(
+                StateLocation::parse_secret(bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let long = format!("ns/{}", "a".repeat(254));
+        assert!(matches!(
+            StateLocation::parse_secret(&long),
+            Err(SecretRefError::Name(_))
+        ));
+        assert!(matches!(
+            StateLocation::parse_secret(&format!("{}/x", "a".repeat(64))),
+            Err(SecretRefError::Namespace(_))
+        ));
+        let shown = StateLocation::parse_secret("a/b").unwrap().to_string();
+        assert_eq!(shown, "Secret a/b");
+    }
+
+    #[tokio::test]
+    async fn dir_store_round_trips_asynchronously() {
+        let d = tempfile::tempdir().unwrap();
+        let store = IdentityStore::Dir(StateDir::new(d.path().join("s")));
+        assert!(store.load().await.unwrap().is_none());
+        let (key_pem, _) = new_key_and_csr("x").unwrap();
+        let creds = Credentials {
+            key_pem,
+            chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            ca_pem: "ca".into(),
+        };
+        let st = AgentState {
+            hub: "h:1".into(),
+            cluster_id: "c".into(),
+            identity: "spiffe://t/cluster/c".into(),
+            trust_domain: "t".into(),
+        };
+        store.save(&st, &creds).await.unwrap();
+        let (key2, _) = new_key_and_csr("y").unwrap();
+        let renewed = Credentials {
+            key_pem: key2.clone(),
+            ..creds.clone()
+        };
+        store.save_credentials(&renewed).await.unwrap();
+        let (st2, c2) = store.load().await.unwrap().unwrap();
+        assert_eq!(st2, st);
+        assert_eq!(c2.key_pem, key2);
+        assert!(store.to_string().starts_with("state dir "));
     }
 }

@@ -3,10 +3,13 @@
 //! its certificate over that session, and reconnects with jittered backoff.
 
 pub mod backoff;
+pub mod cluster;
 pub mod identity;
 pub mod join;
+mod secret_state;
 pub mod session;
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,55 +20,78 @@ use flotilla_proto::token::JoinToken;
 use flotilla_proto::v1::AgentInfo;
 use tokio::sync::watch;
 
+pub use crate::cluster::{ClusterBackend, ClusterError};
+pub use crate::identity::{SecretRefError, StateLocation};
+/// The Kubernetes client crates at the versions the agent uses, so embedders and tests can name
+/// `kube::Client` and resource types without pinning them separately.
+pub use {k8s_openapi, kube};
+
 use crate::backoff::Backoff;
-use crate::identity::{IdentityError, StateDir};
+use crate::identity::{IdentityError, IdentityStore, SecretState, StateDir};
 use crate::join::JoinError;
 use crate::session::{SessionCtx, SessionEnd, SessionError};
 
 /// Reconnect backoff cap.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// Which cluster the agent drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClusterBackend {
-    /// An in-memory, simulated cluster (demo, tests, load generation).
-    Simulated,
-    /// A real Kubernetes API server (in-cluster config or --kubeconfig).
-    Kube,
-}
-
-impl ClusterBackend {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ClusterBackend::Simulated => "simulated",
-            ClusterBackend::Kube => "kube",
-        }
-    }
-}
-
 /// Agent configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
-    pub state_dir: PathBuf,
-    /// Join token, used only when the state dir holds no identity yet.
+    /// Where the key, certificate and CA are kept.
+    pub state: StateLocation,
+    /// Join token, used only when the state holds no identity yet.
     pub join_token: Option<String>,
     /// Overrides the hub address from the token or state (`host:port` or `https://host:port`).
     pub hub_override: Option<String>,
     pub cluster: ClusterBackend,
+    /// Kubeconfig file for `ClusterBackend::Kube` (default: inferred, then in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// A ready client to use instead of connecting per `cluster` and `kubeconfig` (tests and
+    /// embedders: e.g. a fake client they inspect afterwards). `cluster` still labels it.
+    pub kube_client: Option<kube::Client>,
     pub clock: SharedClock,
     pub backoff_base: Duration,
 }
 
 impl AgentConfig {
+    /// A configuration keeping state in the directory `state_dir`.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self::with_state(StateLocation::Dir(state_dir.into()))
+    }
+
+    /// A configuration keeping state at `state`.
+    pub fn with_state(state: StateLocation) -> Self {
         Self {
-            state_dir: state_dir.into(),
+            state,
             join_token: None,
             hub_override: None,
             cluster: ClusterBackend::Simulated,
+            kubeconfig: None,
+            kube_client: None,
             clock: Arc::new(SystemClock),
             backoff_base: Duration::from_millis(250),
         }
+    }
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("state", &self.state)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("hub_override", &self.hub_override)
+            .field("cluster", &self.cluster)
+            .field("kubeconfig", &self.kubeconfig)
+            .field(
+                "kube_client",
+                &self.kube_client.as_ref().map(|_| "<kube::Client>"),
+            )
+            .field("clock", &self.clock)
+            .field("backoff_base", &self.backoff_base)
+            .finish()
     }
 }
 
@@ -88,7 +114,9 @@ pub struct AgentStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("no identity in {0} and no --join token given")]
-    NotJoined(PathBuf),
+    NotJoined(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("invalid join token: {0}")]
     BadToken(#[from] flotilla_proto::token::TokenError),
     #[error(transparent)]
@@ -131,15 +159,49 @@ impl Agent {
         }
     }
 
+    /// The agent's cluster client: the injected one, or a fresh connection per the config.
+    async fn cluster_client(&self) -> Result<kube::Client, ClusterError> {
+        match &self.config.kube_client {
+            Some(client) => {
+                let label = match self.config.cluster {
+                    ClusterBackend::Simulated => cluster::SIMULATED_LABEL,
+                    ClusterBackend::Kube => "kube",
+                };
+                tracing::info!(
+                    "cluster backend: {label} (client provided by the embedding program)"
+                );
+                Ok(client.clone())
+            }
+            None => cluster::connect(self.config.cluster, self.config.kubeconfig.as_deref()).await,
+        }
+    }
+
+    /// Where identity lives, opened on the agent's cluster when it is a Secret.
+    fn identity_store(&self, client: &kube::Client) -> IdentityStore {
+        match &self.config.state {
+            StateLocation::Dir(dir) => IdentityStore::Dir(StateDir::new(dir)),
+            StateLocation::Secret { namespace, name } => {
+                if self.config.cluster == ClusterBackend::Simulated {
+                    tracing::warn!(
+                        secret = %format!("{namespace}/{name}"),
+                        "state Secret lives in the simulated in-memory cluster: it is lost when the process exits"
+                    );
+                }
+                IdentityStore::Secret(SecretState::new(client.clone(), namespace, name))
+            }
+        }
+    }
+
     /// Joins if needed, then holds the session until `shutdown` or a final refusal.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-        let state_dir = StateDir::new(&self.config.state_dir);
+        let client = self.cluster_client().await?;
+        let store = self.identity_store(&client);
         let hub_override = self.config.hub_override.as_deref().map(normalize_hub);
         let mut backoff = Backoff::new(self.config.backoff_base, BACKOFF_CAP);
-        let (mut state, creds) = match state_dir.load()? {
+        let (mut state, creds) = match store.load().await? {
             Some(found) => {
                 if self.config.join_token.is_some() {
-                    tracing::info!(dir = %state_dir.path().display(), "already joined; ignoring --join");
+                    tracing::info!(state = %store, "already joined; ignoring --join");
                 }
                 found
             }
@@ -148,13 +210,13 @@ impl Agent {
                     .config
                     .join_token
                     .as_deref()
-                    .ok_or_else(|| AgentError::NotJoined(state_dir.path().to_path_buf()))?;
+                    .ok_or_else(|| AgentError::NotJoined(store.to_string()))?;
                 let token = JoinToken::decode(line)?;
                 loop {
                     match join::join(&token, hub_override.as_deref(), self.info()).await {
                         Ok((state, creds)) => {
-                            state_dir.save(&state, &creds)?;
-                            tracing::info!(cluster.id = %state.cluster_id, identity = %state.identity, "joined the hub");
+                            store.save(&state, &creds).await?;
+                            tracing::info!(cluster.id = %state.cluster_id, identity = %state.identity, state = %store, "joined the hub");
                             break (state, creds);
                         }
                         Err(JoinError::Transient(m)) => {
@@ -185,7 +247,7 @@ impl Agent {
             state,
             creds,
             dialer,
-            state_dir,
+            store,
             status: self.status.clone(),
             clock: self.config.clock.clone(),
             agent: self.info(),

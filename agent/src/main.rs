@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flotilla_agent::{Agent, AgentConfig, ClusterBackend};
+use flotilla_agent::{Agent, AgentConfig, ClusterBackend, StateLocation};
+
+const DEFAULT_STATE_DIR: &str = "./flotilla-agent-state";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,14 +18,14 @@ struct Args {
     /// One-line join token from `flotilla cluster add` (first start only).
     #[arg(long, env = "FLOTILLA_JOIN")]
     join: Option<String>,
-    /// Where the key, certificate and CA are kept.
-    #[arg(
-        long,
-        env = "FLOTILLA_STATE_DIR",
-        default_value = "./flotilla-agent-state"
-    )]
-    state_dir: PathBuf,
-    /// Cluster backend to drive.
+    /// Directory where the key, certificate and CA are kept [default: ./flotilla-agent-state].
+    #[arg(long, env = "FLOTILLA_STATE_DIR", conflicts_with = "state_secret")]
+    state_dir: Option<PathBuf>,
+    /// Keep the key, certificate and CA in this Kubernetes Secret of the agent's cluster
+    /// (NAMESPACE/NAME) instead of a directory.
+    #[arg(long, env = "FLOTILLA_STATE_SECRET", value_name = "NAMESPACE/NAME")]
+    state_secret: Option<String>,
+    /// Cluster backend to drive (`simulated` is an in-memory simulation, not a real cluster).
     #[arg(
         long,
         env = "FLOTILLA_CLUSTER",
@@ -31,6 +33,10 @@ struct Args {
         default_value = "simulated"
     )]
     cluster: ClusterBackend,
+    /// Kubeconfig file for `--cluster kube` (default: KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, env = "FLOTILLA_KUBECONFIG", value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// Hub address override (`host:port` or `https://host:port`).
     #[arg(long, env = "FLOTILLA_HUB")]
     hub: Option<String>,
@@ -43,16 +49,24 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     flotilla_proto::telemetry::init("info", args.log_json);
-    if args.cluster == ClusterBackend::Kube {
-        eprintln!(
-            "flotilla-agent: --cluster kube is not available in this build yet; use --cluster simulated"
-        );
-        return ExitCode::from(64);
-    }
-    let mut config = AgentConfig::new(args.state_dir);
+    let state = match &args.state_secret {
+        Some(v) => match StateLocation::parse_secret(v) {
+            Ok(loc) => loc,
+            Err(e) => {
+                eprintln!("flotilla-agent: --state-secret: {e}");
+                return ExitCode::from(64);
+            }
+        },
+        None => StateLocation::Dir(
+            args.state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        ),
+    };
+    let mut config = AgentConfig::with_state(state);
     config.join_token = args.join;
     config.hub_override = args.hub;
     config.cluster = args.cluster;
+    config.kubeconfig = args.kubeconfig;
     let (agent, _status) = Agent::new(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

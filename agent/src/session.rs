@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::AgentStatus;
-use crate::identity::{AgentState, Credentials, StateDir, new_key_and_csr};
+use crate::identity::{AgentState, Credentials, IdentityStore, new_key_and_csr};
 
 /// Share of a certificate's lifetime after which it is renewed.
 pub const RENEW_AT: f64 = 0.7;
@@ -48,7 +48,8 @@ pub struct SessionCtx {
     pub state: AgentState,
     pub creds: Credentials,
     pub dialer: TlsDialer,
-    pub state_dir: StateDir,
+    /// Where renewed credentials are persisted.
+    pub store: IdentityStore,
     pub status: watch::Sender<AgentStatus>,
     pub clock: SharedClock,
     pub agent: AgentInfo,
@@ -185,7 +186,7 @@ impl SessionCtx {
                             renewing = false;
                             let key = self.pending_key.take();
                             match (r.error.is_empty(), key) {
-                                (true, Some(key_pem)) => match self.adopt(key_pem, r.cert_chain_pem) {
+                                (true, Some(key_pem)) => match self.adopt(key_pem, r.cert_chain_pem).await {
                                     Ok(()) => renew_at = self.renew_deadline(),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "renewed certificate unusable; will retry");
@@ -217,7 +218,7 @@ impl SessionCtx {
     }
 
     /// Swaps in a renewed certificate: checks it, persists it, and points new connections at it.
-    fn adopt(&mut self, key_pem: String, chain_pem: String) -> Result<(), SessionError> {
+    async fn adopt(&mut self, key_pem: String, chain_pem: String) -> Result<(), SessionError> {
         let creds = Credentials {
             key_pem,
             chain_pem,
@@ -235,8 +236,9 @@ impl SessionCtx {
         let cfg = creds
             .client_config()
             .map_err(|e| SessionError::Failed(e.to_string()))?;
-        self.state_dir
+        self.store
             .save_credentials(&creds)
+            .await
             .map_err(|e| SessionError::Failed(e.to_string()))?;
         self.dialer.set_config(cfg);
         self.creds = creds;

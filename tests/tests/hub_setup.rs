@@ -1,0 +1,105 @@
+//! Hub set-up: an operator-provided CA, the HTTP side port (health, readiness, metrics), and the
+//! data dir reused across restarts.
+
+use flotilla_hub::server::start;
+use flotilla_proto::tls::{certs_from_pem, fingerprint};
+use flotilla_proto::token::JoinToken;
+use flotilla_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf[9..12].parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn operator_provided_ca_is_used_for_everything() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    // An operator CA made outside Flotilla.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp fleet CA");
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("op-ca.crt"), dir.path().join("op-ca.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let mut cfg = TestHub::config(dir.path());
+    cfg.ca_files = Some((cert_path.clone(), key_path));
+    let hub = TestHub::start(cfg).await;
+    let want = fingerprint(&certs_from_pem(&cert.pem(), "ca").unwrap()[0]);
+    assert_eq!(hub.running().ca.fingerprint(), want);
+
+    let token = hub.add_cluster("op", &[]).await;
+    assert_eq!(JoinToken::decode(&token).unwrap().ca, want);
+    let state = dir.path().join("op");
+    let mut agent = TestAgent::start(&state, Some(token));
+    agent.connected().await;
+    let (ca_pem, _, _) = agent_credentials(&state);
+    assert_eq!(
+        fingerprint(&certs_from_pem(&ca_pem, "ca").unwrap()[0]),
+        want
+    );
+    // The operator's key is not copied into the data dir.
+    assert!(!hub.config.data_dir.join("ca.key").exists());
+}
+
+#[tokio::test]
+async fn http_side_port_serves_health_readiness_and_metrics() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TestHub::config(dir.path());
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = grpc.local_addr().unwrap().port();
+    let running = start(cfg.clone(), grpc, Some(http)).await.unwrap();
+    let http_addr = running.http_addr.unwrap();
+    let hub = TestHub {
+        hub: Some(running),
+        config: cfg,
+        port,
+    };
+
+    assert_eq!(http_get(http_addr, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(http_get(http_addr, "/readyz").await.0, 200);
+
+    let token = hub.add_cluster("m", &[]).await;
+    let mut agent = TestAgent::start(&dir.path().join("m"), Some(token));
+    agent.connected().await;
+    let body = eventually("the session gauge to count the agent", || async {
+        let (code, body) = http_get(http_addr, "/metrics").await;
+        assert_eq!(code, 200);
+        body.contains("flotilla_hub_sessions_connected 1")
+            .then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains("flotilla_hub_joins_total{result=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("flotilla_hub_tls_handshakes_total{result=\"ok\"}"),
+        "{body}"
+    );
+    assert_eq!(http_get(http_addr, "/nope").await.0, 404);
+}
