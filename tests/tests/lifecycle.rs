@@ -195,3 +195,28 @@ async fn removed_cluster_is_disconnected_and_refused() {
     assert!(r.is_err());
     assert!(hub.running().sessions.get("gone").is_none());
 }
+
+#[tokio::test]
+async fn an_unreachable_hub_is_retried_until_it_is_back() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("patient", &[]).await;
+    hub.stop().await;
+
+    // The join fails with a transport error: the agent keeps trying instead of exiting.
+    let mut a = TestAgent::start(&dir.path().join("p"), Some(token));
+    let st = wait_status(&mut a.status, "a recorded join failure", |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    assert!(
+        st.last_error.unwrap().contains("unreachable"),
+        "the error names the problem"
+    );
+    assert!(!a.task.is_finished());
+
+    hub.restart().await;
+    a.connected().await;
+    hub.wait_state("patient", "connected").await;
+}

@@ -298,6 +298,43 @@ async fn identity_comes_from_the_certificate_and_roles_are_separate() {
 }
 
 #[tokio::test]
+async fn only_join_is_served_without_a_client_certificate() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_in(dir.path()).await;
+    let cred = flotilla_hub::credential::AdminCredential::load(&hub.credential_path()).unwrap();
+    let anon = flotilla_proto::tls::anonymous_client_config(&cred.ca).unwrap();
+    let ch = TlsDialer::new(anon).channel(&hub.addr()).await.unwrap();
+    let s = AdminClient::new(ch.clone())
+        .list_clusters(ListClustersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(
+        s.message().contains("admin client certificate is required"),
+        "{s:?}"
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(flotilla_proto::v1::AgentMessage::default())
+        .await
+        .unwrap();
+    let s = flotilla_proto::v1::agent_session_client::AgentSessionClient::new(ch.clone())
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // Join, on the same anonymous connection, is answered (here: refused for its bad token).
+    let s = flotilla_proto::v1::registration_client::RegistrationClient::new(ch)
+        .join(flotilla_proto::v1::JoinRequest {
+            token: "a.b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.message(), "unknown join token");
+}
+
+#[tokio::test]
 async fn the_hub_assigns_the_identity_whatever_the_csr_asks_for() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
