@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, rfc3339};
 use flotilla_proto::identity::{Identity, PeerCert};
@@ -393,9 +393,4 @@ async fn accept_loop(
             }
         });
     }
-}
-
-/// Seconds until `t`, for log lines.
-pub fn until(t: SystemTime, now: SystemTime) -> Duration {
-    t.duration_since(now).unwrap_or_default()
 }

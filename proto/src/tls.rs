@@ -20,8 +20,6 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::limits::MAX_MESSAGE_BYTES;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("no PEM certificate found in {0}")]
@@ -320,11 +318,6 @@ pub fn split_host_port(addr: &str) -> io::Result<(&str, u16)> {
         return Err(bad());
     }
     Ok((host, port))
-}
-
-/// Applies the shared message-size limit to a generated client or server.
-pub const fn max_message_bytes() -> usize {
-    MAX_MESSAGE_BYTES
 }
 
 /// Finds the innermost cause of a transport error that mentions TLS or certificates, so CLI and
