@@ -3,6 +3,7 @@
 //! its certificate over that session, and reconnects with jittered backoff.
 
 pub mod backoff;
+pub mod bundles;
 pub mod cluster;
 pub mod identity;
 pub mod join;
@@ -27,6 +28,7 @@ pub use crate::identity::{SecretRefError, StateLocation};
 pub use {k8s_openapi, kube};
 
 use crate::backoff::Backoff;
+use crate::bundles::BundleStore;
 use crate::identity::{IdentityError, IdentityStore, SecretState, StateDir};
 use crate::join::JoinError;
 use crate::session::{SessionCtx, SessionEnd, SessionError};
@@ -49,6 +51,9 @@ pub struct AgentConfig {
     /// A ready client to use instead of connecting per `cluster` and `kubeconfig` (tests and
     /// embedders: e.g. a fake client they inspect afterwards). `cluster` still labels it.
     pub kube_client: Option<kube::Client>,
+    /// Where fetched bundles are kept; default `<state dir>/bundles`, or
+    /// `./flotilla-agent-cache` when the identity lives in a Secret.
+    pub cache_dir: Option<PathBuf>,
     pub clock: SharedClock,
     pub backoff_base: Duration,
 }
@@ -68,6 +73,7 @@ impl AgentConfig {
             cluster: ClusterBackend::Simulated,
             kubeconfig: None,
             kube_client: None,
+            cache_dir: None,
             clock: Arc::new(SystemClock),
             backoff_base: Duration::from_millis(250),
         }
@@ -99,6 +105,10 @@ impl fmt::Debug for AgentConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStatus {
     pub cluster_id: String,
+    /// The generation of the desired state whose bundles are all held and verified.
+    pub desired_generation: u64,
+    /// Digests of the bundles of that generation.
+    pub bundles: Vec<String>,
     pub connected: bool,
     pub session_id: String,
     /// Sessions opened since start (reconnects show here).
@@ -192,6 +202,14 @@ impl Agent {
         }
     }
 
+    fn cache_dir(&self) -> PathBuf {
+        match (&self.config.cache_dir, &self.config.state) {
+            (Some(d), _) => d.clone(),
+            (None, StateLocation::Dir(d)) => d.join("bundles"),
+            (None, StateLocation::Secret { .. }) => PathBuf::from("./flotilla-agent-cache"),
+        }
+    }
+
     /// Joins if needed, then holds the session until `shutdown` or a final refusal.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
         let client = self.cluster_client().await?;
@@ -243,6 +261,13 @@ impl Agent {
             s.cert_not_after_ms = unix_ms(leaf.not_after);
         });
         let dialer = TlsDialer::new(creds.client_config()?);
+        let bundles = BundleStore::new(self.cache_dir());
+        if let Some(d) = bundles.load_desired() {
+            self.status.send_modify(|s| {
+                s.desired_generation = d.generation;
+                s.bundles = d.apps.iter().map(|a| a.bundle_digest.clone()).collect();
+            });
+        }
         let mut ctx = SessionCtx {
             state,
             creds,
@@ -251,7 +276,8 @@ impl Agent {
             status: self.status.clone(),
             clock: self.config.clock.clone(),
             agent: self.info(),
-            last_generation: 0,
+            last_generation: bundles.load_desired().map(|d| d.generation).unwrap_or(0),
+            bundles,
             pending_key: None,
         };
         backoff.reset();

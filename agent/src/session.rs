@@ -9,13 +9,17 @@ use flotilla_proto::tls::{TlsDialer, error_chain};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
-use flotilla_proto::v1::{AgentInfo, AgentMessage, Heartbeat, Hello, RenewRequest};
+use flotilla_proto::v1::{
+    Ack, AgentInfo, AgentMessage, AppStatus, DesiredState, Heartbeat, Hello, RenewRequest,
+    StatusReport,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::AgentStatus;
+use crate::bundles::BundleStore;
 use crate::identity::{AgentState, Credentials, IdentityStore, new_key_and_csr};
 
 /// Share of a certificate's lifetime after which it is renewed.
@@ -54,6 +58,7 @@ pub struct SessionCtx {
     pub clock: SharedClock,
     pub agent: AgentInfo,
     pub last_generation: u64,
+    pub bundles: BundleStore,
     /// The key behind an outstanding renewal request.
     pub pending_key: Option<String>,
 }
@@ -121,7 +126,7 @@ impl SessionCtx {
         let hello = Hello {
             cluster_id: self.state.cluster_id.clone(),
             last_generation: self.last_generation,
-            cached_bundles: vec![],
+            cached_bundles: self.bundles.digests(),
             agent: Some(self.agent.clone()),
         };
         tx.send(agent_msg(AgentMsg::Hello(hello)))
@@ -199,9 +204,15 @@ impl SessionCtx {
                                 }
                             }
                         }
-                        Some(HubMsg::Desired(d)) => {
-                            self.last_generation = self.last_generation.max(d.generation);
+                        Some(HubMsg::Desired(d)) if d.generation != self.last_generation => {
+                            let mut fetcher = client.clone();
+                            for m in self.take_desired(&mut fetcher, d).await {
+                                if tx.send(agent_msg(m)).await.is_err() {
+                                    return Err(SessionError::Failed("session stream closed".into()));
+                                }
+                            }
                         }
+                        Some(HubMsg::Desired(_)) => {}
                         Some(HubMsg::Disconnect(d)) => {
                             return Ok(SessionEnd::Disconnected { reason: d.reason, message: d.message });
                         }
@@ -215,6 +226,63 @@ impl SessionCtx {
                 }
             }
         }
+    }
+
+    /// Fetches and verifies every bundle of a desired state; returns the messages for the hub:
+    /// an Ack when all are held (the state is then saved locally), and a status report. Until
+    /// the reconcile work lands, "applied" means stored and verified.
+    async fn take_desired(
+        &mut self,
+        client: &mut AgentSessionClient<tonic::transport::Channel>,
+        d: DesiredState,
+    ) -> Vec<AgentMsg> {
+        let mut apps = Vec::new();
+        let mut all = true;
+        for a in &d.apps {
+            let (phase, message) = match self.bundles.fetch(client, &a.bundle_digest).await {
+                Ok(()) => (
+                    "applied",
+                    "bundle stored and verified (reconcile not implemented yet)".to_string(),
+                ),
+                Err(e) => {
+                    tracing::warn!(app = %a.app, error = %e, "bundle not taken");
+                    all = false;
+                    ("failed", e.to_string())
+                }
+            };
+            apps.push(AppStatus {
+                app: a.app.clone(),
+                revision: a.revision.clone(),
+                bundle_digest: a.bundle_digest.clone(),
+                phase: phase.into(),
+                message,
+                observed_unix_ms: unix_ms(SystemTime::now()),
+            });
+        }
+        let mut out = Vec::new();
+        if all {
+            if let Err(e) = self.bundles.save_desired(&d) {
+                tracing::warn!(error = %e, "could not persist the desired state");
+            }
+            self.last_generation = d.generation;
+            self.status.send_modify(|s| {
+                s.desired_generation = d.generation;
+                s.bundles = d.apps.iter().map(|a| a.bundle_digest.clone()).collect();
+            });
+            tracing::info!(
+                generation = d.generation,
+                apps = d.apps.len(),
+                "desired state held"
+            );
+            out.push(AgentMsg::Ack(Ack {
+                generation: d.generation,
+            }));
+        }
+        out.push(AgentMsg::Status(StatusReport {
+            generation: d.generation,
+            apps,
+        }));
+        out
     }
 
     /// Swaps in a renewed certificate: checks it, persists it, and points new connections at it.

@@ -25,9 +25,11 @@ use crate::admin::AdminService;
 use crate::auth::{JoinLimiter, server_config};
 use crate::ca::Ca;
 use crate::credential::AdminCredential;
+use crate::desired::{DESIRED, DesiredStates};
 use crate::metrics::Metrics;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
+use crate::render::BundleCache;
 use crate::session::{SessionConfig, SessionService, Sessions};
 use crate::store::SharedStore;
 use crate::store::redb::RedbStore;
@@ -107,6 +109,8 @@ pub struct RunningHub {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub ca: Arc<Ca>,
+    pub desired: DesiredStates,
+    pub bundles: Arc<BundleCache>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
@@ -184,6 +188,14 @@ pub async fn start(
     let registry = Registry::open(store.clone(), config.clock.clone()).await?;
     let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::default());
+    let desired = DesiredStates::new(store.clone());
+    let bundles =
+        Arc::new(
+            BundleCache::open(dd.join("bundles")).map_err(|e| StartError::DataDir {
+                path: dd.join("bundles"),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        );
 
     let mut names = config.advertise.clone();
     for n in ["localhost", "127.0.0.1", "::1"] {
@@ -218,6 +230,8 @@ pub async fn start(
         },
         shutdown: shutdown_rx.clone(),
         tracker: tracker.clone(),
+        desired: desired.clone(),
+        bundles: bundles.clone(),
     };
     let registration_svc = RegistrationService {
         registry: registry.clone(),
@@ -280,6 +294,11 @@ pub async fn start(
             async move { registry.watch_revocations(rx).await },
         ));
     }
+    tasks.push(tokio::spawn(dispatch_desired(
+        store.clone(),
+        sessions.clone(),
+        shutdown_rx.clone(),
+    )));
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
         tasks.push(tokio::spawn(async move {
@@ -305,6 +324,8 @@ pub async fn start(
         registry,
         metrics,
         ca,
+        desired,
+        bundles,
         shutdown_tx,
         tasks,
         tracker,
@@ -392,5 +413,46 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Follows `/desired/` in the store and wakes the live session of each cluster whose desired
+/// state changed (whichever replica wrote it).
+async fn dispatch_desired(
+    store: SharedStore,
+    sessions: Arc<Sessions>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    let from = match store.revision().await {
+        Ok(r) => r + 1,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch desired state");
+            return;
+        }
+    };
+    let mut events = match store.watch(DESIRED, from).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch desired state");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Some(cluster) = ev.key().strip_prefix(DESIRED) {
+                        sessions.desired_changed(cluster);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "desired-state watch failed");
+                    return;
+                }
+                None => return,
+            }
+        }
     }
 }

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::identity::Identity;
+use flotilla_proto::limits::BUNDLE_CHUNK_BYTES;
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_server::AgentSession;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
@@ -26,8 +27,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::caller;
 use crate::ca::Ca;
+use crate::desired::DesiredStates;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::render::BundleCache;
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +50,8 @@ pub struct SessionShared {
     last_seen_ms: AtomicU64,
     notify: Notify,
     pending: Mutex<Option<Control>>,
+    /// Set when the cluster's desired state changed; the session re-reads and sends it.
+    desired_dirty: AtomicBool,
 }
 
 impl SessionShared {
@@ -56,6 +61,11 @@ impl SessionShared {
 
     fn send(&self, c: Control) {
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.notify.notify_one();
+    }
+
+    fn mark_desired(&self) {
+        self.desired_dirty.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 
@@ -105,6 +115,13 @@ impl Sessions {
         }
     }
 
+    /// Tells a cluster's live session (if any) that its desired state changed.
+    pub fn desired_changed(&self, cluster: &str) {
+        if let Some(s) = self.get(cluster) {
+            s.mark_desired();
+        }
+    }
+
     /// Asks every live session to disconnect (hub shutdown).
     pub fn disconnect_all(&self, reason: &str, message: &str) {
         let all: Vec<_> = self
@@ -130,6 +147,7 @@ impl Sessions {
             last_seen_ms: AtomicU64::new(now_ms),
             notify: Notify::new(),
             pending: Mutex::new(None),
+            desired_dirty: AtomicBool::new(false),
         });
         let old = self
             .live
@@ -172,6 +190,8 @@ pub struct SessionService {
     pub shutdown: watch::Receiver<bool>,
     /// Background work spawned by sessions; hub shutdown waits for it.
     pub tracker: TaskTracker,
+    pub desired: DesiredStates,
+    pub bundles: Arc<BundleCache>,
 }
 
 /// Unregisters a session however its stream ends (including the peer vanishing, which drops
@@ -287,6 +307,15 @@ impl AgentSession for SessionService {
                 session_id: shared.id.to_string(),
                 heartbeat_interval_ms: interval.as_millis() as u32,
             }));
+            let mut sent_generation = hello.last_generation;
+            match svc.desired.get(&shared.cluster).await {
+                Ok(rec) if rec.generation > 0 && rec.generation != sent_generation => {
+                    sent_generation = rec.generation;
+                    yield hub(HubMsg::Desired(rec.to_wire()));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
+            }
             let mut liveness = Instant::now() + interval * 3;
             let mut cert_deadline = deadline_for(&svc.clock, cert_not_after);
             loop {
@@ -297,6 +326,17 @@ impl AgentSession for SessionService {
                             tracing::info!(cluster.id = %shared.cluster, %reason, "disconnecting session");
                             yield hub(HubMsg::Disconnect(Disconnect { reason, message }));
                             break;
+                        }
+                        if shared.desired_dirty.swap(false, Ordering::AcqRel) {
+                            match svc.desired.get(&shared.cluster).await {
+                                Ok(rec) if rec.generation != sent_generation => {
+                                    sent_generation = rec.generation;
+                                    tracing::debug!(cluster.id = %shared.cluster, generation = rec.generation, "sending desired state");
+                                    yield hub(HubMsg::Desired(rec.to_wire()));
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
+                            }
                         }
                     }
                     _ = shutdown.changed() => {
@@ -336,6 +376,9 @@ impl AgentSession for SessionService {
                                 }
                                 AgentMsg::Status(s) => {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), "status report");
+                                    if let Err(e) = svc.desired.record_status(&shared.cluster, &s).await {
+                                        tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status");
+                                    }
                                 }
                                 AgentMsg::Ack(a) => {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = a.generation, "ack");
@@ -374,13 +417,53 @@ impl AgentSession for SessionService {
     ) -> Result<Response<Self::FetchBundleStream>, Status> {
         let c = caller(&req, self.ca.trust_domain())?;
         let (cluster, peer) = c.cluster()?;
+        let cluster = cluster.to_string();
         self.registry
-            .authorize_cluster_cert(cluster, &peer.serial)
+            .authorize_cluster_cert(&cluster, &peer.serial)
             .await?;
-        Err(Status::not_found(format!(
-            "bundle {} is not known to this hub",
-            req.get_ref().digest
-        )))
+        let FetchBundleRequest { digest, offset } = req.into_inner();
+        // A cluster may only read the bundles desired for it.
+        if !self.desired.get(&cluster).await?.wants(&digest) {
+            tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
+            return Err(Status::permission_denied(format!(
+                "bundle {digest} is not desired for cluster {cluster:?}"
+            )));
+        }
+        let file = self
+            .bundles
+            .open_compressed(&digest)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .ok_or_else(|| {
+                Status::not_found(format!("bundle {digest} is not in the hub's cache"))
+            })?;
+        let mut file = tokio::fs::File::from_std(file);
+        let total = file
+            .metadata()
+            .await
+            .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?
+            .len();
+        if offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the end of bundle {digest} ({total} bytes)"
+            )));
+        }
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
+        let stream = async_stream::try_stream! {
+            let mut at = offset;
+            while at < total {
+                let want = ((total - at) as usize).min(BUNDLE_CHUNK_BYTES);
+                let mut data = vec![0u8; want];
+                file.read_exact(&mut data)
+                    .await
+                    .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
+                yield BundleChunk { offset: at, data, total_size: total };
+                at += want as u64;
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

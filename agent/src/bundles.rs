@@ -1,0 +1,231 @@
+//! The agent's bundle cache: bundles fetched from the hub with `FetchBundle`, in chunks, resumable
+//! after a cut (a `.partial` file is continued from its length), verified against their digest
+//! (sha256 of the uncompressed canonical bundle) before they are kept. Also remembers the last
+//! desired state so a restarted agent says which generation it holds.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use flotilla_proto::v1::agent_session_client::AgentSessionClient;
+use flotilla_proto::v1::{DesiredState, FetchBundleRequest};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+/// The largest uncompressed bundle the agent accepts (the hub's default limit).
+pub const MAX_BUNDLE_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("invalid bundle digest {0:?}")]
+    InvalidDigest(String),
+    #[error("bundle {digest}: {path}: {source}")]
+    Io {
+        digest: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bundle {digest}: fetch failed: {message}")]
+    Fetch { digest: String, message: String },
+    #[error("bundle {digest}: the hub sent offset {got}, expected {want}")]
+    BadChunk { digest: String, got: u64, want: u64 },
+    #[error("bundle {digest}: content digest is {actual}; refused")]
+    DigestMismatch { digest: String, actual: String },
+    #[error("bundle {digest}: larger than {MAX_BUNDLE_BYTES} bytes; refused")]
+    TooLarge { digest: String },
+    #[error("bundle {digest}: not valid gzip: {source}")]
+    Undecodable {
+        digest: String,
+        source: std::io::Error,
+    },
+}
+
+/// Bundles on local disk under `<dir>/sha256/<hex>.gz`.
+#[derive(Debug, Clone)]
+pub struct BundleStore {
+    dir: PathBuf,
+}
+
+fn hex_of(digest: &str) -> Result<&str, BundleError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .ok_or_else(|| BundleError::InvalidDigest(digest.to_string()))
+}
+
+impl BundleStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, digest: &str, ext: &str) -> Result<PathBuf, BundleError> {
+        Ok(self
+            .dir
+            .join("sha256")
+            .join(format!("{}.{ext}", hex_of(digest)?)))
+    }
+
+    fn io(digest: &str, path: &Path) -> impl Fn(std::io::Error) -> BundleError + use<> {
+        let (digest, path) = (digest.to_string(), path.to_path_buf());
+        move |source| BundleError::Io {
+            digest: digest.clone(),
+            path: path.clone(),
+            source,
+        }
+    }
+
+    pub fn has(&self, digest: &str) -> bool {
+        self.path(digest, "gz").is_ok_and(|p| p.is_file())
+    }
+
+    /// Digests of every bundle held (for Hello).
+    pub fn digests(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("sha256")) else {
+            return vec![];
+        };
+        let mut out: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".gz"))
+                    .map(|h| format!("sha256:{h}"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The uncompressed, verified bundle.
+    pub fn read(&self, digest: &str) -> Result<Vec<u8>, BundleError> {
+        let path = self.path(digest, "gz")?;
+        let file = std::fs::File::open(&path).map_err(Self::io(digest, &path))?;
+        verify(digest, file)
+    }
+
+    /// Bytes already downloaded of an unfinished fetch.
+    pub fn partial_len(&self, digest: &str) -> u64 {
+        self.path(digest, "partial")
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Fetches `digest` from the hub unless held, continuing a partial download; verifies it
+    /// before keeping it. A partial file whose result fails verification is discarded.
+    pub async fn fetch(
+        &self,
+        client: &mut AgentSessionClient<Channel>,
+        digest: &str,
+    ) -> Result<(), BundleError> {
+        if self.has(digest) {
+            return Ok(());
+        }
+        let partial = self.path(digest, "partial")?;
+        let dir = self.dir.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(Self::io(digest, &dir))?;
+        let mut offset = self.partial_len(digest);
+        let fetch_err = |message: String| BundleError::Fetch {
+            digest: digest.to_string(),
+            message,
+        };
+        let mut stream = client
+            .fetch_bundle(FetchBundleRequest {
+                digest: digest.to_string(),
+                offset,
+            })
+            .await
+            .map_err(|s| fetch_err(s.message().to_string()))?
+            .into_inner();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(Self::io(digest, &partial))?;
+        let mut total = None;
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| fetch_err(s.message().to_string()))?
+        {
+            if chunk.offset != offset {
+                return Err(BundleError::BadChunk {
+                    digest: digest.to_string(),
+                    got: chunk.offset,
+                    want: offset,
+                });
+            }
+            if chunk.total_size > MAX_BUNDLE_BYTES {
+                return Err(BundleError::TooLarge {
+                    digest: digest.to_string(),
+                });
+            }
+            file.write_all(&chunk.data)
+                .map_err(Self::io(digest, &partial))?;
+            offset += chunk.data.len() as u64;
+            total = Some(chunk.total_size);
+        }
+        file.sync_all().map_err(Self::io(digest, &partial))?;
+        drop(file);
+        if total.is_some_and(|t| t != offset) {
+            return Err(fetch_err(format!(
+                "stream ended at {offset} of {} bytes",
+                total.unwrap_or(0)
+            )));
+        }
+        let check = std::fs::File::open(&partial)
+            .map_err(Self::io(digest, &partial))
+            .and_then(|f| verify(digest, f));
+        if let Err(e) = check {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        let done = self.path(digest, "gz")?;
+        std::fs::rename(&partial, &done).map_err(Self::io(digest, &done))
+    }
+
+    /// Persists the last desired state the agent holds.
+    pub fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(".desired.pb.tmp");
+        std::fs::write(&tmp, d.encode_to_vec())?;
+        std::fs::rename(tmp, self.dir.join("desired.pb"))
+    }
+
+    /// The last desired state saved, if any (a corrupt file counts as none).
+    pub fn load_desired(&self) -> Option<DesiredState> {
+        let bytes = std::fs::read(self.dir.join("desired.pb")).ok()?;
+        DesiredState::decode(bytes.as_slice()).ok()
+    }
+}
+
+/// Decompresses and checks the sha256 of the content against `digest`.
+fn verify(digest: &str, compressed: impl Read) -> Result<Vec<u8>, BundleError> {
+    let mut out = Vec::new();
+    GzDecoder::new(compressed)
+        .take(MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|source| BundleError::Undecodable {
+            digest: digest.to_string(),
+            source,
+        })?;
+    if out.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            digest: digest.to_string(),
+        });
+    }
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&out)));
+    if actual != digest {
+        return Err(BundleError::DigestMismatch {
+            digest: digest.to_string(),
+            actual,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,220 @@
+//! Desired state and reported status per cluster, persisted in the store:
+//! `/desired/<cluster>` holds the generation-numbered list of (app, revision, bundle digest) the
+//! cluster should run; `/status/<cluster>` holds the last status report of its agent. A change of
+//! desired state bumps the generation only when something actually changed, so agents that
+//! already hold a generation are never sent it again.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::HubError;
+use crate::store::SharedStore;
+
+pub const DESIRED: &str = "/desired/";
+pub const STATUS: &str = "/status/";
+const CAS_RETRIES: usize = 16;
+
+/// One app's desired revision on one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppEntry {
+    pub app: String,
+    pub revision: String,
+    pub bundle_digest: String,
+    pub bundle_size: u64,
+    #[serde(default)]
+    pub trace_context: String,
+}
+
+/// What a cluster should run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub generation: u64,
+    /// Sorted by app name.
+    pub apps: Vec<AppEntry>,
+}
+
+impl DesiredRecord {
+    pub fn to_wire(&self) -> flotilla_proto::v1::DesiredState {
+        flotilla_proto::v1::DesiredState {
+            generation: self.generation,
+            apps: self
+                .apps
+                .iter()
+                .map(|a| flotilla_proto::v1::AppDesired {
+                    app: a.app.clone(),
+                    revision: a.revision.clone(),
+                    bundle_digest: a.bundle_digest.clone(),
+                    bundle_size: a.bundle_size,
+                    trace_context: a.trace_context.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `digest` is one of the bundles this cluster should hold.
+    pub fn wants(&self, digest: &str) -> bool {
+        self.apps.iter().any(|a| a.bundle_digest == digest)
+    }
+}
+
+/// One app's status as last reported by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppReport {
+    pub app: String,
+    pub revision: String,
+    pub bundle_digest: String,
+    pub phase: String,
+    pub message: String,
+    pub observed_ms: u64,
+}
+
+/// The last status report of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub generation: u64,
+    pub apps: Vec<AppReport>,
+}
+
+/// Access to desired state and status.
+#[derive(Debug, Clone)]
+pub struct DesiredStates {
+    store: SharedStore,
+}
+
+fn corrupt(key: &str, e: serde_json::Error) -> HubError {
+    HubError::Corrupt {
+        key: key.to_string(),
+        err: e.to_string(),
+    }
+}
+
+impl DesiredStates {
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    pub async fn get(&self, cluster: &str) -> Result<DesiredRecord, HubError> {
+        let key = format!("{DESIRED}{cluster}");
+        match self.store.get(&key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
+            None => Ok(DesiredRecord::default()),
+        }
+    }
+
+    /// Sets the apps a cluster should run. Returns the record and whether it changed (a new
+    /// generation); an identical list keeps the generation.
+    pub async fn set_apps(
+        &self,
+        cluster: &str,
+        mut apps: Vec<AppEntry>,
+    ) -> Result<(DesiredRecord, bool), HubError> {
+        apps.sort_by(|a, b| a.app.cmp(&b.app));
+        let key = format!("{DESIRED}{cluster}");
+        for _ in 0..CAS_RETRIES {
+            let current = self.store.get(&key).await?;
+            let (old, expected) = match &current {
+                Some(kv) => (
+                    serde_json::from_slice::<DesiredRecord>(&kv.value)
+                        .map_err(|e| corrupt(&key, e))?,
+                    Some(kv.mod_revision),
+                ),
+                None => (DesiredRecord::default(), None),
+            };
+            if old.apps == apps {
+                return Ok((old, false));
+            }
+            let new = DesiredRecord {
+                generation: old.generation + 1,
+                apps: apps.clone(),
+            };
+            let body = serde_json::to_vec(&new).expect("record serializes");
+            if self
+                .store
+                .compare_and_swap(&key, expected, body)
+                .await?
+                .is_ok()
+            {
+                return Ok((new, true));
+            }
+        }
+        Err(HubError::Contention(key))
+    }
+
+    pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {
+        let key = format!("{STATUS}{cluster}");
+        match self.store.get(&key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
+            None => Ok(StatusRecord::default()),
+        }
+    }
+
+    /// Persists an agent's status report (the newest report wins).
+    pub async fn record_status(
+        &self,
+        cluster: &str,
+        report: &flotilla_proto::v1::StatusReport,
+    ) -> Result<(), HubError> {
+        let rec = StatusRecord {
+            generation: report.generation,
+            apps: report
+                .apps
+                .iter()
+                .map(|a| AppReport {
+                    app: a.app.clone(),
+                    revision: a.revision.clone(),
+                    bundle_digest: a.bundle_digest.clone(),
+                    phase: a.phase.clone(),
+                    message: a.message.clone(),
+                    observed_ms: a.observed_unix_ms,
+                })
+                .collect(),
+        };
+        let key = format!("{STATUS}{cluster}");
+        self.store
+            .put(&key, serde_json::to_vec(&rec).expect("record serializes"))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+    use std::sync::Arc;
+
+    fn entry(app: &str, digest: &str) -> AppEntry {
+        AppEntry {
+            app: app.into(),
+            revision: "c1".into(),
+            bundle_digest: digest.into(),
+            bundle_size: 10,
+            trace_context: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn generation_moves_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DesiredStates::new(Arc::new(RedbStore::open(&dir.path().join("s")).unwrap()));
+        assert_eq!(d.get("c").await.unwrap().generation, 0);
+        let (r, changed) = d
+            .set_apps("c", vec![entry("b", "sha256:2"), entry("a", "sha256:1")])
+            .await
+            .unwrap();
+        assert!(changed);
+        assert_eq!(r.generation, 1);
+        assert_eq!(r.apps[0].app, "a", "apps are kept sorted");
+        let (r, changed) = d
+            .set_apps("c", vec![entry("a", "sha256:1"), entry("b", "sha256:2")])
+            .await
+            .unwrap();
+        assert!(!changed);
+        assert_eq!(r.generation, 1);
+        let (r, changed) = d.set_apps("c", vec![entry("a", "sha256:3")]).await.unwrap();
+        assert!(changed);
+        assert_eq!(r.generation, 2);
+        assert!(r.wants("sha256:3") && !r.wants("sha256:1"));
+        assert_eq!(d.get("c").await.unwrap(), r);
+        assert_eq!(d.get("other").await.unwrap().generation, 0);
+    }
+}

@@ -1,0 +1,228 @@
+//! Delivery of desired state: generation-numbered DesiredState pushed over the session, bundles
+//! fetched with `FetchBundle` (chunked, resumable, digest-verified), acknowledged and reported
+//! back; catch-up after being offline; isolation between clusters.
+
+use flotilla_agent::bundles::{BundleError, BundleStore};
+use flotilla_hub::desired::AppEntry;
+use flotilla_proto::tls::{TlsDialer, mtls_client_config};
+use flotilla_proto::v1::FetchBundleRequest;
+use flotilla_proto::v1::agent_session_client::AgentSessionClient;
+use flotilla_tests::*;
+use tonic::Code;
+
+fn bundle(name: &str) -> Vec<u8> {
+    format!(r#"[{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"web"}}}}]"#)
+        .into_bytes()
+}
+
+/// Puts a bundle into the hub's cache and makes it `app`'s desired revision on `cluster`.
+async fn desire(hub: &TestHub, cluster: &str, app: &str, revision: &str, content: &[u8]) -> String {
+    let r = hub.running().bundles.put(content).unwrap();
+    hub.running()
+        .desired
+        .set_apps(
+            cluster,
+            vec![AppEntry {
+                app: app.into(),
+                revision: revision.into(),
+                bundle_digest: r.digest.clone(),
+                bundle_size: r.size,
+                trace_context: String::new(),
+            }],
+        )
+        .await
+        .unwrap();
+    r.digest
+}
+
+async fn session_client(
+    hub: &TestHub,
+    state: &std::path::Path,
+) -> AgentSessionClient<tonic::transport::Channel> {
+    let (ca, chain, key) = agent_credentials(state);
+    let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())
+        .channel(&hub.addr())
+        .await
+        .unwrap();
+    AgentSessionClient::new(ch)
+}
+
+#[tokio::test]
+async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("eu-1", &[]).await;
+    let state = dir.path().join("eu-1");
+    let mut agent = TestAgent::start(&state, Some(token));
+    agent.connected().await;
+
+    let d1 = desire(&hub, "eu-1", "web", "c1", &bundle("one")).await;
+    let st = wait_status(&mut agent.status, "generation 1 held", |s| {
+        s.desired_generation == 1
+    })
+    .await;
+    assert_eq!(st.bundles, vec![d1.clone()]);
+    assert_eq!(
+        BundleStore::new(state.join("bundles")).read(&d1).unwrap(),
+        bundle("one"),
+        "the agent holds exactly the hub's bytes"
+    );
+    let report = eventually("the hub to record the status", || async {
+        let s = hub.running().desired.status("eu-1").await.unwrap();
+        (s.generation == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(report.apps[0].app, "web");
+    assert_eq!(report.apps[0].revision, "c1");
+    assert_eq!(report.apps[0].bundle_digest, d1);
+    assert_eq!(report.apps[0].phase, "applied");
+
+    // A new revision: a new digest is delivered.
+    let d2 = desire(&hub, "eu-1", "web", "c2", &bundle("two")).await;
+    assert_ne!(d1, d2);
+    let st = wait_status(&mut agent.status, "generation 2 held", |s| {
+        s.desired_generation == 2
+    })
+    .await;
+    assert_eq!(st.bundles, vec![d2]);
+    // Setting the same state again is not a new generation.
+    let (rec, changed) = hub
+        .running()
+        .desired
+        .set_apps(
+            "eu-1",
+            hub.running().desired.get("eu-1").await.unwrap().apps,
+        )
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(rec.generation, 2);
+}
+
+#[tokio::test]
+async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_holds() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("edge", &[]).await;
+    let state = dir.path().join("edge");
+    let mut agent = TestAgent::start(&state, Some(token));
+    agent.connected().await;
+    agent.stop().await.unwrap();
+
+    let digest = desire(&hub, "edge", "app", "r1", &bundle("offline")).await;
+    hub.restart().await; // the desired state survives a hub restart too
+    let mut agent = TestAgent::start(&state, None);
+    let st = wait_status(&mut agent.status, "catch-up", |s| s.desired_generation == 1).await;
+    assert_eq!(st.bundles, vec![digest.clone()]);
+    agent.stop().await.unwrap();
+
+    // Restarted, the agent reports what it holds before talking to the hub.
+    let mut again = TestAgent::start(&state, None);
+    let st = again.connected().await;
+    assert_eq!(st.desired_generation, 1);
+    assert_eq!(st.bundles, vec![digest]);
+}
+
+#[tokio::test]
+async fn a_cluster_cannot_fetch_another_clusters_bundle() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    for name in ["a", "b"] {
+        let token = hub.add_cluster(name, &[]).await;
+        let mut agent = TestAgent::start(&dir.path().join(name), Some(token));
+        agent.connected().await;
+        agent.stop().await.unwrap();
+    }
+    let digest = desire(&hub, "a", "secret-app", "r1", &bundle("only-for-a")).await;
+    let mut b = session_client(&hub, &dir.path().join("b")).await;
+    let e = b
+        .fetch_bundle(FetchBundleRequest {
+            digest: digest.clone(),
+            offset: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("not desired for cluster \"b\""),
+        "{e:?}"
+    );
+    let mut a = session_client(&hub, &dir.path().join("a")).await;
+    assert!(
+        a.fetch_bundle(FetchBundleRequest { digest, offset: 0 })
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let token = hub.add_cluster("c", &[]).await;
+    let state = dir.path().join("c");
+    let mut agent = TestAgent::start(&state, Some(token));
+    agent.connected().await;
+    agent.stop().await.unwrap();
+
+    // A bundle big enough to span several chunks.
+    // Pseudo-random (xorshift) bytes, so compression cannot shrink them below a few chunks.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let digest = desire(&hub, "c", "big", "r1", &big).await;
+    let compressed = std::fs::read(hub.running().bundles.path_of(&digest).unwrap()).unwrap();
+    assert!(compressed.len() > 2 * flotilla_proto::limits::BUNDLE_CHUNK_BYTES);
+
+    // Cut halfway: the first half is on disk as a partial download.
+    let store = BundleStore::new(dir.path().join("cache"));
+    std::fs::create_dir_all(store.dir().join("sha256")).unwrap();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let half = compressed.len() / 2;
+    std::fs::write(
+        store.dir().join(format!("sha256/{hex}.partial")),
+        &compressed[..half],
+    )
+    .unwrap();
+    assert_eq!(store.partial_len(&digest), half as u64);
+    let mut client = session_client(&hub, &state).await;
+    store.fetch(&mut client, &digest).await.unwrap();
+    assert_eq!(
+        store.read(&digest).unwrap(),
+        big,
+        "resumed download is complete and verified"
+    );
+
+    // A partial download with wrong bytes: refused by the digest check and discarded.
+    let other = BundleStore::new(dir.path().join("cache2"));
+    std::fs::create_dir_all(other.dir().join("sha256")).unwrap();
+    let mut bad = compressed[..half].to_vec();
+    bad[half / 2] ^= 0xff;
+    std::fs::write(other.dir().join(format!("sha256/{hex}.partial")), &bad).unwrap();
+    let e = other.fetch(&mut client, &digest).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BundleError::DigestMismatch { .. } | BundleError::Undecodable { .. }
+        ),
+        "{e}"
+    );
+    assert!(!other.has(&digest));
+    assert_eq!(
+        other.partial_len(&digest),
+        0,
+        "the bad partial file is discarded"
+    );
+    other.fetch(&mut client, &digest).await.unwrap();
+    assert_eq!(other.read(&digest).unwrap(), big);
+}
