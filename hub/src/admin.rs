@@ -12,8 +12,10 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::caller;
 use crate::ca::Ca;
+use crate::desired::DesiredStates;
 use crate::registry::{ClusterRecord, Registry, TokenRecord};
 use crate::session::Sessions;
+use crate::sources::{SourceRecord, Sources};
 
 /// The default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -26,6 +28,8 @@ pub struct AdminService {
     pub clock: SharedClock,
     /// `host:port` written into join tokens.
     pub hub_address: String,
+    pub sources: Sources,
+    pub desired: DesiredStates,
 }
 
 impl AdminService {
@@ -65,6 +69,58 @@ impl AdminService {
             created_unix_ms: rec.created_ms,
             identity: Registry::cluster_identity(&rec.name).uri(self.ca.trust_domain()),
         }
+    }
+
+    fn source_view(&self, r: &SourceRecord) -> Source {
+        Source {
+            name: r.name.clone(),
+            url: crate::git::redact_url(&r.url),
+            r#ref: r.reference.clone(),
+            path: r.path.clone(),
+            interval_seconds: r.interval_ms / 1000,
+            commit: r.status.commit.clone().unwrap_or_default(),
+            last_fetch_unix_ms: r.status.last_fetch_ms,
+            error: r.status.error.clone().unwrap_or_default(),
+            secret_file: r.secret_file.clone().unwrap_or_default(),
+            apps: r.status.apps.keys().cloned().collect(),
+        }
+    }
+
+    /// Builds the view of one app: per targeted cluster the desired and the reported revision.
+    async fn app_view(&self, source: &SourceRecord, name: &str) -> Result<App, Status> {
+        let st = source
+            .status
+            .apps
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("unknown app {name:?}")))?;
+        let mut clusters = Vec::new();
+        for cluster in &st.clusters {
+            let desired = self.desired.get(cluster).await?;
+            let status = self.desired.status(cluster).await?;
+            let Some(entry) = desired.apps.iter().find(|a| a.app == name) else {
+                continue;
+            };
+            let report = status.apps.iter().find(|a| a.app == name);
+            let applied = report
+                .filter(|r| r.phase == "applied")
+                .map(|r| r.revision.clone())
+                .unwrap_or_default();
+            clusters.push(AppCluster {
+                name: cluster.clone(),
+                desired_revision: entry.revision.clone(),
+                applied_revision: applied,
+                bundle_digest: entry.bundle_digest.clone(),
+                phase: report.map(|r| r.phase.clone()).unwrap_or_default(),
+                message: report.map(|r| r.message.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(App {
+            name: name.to_string(),
+            source: source.name.clone(),
+            commit: st.commit.clone().unwrap_or_default(),
+            error: st.error.clone().unwrap_or_default(),
+            clusters,
+        })
     }
 
     fn token_view(&self, t: &TokenRecord) -> Token {
@@ -181,5 +237,83 @@ impl Admin for AdminService {
         let t = self.registry.revoke_token(&req.get_ref().id).await?;
         tracing::info!(%admin, token = %t.id, "token revoked");
         Ok(Response::new(self.token_view(&t)))
+    }
+
+    async fn add_source(&self, req: Request<AddSourceRequest>) -> Result<Response<Source>, Status> {
+        let admin = self.authorize(&req)?;
+        let r = req.into_inner();
+        let interval = if r.interval_seconds == 0 {
+            crate::sources::DEFAULT_INTERVAL
+        } else {
+            Duration::from_secs(r.interval_seconds)
+        };
+        let secret = (!r.secret_file.is_empty()).then_some(r.secret_file);
+        let rec = self
+            .sources
+            .add(&r.name, &r.url, &r.r#ref, &r.path, interval, secret)
+            .await?;
+        tracing::info!(%admin, source = %rec.name, url = %crate::git::redact_url(&rec.url), "source added");
+        Ok(Response::new(self.source_view(&rec)))
+    }
+
+    async fn list_sources(
+        &self,
+        req: Request<ListSourcesRequest>,
+    ) -> Result<Response<ListSourcesResponse>, Status> {
+        self.authorize(&req)?;
+        let list = self.sources.list().await?;
+        Ok(Response::new(ListSourcesResponse {
+            sources: list.iter().map(|s| self.source_view(s)).collect(),
+        }))
+    }
+
+    async fn get_source(&self, req: Request<GetSourceRequest>) -> Result<Response<Source>, Status> {
+        self.authorize(&req)?;
+        let rec = self.sources.get(&req.get_ref().name).await?;
+        Ok(Response::new(self.source_view(&rec)))
+    }
+
+    async fn remove_source(
+        &self,
+        req: Request<RemoveSourceRequest>,
+    ) -> Result<Response<Source>, Status> {
+        let admin = self.authorize(&req)?;
+        let rec = self.sources.remove(&req.get_ref().name).await?;
+        tracing::info!(%admin, source = %rec.name, "source removed");
+        Ok(Response::new(self.source_view(&rec)))
+    }
+
+    async fn sync_source(
+        &self,
+        req: Request<SyncSourceRequest>,
+    ) -> Result<Response<Source>, Status> {
+        self.authorize(&req)?;
+        let rec = self.sources.sync_now(&req.get_ref().name).await?;
+        Ok(Response::new(self.source_view(&rec)))
+    }
+
+    async fn list_apps(
+        &self,
+        req: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsResponse>, Status> {
+        self.authorize(&req)?;
+        let mut apps = Vec::new();
+        for s in self.sources.list().await? {
+            for name in s.status.apps.keys() {
+                apps.push(self.app_view(&s, name).await?);
+            }
+        }
+        Ok(Response::new(ListAppsResponse { apps }))
+    }
+
+    async fn get_app(&self, req: Request<GetAppRequest>) -> Result<Response<App>, Status> {
+        self.authorize(&req)?;
+        let name = req.get_ref().name.clone();
+        for s in self.sources.list().await? {
+            if s.status.apps.contains_key(&name) {
+                return Ok(Response::new(self.app_view(&s, &name).await?));
+            }
+        }
+        Err(crate::error::HubError::UnknownApp(name).into())
     }
 }

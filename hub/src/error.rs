@@ -10,6 +10,12 @@ pub enum HubError {
     UnknownCluster(String),
     #[error("cluster {0:?} already exists")]
     ClusterExists(String),
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    #[error("source {0:?} already exists")]
+    SourceExists(String),
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
     #[error("cluster {0:?} is revoked")]
     ClusterRevoked(String),
     #[error("unknown join token")]
@@ -46,6 +52,9 @@ impl HubError {
         match self {
             HubError::UnknownCluster(_) => "unknown_cluster",
             HubError::ClusterExists(_) => "cluster_exists",
+            HubError::UnknownSource(_) => "unknown_source",
+            HubError::SourceExists(_) => "source_exists",
+            HubError::UnknownApp(_) => "unknown_app",
             HubError::ClusterRevoked(_) => "cluster_revoked",
             HubError::UnknownToken | HubError::UnknownTokenId(_) => "unknown_token",
             HubError::TokenExpired(_) => "token_expired",
@@ -68,8 +77,11 @@ impl From<HubError> for tonic::Status {
         use tonic::Status;
         let msg = e.to_string();
         match e {
-            HubError::UnknownCluster(_) | HubError::UnknownTokenId(_) => Status::not_found(msg),
-            HubError::ClusterExists(_) => Status::already_exists(msg),
+            HubError::UnknownCluster(_)
+            | HubError::UnknownTokenId(_)
+            | HubError::UnknownSource(_)
+            | HubError::UnknownApp(_) => Status::not_found(msg),
+            HubError::ClusterExists(_) | HubError::SourceExists(_) => Status::already_exists(msg),
             HubError::ClusterRevoked(_)
             | HubError::UnknownToken
             | HubError::TokenExpired(_)

@@ -31,6 +31,7 @@ use crate::registration::RegistrationService;
 use crate::registry::Registry;
 use crate::render::BundleCache;
 use crate::session::{SessionConfig, SessionService, Sessions};
+use crate::sources::Sources;
 use crate::store::SharedStore;
 use crate::store::redb::RedbStore;
 
@@ -111,6 +112,7 @@ pub struct RunningHub {
     pub ca: Arc<Ca>,
     pub desired: DesiredStates,
     pub bundles: Arc<BundleCache>,
+    pub sources: Sources,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
@@ -243,12 +245,25 @@ pub async fn start(
         metrics: metrics.clone(),
         cert_lifetime: config.cert_lifetime,
     };
+    let sources = Sources::new(
+        store.clone(),
+        registry.clone(),
+        desired.clone(),
+        bundles.clone(),
+        dd.clone(),
+        config.clock.clone(),
+        tracker.clone(),
+        shutdown_rx.clone(),
+    );
+    sources.start_all().await?;
     let admin_svc = AdminService {
         registry: registry.clone(),
         sessions: sessions.clone(),
         ca: ca.clone(),
         clock: config.clock.clone(),
         hub_address: hub_address.clone(),
+        sources: sources.clone(),
+        desired: desired.clone(),
     };
 
     let mut tasks = Vec::new();
@@ -326,6 +341,7 @@ pub async fn start(
         ca,
         desired,
         bundles,
+        sources,
         shutdown_tx,
         tasks,
         tracker,

@@ -49,6 +49,12 @@ pub enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Track git sources.
+    #[command(subcommand)]
+    Source(SourceCmd),
+    /// Apps rendered from sources, with their desired and applied revisions per cluster.
+    #[command(subcommand)]
+    App(AppCmd),
     /// Run an in-process hub with three simulated agents in two regions and show the fleet.
     Demo(demo::DemoArgs),
 }
@@ -80,6 +86,45 @@ pub enum ClusterCmd {
     },
     /// Remove a cluster: revokes its certificates and tokens and closes its session.
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCmd {
+    /// Track a repository (https, ssh, file:// or a local path).
+    Add {
+        name: String,
+        #[arg(long)]
+        url: String,
+        /// Branch, tag or commit.
+        #[arg(long = "ref", default_value = "main")]
+        reference: String,
+        /// Directory in the repository holding flotilla.yaml.
+        #[arg(long, default_value = "")]
+        path: String,
+        /// Polling interval.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// File on the hub with https credentials (token, or user:password).
+        #[arg(long)]
+        secret_file: Option<String>,
+    },
+    List,
+    Get {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Fetch and render now.
+    Sync {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    List,
+    Get { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +267,81 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 f => output::structured(f, &TokenOut::from(&t)),
             }
         }
+        Command::Source(cmd) => source_command(&mut admin, cmd, fmt).await?,
+        Command::App(AppCmd::List) => {
+            let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
+            let rows: Vec<_> = apps.iter().map(output::AppOut::from).collect();
+            match fmt {
+                Format::Table => output::apps_table(&rows),
+                f => output::structured(f, &rows),
+            }
+        }
+        Command::App(AppCmd::Get { name }) => {
+            let app = admin.get_app(GetAppRequest { name }).await?.into_inner();
+            let row = output::AppOut::from(&app);
+            match fmt {
+                Format::Table => output::apps_table(std::slice::from_ref(&row)),
+                f => output::structured(f, &row),
+            }
+        }
         Command::Demo(_) => unreachable!("handled above"),
+    })
+}
+
+async fn source_command(
+    admin: &mut flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    cmd: SourceCmd,
+    fmt: Format,
+) -> Result<String, CliError> {
+    let one = |s: Source| {
+        let row = output::SourceOut::from(&s);
+        match fmt {
+            Format::Table => output::sources_table(std::slice::from_ref(&row)),
+            f => output::structured(f, &row),
+        }
+    };
+    Ok(match cmd {
+        SourceCmd::Add {
+            name,
+            url,
+            reference,
+            path,
+            interval,
+            secret_file,
+        } => one(admin
+            .add_source(AddSourceRequest {
+                name,
+                url,
+                r#ref: reference,
+                path,
+                interval_seconds: interval.as_secs().max(1),
+                secret_file: secret_file.unwrap_or_default(),
+            })
+            .await?
+            .into_inner()),
+        SourceCmd::List => {
+            let list = admin
+                .list_sources(ListSourcesRequest {})
+                .await?
+                .into_inner()
+                .sources;
+            let rows: Vec<_> = list.iter().map(output::SourceOut::from).collect();
+            match fmt {
+                Format::Table => output::sources_table(&rows),
+                f => output::structured(f, &rows),
+            }
+        }
+        SourceCmd::Get { name } => one(admin
+            .get_source(GetSourceRequest { name })
+            .await?
+            .into_inner()),
+        SourceCmd::Remove { name } => one(admin
+            .remove_source(RemoveSourceRequest { name })
+            .await?
+            .into_inner()),
+        SourceCmd::Sync { name } => one(admin
+            .sync_source(SyncSourceRequest { name })
+            .await?
+            .into_inner()),
     })
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
-use flotilla_proto::v1::{Cluster, Token};
+use flotilla_proto::v1::{App, Cluster, Source, Token};
 use serde::Serialize;
 
 /// `-o` values.
@@ -135,4 +135,147 @@ pub fn cluster(format: Format, c: &ClusterOut) -> String {
         Format::Table => clusters_table(std::slice::from_ref(c)),
         f => structured(f, c),
     }
+}
+
+/// A source as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceOut {
+    pub name: String,
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub path: String,
+    pub interval: String,
+    pub commit: Option<String>,
+    pub last_fetch: Option<String>,
+    pub error: Option<String>,
+    pub secret_file: Option<String>,
+    pub apps: Vec<String>,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl From<&Source> for SourceOut {
+    fn from(s: &Source) -> Self {
+        Self {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            reference: s.r#ref.clone(),
+            path: s.path.clone(),
+            interval: humantime::format_duration(std::time::Duration::from_secs(
+                s.interval_seconds,
+            ))
+            .to_string(),
+            commit: non_empty(&s.commit),
+            last_fetch: rfc3339_ms(s.last_fetch_unix_ms),
+            error: non_empty(&s.error),
+            secret_file: non_empty(&s.secret_file),
+            apps: s.apps.clone(),
+        }
+    }
+}
+
+pub fn sources_table(rows: &[SourceOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(["NAME", "URL", "REF", "COMMIT", "LAST FETCH", "ERROR"]);
+    for r in rows {
+        t.add_row([
+            r.name.clone(),
+            r.url.clone(),
+            r.reference.clone(),
+            r.commit
+                .as_deref()
+                .map(|c| c[..c.len().min(12)].to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.last_fetch.clone().unwrap_or_else(|| "never".into()),
+            r.error.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// An app as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppOut {
+    pub name: String,
+    pub source: String,
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    pub clusters: Vec<AppClusterOut>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppClusterOut {
+    pub name: String,
+    pub desired_revision: String,
+    pub applied_revision: Option<String>,
+    pub bundle_digest: String,
+    pub phase: Option<String>,
+}
+
+impl From<&App> for AppOut {
+    fn from(a: &App) -> Self {
+        Self {
+            name: a.name.clone(),
+            source: a.source.clone(),
+            commit: non_empty(&a.commit),
+            error: non_empty(&a.error),
+            clusters: a
+                .clusters
+                .iter()
+                .map(|c| AppClusterOut {
+                    name: c.name.clone(),
+                    desired_revision: c.desired_revision.clone(),
+                    applied_revision: non_empty(&c.applied_revision),
+                    bundle_digest: c.bundle_digest.clone(),
+                    phase: non_empty(&c.phase),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn short(rev: &str) -> String {
+    rev[..rev.len().min(12)].to_string()
+}
+
+pub fn apps_table(rows: &[AppOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "ERROR",
+    ]);
+    for a in rows {
+        let commit = a.commit.as_deref().map(short).unwrap_or_else(|| "-".into());
+        let error = a.error.clone().unwrap_or_default();
+        if a.clusters.is_empty() {
+            t.add_row([
+                a.name.clone(),
+                a.source.clone(),
+                commit.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                error.clone(),
+            ]);
+        }
+        for c in &a.clusters {
+            t.add_row([
+                a.name.clone(),
+                a.source.clone(),
+                commit.clone(),
+                c.name.clone(),
+                short(&c.desired_revision),
+                c.applied_revision
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or_else(|| "-".into()),
+                error.clone(),
+            ]);
+        }
+    }
+    format!("{t}\n")
 }

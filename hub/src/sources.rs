@@ -1,0 +1,485 @@
+//! Git sources and the path from a commit to every cluster's desired state: each source is
+//! fetched (polling, or at once when triggered), its `flotilla.yaml` is loaded at the fetched
+//! commit, every app is rendered for every cluster it targets, bundles go into the
+//! content-addressed cache, and each cluster's desired state is updated. A bad commit (invalid
+//! config, an app that fails to render, an unreachable remote) is recorded as the source's or
+//! app's error and leaves the last good revision desired.
+//!
+//! Records live at `/sources/<name>` (spec and status). Credentials stay in a file on the hub
+//! (`secret_file`); only its path is stored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_proto::clock::{SharedClock, unix_ms};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::desired::{AppEntry, DesiredStates};
+use crate::error::HubError;
+use crate::git::{Auth, GitRef, Mirror, SourceSpec};
+use crate::registry::Registry;
+use crate::render::{
+    AppManifests, BundleCache, ClusterInfo, Limits, load_config, targeted_clusters,
+};
+use crate::store::SharedStore;
+
+pub const SOURCES: &str = "/sources/";
+/// Default polling interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+const CAS_RETRIES: usize = 16;
+
+/// A source as persisted: what to track, and how the last sync went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    pub url: String,
+    /// `--ref` as given (branch, tag, commit or `refs/…`).
+    pub reference: String,
+    pub path: String,
+    pub interval_ms: u64,
+    /// Path of the hub-side file with https credentials; never its content.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub status: SourceStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The commit last fetched.
+    pub commit: Option<String>,
+    pub last_fetch_ms: u64,
+    /// Why the last sync did not take the fetched commit (`None` when healthy).
+    pub error: Option<String>,
+    /// Per app: the commit desired now, targeted clusters, and the last render error.
+    pub apps: BTreeMap<String, AppState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppState {
+    /// The commit whose rendering is desired (the last good one).
+    pub commit: Option<String>,
+    pub clusters: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// The sources of one hub, with their sync loops.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: SharedStore,
+    registry: Registry,
+    desired: DesiredStates,
+    bundles: Arc<BundleCache>,
+    data_dir: PathBuf,
+    limits: Limits,
+    clock: SharedClock,
+    tracker: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+    /// Per source: wakes its loop (webhook, `source sync`) and serialises its syncs.
+    loops: Mutex<HashMap<String, Arc<LoopHandle>>>,
+}
+
+#[derive(Debug, Default)]
+struct LoopHandle {
+    wake: Notify,
+    sync: tokio::sync::Mutex<()>,
+    stop: Notify,
+}
+
+fn corrupt(key: &str, e: serde_json::Error) -> HubError {
+    HubError::Corrupt {
+        key: key.to_string(),
+        err: e.to_string(),
+    }
+}
+
+impl SourceRecord {
+    fn spec(&self) -> Result<SourceSpec, HubError> {
+        let reference =
+            GitRef::parse(&self.reference).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let auth = match &self.secret_file {
+            Some(p) => Some(
+                Auth::from_secret_file(std::path::Path::new(p))
+                    .map_err(|e| HubError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(SourceSpec {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            reference,
+            path: self.path.clone(),
+            auth,
+        })
+    }
+}
+
+impl Sources {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: SharedStore,
+        registry: Registry,
+        desired: DesiredStates,
+        bundles: Arc<BundleCache>,
+        data_dir: PathBuf,
+        clock: SharedClock,
+        tracker: TaskTracker,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                desired,
+                bundles,
+                data_dir,
+                limits: Limits::default(),
+                clock,
+                tracker,
+                shutdown,
+                loops: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<SourceRecord, HubError> {
+        let key = format!("{SOURCES}{name}");
+        match self.inner.store.get(&key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
+            None => Err(HubError::UnknownSource(name.to_string())),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<SourceRecord>, HubError> {
+        let (items, _) = self.inner.store.list(SOURCES).await?;
+        items
+            .iter()
+            .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
+            .collect()
+    }
+
+    /// Adds a source (validated first: name, URL, ref, path, secret file) and starts its loop.
+    pub async fn add(
+        &self,
+        name: &str,
+        url: &str,
+        reference: &str,
+        path: &str,
+        interval: Duration,
+        secret_file: Option<String>,
+    ) -> Result<SourceRecord, HubError> {
+        let path =
+            crate::git::normalize_path(path).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let rec = SourceRecord {
+            name: name.to_string(),
+            url: url.to_string(),
+            reference: if reference.is_empty() {
+                "main".into()
+            } else {
+                reference.to_string()
+            },
+            path,
+            interval_ms: interval.max(Duration::from_secs(1)).as_millis() as u64,
+            secret_file,
+            created_ms: unix_ms(self.inner.clock.now()),
+            status: SourceStatus::default(),
+        };
+        crate::git::validate_name(name).map_err(|e| HubError::Invalid(e.to_string()))?;
+        rec.spec()?
+            .validate()
+            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        let key = format!("{SOURCES}{name}");
+        let body = serde_json::to_vec(&rec).expect("record serializes");
+        if self
+            .inner
+            .store
+            .compare_and_swap(&key, None, body)
+            .await?
+            .is_err()
+        {
+            return Err(HubError::SourceExists(name.to_string()));
+        }
+        self.start(name);
+        Ok(rec)
+    }
+
+    /// Removes a source: stops its loop and takes its apps out of every cluster's desired state.
+    pub async fn remove(&self, name: &str) -> Result<SourceRecord, HubError> {
+        let rec = self.get(name).await?;
+        if let Some(h) = self
+            .inner
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        {
+            h.stop.notify_one();
+        }
+        let owned: BTreeSet<String> = rec.status.apps.keys().cloned().collect();
+        self.replace_apps(&owned, BTreeMap::new()).await?;
+        self.inner.store.delete(&format!("{SOURCES}{name}")).await?;
+        let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
+        Ok(rec)
+    }
+
+    /// Starts the loops of every stored source (hub start).
+    pub async fn start_all(&self) -> Result<(), HubError> {
+        for s in self.list().await? {
+            self.start(&s.name);
+        }
+        Ok(())
+    }
+
+    /// Wakes a source's loop (webhook). Unknown names are ignored.
+    pub fn trigger(&self, name: &str) -> bool {
+        match self.handle(name) {
+            Some(h) => {
+                h.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Syncs a source now and returns its record afterwards.
+    pub async fn sync_now(&self, name: &str) -> Result<SourceRecord, HubError> {
+        self.get(name).await?;
+        let h = self.handle(name).unwrap_or_else(|| self.start(name));
+        let _guard = h.sync.lock().await;
+        self.sync_once(name).await?;
+        self.get(name).await
+    }
+
+    fn handle(&self, name: &str) -> Option<Arc<LoopHandle>> {
+        self.inner
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn start(&self, name: &str) -> Arc<LoopHandle> {
+        let h = Arc::new(LoopHandle::default());
+        self.inner
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), h.clone());
+        let this = self.clone();
+        let name = name.to_string();
+        let handle = h.clone();
+        self.inner.tracker.spawn(async move {
+            let mut shutdown = this.inner.shutdown.clone();
+            loop {
+                let interval = match this.get(&name).await {
+                    Ok(r) => Duration::from_millis(r.interval_ms),
+                    Err(_) => return,
+                };
+                {
+                    let _guard = handle.sync.lock().await;
+                    if let Err(e) = this.sync_once(&name).await {
+                        tracing::warn!(source = %name, error = %e, "sync failed");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = handle.stop.notified() => return,
+                    _ = handle.wake.notified() => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        h
+    }
+
+    /// Saves the status of a source (compare-and-swap on the record).
+    async fn save_status(&self, name: &str, status: SourceStatus) -> Result<(), HubError> {
+        let key = format!("{SOURCES}{name}");
+        for _ in 0..CAS_RETRIES {
+            let Some(kv) = self.inner.store.get(&key).await? else {
+                return Ok(()); // removed meanwhile
+            };
+            let mut rec: SourceRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?;
+            rec.status = status.clone();
+            let body = serde_json::to_vec(&rec).expect("record serializes");
+            if self
+                .inner
+                .store
+                .compare_and_swap(&key, Some(kv.mod_revision), body)
+                .await?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(HubError::Contention(key))
+    }
+
+    /// One sync: fetch, load, render, update desired state.
+    async fn sync_once(&self, name: &str) -> Result<(), HubError> {
+        let rec = self.get(name).await?;
+        let mut status = rec.status.clone();
+        status.last_fetch_ms = unix_ms(self.inner.clock.now());
+        let spec = match rec.spec() {
+            Ok(s) => s,
+            Err(e) => {
+                status.error = Some(e.to_string());
+                return self.save_status(name, status).await;
+            }
+        };
+        let data_dir = self.inner.data_dir.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mirror = Mirror::open_or_init(&data_dir, &spec)?;
+            let outcome = mirror.fetch(&spec)?;
+            let tree = mirror.tree(&outcome.commit, &spec.path)?;
+            Ok::<_, crate::git::GitError>((outcome, tree))
+        })
+        .await
+        .map_err(|e| HubError::Invalid(format!("sync task failed: {e}")))?;
+        let (outcome, tree) = match fetched {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "fetch failed; keeping the last good revision");
+                status.error = Some(e.to_string());
+                return self.save_status(name, status).await;
+            }
+        };
+        let commit = outcome.commit.clone();
+        status.commit = Some(commit.clone());
+        if outcome.rewritten {
+            tracing::warn!(source = %name, %commit, previous = ?outcome.previous, "history was rewritten upstream");
+        }
+
+        let clusters: Vec<ClusterInfo> = self
+            .inner
+            .registry
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| !c.revoked)
+            .map(|c| ClusterInfo::new(c.name, c.labels))
+            .collect();
+        let limits = self.inner.limits;
+        let bundles = self.inner.bundles.clone();
+        let rendered =
+            tokio::task::spawn_blocking(move || render_all(&tree, &clusters, &limits, &bundles))
+                .await
+                .map_err(|e| HubError::Invalid(format!("render task failed: {e}")))?;
+        let (per_app, config_error) = match rendered {
+            Ok(x) => (x, None),
+            Err(e) => (BTreeMap::new(), Some(e)),
+        };
+        if let Some(e) = config_error {
+            tracing::warn!(source = %name, %commit, error = %e, "invalid configuration; keeping the last good revision");
+            status.error = Some(e);
+            return self.save_status(name, status).await;
+        }
+
+        // Per app: take the new rendering, or keep the last good one on error.
+        let mut owned: BTreeSet<String> = status.apps.keys().cloned().collect();
+        owned.extend(per_app.keys().cloned());
+        let mut keep_old = BTreeSet::new();
+        let mut new_entries: BTreeMap<String, Vec<AppEntry>> = BTreeMap::new();
+        let mut apps = BTreeMap::new();
+        for (app, result) in per_app {
+            let mut st = status.apps.get(&app).cloned().unwrap_or_default();
+            match result {
+                Ok(list) => {
+                    st.error = None;
+                    st.commit = Some(commit.clone());
+                    st.clusters = list.iter().map(|(c, _)| c.clone()).collect();
+                    for (cluster, mut entry) in list {
+                        entry.revision = commit.clone();
+                        new_entries.entry(cluster).or_default().push(entry);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, %app, %commit, error = %e, "render failed; keeping the last good revision");
+                    st.error = Some(e);
+                    keep_old.insert(app.clone());
+                }
+            }
+            apps.insert(app, st);
+        }
+        let replaced: BTreeSet<String> = owned.difference(&keep_old).cloned().collect();
+        self.replace_apps(&replaced, new_entries).await?;
+        status.apps = apps;
+        status.error = None;
+        self.save_status(name, status).await
+    }
+
+    /// For every cluster: drops the entries of `apps`, adds `entries` for that cluster.
+    async fn replace_apps(
+        &self,
+        apps: &BTreeSet<String>,
+        mut entries: BTreeMap<String, Vec<AppEntry>>,
+    ) -> Result<(), HubError> {
+        let clusters = self.inner.registry.list_clusters().await?;
+        for c in clusters {
+            let current = self.inner.desired.get(&c.name).await?;
+            let mut list: Vec<AppEntry> = current
+                .apps
+                .into_iter()
+                .filter(|e| !apps.contains(&e.app))
+                .collect();
+            list.extend(entries.remove(&c.name).unwrap_or_default());
+            let (rec, changed) = self.inner.desired.set_apps(&c.name, list).await?;
+            if changed {
+                tracing::info!(cluster.id = %c.name, generation = rec.generation, "desired state changed");
+            }
+        }
+        Ok(())
+    }
+}
+
+type AppResult = Result<Vec<(String, AppEntry)>, String>;
+
+/// Loads the config and renders every app for every targeted cluster; identical renderings
+/// share one bundle. `Err` only for a config that cannot be loaded at all.
+fn render_all(
+    tree: &crate::git::CommitTree,
+    clusters: &[ClusterInfo],
+    limits: &Limits,
+    bundles: &BundleCache,
+) -> Result<BTreeMap<String, AppResult>, String> {
+    let config = load_config(tree, "", limits).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for app in config.apps.keys() {
+        let result = (|| {
+            let manifests =
+                AppManifests::load(tree, &config, app, limits).map_err(|e| e.to_string())?;
+            let mut list = Vec::new();
+            for cluster in targeted_clusters(&config, app, clusters) {
+                let r = manifests
+                    .render(cluster)
+                    .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+                let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
+                list.push((
+                    cluster.name.clone(),
+                    AppEntry {
+                        app: app.clone(),
+                        revision: String::new(),
+                        bundle_digest: b.digest,
+                        bundle_size: b.size,
+                        trace_context: String::new(),
+                    },
+                ));
+            }
+            Ok(list)
+        })();
+        out.insert(app.clone(), result);
+    }
+    Ok(out)
+}

@@ -1,0 +1,239 @@
+//! From a git commit to every cluster: a real repository made with the git CLI, a real hub
+//! fetching it with gix, rendering, and agents receiving the bundles; bad commits keep the last
+//! good revision desired and show their error.
+
+use std::path::Path;
+use std::process::Command;
+
+use clap::Parser;
+use flotilla_hub::cli::{Cli, run};
+use flotilla_tests::*;
+use serde_json::Value;
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn write(repo: &Path, path: &str, text: &str) {
+    let p = repo.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn commit(repo: &Path, msg: &str) -> String {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", msg]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+const FLOTILLA_YAML: &str = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {matchLabels: {env: prod}}\n    vars: {greeting: hello}\n";
+
+fn manifest(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata:\n  greeting: \"${{greeting}}\"\n  value: \"{value}\"\n"
+    )
+}
+
+async fn cli(hub: &TestHub, args: &[&str]) -> Result<String, String> {
+    let cfg = hub.credential_path();
+    let mut argv = vec!["flotilla", "--config", cfg.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    run(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn json(hub: &TestHub, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&cli(hub, &a).await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good_one() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    write(&repo, "flotilla.yaml", FLOTILLA_YAML);
+    write(&repo, "apps/web/config.yaml", &manifest("v1"));
+    let c1 = commit(&repo, "first");
+
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let mut agents = Vec::new();
+    for (name, env) in [("eu-1", "prod"), ("us-1", "prod"), ("dev-1", "dev")] {
+        let token = hub.add_cluster(name, &[("env", env)]).await;
+        let mut a = TestAgent::start(&dir.path().join(name), Some(token));
+        a.connected().await;
+        agents.push(a);
+    }
+
+    let src = json(
+        &hub,
+        &[
+            "source",
+            "add",
+            "fleet",
+            "--url",
+            repo.to_str().unwrap(),
+            "--ref",
+            "main",
+            "--interval",
+            "1h",
+        ],
+    )
+    .await;
+    assert_eq!(src["name"], "fleet");
+    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c1.as_str());
+    assert!(src["error"].is_null(), "{src}");
+
+    // Both prod clusters get the same bundle (identical renderings share it); dev gets nothing.
+    let app = json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["source"], "fleet");
+    assert_eq!(app["commit"], c1.as_str());
+    let clusters = app["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), 2, "{app}");
+    let digest = clusters[0]["bundle_digest"].as_str().unwrap().to_string();
+    assert_eq!(clusters[1]["bundle_digest"], digest.as_str());
+    for a in agents.iter_mut().take(2) {
+        wait_status(&mut a.status, "bundle delivered", |s| {
+            s.bundles == vec![digest.clone()]
+        })
+        .await;
+    }
+    assert!(agents[2].status.borrow().bundles.is_empty());
+    let applied = eventually("applied revision reported", || async {
+        let app = json(&hub, &["app", "get", "web"]).await;
+        app["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["applied_revision"] == c1.as_str())
+            .then_some(app)
+    })
+    .await;
+    assert_eq!(applied["error"], Value::Null);
+
+    // A new commit: a new digest reaches the agents.
+    write(&repo, "apps/web/config.yaml", &manifest("v2"));
+    let c2 = commit(&repo, "second");
+    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c2.as_str());
+    let app = json(&hub, &["app", "get", "web"]).await;
+    let d2 = app["clusters"][0]["bundle_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(d2, digest);
+    for a in agents.iter_mut().take(2) {
+        wait_status(&mut a.status, "second bundle delivered", |s| {
+            s.bundles == vec![d2.clone()]
+        })
+        .await;
+    }
+
+    // An invalid flotilla.yaml: the source shows where, and c2 stays desired.
+    write(
+        &repo,
+        "flotilla.yaml",
+        "apps:\n  web:\n    path: apps/web\n    targets: {}\n    pipeline: nope\n",
+    );
+    let c3 = commit(&repo, "bad config");
+    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c3.as_str(), "the bad commit was fetched");
+    let err = src["error"].as_str().unwrap();
+    assert!(
+        err.contains("flotilla.yaml:") && err.contains("pipeline"),
+        "{err}"
+    );
+    let app = json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["commit"], c2.as_str());
+    assert_eq!(app["clusters"][0]["bundle_digest"], d2.as_str());
+
+    // An undefined variable: the app shows the error, c2 stays desired.
+    write(&repo, "flotilla.yaml", FLOTILLA_YAML);
+    write(
+        &repo,
+        "apps/web/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"${missing}\"\n",
+    );
+    commit(&repo, "undefined var");
+    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    assert!(src["error"].is_null());
+    let app = json(&hub, &["app", "get", "web"]).await;
+    assert!(app["error"].as_str().unwrap().contains("missing"), "{app}");
+    assert_eq!(app["commit"], c2.as_str());
+    assert_eq!(app["clusters"][0]["bundle_digest"], d2.as_str());
+    for a in &agents[..2] {
+        assert_eq!(a.status.borrow().bundles, vec![d2.clone()]);
+    }
+
+    // The list views.
+    let list = json(&hub, &["source", "list"]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let apps = json(&hub, &["app", "list"]).await;
+    assert_eq!(apps[0]["name"], "web");
+    let table = cli(&hub, &["app", "list"]).await.unwrap();
+    assert!(table.contains("eu-1") && table.contains("us-1"), "{table}");
+
+    // Removing the source takes its apps out of the clusters' desired state.
+    cli(&hub, &["source", "remove", "fleet"]).await.unwrap();
+    for a in agents.iter_mut().take(2) {
+        wait_status(&mut a.status, "apps removed", |s| s.bundles.is_empty()).await;
+    }
+    let e = cli(&hub, &["source", "get", "fleet"]).await.unwrap_err();
+    assert_eq!(e, "unknown source \"fleet\"");
+}
+
+#[tokio::test]
+async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_serving() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let missing = dir.path().join("no-such-repo");
+    json(
+        &hub,
+        &[
+            "source",
+            "add",
+            "gone",
+            "--url",
+            missing.to_str().unwrap(),
+            "--interval",
+            "1h",
+        ],
+    )
+    .await;
+    let src = json(&hub, &["source", "sync", "gone"]).await;
+    assert!(src["commit"].is_null());
+    assert!(!src["error"].as_str().unwrap().is_empty(), "{src}");
+    assert!(src["last_fetch"].is_string());
+    let e = cli(&hub, &["source", "add", "gone", "--url", "/x"])
+        .await
+        .unwrap_err();
+    assert_eq!(e, "source \"gone\" already exists");
+    let e = cli(&hub, &["app", "get", "nothing"]).await.unwrap_err();
+    assert_eq!(e, "unknown app \"nothing\"");
+    cli(&hub, &["cluster", "list"]).await.unwrap();
+}
