@@ -83,6 +83,7 @@ impl AdminService {
             error: r.status.error.clone().unwrap_or_default(),
             secret_file: r.secret_file.clone().unwrap_or_default(),
             apps: r.status.apps.keys().cloned().collect(),
+            webhook_secret_file: r.webhook_secret_file.clone().unwrap_or_default(),
         }
     }
 
@@ -154,6 +155,7 @@ impl Admin for AdminService {
             .add_cluster(&r.name, labels, ttl, r.reusable)
             .await?;
         tracing::info!(%admin, cluster.id = %rec.name, token = %token.id, "cluster added");
+        self.sources.trigger_all();
         let line = JoinToken {
             hub: self.hub_address.clone(),
             ca: self.ca.fingerprint(),
@@ -199,6 +201,7 @@ impl Admin for AdminService {
             .label_cluster(&r.name, &set, &r.remove)
             .await?;
         tracing::info!(%admin, cluster.id = %rec.name, "cluster labels changed");
+        self.sources.trigger_all();
         Ok(Response::new(self.cluster_view(&rec)))
     }
 
@@ -215,6 +218,7 @@ impl Admin for AdminService {
             &format!("cluster {name:?} was removed by admin/{admin}"),
         );
         tracing::info!(%admin, cluster.id = %name, was_live, "cluster removed and revoked");
+        self.sources.trigger_all();
         Ok(Response::new(self.cluster_view(&rec)))
     }
 
@@ -248,9 +252,18 @@ impl Admin for AdminService {
             Duration::from_secs(r.interval_seconds)
         };
         let secret = (!r.secret_file.is_empty()).then_some(r.secret_file);
+        let hook = (!r.webhook_secret_file.is_empty()).then_some(r.webhook_secret_file);
         let rec = self
             .sources
-            .add(&r.name, &r.url, &r.r#ref, &r.path, interval, secret)
+            .add(crate::sources::NewSource {
+                name: r.name,
+                url: r.url,
+                reference: r.r#ref,
+                path: r.path,
+                interval,
+                secret_file: secret,
+                webhook_secret_file: hook,
+            })
             .await?;
         tracing::info!(%admin, source = %rec.name, url = %crate::git::redact_url(&rec.url), "source added");
         Ok(Response::new(self.source_view(&rec)))

@@ -1,22 +1,29 @@
-//! The plain-HTTP side port: `/healthz`, `/readyz` and `/metrics`.
+//! The plain-HTTP side port: `/healthz`, `/readyz`, `/metrics` and the git webhooks
+//! (`POST /hooks/git/<source>`).
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Path;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::sources::Sources;
 use crate::store::SharedStore;
+use crate::webhook::{Signatures, verify};
 
 #[derive(Clone)]
 struct HttpState {
     metrics: Arc<Metrics>,
     store: SharedStore,
+    sources: Option<Sources>,
 }
 
 /// Serves the side port until `shutdown` fires.
@@ -24,13 +31,19 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     store: SharedStore,
+    sources: Option<Sources>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { metrics, store });
+        .route("/hooks/git/{name}", post(git_webhook))
+        .with_state(HttpState {
+            metrics,
+            store,
+            sources,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -55,5 +68,67 @@ async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         s.metrics.encode(),
+    )
+}
+
+async fn git_webhook(
+    State(s): State<HttpState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let Some(sources) = s.sources else {
+        return (StatusCode::NOT_FOUND, "no sources on this hub\n".into());
+    };
+    let rec = match sources.get(&name).await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")),
+    };
+    let Some(secret_path) = rec.webhook_secret_file else {
+        tracing::warn!(source = %name, "webhook refused: the source has no webhook secret");
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "source {name:?} has no webhook secret; unauthenticated webhooks are refused\n"
+            ),
+        );
+    };
+    let secret = match std::fs::read_to_string(&secret_path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(source = %name, path = %secret_path, error = %e, "cannot read the webhook secret");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the webhook secret\n".into(),
+            );
+        }
+    };
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let sig = Signatures {
+        github: h("x-hub-signature-256"),
+        gitea: h("x-gitea-signature"),
+        gitlab_token: h("x-gitlab-token"),
+    };
+    if let Err(e) = verify(&secret, &body, &sig) {
+        tracing::warn!(source = %name, error = %e, "webhook refused");
+        s.metrics
+            .webhooks
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "refused".into(),
+            })
+            .inc();
+        return (StatusCode::UNAUTHORIZED, format!("{e}\n"));
+    }
+    s.metrics
+        .webhooks
+        .get_or_create(&crate::metrics::ResultLabel {
+            result: "ok".into(),
+        })
+        .inc();
+    sources.trigger(&name);
+    tracing::info!(source = %name, "webhook accepted; fetching now");
+    (
+        StatusCode::ACCEPTED,
+        format!("sync of {name:?} triggered\n"),
     )
 }

@@ -18,3 +18,4 @@ pub mod server;
 pub mod session;
 pub mod sources;
 pub mod store;
+pub mod webhook;

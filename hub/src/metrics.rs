@@ -21,6 +21,7 @@ pub struct Metrics {
     pub heartbeats: Counter,
     pub renewals: Counter,
     pub rejected_messages: Counter,
+    pub webhooks: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,6 +39,12 @@ impl Metrics {
         let heartbeats = Counter::default();
         let renewals = Counter::default();
         let rejected_messages = Counter::default();
+        let webhooks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Git webhooks received, by result",
+            webhooks.clone(),
+        );
         registry.register(
             "sessions_connected",
             "Agent sessions currently open on this hub",
@@ -72,6 +79,7 @@ impl Metrics {
             heartbeats,
             renewals,
             rejected_messages,
+            webhooks,
         }
     }
 

@@ -316,8 +316,9 @@ pub async fn start(
     )));
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
+        let src = Some(sources.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(l, m, s, rx).await {
+            if let Err(e) = crate::http::serve(l, m, s, src, rx).await {
                 tracing::error!(error = %e, "HTTP side port failed");
             }
         }));

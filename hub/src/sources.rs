@@ -44,6 +44,9 @@ pub struct SourceRecord {
     /// Path of the hub-side file with https credentials; never its content.
     #[serde(default)]
     pub secret_file: Option<String>,
+    /// Path of the hub-side file holding the webhook secret (HMAC key or GitLab token).
+    #[serde(default)]
+    pub webhook_secret_file: Option<String>,
     pub created_ms: u64,
     #[serde(default)]
     pub status: SourceStatus,
@@ -66,6 +69,19 @@ pub struct AppState {
     pub commit: Option<String>,
     pub clusters: Vec<String>,
     pub error: Option<String>,
+}
+
+/// What `Sources::add` takes.
+#[derive(Debug, Clone)]
+pub struct NewSource {
+    pub name: String,
+    pub url: String,
+    /// Branch, tag, commit or `refs/…`; empty means `main`.
+    pub reference: String,
+    pub path: String,
+    pub interval: Duration,
+    pub secret_file: Option<String>,
+    pub webhook_secret_file: Option<String>,
 }
 
 /// The sources of one hub, with their sync loops.
@@ -169,17 +185,19 @@ impl Sources {
     }
 
     /// Adds a source (validated first: name, URL, ref, path, secret file) and starts its loop.
-    pub async fn add(
-        &self,
-        name: &str,
-        url: &str,
-        reference: &str,
-        path: &str,
-        interval: Duration,
-        secret_file: Option<String>,
-    ) -> Result<SourceRecord, HubError> {
+    pub async fn add(&self, new: NewSource) -> Result<SourceRecord, HubError> {
+        let NewSource {
+            name,
+            url,
+            reference,
+            path,
+            interval,
+            secret_file,
+            webhook_secret_file,
+        } = new;
+        let (name, url, reference) = (name.as_str(), url.as_str(), reference.as_str());
         let path =
-            crate::git::normalize_path(path).map_err(|e| HubError::Invalid(e.to_string()))?;
+            crate::git::normalize_path(&path).map_err(|e| HubError::Invalid(e.to_string()))?;
         let rec = SourceRecord {
             name: name.to_string(),
             url: url.to_string(),
@@ -191,6 +209,7 @@ impl Sources {
             path,
             interval_ms: interval.max(Duration::from_secs(1)).as_millis() as u64,
             secret_file,
+            webhook_secret_file,
             created_ms: unix_ms(self.inner.clock.now()),
             status: SourceStatus::default(),
         };
@@ -248,6 +267,20 @@ impl Sources {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every source's loop: the set of clusters or their labels changed, so targets and
+    /// renderings may have too.
+    pub fn trigger_all(&self) {
+        for h in self
+            .inner
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            h.wake.notify_one();
         }
     }
 

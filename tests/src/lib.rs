@@ -280,3 +280,75 @@ pub fn agent_credentials(state_dir: &Path) -> (String, String, String) {
         .expect("agent has joined");
     (c.ca_pem, c.chain_pem, c.key_pem)
 }
+
+/// A git repository made by a test with the git CLI.
+pub struct TestRepo {
+    pub path: PathBuf,
+}
+
+impl TestRepo {
+    /// `git init` in `path` (created), default branch `main`.
+    pub fn init(path: &Path) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let repo = Self {
+            path: path.to_path_buf(),
+        };
+        repo.git(&["init", "-q"]);
+        repo
+    }
+
+    /// Runs git in the repository and returns its trimmed stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn write(&self, path: &str, text: &str) {
+        let p = self.path.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// Commits everything and returns the commit id.
+    pub fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", msg]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Runs the `flotilla` CLI in-process against a test hub.
+pub async fn cli(hub: &TestHub, args: &[&str]) -> Result<String, String> {
+    use clap::Parser;
+    let cfg = hub.credential_path();
+    let mut argv = vec!["flotilla", "--config", cfg.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    flotilla_hub::cli::run(flotilla_hub::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the CLI with `-o json` and parses the output.
+pub async fn cli_json(hub: &TestHub, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&cli(hub, &a).await.unwrap()).unwrap()
+}

@@ -2,48 +2,8 @@
 //! fetching it with gix, rendering, and agents receiving the bundles; bad commits keep the last
 //! good revision desired and show their error.
 
-use std::path::Path;
-use std::process::Command;
-
-use clap::Parser;
-use flotilla_hub::cli::{Cli, run};
 use flotilla_tests::*;
 use serde_json::Value;
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn write(repo: &Path, path: &str, text: &str) {
-    let p = repo.join(path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
-fn commit(repo: &Path, msg: &str) -> String {
-    git(repo, &["add", "-A"]);
-    git(repo, &["commit", "-q", "-m", msg]);
-    git(repo, &["rev-parse", "HEAD"])
-}
 
 const FLOTILLA_YAML: &str = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {matchLabels: {env: prod}}\n    vars: {greeting: hello}\n";
 
@@ -53,31 +13,14 @@ fn manifest(value: &str) -> String {
     )
 }
 
-async fn cli(hub: &TestHub, args: &[&str]) -> Result<String, String> {
-    let cfg = hub.credential_path();
-    let mut argv = vec!["flotilla", "--config", cfg.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    run(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn json(hub: &TestHub, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&cli(hub, &a).await.unwrap()).unwrap()
-}
-
 #[tokio::test]
 async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good_one() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q"]);
-    write(&repo, "flotilla.yaml", FLOTILLA_YAML);
-    write(&repo, "apps/web/config.yaml", &manifest("v1"));
-    let c1 = commit(&repo, "first");
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write("apps/web/config.yaml", &manifest("v1"));
+    let c1 = repo.commit("first");
 
     let hub = TestHub::start(TestHub::config(dir.path())).await;
     let mut agents = Vec::new();
@@ -88,14 +31,14 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
         agents.push(a);
     }
 
-    let src = json(
+    let src = cli_json(
         &hub,
         &[
             "source",
             "add",
             "fleet",
             "--url",
-            repo.to_str().unwrap(),
+            repo.path.to_str().unwrap(),
             "--ref",
             "main",
             "--interval",
@@ -104,12 +47,12 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
     )
     .await;
     assert_eq!(src["name"], "fleet");
-    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
     assert_eq!(src["commit"], c1.as_str());
     assert!(src["error"].is_null(), "{src}");
 
     // Both prod clusters get the same bundle (identical renderings share it); dev gets nothing.
-    let app = json(&hub, &["app", "get", "web"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
     assert_eq!(app["source"], "fleet");
     assert_eq!(app["commit"], c1.as_str());
     let clusters = app["clusters"].as_array().unwrap();
@@ -124,7 +67,7 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
     }
     assert!(agents[2].status.borrow().bundles.is_empty());
     let applied = eventually("applied revision reported", || async {
-        let app = json(&hub, &["app", "get", "web"]).await;
+        let app = cli_json(&hub, &["app", "get", "web"]).await;
         app["clusters"]
             .as_array()
             .unwrap()
@@ -136,11 +79,11 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
     assert_eq!(applied["error"], Value::Null);
 
     // A new commit: a new digest reaches the agents.
-    write(&repo, "apps/web/config.yaml", &manifest("v2"));
-    let c2 = commit(&repo, "second");
-    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    repo.write("apps/web/config.yaml", &manifest("v2"));
+    let c2 = repo.commit("second");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
     assert_eq!(src["commit"], c2.as_str());
-    let app = json(&hub, &["app", "get", "web"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
     let d2 = app["clusters"][0]["bundle_digest"]
         .as_str()
         .unwrap()
@@ -153,53 +96,63 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
         .await;
     }
 
+    // Relabelling dev-1 into prod makes it a target: the next sync renders for it too.
+    cli(&hub, &["cluster", "label", "dev-1", "env=prod"])
+        .await
+        .unwrap();
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["clusters"].as_array().unwrap().len(), 3, "{app}");
+    wait_status(&mut agents[2].status, "dev-1 gets the app", |s| {
+        s.bundles == vec![d2.clone()]
+    })
+    .await;
+
     // An invalid flotilla.yaml: the source shows where, and c2 stays desired.
-    write(
-        &repo,
+    repo.write(
         "flotilla.yaml",
         "apps:\n  web:\n    path: apps/web\n    targets: {}\n    pipeline: nope\n",
     );
-    let c3 = commit(&repo, "bad config");
-    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    let c3 = repo.commit("bad config");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
     assert_eq!(src["commit"], c3.as_str(), "the bad commit was fetched");
     let err = src["error"].as_str().unwrap();
     assert!(
         err.contains("flotilla.yaml:") && err.contains("pipeline"),
         "{err}"
     );
-    let app = json(&hub, &["app", "get", "web"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
     assert_eq!(app["commit"], c2.as_str());
     assert_eq!(app["clusters"][0]["bundle_digest"], d2.as_str());
 
     // An undefined variable: the app shows the error, c2 stays desired.
-    write(&repo, "flotilla.yaml", FLOTILLA_YAML);
-    write(
-        &repo,
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write(
         "apps/web/config.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"${missing}\"\n",
     );
-    commit(&repo, "undefined var");
-    let src = json(&hub, &["source", "sync", "fleet"]).await;
+    repo.commit("undefined var");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
     assert!(src["error"].is_null());
-    let app = json(&hub, &["app", "get", "web"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
     assert!(app["error"].as_str().unwrap().contains("missing"), "{app}");
     assert_eq!(app["commit"], c2.as_str());
     assert_eq!(app["clusters"][0]["bundle_digest"], d2.as_str());
-    for a in &agents[..2] {
+    for a in &agents {
         assert_eq!(a.status.borrow().bundles, vec![d2.clone()]);
     }
 
     // The list views.
-    let list = json(&hub, &["source", "list"]).await;
+    let list = cli_json(&hub, &["source", "list"]).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let apps = json(&hub, &["app", "list"]).await;
+    let apps = cli_json(&hub, &["app", "list"]).await;
     assert_eq!(apps[0]["name"], "web");
     let table = cli(&hub, &["app", "list"]).await.unwrap();
     assert!(table.contains("eu-1") && table.contains("us-1"), "{table}");
 
     // Removing the source takes its apps out of the clusters' desired state.
     cli(&hub, &["source", "remove", "fleet"]).await.unwrap();
-    for a in agents.iter_mut().take(2) {
+    for a in agents.iter_mut() {
         wait_status(&mut a.status, "apps removed", |s| s.bundles.is_empty()).await;
     }
     let e = cli(&hub, &["source", "get", "fleet"]).await.unwrap_err();
@@ -212,7 +165,7 @@ async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_servi
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(TestHub::config(dir.path())).await;
     let missing = dir.path().join("no-such-repo");
-    json(
+    cli_json(
         &hub,
         &[
             "source",
@@ -225,7 +178,7 @@ async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_servi
         ],
     )
     .await;
-    let src = json(&hub, &["source", "sync", "gone"]).await;
+    let src = cli_json(&hub, &["source", "sync", "gone"]).await;
     assert!(src["commit"].is_null());
     assert!(!src["error"].as_str().unwrap().is_empty(), "{src}");
     assert!(src["last_fetch"].is_string());

@@ -107,6 +107,9 @@ pub enum SourceCmd {
         /// File on the hub with https credentials (token, or user:password).
         #[arg(long)]
         secret_file: Option<String>,
+        /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
+        #[arg(long)]
+        webhook_secret_file: Option<String>,
     },
     List,
     Get {
@@ -308,6 +311,7 @@ async fn source_command(
             path,
             interval,
             secret_file,
+            webhook_secret_file,
         } => one(admin
             .add_source(AddSourceRequest {
                 name,
@@ -316,6 +320,7 @@ async fn source_command(
                 path,
                 interval_seconds: interval.as_secs().max(1),
                 secret_file: secret_file.unwrap_or_default(),
+                webhook_secret_file: webhook_secret_file.unwrap_or_default(),
             })
             .await?
             .into_inner()),

@@ -313,3 +313,46 @@ fn fetch_checks_the_spec_first() {
         Err(GitError::InvalidName { .. })
     ));
 }
+
+#[test]
+fn ssh_urls_go_through_the_configured_ssh_command() {
+    let up = Upstream::new();
+    let head = up.commit_file("f", "1", "one");
+    // A stand-in for ssh (named `ssh`, so gix passes OpenSSH-style arguments) that runs the
+    // remote command locally instead of on a host.
+    let bin = TempDir::new().expect("tempdir");
+    let fake_ssh = bin.path().join("ssh");
+    std::fs::write(
+        &fake_ssh,
+        concat!(
+            "#!/bin/sh\n",
+            "echo \"$@\" > \"$(dirname \"$0\")/args\"\n",
+            // Skip options, then the host; like ssh, join the rest into the remote command.
+            "while [ $# -gt 0 ]; do case \"$1\" in -o) shift 2;; -*) shift;; *) break;; esac; done\n",
+            "shift\n",
+            "exec sh -c \"$*\"\n",
+        ),
+    )
+    .expect("write");
+
+    let data = DataDir::new();
+    let url = format!("git@fake-host.invalid:{}", up.path().display());
+    let spec = spec("ssh", &url, "main");
+    drop(data.mirror(&spec));
+    // An operator's own ssh command (here in the mirror's config) is used as it is.
+    git(
+        &data.mirror_dir("ssh"),
+        // Run through `sh`: executing a file just written can fail with ETXTBSY while other
+        // test threads fork.
+        &[
+            "config",
+            "core.sshCommand",
+            &format!("sh {}", fake_ssh.display()),
+        ],
+    );
+    let out = data.mirror(&spec).fetch(&spec).expect("fetch over ssh");
+    assert_eq!(out.commit, head);
+    let args = std::fs::read_to_string(bin.path().join("args")).expect("ssh was run");
+    assert!(args.contains("git@fake-host.invalid"), "{args}");
+    assert!(args.contains("git-upload-pack"), "{args}");
+}

@@ -1,0 +1,179 @@
+//! Git webhooks on the HTTP side port: a signed push event (GitHub, Gitea or GitLab style)
+//! triggers a fetch at once; a bad or missing signature is refused and changes nothing.
+
+use flotilla_hub::server::start;
+use flotilla_hub::webhook::github_signature;
+use flotilla_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf[9..12].parse().unwrap()
+}
+
+const CONFIG: &str = "apps:\n  web:\n    path: web\n    targets: {}\n    namespace: web\n";
+
+fn cm(v: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  v: \"{v}\"\n")
+}
+
+#[tokio::test]
+async fn signed_webhooks_trigger_a_fetch_and_bad_ones_are_refused() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write("flotilla.yaml", CONFIG);
+    repo.write("web/c.yaml", &cm("1"));
+    let c1 = repo.commit("one");
+    let secret_path = dir.path().join("hook-secret");
+    std::fs::write(&secret_path, "s3cret\n").unwrap();
+
+    let cfg = TestHub::config(dir.path());
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = grpc.local_addr().unwrap().port();
+    let running = start(cfg.clone(), grpc, Some(http)).await.unwrap();
+    let http_addr = running.http_addr.unwrap();
+    let hub = TestHub {
+        hub: Some(running),
+        config: cfg,
+        port,
+    };
+
+    let url = repo.path.to_str().unwrap().to_string();
+    let hook = secret_path.to_str().unwrap().to_string();
+    cli_json(
+        &hub,
+        &[
+            "source",
+            "add",
+            "fleet",
+            "--url",
+            &url,
+            "--interval",
+            "1h",
+            "--webhook-secret-file",
+            &hook,
+        ],
+    )
+    .await;
+    let src = eventually("the first sync", || async {
+        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
+        (s["commit"] == c1.as_str()).then_some(s)
+    })
+    .await;
+    assert!(src["error"].is_null());
+
+    repo.write("web/c.yaml", &cm("2"));
+    let c2 = repo.commit("two");
+    let body = br#"{"ref":"refs/heads/main"}"#;
+
+    // Refused: wrong signature, missing signature, unknown source. Nothing is fetched.
+    let bad = github_signature("wrong", body);
+    assert_eq!(
+        post(
+            http_addr,
+            "/hooks/git/fleet",
+            &[("X-Hub-Signature-256", &bad)],
+            body
+        )
+        .await,
+        401
+    );
+    assert_eq!(post(http_addr, "/hooks/git/fleet", &[], body).await, 401);
+    assert_eq!(
+        post(
+            http_addr,
+            "/hooks/git/nope",
+            &[("X-Gitlab-Token", "s3cret")],
+            body
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        cli_json(&hub, &["source", "get", "fleet"]).await["commit"],
+        c1.as_str()
+    );
+
+    // GitHub-style signature: accepted, and the new commit is fetched without waiting an hour.
+    let good = github_signature("s3cret", body);
+    assert_eq!(
+        post(
+            http_addr,
+            "/hooks/git/fleet",
+            &[("X-Hub-Signature-256", &good)],
+            body
+        )
+        .await,
+        202
+    );
+    eventually("the webhook-triggered fetch", || async {
+        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
+        (s["commit"] == c2.as_str()).then_some(())
+    })
+    .await;
+
+    // GitLab-style token and Gitea-style signature work too.
+    repo.write("web/c.yaml", &cm("3"));
+    let c3 = repo.commit("three");
+    assert_eq!(
+        post(
+            http_addr,
+            "/hooks/git/fleet",
+            &[("X-Gitlab-Token", "s3cret")],
+            body
+        )
+        .await,
+        202
+    );
+    eventually("the gitlab-triggered fetch", || async {
+        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
+        (s["commit"] == c3.as_str()).then_some(())
+    })
+    .await;
+    repo.write("web/c.yaml", &cm("4"));
+    let c4 = repo.commit("four");
+    let gitea = good.trim_start_matches("sha256=").to_string();
+    assert_eq!(
+        post(
+            http_addr,
+            "/hooks/git/fleet",
+            &[("X-Gitea-Signature", &gitea)],
+            body
+        )
+        .await,
+        202
+    );
+    eventually("the gitea-triggered fetch", || async {
+        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
+        (s["commit"] == c4.as_str()).then_some(())
+    })
+    .await;
+    let metrics = hub.running().metrics.encode();
+    assert!(
+        metrics.contains("flotilla_hub_webhooks_total{result=\"refused\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flotilla_hub_webhooks_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+}
