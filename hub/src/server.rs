@@ -59,6 +59,8 @@ pub struct HubConfig {
     /// Failed joins allowed per source address per `join_failure_window`.
     pub join_failure_burst: usize,
     pub join_failure_window: Duration,
+    /// Rendering size limits (per file, per bundle).
+    pub limits: crate::render::Limits,
     pub clock: SharedClock,
 }
 
@@ -73,6 +75,7 @@ impl HubConfig {
             heartbeat_interval: Duration::from_secs(10),
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
+            limits: crate::render::Limits::default(),
             clock: Arc::new(flotilla_proto::clock::SystemClock),
         }
     }
@@ -245,7 +248,7 @@ pub async fn start(
         metrics: metrics.clone(),
         cert_lifetime: config.cert_lifetime,
     };
-    let sources = Sources::new(
+    let sources = Sources::with_limits(
         store.clone(),
         registry.clone(),
         desired.clone(),
@@ -254,6 +257,7 @@ pub async fn start(
         config.clock.clone(),
         tracker.clone(),
         shutdown_rx.clone(),
+        config.limits,
     );
     sources.start_all().await?;
     let admin_svc = AdminService {

@@ -152,6 +152,32 @@ impl Sources {
         tracker: TaskTracker,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        Self::with_limits(
+            store,
+            registry,
+            desired,
+            bundles,
+            data_dir,
+            clock,
+            tracker,
+            shutdown,
+            Limits::default(),
+        )
+    }
+
+    /// [`Sources::new`] with explicit rendering size limits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_limits(
+        store: SharedStore,
+        registry: Registry,
+        desired: DesiredStates,
+        bundles: Arc<BundleCache>,
+        data_dir: PathBuf,
+        clock: SharedClock,
+        tracker: TaskTracker,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -159,7 +185,7 @@ impl Sources {
                 desired,
                 bundles,
                 data_dir,
-                limits: Limits::default(),
+                limits,
                 clock,
                 tracker,
                 shutdown,

@@ -38,6 +38,11 @@ fn bad_configuration_exits_64_and_names_the_flag() {
             "--ca-cert",
         ),
         (&["--ca-cert", "/nonexistent.pem"], "--ca-key"),
+        (&["--max-file-size", "8 parsecs"], "--max-file-size"),
+        (
+            &["--max-file-size", "2MiB", "--max-bundle-size", "1MiB"],
+            "--max-file-size",
+        ),
     ];
     for (args, flag) in cases {
         let out = serve(args);

@@ -190,3 +190,55 @@ async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_servi
     assert_eq!(e, "unknown app \"nothing\"");
     cli(&hub, &["cluster", "list"]).await.unwrap();
 }
+
+#[tokio::test]
+async fn symlinks_out_of_the_repository_and_oversized_files_are_app_errors() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write("apps/web/config.yaml", &manifest("ok"));
+    let good = repo.commit("good");
+    let mut cfg = TestHub::config(dir.path());
+    cfg.limits = flotilla_hub::render::Limits {
+        max_file_bytes: 4096,
+        max_bundle_bytes: 1 << 20,
+    };
+    let hub = TestHub::start(cfg).await;
+    hub.add_cluster("p", &[("env", "prod")]).await;
+    let url = repo.path.to_str().unwrap().to_string();
+    cli_json(
+        &hub,
+        &["source", "add", "s", "--url", &url, "--interval", "1h"],
+    )
+    .await;
+    cli_json(&hub, &["source", "sync", "s"]).await;
+    let digest =
+        cli_json(&hub, &["app", "get", "web"]).await["clusters"][0]["bundle_digest"].clone();
+
+    // A symlink that leaves the repository.
+    std::os::unix::fs::symlink("../../../etc/passwd", repo.path.join("apps/web/leak.yaml"))
+        .unwrap();
+    repo.commit("leak");
+    cli_json(&hub, &["source", "sync", "s"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert!(
+        app["error"]
+            .as_str()
+            .unwrap()
+            .contains("leaves the repository"),
+        "{app}"
+    );
+    assert_eq!(app["commit"], good.as_str());
+    assert_eq!(app["clusters"][0]["bundle_digest"], digest);
+
+    // A file over the configured size limit.
+    std::fs::remove_file(repo.path.join("apps/web/leak.yaml")).unwrap();
+    repo.write("apps/web/big.yaml", &manifest(&"x".repeat(8192)));
+    repo.commit("big");
+    cli_json(&hub, &["source", "sync", "s"]).await;
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    let err = app["error"].as_str().unwrap();
+    assert!(err.contains("big.yaml") && err.contains("4096"), "{err}");
+    assert_eq!(app["commit"], good.as_str());
+}

@@ -58,9 +58,35 @@ struct ServeArgs {
     /// Expected interval between agent heartbeats.
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// Largest manifest, patch or flotilla.yaml file rendering reads (e.g. 8MiB, 512KiB).
+    #[arg(long, env = "FLOTILLA_MAX_FILE_SIZE", default_value = "8MiB", value_parser = parse_size)]
+    max_file_size: u64,
+    /// Largest rendered bundle (e.g. 64MiB).
+    #[arg(long, env = "FLOTILLA_MAX_BUNDLE_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_bundle_size: u64,
     /// Log as JSON lines.
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
+}
+
+/// Parses `123`, `512KiB`, `8MiB`, `1GiB` (binary units; `K`, `M`, `G` accepted too).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 8MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 fn config_error(msg: impl std::fmt::Display) -> ExitCode {
@@ -121,6 +147,13 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.trust_domain = a.trust_domain.clone();
     c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
     c.heartbeat_interval = a.heartbeat_interval;
+    if a.max_file_size > a.max_bundle_size {
+        return Err("--max-file-size must not exceed --max-bundle-size".into());
+    }
+    c.limits = flotilla_hub::render::Limits {
+        max_file_bytes: a.max_file_size,
+        max_bundle_bytes: a.max_bundle_size,
+    };
     Ok(c)
 }
 
