@@ -226,3 +226,18 @@ async fn errors_are_one_clear_line() {
     assert!(e.starts_with(&format!("cannot reach hub at {addr}")), "{e}");
     assert!(!e.contains('\n'));
 }
+
+#[tokio::test]
+async fn the_demo_joins_three_simulated_clusters_and_delivers_the_demo_app() {
+    init_logs();
+    let out = run(Cli::try_parse_from(["flotilla", "demo"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.matches("connected").count(), 3, "{out}");
+    for name in ["eu-west-1a", "eu-west-1b", "us-east-1a"] {
+        assert!(out.contains(name), "{out}");
+    }
+    assert!(out.contains("simulated"), "{out}");
+    // One app row per cluster, from the demo source.
+    assert_eq!(out.matches("demo-fleet").count(), 3, "{out}");
+}

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_agent::{Agent, AgentConfig, ClusterBackend};
-use flotilla_proto::v1::{AddClusterRequest, ListClustersRequest};
+use flotilla_proto::v1::{
+    AddClusterRequest, AddSourceRequest, ListAppsRequest, ListClustersRequest, SyncSourceRequest,
+};
 use tokio::sync::watch;
 
 use super::client::{CliError, admin_client};
@@ -89,6 +91,55 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
         }
         eprintln!("demo: {name} joined and connected (simulated cluster)");
     }
+    // A git repository with one app: the two EU clusters render the same bundle, the US one its own.
+    let mut apps_out = None;
+    match make_fleet_repo(&tmp.path().join("fleet-repo")) {
+        Ok((repo, commit)) => {
+            admin
+                .add_source(AddSourceRequest {
+                    name: "demo-fleet".into(),
+                    url: repo.display().to_string(),
+                    r#ref: "main".into(),
+                    interval_seconds: 3600,
+                    ..Default::default()
+                })
+                .await?;
+            let src = admin
+                .sync_source(SyncSourceRequest {
+                    name: "demo-fleet".into(),
+                })
+                .await?
+                .into_inner();
+            if !src.error.is_empty() {
+                return Err(err(format!("demo source: {}", src.error)));
+            }
+            eprintln!(
+                "demo: source demo-fleet at {} rendered; agents fetching bundles",
+                &commit[..12]
+            );
+            for (name, status) in &mut statuses {
+                let held =
+                    tokio::time::timeout_at(deadline, status.wait_for(|s| !s.bundles.is_empty()))
+                        .await;
+                if !matches!(held, Ok(Ok(_))) {
+                    return Err(err(format!("agent {name} did not receive its bundle")));
+                }
+            }
+            let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
+            // Wait until every agent's report has reached the hub.
+            let mut apps = apps;
+            while tokio::time::Instant::now() < deadline
+                && !apps
+                    .iter()
+                    .all(|a| a.clusters.iter().all(|c| !c.applied_revision.is_empty()))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
+            }
+            apps_out = Some(apps);
+        }
+        Err(e) => eprintln!("demo: skipping the git part ({e})"),
+    }
     let clusters = admin
         .list_clusters(ListClustersRequest {})
         .await?
@@ -105,5 +156,76 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
         out.push_str("Fleet (3 agents on simulated clusters, 2 regions):\n");
     }
     out.push_str(&output::clusters(fmt, &rows));
+    if let Some(apps) = apps_out {
+        let rows: Vec<_> = apps.iter().map(output::AppOut::from).collect();
+        match fmt {
+            Format::Table => {
+                out.push_str("\nApps (bundles fetched and verified by each agent; reconcile is not implemented yet):\n");
+                out.push_str(&output::apps_table(&rows));
+            }
+            f => out.push_str(&output::structured(f, &rows)),
+        }
+    }
     Ok(out)
+}
+
+const DEMO_CONFIG: &str = "apps:
+  web:
+    path: apps/web
+    namespace: web
+    targets: {matchLabels: {env: demo}}
+    vars: {replicas: \"2\"}
+    overlays:
+      - when: {matchLabels: {region: us-east-1}}
+        vars: {replicas: \"3\"}
+";
+
+const DEMO_MANIFEST: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {region: \"${cluster.labels.region}\"}
+spec:
+  replicas: ${replicas}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - {name: web, image: \"nginx:1.27\"}
+";
+
+/// Makes a small fleet repository with the git CLI; returns its path and commit.
+fn make_fleet_repo(dir: &std::path::Path) -> Result<(std::path::PathBuf, String), String> {
+    std::fs::create_dir_all(dir.join("apps/web")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("flotilla.yaml"), DEMO_CONFIG).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("apps/web/deployment.yaml"), DEMO_MANIFEST)
+        .map_err(|e| e.to_string())?;
+    let git = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=flotilla demo",
+                "-c",
+                "user.email=demo@flotilla.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .map_err(|e| format!("git is not available: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    git(&["init", "-q"])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", "demo fleet"])?;
+    Ok((dir.to_path_buf(), git(&["rev-parse", "HEAD"])?))
 }

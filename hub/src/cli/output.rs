@@ -246,7 +246,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([
-        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "ERROR",
+        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "BUNDLE", "ERROR",
     ]);
     for a in rows {
         let commit = a.commit.as_deref().map(short).unwrap_or_else(|| "-".into());
@@ -256,6 +256,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
                 a.name.clone(),
                 a.source.clone(),
                 commit.clone(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -273,6 +274,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
                     .as_deref()
                     .map(short)
                     .unwrap_or_else(|| "-".into()),
+                short(c.bundle_digest.trim_start_matches("sha256:")),
                 error.clone(),
             ]);
         }
