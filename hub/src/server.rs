@@ -248,7 +248,7 @@ pub async fn start(
         metrics: metrics.clone(),
         cert_lifetime: config.cert_lifetime,
     };
-    let sources = Sources::with_limits(
+    let sources = Sources::new(
         store.clone(),
         registry.clone(),
         desired.clone(),

@@ -141,33 +141,9 @@ impl SourceRecord {
 }
 
 impl Sources {
+    /// The sources of a hub; `limits` bound what rendering reads and produces.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: SharedStore,
-        registry: Registry,
-        desired: DesiredStates,
-        bundles: Arc<BundleCache>,
-        data_dir: PathBuf,
-        clock: SharedClock,
-        tracker: TaskTracker,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        Self::with_limits(
-            store,
-            registry,
-            desired,
-            bundles,
-            data_dir,
-            clock,
-            tracker,
-            shutdown,
-            Limits::default(),
-        )
-    }
-
-    /// [`Sources::new`] with explicit rendering size limits.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_limits(
         store: SharedStore,
         registry: Registry,
         desired: DesiredStates,

@@ -84,6 +84,25 @@ impl TestHub {
         }
     }
 
+    /// Starts a hub with the HTTP side port too; returns it and the HTTP address.
+    pub async fn start_with_http(config: HubConfig) -> (Self, std::net::SocketAddr) {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = grpc.local_addr().unwrap().port();
+        let hub = start(config.clone(), grpc, Some(http))
+            .await
+            .expect("hub starts");
+        let http_addr = hub.http_addr.expect("HTTP port");
+        (
+            Self {
+                hub: Some(hub),
+                config,
+                port,
+            },
+            http_addr,
+        )
+    }
+
     pub fn running(&self) -> &RunningHub {
         self.hub.as_ref().expect("hub is running")
     }

@@ -1,7 +1,6 @@
 //! Hub set-up: an operator-provided CA, the HTTP side port (health, readiness, metrics), and the
 //! data dir reused across restarts.
 
-use flotilla_hub::server::start;
 use flotilla_proto::tls::{certs_from_pem, fingerprint};
 use flotilla_proto::token::JoinToken;
 use flotilla_tests::*;
@@ -69,16 +68,7 @@ async fn http_side_port_serves_health_readiness_and_metrics() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let cfg = TestHub::config(dir.path());
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = grpc.local_addr().unwrap().port();
-    let running = start(cfg.clone(), grpc, Some(http)).await.unwrap();
-    let http_addr = running.http_addr.unwrap();
-    let hub = TestHub {
-        hub: Some(running),
-        config: cfg,
-        port,
-    };
+    let (hub, http_addr) = TestHub::start_with_http(cfg).await;
 
     assert_eq!(http_get(http_addr, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(http_get(http_addr, "/readyz").await.0, 200);

@@ -1,7 +1,6 @@
 //! Git webhooks on the HTTP side port: a signed push event (GitHub, Gitea or GitLab style)
 //! triggers a fetch at once; a bad or missing signature is refused and changes nothing.
 
-use flotilla_hub::server::start;
 use flotilla_hub::webhook::github_signature;
 use flotilla_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,16 +45,7 @@ async fn signed_webhooks_trigger_a_fetch_and_bad_ones_are_refused() {
     std::fs::write(&secret_path, "s3cret\n").unwrap();
 
     let cfg = TestHub::config(dir.path());
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = grpc.local_addr().unwrap().port();
-    let running = start(cfg.clone(), grpc, Some(http)).await.unwrap();
-    let http_addr = running.http_addr.unwrap();
-    let hub = TestHub {
-        hub: Some(running),
-        config: cfg,
-        port,
-    };
+    let (hub, http_addr) = TestHub::start_with_http(cfg).await;
 
     let url = repo.path.to_str().unwrap().to_string();
     let hook = secret_path.to_str().unwrap().to_string();

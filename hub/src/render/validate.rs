@@ -299,27 +299,21 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
     Ok(())
 }
 
-/// App, pipeline, stage and namespace names: DNS labels (RFC 1123).
+/// App, pipeline, stage and namespace names: DNS labels (RFC 1123), the same rule as cluster names.
 fn check_name(name: &str) -> Result<(), Problem> {
-    let bad = |reason| {
-        Err(Problem::InvalidName {
+    match flotilla_proto::identity::validate_name(name) {
+        Ok(()) => Ok(()),
+        Err(flotilla_proto::identity::IdentityError::BadName { why, .. }) => {
+            Err(Problem::InvalidName {
+                name: name.to_owned(),
+                reason: why,
+            })
+        }
+        Err(_) => Err(Problem::InvalidName {
             name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > 63 {
-        return bad("must be 1 to 63 characters");
+            reason: "not a DNS label",
+        }),
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return bad("only lowercase letters, digits and '-' are allowed");
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return bad("must start and end with a letter or digit");
-    }
-    Ok(())
 }
 
 /// Paths in the file: relative to the source path, and staying inside it.
