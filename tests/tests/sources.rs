@@ -242,3 +242,56 @@ async fn symlinks_out_of_the_repository_and_oversized_files_are_app_errors() {
     assert!(err.contains("big.yaml") && err.contains("4096"), "{err}");
     assert_eq!(app["commit"], good.as_str());
 }
+
+#[tokio::test]
+async fn a_force_push_that_removes_the_pinned_commit_keeps_it_desired_and_says_so() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write("apps/web/config.yaml", &manifest("pinned"));
+    let pinned = repo.commit("pinned");
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    hub.add_cluster("p", &[("env", "prod")]).await;
+    let url = repo.path.to_str().unwrap().to_string();
+    cli_json(
+        &hub,
+        &[
+            "source",
+            "add",
+            "pin",
+            "--url",
+            &url,
+            "--ref",
+            &pinned,
+            "--interval",
+            "1h",
+        ],
+    )
+    .await;
+    let src = cli_json(&hub, &["source", "sync", "pin"]).await;
+    assert_eq!(src["commit"], pinned.as_str());
+    let digest =
+        cli_json(&hub, &["app", "get", "web"]).await["clusters"][0]["bundle_digest"].clone();
+
+    // Rewrite history so that no branch or tag reaches the pinned commit any more.
+    repo.git(&["checkout", "-q", "--orphan", "rewritten"]);
+    repo.write("apps/web/config.yaml", &manifest("rewritten"));
+    repo.commit("rewritten");
+    repo.git(&["branch", "-D", "main"]);
+    repo.git(&["branch", "-m", "main"]);
+
+    let src = cli_json(&hub, &["source", "sync", "pin"]).await;
+    let err = src["error"].as_str().unwrap();
+    assert!(
+        err.contains(&pinned[..12]) || err.contains("not found"),
+        "{err}"
+    );
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(
+        app["commit"],
+        pinned.as_str(),
+        "the last good revision stays desired"
+    );
+    assert_eq!(app["clusters"][0]["bundle_digest"], digest);
+}
