@@ -139,6 +139,73 @@ impl DesiredStates {
         Err(HubError::Contention(key))
     }
 
+    /// Sets the apps of many clusters in one durable write (a fleet-wide change is one
+    /// transaction, not one per cluster). Returns the clusters whose generation moved.
+    pub async fn set_many(
+        &self,
+        changes: Vec<(String, Vec<AppEntry>)>,
+    ) -> Result<Vec<(String, u64)>, HubError> {
+        let (current, _) = self.store.list(DESIRED).await?;
+        let mut by_key: std::collections::HashMap<String, (DesiredRecord, u64)> =
+            std::collections::HashMap::new();
+        for kv in current {
+            let rec: DesiredRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            by_key.insert(kv.key.clone(), (rec, kv.mod_revision));
+        }
+        for _ in 0..CAS_RETRIES {
+            let mut ops = Vec::new();
+            let mut moved = Vec::new();
+            for (cluster, apps) in &changes {
+                let mut apps = apps.clone();
+                apps.sort_by(|a, b| a.app.cmp(&b.app));
+                let key = format!("{DESIRED}{cluster}");
+                let (old, expected) = match by_key.get(&key) {
+                    Some((rec, rev)) => (rec.clone(), Some(*rev)),
+                    None => (DesiredRecord::default(), None),
+                };
+                if old.apps == apps {
+                    continue;
+                }
+                let new = DesiredRecord {
+                    generation: old.generation + 1,
+                    apps,
+                };
+                moved.push((cluster.clone(), new.generation));
+                ops.push(crate::store::CasOp {
+                    key,
+                    expected,
+                    value: serde_json::to_vec(&new).expect("record serializes"),
+                });
+            }
+            match self.store.compare_and_swap_many(ops).await? {
+                Ok(_) => return Ok(moved),
+                Err(_) => {
+                    // Someone else wrote meanwhile: re-read and try again.
+                    by_key.clear();
+                    for kv in self.store.list(DESIRED).await?.0 {
+                        let rec: DesiredRecord =
+                            serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+                        by_key.insert(kv.key.clone(), (rec, kv.mod_revision));
+                    }
+                }
+            }
+        }
+        Err(HubError::Contention(DESIRED.to_string()))
+    }
+
+    /// Every cluster's desired state.
+    pub async fn all(&self) -> Result<std::collections::HashMap<String, DesiredRecord>, HubError> {
+        let (items, _) = self.store.list(DESIRED).await?;
+        items
+            .iter()
+            .map(|kv| {
+                let rec = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+                Ok((kv.key[DESIRED.len()..].to_string(), rec))
+            })
+            .collect()
+    }
+
     pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {
         let key = format!("{STATUS}{cluster}");
         match self.store.get(&key).await? {
@@ -216,5 +283,18 @@ mod tests {
         assert!(r.wants("sha256:3") && !r.wants("sha256:1"));
         assert_eq!(d.get("c").await.unwrap(), r);
         assert_eq!(d.get("other").await.unwrap().generation, 0);
+
+        // A batch: only the clusters whose apps change move, in one write.
+        let moved = d
+            .set_many(vec![
+                ("c".into(), vec![entry("a", "sha256:3")]),
+                ("x".into(), vec![entry("a", "sha256:4")]),
+                ("y".into(), vec![entry("a", "sha256:4")]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(moved, vec![("x".to_string(), 1), ("y".to_string(), 1)]);
+        assert_eq!(d.get("y").await.unwrap().apps[0].bundle_digest, "sha256:4");
+        assert_eq!(d.all().await.unwrap().len(), 3);
     }
 }

@@ -462,18 +462,22 @@ impl Sources {
         mut entries: BTreeMap<String, Vec<AppEntry>>,
     ) -> Result<(), HubError> {
         let clusters = self.inner.registry.list_clusters().await?;
+        let mut current = self.inner.desired.all().await?;
+        let mut changes = Vec::with_capacity(clusters.len());
         for c in clusters {
-            let current = self.inner.desired.get(&c.name).await?;
             let mut list: Vec<AppEntry> = current
-                .apps
+                .remove(&c.name)
+                .map(|r| r.apps)
+                .unwrap_or_default()
                 .into_iter()
                 .filter(|e| !apps.contains(&e.app))
                 .collect();
             list.extend(entries.remove(&c.name).unwrap_or_default());
-            let (rec, changed) = self.inner.desired.set_apps(&c.name, list).await?;
-            if changed {
-                tracing::info!(cluster.id = %c.name, generation = rec.generation, "desired state changed");
-            }
+            changes.push((c.name, list));
+        }
+        // One durable write for the whole fleet.
+        for (cluster, generation) in self.inner.desired.set_many(changes).await? {
+            tracing::info!(cluster.id = %cluster, generation, "desired state changed");
         }
         Ok(())
     }

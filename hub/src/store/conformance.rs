@@ -30,7 +30,67 @@ pub async fn run_all(store: SharedStore) {
     check_watch_replay_then_live(store.clone()).await;
     check_watch_replay_during_writes(store.clone()).await;
     check_watch_prefix_isolation(store.clone()).await;
+    check_cas_many(store.clone()).await;
     check_concurrent_cas_increments(store).await;
+}
+
+/// A batch of compare-and-swaps is all-or-nothing, one revision per key, and watched in order.
+pub async fn check_cas_many(store: SharedStore) {
+    use super::CasOp;
+    let op = |key: &str, expected: Option<Revision>, value: &str| CasOp {
+        key: key.to_string(),
+        expected,
+        value: value.as_bytes().to_vec(),
+    };
+    let start = store.revision().await.unwrap();
+    assert_eq!(
+        store.compare_and_swap_many(vec![]).await.unwrap(),
+        Ok(start)
+    );
+    let mut watch = store.watch("/conformance/many/", start + 1).await.unwrap();
+    let last = store
+        .compare_and_swap_many(vec![
+            op("/conformance/many/a", None, "1"),
+            op("/conformance/many/b", None, "2"),
+        ])
+        .await
+        .unwrap()
+        .expect("both conditions hold");
+    assert_eq!(last, start + 2);
+    let a = store.get("/conformance/many/a").await.unwrap().unwrap();
+    let b = store.get("/conformance/many/b").await.unwrap().unwrap();
+    assert_eq!((a.mod_revision, b.mod_revision), (start + 1, start + 2));
+    assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/a");
+    assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/b");
+
+    // One failing condition: nothing is written, the revision does not move.
+    let failed = store
+        .compare_and_swap_many(vec![
+            op("/conformance/many/a", Some(a.mod_revision), "10"),
+            op("/conformance/many/b", Some(a.mod_revision), "20"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(failed, Err("/conformance/many/b".to_string()));
+    assert_eq!(store.revision().await.unwrap(), start + 2);
+    assert_eq!(
+        store
+            .get("/conformance/many/a")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        b"1".to_vec()
+    );
+    // Updates keep create_revision.
+    store
+        .compare_and_swap_many(vec![op("/conformance/many/a", Some(a.mod_revision), "11")])
+        .await
+        .unwrap()
+        .unwrap();
+    let a2 = store.get("/conformance/many/a").await.unwrap().unwrap();
+    assert_eq!(a2.create_revision, a.create_revision);
+    assert_eq!(a2.value, b"11".to_vec());
 }
 
 /// Waits for the next watch event, failing on timeout, stream end or error.

@@ -111,6 +111,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// events. If `from` is older than the retained history, either the call or the first stream
     /// item is `Err(StoreError::Compacted { .. })`.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
+
+    /// Several compare-and-swaps applied atomically in one durable write: either every
+    /// condition holds and every value is written (each key gets the next revision, in order),
+    /// or nothing is written. `Ok(Ok(last revision))` on success; `Ok(Err(key))` names the first
+    /// key whose condition failed. An empty batch writes nothing and returns the current revision.
+    async fn compare_and_swap_many(
+        &self,
+        ops: Vec<CasOp>,
+    ) -> Result<Result<Revision, String>, StoreError>;
+}
+
+/// One write of a [`Store::compare_and_swap_many`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOp {
+    pub key: String,
+    /// As in [`Store::compare_and_swap`]: `None` = the key must not exist.
+    pub expected: Option<Revision>,
+    pub value: Vec<u8>,
 }
 
 /// A store shared between components.

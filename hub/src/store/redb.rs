@@ -13,7 +13,7 @@ use ::redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{KeyValue, Revision, Store, StoreError, WatchEvent, WatchStream, validate_key};
+use super::{CasOp, KeyValue, Revision, Store, StoreError, WatchEvent, WatchStream, validate_key};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -384,6 +384,66 @@ impl Inner {
         Ok(Outcome::Applied(revision))
     }
 
+    /// All-or-nothing batch of compare-and-swaps in one write transaction.
+    fn cas_many(&self, ops: Vec<CasOp>) -> Result<Result<Revision, String>, ::redb::Error> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_write()?;
+        let (last, events) = {
+            let mut kv = txn.open_table(KV)?;
+            let mut meta = txn.open_table(META)?;
+            let mut revision = read_meta(&meta, META_REVISION)?;
+            if ops.is_empty() {
+                drop((kv, meta));
+                txn.abort()?;
+                return Ok(Ok(revision));
+            }
+            let mut log = txn.open_table(EVENT_LOG)?;
+            let mut events = Vec::with_capacity(ops.len());
+            for op in ops {
+                let current = match kv.get(op.key.as_str())? {
+                    Some(raw) => Some(decode_kv(&op.key, raw.value())?),
+                    None => None,
+                };
+                let holds = match (op.expected, &current) {
+                    (None, None) => true,
+                    (Some(expected), Some(c)) => c.mod_revision == expected,
+                    _ => false,
+                };
+                if !holds {
+                    drop((kv, meta, log));
+                    txn.abort()?;
+                    return Ok(Err(op.key));
+                }
+                revision += 1;
+                let create_revision = current.map_or(revision, |c| c.create_revision);
+                kv.insert(
+                    op.key.as_str(),
+                    encode_kv(create_revision, revision, &op.value).as_slice(),
+                )?;
+                let event = WatchEvent::Put(KeyValue {
+                    key: op.key,
+                    value: op.value,
+                    create_revision,
+                    mod_revision: revision,
+                });
+                log.insert(revision, encode_event(&event).as_slice())?;
+                events.push(event);
+            }
+            meta.insert(META_REVISION, revision)?;
+            trim_log(&mut log, &mut meta, revision, self.history)?;
+            (revision, events)
+        };
+        txn.commit()?;
+        for event in events {
+            // An error only means that nobody is watching right now.
+            let _ = self.events.send(Arc::new(event));
+        }
+        Ok(Ok(last))
+    }
+
     fn get(&self, key: &str) -> Result<Option<KeyValue>, ::redb::Error> {
         let txn = self.db.begin_read()?;
         let kv = txn.open_table(KV)?;
@@ -608,6 +668,20 @@ impl Store for RedbStore {
         let owned = prefix.to_owned();
         self.run("list", prefix, move |inner| inner.list(&owned))
             .await
+    }
+
+    async fn compare_and_swap_many(
+        &self,
+        ops: Vec<CasOp>,
+    ) -> Result<Result<Revision, String>, StoreError> {
+        for op in &ops {
+            validate_key(&op.key)?;
+        }
+        let first = ops.first().map(|o| o.key.clone()).unwrap_or_default();
+        self.run("compare_and_swap_many", &first, move |inner| {
+            inner.cas_many(ops)
+        })
+        .await
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
