@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod bench;
 /// The default deadline for waiting on a condition.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

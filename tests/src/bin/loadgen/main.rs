@@ -19,8 +19,6 @@
 //! cargo run --release -p flotilla-tests --bin loadgen -- --sessions 10000
 //! ```
 
-mod client;
-mod hub;
 mod report;
 
 use std::path::PathBuf;
@@ -31,20 +29,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use flotilla_hub::credential::AdminCredential;
-use flotilla_proto::tls::{TlsDialer, bootstrap_client_config, error_chain, mtls_client_config};
-use flotilla_proto::v1::admin_client::AdminClient;
-use futures::StreamExt;
+use flotilla_tests::bench::client::{Cmd, Fleet};
+use flotilla_tests::bench::fleet::{enroll, open_all};
+use flotilla_tests::bench::hub::{HubProcess, metric, metrics, wait_for_gauge};
+use flotilla_tests::bench::stats::Latency;
+use flotilla_tests::bench::{admin_client, default_hub_bin, raise_nofile};
 use tokio::sync::mpsc;
 
-use crate::client::{
-    Cmd, Enrolled, Fleet, Session, add_cluster, cluster_name, join, open_session, source_ip,
-};
-use crate::hub::{HubProcess, http_get, metric};
-use crate::report::{Latency, Report};
+use crate::report::Report;
 
-/// How often progress lines are printed during long phases.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How long the hub may take to count every opened session.
 const GAUGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one heartbeat round may take before missing answers count as lost.
@@ -102,20 +95,6 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit; the hub child inherits it.
-fn raise_nofile() -> Result<u64> {
-    let soft = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    Ok(soft)
-}
-
-fn default_hub_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the loadgen executable")?;
-    Ok(exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
-        .join("flotilla-hub"))
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
@@ -236,31 +215,6 @@ fn write_json(args: &Args, rep: &Report) -> Result<()> {
     Ok(())
 }
 
-/// Reads the hub's metrics text.
-async fn metrics(hub: &HubProcess) -> Result<String> {
-    match http_get(hub.http, "/metrics").await? {
-        (200, body) => Ok(body),
-        (s, _) => bail!("GET /metrics answered {s}"),
-    }
-}
-
-/// Polls the sessions gauge until it equals `want` or the deadline passes; returns the last value.
-async fn wait_for_gauge(hub: &HubProcess, want: usize, timeout: Duration) -> Result<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = metrics(hub).await?;
-        let v = metric(&text, "flotilla_hub_sessions_connected").unwrap_or(-1.0);
-        if v >= 0.0 && v as usize == want {
-            return Ok(want);
-        }
-        if Instant::now() > deadline {
-            eprintln!("loadgen: hub reports {v} sessions, expected {want}");
-            return Ok(v.max(0.0) as usize);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn too_many_failures(failed: usize, of: usize) -> bool {
     failed as f64 > of as f64 * MAX_FAILURE_RATIO
 }
@@ -276,76 +230,17 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     );
 
     // --- Admin client ------------------------------------------------------------------
-    let cred = AdminCredential::load(&hub.data_dir.join("admin.yaml"))?;
-    let admin_channel = TlsDialer::new(mtls_client_config(&cred.ca, &cred.cert, &cred.key)?)
-        .channel(&cred.hub)
-        .await
-        .map_err(|e| anyhow!("admin connection to {}: {}", cred.hub, error_chain(&e)))?;
-    let admin = AdminClient::new(admin_channel);
+    let admin = admin_client(hub).await?;
 
     // --- Enrollment: AddCluster + Join for every session ----------------------------------
     println!("loadgen: enrolling {n} clusters (concurrency {conc})");
-    let started = Instant::now();
-    let first_token = add_cluster(&mut admin.clone(), &cluster_name(0)).await?;
-    // A few shared bootstrap channels (HTTP/2 multiplexes the joins), one per source address.
-    let mut boot = Vec::new();
-    for j in 0..sources.min(8) {
-        let ch = TlsDialer::new(bootstrap_client_config(&first_token.ca)?)
-            .with_local_ip(Some(source_ip(j, sources)))
-            .channel(&first_token.hub)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "bootstrap connection to {}: {}",
-                    first_token.hub,
-                    error_chain(&e)
-                )
-            })?;
-        boot.push(ch);
-    }
-    let mut enrolled: Vec<Enrolled> = Vec::with_capacity(n);
-    let mut errors: Vec<String> = Vec::new();
-    {
-        let boot = &boot;
-        let admin = &admin;
-        let first_token = &first_token;
-        let mut s = futures::stream::iter(0..n)
-            .map(|i| async move {
-                let name = cluster_name(i);
-                let token = if i == 0 {
-                    first_token.clone()
-                } else {
-                    add_cluster(&mut admin.clone(), &name).await?
-                };
-                join(boot[i % boot.len()].clone(), &name, &token).await
-            })
-            .buffer_unordered(conc);
-        let mut last = Instant::now();
-        while let Some(r) = s.next().await {
-            match r {
-                Ok(e) => enrolled.push(e),
-                Err(e) => {
-                    rep.enroll_failed += 1;
-                    if errors.len() < 5 {
-                        errors.push(format!("{e:#}"));
-                    }
-                }
-            }
-            if last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                let done = enrolled.len() + rep.enroll_failed;
-                println!(
-                    "loadgen:   enrolled {done}/{n} ({:.0}/s)",
-                    done as f64 / started.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    let took = started.elapsed();
+    let enr = enroll(&admin, n, sources, conc).await?;
+    let enrolled = enr.enrolled;
+    let errors = enr.errors;
+    rep.enroll_failed = enr.failed;
     rep.enrolled = enrolled.len();
-    rep.enroll_secs = took.as_secs_f64();
-    rep.enroll_per_sec = enrolled.len() as f64 / took.as_secs_f64();
-    drop(boot);
+    rep.enroll_secs = enr.took.as_secs_f64();
+    rep.enroll_per_sec = enrolled.len() as f64 / enr.took.as_secs_f64();
     println!(
         "loadgen: enrolled {} in {:.1} s ({:.0} joins/s), {} failed",
         rep.enrolled, rep.enroll_secs, rep.enroll_per_sec, rep.enroll_failed
@@ -367,43 +262,12 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     );
     let fleet = Arc::new(Fleet::default());
     let cpu_before = hub.sample()?.cpu_secs;
-    let started = Instant::now();
-    let mut sessions: Vec<Session> = Vec::with_capacity(enrolled.len());
-    let mut open_latencies = Vec::with_capacity(enrolled.len());
-    let mut open_errors: Vec<String> = Vec::new();
-    {
-        let hub_addr = hub.addr.as_str();
-        let fleet = &fleet;
-        let mut s = futures::stream::iter(enrolled.iter().enumerate())
-            .map(|(i, who)| open_session(who, hub_addr, source_ip(i, sources), fleet.clone()))
-            .buffer_unordered(conc);
-        let mut last = Instant::now();
-        while let Some(r) = s.next().await {
-            match r {
-                Ok((sess, took)) => {
-                    sessions.push(sess);
-                    open_latencies.push(took);
-                }
-                Err(e) => {
-                    rep.open_failed += 1;
-                    if open_errors.len() < 5 {
-                        open_errors.push(format!("{e:#}"));
-                    }
-                }
-            }
-            if last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                println!(
-                    "loadgen:   opened {}/{} ({:.0}/s), {} failed",
-                    sessions.len(),
-                    enrolled.len(),
-                    sessions.len() as f64 / started.elapsed().as_secs_f64(),
-                    rep.open_failed
-                );
-            }
-        }
-    }
-    let took = started.elapsed();
+    let opened = open_all(&enrolled, hub.addr.as_str(), sources, conc, &fleet, None).await;
+    let sessions = opened.sessions;
+    let mut open_latencies = opened.latencies;
+    let open_errors = opened.errors;
+    rep.open_failed = opened.failed;
+    let took = opened.took;
     let cpu_after = hub.sample()?.cpu_secs;
     rep.sessions_opened = sessions.len();
     rep.handshake_secs = took.as_secs_f64();

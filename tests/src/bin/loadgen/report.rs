@@ -1,50 +1,15 @@
 //! The results: one serializable record, printed as a table and optionally written as JSON.
 
-use std::time::Duration;
-
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
+use flotilla_tests::bench::hub::ProcSample;
+use flotilla_tests::bench::stats::Latency;
 use serde::Serialize;
-
-use crate::hub::ProcSample;
 
 /// Hub memory allowed per held session at the target scale.
 pub const TARGET_KIB_PER_SESSION: f64 = 64.0;
 /// The scale at which the target is judged.
 pub const TARGET_SESSIONS: usize = 10_000;
-
-/// Latency summary in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Latency {
-    pub samples: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Latency {
-    /// Nearest-rank percentiles over `samples` (sorted here).
-    pub fn of(samples: &mut [Duration]) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_unstable();
-        let pct = |p: f64| {
-            let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
-            ms(samples[rank.clamp(1, samples.len()) - 1])
-        };
-        Self {
-            samples: samples.len(),
-            p50_ms: pct(50.0),
-            p99_ms: pct(99.0),
-            max_ms: ms(*samples.last().expect("non-empty")),
-        }
-    }
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -254,6 +219,8 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

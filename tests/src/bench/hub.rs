@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::prog;
+
 /// Exit status of `flotilla-hub` for configuration errors, including a port that cannot be bound.
 const EXIT_CONFIG: i32 = 64;
 /// Attempts with fresh ports when the hub cannot bind (another process took a port in between).
@@ -118,7 +120,8 @@ impl HubProcess {
                     && attempt < START_ATTEMPTS
                 {
                     eprintln!(
-                        "loadgen: hub could not bind (attempt {attempt}), retrying on other ports"
+                        "{}: hub could not bind (attempt {attempt}), retrying on other ports",
+                        prog()
                     );
                     continue;
                 }
@@ -257,7 +260,10 @@ impl HubProcess {
                 return Ok(st);
             }
             if Instant::now() > deadline {
-                eprintln!("loadgen: hub did not exit within {grace:?} of SIGTERM; killing it");
+                eprintln!(
+                    "{}: hub did not exit within {grace:?} of SIGTERM; killing it",
+                    prog()
+                );
                 let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = c.kill();
                 return Ok(c.wait()?);
@@ -296,7 +302,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 }
 
 /// Removes ANSI escape sequences (`ESC [ … letter`).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -344,6 +350,71 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         let rest = rest.strip_prefix(' ')?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// A minimal HTTP/1.1 POST over loopback with extra headers: returns the status code and the
+/// body.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        s.write_all(&bytes).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("malformed HTTP response from {addr}{path}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no status in HTTP response from {addr}{path}"))?;
+        Ok::<_, anyhow::Error>((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| anyhow!("POST {addr}{path} timed out"))?
+}
+
+/// Reads the hub's metrics text.
+pub async fn metrics(hub: &HubProcess) -> Result<String> {
+    match http_get(hub.http, "/metrics").await? {
+        (200, body) => Ok(body),
+        (s, _) => bail!("GET /metrics answered {s}"),
+    }
+}
+
+/// Polls the hub's `flotilla_hub_sessions_connected` gauge until it equals `want` or `timeout`
+/// passes; returns the last value read.
+pub async fn wait_for_gauge(hub: &HubProcess, want: usize, timeout: Duration) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = metrics(hub).await?;
+        let v = metric(&text, "flotilla_hub_sessions_connected").unwrap_or(-1.0);
+        if v >= 0.0 && v as usize == want {
+            return Ok(want);
+        }
+        if Instant::now() > deadline {
+            eprintln!("{}: hub reports {v} sessions, expected {want}", prog());
+            return Ok(v.max(0.0) as usize);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! The lightweight session clients: enrollment (AddCluster + Registration.Join, no state dir)
 //! and one task per session that holds an open `AgentSession.Connect` stream, answers the
 //! coordinator's heartbeat rounds and sends background heartbeats so the hub keeps it alive.
-//! Nothing here reconciles.
+//! Nothing here reconciles. A session given a [`DesiredHandler`] hands every new
+//! `DesiredState` to it (which may fetch bundles on the session's connection) and sends back
+//! what it returns; without one, desired states are ignored.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,14 +22,18 @@ use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use flotilla_proto::v1::{
-    AddClusterRequest, AgentInfo, AgentMessage, Heartbeat, Hello, HubMessage, JoinRequest,
+    AddClusterRequest, AgentInfo, AgentMessage, DesiredState, Heartbeat, Hello, HubMessage,
+    JoinRequest,
 };
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
+
+use super::prog;
 
 /// Background heartbeat period cap; the hub closes sessions silent for 3× its interval.
 const KEEPALIVE_MAX: Duration = Duration::from_secs(20);
@@ -40,8 +47,8 @@ pub fn source_ip(i: usize, sources: usize) -> IpAddr {
 
 pub fn agent_info() -> AgentInfo {
     AgentInfo {
-        version: format!("loadgen-{}", env!("CARGO_PKG_VERSION")),
-        hostname: "loadgen".into(),
+        version: format!("{}-{}", prog(), env!("CARGO_PKG_VERSION")),
+        hostname: prog().into(),
         platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         cluster_backend: "simulated".into(),
     }
@@ -107,6 +114,32 @@ pub enum Cmd {
 /// One session's answer to a heartbeat round.
 pub type RoundReply = Result<Duration, String>;
 
+/// A new desired state for one session, handed to its [`DesiredHandler`].
+pub struct DesiredCall {
+    pub cluster: String,
+    /// A client on the session's own connection (for `FetchBundle`).
+    pub client: AgentSessionClient<Channel>,
+    pub desired: DesiredState,
+    /// Digests of the bundles this session already holds (fetched and verified before).
+    pub cached: BTreeSet<String>,
+}
+
+/// What a [`DesiredHandler`] did with a desired state.
+#[derive(Debug, Default)]
+pub struct DesiredOutcome {
+    /// Sent to the hub in order (acks, status reports).
+    pub messages: Vec<AgentMessage>,
+    /// Digests now held (added to the session's cache).
+    pub holds: Vec<String>,
+    /// Whether the whole desired state is held (its generation is then not handled again).
+    pub complete: bool,
+}
+
+/// Handles a session's new desired states; the session waits for it before reading on, as an
+/// agent does.
+pub type DesiredHandler =
+    Arc<dyn Fn(DesiredCall) -> BoxFuture<'static, DesiredOutcome> + Send + Sync>;
+
 /// State shared by all session tasks.
 #[derive(Debug, Default)]
 pub struct Fleet {
@@ -141,6 +174,7 @@ pub async fn open_session(
     hub: &str,
     src: IpAddr,
     fleet: Arc<Fleet>,
+    on_desired: Option<DesiredHandler>,
 ) -> Result<(Session, Duration)> {
     let started = Instant::now();
     let cfg = mtls_client_config(&who.ca_pem, &who.chain_pem, &who.key_pem)?;
@@ -189,11 +223,14 @@ pub async fn open_session(
     let task = tokio::spawn(async move {
         let held = Held {
             cluster,
-            _client: client,
+            client,
             tx,
             inbound,
             cmds: cmd_rx,
             keepalive,
+            on_desired,
+            last_generation: 0,
+            cached: BTreeSet::new(),
         };
         match held.run().await {
             Some((cluster, why)) => fleet.end(&cluster, why),
@@ -208,11 +245,16 @@ pub async fn open_session(
 /// Everything one held session owns; dropping it closes the stream and the connection.
 struct Held {
     cluster: String,
-    _client: AgentSessionClient<Channel>,
+    client: AgentSessionClient<Channel>,
     tx: mpsc::Sender<AgentMessage>,
     inbound: Streaming<HubMessage>,
     cmds: mpsc::Receiver<Cmd>,
     keepalive: Duration,
+    on_desired: Option<DesiredHandler>,
+    /// The generation of the last desired state held completely.
+    last_generation: u64,
+    /// Bundles held, by digest.
+    cached: BTreeSet<String>,
 }
 
 fn heartbeat(seq: u64) -> AgentMessage {
@@ -265,6 +307,29 @@ impl Held {
                         if pending.as_ref().is_some_and(|(seq, _, _)| *seq == a.seq) {
                             let (_, sent, reply) = pending.take().expect("checked");
                             let _ = reply.try_send(Ok(sent.elapsed()));
+                        }
+                    }
+                    Ok(Some(HubMessage { msg: Some(HubMsg::Desired(d)) })) if self.on_desired.is_some() => {
+                        if d.generation == self.last_generation {
+                            continue;
+                        }
+                        let handler = self.on_desired.clone().expect("checked");
+                        let generation = d.generation;
+                        let outcome = handler(DesiredCall {
+                            cluster: self.cluster.clone(),
+                            client: self.client.clone(),
+                            desired: d,
+                            cached: self.cached.clone(),
+                        })
+                        .await;
+                        self.cached.extend(outcome.holds);
+                        if outcome.complete {
+                            self.last_generation = generation;
+                        }
+                        for m in outcome.messages {
+                            if self.tx.send(m).await.is_err() {
+                                return ended("outbound stream closed".into());
+                            }
                         }
                     }
                     Ok(Some(HubMessage { msg: Some(HubMsg::Disconnect(d)) })) => {

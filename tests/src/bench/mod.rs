@@ -1,0 +1,58 @@
+//! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`): the hub under test as a
+//! child process ([`hub`]), lightweight session clients and their enrollment ([`client`],
+//! [`fleet`]), and latency summaries ([`stats`]).
+//!
+//! Everything here talks to the hub over loopback only, and every loop is bounded in count and
+//! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
+
+pub mod client;
+pub mod fleet;
+pub mod hub;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow};
+use flotilla_hub::credential::AdminCredential;
+use flotilla_proto::tls::{TlsDialer, error_chain, mtls_client_config};
+use flotilla_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use self::hub::HubProcess;
+
+/// The running program's name (`loadgen`, `deliverybench`), for message prefixes.
+pub fn prog() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "bench".into())
+    })
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; a hub child started later inherits it.
+pub fn raise_nofile() -> Result<u64> {
+    let soft = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    Ok(soft)
+}
+
+/// `flotilla-hub` next to the running executable (both are built into the same target dir).
+pub fn default_hub_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    Ok(exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
+        .join("flotilla-hub"))
+}
+
+/// An Admin API client with the hub's own admin credential (`<data dir>/admin.yaml`).
+pub async fn admin_client(hub: &HubProcess) -> Result<AdminClient<Channel>> {
+    let cred = AdminCredential::load(&hub.data_dir.join("admin.yaml"))?;
+    let channel = TlsDialer::new(mtls_client_config(&cred.ca, &cred.cert, &cred.key)?)
+        .channel(&cred.hub)
+        .await
+        .map_err(|e| anyhow!("admin connection to {}: {}", cred.hub, error_chain(&e)))?;
+    Ok(AdminClient::new(channel))
+}

@@ -1,0 +1,319 @@
+//! `deliverybench`: how fast a commit reaches the fleet, and what it costs on the hub side.
+//!
+//! * **Delivery latency.** Starts one `flotilla-hub` as a child process, enrolls N clusters and
+//!   opens N lightweight session clients (real mutual TLS and session protocol) that take every
+//!   `DesiredState` like an agent: fetch each bundle with `FetchBundle`, check the sha256 of its
+//!   gunzipped content against the digest, `Ack`, report "applied". A source is added over the
+//!   Admin API; then rounds of commit → signed GitHub-style webhook → every session holds the new
+//!   digest, and rounds of commit → polling fetch → every session holds it.
+//! * **Render throughput.** In-process: `load_config` + `AppManifests::load` + `render` of a
+//!   repository of N Kubernetes objects for one cluster, over a directory and over a git commit.
+//! * **gix against `git fetch`.** On the same repository (with history): an initial fetch into a
+//!   fresh bare repository and an incremental fetch after one new commit, side by side.
+//!
+//! All traffic stays on loopback; every loop is bounded in count and time (`--max-duration`,
+//! `--round-timeout`).
+//!
+//! Exit status: 0 when the run completed (and met the target where it is judged), 1 when it
+//! could not complete, 2 when it completed but missed the target: after a webhook, every
+//! connected session holds the new bundle digest within 1 s (p99 of rounds) at ≥ 1000 sessions.
+//!
+//! ```text
+//! cargo build --release -p flotilla-tests --bin deliverybench -p flotilla-hub --bin flotilla-hub
+//! cargo run --release -p flotilla-tests --bin deliverybench -- --sessions 1000
+//! ```
+
+mod delivery;
+mod gitfetch;
+mod render;
+mod repo;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use flotilla_tests::bench::{default_hub_bin, raise_nofile};
+
+use crate::delivery::DeliveryReport;
+use crate::repo::LargeShape;
+use crate::report::Report;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Commit-to-delivery latency through a hub child and N session clients.
+    Delivery,
+    /// Render throughput of the large repository.
+    Render,
+    /// gix against the git CLI on the large repository.
+    Fetch,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deliverybench",
+    about = "Commit-to-delivery latency (webhook and polling), render throughput, gix vs git fetch",
+    long_about = "Starts a flotilla-hub child process with N session clients that fetch and \
+                  verify bundles like agents, and measures commit → every session holds the new \
+                  bundle digest through a signed webhook and through polling; renders a large \
+                  repository in-process (objects/s); and times gix against the git CLI fetching \
+                  that repository.\n\nExit status: 0 ok, 1 run failed, 2 target (webhook → every \
+                  session holds the new digest in ≤ 1 s p99 at ≥ 1000 sessions) missed."
+)]
+struct Args {
+    /// What to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "delivery,render,fetch"
+    )]
+    phases: Vec<Phase>,
+
+    /// Number of concurrent sessions (clusters) for the delivery rounds.
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Webhook rounds (commit, signed POST, wait until every session holds the new digest).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Polling rounds (commit, wait for the next poll and every session).
+    #[arg(long, default_value_t = 5)]
+    poll_rounds: u32,
+    /// The polling source's interval (whole seconds, ≥ 1 s).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// Longest wait for every session to hold a new revision before the run fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    round_timeout: Duration,
+    /// Name the cluster in a manifest, so that every cluster gets its own bundle.
+    #[arg(long)]
+    per_cluster_bundles: bool,
+    /// Number of loopback source addresses (127.0.0.2, 127.0.0.3, …) to spread connections over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=250))]
+    sources: u64,
+    /// Joins and handshakes in flight at once.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// The hub binary [default: flotilla-hub next to this executable].
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// The hub's --heartbeat-interval.
+    #[arg(long, default_value = "30s")]
+    hub_heartbeat_interval: String,
+
+    /// Kubernetes objects in the large repository (render and fetch).
+    #[arg(long, default_value_t = 5000)]
+    objects: usize,
+    /// Apps the objects are spread over (each with vars and an overlay with a patch).
+    #[arg(long, default_value_t = 50)]
+    apps: usize,
+    /// Documents per multi-document manifest file.
+    #[arg(long, default_value_t = 10)]
+    docs_per_file: usize,
+    /// Commits of history after the first one (each changes one file).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=5000))]
+    history: u64,
+    /// Timed render passes per tree.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    render_reps: u64,
+    /// Repetitions of each fetch measurement.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    fetch_reps: u64,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the temporary directory (repositories, hub data and log) instead of removing it.
+    #[arg(long)]
+    keep_dir: bool,
+    /// Upper bound on the whole run; it fails when exceeded.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    max_duration: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deliverybench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<()> {
+    if args.phases.is_empty() {
+        bail!("--phases names nothing to measure");
+    }
+    if args.phases.contains(&Phase::Delivery) {
+        if args.sessions == 0 {
+            bail!("--sessions must be at least 1");
+        }
+        if args.poll_interval < Duration::from_secs(1) || args.poll_interval.subsec_nanos() != 0 {
+            bail!("--poll-interval must be whole seconds, at least 1s (sources poll in seconds)");
+        }
+        if args.round_timeout.is_zero() {
+            bail!("--round-timeout must be positive");
+        }
+    }
+    if (args.phases.contains(&Phase::Render) || args.phases.contains(&Phase::Fetch))
+        && (args.apps == 0 || args.objects < args.apps || args.docs_per_file == 0)
+    {
+        bail!("the large repository needs --objects ≥ --apps ≥ 1 and --docs-per-file ≥ 1");
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
+    let delivery_opts = if args.phases.contains(&Phase::Delivery) {
+        let nofile = raise_nofile()?;
+        println!("deliverybench: RLIMIT_NOFILE soft limit {nofile} (hub inherits it)");
+        let need = args.sessions as u64 + 256;
+        if nofile < need {
+            bail!(
+                "{} sessions need about {need} file descriptors in each process, but the limit is \
+                 {nofile}; raise the hard limit (ulimit -Hn) or use fewer sessions",
+                args.sessions
+            );
+        }
+        let hub_bin = match &args.hub_bin {
+            Some(p) => p.clone(),
+            None => default_hub_bin()?,
+        };
+        if !hub_bin.is_file() {
+            bail!(
+                "hub binary {} not found; build it with `cargo build --release -p flotilla-hub --bin flotilla-hub` or pass --hub-bin",
+                hub_bin.display()
+            );
+        }
+        Some(delivery::Options {
+            sessions: args.sessions,
+            sources: args.sources as usize,
+            concurrency: args.concurrency as usize,
+            rounds: args.rounds,
+            poll_rounds: args.poll_rounds,
+            poll_interval: args.poll_interval,
+            round_timeout: args.round_timeout,
+            per_cluster_bundles: args.per_cluster_bundles,
+            hub_bin,
+            hub_heartbeat_interval: args.hub_heartbeat_interval.clone(),
+        })
+    } else {
+        None
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-deliverybench-")
+        .tempdir()
+        .context("creating the temporary directory")?;
+    println!("deliverybench: working in {}", tmp.path().display());
+
+    let mut rep = Report::default();
+    let outcome = match tokio::time::timeout(
+        args.max_duration,
+        measure(&args, delivery_opts.as_ref(), tmp.path(), &mut rep),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!(
+            "the run exceeded --max-duration {}",
+            humantime::format_duration(args.max_duration)
+        )),
+    };
+
+    if args.keep_dir || outcome.is_err() {
+        let p = tmp.keep();
+        println!("deliverybench: kept {}", p.display());
+    } else {
+        drop(tmp);
+    }
+    rep.finish();
+    if let Err(e) = outcome {
+        if rep.delivery.is_some() || rep.render.is_some() || rep.fetch.is_some() {
+            rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
+            println!("{}", rep.table());
+            write_json(&args, &rep)?;
+        }
+        return Err(e);
+    }
+    println!("{}", rep.table());
+    write_json(&args, &rep)?;
+    Ok(if rep.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Runs the chosen phases: the in-process ones first (on a quiet machine), then delivery.
+async fn measure(
+    args: &Args,
+    delivery_opts: Option<&delivery::Options>,
+    dir: &Path,
+    rep: &mut Report,
+) -> Result<()> {
+    let render = args.phases.contains(&Phase::Render);
+    let fetch = args.phases.contains(&Phase::Fetch);
+    if render || fetch {
+        let shape = LargeShape {
+            objects: args.objects,
+            apps: args.apps,
+            docs_per_file: args.docs_per_file,
+            history: args.history as usize,
+        };
+        println!(
+            "deliverybench: building a repository of {} objects in {} apps with {} commits of history",
+            shape.objects, shape.apps, shape.history
+        );
+        let large_dir = dir.join("large-repo");
+        let large = blocking(move || repo::build_large(&large_dir, &shape)).await?;
+        println!(
+            "deliverybench: built in {:.1} s: {} files, {} git objects, pack {:.1} MiB",
+            large.build_secs,
+            large.manifest_files,
+            large.git_objects,
+            large.pack_kib as f64 / 1024.0
+        );
+        rep.large_repo = Some(large.clone());
+        if render {
+            let (l, reps, scratch) = (
+                large.clone(),
+                args.render_reps as usize,
+                dir.join("render-mirror"),
+            );
+            rep.render = Some(blocking(move || render::run(&l, reps, &scratch)).await?);
+        }
+        if fetch {
+            let (l, reps, scratch) = (large.clone(), args.fetch_reps as usize, dir.join("fetch"));
+            rep.fetch = Some(blocking(move || gitfetch::run(&l, &shape, reps, &scratch)).await?);
+        }
+    }
+    if let Some(opts) = delivery_opts {
+        let mut d = DeliveryReport::default();
+        let r = delivery::run(opts, &dir.join("delivery"), &mut d).await;
+        rep.delivery = Some(d);
+        r?;
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("blocking task failed: {e}"))?
+}
+
+/// Writes the report as JSON when `--json` was given.
+fn write_json(args: &Args, rep: &Report) -> Result<()> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(rep)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("deliverybench: wrote {}", path.display());
+    }
+    Ok(())
+}
