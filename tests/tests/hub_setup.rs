@@ -4,23 +4,11 @@
 use flotilla_proto::tls::{certs_from_pem, fingerprint};
 use flotilla_proto::token::JoinToken;
 use flotilla_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let code = buf[9..12].parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
+    flotilla_tests::bench::hub::http_get(addr, path)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

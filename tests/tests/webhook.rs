@@ -3,7 +3,6 @@
 
 use flotilla_hub::webhook::github_signature;
 use flotilla_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post(
     addr: std::net::SocketAddr,
@@ -11,20 +10,12 @@ async fn post(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf[9..12].parse().unwrap()
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    flotilla_tests::bench::hub::http_post(addr, path, &all, body)
+        .await
+        .unwrap()
+        .0
 }
 
 const CONFIG: &str = "apps:\n  web:\n    path: web\n    targets: {}\n    namespace: web\n";

@@ -319,30 +319,6 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// A minimal HTTP/1.1 GET over loopback: returns the status code and the body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("malformed HTTP response from {addr}{path}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("no status in HTTP response from {addr}{path}"))?;
-        Ok::<_, anyhow::Error>((status, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| anyhow!("GET {addr}{path} timed out"))?
-}
-
 /// The value of the sample `name` (exactly, labels included) in a Prometheus/OpenMetrics text.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -350,6 +326,11 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         let rest = rest.strip_prefix(' ')?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// A minimal HTTP/1.1 GET over loopback: returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], b"").await
 }
 
 /// A minimal HTTP/1.1 POST over loopback with extra headers: returns the status code and the
@@ -360,10 +341,21 @@ pub async fn http_post(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, String)> {
+    http_request(addr, "POST", path, headers, body).await
+}
+
+/// One HTTP/1.1 request with `Connection: close`, bounded to 10 s.
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
         let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (k, v) in headers {
@@ -388,7 +380,7 @@ pub async fn http_post(
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
-        .map_err(|_| anyhow!("POST {addr}{path} timed out"))?
+        .map_err(|_| anyhow!("{method} {addr}{path} timed out"))?
 }
 
 /// Reads the hub's metrics text.
