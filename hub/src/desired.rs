@@ -145,15 +145,18 @@ impl DesiredStates {
         &self,
         changes: Vec<(String, Vec<AppEntry>)>,
     ) -> Result<Vec<(String, u64)>, HubError> {
-        let (current, _) = self.store.list(DESIRED).await?;
-        let mut by_key: std::collections::HashMap<String, (DesiredRecord, u64)> =
-            std::collections::HashMap::new();
-        for kv in current {
-            let rec: DesiredRecord =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            by_key.insert(kv.key.clone(), (rec, kv.mod_revision));
-        }
         for _ in 0..CAS_RETRIES {
+            let by_key: std::collections::HashMap<String, (DesiredRecord, u64)> = self
+                .store
+                .list(DESIRED)
+                .await?
+                .0
+                .into_iter()
+                .map(|kv| {
+                    let rec = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+                    Ok((kv.key, (rec, kv.mod_revision)))
+                })
+                .collect::<Result<_, HubError>>()?;
             let mut ops = Vec::new();
             let mut moved = Vec::new();
             for (cluster, apps) in &changes {
@@ -178,17 +181,9 @@ impl DesiredStates {
                     value: serde_json::to_vec(&new).expect("record serializes"),
                 });
             }
-            match self.store.compare_and_swap_many(ops).await? {
-                Ok(_) => return Ok(moved),
-                Err(_) => {
-                    // Someone else wrote meanwhile: re-read and try again.
-                    by_key.clear();
-                    for kv in self.store.list(DESIRED).await?.0 {
-                        let rec: DesiredRecord =
-                            serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-                        by_key.insert(kv.key.clone(), (rec, kv.mod_revision));
-                    }
-                }
+            // On a conflict someone else wrote meanwhile: re-read and try again.
+            if self.store.compare_and_swap_many(ops).await?.is_ok() {
+                return Ok(moved);
             }
         }
         Err(HubError::Contention(DESIRED.to_string()))

@@ -70,6 +70,18 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// `Ok` for an active token, else the error a join with it gets.
+    fn usable(&self, now_ms: u64) -> Result<(), HubError> {
+        match self.state(now_ms) {
+            "active" => Ok(()),
+            "revoked" => Err(HubError::TokenRevoked),
+            "used" => Err(HubError::TokenUsed),
+            _ => Err(HubError::TokenExpired(rfc3339(
+                flotilla_proto::clock::from_unix_ms(self.expires_ms),
+            ))),
+        }
+    }
+
     pub fn state(&self, now_ms: u64) -> &'static str {
         if self.revoked {
             "revoked"
@@ -363,18 +375,11 @@ impl Registry {
         if rec.secret_sha256 != hash_secret(secret) {
             return Err(HubError::UnknownToken);
         }
-        let now = self.now_ms();
-        match rec.state(now) {
-            "revoked" => Err(HubError::TokenRevoked),
-            "used" => Err(HubError::TokenUsed),
-            "expired" => Err(HubError::TokenExpired(rfc3339(
-                flotilla_proto::clock::from_unix_ms(rec.expires_ms),
-            ))),
-            _ => Ok(AcceptedToken {
-                record: rec,
-                mod_revision: kv.mod_revision,
-            }),
-        }
+        rec.usable(self.now_ms())?;
+        Ok(AcceptedToken {
+            record: rec,
+            mod_revision: kv.mod_revision,
+        })
     }
 
     /// Consumes a checked token (compare-and-swap, so two joins cannot both use a single-use
@@ -408,14 +413,7 @@ impl Registry {
     async fn check_token_state(&self, key: &str) -> Result<(), HubError> {
         let kv = self.store.get(key).await?.ok_or(HubError::UnknownToken)?;
         let rec: TokenRecord = decode(key, &kv.value)?;
-        match rec.state(self.now_ms()) {
-            "active" => Ok(()),
-            "revoked" => Err(HubError::TokenRevoked),
-            "used" => Err(HubError::TokenUsed),
-            _ => Err(HubError::TokenExpired(rfc3339(
-                flotilla_proto::clock::from_unix_ms(rec.expires_ms),
-            ))),
-        }
+        rec.usable(self.now_ms())
     }
 
     /// Adds an issued certificate to the cluster (join and renewal), dropping expired ones.

@@ -487,15 +487,7 @@ impl SessionService {
                 None,
             )
         };
-        if let Err(e) = self.registry.get_cluster(cluster).await.and_then(|c| {
-            if c.revoked {
-                Err(crate::error::HubError::ClusterRevoked(cluster.into()))
-            } else {
-                Ok(())
-            }
-        }) {
-            return refused(e.to_string());
-        }
+        // A revoked or unknown cluster is refused by `record_cert` below.
         let issued = match self.ca.sign_csr(
             csr_pem,
             &Identity::Cluster(cluster.to_string()),
