@@ -14,6 +14,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a log line or status says about the simulated backend.
 pub const SIMULATED_LABEL: &str = "simulated (in-memory, not a real Kubernetes API)";
 
+/// How the simulated cluster behaves (used with `--cluster simulated`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// How long after a change a simulated workload takes to become ready.
+    pub ready_delay: Duration,
+    /// Namespaces that exist from the start.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            ready_delay: Duration::from_secs(1),
+            namespaces: ["default", "kube-system", "kube-public", "kube-node-lease", "flotilla-system"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
 /// Which cluster the agent drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClusterBackend {

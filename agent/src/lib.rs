@@ -7,8 +7,11 @@ pub mod bundles;
 pub mod cluster;
 pub mod identity;
 pub mod join;
+pub mod reconcile;
 mod secret_state;
 pub mod session;
+#[cfg(feature = "simulated")]
+pub mod sim;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,0 +1,1 @@
+//! kstatus-style health of Kubernetes objects (being written).
