@@ -1,5 +1,5 @@
 //! Cluster backends: a real Kubernetes API server (in-cluster config or a kubeconfig file) or a
-//! simulated, in-memory API served by `kube-fake-client`. Both are reached through the same
+//! simulated, in-memory API server (`crate::sim`). Both are reached through the same
 //! `kube::Client`, so the rest of the agent never knows which one it drives; the simulated one is
 //! labelled as a simulation wherever it shows.
 
@@ -21,15 +21,25 @@ pub struct SimConfig {
     pub ready_delay: Duration,
     /// Namespaces that exist from the start.
     pub namespaces: Vec<String>,
+    /// How many of the last requests to keep for inspection (`SimCluster::requests`, for
+    /// tests); 0 keeps none, so a long-running agent does not hoard request bodies.
+    pub record_requests: usize,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
             ready_delay: Duration::from_secs(1),
-            namespaces: ["default", "kube-system", "kube-public", "kube-node-lease", "flotilla-system"]
-                .map(String::from)
-                .to_vec(),
+            namespaces: [
+                "default",
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                "flotilla-system",
+            ]
+            .map(String::from)
+            .to_vec(),
+            record_requests: 0,
         }
     }
 }
@@ -69,25 +79,25 @@ pub enum ClusterError {
         #[source]
         source: Box<kube::Error>,
     },
-    #[error("starting the simulated cluster: {0}")]
-    Simulated(String),
     #[error("the simulated cluster backend is not compiled into this build (feature `simulated`)")]
     SimulatedNotBuilt,
 }
 
 /// Connects to the cluster `backend` names. For `Kube`, `kubeconfig` selects a kubeconfig file;
 /// without it the usual inference applies (`KUBECONFIG` or `~/.kube/config`, then the in-cluster
-/// service account). For `Simulated`, every call starts a fresh, empty in-memory API server.
+/// service account). For `Simulated`, every call starts a fresh in-memory API server holding
+/// only `sim.namespaces`; `sim` is ignored for `Kube`.
 pub async fn connect(
     backend: ClusterBackend,
     kubeconfig: Option<&Path>,
+    sim: &SimConfig,
 ) -> Result<kube::Client, ClusterError> {
     match backend {
         ClusterBackend::Simulated => {
             if let Some(path) = kubeconfig {
                 tracing::warn!(kubeconfig = %path.display(), "--kubeconfig is ignored with --cluster simulated");
             }
-            let client = simulated().await?;
+            let client = simulated(sim)?;
             tracing::info!("cluster backend: {SIMULATED_LABEL}");
             Ok(client)
         }
@@ -95,23 +105,22 @@ pub async fn connect(
     }
 }
 
+/// The client keeps the cluster alive: its service holds the cluster's state.
 #[cfg(feature = "simulated")]
-async fn simulated() -> Result<kube::Client, ClusterError> {
-    kube_fake_client::ClientBuilder::new()
-        .build()
-        .await
-        .map_err(|e| ClusterError::Simulated(e.to_string()))
+fn simulated(sim: &SimConfig) -> Result<kube::Client, ClusterError> {
+    Ok(crate::sim::SimCluster::new(sim.clone()).client())
 }
 
 #[cfg(not(feature = "simulated"))]
-async fn simulated() -> Result<kube::Client, ClusterError> {
+fn simulated(_: &SimConfig) -> Result<kube::Client, ClusterError> {
     Err(ClusterError::SimulatedNotBuilt)
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
-    // rustls may be built with more than one crypto provider (a dependency of the simulated
-    // backend enables aws-lc-rs); kube-client takes the process default, so pin ring, which the
-    // rest of the agent uses. A provider installed earlier by the embedding program wins.
+    // rustls may be built with more than one crypto provider (whatever else the embedding
+    // program links may enable aws-lc-rs); kube-client takes the process default, so pin ring,
+    // which the rest of the agent uses. A provider installed earlier by the embedding program
+    // wins.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match kubeconfig {
         Some(path) => {
@@ -157,6 +166,7 @@ mod tests {
         let err = connect(
             ClusterBackend::Kube,
             Some(Path::new("/nonexistent/flotilla/kubeconfig")),
+            &SimConfig::default(),
         )
         .await
         .err()
@@ -173,7 +183,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("kc");
         std::fs::write(&p, "clusters: [this is: not: a kubeconfig").unwrap();
-        let err = connect(ClusterBackend::Kube, Some(&p)).await.err().unwrap();
+        let err = connect(ClusterBackend::Kube, Some(&p), &SimConfig::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, ClusterError::Kubeconfig { .. }), "{err}");
     }
 
@@ -186,7 +199,10 @@ mod tests {
             "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {}\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nusers:\n- name: u\n  user: {}\n",
         )
         .unwrap();
-        let err = connect(ClusterBackend::Kube, Some(&p)).await.err().unwrap();
+        let err = connect(ClusterBackend::Kube, Some(&p), &SimConfig::default())
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("cluster url is missing"), "{err}");
     }
 
@@ -206,21 +222,55 @@ mod tests {
             ),
         )
         .unwrap();
-        let client = connect(ClusterBackend::Kube, Some(&p)).await.unwrap();
+        let client = connect(ClusterBackend::Kube, Some(&p), &SimConfig::default())
+            .await
+            .unwrap();
         assert_eq!(client.default_namespace(), "ns1");
     }
 
+    #[cfg(feature = "simulated")]
     #[tokio::test]
     async fn simulated_backend_is_a_fresh_in_memory_api() {
-        use k8s_openapi::api::core::v1::ConfigMap;
-        let a = connect(ClusterBackend::Simulated, None).await.unwrap();
-        let b = connect(ClusterBackend::Simulated, None).await.unwrap();
+        use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+        let sim = SimConfig::default();
+        let a = connect(ClusterBackend::Simulated, None, &sim)
+            .await
+            .unwrap();
+        let b = connect(ClusterBackend::Simulated, None, &sim)
+            .await
+            .unwrap();
         let api_a: kube::Api<ConfigMap> = kube::Api::namespaced(a, "default");
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some("x".into());
         api_a.create(&Default::default(), &cm).await.unwrap();
         assert!(api_a.get_opt("x").await.unwrap().is_some());
-        let api_b: kube::Api<ConfigMap> = kube::Api::namespaced(b, "default");
+        let api_b: kube::Api<ConfigMap> = kube::Api::namespaced(b.clone(), "default");
         assert!(api_b.get_opt("x").await.unwrap().is_none());
+
+        // It starts with the configured namespaces and says it is simulated.
+        let namespaces: kube::Api<Namespace> = kube::Api::all(b.clone());
+        let names: Vec<String> = namespaces
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        let mut want = sim.namespaces.clone();
+        want.sort();
+        assert_eq!(names, want);
+        let version = b.apiserver_version().await.unwrap();
+        assert_eq!(version.platform, "simulated");
+    }
+
+    #[cfg(not(feature = "simulated"))]
+    #[tokio::test]
+    async fn simulated_backend_is_not_built() {
+        let err = connect(ClusterBackend::Simulated, None, &SimConfig::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClusterError::SimulatedNotBuilt), "{err}");
     }
 }

@@ -207,16 +207,31 @@ fn labels() -> BTreeMap<String, String> {
     )])
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "simulated"))]
 mod tests {
     use super::*;
+    use crate::cluster::SimConfig;
     use crate::identity::new_key_and_csr;
+    use crate::sim::SimCluster;
+
+    /// A simulated cluster with the namespace `flotilla`, holding `secrets`.
+    async fn fake_with(secrets: &[Secret]) -> kube::Client {
+        let client = SimCluster::new(SimConfig {
+            namespaces: vec!["flotilla".into()],
+            ..SimConfig::default()
+        })
+        .client();
+        for s in secrets {
+            Api::<Secret>::namespaced(client.clone(), "flotilla")
+                .create(&PostParams::default(), s)
+                .await
+                .unwrap();
+        }
+        client
+    }
 
     async fn fake() -> kube::Client {
-        kube_fake_client::ClientBuilder::new()
-            .build()
-            .await
-            .unwrap()
+        fake_with(&[]).await
     }
 
     fn fixture() -> (AgentState, Credentials) {
@@ -314,11 +329,7 @@ mod tests {
         let mut empty = Secret::default();
         empty.metadata.name = Some("agent-state".into());
         empty.metadata.namespace = Some("flotilla".into());
-        let client = kube_fake_client::ClientBuilder::new()
-            .with_object(empty)
-            .build()
-            .await
-            .unwrap();
+        let client = fake_with(&[empty]).await;
         let s = SecretState::new(client, "flotilla", "agent-state");
         assert!(s.load().await.unwrap().is_none());
         let (st, creds) = fixture();
@@ -336,12 +347,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
                 .collect(),
         );
-        let client = kube_fake_client::ClientBuilder::new()
-            .with_object(secret)
-            .build()
-            .await
-            .unwrap();
-        SecretState::new(client, "flotilla", "bad")
+        SecretState::new(fake_with(&[secret]).await, "flotilla", "bad")
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! An agent that keeps its identity in a Kubernetes Secret instead of a state dir, against a real
-//! hub over real mutual TLS; the Secret lives in a simulated (in-memory, kube-fake-client) cluster
-//! that the test shares with the agent so it can inspect it and restart from it.
+//! hub over real mutual TLS; the Secret lives in a simulated (in-memory) cluster that the test
+//! shares with the agent so it can inspect it and restart from it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,8 +31,13 @@ fn start_agent(client: &kube::Client, token: Option<String>) -> TestAgent {
     TestAgent::start_with(cfg)
 }
 
+/// A fresh simulated cluster in which the namespace `NS` exists.
 async fn simulated_cluster() -> kube::Client {
-    cluster::connect(ClusterBackend::Simulated, None)
+    let sim = cluster::SimConfig {
+        namespaces: vec![NS.into()],
+        ..cluster::SimConfig::default()
+    };
+    cluster::connect(ClusterBackend::Simulated, None, &sim)
         .await
         .expect("simulated cluster starts")
 }
