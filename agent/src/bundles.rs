@@ -190,6 +190,22 @@ impl BundleStore {
         std::fs::rename(&partial, &done).map_err(Self::io(digest, &done))
     }
 
+    /// Keeps a bundle given as its canonical, uncompressed content (embedders, tests and
+    /// benchmarks that feed the reconciler without a hub); returns its digest.
+    pub fn put(&self, canonical: &[u8]) -> Result<String, BundleError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(canonical)));
+        let done = self.path(&digest, "gz")?;
+        let dir = self.dir.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(Self::io(&digest, &dir))?;
+        let tmp = self.path(&digest, "partial")?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(canonical).map_err(Self::io(&digest, &tmp))?;
+        let bytes = gz.finish().map_err(Self::io(&digest, &tmp))?;
+        std::fs::write(&tmp, bytes).map_err(Self::io(&digest, &tmp))?;
+        std::fs::rename(&tmp, &done).map_err(Self::io(&digest, &done))?;
+        Ok(digest)
+    }
+
     /// Persists the last desired state the agent holds.
     pub fn save_desired(&self, d: &DesiredState) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;

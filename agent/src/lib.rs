@@ -21,10 +21,10 @@ use std::time::Duration;
 use flotilla_proto::clock::{SharedClock, SystemClock, unix_ms};
 use flotilla_proto::tls::TlsDialer;
 use flotilla_proto::token::JoinToken;
-use flotilla_proto::v1::AgentInfo;
+use flotilla_proto::v1::{AgentInfo, AppStatus};
 use tokio::sync::watch;
 
-pub use crate::cluster::{ClusterBackend, ClusterError};
+pub use crate::cluster::{ClusterBackend, ClusterError, SimConfig};
 pub use crate::identity::{SecretRefError, StateLocation};
 /// The Kubernetes client crates at the versions the agent uses, so embedders and tests can name
 /// `kube::Client` and resource types without pinning them separately.
@@ -34,7 +34,21 @@ use crate::backoff::Backoff;
 use crate::bundles::BundleStore;
 use crate::identity::{IdentityError, IdentityStore, SecretState, StateDir};
 use crate::join::JoinError;
+use crate::reconcile::status::StatusBoard;
+use crate::reconcile::{ReconcileConfig, Reconciler};
 use crate::session::{SessionCtx, SessionEnd, SessionError};
+
+/// Stops a task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The namespace the agent runs in when nothing says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "flotilla-system";
 
 /// Reconnect backoff cap.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -59,6 +73,14 @@ pub struct AgentConfig {
     pub cache_dir: Option<PathBuf>,
     pub clock: SharedClock,
     pub backoff_base: Duration,
+    /// The agent's namespace: app inventories live here.
+    pub namespace: String,
+    /// How often live objects are compared with the bundles.
+    pub drift_interval: Duration,
+    /// How often an app that is still progressing is re-assessed.
+    pub health_poll: Duration,
+    /// The simulated cluster's behaviour (`ClusterBackend::Simulated` without `kube_client`).
+    pub sim: SimConfig,
 }
 
 impl AgentConfig {
@@ -79,6 +101,10 @@ impl AgentConfig {
             cache_dir: None,
             clock: Arc::new(SystemClock),
             backoff_base: Duration::from_millis(250),
+            namespace: DEFAULT_NAMESPACE.into(),
+            drift_interval: Duration::from_secs(60),
+            health_poll: Duration::from_secs(1),
+            sim: SimConfig::default(),
         }
     }
 }
@@ -100,16 +126,24 @@ impl fmt::Debug for AgentConfig {
             )
             .field("clock", &self.clock)
             .field("backoff_base", &self.backoff_base)
+            .field("namespace", &self.namespace)
+            .field("drift_interval", &self.drift_interval)
+            .field("health_poll", &self.health_poll)
+            .field("sim", &self.sim)
             .finish()
     }
 }
 
 /// What the agent is doing, for tests, the demo and health endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentStatus {
     pub cluster_id: String,
     /// The generation of the desired state whose bundles are all held and verified.
     pub desired_generation: u64,
+    /// The generation the reconciler works on.
+    pub reconciled_generation: u64,
+    /// Every app's newest status, as sent (or queued) to the hub.
+    pub apps: Vec<AppStatus>,
     /// Digests of the bundles of that generation.
     pub bundles: Vec<String>,
     pub connected: bool,
@@ -185,7 +219,14 @@ impl Agent {
                 );
                 Ok(client.clone())
             }
-            None => cluster::connect(self.config.cluster, self.config.kubeconfig.as_deref()).await,
+            None => {
+                cluster::connect(
+                    self.config.cluster,
+                    self.config.kubeconfig.as_deref(),
+                    &self.config.sim,
+                )
+                .await
+            }
         }
     }
 
@@ -265,12 +306,31 @@ impl Agent {
         });
         let dialer = TlsDialer::new(creds.client_config()?);
         let bundles = BundleStore::new(self.cache_dir());
-        if let Some(d) = bundles.load_desired() {
+        let saved = bundles.load_desired();
+        if let Some(d) = &saved {
             self.status.send_modify(|s| {
                 s.desired_generation = d.generation;
                 s.bundles = d.apps.iter().map(|a| a.bundle_digest.clone()).collect();
             });
         }
+        // The reconciler runs whether or not the hub is reachable, from the last desired state.
+        let board = StatusBoard::default();
+        let (desired_tx, desired_rx) = watch::channel(saved);
+        let reconciler = Reconciler::new(
+            client.clone(),
+            ReconcileConfig {
+                namespace: self.config.namespace.clone(),
+                drift_interval: self.config.drift_interval,
+                health_poll: self.config.health_poll,
+                backend: self.config.cluster.as_str(),
+                ..ReconcileConfig::default()
+            },
+            bundles.clone(),
+            board.clone(),
+            self.status.clone(),
+        );
+        let reconcile_task = tokio::spawn(reconciler.run(desired_rx, shutdown.clone()));
+        let _stop_reconciler = AbortOnDrop(reconcile_task);
         let mut ctx = SessionCtx {
             state,
             creds,
@@ -282,6 +342,8 @@ impl Agent {
             last_generation: bundles.load_desired().map(|d| d.generation).unwrap_or(0),
             bundles,
             pending_key: None,
+            desired_tx,
+            board,
         };
         backoff.reset();
         loop {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use flotilla_agent::{Agent, AgentConfig, ClusterBackend, StateLocation};
@@ -40,6 +41,23 @@ struct Args {
     /// Hub address override (`host:port` or `https://host:port`).
     #[arg(long, env = "FLOTILLA_HUB")]
     hub: Option<String>,
+    /// Where fetched bundles and the last desired state are kept [default: <state dir>/bundles,
+    /// or ./flotilla-agent-cache with --state-secret].
+    #[arg(long, env = "FLOTILLA_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The agent's namespace, where app inventories (ConfigMaps) are kept [default: the
+    /// POD_NAMESPACE variable, else flotilla-system].
+    #[arg(long, env = "FLOTILLA_NAMESPACE")]
+    namespace: Option<String>,
+    /// How often live objects are compared with the bundles (±10% jitter).
+    #[arg(long, env = "FLOTILLA_DRIFT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    drift_interval: Duration,
+    /// How often an app that is still progressing is re-assessed.
+    #[arg(long, env = "FLOTILLA_HEALTH_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    health_poll: Duration,
+    /// With `--cluster simulated`: how long simulated workloads take to become ready.
+    #[arg(long, env = "FLOTILLA_SIM_READY_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    sim_ready_delay: Duration,
     /// Log as JSON lines.
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -67,6 +85,29 @@ async fn main() -> ExitCode {
     config.hub_override = args.hub;
     config.cluster = args.cluster;
     config.kubeconfig = args.kubeconfig;
+    config.cache_dir = args.cache_dir;
+    config.namespace = args
+        .namespace
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        })
+        .unwrap_or_else(|| flotilla_agent::DEFAULT_NAMESPACE.into());
+    if let Err(e) = flotilla_proto::identity::validate_name(&config.namespace) {
+        eprintln!("flotilla-agent: --namespace: {e}");
+        return ExitCode::from(64);
+    }
+    if args.drift_interval.is_zero() || args.health_poll.is_zero() {
+        eprintln!("flotilla-agent: --drift-interval and --health-poll must be more than zero");
+        return ExitCode::from(64);
+    }
+    config.drift_interval = args.drift_interval;
+    config.health_poll = args.health_poll;
+    config.sim.ready_delay = args.sim_ready_delay;
+    if !config.sim.namespaces.contains(&config.namespace) {
+        config.sim.namespaces.push(config.namespace.clone());
+    }
     let (agent, _status) = Agent::new(config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

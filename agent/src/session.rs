@@ -21,6 +21,7 @@ use tonic::Code;
 use crate::AgentStatus;
 use crate::bundles::BundleStore;
 use crate::identity::{AgentState, Credentials, IdentityStore, new_key_and_csr};
+use crate::reconcile::status::StatusBoard;
 
 /// Share of a certificate's lifetime after which it is renewed.
 pub const RENEW_AT: f64 = 0.7;
@@ -61,6 +62,10 @@ pub struct SessionCtx {
     pub bundles: BundleStore,
     /// The key behind an outstanding renewal request.
     pub pending_key: Option<String>,
+    /// Hands a desired state whose bundles are all held to the reconciler.
+    pub desired_tx: watch::Sender<Option<DesiredState>>,
+    /// The reconciler's statuses, sent to the hub as they change.
+    pub board: StatusBoard,
 }
 
 fn classify(msg: String) -> SessionError {
@@ -148,9 +153,18 @@ impl SessionCtx {
         let mut renew_at = self.renew_deadline();
         let mut renewing = false;
         let mut seq = 0u64;
+        let mut board = self.board.subscribe();
+        let mut welcomed = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+                _ = board.changed(), if welcomed => {
+                    for r in self.board.take_reports(false) {
+                        if tx.send(agent_msg(AgentMsg::Status(r))).await.is_err() {
+                            return Err(SessionError::Failed("session stream closed".into()));
+                        }
+                    }
+                }
                 _ = sleep_until(next_heartbeat) => {
                     seq += 1;
                     let hb = Heartbeat { seq, sent_unix_ms: unix_ms(SystemTime::now()) };
@@ -183,6 +197,14 @@ impl SessionCtx {
                                 s.sessions_opened += 1;
                                 s.last_error = None;
                             });
+                            // Everything the hub may have missed while we were apart.
+                            welcomed = true;
+                            board.mark_unchanged();
+                            for r in self.board.take_reports(true) {
+                                if tx.send(agent_msg(AgentMsg::Status(r))).await.is_err() {
+                                    return Err(SessionError::Failed("session stream closed".into()));
+                                }
+                            }
                         }
                         Some(HubMsg::HeartbeatAck(_)) => {
                             self.status.send_modify(|s| s.heartbeats_acked += 1);
@@ -228,61 +250,53 @@ impl SessionCtx {
         }
     }
 
-    /// Fetches and verifies every bundle of a desired state; returns the messages for the hub:
-    /// an Ack when all are held (the state is then saved locally), and a status report. Until
-    /// the reconcile work lands, "applied" means stored and verified.
+    /// Fetches and verifies every bundle of a desired state. When all are held the state is
+    /// saved locally, handed to the reconciler and acknowledged; otherwise the apps whose bundle
+    /// could not be taken are reported failed and the reconciler keeps the previous state.
     async fn take_desired(
         &mut self,
         client: &mut AgentSessionClient<tonic::transport::Channel>,
         d: DesiredState,
     ) -> Vec<AgentMsg> {
-        let mut apps = Vec::new();
-        let mut all = true;
+        let mut failed = Vec::new();
         for a in &d.apps {
-            let (phase, message) = match self.bundles.fetch(client, &a.bundle_digest).await {
-                Ok(()) => (
-                    "applied",
-                    "bundle stored and verified (reconcile not implemented yet)".to_string(),
-                ),
-                Err(e) => {
-                    tracing::warn!(app = %a.app, error = %e, "bundle not taken");
-                    all = false;
-                    ("failed", e.to_string())
-                }
-            };
-            apps.push(AppStatus {
-                app: a.app.clone(),
-                revision: a.revision.clone(),
-                bundle_digest: a.bundle_digest.clone(),
-                phase: phase.into(),
-                message,
-                observed_unix_ms: unix_ms(SystemTime::now()),
-            });
-        }
-        let mut out = Vec::new();
-        if all {
-            if let Err(e) = self.bundles.save_desired(&d) {
-                tracing::warn!(error = %e, "could not persist the desired state");
+            if let Err(e) = self.bundles.fetch(client, &a.bundle_digest).await {
+                tracing::warn!(app = %a.app, error = %e, "bundle not taken");
+                failed.push(AppStatus {
+                    app: a.app.clone(),
+                    revision: a.revision.clone(),
+                    bundle_digest: a.bundle_digest.clone(),
+                    phase: "failed".into(),
+                    message: format!("bundle not fetched: {e}"),
+                    observed_unix_ms: unix_ms(SystemTime::now()),
+                    health: "unknown".into(),
+                    ..Default::default()
+                });
             }
-            self.last_generation = d.generation;
-            self.status.send_modify(|s| {
-                s.desired_generation = d.generation;
-                s.bundles = d.apps.iter().map(|a| a.bundle_digest.clone()).collect();
-            });
-            tracing::info!(
-                generation = d.generation,
-                apps = d.apps.len(),
-                "desired state held"
-            );
-            out.push(AgentMsg::Ack(Ack {
-                generation: d.generation,
-            }));
         }
-        out.push(AgentMsg::Status(StatusReport {
-            generation: d.generation,
-            apps,
-        }));
-        out
+        if !failed.is_empty() {
+            return vec![AgentMsg::Status(StatusReport {
+                generation: d.generation,
+                apps: failed,
+                replace: false,
+            })];
+        }
+        if let Err(e) = self.bundles.save_desired(&d) {
+            tracing::warn!(error = %e, "could not persist the desired state");
+        }
+        self.last_generation = d.generation;
+        self.status.send_modify(|s| {
+            s.desired_generation = d.generation;
+            s.bundles = d.apps.iter().map(|a| a.bundle_digest.clone()).collect();
+        });
+        tracing::info!(
+            generation = d.generation,
+            apps = d.apps.len(),
+            "desired state held"
+        );
+        let generation = d.generation;
+        self.desired_tx.send_replace(Some(d));
+        vec![AgentMsg::Ack(Ack { generation })]
     }
 
     /// Swaps in a renewed certificate: checks it, persists it, and points new connections at it.

@@ -1,3 +1,851 @@
-//! Reconcile: turns the bundles the agent holds into its cluster's state.
+//! Reconcile: turns the bundles the agent holds into its cluster's state and says how that
+//! state is doing.
+//!
+//! One task owns the cluster side. It starts from the last desired state saved on disk, so it
+//! keeps reconciling — and self-healing — while the hub is unreachable. Per app, in dependency
+//! order: wait until the apps it depends on are healthy; record the union of old and new objects
+//! in the app's in-cluster inventory; server-side apply the objects (CRDs first, waiting until
+//! they are Established, then Namespaces, other cluster-scoped objects, namespaced ones); when
+//! every object applied, prune what left the bundle and write the new inventory. Health is
+//! polled until the app settles; drift is checked periodically by dry-run apply. Statuses go to
+//! the [`status::StatusBoard`], which the session drains to the hub.
 
+pub mod drift;
 pub mod health;
+pub mod inventory;
+pub mod kubeapi;
+pub mod objects;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use flotilla_proto::clock::unix_ms;
+use flotilla_proto::v1::{AppDesired, AppStatus, DesiredState, ObjectCounts, ObjectStatus};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::AgentStatus;
+use crate::bundles::BundleStore;
+use health::{Assessment, Health, assess};
+use inventory::{Inventories, Inventory};
+use kubeapi::{Kube, ObjError};
+use objects::{Obj, ObjKey, parse_bundle, prune_disabled};
+use status::StatusBoard;
+
+/// At most this many objects are singled out per app in a status report.
+pub const MAX_WORST: usize = 8;
+
+/// How the reconciler behaves.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Namespace of the agent, where app inventories are kept.
+    pub namespace: String,
+    /// How often live objects are compared with the bundle (±10% jitter).
+    pub drift_interval: Duration,
+    /// How often an app that has not settled is re-assessed.
+    pub health_poll: Duration,
+    /// Health timeout for apps whose options set none.
+    pub default_health_timeout: Duration,
+    /// How long an applied CRD may take to become Established before its resources fail.
+    pub crd_timeout: Duration,
+    /// "simulated" or "kube", for logs and messages.
+    pub backend: &'static str,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "flotilla-system".into(),
+            drift_interval: Duration::from_secs(60),
+            health_poll: Duration::from_secs(1),
+            default_health_timeout: Duration::from_secs(600),
+            crd_timeout: Duration::from_secs(60),
+            backend: "kube",
+        }
+    }
+}
+
+/// Where one app stands.
+struct AppRun {
+    desired: AppDesired,
+    /// The bundle's objects in apply order, or why the bundle could not be read.
+    objects: Result<Vec<Obj>, String>,
+    /// The digest whose apply last ran to the end (some objects may have failed).
+    applied_digest: Option<String>,
+    applied_at: Option<Instant>,
+    apply_errors: BTreeMap<ObjKey, ObjError>,
+    /// An error that stopped the apply before any object (inventory unreadable, …).
+    blocked: Option<String>,
+    /// Why the app waits for its dependencies.
+    waiting: Option<String>,
+    health: BTreeMap<ObjKey, Assessment>,
+    timed_out: bool,
+    /// The last drift check: drifted objects with their paths, and whether self-heal fixed them.
+    drift: BTreeMap<ObjKey, (Vec<String>, bool)>,
+    healed: u64,
+    notes: Vec<String>,
+}
+
+impl AppRun {
+    fn new(desired: AppDesired, objects: Result<Vec<Obj>, String>) -> Self {
+        Self {
+            desired,
+            objects,
+            applied_digest: None,
+            applied_at: None,
+            apply_errors: BTreeMap::new(),
+            blocked: None,
+            waiting: None,
+            health: BTreeMap::new(),
+            timed_out: false,
+            drift: BTreeMap::new(),
+            healed: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    fn opts(&self) -> flotilla_proto::v1::AppOptions {
+        self.desired.options.unwrap_or_default()
+    }
+
+    fn objs(&self) -> &[Obj] {
+        self.objects.as_deref().unwrap_or(&[])
+    }
+
+    fn applied_current(&self) -> bool {
+        self.applied_digest.as_deref() == Some(self.desired.bundle_digest.as_str())
+    }
+
+    fn counts(&self) -> ObjectCounts {
+        let mut c = ObjectCounts {
+            total: self.objs().len() as u32,
+            ..Default::default()
+        };
+        for o in self.objs() {
+            if self.apply_errors.contains_key(&o.key) {
+                c.failed += 1;
+                continue;
+            }
+            match self.health.get(&o.key).map(|a| a.health) {
+                Some(Health::Current) => c.current += 1,
+                Some(Health::InProgress) => c.in_progress += 1,
+                Some(Health::Failed) => c.failed += 1,
+                Some(Health::Unknown) | None => c.unknown += 1,
+            }
+        }
+        c
+    }
+
+    fn healthy(&self) -> bool {
+        self.applied_current() && self.apply_errors.is_empty() && {
+            let c = self.counts();
+            c.current == c.total
+        }
+    }
+
+    /// `healthy`, `progressing`, `degraded` or `unknown`.
+    fn health_word(&self) -> &'static str {
+        if self.objects.is_err() || self.blocked.is_some() {
+            return "unknown";
+        }
+        if !self.applied_current() {
+            return if self.health.is_empty() {
+                "unknown"
+            } else {
+                "progressing"
+            };
+        }
+        let c = self.counts();
+        if self.timed_out || c.failed > 0 {
+            "degraded"
+        } else if c.current == c.total {
+            "healthy"
+        } else {
+            "progressing"
+        }
+    }
+
+    fn phase(&self) -> &'static str {
+        if self.objects.is_err() || self.blocked.is_some() {
+            "failed"
+        } else if !self.applied_current() {
+            "applying"
+        } else if !self.apply_errors.is_empty() || self.timed_out {
+            "failed"
+        } else {
+            "applied"
+        }
+    }
+
+    /// Whether nothing will change without an outside event (no need to poll soon).
+    fn settled(&self) -> bool {
+        match self.phase() {
+            "applying" => self.waiting.is_none() && self.objects.is_ok(),
+            "failed" => true,
+            _ => self.health_word() == "healthy" || self.timed_out,
+        }
+    }
+
+    /// The objects worth naming: failed first, then in progress and unknown, then drifted.
+    fn worst(&self) -> Vec<ObjectStatus> {
+        let mut rows: Vec<(u8, ObjectStatus)> = Vec::new();
+        let status = |key: &ObjKey, health: &str, reason: &str, message: String| ObjectStatus {
+            api_version: key.api_version.clone(),
+            kind: key.kind.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            health: health.into(),
+            reason: reason.into(),
+            message,
+            drifted_fields: self
+                .drift
+                .get(key)
+                .map(|(p, _)| p.clone())
+                .unwrap_or_default(),
+        };
+        for o in self.objs() {
+            if let Some(e) = self.apply_errors.get(&o.key) {
+                rows.push((0, status(&o.key, "failed", e.reason(), e.to_string())));
+            } else if let Some(a) = self.health.get(&o.key)
+                && a.health != Health::Current
+            {
+                let rank = match a.health {
+                    Health::Failed => 0,
+                    Health::Unknown => 2,
+                    _ => 1,
+                };
+                rows.push((
+                    rank,
+                    status(&o.key, a.health.as_str(), &a.reason, a.message.clone()),
+                ));
+            } else if let Some((paths, healed)) = self.drift.get(&o.key) {
+                let (reason, message) = if *healed {
+                    ("DriftHealed", format!("re-applied: {}", paths.join(", ")))
+                } else {
+                    (
+                        "Drifted",
+                        format!("differs from the bundle: {}", paths.join(", ")),
+                    )
+                };
+                rows.push((3, status(&o.key, "current", reason, message)));
+            }
+        }
+        rows.sort_by_key(|(rank, _)| *rank);
+        rows.into_iter().take(MAX_WORST).map(|(_, s)| s).collect()
+    }
+
+    fn message(&self, backend: &str) -> String {
+        if let Err(e) = &self.objects {
+            return format!("bundle unreadable: {e}");
+        }
+        if let Some(b) = &self.blocked {
+            return b.clone();
+        }
+        if let Some(w) = &self.waiting {
+            return w.clone();
+        }
+        let total = self.objs().len();
+        if !self.applied_current() {
+            return format!("applying {total} objects");
+        }
+        let worst = self.worst();
+        let first = worst
+            .iter()
+            .find(|w| w.health != "current")
+            .map(|w| {
+                let key = ObjKey {
+                    api_version: w.api_version.clone(),
+                    kind: w.kind.clone(),
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                };
+                format!("{key}: {}: {}", w.reason, w.message)
+            })
+            .unwrap_or_default();
+        let mut msg = if !self.apply_errors.is_empty() {
+            format!(
+                "{} of {total} objects failed to apply; {first}",
+                self.apply_errors.len()
+            )
+        } else if self.timed_out {
+            let timeout = Duration::from_millis(self.opts().health_timeout_ms);
+            format!(
+                "not healthy within {}: {first}",
+                humantime::format_duration(timeout)
+            )
+        } else {
+            match self.health_word() {
+                "healthy" => format!("{total} objects applied and current ({backend} cluster)"),
+                "degraded" => format!("degraded: {first}"),
+                _ => format!("waiting for {total} objects to become current: {first}"),
+            }
+        };
+        let drifted = self.drift.values().filter(|(_, healed)| !healed).count();
+        let healed = self.drift.values().filter(|(_, healed)| *healed).count();
+        if drifted > 0 {
+            msg.push_str(&format!(
+                "; {drifted} objects drifted from the bundle (self-heal off)"
+            ));
+        }
+        if healed > 0 {
+            msg.push_str(&format!("; self-heal re-applied {healed} drifted objects"));
+        }
+        for n in &self.notes {
+            msg.push_str("; ");
+            msg.push_str(n);
+        }
+        msg
+    }
+
+    fn report(&self, backend: &str) -> AppStatus {
+        AppStatus {
+            app: self.desired.app.clone(),
+            revision: self.desired.revision.clone(),
+            bundle_digest: self.desired.bundle_digest.clone(),
+            phase: self.phase().into(),
+            message: self.message(backend),
+            observed_unix_ms: unix_ms(SystemTime::now()),
+            health: self.health_word().into(),
+            objects: Some(self.counts()),
+            drifted: self.drift.values().filter(|(_, healed)| !healed).count() as u32,
+            worst: self.worst(),
+            healed: self.healed,
+        }
+    }
+}
+
+/// Sorts apps so that every app comes after the apps it depends on (name order otherwise).
+fn dependency_order(apps: &BTreeMap<String, AppRun>) -> Vec<String> {
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut order = Vec::with_capacity(apps.len());
+    while order.len() < apps.len() {
+        let before = order.len();
+        for (name, run) in apps {
+            if !placed.contains(name)
+                && run
+                    .desired
+                    .depends_on
+                    .iter()
+                    .all(|d| placed.contains(d) || !apps.contains_key(d))
+            {
+                placed.insert(name.clone());
+                order.push(name.clone());
+            }
+        }
+        if order.len() == before {
+            // A cycle (the hub refuses those): place the rest by name.
+            order.extend(apps.keys().filter(|n| !placed.contains(*n)).cloned());
+            break;
+        }
+    }
+    order
+}
+
+/// The reconcile task.
+pub struct Reconciler {
+    kube: Kube,
+    inventories: Inventories,
+    cfg: ReconcileConfig,
+    bundles: BundleStore,
+    board: StatusBoard,
+    agent_status: watch::Sender<AgentStatus>,
+    apps: BTreeMap<String, AppRun>,
+    generation: u64,
+    /// Whether inventories of apps that are not desired were looked for since start.
+    orphans_checked: bool,
+    next_drift: Instant,
+}
+
+impl Reconciler {
+    pub fn new(
+        client: kube::Client,
+        cfg: ReconcileConfig,
+        bundles: BundleStore,
+        board: StatusBoard,
+        agent_status: watch::Sender<AgentStatus>,
+    ) -> Self {
+        let inventories = Inventories::new(client.clone(), &cfg.namespace);
+        let next_drift = Instant::now() + jittered(cfg.drift_interval);
+        Self {
+            kube: Kube::new(client),
+            inventories,
+            cfg,
+            bundles,
+            board,
+            agent_status,
+            apps: BTreeMap::new(),
+            generation: 0,
+            orphans_checked: false,
+            next_drift,
+        }
+    }
+
+    /// Reconciles whatever `desired` holds (nothing until it holds a state) until `shutdown`.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Option<DesiredState>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tracing::info!(backend = self.cfg.backend, namespace = %self.cfg.namespace, "reconciler started");
+        let mut desired_open = true;
+        // `changed()` marks the value seen, so remember that it fired.
+        let mut fresh = true;
+        loop {
+            if std::mem::take(&mut fresh) {
+                let d = desired.borrow_and_update().clone();
+                if let Some(d) = d {
+                    self.set_desired(d).await;
+                }
+            }
+            self.step().await;
+            if Instant::now() >= self.next_drift {
+                self.check_drift().await;
+                self.next_drift = Instant::now() + jittered(self.cfg.drift_interval);
+                self.step().await;
+            }
+            self.publish();
+            let wake = if self.apps.values().all(AppRun::settled) {
+                self.next_drift
+            } else {
+                (Instant::now() + self.cfg.health_poll).min(self.next_drift)
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = desired.changed(), if desired_open => match r {
+                    Ok(()) => fresh = true,
+                    Err(_) => desired_open = false,
+                },
+                _ = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Takes a new desired state: forgets and prunes apps no longer desired, reads the bundles
+    /// of new or changed apps.
+    async fn set_desired(&mut self, d: DesiredState) {
+        self.generation = d.generation;
+        let wanted: BTreeSet<&str> = d.apps.iter().map(|a| a.app.as_str()).collect();
+        let gone: Vec<String> = self
+            .apps
+            .keys()
+            .filter(|a| !wanted.contains(a.as_str()))
+            .cloned()
+            .collect();
+        for app in gone {
+            let run = self.apps.remove(&app).expect("listed");
+            self.remove_app(&app, !run.opts().disable_prune).await;
+        }
+        if !self.orphans_checked {
+            match self.inventories.apps().await {
+                Ok(found) => {
+                    self.orphans_checked = true;
+                    for app in found.iter().filter(|a| !wanted.contains(a.as_str())) {
+                        tracing::info!(app = %app, "inventory of an app that is no longer desired");
+                        self.remove_app(app, true).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list app inventories; will retry"),
+            }
+        }
+        for a in d.apps {
+            let same = self.apps.get(&a.app).is_some_and(|r| r.desired == a);
+            if same {
+                continue;
+            }
+            let objects = self
+                .bundles
+                .read(&a.bundle_digest)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| parse_bundle(&bytes).map_err(|e| e.to_string()));
+            if let Err(e) = &objects {
+                tracing::error!(app = %a.app, digest = %a.bundle_digest, error = %e, "bundle unreadable");
+            }
+            let healed = self.apps.get(&a.app).map(|r| r.healed).unwrap_or(0);
+            let mut run = AppRun::new(a.clone(), objects);
+            run.healed = healed;
+            self.apps.insert(a.app.clone(), run);
+        }
+    }
+
+    /// Deletes an app's objects (when `prune`) and its inventory; tells the hub it is gone.
+    async fn remove_app(&mut self, app: &str, prune: bool) {
+        let inv = match self.inventories.load(app).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                tracing::warn!(app, error = %e, "cannot read the inventory of a removed app; its objects stay");
+                return;
+            }
+        };
+        let mut kept = BTreeSet::new();
+        if prune {
+            kept = self.prune(app, inv.objects.iter().cloned().collect()).await;
+        }
+        if kept.is_empty() {
+            if let Err(e) = self.inventories.remove(app).await {
+                tracing::warn!(app, error = %e, "cannot delete the inventory");
+            }
+        } else {
+            let inv = Inventory {
+                objects: kept,
+                ..inv
+            };
+            let _ = self.inventories.save(app, &inv).await;
+        }
+        tracing::info!(app, pruned = prune, "app removed");
+        self.board.remove(self.generation, app);
+    }
+
+    /// Deletes `stale` objects in reverse apply order, sparing those that opt out; returns the
+    /// ones whose deletion failed (they stay in the inventory for the next attempt).
+    async fn prune(&mut self, app: &str, mut stale: Vec<ObjKey>) -> BTreeSet<ObjKey> {
+        stale.sort_by(|a, b| (b.phase(), b).cmp(&(a.phase(), a)));
+        let mut failed = BTreeSet::new();
+        for key in stale {
+            match self.kube.get(&key).await {
+                Ok(None) => continue,
+                Ok(Some(live)) if prune_disabled(&live) => {
+                    tracing::info!(app, object = %key, "left in place: flotilla.io/prune: disabled");
+                    continue;
+                }
+                Ok(Some(_)) => {}
+                Err(ObjError::UnknownKind { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(app, object = %key, error = %e, "prune: cannot read");
+                    failed.insert(key);
+                    continue;
+                }
+            }
+            match self.kube.delete(&key).await {
+                Ok(_) => {
+                    tracing::info!(app, object = %key, "pruned");
+                    if key.is_crd() {
+                        self.kube.forget(&key);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(app, object = %key, error = %e, "prune failed");
+                    failed.insert(key);
+                }
+            }
+        }
+        failed
+    }
+
+    /// One pass over the apps in dependency order: apply what needs it, assess the rest.
+    async fn step(&mut self) {
+        for name in dependency_order(&self.apps) {
+            let waiting = self.dependency_wait(&name);
+            let run = self.apps.get_mut(&name).expect("ordered from the map");
+            if run.objects.is_err() {
+                continue;
+            }
+            if !run.applied_current() || run.blocked.is_some() {
+                run.waiting = waiting;
+                if run.waiting.is_none() {
+                    self.apply_app(&name).await;
+                }
+                continue;
+            }
+            if !run.settled() {
+                self.assess(&name).await;
+            }
+        }
+    }
+
+    /// Why `name` must wait: a dependency that is not desired here, or not healthy yet.
+    fn dependency_wait(&self, name: &str) -> Option<String> {
+        let run = self.apps.get(name)?;
+        for dep in &run.desired.depends_on {
+            match self.apps.get(dep) {
+                None => {
+                    return Some(format!(
+                        "waiting for app {dep}, which is not desired on this cluster"
+                    ));
+                }
+                Some(d) if !d.healthy() => {
+                    return Some(format!(
+                        "waiting for app {dep} to be healthy (it is {})",
+                        d.health_word()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Applies the desired revision of `name` (see the module doc for the order of things).
+    async fn apply_app(&mut self, name: &str) {
+        let run = self.apps.get_mut(name).expect("present");
+        let objs = run.objs().to_vec();
+        let desired = run.desired.clone();
+        let opts = run.opts();
+        run.notes.clear();
+        let started = Instant::now();
+        let old = match self.inventories.load(name).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                run.blocked = Some(format!("cannot read the app's inventory: {e}"));
+                return;
+            }
+        };
+        let new_keys: BTreeSet<ObjKey> = objs.iter().map(|o| o.key.clone()).collect();
+        let pending = Inventory {
+            revision: desired.revision.clone(),
+            digest: desired.bundle_digest.clone(),
+            objects: old.objects.union(&new_keys).cloned().collect(),
+        };
+        if let Err(e) = self.inventories.save(name, &pending).await {
+            let run = self.apps.get_mut(name).expect("present");
+            run.blocked = Some(format!("cannot write the app's inventory: {e}"));
+            return;
+        }
+        let mut errors = BTreeMap::new();
+        let mut health = BTreeMap::new();
+        let mut crds = Vec::new();
+        for obj in &objs {
+            if obj.key.phase() > 0 && !crds.is_empty() {
+                self.wait_established(&mut crds, &mut errors).await;
+            }
+            match self
+                .kube
+                .apply(&obj.key, &obj.value, opts.force_conflicts, false)
+                .await
+            {
+                Ok(live) => {
+                    if obj.key.is_crd() {
+                        crds.push(obj.key.clone());
+                    }
+                    health.insert(obj.key.clone(), assess(&live));
+                }
+                Err(e) => {
+                    tracing::warn!(app = name, object = %obj.key, error = %e, "apply failed");
+                    errors.insert(obj.key.clone(), e);
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        let mut keep = new_keys.clone();
+        let stale: Vec<ObjKey> = old.objects.difference(&new_keys).cloned().collect();
+        if !errors.is_empty() {
+            // Prune only after a complete apply: a renamed object must exist before its old
+            // name goes. Both stay in the inventory until then.
+            keep.extend(stale);
+        } else if !stale.is_empty() {
+            if opts.disable_prune {
+                notes.push(format!(
+                    "prune disabled: {} objects removed from the bundle left in the cluster",
+                    stale.len()
+                ));
+            } else {
+                let failed = self.prune(name, stale).await;
+                if !failed.is_empty() {
+                    notes.push(format!("{} objects could not be pruned yet", failed.len()));
+                }
+                keep.extend(failed);
+            }
+        }
+        let done = Inventory {
+            objects: keep,
+            ..pending
+        };
+        let saved = self.inventories.save(name, &done).await;
+        let run = self.apps.get_mut(name).expect("present");
+        if let Err(e) = saved {
+            notes.push(format!("inventory not updated: {e}"));
+        }
+        tracing::info!(
+            app = name,
+            revision = %desired.revision,
+            objects = objs.len(),
+            failed = errors.len(),
+            took = ?started.elapsed(),
+            "applied"
+        );
+        run.blocked = None;
+        run.applied_digest = Some(desired.bundle_digest.clone());
+        run.applied_at = Some(Instant::now());
+        run.apply_errors = errors;
+        run.health = health;
+        run.timed_out = false;
+        run.drift.clear();
+        run.notes = notes;
+    }
+
+    /// Waits until the CRDs just applied are Established (or `crd_timeout` passed; those that
+    /// are not become apply errors, and so do their custom resources when applied).
+    async fn wait_established(
+        &mut self,
+        crds: &mut Vec<ObjKey>,
+        errors: &mut BTreeMap<ObjKey, ObjError>,
+    ) {
+        let deadline = Instant::now() + self.cfg.crd_timeout;
+        loop {
+            let mut pending = Vec::new();
+            for key in crds.drain(..) {
+                match self.kube.get(&key).await {
+                    Ok(Some(live)) if assess(&live).health == Health::Current => {}
+                    _ => pending.push(key),
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                for key in pending {
+                    errors.insert(
+                        key,
+                        ObjError::Api {
+                            code: 0,
+                            reason: "NotEstablished".into(),
+                            message: format!(
+                                "not Established within {}",
+                                humantime::format_duration(self.cfg.crd_timeout)
+                            ),
+                        },
+                    );
+                }
+                return;
+            }
+            *crds = pending;
+            sleep(self.cfg.health_poll.min(Duration::from_millis(200))).await;
+        }
+    }
+
+    /// Reads every applied object of `name` and assesses it; marks the app timed out when it
+    /// is still not healthy after its health timeout.
+    async fn assess(&mut self, name: &str) {
+        let run = self.apps.get(name).expect("present");
+        let keys: Vec<ObjKey> = run
+            .objs()
+            .iter()
+            .filter(|o| !run.apply_errors.contains_key(&o.key))
+            .map(|o| o.key.clone())
+            .collect();
+        let mut health = BTreeMap::new();
+        for key in keys {
+            let a = match self.kube.get(&key).await {
+                Ok(Some(live)) => assess(&live),
+                Ok(None) => Assessment {
+                    health: Health::Unknown,
+                    reason: "NotFound".into(),
+                    message: "the object is not in the cluster".into(),
+                },
+                Err(e) => Assessment {
+                    health: Health::Unknown,
+                    reason: e.reason().into(),
+                    message: e.to_string(),
+                },
+            };
+            health.insert(key, a);
+        }
+        let default_timeout = self.cfg.default_health_timeout;
+        let run = self.apps.get_mut(name).expect("present");
+        let was = run.health_word();
+        run.health = health;
+        let timeout = match run.opts().health_timeout_ms {
+            0 => default_timeout,
+            ms => Duration::from_millis(ms),
+        };
+        if run.healthy() {
+            run.timed_out = false;
+        } else if run.applied_at.is_some_and(|t| t.elapsed() >= timeout) {
+            run.timed_out = true;
+        }
+        let now = run.health_word();
+        if was != now {
+            tracing::info!(app = name, from = was, to = now, "app health changed");
+        }
+    }
+
+    /// Compares every applied object with the bundle by dry-run apply; re-applies drifted ones
+    /// when self-heal is on. Also re-assesses settled apps and retries failed applies.
+    async fn check_drift(&mut self) {
+        let names: Vec<String> = self.apps.keys().cloned().collect();
+        for name in names {
+            let run = self.apps.get_mut(&name).expect("listed");
+            if !run.applied_current() || run.objects.is_err() {
+                continue;
+            }
+            if !run.apply_errors.is_empty() {
+                // Retry the whole apply: the cause may be gone (a CRD installed, a conflict
+                // resolved, the API back).
+                run.applied_digest = None;
+                continue;
+            }
+            let objs = run.objs().to_vec();
+            let heal = !run.opts().disable_self_heal;
+            // What self-heal fixed stays reported until the next revision; what is drifted is
+            // what this check finds.
+            let mut drift: BTreeMap<ObjKey, (Vec<String>, bool)> = run
+                .drift
+                .iter()
+                .filter(|(_, (_, healed))| *healed)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut healed = 0;
+            for obj in &objs {
+                let paths = match self.kube.get(&obj.key).await {
+                    Ok(None) => vec!["(object missing)".to_string()],
+                    Ok(Some(live)) => {
+                        match self.kube.apply(&obj.key, &obj.value, true, true).await {
+                            Ok(dry) => drift::drifted_paths(&live, &dry),
+                            Err(e) => {
+                                tracing::warn!(app = %name, object = %obj.key, error = %e, "drift check failed");
+                                continue;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %name, object = %obj.key, error = %e, "drift check failed");
+                        continue;
+                    }
+                };
+                if paths.is_empty() {
+                    continue;
+                }
+                let mut fixed = false;
+                if heal {
+                    match self.kube.apply(&obj.key, &obj.value, true, false).await {
+                        Ok(_) => {
+                            fixed = true;
+                            healed += 1;
+                            tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift healed");
+                        }
+                        Err(e) => {
+                            tracing::warn!(app = %name, object = %obj.key, error = %e, "self-heal failed")
+                        }
+                    }
+                } else {
+                    tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift found (self-heal off)");
+                }
+                drift.insert(obj.key.clone(), (paths, fixed));
+            }
+            let run = self.apps.get_mut(&name).expect("listed");
+            run.drift = drift;
+            run.healed += healed;
+            self.assess(&name).await;
+        }
+    }
+
+    /// Puts every app's status on the board (it sends only what changed).
+    fn publish(&self) {
+        for run in self.apps.values() {
+            self.board
+                .set(self.generation, run.report(self.cfg.backend));
+        }
+        let apps = self.board.snapshot();
+        let generation = self.generation;
+        self.agent_status.send_modify(|s| {
+            s.reconciled_generation = generation;
+            s.apps = apps;
+        });
+    }
+}
+
+/// `d` ± 10%.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.9..1.1))
+}
