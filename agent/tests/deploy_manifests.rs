@@ -5,7 +5,9 @@ use flotilla_agent::k8s_openapi::api::apps::v1::Deployment;
 use flotilla_agent::k8s_openapi::api::core::v1::{
     Namespace, PersistentVolumeClaim, Service, ServiceAccount,
 };
-use flotilla_agent::k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use flotilla_agent::k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, Role, RoleBinding,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,9 +19,18 @@ fn documents(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Parses every document into the struct of its kind; returns the typed Deployments and Roles.
-fn check(path: &str) -> (Vec<Deployment>, Vec<Role>) {
-    let (mut deployments, mut roles) = (vec![], vec![]);
+#[derive(Default)]
+struct Parsed {
+    deployments: Vec<Deployment>,
+    roles: Vec<Role>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
+}
+
+/// Parses every document into the struct of its kind.
+fn check(path: &str) -> Parsed {
+    let mut p = Parsed::default();
+    let (deployments, roles) = (&mut p.deployments, &mut p.roles);
     for doc in documents(path) {
         let kind = doc["kind"].as_str().unwrap().to_string();
         let parsed = match kind.as_str() {
@@ -27,6 +38,11 @@ fn check(path: &str) -> (Vec<Deployment>, Vec<Role>) {
             "ServiceAccount" => serde_json::from_value::<ServiceAccount>(doc).map(|_| ()),
             "Role" => serde_json::from_value::<Role>(doc).map(|r| roles.push(r)),
             "RoleBinding" => serde_json::from_value::<RoleBinding>(doc).map(|_| ()),
+            "ClusterRole" => {
+                serde_json::from_value::<ClusterRole>(doc).map(|r| p.cluster_roles.push(r))
+            }
+            "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(doc)
+                .map(|b| p.cluster_bindings.push(b)),
             "Deployment" => serde_json::from_value::<Deployment>(doc).map(|d| deployments.push(d)),
             "PersistentVolumeClaim" => {
                 serde_json::from_value::<PersistentVolumeClaim>(doc).map(|_| ())
@@ -36,19 +52,18 @@ fn check(path: &str) -> (Vec<Deployment>, Vec<Role>) {
         };
         parsed.unwrap_or_else(|e| panic!("{path}: {kind}: {e}"));
     }
-    (deployments, roles)
+    p
 }
 
 #[test]
 fn hub_manifests_are_valid_objects() {
-    let (deployments, _) = check("hub/hub.yaml");
-    assert_eq!(deployments.len(), 1);
+    assert_eq!(check("hub/hub.yaml").deployments.len(), 1);
 }
 
 #[test]
-fn agent_manifests_grant_exactly_the_identity_secret() {
-    let (deployments, roles) = check("agent/agent.yaml");
-    let pod = deployments[0]
+fn agent_manifests_grant_least_privilege() {
+    let p = check("agent/agent.yaml");
+    let pod = p.deployments[0]
         .spec
         .as_ref()
         .unwrap()
@@ -56,7 +71,8 @@ fn agent_manifests_grant_exactly_the_identity_secret() {
         .spec
         .as_ref()
         .unwrap();
-    let args = pod.containers[0].args.clone().unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap();
     assert!(args.contains(&"--cluster=kube".to_string()), "{args:?}");
     let secret = args
         .iter()
@@ -66,7 +82,27 @@ fn agent_manifests_grant_exactly_the_identity_secret() {
     let flotilla_agent::StateLocation::Secret { namespace, name } = loc else {
         panic!("not a secret location")
     };
-    let role = &roles[0];
+    // The bundle cache is a writable volume (the root file system is read-only).
+    let cache = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--cache-dir="))
+        .expect("a cache dir");
+    let mounts = container.volume_mounts.clone().unwrap();
+    assert!(mounts.iter().any(|m| m.mount_path == cache), "{mounts:?}");
+    // The agent learns its namespace (inventories live there) from the downward API.
+    let env = container.env.clone().unwrap();
+    let ns_env = env.iter().find(|e| e.name == "POD_NAMESPACE").unwrap();
+    let field = ns_env
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(field.field_path, "metadata.namespace");
+
+    // In its namespace: the identity Secret by name, and the inventory ConfigMaps.
+    let role = &p.roles[0];
     assert_eq!(role.metadata.namespace.as_deref(), Some(namespace.as_str()));
     let rules = role.rules.as_ref().unwrap();
     let named = rules
@@ -74,10 +110,53 @@ fn agent_manifests_grant_exactly_the_identity_secret() {
         .find(|r| r.resource_names.as_ref().is_some_and(|n| n.contains(&name)))
         .expect("a rule for the identity Secret");
     assert_eq!(named.verbs, vec!["get", "patch"]);
-    // Nothing broader than Secrets is granted.
-    assert!(
-        rules
-            .iter()
-            .all(|r| r.resources.as_ref().unwrap() == &vec!["secrets".to_string()])
+    for r in rules {
+        let res = r.resources.as_ref().unwrap();
+        assert!(
+            res == &vec!["secrets".to_string()] || res == &vec!["configmaps".to_string()],
+            "{res:?}"
+        );
+    }
+    // Cluster-wide: the usual app kinds, nothing privilege-bearing, no wildcards.
+    let apply = &p.cluster_roles[0];
+    let mut kinds = Vec::new();
+    for r in apply.rules.as_ref().unwrap() {
+        let res = r.resources.as_ref().unwrap();
+        assert!(!res.iter().any(|x| x == "*"), "{res:?}");
+        assert!(
+            !r.verbs
+                .iter()
+                .any(|v| v == "*" || v == "escalate" || v == "bind")
+        );
+        assert!(
+            !r.api_groups
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|g| g == "*" || g.starts_with("rbac.")),
+            "{r:?}"
+        );
+        kinds.extend(res.iter().cloned());
+    }
+    for needed in [
+        "namespaces",
+        "deployments",
+        "customresourcedefinitions",
+        "jobs",
+    ] {
+        assert!(kinds.iter().any(|k| k == needed), "{needed} missing");
+    }
+    assert_eq!(
+        p.cluster_bindings[0].role_ref.name,
+        apply.metadata.name.clone().unwrap()
+    );
+
+    // The opt-in for apps that manage RBAC: cluster-admin, for the same service account.
+    let admin = check("agent/cluster-admin.yaml");
+    let b = &admin.cluster_bindings[0];
+    assert_eq!(b.role_ref.name, "cluster-admin");
+    assert_eq!(
+        b.subjects.as_ref().unwrap()[0].name,
+        p.cluster_bindings[0].subjects.as_ref().unwrap()[0].name
     );
 }

@@ -68,7 +68,43 @@ impl AdminService {
             cert_expires_unix_ms: rec.cert_expires_ms(),
             created_unix_ms: rec.created_ms,
             identity: Registry::cluster_identity(&rec.name).uri(self.ca.trust_domain()),
+            apps: Vec::new(),
         }
+    }
+
+    /// Per app of a cluster: desired revision and the agent's last report, by app name.
+    async fn cluster_apps(&self, cluster: &str) -> Result<Vec<ClusterApp>, Status> {
+        let desired = self.desired.get(cluster).await?;
+        let status = self.desired.status(cluster).await?;
+        let mut names: Vec<&str> = desired.apps.iter().map(|a| a.app.as_str()).collect();
+        names.extend(status.apps.iter().map(|a| a.app.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let want = desired.apps.iter().find(|a| a.app == name);
+                let report = status.apps.iter().find(|a| a.app == name);
+                ClusterApp {
+                    name: name.to_string(),
+                    desired_revision: want.map(|a| a.revision.clone()).unwrap_or_default(),
+                    revision: report.map(|r| r.revision.clone()).unwrap_or_default(),
+                    bundle_digest: report.map(|r| r.bundle_digest.clone()).unwrap_or_default(),
+                    phase: report.map(|r| r.phase.clone()).unwrap_or_default(),
+                    health: report
+                        .map(|r| r.health.clone())
+                        .unwrap_or_else(|| "unknown".into()),
+                    objects: report.map(|r| r.counts_wire()),
+                    drifted: report.map(|r| r.drifted).unwrap_or_default(),
+                    healed: report.map(|r| r.healed).unwrap_or_default(),
+                    message: report
+                        .map(|r| r.message.clone())
+                        .unwrap_or_else(|| "not reported yet".into()),
+                    worst: report.map(|r| r.worst_wire()).unwrap_or_default(),
+                    observed_unix_ms: report.map(|r| r.observed_ms).unwrap_or_default(),
+                }
+            })
+            .collect())
     }
 
     fn source_view(&self, r: &SourceRecord) -> Source {
@@ -103,7 +139,7 @@ impl AdminService {
             };
             let report = status.apps.iter().find(|a| a.app == name);
             let applied = report
-                .filter(|r| r.phase == "applied")
+                .filter(|r| r.applied())
                 .map(|r| r.revision.clone())
                 .unwrap_or_default();
             clusters.push(AppCluster {
@@ -113,6 +149,7 @@ impl AdminService {
                 bundle_digest: entry.bundle_digest.clone(),
                 phase: report.map(|r| r.phase.clone()).unwrap_or_default(),
                 message: report.map(|r| r.message.clone()).unwrap_or_default(),
+                health: report.map(|r| r.health.clone()).unwrap_or_default(),
             });
         }
         Ok(App {
@@ -186,7 +223,9 @@ impl Admin for AdminService {
     ) -> Result<Response<Cluster>, Status> {
         self.authorize(&req)?;
         let rec = self.registry.get_cluster(&req.get_ref().name).await?;
-        Ok(Response::new(self.cluster_view(&rec)))
+        let mut view = self.cluster_view(&rec);
+        view.apps = self.cluster_apps(&rec.name).await?;
+        Ok(Response::new(view))
     }
 
     async fn label_cluster(

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_proto::v1;
+
 use crate::error::HubError;
 use crate::store::SharedStore;
 
@@ -14,7 +16,7 @@ pub const STATUS: &str = "/status/";
 const CAS_RETRIES: usize = 16;
 
 /// One app's desired revision on one cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppEntry {
     pub app: String,
     pub revision: String,
@@ -22,6 +24,24 @@ pub struct AppEntry {
     pub bundle_size: u64,
     #[serde(default)]
     pub trace_context: String,
+    /// Apps that must be healthy on the cluster before this one is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub options: AppOptions,
+}
+
+/// Reconcile options of an app, as the agent applies them (see `flotilla.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppOptions {
+    #[serde(default)]
+    pub disable_prune: bool,
+    #[serde(default)]
+    pub disable_self_heal: bool,
+    #[serde(default)]
+    pub force_conflicts: bool,
+    #[serde(default)]
+    pub health_timeout_ms: u64,
 }
 
 /// What a cluster should run.
@@ -45,6 +65,13 @@ impl DesiredRecord {
                     bundle_digest: a.bundle_digest.clone(),
                     bundle_size: a.bundle_size,
                     trace_context: a.trace_context.clone(),
+                    depends_on: a.depends_on.clone(),
+                    options: Some(flotilla_proto::v1::AppOptions {
+                        disable_prune: a.options.disable_prune,
+                        disable_self_heal: a.options.disable_self_heal,
+                        force_conflicts: a.options.force_conflicts,
+                        health_timeout_ms: a.options.health_timeout_ms,
+                    }),
                 })
                 .collect(),
         }
@@ -62,15 +89,122 @@ pub struct AppReport {
     pub app: String,
     pub revision: String,
     pub bundle_digest: String,
+    /// `applying`, `applied` (every object accepted by the cluster) or `failed`.
     pub phase: String,
     pub message: String,
     pub observed_ms: u64,
+    /// `healthy`, `progressing`, `degraded` or `unknown`.
+    #[serde(default)]
+    pub health: String,
+    #[serde(default)]
+    pub objects: ObjectCounts,
+    #[serde(default)]
+    pub drifted: u32,
+    #[serde(default)]
+    pub healed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worst: Vec<ObjectReport>,
 }
 
-/// The last status report of a cluster.
+/// Objects of an app by health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCounts {
+    pub total: u32,
+    pub current: u32,
+    pub in_progress: u32,
+    pub failed: u32,
+    pub unknown: u32,
+}
+
+/// One object the agent singled out (unhealthy or drifted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectReport {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+    pub health: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted_fields: Vec<String>,
+}
+
+impl AppReport {
+    fn from_wire(a: &v1::AppStatus) -> Self {
+        let counts = a.objects.unwrap_or_default();
+        Self {
+            app: a.app.clone(),
+            revision: a.revision.clone(),
+            bundle_digest: a.bundle_digest.clone(),
+            phase: a.phase.clone(),
+            message: a.message.clone(),
+            observed_ms: a.observed_unix_ms,
+            health: a.health.clone(),
+            objects: ObjectCounts {
+                total: counts.total,
+                current: counts.current,
+                in_progress: counts.in_progress,
+                failed: counts.failed,
+                unknown: counts.unknown,
+            },
+            drifted: a.drifted,
+            healed: a.healed,
+            worst: a
+                .worst
+                .iter()
+                .map(|o| ObjectReport {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                    health: o.health.clone(),
+                    reason: o.reason.clone(),
+                    message: o.message.clone(),
+                    drifted_fields: o.drifted_fields.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the agent reports this revision applied to the cluster.
+    pub fn applied(&self) -> bool {
+        self.phase == "applied"
+    }
+
+    pub fn counts_wire(&self) -> v1::ObjectCounts {
+        v1::ObjectCounts {
+            total: self.objects.total,
+            current: self.objects.current,
+            in_progress: self.objects.in_progress,
+            failed: self.objects.failed,
+            unknown: self.objects.unknown,
+        }
+    }
+
+    pub fn worst_wire(&self) -> Vec<v1::ObjectStatus> {
+        self.worst
+            .iter()
+            .map(|o| v1::ObjectStatus {
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+                health: o.health.clone(),
+                reason: o.reason.clone(),
+                message: o.message.clone(),
+                drifted_fields: o.drifted_fields.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The last status of each app of a cluster, merged from the agent's reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
     pub generation: u64,
+    /// Sorted by app name.
     pub apps: Vec<AppReport>,
 }
 
@@ -209,27 +343,31 @@ impl DesiredStates {
         }
     }
 
-    /// Persists an agent's status report (the newest report wins).
+    /// Persists an agent's status report: each app it carries replaces that app's last status;
+    /// an app reported `removed` is forgotten, and a `replace` report starts from nothing. Only
+    /// the cluster's own session writes its record, so a read-modify-write is enough.
     pub async fn record_status(
         &self,
         cluster: &str,
-        report: &flotilla_proto::v1::StatusReport,
+        report: &v1::StatusReport,
     ) -> Result<(), HubError> {
-        let rec = StatusRecord {
-            generation: report.generation,
-            apps: report
-                .apps
-                .iter()
-                .map(|a| AppReport {
-                    app: a.app.clone(),
-                    revision: a.revision.clone(),
-                    bundle_digest: a.bundle_digest.clone(),
-                    phase: a.phase.clone(),
-                    message: a.message.clone(),
-                    observed_ms: a.observed_unix_ms,
-                })
-                .collect(),
+        let mut rec = if report.replace {
+            StatusRecord::default()
+        } else {
+            self.status(cluster).await?
         };
+        rec.generation = report.generation;
+        for a in &report.apps {
+            let found = rec.apps.binary_search_by(|r| r.app.cmp(&a.app));
+            match (found, a.phase.as_str()) {
+                (Ok(i), "removed") => {
+                    rec.apps.remove(i);
+                }
+                (Err(_), "removed") => {}
+                (Ok(i), _) => rec.apps[i] = AppReport::from_wire(a),
+                (Err(i), _) => rec.apps.insert(i, AppReport::from_wire(a)),
+            }
+        }
         let key = format!("{STATUS}{cluster}");
         self.store
             .put(&key, serde_json::to_vec(&rec).expect("record serializes"))
@@ -251,6 +389,8 @@ mod tests {
             bundle_digest: digest.into(),
             bundle_size: 10,
             trace_context: String::new(),
+            depends_on: Vec::new(),
+            options: AppOptions::default(),
         }
     }
 

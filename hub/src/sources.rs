@@ -495,7 +495,13 @@ fn render_all(
 ) -> Result<BTreeMap<String, AppResult>, String> {
     let config = load_config(tree, "", limits).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
-    for app in config.apps.keys() {
+    for (app, app_config) in &config.apps {
+        let options = crate::desired::AppOptions {
+            disable_prune: !app_config.prune,
+            disable_self_heal: !app_config.self_heal,
+            force_conflicts: app_config.force,
+            health_timeout_ms: app_config.effective_health_timeout(&config).as_millis() as u64,
+        };
         let result = (|| {
             let manifests =
                 AppManifests::load(tree, &config, app, limits).map_err(|e| e.to_string())?;
@@ -513,6 +519,8 @@ fn render_all(
                         bundle_digest: b.digest,
                         bundle_size: b.size,
                         trace_context: String::new(),
+                        depends_on: app_config.depends_on.clone(),
+                        options: options.clone(),
                     },
                 ));
             }

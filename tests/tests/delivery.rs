@@ -11,7 +11,7 @@ use flotilla_tests::*;
 use tonic::Code;
 
 fn bundle(name: &str) -> Vec<u8> {
-    format!(r#"[{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"web"}}}}]"#)
+    format!(r#"[{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"default"}}}}]"#)
         .into_bytes()
 }
 
@@ -27,7 +27,7 @@ async fn desire(hub: &TestHub, cluster: &str, app: &str, revision: &str, content
                 revision: revision.into(),
                 bundle_digest: r.digest.clone(),
                 bundle_size: r.size,
-                trace_context: String::new(),
+                ..Default::default()
             }],
         )
         .await

@@ -5,7 +5,7 @@
 use flotilla_tests::*;
 use serde_json::Value;
 
-const FLOTILLA_YAML: &str = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {matchLabels: {env: prod}}\n    vars: {greeting: hello}\n";
+const FLOTILLA_YAML: &str = "apps:\n  web:\n    path: apps/web\n    namespace: default\n    targets: {matchLabels: {env: prod}}\n    vars: {greeting: hello}\n";
 
 fn manifest(value: &str) -> String {
     format!(

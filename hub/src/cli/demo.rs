@@ -126,12 +126,14 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
                 }
             }
             let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
-            // Wait until every agent's report has reached the hub.
+            // Wait until every agent applied the app and it is healthy.
             let mut apps = apps;
             while tokio::time::Instant::now() < deadline
-                && !apps
-                    .iter()
-                    .all(|a| a.clusters.iter().all(|c| !c.applied_revision.is_empty()))
+                && !apps.iter().all(|a| {
+                    a.clusters
+                        .iter()
+                        .all(|c| !c.applied_revision.is_empty() && c.health == "healthy")
+                })
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
@@ -160,7 +162,7 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
         let rows: Vec<_> = apps.iter().map(output::AppOut::from).collect();
         match fmt {
             Format::Table => {
-                out.push_str("\nApps (bundles fetched and verified by each agent; reconcile is not implemented yet):\n");
+                out.push_str("\nApps (applied by each agent to its simulated cluster with server-side apply):\n");
                 out.push_str(&output::apps_table(&rows));
             }
             f => out.push_str(&output::structured(f, &rows)),
@@ -174,10 +176,10 @@ const DEMO_CONFIG: &str = "apps:
     path: apps/web
     namespace: web
     targets: {matchLabels: {env: demo}}
-    vars: {replicas: \"2\"}
+    vars: {replicas: 2}
     overlays:
       - when: {matchLabels: {region: us-east-1}}
-        vars: {replicas: \"3\"}
+        vars: {replicas: 3}
 ";
 
 const DEMO_MANIFEST: &str = "apiVersion: apps/v1
@@ -201,6 +203,11 @@ fn make_fleet_repo(dir: &std::path::Path) -> Result<(std::path::PathBuf, String)
     std::fs::write(dir.join("flotilla.yaml"), DEMO_CONFIG).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("apps/web/deployment.yaml"), DEMO_MANIFEST)
         .map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("apps/web/namespace.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
+    )
+    .map_err(|e| e.to_string())?;
     let git = |args: &[&str]| -> Result<String, String> {
         let out = std::process::Command::new("git")
             .arg("-C")

@@ -217,7 +217,9 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .get_cluster(GetClusterRequest { name })
                 .await?
                 .into_inner();
-            output::cluster(fmt, &ClusterOut::from(&c))
+            let mut out = ClusterOut::from(&c);
+            out.apps = Some(c.apps.iter().map(output::ClusterAppOut::from).collect());
+            output::cluster(fmt, &out)
         }
         Command::Cluster(ClusterCmd::Label { name, changes }) => {
             let mut set = HashMap::new();

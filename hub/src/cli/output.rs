@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
-use flotilla_proto::v1::{App, Cluster, Source, Token};
+use flotilla_proto::v1::{App, Cluster, ClusterApp, Source, Token};
 use serde::Serialize;
 
 /// `-o` values.
@@ -26,6 +26,89 @@ pub struct ClusterOut {
     pub cert_expires: Option<String>,
     pub identity: String,
     pub created: Option<String>,
+    /// Per app, the agent's last report (only `cluster get` fills it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apps: Option<Vec<ClusterAppOut>>,
+}
+
+/// One app on one cluster, as the agent last reported it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterAppOut {
+    pub name: String,
+    pub desired_revision: Option<String>,
+    pub revision: Option<String>,
+    pub bundle_digest: Option<String>,
+    pub phase: Option<String>,
+    pub health: String,
+    pub objects: ObjectCountsOut,
+    pub drifted: u32,
+    pub healed: u64,
+    pub message: String,
+    pub observed: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub worst: Vec<ObjectOut>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObjectCountsOut {
+    pub total: u32,
+    pub current: u32,
+    pub in_progress: u32,
+    pub failed: u32,
+    pub unknown: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectOut {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    pub health: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drifted_fields: Vec<String>,
+}
+
+impl From<&ClusterApp> for ClusterAppOut {
+    fn from(a: &ClusterApp) -> Self {
+        let o = a.objects.unwrap_or_default();
+        Self {
+            name: a.name.clone(),
+            desired_revision: non_empty(&a.desired_revision),
+            revision: non_empty(&a.revision),
+            bundle_digest: non_empty(&a.bundle_digest),
+            phase: non_empty(&a.phase),
+            health: a.health.clone(),
+            objects: ObjectCountsOut {
+                total: o.total,
+                current: o.current,
+                in_progress: o.in_progress,
+                failed: o.failed,
+                unknown: o.unknown,
+            },
+            drifted: a.drifted,
+            healed: a.healed,
+            message: a.message.clone(),
+            observed: rfc3339_ms(a.observed_unix_ms),
+            worst: a
+                .worst
+                .iter()
+                .map(|w| ObjectOut {
+                    api_version: w.api_version.clone(),
+                    kind: w.kind.clone(),
+                    namespace: non_empty(&w.namespace),
+                    name: w.name.clone(),
+                    health: w.health.clone(),
+                    reason: w.reason.clone(),
+                    message: w.message.clone(),
+                    drifted_fields: w.drifted_fields.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<&Cluster> for ClusterOut {
@@ -39,6 +122,7 @@ impl From<&Cluster> for ClusterOut {
             cert_expires: rfc3339_ms(c.cert_expires_unix_ms),
             identity: c.identity.clone(),
             created: rfc3339_ms(c.created_unix_ms),
+            apps: None,
         }
     }
 }
@@ -129,12 +213,46 @@ pub fn clusters(format: Format, rows: &[ClusterOut]) -> String {
     }
 }
 
-/// Renders one cluster: a single-row table, or an object.
+/// Renders one cluster: a single-row table followed by its apps, or an object.
 pub fn cluster(format: Format, c: &ClusterOut) -> String {
     match format {
-        Format::Table => clusters_table(std::slice::from_ref(c)),
+        Format::Table => {
+            let mut out = clusters_table(std::slice::from_ref(c));
+            if let Some(apps) = c.apps.as_ref().filter(|a| !a.is_empty()) {
+                out.push_str(&cluster_apps_table(apps));
+            }
+            out
+        }
         f => structured(f, c),
     }
+}
+
+/// The apps of one cluster: revision, phase, health, object counts, drift, and the reason.
+pub fn cluster_apps_table(apps: &[ClusterAppOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "APP", "REVISION", "PHASE", "HEALTH", "OBJECTS", "DRIFTED", "MESSAGE",
+    ]);
+    for a in apps {
+        let o = &a.objects;
+        t.add_row([
+            a.name.clone(),
+            a.revision
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+            a.phase.clone().unwrap_or_else(|| "-".into()),
+            a.health.clone(),
+            format!("{}/{} current", o.current, o.total),
+            a.drifted.to_string(),
+            a.message.clone(),
+        ]);
+    }
+    format!(
+        "{t}
+"
+    )
 }
 
 /// A source as the CLI shows it.
@@ -214,6 +332,8 @@ pub struct AppClusterOut {
     pub applied_revision: Option<String>,
     pub bundle_digest: String,
     pub phase: Option<String>,
+    pub health: Option<String>,
+    pub message: Option<String>,
 }
 
 impl From<&App> for AppOut {
@@ -232,6 +352,8 @@ impl From<&App> for AppOut {
                     applied_revision: non_empty(&c.applied_revision),
                     bundle_digest: c.bundle_digest.clone(),
                     phase: non_empty(&c.phase),
+                    health: non_empty(&c.health),
+                    message: non_empty(&c.message),
                 })
                 .collect(),
         }
@@ -246,7 +368,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([
-        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "BUNDLE", "ERROR",
+        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "HEALTH", "BUNDLE", "ERROR",
     ]);
     for a in rows {
         let commit = a.commit.as_deref().map(short).unwrap_or_else(|| "-".into());
@@ -256,6 +378,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
                 a.name.clone(),
                 a.source.clone(),
                 commit.clone(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -274,6 +397,7 @@ pub fn apps_table(rows: &[AppOut]) -> String {
                     .as_deref()
                     .map(short)
                     .unwrap_or_else(|| "-".into()),
+                c.health.clone().unwrap_or_else(|| "-".into()),
                 short(c.bundle_digest.trim_start_matches("sha256:")),
                 error.clone(),
             ]);

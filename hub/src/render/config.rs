@@ -56,6 +56,50 @@ pub struct AppConfig {
     /// Kinds treated as cluster-scoped in addition to the built-in list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_scoped_kinds: Vec<String>,
+    /// Whether objects removed from the bundle are deleted from the cluster.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub prune: bool,
+    /// Whether drift found by the agent is corrected (otherwise only reported).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub self_heal: bool,
+    /// Whether an apply takes fields owned by another field manager instead of failing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+    /// How long the app may take to become healthy on a cluster after an apply; default: its
+    /// pipeline's `healthTimeout`, or 10 minutes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration"
+    )]
+    pub health_timeout: Option<Duration>,
+}
+
+impl AppConfig {
+    /// How long the app may take to become healthy after an apply: its own `healthTimeout`,
+    /// else its pipeline's, else [`DEFAULT_HEALTH_TIMEOUT`].
+    pub fn effective_health_timeout(&self, config: &FleetConfig) -> Duration {
+        self.health_timeout
+            .or_else(|| {
+                self.pipeline
+                    .as_ref()
+                    .and_then(|p| config.pipelines.get(p))
+                    .map(|p| p.health_timeout)
+            })
+            .unwrap_or(DEFAULT_HEALTH_TIMEOUT)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Changes for the clusters a selector matches.
@@ -337,6 +381,22 @@ pub(crate) mod duration {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// `Option<Duration>` in the same format as [`duration`].
+pub(crate) mod optional_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
     }
 }
 

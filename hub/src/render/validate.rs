@@ -256,6 +256,9 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
                 return Err(at(d, Problem::Repeated(dep.clone())));
             }
         }
+        if app.health_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(at(here.key("healthTimeout"), Problem::ZeroDuration));
+        }
         if let Some(p) = &app.pipeline
             && !config.pipelines.contains_key(p)
         {

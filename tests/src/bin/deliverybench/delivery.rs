@@ -206,6 +206,7 @@ async fn take_desired(call: DesiredCall, events: mpsc::UnboundedSender<Event>) -
             phase: phase.into(),
             message,
             observed_unix_ms: unix_ms(SystemTime::now()),
+            ..Default::default()
         });
     }
     let at = Instant::now();
@@ -236,6 +237,7 @@ async fn take_desired(call: DesiredCall, events: mpsc::UnboundedSender<Event>) -
     messages.push(AgentMessage {
         msg: Some(AgentMsg::Status(StatusReport {
             generation: desired.generation,
+            replace: false,
             apps: statuses,
         })),
     });

@@ -1,0 +1,209 @@
+//! From a commit to objects in the (simulated) cluster and back to the CLI: real hub, real git
+//! repository, real mTLS sessions; the agent applies into a simulated Kubernetes API reached
+//! through `kube::Client`. Also: the agent keeps self-healing while the hub is down and reports
+//! what happened when it comes back.
+
+use std::time::Duration;
+
+use flotilla_agent::cluster::SimConfig;
+use flotilla_agent::sim::SimCluster;
+use flotilla_agent::{AgentConfig, ClusterBackend};
+use flotilla_tests::*;
+use serde_json::{Value, json};
+
+const FLEET: &str = "apps:\n  web:\n    path: apps/web\n    namespace: shop\n    targets: {}\n    healthTimeout: 5m\n";
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
+const CONFIG: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: live\n";
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - {name: web, image: 'nginx:1.27'}\n";
+
+fn repo(dir: &std::path::Path) -> (TestRepo, String) {
+    let repo = TestRepo::init(&dir.join("repo"));
+    repo.write("flotilla.yaml", FLEET);
+    repo.write("apps/web/namespace.yaml", NAMESPACE);
+    repo.write("apps/web/config.yaml", CONFIG);
+    repo.write("apps/web/deployment.yaml", DEPLOYMENT);
+    let c1 = repo.commit("web r1");
+    (repo, c1)
+}
+
+fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
+    let mut cfg = AgentConfig::new(dir);
+    cfg.join_token = Some(token);
+    cfg.backoff_base = Duration::from_millis(50);
+    cfg.cluster = ClusterBackend::Simulated;
+    cfg.kube_client = Some(sim.client());
+    cfg.health_poll = Duration::from_millis(50);
+    cfg.drift_interval = Duration::from_millis(300);
+    TestAgent::start_with(cfg)
+}
+
+async fn add_source(hub: &TestHub, repo: &TestRepo) {
+    cli_json(
+        hub,
+        &[
+            "source",
+            "add",
+            "fleet",
+            "--url",
+            repo.path.to_str().unwrap(),
+            "--ref",
+            "main",
+            "--interval",
+            "1h",
+        ],
+    )
+    .await;
+}
+
+/// `flotilla cluster get NAME -o json`'s entry for `app`, once `ok` holds for it.
+async fn cluster_app(
+    hub: &TestHub,
+    cluster: &str,
+    app: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(&format!("{cluster}/{app} as expected"), || async {
+        let c = cli_json(hub, &["cluster", "get", cluster]).await;
+        c["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == app && ok(a))
+            .cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_commit_is_applied_and_its_health_shows_in_the_cli() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, c1) = repo(dir.path());
+    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let sim = SimCluster::new(SimConfig {
+        ready_delay: Duration::from_millis(200),
+        ..SimConfig::default()
+    });
+    let mut a = agent(
+        &dir.path().join("eu-1"),
+        hub.add_cluster("eu-1", &[]).await,
+        &sim,
+    );
+    a.connected().await;
+    add_source(&hub, &repo).await;
+
+    let web = cluster_app(&hub, "eu-1", "web", |a| a["health"] == "healthy").await;
+    assert_eq!(web["revision"], c1.as_str());
+    assert_eq!(web["phase"], "applied");
+    assert_eq!(
+        web["objects"],
+        json!({"total": 3, "current": 3, "in_progress": 0, "failed": 0, "unknown": 0})
+    );
+    assert_eq!(web["drifted"], 0);
+    let c = cli_json(&hub, &["cluster", "get", "eu-1"]).await;
+    assert_eq!(c["name"], "eu-1");
+    assert_eq!(c["state"], "connected");
+    let deployment = sim
+        .object("apps/v1", "Deployment", Some("shop"), "web")
+        .unwrap();
+    assert_eq!(deployment["status"]["readyReplicas"], 2);
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["clusters"][0]["applied_revision"], c1.as_str());
+    assert_eq!(app["clusters"][0]["health"], "healthy");
+    let table = cli(&hub, &["cluster", "get", "eu-1", "-o", "table"])
+        .await
+        .unwrap();
+    assert!(table.contains("3/3 current"), "{table}");
+
+    // A revision with an object in a namespace that does not exist: the rest applies, that one
+    // is reported, and the revision does not count as applied.
+    repo.write(
+        "apps/web/stray.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stray\n  namespace: nowhere\n",
+    );
+    repo.write(
+        "apps/web/config.yaml",
+        &CONFIG.replace("live", "maintenance"),
+    );
+    let c2 = repo.commit("web r2 with a stray object");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let web = cluster_app(&hub, "eu-1", "web", |a| {
+        a["revision"] == c2.as_str() && a["phase"] == "failed"
+    })
+    .await;
+    assert_eq!(web["objects"]["failed"], 1);
+    assert_eq!(web["worst"][0]["name"], "stray");
+    assert!(
+        web["worst"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere"),
+        "{web}"
+    );
+    let settings = sim
+        .object("v1", "ConfigMap", Some("shop"), "settings")
+        .unwrap();
+    assert_eq!(
+        settings["data"]["mode"], "maintenance",
+        "the good objects applied"
+    );
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["clusters"][0]["desired_revision"], c2.as_str());
+    assert!(
+        app["clusters"][0]["applied_revision"].is_null(),
+        "a failed revision is not applied: {app}"
+    );
+    a.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_the_hub_down_the_agent_keeps_healing_and_reports_on_reconnect() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, c1) = repo(dir.path());
+    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let sim = SimCluster::new(SimConfig {
+        ready_delay: Duration::ZERO,
+        ..SimConfig::default()
+    });
+    let mut a = agent(
+        &dir.path().join("eu-1"),
+        hub.add_cluster("eu-1", &[]).await,
+        &sim,
+    );
+    a.connected().await;
+    add_source(&hub, &repo).await;
+    cluster_app(&hub, "eu-1", "web", |a| a["health"] == "healthy").await;
+
+    hub.stop().await;
+    wait_status(&mut a.status, "the agent notices", |s| !s.connected).await;
+    // Someone deletes the Deployment while the hub is away.
+    let deployments: flotilla_agent::kube::Api<
+        flotilla_agent::k8s_openapi::api::apps::v1::Deployment,
+    > = flotilla_agent::kube::Api::namespaced(sim.client(), "shop");
+    deployments
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    let st = wait_status(&mut a.status, "self-heal while offline", |s| {
+        s.apps.iter().any(|a| a.app == "web" && a.healed >= 1)
+    })
+    .await;
+    assert!(!st.connected);
+    assert!(
+        sim.object("apps/v1", "Deployment", Some("shop"), "web")
+            .is_some()
+    );
+
+    hub.restart().await;
+    let web = cluster_app(&hub, "eu-1", "web", |a| a["healed"].as_u64() >= Some(1)).await;
+    assert_eq!(web["revision"], c1.as_str());
+    let w = web["worst"].as_array().unwrap();
+    assert!(
+        w.iter()
+            .any(|o| o["name"] == "web" && o["reason"] == "DriftHealed"),
+        "{web}"
+    );
+    a.stop().await.unwrap();
+}
