@@ -106,3 +106,17 @@ fn simulated_secret_state_is_labelled_and_not_joined() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_reconcile_flags_exit_64_naming_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let o = agent(&["--namespace", "Not_A_Namespace"], home.path());
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--namespace"), "{}", stderr(&o));
+    let o = agent(&["--drift-interval", "0s"], home.path());
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--drift-interval"), "{}", stderr(&o));
+    let o = agent(&["--drift-interval", "soon"], home.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--drift-interval"), "{}", stderr(&o));
+}

@@ -69,6 +69,10 @@ impl AdminService {
             created_unix_ms: rec.created_ms,
             identity: Registry::cluster_identity(&rec.name).uri(self.ca.trust_domain()),
             apps: Vec::new(),
+            cluster_backend: live
+                .as_ref()
+                .map(|s| s.cluster_backend.clone())
+                .unwrap_or_default(),
         }
     }
 

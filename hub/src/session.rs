@@ -47,6 +47,8 @@ pub struct SessionShared {
     pub id: u64,
     pub cluster: String,
     pub agent_version: String,
+    /// The agent's cluster backend as it says in Hello: "kube" or "simulated".
+    pub cluster_backend: String,
     last_seen_ms: AtomicU64,
     notify: Notify,
     pending: Mutex<Option<Control>>,
@@ -139,11 +141,19 @@ impl Sessions {
         }
     }
 
-    fn register(&self, cluster: &str, agent_version: &str, now_ms: u64) -> Arc<SessionShared> {
+    fn register(
+        &self,
+        cluster: &str,
+        agent: Option<&flotilla_proto::v1::AgentInfo>,
+        now_ms: u64,
+    ) -> Arc<SessionShared> {
         let shared = Arc::new(SessionShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             cluster: cluster.to_string(),
-            agent_version: agent_version.to_string(),
+            agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
+            cluster_backend: agent
+                .map(|a| a.cluster_backend.clone())
+                .unwrap_or_default(),
             last_seen_ms: AtomicU64::new(now_ms),
             notify: Notify::new(),
             pending: Mutex::new(None),
@@ -284,7 +294,9 @@ impl AgentSession for SessionService {
             .map(|a| a.version.clone())
             .unwrap_or_default();
         let now_ms = unix_ms(self.clock.now());
-        let shared = self.sessions.register(&cluster, &version, now_ms);
+        let shared = self
+            .sessions
+            .register(&cluster, hello.agent.as_ref(), now_ms);
         self.metrics.sessions_connected.inc();
         if let Err(e) = self.registry.touch(&cluster, Some(&version)).await {
             tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");

@@ -104,6 +104,7 @@ async fn a_commit_is_applied_and_its_health_shows_in_the_cli() {
     let c = cli_json(&hub, &["cluster", "get", "eu-1"]).await;
     assert_eq!(c["name"], "eu-1");
     assert_eq!(c["state"], "connected");
+    assert_eq!(c["backend"], "simulated");
     let deployment = sim
         .object("apps/v1", "Deployment", Some("shop"), "web")
         .unwrap();

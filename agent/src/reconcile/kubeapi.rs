@@ -180,3 +180,110 @@ impl Kube {
         }
     }
 }
+
+/// The exact requests the agent's calls make, recorded by the simulated API server behind the
+/// same `kube::Client` a real cluster would be reached through.
+#[cfg(all(test, feature = "simulated"))]
+mod tests {
+    use super::*;
+    use crate::cluster::SimConfig;
+    use crate::sim::{RecordedRequest, SimCluster};
+    use serde_json::json;
+
+    fn sim() -> (SimCluster, Kube) {
+        let sim = SimCluster::new(SimConfig {
+            record_requests: 1000,
+            ..SimConfig::default()
+        });
+        let kube = Kube::new(sim.client());
+        (sim, kube)
+    }
+
+    fn cm(name: &str) -> (ObjKey, Value) {
+        let v = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}});
+        (ObjKey::of(&v).unwrap(), v)
+    }
+
+    fn last(sim: &SimCluster) -> RecordedRequest {
+        sim.requests().pop().expect("a request")
+    }
+
+    #[tokio::test]
+    async fn apply_is_server_side_apply_as_flotilla_agent() {
+        let (sim, mut kube) = sim();
+        let (key, obj) = cm("a");
+        kube.apply(&key, &obj, false, false).await.unwrap();
+        let r = last(&sim);
+        assert_eq!(r.method, "PATCH");
+        assert_eq!(r.path, "/api/v1/namespaces/default/configmaps/a");
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+        assert_eq!(r.param("fieldManager").as_deref(), Some("flotilla-agent"));
+        assert_eq!(r.param("force"), None);
+        assert_eq!(r.param("dryRun"), None);
+        let sent: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(sent, obj, "the bundle's object is sent as is");
+
+        kube.apply(&key, &obj, true, false).await.unwrap();
+        assert_eq!(last(&sim).param("force").as_deref(), Some("true"));
+
+        kube.apply(&key, &obj, true, true).await.unwrap();
+        let r = last(&sim);
+        assert_eq!(r.param("dryRun").as_deref(), Some("All"));
+        assert_eq!(r.param("force").as_deref(), Some("true"));
+    }
+
+    #[tokio::test]
+    async fn delete_propagates_in_the_background_and_get_is_a_plain_read() {
+        let (sim, mut kube) = sim();
+        let (key, obj) = cm("b");
+        kube.apply(&key, &obj, false, false).await.unwrap();
+        assert!(kube.get(&key).await.unwrap().is_some());
+        let r = last(&sim);
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("GET", "/api/v1/namespaces/default/configmaps/b")
+        );
+        assert!(kube.delete(&key).await.unwrap());
+        let r = last(&sim);
+        assert_eq!(r.method, "DELETE");
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["propagationPolicy"], "Background");
+        assert!(!kube.delete(&key).await.unwrap(), "already gone");
+        assert!(kube.get(&key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn discovery_is_cached_and_refreshed_on_a_miss() {
+        let (sim, mut kube) = sim();
+        let deploy = |name: &str| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": name, "namespace": "default"}, "spec": {"replicas": 1}})
+        };
+        for name in ["x", "y"] {
+            let d = deploy(name);
+            kube.apply(&ObjKey::of(&d).unwrap(), &d, false, false)
+                .await
+                .unwrap();
+        }
+        let discovery = sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/apis/apps/v1")
+            .count();
+        assert_eq!(discovery, 1, "the second apply used the cache");
+
+        let widget = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                            "metadata": {"name": "w", "namespace": "default"}});
+        let wkey = ObjKey::of(&widget).unwrap();
+        let err = kube.apply(&wkey, &widget, false, false).await.unwrap_err();
+        assert!(matches!(err, ObjError::UnknownKind { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "unknown kind Widget in example.com/v1: the cluster does not serve it"
+        );
+    }
+}

@@ -26,6 +26,8 @@ pub struct ClusterOut {
     pub cert_expires: Option<String>,
     pub identity: String,
     pub created: Option<String>,
+    /// The agent's cluster backend while connected ("simulated" is not a real cluster).
+    pub backend: Option<String>,
     /// Per app, the agent's last report (only `cluster get` fills it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apps: Option<Vec<ClusterAppOut>>,
@@ -122,6 +124,7 @@ impl From<&Cluster> for ClusterOut {
             cert_expires: rfc3339_ms(c.cert_expires_unix_ms),
             identity: c.identity.clone(),
             created: rfc3339_ms(c.created_unix_ms),
+            backend: non_empty(&c.cluster_backend),
             apps: None,
         }
     }
@@ -181,7 +184,11 @@ pub fn clusters_table(rows: &[ClusterOut]) -> String {
             labels_text(&c.labels),
             c.state.clone(),
             c.last_seen.clone().unwrap_or_else(|| "never".into()),
-            c.agent_version.clone().unwrap_or_else(|| "-".into()),
+            match (&c.agent_version, &c.backend) {
+                (Some(v), Some(b)) => format!("{v} ({b})"),
+                (Some(v), None) => v.clone(),
+                _ => "-".into(),
+            },
             c.cert_expires.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
