@@ -30,6 +30,7 @@ pub struct AdminService {
     pub hub_address: String,
     pub sources: Sources,
     pub desired: DesiredStates,
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl AdminService {

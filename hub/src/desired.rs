@@ -323,6 +323,62 @@ impl DesiredStates {
         Err(HubError::Contention(DESIRED.to_string()))
     }
 
+    /// Sets or removes single apps' entries on the clusters named, in one durable write; reads
+    /// only those clusters. Returns the clusters whose generation moved.
+    pub async fn set_entries(
+        &self,
+        changes: &[(String, String, Option<AppEntry>)],
+    ) -> Result<Vec<(String, u64)>, HubError> {
+        let mut by_cluster: std::collections::BTreeMap<&str, Vec<(&str, &Option<AppEntry>)>> =
+            std::collections::BTreeMap::new();
+        for (cluster, app, entry) in changes {
+            by_cluster
+                .entry(cluster.as_str())
+                .or_default()
+                .push((app.as_str(), entry));
+        }
+        for _ in 0..CAS_RETRIES {
+            let mut ops = Vec::new();
+            let mut moved = Vec::new();
+            for (cluster, edits) in &by_cluster {
+                let key = format!("{DESIRED}{cluster}");
+                let (old, expected) = match self.store.get(&key).await? {
+                    Some(kv) => (
+                        serde_json::from_slice::<DesiredRecord>(&kv.value)
+                            .map_err(|e| corrupt(&key, e))?,
+                        Some(kv.mod_revision),
+                    ),
+                    None => (DesiredRecord::default(), None),
+                };
+                let mut apps = old.apps.clone();
+                for (app, entry) in edits {
+                    apps.retain(|a| a.app != *app);
+                    if let Some(e) = entry {
+                        apps.push(e.clone());
+                    }
+                }
+                apps.sort_by(|a, b| a.app.cmp(&b.app));
+                if apps == old.apps {
+                    continue;
+                }
+                let new = DesiredRecord {
+                    generation: old.generation + 1,
+                    apps,
+                };
+                moved.push((cluster.to_string(), new.generation));
+                ops.push(crate::store::CasOp {
+                    key,
+                    expected,
+                    value: serde_json::to_vec(&new).expect("record serializes"),
+                });
+            }
+            if ops.is_empty() || self.store.compare_and_swap_many(ops).await?.is_ok() {
+                return Ok(moved);
+            }
+        }
+        Err(HubError::Contention(DESIRED.to_string()))
+    }
+
     /// Every cluster's desired state.
     pub async fn all(&self) -> Result<std::collections::HashMap<String, DesiredRecord>, HubError> {
         let (items, _) = self.store.list(DESIRED).await?;

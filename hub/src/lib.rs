@@ -2,6 +2,7 @@
 //! code behind the `flotilla` CLI.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod ca;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod registration;
 pub mod registry;
 pub mod render;
+pub mod rollout;
 pub mod server;
 pub mod session;
 pub mod sources;

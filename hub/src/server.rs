@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::registration::RegistrationService;
 use crate::registry::Registry;
 use crate::render::BundleCache;
+use crate::rollout::Rollouts;
 use crate::session::{SessionConfig, SessionService, Sessions};
 use crate::sources::Sources;
 use crate::store::SharedStore;
@@ -56,6 +57,9 @@ pub struct HubConfig {
     /// Operator-provided CA (certificate, key) instead of the generated one.
     pub ca_files: Option<(PathBuf, PathBuf)>,
     pub heartbeat_interval: Duration,
+    /// How long a cluster may stay disconnected during a rollout stage before it counts as
+    /// failed.
+    pub disconnect_grace: Duration,
     /// Failed joins allowed per source address per `join_failure_window`.
     pub join_failure_burst: usize,
     pub join_failure_window: Duration,
@@ -73,6 +77,7 @@ impl HubConfig {
             trust_domain: "flotilla.local".into(),
             ca_files: None,
             heartbeat_interval: Duration::from_secs(10),
+            disconnect_grace: Duration::from_secs(60),
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
             limits: crate::render::Limits::default(),
@@ -116,6 +121,7 @@ pub struct RunningHub {
     pub desired: DesiredStates,
     pub bundles: Arc<BundleCache>,
     pub sources: Sources,
+    pub rollouts: Rollouts,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
@@ -223,6 +229,14 @@ pub async fn start(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
+    let rollouts = Rollouts::new(
+        store.clone(),
+        desired.clone(),
+        registry.clone(),
+        sessions.clone(),
+        config.clock.clone(),
+        config.disconnect_grace,
+    );
     let session_svc = SessionService {
         registry: registry.clone(),
         sessions: sessions.clone(),
@@ -237,6 +251,7 @@ pub async fn start(
         tracker: tracker.clone(),
         desired: desired.clone(),
         bundles: bundles.clone(),
+        rollouts: rollouts.clone(),
     };
     let registration_svc = RegistrationService {
         registry: registry.clone(),
@@ -251,7 +266,7 @@ pub async fn start(
     let sources = Sources::new(
         store.clone(),
         registry.clone(),
-        desired.clone(),
+        rollouts.clone(),
         bundles.clone(),
         dd.clone(),
         config.clock.clone(),
@@ -268,6 +283,7 @@ pub async fn start(
         hub_address: hub_address.clone(),
         sources: sources.clone(),
         desired: desired.clone(),
+        rollouts: rollouts.clone(),
     };
 
     let mut tasks = Vec::new();
@@ -313,6 +329,7 @@ pub async fn start(
             async move { registry.watch_revocations(rx).await },
         ));
     }
+    tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));
     tasks.push(tokio::spawn(dispatch_desired(
         store.clone(),
         sessions.clone(),
@@ -347,6 +364,7 @@ pub async fn start(
         desired,
         bundles,
         sources,
+        rollouts,
         shutdown_tx,
         tasks,
         tracker,

@@ -151,9 +151,7 @@ impl Sessions {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             cluster: cluster.to_string(),
             agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
-            cluster_backend: agent
-                .map(|a| a.cluster_backend.clone())
-                .unwrap_or_default(),
+            cluster_backend: agent.map(|a| a.cluster_backend.clone()).unwrap_or_default(),
             last_seen_ms: AtomicU64::new(now_ms),
             notify: Notify::new(),
             pending: Mutex::new(None),
@@ -202,6 +200,8 @@ pub struct SessionService {
     pub tracker: TaskTracker,
     pub desired: DesiredStates,
     pub bundles: Arc<BundleCache>,
+    /// Told about status reports, connects and disconnects.
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 /// Unregisters a session however its stream ends (including the peer vanishing, which drops
@@ -390,6 +390,8 @@ impl AgentSession for SessionService {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), "status report");
                                     if let Err(e) = svc.desired.record_status(&shared.cluster, &s).await {
                                         tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status");
+                                    } else {
+                                        svc.rollouts.kick();
                                     }
                                 }
                                 AgentMsg::Ack(a) => {

@@ -8,7 +8,7 @@
 //! Records live at `/sources/<name>` (spec and status). Credentials stay in a file on the hub
 //! (`secret_file`); only its path is stored.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,13 +18,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::desired::{AppEntry, DesiredStates};
+use crate::desired::AppEntry;
 use crate::error::HubError;
 use crate::git::{Auth, GitRef, Mirror, SourceSpec};
 use crate::registry::Registry;
 use crate::render::{
-    AppManifests, BundleCache, ClusterInfo, Limits, load_config, targeted_clusters,
+    AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
+    load_config, targeted_clusters,
 };
+use crate::rollout::plan::Render;
+use crate::rollout::{AppOffer, Rollouts};
 use crate::store::SharedStore;
 
 pub const SOURCES: &str = "/sources/";
@@ -94,7 +97,7 @@ pub struct Sources {
 struct Inner {
     store: SharedStore,
     registry: Registry,
-    desired: DesiredStates,
+    rollouts: Rollouts,
     bundles: Arc<BundleCache>,
     data_dir: PathBuf,
     limits: Limits,
@@ -146,7 +149,7 @@ impl Sources {
     pub fn new(
         store: SharedStore,
         registry: Registry,
-        desired: DesiredStates,
+        rollouts: Rollouts,
         bundles: Arc<BundleCache>,
         data_dir: PathBuf,
         clock: SharedClock,
@@ -158,7 +161,7 @@ impl Sources {
             inner: Arc::new(Inner {
                 store,
                 registry,
-                desired,
+                rollouts,
                 bundles,
                 data_dir,
                 limits,
@@ -246,8 +249,9 @@ impl Sources {
         {
             h.stop.notify_one();
         }
-        let owned: BTreeSet<String> = rec.status.apps.keys().cloned().collect();
-        self.replace_apps(&owned, BTreeMap::new()).await?;
+        for app in rec.status.apps.keys() {
+            self.inner.rollouts.remove(app).await?;
+        }
         self.inner.store.delete(&format!("{SOURCES}{name}")).await?;
         let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
         Ok(rec)
@@ -422,68 +426,83 @@ impl Sources {
             return self.save_status(name, status).await;
         }
 
-        // Per app: take the new rendering, or keep the last good one on error.
-        let mut owned: BTreeSet<String> = status.apps.keys().cloned().collect();
-        owned.extend(per_app.keys().cloned());
-        let mut keep_old = BTreeSet::new();
-        let mut new_entries: BTreeMap<String, Vec<AppEntry>> = BTreeMap::new();
+        // Per app: offer the new rendering to the rollout engine, or keep the last good one on
+        // a render error.
+        let mut offers = Vec::new();
         let mut apps = BTreeMap::new();
         for (app, result) in per_app {
             let mut st = status.apps.get(&app).cloned().unwrap_or_default();
             match result {
-                Ok(list) => {
+                Ok(r) => {
                     st.error = None;
-                    st.commit = Some(commit.clone());
-                    st.clusters = list.iter().map(|(c, _)| c.clone()).collect();
-                    for (cluster, mut entry) in list {
-                        entry.revision = commit.clone();
-                        new_entries.entry(cluster).or_default().push(entry);
-                    }
+                    st.clusters = r.entries.iter().map(|(c, _)| c.clone()).collect();
+                    let entries = r
+                        .entries
+                        .into_iter()
+                        .map(|(cluster, mut entry)| {
+                            entry.revision = commit.clone();
+                            (cluster, entry)
+                        })
+                        .collect();
+                    offers.push(AppOffer {
+                        app: app.clone(),
+                        render: Render {
+                            revision: commit.clone(),
+                            entries,
+                        },
+                        pipeline_name: r.pipeline_name,
+                        pipeline: r.pipeline,
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(source = %name, %app, %commit, error = %e, "render failed; keeping the last good revision");
                     st.error = Some(e);
-                    keep_old.insert(app.clone());
                 }
             }
             apps.insert(app, st);
         }
-        let replaced: BTreeSet<String> = owned.difference(&keep_old).cloned().collect();
-        self.replace_apps(&replaced, new_entries).await?;
+        let gone: Vec<String> = status
+            .apps
+            .keys()
+            .filter(|a| !apps.contains_key(*a))
+            .cloned()
+            .collect();
+        for app in gone {
+            self.inner.rollouts.remove(&app).await?;
+        }
+        let infos: Vec<ClusterInfo> = self
+            .inner
+            .registry
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| !c.revoked)
+            .map(|c| ClusterInfo::new(c.name, c.labels))
+            .collect();
+        for (app, result) in self.inner.rollouts.offer(name, offers, &infos).await {
+            let st = apps.get_mut(&app).expect("offered apps are listed");
+            match result {
+                Ok(()) => st.commit = Some(commit.clone()),
+                Err(e) => {
+                    tracing::warn!(source = %name, %app, %commit, error = %e, "revision not promoted; keeping the last good revision");
+                    st.error = Some(e);
+                }
+            }
+        }
         status.apps = apps;
         status.error = None;
         self.save_status(name, status).await
     }
-
-    /// For every cluster: drops the entries of `apps`, adds `entries` for that cluster.
-    async fn replace_apps(
-        &self,
-        apps: &BTreeSet<String>,
-        mut entries: BTreeMap<String, Vec<AppEntry>>,
-    ) -> Result<(), HubError> {
-        let clusters = self.inner.registry.list_clusters().await?;
-        let mut current = self.inner.desired.all().await?;
-        let mut changes = Vec::with_capacity(clusters.len());
-        for c in clusters {
-            let mut list: Vec<AppEntry> = current
-                .remove(&c.name)
-                .map(|r| r.apps)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| !apps.contains(&e.app))
-                .collect();
-            list.extend(entries.remove(&c.name).unwrap_or_default());
-            changes.push((c.name, list));
-        }
-        // One durable write for the whole fleet.
-        for (cluster, generation) in self.inner.desired.set_many(changes).await? {
-            tracing::info!(cluster.id = %cluster, generation, "desired state changed");
-        }
-        Ok(())
-    }
 }
 
-type AppResult = Result<Vec<(String, AppEntry)>, String>;
+/// An app rendered for its targeted clusters, with the pipeline that promotes it.
+struct Rendered {
+    entries: Vec<(String, AppEntry)>,
+    pipeline_name: Option<String>,
+    pipeline: PipelineConfig,
+}
+
+type AppResult = Result<Rendered, String>;
 
 /// Loads the config and renders every app for every targeted cluster; identical renderings
 /// share one bundle. `Err` only for a config that cannot be loaded at all.
@@ -524,7 +543,24 @@ fn render_all(
                     },
                 ));
             }
-            Ok(list)
+            let (pipeline_name, pipeline) = match &app_config.pipeline {
+                Some(name) => (Some(name.clone()), config.pipelines[name].clone()),
+                // No pipeline: one implicit stage with every cluster at once, halt on failure.
+                None => (
+                    None,
+                    PipelineConfig {
+                        stages: Vec::new(),
+                        health_timeout: app_config.effective_health_timeout(&config),
+                        on_failure: OnFailure::Halt,
+                        failure_threshold: CountOrPercent::Count(1),
+                    },
+                ),
+            };
+            Ok(Rendered {
+                entries: list,
+                pipeline_name,
+                pipeline,
+            })
         })();
         out.insert(app.clone(), result);
     }

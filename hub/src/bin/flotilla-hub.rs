@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Expected interval between agent heartbeats.
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// How long a cluster may stay disconnected during a rollout stage before it counts as
+    /// failed.
+    #[arg(long, env = "FLOTILLA_DISCONNECT_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    disconnect_grace: Duration,
     /// Largest manifest, patch or flotilla.yaml file rendering reads (e.g. 8MiB, 512KiB).
     #[arg(long, env = "FLOTILLA_MAX_FILE_SIZE", default_value = "8MiB", value_parser = parse_size)]
     max_file_size: u64,
@@ -147,6 +151,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.trust_domain = a.trust_domain.clone();
     c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
     c.heartbeat_interval = a.heartbeat_interval;
+    c.disconnect_grace = a.disconnect_grace;
     if a.max_file_size > a.max_bundle_size {
         return Err("--max-file-size must not exceed --max-bundle-size".into());
     }

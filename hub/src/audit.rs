@@ -1,0 +1,77 @@
+//! The audit log: every operator action on rollouts and pins, with who (the admin certificate's
+//! identity), when and what, persisted before the action takes effect (`/audit/<ms>-<seq>`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flotilla_proto::clock::{SharedClock, unix_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::error::HubError;
+use crate::store::SharedStore;
+
+pub const AUDIT: &str = "/audit/";
+
+/// One recorded action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// The admin identity (`spiffe://…/admin/<name>`).
+    pub who: String,
+    /// `rollout.approve`, `rollout.pause`, `rollout.resume`, `rollout.rollback`, `cluster.pin`,
+    /// `cluster.unpin`.
+    pub action: String,
+    pub app: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    store: SharedStore,
+    clock: SharedClock,
+    seq: std::sync::Arc<AtomicU64>,
+}
+
+impl Audit {
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self {
+            store,
+            clock,
+            seq: Default::default(),
+        }
+    }
+
+    /// Persists `entry` (its time is set here).
+    pub async fn record(&self, mut entry: AuditEntry) -> Result<AuditEntry, HubError> {
+        entry.at_ms = unix_ms(self.clock.now());
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{AUDIT}{:020}-{seq:08}", entry.at_ms);
+        self.store
+            .put(&key, serde_json::to_vec(&entry).expect("entry serializes"))
+            .await?;
+        tracing::info!(who = %entry.who, action = %entry.action, app = %entry.app, cluster = %entry.cluster, stage = %entry.stage, revision = %entry.revision, "audit");
+        Ok(entry)
+    }
+
+    /// The newest `limit` entries, oldest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<AuditEntry>, HubError> {
+        let (items, _) = self.store.list(AUDIT).await?;
+        let skip = items.len().saturating_sub(limit);
+        items
+            .into_iter()
+            .skip(skip)
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| HubError::Corrupt {
+                    key: kv.key.clone(),
+                    err: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}

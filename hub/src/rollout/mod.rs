@@ -1,0 +1,521 @@
+//! Promotion of revisions across the fleet. Every app's record (`/rollouts/<app>`, see
+//! [`plan::AppRollout`]) is the single source of which revision each cluster should run: source
+//! syncs offer renderings, the engine advances rollouts from the clusters' reports and the clock,
+//! operators approve, pause, resume, roll back and pin. Each step is persisted before its effect
+//! (the desired state it implies) is written, and desired state is always recomputed from the
+//! record, so a restart — even `kill -9` between the two writes — resumes exactly where it was.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::clock::{SharedClock, unix_ms};
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::audit::{Audit, AuditEntry};
+use crate::desired::{AppEntry, DesiredStates};
+use crate::error::HubError;
+use crate::registry::Registry;
+use crate::render::{ClusterInfo, PipelineConfig};
+use crate::session::Sessions;
+use crate::store::SharedStore;
+use plan::{AppRollout, ClusterView, Inputs, Offer, Render};
+
+pub const ROLLOUTS: &str = "/rollouts/";
+/// How often in-flight rollouts are re-examined when nothing wakes the engine.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A new rendering of one app, as a source sync produced it.
+pub struct AppOffer {
+    pub app: String,
+    pub render: Render,
+    pub pipeline_name: Option<String>,
+    pub pipeline: PipelineConfig,
+}
+
+/// The rollout engine and the operator actions on it.
+#[derive(Clone)]
+pub struct Rollouts {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Rollouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollouts").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: SharedStore,
+    desired: DesiredStates,
+    registry: Registry,
+    sessions: Arc<Sessions>,
+    clock: SharedClock,
+    audit: Audit,
+    /// A disconnected cluster counts as failed after this long.
+    grace: Duration,
+    wake: Notify,
+    /// Serializes every change of rollout records in this process.
+    lock: Mutex<()>,
+}
+
+fn corrupt(key: &str, e: serde_json::Error) -> HubError {
+    HubError::Corrupt {
+        key: key.to_string(),
+        err: e.to_string(),
+    }
+}
+
+impl Rollouts {
+    pub fn new(
+        store: SharedStore,
+        desired: DesiredStates,
+        registry: Registry,
+        sessions: Arc<Sessions>,
+        clock: SharedClock,
+        grace: Duration,
+    ) -> Self {
+        let audit = Audit::new(store.clone(), clock.clone());
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                desired,
+                registry,
+                sessions,
+                clock,
+                audit,
+                grace,
+                wake: Notify::new(),
+                lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.inner.audit
+    }
+
+    /// Asks the engine to look at the rollouts now (a status report, a connect, a disconnect).
+    pub fn kick(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    fn now_ms(&self) -> u64 {
+        unix_ms(self.inner.clock.now())
+    }
+
+    async fn load(&self, app: &str) -> Result<Option<(AppRollout, u64)>, HubError> {
+        let key = format!("{ROLLOUTS}{app}");
+        match self.inner.store.get(&key).await? {
+            Some(kv) => Ok(Some((
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?,
+                kv.mod_revision,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every app's record.
+    pub async fn all(&self) -> Result<Vec<AppRollout>, HubError> {
+        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
+        items
+            .iter()
+            .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
+            .collect()
+    }
+
+    pub async fn get(&self, app: &str) -> Result<AppRollout, HubError> {
+        self.load(app)
+            .await?
+            .map(|(r, _)| r)
+            .ok_or_else(|| HubError::UnknownApp(app.to_string()))
+    }
+
+    async fn save(&self, rec: &AppRollout, expected: Option<u64>) -> Result<(), HubError> {
+        let key = format!("{ROLLOUTS}{}", rec.app);
+        let body = serde_json::to_vec(rec).expect("record serializes");
+        match self
+            .inner
+            .store
+            .compare_and_swap(&key, expected, body)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(HubError::Contention(key)),
+        }
+    }
+
+    /// Writes what `rec` implies for `clusters` into their desired state.
+    async fn apply(&self, rec: &AppRollout, clusters: &[String]) -> Result<(), HubError> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<(String, String, Option<AppEntry>)> = clusters
+            .iter()
+            .map(|c| (c.clone(), rec.app.clone(), rec.desired_for(c)))
+            .collect();
+        for (cluster, generation) in self.inner.desired.set_entries(&changes).await? {
+            tracing::info!(cluster.id = %cluster, app = %rec.app, generation, "desired state changed");
+        }
+        Ok(())
+    }
+
+    /// Changes one app's record under the lock: `f` edits it and returns the clusters whose
+    /// desired entry may have changed; the record is saved, then those entries are written.
+    async fn update<T>(
+        &self,
+        app: &str,
+        create: Option<&str>,
+        f: impl FnOnce(&mut AppRollout) -> Result<(Vec<String>, T), HubError>,
+    ) -> Result<T, HubError> {
+        let _guard = self.inner.lock.lock().await;
+        let (mut rec, rev) = match (self.load(app).await?, create) {
+            (Some((r, rev)), _) => (r, Some(rev)),
+            (None, Some(source)) => (AppRollout::new(app, source), None),
+            (None, None) => {
+                return Err(HubError::UnknownApp(app.to_string()));
+            }
+        };
+        let before = rec.clone();
+        let (touched, out) = f(&mut rec)?;
+        if rec != before {
+            self.save(&rec, rev).await?;
+        }
+        self.apply(&rec, &touched).await?;
+        self.kick();
+        Ok(out)
+    }
+
+    /// Takes a source's new renderings: per app `Ok` when taken (a rollout may start), `Err`
+    /// with the reason when the rendering cannot be promoted (the app keeps its revision).
+    pub async fn offer(
+        &self,
+        source: &str,
+        offers: Vec<AppOffer>,
+        clusters: &[ClusterInfo],
+    ) -> BTreeMap<String, Result<(), String>> {
+        let now = self.now_ms();
+        let mut out = BTreeMap::new();
+        for o in offers {
+            let app = o.app.clone();
+            let result = self
+                .update(&app, Some(source), |rec| {
+                    match rec.offer(o.render, clusters, o.pipeline_name, o.pipeline, now) {
+                        Ok(Offer::Applied { touched }) => Ok((touched, Ok(()))),
+                        Ok(Offer::Started) => {
+                            let r = rec.rollout.as_ref().expect("started");
+                            tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
+                            // The first batch goes out with the pass below.
+                            Ok((Vec::new(), Ok(())))
+                        }
+                        Err(e) => Ok((Vec::new(), Err(e))),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            out.insert(app, result);
+        }
+        self.tick().await;
+        out
+    }
+
+    /// The app left its source: every cluster drops it, and its record goes.
+    pub async fn remove(&self, app: &str) -> Result<(), HubError> {
+        let _guard = self.inner.lock.lock().await;
+        let Some((rec, rev)) = self.load(app).await? else {
+            return Ok(());
+        };
+        let changes: Vec<(String, String, Option<AppEntry>)> = rec
+            .known_clusters()
+            .into_iter()
+            .map(|c| (c, app.to_string(), None))
+            .collect();
+        self.inner.desired.set_entries(&changes).await?;
+        let key = format!("{ROLLOUTS}{app}");
+        self.inner.store.compare_and_delete(&key, rev).await?;
+        tracing::info!(app, "app removed from every cluster");
+        Ok(())
+    }
+
+    /// What each cluster of `clusters` reports about `app`.
+    async fn views(
+        &self,
+        app: &str,
+        clusters: &BTreeSet<String>,
+        seen: &BTreeMap<String, u64>,
+    ) -> Result<BTreeMap<String, ClusterView>, HubError> {
+        let mut views = BTreeMap::new();
+        for c in clusters {
+            let status = self.inner.desired.status(c).await?;
+            let live = self.inner.sessions.get(c);
+            let mut v = ClusterView {
+                connected: live.is_some(),
+                last_seen_ms: live
+                    .map(|s| s.last_seen_ms())
+                    .or_else(|| seen.get(c).copied())
+                    .unwrap_or(0),
+                ..Default::default()
+            };
+            if let Some(a) = status.apps.iter().find(|a| a.app == app) {
+                v.revision = a.revision.clone();
+                v.phase = a.phase.clone();
+                v.health = a.health.clone();
+                v.message = a.message.clone();
+            }
+            views.insert(c.clone(), v);
+        }
+        Ok(views)
+    }
+
+    /// One pass over the rollouts in flight: advance each from the clusters' reports and the
+    /// clock, persist, then write the desired state it implies.
+    pub async fn tick(&self) {
+        if let Err(e) = self.tick_inner().await {
+            tracing::error!(error = %e, "rollout engine pass failed; will retry");
+        }
+    }
+
+    async fn tick_inner(&self) -> Result<(), HubError> {
+        let _guard = self.inner.lock.lock().await;
+        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
+        let mut seen: Option<BTreeMap<String, u64>> = None;
+        for kv in items {
+            let mut rec: AppRollout =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            if rec.paused || !rec.rollout.as_ref().is_some_and(|r| r.state.in_flight()) {
+                continue;
+            }
+            if seen.is_none() {
+                seen = Some(
+                    self.inner
+                        .registry
+                        .list_clusters()
+                        .await?
+                        .into_iter()
+                        .map(|c| (c.name, c.last_seen_ms))
+                        .collect(),
+                );
+            }
+            let r = rec.rollout.as_ref().expect("in flight");
+            let members: BTreeSet<String> = r
+                .stages
+                .iter()
+                .flat_map(|s| s.updated.keys().cloned())
+                .collect();
+            let views = self
+                .views(&rec.app, &members, seen.as_ref().expect("loaded"))
+                .await?;
+            let before = rec.clone();
+            let touched = rec.advance(&Inputs {
+                now_ms: self.now_ms(),
+                views: &views,
+                grace_ms: self.inner.grace.as_millis() as u64,
+            });
+            if rec != before {
+                log_progress(&before, &rec);
+                self.save(&rec, Some(kv.mod_revision)).await?;
+            }
+            self.apply(&rec, &touched).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every app's desired state from its record (at start: finishes what a crash
+    /// between a record write and its desired-state write left undone).
+    pub async fn resync(&self) -> Result<(), HubError> {
+        let _guard = self.inner.lock.lock().await;
+        for rec in self.all().await? {
+            let clusters: Vec<String> = rec.known_clusters().into_iter().collect();
+            self.apply(&rec, &clusters).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`].
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.resync().await {
+            tracing::error!(error = %e, "cannot resync desired state from rollouts");
+        }
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    // === Operator actions, each audited before it takes effect ===
+
+    async fn audited(&self, entry: AuditEntry) -> Result<(), HubError> {
+        self.inner.audit.record(entry).await.map(|_| ())
+    }
+
+    pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
+        let rec = self.get(app).await?;
+        let mut probe = rec.clone();
+        probe
+            .approve(stage, who)
+            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        self.audited(AuditEntry {
+            who: who.into(),
+            action: "rollout.approve".into(),
+            app: app.into(),
+            stage: stage.into(),
+            revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
+            ..blank()
+        })
+        .await?;
+        self.update(app, None, |rec| {
+            rec.approve(stage, who)
+                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            Ok((Vec::new(), ()))
+        })
+        .await?;
+        self.tick().await;
+        self.get(app).await
+    }
+
+    pub async fn set_paused(
+        &self,
+        app: &str,
+        paused: bool,
+        who: &str,
+    ) -> Result<AppRollout, HubError> {
+        let rec = self.get(app).await?;
+        self.audited(AuditEntry {
+            who: who.into(),
+            action: if paused {
+                "rollout.pause"
+            } else {
+                "rollout.resume"
+            }
+            .into(),
+            app: app.into(),
+            revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
+            ..blank()
+        })
+        .await?;
+        self.update(app, None, |rec| {
+            rec.paused = paused;
+            Ok((Vec::new(), ()))
+        })
+        .await?;
+        self.tick().await;
+        self.get(app).await
+    }
+
+    pub async fn rollback(
+        &self,
+        app: &str,
+        to: Option<&str>,
+        who: &str,
+    ) -> Result<AppRollout, HubError> {
+        let now = self.now_ms();
+        let mut probe = self.get(app).await?;
+        probe
+            .rollback(to, now)
+            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        self.audited(AuditEntry {
+            who: who.into(),
+            action: "rollout.rollback".into(),
+            app: app.into(),
+            revision: probe.last_good.clone().unwrap_or_default(),
+            ..blank()
+        })
+        .await?;
+        self.update(app, None, |rec| {
+            let touched = rec
+                .rollback(to, now)
+                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            Ok((touched, ()))
+        })
+        .await?;
+        self.get(app).await
+    }
+
+    pub async fn pin(
+        &self,
+        cluster: &str,
+        app: &str,
+        revision: &str,
+        who: &str,
+    ) -> Result<String, HubError> {
+        let mut probe = self.get(app).await?;
+        let rev = probe
+            .pin(cluster, revision)
+            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        self.audited(AuditEntry {
+            who: who.into(),
+            action: "cluster.pin".into(),
+            app: app.into(),
+            cluster: cluster.into(),
+            revision: rev.clone(),
+            ..blank()
+        })
+        .await?;
+        self.update(app, None, |rec| {
+            rec.pin(cluster, revision)
+                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            Ok((vec![cluster.to_string()], ()))
+        })
+        .await?;
+        Ok(rev)
+    }
+
+    pub async fn unpin(&self, cluster: &str, app: &str, who: &str) -> Result<(), HubError> {
+        let rec = self.get(app).await?;
+        let Some(rev) = rec.pins.get(cluster).cloned() else {
+            return Err(HubError::Invalid(format!(
+                "cluster {cluster} is not pinned for app {app}"
+            )));
+        };
+        self.audited(AuditEntry {
+            who: who.into(),
+            action: "cluster.unpin".into(),
+            app: app.into(),
+            cluster: cluster.into(),
+            revision: rev,
+            ..blank()
+        })
+        .await?;
+        self.update(app, None, |rec| {
+            rec.pins.remove(cluster);
+            Ok((vec![cluster.to_string()], ()))
+        })
+        .await
+    }
+}
+
+fn blank() -> AuditEntry {
+    AuditEntry {
+        at_ms: 0,
+        who: String::new(),
+        action: String::new(),
+        app: String::new(),
+        cluster: String::new(),
+        stage: String::new(),
+        revision: String::new(),
+        detail: String::new(),
+    }
+}
+
+fn log_progress(before: &AppRollout, after: &AppRollout) {
+    let (Some(b), Some(a)) = (&before.rollout, &after.rollout) else {
+        return;
+    };
+    for (sb, sa) in b.stages.iter().zip(&a.stages) {
+        if sb.state != sa.state {
+            tracing::info!(app = %after.app, revision = %plan::short(&a.revision), stage = %sa.name, from = sb.state.as_str(), to = sa.state.as_str(), "stage");
+        }
+        if sb.batch != sa.batch && !sa.batch.is_empty() {
+            tracing::info!(app = %after.app, revision = %plan::short(&a.revision), stage = %sa.name, batch = ?sa.batch, "batch sent");
+        }
+    }
+    if b.state != a.state {
+        tracing::info!(app = %after.app, revision = %plan::short(&a.revision), state = a.state.as_str(), message = %a.message, "rollout");
+    }
+}
