@@ -6,6 +6,8 @@
 //! record, so a restart — even `kill -9` between the two writes — resumes exactly where it was.
 
 pub mod plan;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

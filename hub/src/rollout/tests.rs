@@ -1,0 +1,578 @@
+//! The rollout state machine, driven with explicit times and cluster reports (no clocks, no
+//! sleeps): stage order, soak, pacing, approval, halt, rollback, pins, pause, supersede,
+//! disconnected clusters, and what is not a new revision.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::plan::*;
+use crate::desired::AppEntry;
+use crate::render::{
+    Approval, ClusterInfo, CountOrPercent, LabelSelector, OnFailure, PipelineConfig, Stage,
+};
+
+const MIN: u64 = 60_000;
+
+fn selector(key: &str, value: &str) -> LabelSelector {
+    serde_json::from_value(serde_json::json!({"matchLabels": {key: value}})).unwrap()
+}
+
+fn stage(name: &str, region: &str) -> Stage {
+    Stage {
+        name: name.into(),
+        selector: selector("region", region),
+        soak: Duration::ZERO,
+        max_parallel: CountOrPercent::Percent(100),
+        approval: Approval::Auto,
+    }
+}
+
+fn pipeline(stages: Vec<Stage>, on_failure: OnFailure) -> PipelineConfig {
+    PipelineConfig {
+        stages,
+        health_timeout: Duration::from_secs(600),
+        on_failure,
+        failure_threshold: CountOrPercent::Count(1),
+    }
+}
+
+/// Clusters `<region>-<n>` labelled with their region.
+fn fleet(regions: &[(&str, usize)]) -> Vec<ClusterInfo> {
+    regions
+        .iter()
+        .flat_map(|(r, n)| {
+            (1..=*n).map(move |i| ClusterInfo::new(format!("{r}-{i}"), [("region", *r)]))
+        })
+        .collect()
+}
+
+fn render(rev: &str, clusters: &[ClusterInfo]) -> Render {
+    Render {
+        revision: rev.into(),
+        entries: clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    AppEntry {
+                        app: "web".into(),
+                        revision: rev.into(),
+                        bundle_digest: format!("sha256:{rev}"),
+                        bundle_size: 1,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A rollout under test with the clusters' reports.
+struct World {
+    rec: AppRollout,
+    clusters: Vec<ClusterInfo>,
+    pipeline: PipelineConfig,
+    views: BTreeMap<String, ClusterView>,
+    now: u64,
+}
+
+impl World {
+    fn new(clusters: Vec<ClusterInfo>, pipeline: PipelineConfig) -> Self {
+        let views = clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    ClusterView {
+                        connected: true,
+                        last_seen_ms: 0,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        Self {
+            rec: AppRollout::new("web", "fleet"),
+            clusters,
+            pipeline,
+            views,
+            now: 1_000,
+        }
+    }
+
+    fn commit(&mut self, rev: &str) -> Offer {
+        self.rec
+            .offer(
+                render(rev, &self.clusters),
+                &self.clusters,
+                Some("regions".into()),
+                self.pipeline.clone(),
+                self.now,
+            )
+            .unwrap()
+    }
+
+    fn advance(&mut self) -> Vec<String> {
+        self.rec.advance(&Inputs {
+            now_ms: self.now,
+            views: &self.views,
+            grace_ms: MIN,
+        })
+    }
+
+    /// Every cluster that desires a revision reports it applied and healthy (or as `outcome`
+    /// says for the clusters named in `bad`).
+    fn agents_report(&mut self, bad: &[&str]) {
+        for c in &self.clusters {
+            let Some(entry) = self.rec.desired_for(&c.name) else {
+                continue;
+            };
+            let v = self.views.get_mut(&c.name).unwrap();
+            v.revision = entry.revision.clone();
+            if bad.contains(&c.name.as_str()) {
+                v.phase = "failed".into();
+                v.health = "degraded".into();
+                v.message = "Deployment web/web: ProgressDeadlineExceeded".into();
+            } else {
+                v.phase = "applied".into();
+                v.health = "healthy".into();
+            }
+            v.last_seen_ms = self.now;
+        }
+    }
+
+    /// Advances and lets agents report until nothing moves; returns the rollout state.
+    fn settle(&mut self, bad: &[&str]) -> RolloutState {
+        for _ in 0..50 {
+            let before = self.rec.clone();
+            self.agents_report(bad);
+            self.advance();
+            if self.rec == before {
+                break;
+            }
+        }
+        self.state()
+    }
+
+    fn state(&self) -> RolloutState {
+        self.rec.rollout.as_ref().unwrap().state
+    }
+
+    fn stage(&self, name: &str) -> &StageRun {
+        self.rec
+            .rollout
+            .as_ref()
+            .unwrap()
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+    }
+
+    fn revision_of(&self, cluster: &str) -> Option<String> {
+        self.rec.desired_for(cluster).map(|e| e.revision)
+    }
+}
+
+fn three_regions() -> (Vec<ClusterInfo>, PipelineConfig) {
+    let clusters = fleet(&[("canary", 1), ("eu", 2), ("us", 2)]);
+    let p = pipeline(
+        vec![
+            stage("canary", "canary"),
+            stage("eu", "eu"),
+            stage("us", "us"),
+        ],
+        OnFailure::Rollback,
+    );
+    (clusters, p)
+}
+
+#[test]
+fn a_revision_goes_stage_by_stage_and_becomes_the_last_good_one() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    assert_eq!(w.commit("r1"), Offer::Started);
+    let touched = w.advance();
+    assert_eq!(touched, ["canary-1"], "only the first stage moves first");
+    assert_eq!(w.revision_of("canary-1").as_deref(), Some("r1"));
+    assert_eq!(w.revision_of("eu-1"), None, "the first revision waits too");
+    assert_eq!(w.stage("eu").state, StageState::Pending);
+    w.agents_report(&[]);
+    w.advance();
+    // canary healthy (soak 0) → succeeded; eu sent.
+    assert_eq!(w.stage("canary").state, StageState::Succeeded);
+    assert_eq!(w.revision_of("eu-2").as_deref(), Some("r1"));
+    assert_eq!(w.revision_of("us-1"), None);
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    assert_eq!(w.rec.last_good.as_deref(), Some("r1"));
+    for c in ["canary-1", "eu-1", "eu-2", "us-1", "us-2"] {
+        assert_eq!(w.revision_of(c).as_deref(), Some("r1"), "{c}");
+    }
+}
+
+#[test]
+fn a_stage_soaks_healthy_before_the_next_one_starts() {
+    let (clusters, mut p) = three_regions();
+    p.stages[0].soak = Duration::from_secs(600);
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.advance();
+    w.agents_report(&[]);
+    w.advance();
+    let canary = w.stage("canary");
+    assert_eq!(canary.state, StageState::Soaking);
+    assert_eq!(canary.soak_until_ms, Some(w.now + 600_000));
+    w.now += 599_000;
+    w.advance();
+    assert_eq!(w.stage("eu").state, StageState::Pending, "still soaking");
+    w.now += 1_000;
+    w.advance();
+    assert_eq!(w.stage("canary").state, StageState::Succeeded);
+    assert_eq!(w.stage("eu").state, StageState::Progressing);
+}
+
+#[test]
+fn failing_during_the_soak_fails_the_stage() {
+    let (clusters, mut p) = three_regions();
+    p.stages[0].soak = Duration::from_secs(600);
+    let mut w = World::new(clusters, p);
+    w.commit("r0");
+    w.settle(&[]);
+    w.now += 600_000;
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    // A second revision soaks in canary, then canary degrades.
+    w.commit("r1");
+    w.advance();
+    w.agents_report(&[]);
+    w.advance();
+    assert_eq!(w.stage("canary").state, StageState::Soaking);
+    w.agents_report(&["canary-1"]);
+    w.advance();
+    assert_eq!(w.stage("canary").state, StageState::Failed);
+    assert_eq!(w.state(), RolloutState::RolledBack);
+    assert_eq!(w.revision_of("canary-1").as_deref(), Some("r0"));
+}
+
+#[test]
+fn max_parallel_paces_a_stage_in_batches() {
+    let clusters = fleet(&[("eu", 5)]);
+    let mut s = stage("eu", "eu");
+    s.max_parallel = CountOrPercent::Count(2);
+    let mut w = World::new(clusters, pipeline(vec![s], OnFailure::Halt));
+    w.commit("r1");
+    assert_eq!(w.advance(), ["eu-1", "eu-2"]);
+    assert_eq!(
+        w.advance(),
+        Vec::<String>::new(),
+        "the batch is not healthy yet"
+    );
+    // One of the batch healthy is not enough.
+    w.views.get_mut("eu-1").unwrap().revision = "r1".into();
+    w.views.get_mut("eu-1").unwrap().phase = "applied".into();
+    w.views.get_mut("eu-1").unwrap().health = "healthy".into();
+    assert!(w.advance().is_empty());
+    w.agents_report(&[]);
+    assert_eq!(w.advance(), ["eu-3", "eu-4"]);
+    w.agents_report(&[]);
+    assert_eq!(w.advance(), ["eu-5"]);
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+}
+
+#[test]
+fn a_manual_stage_waits_for_approval() {
+    let (clusters, mut p) = three_regions();
+    p.stages[1].approval = Approval::Manual;
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    assert_eq!(w.settle(&[]), RolloutState::WaitingApproval);
+    assert_eq!(w.stage("eu").state, StageState::WaitingApproval);
+    assert_eq!(w.revision_of("eu-1"), None);
+    let e = w.rec.approve("us", "admin").unwrap_err();
+    assert!(e.to_string().contains("needs no approval"), "{e}");
+    w.rec
+        .approve("eu", "spiffe://t/admin/alice")
+        .expect("approve");
+    assert_eq!(
+        w.stage("eu").approved_by.as_deref(),
+        Some("spiffe://t/admin/alice")
+    );
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    assert!(
+        w.rec.approve("eu", "admin").is_err(),
+        "nothing to approve any more"
+    );
+}
+
+#[test]
+fn halt_stops_where_it_fails() {
+    let (clusters, _) = three_regions();
+    let p = pipeline(
+        vec![stage("canary", "canary"), stage("eu", "eu")],
+        OnFailure::Halt,
+    );
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.settle(&[]);
+    w.commit("r2");
+    assert_eq!(w.settle(&["eu-1"]), RolloutState::Failed);
+    let r = w.rec.rollout.as_ref().unwrap();
+    assert!(r.message.contains("stage eu failed"), "{}", r.message);
+    assert!(
+        r.message.contains("eu-1: failed: Deployment"),
+        "{}",
+        r.message
+    );
+    // Halt: the clusters keep what they got; the unstaged ones never see r2.
+    assert_eq!(w.revision_of("canary-1").as_deref(), Some("r2"));
+    assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
+    assert_eq!(w.revision_of("us-1").as_deref(), Some("r1"));
+    assert_eq!(w.stage(UNSTAGED).state, StageState::Pending);
+    assert!(w.rec.failed_revisions.contains(&"r2".to_string()));
+}
+
+#[test]
+fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.settle(&[]);
+    w.commit("r2");
+    assert_eq!(w.settle(&["eu-2"]), RolloutState::RolledBack);
+    for c in ["canary-1", "eu-1", "eu-2", "us-1"] {
+        assert_eq!(w.revision_of(c).as_deref(), Some("r1"), "{c}");
+    }
+    assert_eq!(
+        w.stage("us").state,
+        StageState::Pending,
+        "no later stage started"
+    );
+    // The same content again (another commit touching other apps) is not retried.
+    let mut again = render("r2", &w.clusters);
+    again.revision = "r3".into();
+    for e in again.entries.values_mut() {
+        e.revision = "r3".into();
+    }
+    let clusters = w.clusters.clone();
+    let out = w
+        .rec
+        .offer(again, &clusters, None, w.pipeline.clone(), w.now)
+        .unwrap();
+    assert_eq!(out, Offer::Applied { touched: vec![] });
+    // A new commit starts afresh.
+    assert_eq!(w.commit("r4"), Offer::Started);
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    assert_eq!(w.rec.last_good.as_deref(), Some("r4"));
+}
+
+#[test]
+fn a_failed_first_revision_rolls_back_to_nothing() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    assert_eq!(w.settle(&["canary-1"]), RolloutState::RolledBack);
+    assert_eq!(w.revision_of("canary-1"), None);
+}
+
+#[test]
+fn not_healthy_within_the_health_timeout_fails_the_cluster() {
+    let (clusters, mut p) = three_regions();
+    p.health_timeout = Duration::from_secs(300);
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.advance();
+    // canary-1 reports the revision applied but progressing, forever.
+    let v = w.views.get_mut("canary-1").unwrap();
+    v.revision = "r1".into();
+    v.phase = "applied".into();
+    v.health = "progressing".into();
+    w.now += 299_000;
+    w.advance();
+    assert_eq!(w.state(), RolloutState::Progressing);
+    w.now += 1_000;
+    w.advance();
+    assert_eq!(w.state(), RolloutState::RolledBack);
+    let f = &w.stage("canary").failures["canary-1"];
+    assert!(
+        f.starts_with("not healthy within 5m (applied, progressing)"),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_disconnected_cluster_fails_its_stage_after_the_grace_period() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.advance();
+    w.agents_report(&[]);
+    w.advance();
+    // eu-1 goes away as the eu stage starts.
+    let v = w.views.get_mut("eu-1").unwrap();
+    v.connected = false;
+    v.last_seen_ms = w.now;
+    w.now += MIN - 1;
+    w.advance();
+    assert_eq!(
+        w.state(),
+        RolloutState::Progressing,
+        "within the grace period"
+    );
+    w.now += 1;
+    w.advance();
+    assert_eq!(w.state(), RolloutState::RolledBack);
+    assert!(w.stage("eu").failures["eu-1"].starts_with("disconnected for more than 1m"));
+}
+
+#[test]
+fn a_failure_threshold_tolerates_fewer_failures() {
+    let clusters = fleet(&[("eu", 4)]);
+    let mut p = pipeline(vec![stage("eu", "eu")], OnFailure::Halt);
+    p.failure_threshold = CountOrPercent::Percent(50);
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    assert_eq!(w.settle(&["eu-1"]), RolloutState::Succeeded, "1 of 4 < 50%");
+    let mut w2 = World::new(fleet(&[("eu", 4)]), w.pipeline.clone());
+    w2.commit("r1");
+    assert_eq!(w2.settle(&["eu-1", "eu-2"]), RolloutState::Failed);
+}
+
+#[test]
+fn a_paused_rollout_does_not_move_until_resumed() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.advance();
+    w.agents_report(&[]);
+    w.rec.paused = true;
+    assert!(w.advance().is_empty());
+    assert_eq!(w.stage("canary").state, StageState::Progressing);
+    w.rec.paused = false;
+    w.advance();
+    assert_eq!(w.stage("canary").state, StageState::Succeeded);
+}
+
+#[test]
+fn pinned_clusters_keep_their_revision_and_are_skipped() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.settle(&[]);
+    assert_eq!(w.rec.pin("eu-1", "r1").unwrap(), "r1");
+    w.commit("r2");
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    assert!(!w.stage("eu").clusters.contains(&"eu-1".to_string()));
+    assert_eq!(w.revision_of("eu-1").as_deref(), Some("r1"));
+    assert_eq!(w.revision_of("eu-2").as_deref(), Some("r2"));
+    w.rec.pins.remove("eu-1");
+    assert_eq!(
+        w.revision_of("eu-1").as_deref(),
+        Some("r2"),
+        "unpinned: the current revision"
+    );
+    let e = w.rec.pin("eu-1", "nope").unwrap_err();
+    assert!(
+        e.to_string().contains("not among the kept renderings"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.settle(&[]);
+    w.commit("r2");
+    // r2 gets through canary and into eu.
+    w.advance();
+    w.agents_report(&[]);
+    w.advance();
+    assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
+    // r3 arrives: it starts from canary; eu keeps r2 (no going back to r1) until r3 gets there.
+    assert_eq!(w.commit("r3"), Offer::Started);
+    assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
+    assert_eq!(w.revision_of("us-1").as_deref(), Some("r1"));
+    let touched = w.advance();
+    assert_eq!(touched, ["canary-1"]);
+    assert_eq!(w.revision_of("canary-1").as_deref(), Some("r3"));
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    for c in ["canary-1", "eu-1", "eu-2", "us-1", "us-2"] {
+        assert_eq!(w.revision_of(c).as_deref(), Some("r3"), "{c}");
+    }
+    assert!(w.rec.rollout.as_ref().unwrap().held.is_empty());
+}
+
+#[test]
+fn unchanged_content_new_clusters_and_operator_rollback() {
+    let (clusters, p) = three_regions();
+    let mut w = World::new(clusters, p);
+    w.commit("r1");
+    w.settle(&[]);
+    // A commit that does not change this app: no rollout, the revision keeps its name.
+    let mut same = render("r1", &w.clusters);
+    same.revision = "r1b".into();
+    let clusters = w.clusters.clone();
+    assert_eq!(
+        w.rec
+            .offer(same, &clusters, None, w.pipeline.clone(), w.now)
+            .unwrap(),
+        Offer::Applied { touched: vec![] }
+    );
+    assert_eq!(w.rec.effective_revision(), Some("r1"));
+    // A new cluster gets the current revision at once.
+    w.clusters
+        .push(ClusterInfo::new("eu-3", [("region", "eu")]));
+    let clusters = w.clusters.clone();
+    let out = w
+        .rec
+        .offer(
+            render("r1", &clusters),
+            &clusters,
+            None,
+            w.pipeline.clone(),
+            w.now,
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        Offer::Applied {
+            touched: vec!["eu-3".into()]
+        }
+    );
+    assert_eq!(w.revision_of("eu-3").as_deref(), Some("r1"));
+    // Operator rollback to a kept revision.
+    w.views.insert("eu-3".into(), ClusterView::default());
+    w.commit("r2");
+    w.settle(&[]);
+    let touched = w.rec.rollback(Some("r1"), w.now).unwrap();
+    assert!(touched.contains(&"us-2".to_string()));
+    assert_eq!(w.revision_of("us-2").as_deref(), Some("r1"));
+    assert!(w.rec.rollback(Some("zzz"), w.now).is_err());
+}
+
+#[test]
+fn a_cluster_in_two_stages_is_refused() {
+    let clusters = vec![ClusterInfo::new(
+        "x",
+        [("region", "eu"), ("ring", "canary")],
+    )];
+    let p = pipeline(
+        vec![
+            Stage {
+                selector: selector("ring", "canary"),
+                ..stage("canary", "-")
+            },
+            stage("eu", "eu"),
+        ],
+        OnFailure::Halt,
+    );
+    let mut rec = AppRollout::new("web", "fleet");
+    let e = rec
+        .offer(render("r1", &clusters), &clusters, None, p, 0)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "cluster x is selected by two stages of the pipeline: canary and eu"
+    );
+    assert!(rec.rollout.is_none());
+}
