@@ -241,16 +241,16 @@ impl Rollouts {
         Ok(())
     }
 
-    /// What each cluster of `clusters` reports about `app`.
-    async fn views(
+    /// What each cluster of `clusters` reports about `app`, from statuses read once per pass.
+    fn views(
         &self,
         app: &str,
         clusters: &BTreeSet<String>,
+        statuses: &BTreeMap<String, crate::desired::StatusRecord>,
         seen: &BTreeMap<String, u64>,
-    ) -> Result<BTreeMap<String, ClusterView>, HubError> {
+    ) -> BTreeMap<String, ClusterView> {
         let mut views = BTreeMap::new();
         for c in clusters {
-            let status = self.inner.desired.status(c).await?;
             let live = self.inner.sessions.get(c);
             let mut v = ClusterView {
                 connected: live.is_some(),
@@ -260,7 +260,10 @@ impl Rollouts {
                     .unwrap_or(0),
                 ..Default::default()
             };
-            if let Some(a) = status.apps.iter().find(|a| a.app == app) {
+            if let Some(a) = statuses
+                .get(c)
+                .and_then(|s| s.apps.iter().find(|a| a.app == app))
+            {
                 v.revision = a.revision.clone();
                 v.phase = a.phase.clone();
                 v.health = a.health.clone();
@@ -268,7 +271,7 @@ impl Rollouts {
             }
             views.insert(c.clone(), v);
         }
-        Ok(views)
+        views
     }
 
     /// One pass over the rollouts in flight: advance each from the clusters' reports and the
@@ -282,42 +285,52 @@ impl Rollouts {
     async fn tick_inner(&self) -> Result<(), HubError> {
         let _guard = self.inner.lock.lock().await;
         let (items, _) = self.inner.store.list(ROLLOUTS).await?;
-        let mut seen: Option<BTreeMap<String, u64>> = None;
+        let mut active = Vec::new();
         for kv in items {
-            let mut rec: AppRollout =
+            let rec: AppRollout =
                 serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            if rec.paused || !rec.rollout.as_ref().is_some_and(|r| r.state.in_flight()) {
-                continue;
+            if !rec.paused && rec.rollout.as_ref().is_some_and(|r| r.state.in_flight()) {
+                active.push((rec, kv.mod_revision));
             }
-            if seen.is_none() {
-                seen = Some(
-                    self.inner
-                        .registry
-                        .list_clusters()
-                        .await?
-                        .into_iter()
-                        .map(|c| (c.name, c.last_seen_ms))
-                        .collect(),
-                );
-            }
-            let r = rec.rollout.as_ref().expect("in flight");
-            let members: BTreeSet<String> = r
-                .stages
+        }
+        if active.is_empty() {
+            return Ok(());
+        }
+        // Each cluster's status is read once per pass, whatever the number of apps.
+        let members = |rec: &AppRollout| -> BTreeSet<String> {
+            rec.rollout
                 .iter()
-                .flat_map(|s| s.updated.keys().cloned())
-                .collect();
-            let views = self
-                .views(&rec.app, &members, seen.as_ref().expect("loaded"))
-                .await?;
+                .flat_map(|r| r.stages.iter().flat_map(|s| s.updated.keys().cloned()))
+                .collect()
+        };
+        let mut needed = BTreeSet::new();
+        for (rec, _) in &active {
+            needed.extend(members(rec));
+        }
+        let mut statuses = BTreeMap::new();
+        for c in &needed {
+            statuses.insert(c.clone(), self.inner.desired.status(c).await?);
+        }
+        let seen: BTreeMap<String, u64> = self
+            .inner
+            .registry
+            .list_clusters()
+            .await?
+            .into_iter()
+            .map(|c| (c.name, c.last_seen_ms))
+            .collect();
+        let now_ms = self.now_ms();
+        for (mut rec, rev) in active {
+            let views = self.views(&rec.app, &members(&rec), &statuses, &seen);
             let before = rec.clone();
             let touched = rec.advance(&Inputs {
-                now_ms: self.now_ms(),
+                now_ms,
                 views: &views,
                 grace_ms: self.inner.grace.as_millis() as u64,
             });
             if rec != before {
                 log_progress(&before, &rec);
-                self.save(&rec, Some(kv.mod_revision)).await?;
+                self.save(&rec, Some(rev)).await?;
             }
             self.apply(&rec, &touched).await?;
         }
