@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::identity::Identity;
 use flotilla_proto::token::JoinToken;
 use flotilla_proto::v1::admin_server::Admin;
 use flotilla_proto::v1::*;
@@ -14,11 +15,15 @@ use crate::auth::caller;
 use crate::ca::Ca;
 use crate::desired::DesiredStates;
 use crate::registry::{ClusterRecord, Registry, TokenRecord};
+use crate::rollout::plan::AppRollout;
+use crate::rollout_view::{audit_view, rollout_view};
 use crate::session::Sessions;
 use crate::sources::{SourceRecord, Sources};
 
 /// The default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How many audit entries `ListAudit` returns when the request says 0.
+pub const DEFAULT_AUDIT_LIMIT: usize = 50;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -37,6 +42,17 @@ impl AdminService {
     fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let c = caller(req, self.ca.trust_domain())?;
         c.admin().map(str::to_string)
+    }
+
+    /// Like [`Self::authorize`], but returns the admin's full identity
+    /// (`spiffe://<trust domain>/admin/<name>`), as audit entries record it.
+    fn authorize_uri<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let name = self.authorize(req)?;
+        Ok(Identity::Admin(name).uri(self.ca.trust_domain()))
+    }
+
+    fn rollout_out(&self, rec: &AppRollout) -> Rollout {
+        rollout_view(rec, unix_ms(self.clock.now()))
     }
 
     fn cluster_view(&self, rec: &ClusterRecord) -> Cluster {
@@ -372,5 +388,125 @@ impl Admin for AdminService {
             }
         }
         Err(crate::error::HubError::UnknownApp(name).into())
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        self.authorize(&req)?;
+        let all = self.rollouts.all().await?;
+        Ok(Response::new(ListRolloutsResponse {
+            rollouts: all.iter().map(|r| self.rollout_out(r)).collect(),
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        self.authorize(&req)?;
+        let rec = self.rollouts.get(&req.get_ref().app).await?;
+        Ok(Response::new(self.rollout_out(&rec)))
+    }
+
+    async fn approve_stage(
+        &self,
+        req: Request<ApproveStageRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let r = req.into_inner();
+        let rec = self.rollouts.approve(&r.app, &r.stage, &who).await?;
+        Ok(Response::new(self.rollout_out(&rec)))
+    }
+
+    async fn pause_rollout(
+        &self,
+        req: Request<PauseRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let rec = self
+            .rollouts
+            .set_paused(&req.get_ref().app, true, &who)
+            .await?;
+        Ok(Response::new(self.rollout_out(&rec)))
+    }
+
+    async fn resume_rollout(
+        &self,
+        req: Request<ResumeRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let rec = self
+            .rollouts
+            .set_paused(&req.get_ref().app, false, &who)
+            .await?;
+        Ok(Response::new(self.rollout_out(&rec)))
+    }
+
+    async fn rollback_rollout(
+        &self,
+        req: Request<RollbackRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let r = req.into_inner();
+        let to = (!r.to.is_empty()).then_some(r.to.as_str());
+        let rec = self.rollouts.rollback(&r.app, to, &who).await?;
+        Ok(Response::new(self.rollout_out(&rec)))
+    }
+
+    async fn pin_cluster(
+        &self,
+        req: Request<PinClusterRequest>,
+    ) -> Result<Response<PinClusterResponse>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let r = req.into_inner();
+        self.registry.get_cluster(&r.cluster).await?;
+        let revision = self
+            .rollouts
+            .pin(&r.cluster, &r.app, &r.revision, &who)
+            .await?;
+        Ok(Response::new(PinClusterResponse {
+            cluster: r.cluster,
+            app: r.app,
+            revision,
+        }))
+    }
+
+    async fn unpin_cluster(
+        &self,
+        req: Request<UnpinClusterRequest>,
+    ) -> Result<Response<PinClusterResponse>, Status> {
+        let who = self.authorize_uri(&req)?;
+        let r = req.into_inner();
+        let revision = self
+            .rollouts
+            .get(&r.app)
+            .await?
+            .pins
+            .get(&r.cluster)
+            .cloned()
+            .unwrap_or_default();
+        self.rollouts.unpin(&r.cluster, &r.app, &who).await?;
+        Ok(Response::new(PinClusterResponse {
+            cluster: r.cluster,
+            app: r.app,
+            revision,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.authorize(&req)?;
+        let limit = match req.get_ref().limit {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n as usize,
+        };
+        let entries = self.rollouts.audit().list(limit).await?;
+        Ok(Response::new(ListAuditResponse {
+            entries: entries.iter().map(audit_view).collect(),
+        }))
     }
 }

@@ -16,6 +16,7 @@ pub mod registration;
 pub mod registry;
 pub mod render;
 pub mod rollout;
+pub mod rollout_view;
 pub mod server;
 pub mod session;
 pub mod sources;

@@ -55,6 +55,15 @@ pub enum Command {
     /// Apps rendered from sources, with their desired and applied revisions per cluster.
     #[command(subcommand)]
     App(AppCmd),
+    /// Revisions on their way through the apps' pipelines, and the operator controls.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    /// The newest operator actions (approvals, pauses, rollbacks, pins): who, when, what.
+    Audit {
+        /// How many of the newest entries to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
     /// Run an in-process hub with three simulated agents in two regions and show the fleet.
     Demo(demo::DemoArgs),
 }
@@ -86,6 +95,36 @@ pub enum ClusterCmd {
     },
     /// Remove a cluster: revokes its certificates and tokens and closes its session.
     Remove { name: String },
+    /// Keep a cluster on a kept revision of an app; rollouts skip it until it is unpinned.
+    Pin {
+        name: String,
+        app: String,
+        /// A kept revision (a unique prefix is enough).
+        revision: String,
+    },
+    /// Let a pinned cluster follow the app's rollouts again.
+    Unpin { name: String, app: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Every app's rollout: revision, state, current stage, progress, last good revision.
+    List,
+    /// One app's rollout, stage by stage.
+    Status { app: String },
+    /// Let a stage that waits for a manual approval start.
+    Approve { app: String, stage: String },
+    /// Stop the app's rollouts where they are; new revisions wait until it is resumed.
+    Pause { app: String },
+    /// Let a paused app's rollouts move again.
+    Resume { app: String },
+    /// Put every cluster of the app back on a kept revision and end the rollout in flight.
+    Rollback {
+        app: String,
+        /// The revision (a unique prefix is enough). Default: the last good revision.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,7 +311,56 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 f => output::structured(f, &TokenOut::from(&t)),
             }
         }
+        Command::Cluster(ClusterCmd::Pin {
+            name,
+            app,
+            revision,
+        }) => {
+            let p = admin
+                .pin_cluster(PinClusterRequest {
+                    cluster: name,
+                    app,
+                    revision,
+                })
+                .await?
+                .into_inner();
+            match fmt {
+                Format::Table => format!(
+                    "cluster {c} pinned to {a} {}; rollouts skip it until `flotilla cluster unpin {c} {a}`\n",
+                    p.revision,
+                    c = p.cluster,
+                    a = p.app,
+                ),
+                f => output::structured(f, &output::PinOut::from(&p)),
+            }
+        }
+        Command::Cluster(ClusterCmd::Unpin { name, app }) => {
+            let p = admin
+                .unpin_cluster(UnpinClusterRequest { cluster: name, app })
+                .await?
+                .into_inner();
+            match fmt {
+                Format::Table => format!(
+                    "cluster {} unpinned from {} {}; it follows the app's rollouts again\n",
+                    p.cluster, p.app, p.revision
+                ),
+                f => output::structured(f, &output::PinOut::from(&p)),
+            }
+        }
         Command::Source(cmd) => source_command(&mut admin, cmd, fmt).await?,
+        Command::Rollout(cmd) => rollout_command(&mut admin, cmd, fmt).await?,
+        Command::Audit { limit } => {
+            let entries = admin
+                .list_audit(ListAuditRequest { limit })
+                .await?
+                .into_inner()
+                .entries;
+            let rows: Vec<_> = entries.iter().map(output::AuditOut::from).collect();
+            match fmt {
+                Format::Table => output::audit_table(&rows),
+                f => output::structured(f, &rows),
+            }
+        }
         Command::App(AppCmd::List) => {
             let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
             let rows: Vec<_> = apps.iter().map(output::AppOut::from).collect();
@@ -350,5 +438,83 @@ async fn source_command(
             .sync_source(SyncSourceRequest { name })
             .await?
             .into_inner()),
+    })
+}
+
+async fn rollout_command(
+    admin: &mut flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    cmd: RolloutCmd,
+    fmt: Format,
+) -> Result<String, CliError> {
+    // An action prints what it did, then the rollout as it stands.
+    let one = |done: String, r: Rollout| {
+        let row = output::RolloutOut::from(&r);
+        match fmt {
+            Format::Table => done + &output::rollout_table(&row),
+            f => output::structured(f, &row),
+        }
+    };
+    Ok(match cmd {
+        RolloutCmd::List => {
+            let list = admin
+                .list_rollouts(ListRolloutsRequest {})
+                .await?
+                .into_inner()
+                .rollouts;
+            let rows: Vec<_> = list.iter().map(output::RolloutOut::from).collect();
+            match fmt {
+                Format::Table => output::rollouts_table(&rows),
+                f => output::structured(f, &rows),
+            }
+        }
+        RolloutCmd::Status { app } => one(
+            String::new(),
+            admin
+                .get_rollout(GetRolloutRequest { app })
+                .await?
+                .into_inner(),
+        ),
+        RolloutCmd::Approve { app, stage } => one(
+            format!("stage {stage} of {app} approved\n"),
+            admin
+                .approve_stage(ApproveStageRequest {
+                    app: app.clone(),
+                    stage: stage.clone(),
+                })
+                .await?
+                .into_inner(),
+        ),
+        RolloutCmd::Pause { app } => one(
+            format!(
+                "{app} paused: its rollouts stay where they are until `flotilla rollout resume {app}`\n"
+            ),
+            admin
+                .pause_rollout(PauseRolloutRequest { app: app.clone() })
+                .await?
+                .into_inner(),
+        ),
+        RolloutCmd::Resume { app } => one(
+            format!("{app} resumed\n"),
+            admin
+                .resume_rollout(ResumeRolloutRequest { app: app.clone() })
+                .await?
+                .into_inner(),
+        ),
+        RolloutCmd::Rollback { app, to } => {
+            let r = admin
+                .rollback_rollout(RollbackRolloutRequest {
+                    app: app.clone(),
+                    to: to.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            one(
+                format!(
+                    "{app} rolled back to {}: every cluster returns to it\n",
+                    r.last_good_revision
+                ),
+                r,
+            )
+        }
     })
 }

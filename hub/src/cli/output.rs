@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
-use flotilla_proto::v1::{App, Cluster, ClusterApp, Source, Token};
+use flotilla_proto::v1::{
+    App, AuditEntry, Cluster, ClusterApp, PinClusterResponse, Rollout, RolloutStage, Source, Token,
+};
 use serde::Serialize;
 
 /// `-o` values.
@@ -409,6 +411,295 @@ pub fn apps_table(rows: &[AppOut]) -> String {
                 error.clone(),
             ]);
         }
+    }
+    format!("{t}\n")
+}
+
+// === Rollouts and audit ===
+
+/// An app's rollout as the CLI shows it (`rollout status`, `rollout list`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutOut {
+    pub app: String,
+    pub source: String,
+    pub pipeline: Option<String>,
+    pub revision: Option<String>,
+    /// `progressing`, `waiting_approval`, `paused`, `succeeded`, `failed`, `rolled_back`
+    /// (`none` before the first rollout).
+    pub state: String,
+    pub paused: bool,
+    pub last_good_revision: Option<String>,
+    pub message: Option<String>,
+    /// The stage in progress (the last one when all are done).
+    pub current_stage: Option<String>,
+    /// Clusters that received the revision, out of `total` in the stages.
+    pub updated: usize,
+    pub total: usize,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    /// Cluster → pinned revision.
+    pub pins: BTreeMap<String, String>,
+    /// Clusters on an older, superseded revision until this one reaches them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, String>,
+    pub failed_revisions: Vec<String>,
+    pub stages: Vec<RolloutStageOut>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStageOut {
+    pub name: String,
+    /// `pending`, `progressing`, `soaking`, `waiting_approval`, `succeeded`, `failed`.
+    pub state: String,
+    pub revision: String,
+    pub clusters: Vec<String>,
+    /// How many of `clusters` received the revision (`updated_clusters`).
+    pub updated: usize,
+    pub updated_clusters: Vec<String>,
+    pub batch: Vec<String>,
+    /// Failed cluster → reason.
+    pub failures: BTreeMap<String, String>,
+    /// `auto` or `manual`.
+    pub approval: String,
+    pub approved_by: Option<String>,
+    pub max_parallel: String,
+    pub soak: String,
+    /// Only while soaking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak_remaining_seconds: Option<u64>,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+}
+
+impl From<&RolloutStage> for RolloutStageOut {
+    fn from(s: &RolloutStage) -> Self {
+        Self {
+            name: s.name.clone(),
+            state: s.state.clone(),
+            revision: s.revision.clone(),
+            clusters: s.clusters.clone(),
+            updated: s.updated.len(),
+            updated_clusters: s.updated.clone(),
+            batch: s.batch.clone(),
+            failures: s.failures.clone().into_iter().collect(),
+            approval: if s.approval { "manual" } else { "auto" }.into(),
+            approved_by: non_empty(&s.approved_by),
+            max_parallel: s.max_parallel.clone(),
+            soak: seconds(s.soak_seconds),
+            soak_remaining_seconds: (s.state == "soaking").then_some(s.soak_remaining_seconds),
+            started: rfc3339_ms(s.started_unix_ms),
+            finished: rfc3339_ms(s.finished_unix_ms),
+        }
+    }
+}
+
+impl From<&Rollout> for RolloutOut {
+    fn from(r: &Rollout) -> Self {
+        let stages: Vec<RolloutStageOut> = r.stages.iter().map(RolloutStageOut::from).collect();
+        let current = stages
+            .get(r.current_stage as usize)
+            .or(stages.last())
+            .map(|s| s.name.clone());
+        Self {
+            app: r.app.clone(),
+            source: r.source.clone(),
+            pipeline: non_empty(&r.pipeline),
+            revision: non_empty(&r.revision),
+            state: if r.state.is_empty() {
+                "none".into()
+            } else {
+                r.state.clone()
+            },
+            paused: r.paused,
+            last_good_revision: non_empty(&r.last_good_revision),
+            message: non_empty(&r.message),
+            current_stage: current,
+            updated: stages.iter().map(|s| s.updated).sum(),
+            total: stages.iter().map(|s| s.clusters.len()).sum(),
+            started: rfc3339_ms(r.started_unix_ms),
+            finished: rfc3339_ms(r.finished_unix_ms),
+            pins: r.pins.clone().into_iter().collect(),
+            held: r.held.clone().into_iter().collect(),
+            failed_revisions: r.failed_revisions.clone(),
+            stages,
+        }
+    }
+}
+
+fn seconds(s: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+}
+
+fn opt_short(rev: Option<&str>) -> String {
+    rev.map(short).unwrap_or_else(|| "-".into())
+}
+
+impl RolloutOut {
+    fn stage(&self, name: &str) -> Option<&RolloutStageOut> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+pub fn rollouts_table(rows: &[RolloutOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "APP",
+        "PIPELINE",
+        "REVISION",
+        "STATE",
+        "STAGE",
+        "UPDATED",
+        "LAST GOOD",
+    ]);
+    for r in rows {
+        let stage = r
+            .current_stage
+            .as_deref()
+            .and_then(|n| r.stage(n))
+            .map(|s| format!("{} ({})", s.name, s.state))
+            .unwrap_or_else(|| "-".into());
+        t.add_row([
+            r.app.clone(),
+            r.pipeline.clone().unwrap_or_else(|| "-".into()),
+            opt_short(r.revision.as_deref()),
+            r.state.clone(),
+            stage,
+            format!("{}/{}", r.updated, r.total),
+            opt_short(r.last_good_revision.as_deref()),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// One rollout: a summary, then a row per stage.
+pub fn rollout_table(r: &RolloutOut) -> String {
+    let mut out = format!(
+        "app {} (source {}), pipeline {}\nrevision {}: {}{}\nlast good: {}\n",
+        r.app,
+        r.source,
+        r.pipeline.as_deref().unwrap_or("none"),
+        r.revision.as_deref().unwrap_or("-"),
+        r.state,
+        if r.paused && r.state != "paused" {
+            " (app paused)"
+        } else {
+            ""
+        },
+        r.last_good_revision.as_deref().unwrap_or("-"),
+    );
+    if let Some(m) = &r.message {
+        out.push_str(&format!("message: {m}\n"));
+    }
+    if !r.pins.is_empty() {
+        let pins: Vec<String> = r
+            .pins
+            .iter()
+            .map(|(c, rev)| format!("{c}={}", short(rev)))
+            .collect();
+        out.push_str(&format!("pinned: {}\n", pins.join(", ")));
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "STAGE", "STATE", "CLUSTERS", "UPDATED", "BATCH", "SOAK", "APPROVAL", "FAILURES",
+    ]);
+    for s in &r.stages {
+        let soak = match s.soak_remaining_seconds {
+            Some(left) => format!("{} ({} left)", s.soak, seconds(left)),
+            None => s.soak.clone(),
+        };
+        let approval = match (&s.approved_by, s.approval.as_str()) {
+            (Some(who), _) => format!("approved by {who}"),
+            (None, "manual") => "manual".into(),
+            _ => "-".into(),
+        };
+        let failures: Vec<String> = s
+            .failures
+            .iter()
+            .map(|(c, why)| format!("{c}: {why}"))
+            .collect();
+        t.add_row([
+            s.name.clone(),
+            s.state.clone(),
+            s.clusters.join(","),
+            format!("{}/{}", s.updated, s.clusters.len()),
+            s.batch.join(","),
+            soak,
+            approval,
+            failures.join("; "),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
+}
+
+/// A pin or unpin as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinOut {
+    pub cluster: String,
+    pub app: String,
+    pub revision: String,
+}
+
+impl From<&PinClusterResponse> for PinOut {
+    fn from(p: &PinClusterResponse) -> Self {
+        Self {
+            cluster: p.cluster.clone(),
+            app: p.app.clone(),
+            revision: p.revision.clone(),
+        }
+    }
+}
+
+/// One audit entry as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditOut {
+    pub at: Option<String>,
+    pub at_unix_ms: u64,
+    pub who: String,
+    pub action: String,
+    pub app: String,
+    pub cluster: Option<String>,
+    pub stage: Option<String>,
+    pub revision: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl From<&AuditEntry> for AuditOut {
+    fn from(e: &AuditEntry) -> Self {
+        Self {
+            at: rfc3339_ms(e.at_unix_ms),
+            at_unix_ms: e.at_unix_ms,
+            who: e.who.clone(),
+            action: e.action.clone(),
+            app: e.app.clone(),
+            cluster: non_empty(&e.cluster),
+            stage: non_empty(&e.stage),
+            revision: non_empty(&e.revision),
+            detail: non_empty(&e.detail),
+        }
+    }
+}
+
+pub fn audit_table(rows: &[AuditOut]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "TIME", "WHO", "ACTION", "APP", "CLUSTER", "STAGE", "REVISION", "DETAIL",
+    ]);
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    for e in rows {
+        t.add_row([
+            dash(&e.at),
+            e.who.clone(),
+            e.action.clone(),
+            e.app.clone(),
+            dash(&e.cluster),
+            dash(&e.stage),
+            opt_short(e.revision.as_deref()),
+            e.detail.clone().unwrap_or_default(),
+        ]);
     }
     format!("{t}\n")
 }

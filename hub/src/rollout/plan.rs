@@ -454,6 +454,8 @@ impl AppRollout {
             return touched;
         }
         let revision = r.revision.clone();
+        // Clusters pinned after the rollout started are done as far as it is concerned.
+        let pinned: BTreeSet<String> = self.pins.keys().cloned().collect();
         let mut failed_stage = None;
         while r.current < r.stages.len() {
             let stage = &mut r.stages[r.current];
@@ -477,6 +479,9 @@ impl AppRollout {
                 StageState::WaitingApproval => break,
                 StageState::Progressing | StageState::Soaking => {
                     for (c, at) in &stage.updated {
+                        if pinned.contains(c) {
+                            continue;
+                        }
                         if let Some(why) = failure(inp, c, &revision, *at, timeout_ms) {
                             stage.failures.entry(c.clone()).or_insert(why);
                         }
@@ -498,17 +503,18 @@ impl AppRollout {
                         }
                         break;
                     }
-                    let batch_done = stage
-                        .batch
-                        .iter()
-                        .all(|c| stage.failures.contains_key(c) || healthy(inp, c, &revision));
+                    let batch_done = stage.batch.iter().all(|c| {
+                        pinned.contains(c)
+                            || stage.failures.contains_key(c)
+                            || healthy(inp, c, &revision)
+                    });
                     if !batch_done {
                         break;
                     }
                     let remaining: Vec<String> = stage
                         .clusters
                         .iter()
-                        .filter(|c| !stage.updated.contains_key(*c))
+                        .filter(|c| !stage.updated.contains_key(*c) && !pinned.contains(*c))
                         .cloned()
                         .collect();
                     if remaining.is_empty() {
@@ -556,9 +562,10 @@ impl AppRollout {
             r.state = RolloutState::Succeeded;
             r.finished_ms = Some(inp.now_ms);
             r.message = String::new();
-            touched.extend(r.held.keys().cloned());
             r.held.clear();
             self.last_good = Some(revision);
+            // Every target now runs the revision (including clusters unpinned meanwhile).
+            touched.extend(self.known_clusters());
         }
         touched.sort();
         touched.dedup();
@@ -619,6 +626,15 @@ impl AppRollout {
                         .join(", ")
                 ))
             })?;
+        if let Some(r) = &self.rollout
+            && r.state.in_flight()
+            && r.revision == target
+        {
+            return Err(refused(format!(
+                "{} is the revision being rolled out; roll back to an earlier one",
+                short(&target)
+            )));
+        }
         let touched: Vec<String> = self.known_clusters().into_iter().collect();
         if let Some(r) = &mut self.rollout
             && r.revision != target

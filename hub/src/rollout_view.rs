@@ -1,0 +1,169 @@
+//! How the Admin API shows rollout records and audit entries: the conversion from
+//! [`AppRollout`] and [`crate::audit::AuditEntry`] to their wire messages. Pure, no I/O.
+
+use flotilla_proto::v1 as pb;
+
+use crate::audit::AuditEntry;
+use crate::rollout::plan::{AppRollout, StageRun, StageState};
+
+/// The state an operator sees: the rollout's own, except `paused` while the app is paused and
+/// its rollout is in flight; empty when the app has had no rollout.
+pub fn rollout_state(rec: &AppRollout) -> &'static str {
+    match &rec.rollout {
+        Some(r) if rec.paused && r.state.in_flight() => "paused",
+        Some(r) => r.state.as_str(),
+        None => "",
+    }
+}
+
+/// The view of one app's record at `now_ms` (for the soak time left).
+pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
+    let mut out = pb::Rollout {
+        app: rec.app.clone(),
+        source: rec.source.clone(),
+        pipeline: rec.pipeline_name.clone().unwrap_or_default(),
+        state: rollout_state(rec).to_string(),
+        paused: rec.paused,
+        last_good_revision: rec.last_good.clone().unwrap_or_default(),
+        pins: rec.pins.clone().into_iter().collect(),
+        failed_revisions: rec.failed_revisions.clone(),
+        ..Default::default()
+    };
+    if let Some(r) = &rec.rollout {
+        out.revision = r.revision.clone();
+        out.message = r.message.clone();
+        out.current_stage = r.current as u32;
+        out.started_unix_ms = r.started_ms;
+        out.finished_unix_ms = r.finished_ms.unwrap_or_default();
+        out.held = r.held.clone().into_iter().collect();
+        out.stages = r
+            .stages
+            .iter()
+            .map(|s| stage_view(s, &r.revision, now_ms))
+            .collect();
+    }
+    out
+}
+
+fn stage_view(s: &StageRun, revision: &str, now_ms: u64) -> pb::RolloutStage {
+    let soak_remaining_ms = match (s.state, s.soak_until_ms) {
+        (StageState::Soaking, Some(until)) => until.saturating_sub(now_ms),
+        _ => 0,
+    };
+    pb::RolloutStage {
+        name: s.name.clone(),
+        state: s.state.as_str().to_string(),
+        revision: revision.to_string(),
+        clusters: s.clusters.clone(),
+        updated: s.updated.keys().cloned().collect(),
+        batch: s.batch.clone(),
+        failures: s.failures.clone().into_iter().collect(),
+        approval: s.approval,
+        approved_by: s.approved_by.clone().unwrap_or_default(),
+        soak_seconds: s.soak_ms / 1000,
+        soak_remaining_seconds: soak_remaining_ms.div_ceil(1000),
+        max_parallel: s.max_parallel.to_string(),
+        started_unix_ms: s.started_ms.unwrap_or_default(),
+        finished_unix_ms: s.finished_ms.unwrap_or_default(),
+    }
+}
+
+pub fn audit_view(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        at_unix_ms: e.at_ms,
+        who: e.who.clone(),
+        action: e.action.clone(),
+        app: e.app.clone(),
+        cluster: e.cluster.clone(),
+        stage: e.stage.clone(),
+        revision: e.revision.clone(),
+        detail: e.detail.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::render::CountOrPercent;
+    use crate::rollout::plan::{Rollout, RolloutState};
+
+    fn stage(name: &str, state: StageState) -> StageRun {
+        StageRun {
+            name: name.into(),
+            state,
+            approval: false,
+            soak_ms: 90_000,
+            max_parallel: CountOrPercent::Percent(50),
+            clusters: vec!["a".into(), "b".into()],
+            updated: BTreeMap::from([("a".into(), 5)]),
+            batch: vec!["a".into()],
+            soak_until_ms: Some(61_500),
+            approved_by: None,
+            started_ms: Some(1),
+            finished_ms: None,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    fn record(state: RolloutState, paused: bool) -> AppRollout {
+        let mut rec = AppRollout::new("web", "fleet");
+        rec.paused = paused;
+        rec.pipeline_name = Some("regions".into());
+        rec.rollout = Some(Rollout {
+            revision: "r2".into(),
+            state,
+            stages: vec![
+                stage("canary", StageState::Soaking),
+                stage("prod", StageState::Pending),
+            ],
+            current: 0,
+            started_ms: 1,
+            finished_ms: None,
+            message: String::new(),
+            held: BTreeMap::new(),
+        });
+        rec
+    }
+
+    #[test]
+    fn paused_shows_only_while_in_flight() {
+        assert_eq!(
+            rollout_state(&record(RolloutState::Progressing, true)),
+            "paused"
+        );
+        assert_eq!(
+            rollout_state(&record(RolloutState::WaitingApproval, true)),
+            "paused"
+        );
+        assert_eq!(
+            rollout_state(&record(RolloutState::WaitingApproval, false)),
+            "waiting_approval"
+        );
+        assert_eq!(
+            rollout_state(&record(RolloutState::Succeeded, true)),
+            "succeeded"
+        );
+        assert_eq!(
+            rollout_state(&record(RolloutState::RolledBack, false)),
+            "rolled_back"
+        );
+        assert_eq!(rollout_state(&AppRollout::new("web", "fleet")), "");
+    }
+
+    #[test]
+    fn stages_carry_the_revision_and_the_soak_left() {
+        let v = rollout_view(&record(RolloutState::Progressing, false), 60_000);
+        assert_eq!(v.pipeline, "regions");
+        assert_eq!(v.revision, "r2");
+        let canary = &v.stages[0];
+        assert_eq!(canary.revision, "r2");
+        assert_eq!(canary.state, "soaking");
+        assert_eq!(canary.updated, vec!["a".to_string()]);
+        assert_eq!(canary.soak_seconds, 90);
+        assert_eq!(canary.soak_remaining_seconds, 2, "1.5 s rounds up");
+        assert_eq!(canary.max_parallel, "50%");
+        assert_eq!(v.stages[1].soak_remaining_seconds, 0, "not soaking");
+    }
+}
