@@ -203,29 +203,7 @@ impl HubProcess {
 
     /// Memory, threads and CPU time from `/proc/<pid>`.
     pub fn sample(&self) -> Result<ProcSample> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .context("reading the hub's /proc status (did it exit?)")?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may contain spaces) start at field 3 (state).
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // utime is field 14, stime 15 (1-based); `after` starts at field 3.
-        let cpu = (ticks(14 - 3) + ticks(15 - 3)) as f64 / CLOCK_TICKS;
-        Ok(ProcSample {
-            rss_kib: field("VmRSS:"),
-            hwm_kib: field("VmHWM:"),
-            threads: field("Threads:"),
-            cpu_secs: cpu,
-        })
+        sample_pid(self.pid, "hub")
     }
 
     /// The last `n` lines of the hub's log.
@@ -271,6 +249,34 @@ impl HubProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Memory, threads and CPU time of process `pid` from `/proc/<pid>`; `what` names the process
+/// in the error when it cannot be read.
+pub fn sample_pid(pid: u32, what: &str) -> Result<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading the {what}'s /proc status (did it exit?)"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime is field 14, stime 15 (1-based); `after` starts at field 3.
+    let cpu = (ticks(14 - 3) + ticks(15 - 3)) as f64 / CLOCK_TICKS;
+    Ok(ProcSample {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        threads: field("Threads:"),
+        cpu_secs: cpu,
+    })
 }
 
 /// The end of a log for an error message: its last warnings and errors (up to `n`), then its

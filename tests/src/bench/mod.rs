@@ -1,6 +1,6 @@
-//! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`): the hub under test as a
-//! child process ([`hub`]), lightweight session clients and their enrollment ([`client`],
-//! [`fleet`]), and latency summaries ([`stats`]).
+//! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`): the hub
+//! under test as a child process ([`hub`]), lightweight session clients and their enrollment
+//! ([`client`], [`fleet`]), and latency summaries ([`stats`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -40,11 +40,21 @@ pub fn raise_nofile() -> Result<u64> {
 
 /// `flotilla-hub` next to the running executable (both are built into the same target dir).
 pub fn default_hub_bin() -> Result<PathBuf> {
+    sibling_bin("flotilla-hub")
+}
+
+/// `flotilla-agent` next to the running executable.
+pub fn default_agent_bin() -> Result<PathBuf> {
+    sibling_bin("flotilla-agent")
+}
+
+/// The program `name` in the directory of the running executable.
+fn sibling_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
     Ok(exe
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
-        .join("flotilla-hub"))
+        .join(name))
 }
 
 /// An Admin API client with the hub's own admin credential (`<data dir>/admin.yaml`).
