@@ -64,7 +64,8 @@ pub enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
-    /// Run an in-process hub with three simulated agents in two regions and show the fleet.
+    /// Run an in-process hub with six simulated agents in three regions: a release promoted
+    /// stage by stage, then a bad one that fails in the canary stage and is rolled back.
     Demo(demo::DemoArgs),
 }
 
