@@ -611,7 +611,7 @@ impl Reconciler {
             }
             match self
                 .kube
-                .apply(&obj.key, &obj.value, opts.force_conflicts, false)
+                .apply(&obj.key, &obj.value(), opts.force_conflicts, false)
                 .await
             {
                 Ok(live) => {
@@ -790,7 +790,7 @@ impl Reconciler {
                 let paths = match self.kube.get(&obj.key).await {
                     Ok(None) => vec!["(object missing)".to_string()],
                     Ok(Some(live)) => {
-                        match self.kube.apply(&obj.key, &obj.value, true, true).await {
+                        match self.kube.apply(&obj.key, &obj.value(), true, true).await {
                             Ok(dry) => drift::drifted_paths(&live, &dry),
                             Err(e) => {
                                 tracing::warn!(app = %name, object = %obj.key, error = %e, "drift check failed");
@@ -808,7 +808,7 @@ impl Reconciler {
                 }
                 let mut fixed = false;
                 if heal {
-                    match self.kube.apply(&obj.key, &obj.value, true, false).await {
+                    match self.kube.apply(&obj.key, &obj.value(), true, false).await {
                         Ok(_) => {
                             fixed = true;
                             healed += 1;

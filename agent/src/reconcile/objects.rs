@@ -72,11 +72,29 @@ impl fmt::Display for ObjKey {
     }
 }
 
-/// One object of a bundle.
+/// One object of a bundle, kept as compact JSON: a parsed `serde_json::Value` costs about
+/// twenty times its text in memory, and the agent holds every object of every app for drift
+/// checks. It is parsed again only when it is applied.
 #[derive(Debug, Clone)]
 pub struct Obj {
     pub key: ObjKey,
-    pub value: Value,
+    json: Box<str>,
+}
+
+impl Obj {
+    pub fn new(key: ObjKey, value: &Value) -> Self {
+        Self {
+            key,
+            json: serde_json::to_string(value)
+                .expect("a JSON value serializes")
+                .into_boxed_str(),
+        }
+    }
+
+    /// The object as the bundle has it.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.json).expect("kept as valid JSON")
+    }
 }
 
 /// Whether an object (from the bundle or live) opts out of pruning.
@@ -104,7 +122,7 @@ pub fn parse_bundle(bytes: &[u8]) -> Result<Vec<Obj>, BundleParseError> {
     let mut objs = Vec::with_capacity(values.len());
     for (i, value) in values.into_iter().enumerate() {
         let key = ObjKey::of(&value).ok_or(BundleParseError::NoIdentity(i))?;
-        objs.push(Obj { key, value });
+        objs.push(Obj::new(key, &value));
     }
     objs.sort_by(|a, b| (a.key.phase(), &a.key).cmp(&(b.key.phase(), &b.key)));
     if let Some(w) = objs.windows(2).find(|w| w[0].key == w[1].key) {

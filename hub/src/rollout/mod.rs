@@ -330,6 +330,9 @@ impl Rollouts {
             });
             if rec != before {
                 log_progress(&before, &rec);
+                if let Some(entry) = automatic_action(&rec) {
+                    self.audited(entry).await?;
+                }
                 self.save(&rec, Some(rev)).await?;
             }
             self.apply(&rec, &touched).await?;
@@ -517,6 +520,34 @@ fn blank() -> AuditEntry {
         detail: String::new(),
     }
 }
+
+/// The audit entry of a decision the engine took by itself (a failed stage halting or rolling
+/// back a revision), for a record that was in flight before this pass.
+fn automatic_action(rec: &AppRollout) -> Option<AuditEntry> {
+    let r = rec.rollout.as_ref()?;
+    let action = match r.state {
+        plan::RolloutState::RolledBack => "rollout.rollback",
+        plan::RolloutState::Failed => "rollout.halt",
+        _ => return None,
+    };
+    Some(AuditEntry {
+        who: AUTOMATIC.into(),
+        action: action.into(),
+        app: rec.app.clone(),
+        stage: r
+            .stages
+            .iter()
+            .find(|s| s.state == plan::StageState::Failed)
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        revision: r.revision.clone(),
+        detail: r.message.clone(),
+        ..blank()
+    })
+}
+
+/// Who the audit log names for the engine's own decisions.
+pub const AUTOMATIC: &str = "flotilla-hub (automatic)";
 
 fn log_progress(before: &AppRollout, after: &AppRollout) {
     let (Some(b), Some(a)) = (&before.rollout, &after.rollout) else {
