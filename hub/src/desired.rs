@@ -273,56 +273,6 @@ impl DesiredStates {
         Err(HubError::Contention(key))
     }
 
-    /// Sets the apps of many clusters in one durable write (a fleet-wide change is one
-    /// transaction, not one per cluster). Returns the clusters whose generation moved.
-    pub async fn set_many(
-        &self,
-        changes: Vec<(String, Vec<AppEntry>)>,
-    ) -> Result<Vec<(String, u64)>, HubError> {
-        for _ in 0..CAS_RETRIES {
-            let by_key: std::collections::HashMap<String, (DesiredRecord, u64)> = self
-                .store
-                .list(DESIRED)
-                .await?
-                .0
-                .into_iter()
-                .map(|kv| {
-                    let rec = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-                    Ok((kv.key, (rec, kv.mod_revision)))
-                })
-                .collect::<Result<_, HubError>>()?;
-            let mut ops = Vec::new();
-            let mut moved = Vec::new();
-            for (cluster, apps) in &changes {
-                let mut apps = apps.clone();
-                apps.sort_by(|a, b| a.app.cmp(&b.app));
-                let key = format!("{DESIRED}{cluster}");
-                let (old, expected) = match by_key.get(&key) {
-                    Some((rec, rev)) => (rec.clone(), Some(*rev)),
-                    None => (DesiredRecord::default(), None),
-                };
-                if old.apps == apps {
-                    continue;
-                }
-                let new = DesiredRecord {
-                    generation: old.generation + 1,
-                    apps,
-                };
-                moved.push((cluster.clone(), new.generation));
-                ops.push(crate::store::CasOp {
-                    key,
-                    expected,
-                    value: serde_json::to_vec(&new).expect("record serializes"),
-                });
-            }
-            // On a conflict someone else wrote meanwhile: re-read and try again.
-            if self.store.compare_and_swap_many(ops).await?.is_ok() {
-                return Ok(moved);
-            }
-        }
-        Err(HubError::Contention(DESIRED.to_string()))
-    }
-
     /// Sets or removes single apps' entries on the clusters named, in one durable write; reads
     /// only those clusters. Returns the clusters whose generation moved.
     pub async fn set_entries(
@@ -475,17 +425,27 @@ mod tests {
         assert_eq!(d.get("c").await.unwrap(), r);
         assert_eq!(d.get("other").await.unwrap().generation, 0);
 
-        // A batch: only the clusters whose apps change move, in one write.
+        // A batch of single-app edits: only the clusters whose apps change move, in one write.
         let moved = d
-            .set_many(vec![
-                ("c".into(), vec![entry("a", "sha256:3")]),
-                ("x".into(), vec![entry("a", "sha256:4")]),
-                ("y".into(), vec![entry("a", "sha256:4")]),
+            .set_entries(&[
+                ("c".into(), "a".into(), Some(entry("a", "sha256:3"))),
+                ("x".into(), "a".into(), Some(entry("a", "sha256:4"))),
+                ("y".into(), "a".into(), Some(entry("a", "sha256:4"))),
+                ("y".into(), "b".into(), Some(entry("b", "sha256:5"))),
             ])
             .await
             .unwrap();
         assert_eq!(moved, vec![("x".to_string(), 1), ("y".to_string(), 1)]);
-        assert_eq!(d.get("y").await.unwrap().apps[0].bundle_digest, "sha256:4");
+        let y = d.get("y").await.unwrap();
+        assert_eq!(y.apps.len(), 2);
+        assert_eq!(y.apps[0].bundle_digest, "sha256:4");
         assert_eq!(d.all().await.unwrap().len(), 3);
+        // Removing one app leaves the others.
+        let moved = d
+            .set_entries(&[("y".into(), "a".into(), None)])
+            .await
+            .unwrap();
+        assert_eq!(moved, vec![("y".to_string(), 2)]);
+        assert_eq!(d.get("y").await.unwrap().apps[0].app, "b");
     }
 }

@@ -412,6 +412,7 @@ impl Sources {
             .collect();
         let limits = self.inner.limits;
         let bundles = self.inner.bundles.clone();
+        let infos = clusters.clone();
         let rendered =
             tokio::task::spawn_blocking(move || render_all(&tree, &clusters, &limits, &bundles))
                 .await
@@ -470,15 +471,6 @@ impl Sources {
         for app in gone {
             self.inner.rollouts.remove(&app).await?;
         }
-        let infos: Vec<ClusterInfo> = self
-            .inner
-            .registry
-            .list_clusters()
-            .await?
-            .into_iter()
-            .filter(|c| !c.revoked)
-            .map(|c| ClusterInfo::new(c.name, c.labels))
-            .collect();
         for (app, result) in self.inner.rollouts.offer(name, offers, &infos).await {
             let st = apps.get_mut(&app).expect("offered apps are listed");
             match result {
