@@ -212,6 +212,11 @@ pub struct StatusRecord {
 #[derive(Debug, Clone)]
 pub struct DesiredStates {
     store: SharedStore,
+    /// Statuses already read or written: only this hub's sessions write them, and the rollout
+    /// engine reads every in-flight cluster's status on each pass.
+    statuses: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<StatusRecord>>>,
+    >,
 }
 
 fn corrupt(key: &str, e: serde_json::Error) -> HubError {
@@ -223,7 +228,10 @@ fn corrupt(key: &str, e: serde_json::Error) -> HubError {
 
 impl DesiredStates {
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            statuses: Default::default(),
+        }
     }
 
     pub async fn get(&self, cluster: &str) -> Result<DesiredRecord, HubError> {
@@ -342,11 +350,40 @@ impl DesiredStates {
     }
 
     pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {
-        let key = format!("{STATUS}{cluster}");
-        match self.store.get(&key).await? {
-            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
-            None => Ok(StatusRecord::default()),
+        Ok(self.status_shared(cluster).await?.as_ref().clone())
+    }
+
+    /// The cluster's statuses without copying them (from memory after the first read).
+    pub async fn status_shared(
+        &self,
+        cluster: &str,
+    ) -> Result<std::sync::Arc<StatusRecord>, HubError> {
+        if let Some(rec) = self.cached(cluster) {
+            return Ok(rec);
         }
+        let key = format!("{STATUS}{cluster}");
+        let rec: StatusRecord = match self.store.get(&key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?,
+            None => StatusRecord::default(),
+        };
+        let rec = std::sync::Arc::new(rec);
+        self.cache(cluster, rec.clone());
+        Ok(rec)
+    }
+
+    fn cached(&self, cluster: &str) -> Option<std::sync::Arc<StatusRecord>> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    fn cache(&self, cluster: &str, rec: std::sync::Arc<StatusRecord>) {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), rec);
     }
 
     /// Persists an agent's status report: each app it carries replaces that app's last status;
@@ -378,6 +415,7 @@ impl DesiredStates {
         self.store
             .put(&key, serde_json::to_vec(&rec).expect("record serializes"))
             .await?;
+        self.cache(cluster, std::sync::Arc::new(rec));
         Ok(())
     }
 }

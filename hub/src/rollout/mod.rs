@@ -158,8 +158,12 @@ impl Rollouts {
             .iter()
             .map(|c| (c.clone(), rec.app.clone(), rec.desired_for(c)))
             .collect();
-        for (cluster, generation) in self.inner.desired.set_entries(&changes).await? {
-            tracing::info!(cluster.id = %cluster, app = %rec.app, generation, "desired state changed");
+        let moved = self.inner.desired.set_entries(&changes).await?;
+        for (cluster, generation) in &moved {
+            tracing::debug!(cluster.id = %cluster, app = %rec.app, generation, "desired state changed");
+        }
+        if !moved.is_empty() {
+            tracing::info!(app = %rec.app, clusters = moved.len(), "desired state changed");
         }
         Ok(())
     }
@@ -246,7 +250,7 @@ impl Rollouts {
         &self,
         app: &str,
         clusters: &BTreeSet<String>,
-        statuses: &BTreeMap<String, crate::desired::StatusRecord>,
+        statuses: &BTreeMap<String, Arc<crate::desired::StatusRecord>>,
         seen: &BTreeMap<String, u64>,
     ) -> BTreeMap<String, ClusterView> {
         let mut views = BTreeMap::new();
@@ -309,7 +313,7 @@ impl Rollouts {
         }
         let mut statuses = BTreeMap::new();
         for c in &needed {
-            statuses.insert(c.clone(), self.inner.desired.status(c).await?);
+            statuses.insert(c.clone(), self.inner.desired.status_shared(c).await?);
         }
         let seen: BTreeMap<String, u64> = self
             .inner
