@@ -61,7 +61,12 @@ struct Inner {
     wake: Notify,
     /// Serializes every change of rollout records in this process.
     lock: Mutex<()>,
+    /// Every record with its store revision, loaded on first use; written through on save
+    /// (all changes go through this engine), so a pass never re-reads and re-parses the store.
+    records: std::sync::Mutex<Option<Records>>,
 }
+
+type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
 
 fn corrupt(key: &str, e: serde_json::Error) -> HubError {
     HubError::Corrupt {
@@ -91,6 +96,7 @@ impl Rollouts {
                 grace,
                 wake: Notify::new(),
                 lock: Mutex::new(()),
+                records: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -108,24 +114,46 @@ impl Rollouts {
         unix_ms(self.inner.clock.now())
     }
 
-    async fn load(&self, app: &str) -> Result<Option<(AppRollout, u64)>, HubError> {
-        let key = format!("{ROLLOUTS}{app}");
-        match self.inner.store.get(&key).await? {
-            Some(kv) => Ok(Some((
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?,
-                kv.mod_revision,
-            ))),
-            None => Ok(None),
+    fn records(&self) -> std::sync::MutexGuard<'_, Option<Records>> {
+        self.inner.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every record from the store once.
+    async fn ensure_loaded(&self) -> Result<(), HubError> {
+        if self.records().is_some() {
+            return Ok(());
         }
+        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
+        let mut map = Records::new();
+        for kv in items {
+            let rec: AppRollout =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            map.insert(rec.app.clone(), (Arc::new(rec), kv.mod_revision));
+        }
+        let mut guard = self.records();
+        if guard.is_none() {
+            *guard = Some(map);
+        }
+        Ok(())
+    }
+
+    async fn load(&self, app: &str) -> Result<Option<(AppRollout, u64)>, HubError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .records()
+            .as_ref()
+            .and_then(|m| m.get(app))
+            .map(|(r, rev)| (r.as_ref().clone(), *rev)))
     }
 
     /// Every app's record.
     pub async fn all(&self) -> Result<Vec<AppRollout>, HubError> {
-        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
-        items
-            .iter()
-            .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
-            .collect()
+        self.ensure_loaded().await?;
+        Ok(self
+            .records()
+            .as_ref()
+            .map(|m| m.values().map(|(r, _)| r.as_ref().clone()).collect())
+            .unwrap_or_default())
     }
 
     pub async fn get(&self, app: &str) -> Result<AppRollout, HubError> {
@@ -144,8 +172,17 @@ impl Rollouts {
             .compare_and_swap(&key, expected, body)
             .await?
         {
-            Ok(_) => Ok(()),
-            Err(_) => Err(HubError::Contention(key)),
+            Ok(rev) => {
+                if let Some(m) = self.records().as_mut() {
+                    m.insert(rec.app.clone(), (Arc::new(rec.clone()), rev));
+                }
+                Ok(())
+            }
+            Err(_) => {
+                // Someone else wrote the store: forget what we hold and read it again next time.
+                *self.records() = None;
+                Err(HubError::Contention(key))
+            }
         }
     }
 
@@ -241,6 +278,9 @@ impl Rollouts {
         self.inner.desired.set_entries(&changes).await?;
         let key = format!("{ROLLOUTS}{app}");
         self.inner.store.compare_and_delete(&key, rev).await?;
+        if let Some(m) = self.records().as_mut() {
+            m.remove(app);
+        }
         tracing::info!(app, "app removed from every cluster");
         Ok(())
     }
@@ -288,15 +328,19 @@ impl Rollouts {
 
     async fn tick_inner(&self) -> Result<(), HubError> {
         let _guard = self.inner.lock.lock().await;
-        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
-        let mut active = Vec::new();
-        for kv in items {
-            let rec: AppRollout =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            if !rec.paused && rec.rollout.as_ref().is_some_and(|r| r.state.in_flight()) {
-                active.push((rec, kv.mod_revision));
-            }
-        }
+        self.ensure_loaded().await?;
+        let active: Vec<(Arc<AppRollout>, u64)> = self
+            .records()
+            .as_ref()
+            .map(|m| {
+                m.values()
+                    .filter(|(rec, _)| {
+                        !rec.paused && rec.rollout.as_ref().is_some_and(|r| r.state.in_flight())
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         if active.is_empty() {
             return Ok(());
         }
@@ -324,21 +368,30 @@ impl Rollouts {
             .map(|c| (c.name, c.last_seen_ms))
             .collect();
         let now_ms = self.now_ms();
-        for (mut rec, rev) in active {
-            let views = self.views(&rec.app, &members(&rec), &statuses, &seen);
-            let before = rec.clone();
-            let touched = rec.advance(&Inputs {
+        for (shared, rev) in active {
+            let views = self.views(&shared.app, &members(&shared), &statuses, &seen);
+            let before = shared.as_ref();
+            // Advance a copy without the renderings; they are put back only if it moved.
+            let mut rec = before.without_renders();
+            let mut touched = rec.advance(&Inputs {
                 now_ms,
                 views: &views,
                 grace_ms: self.inner.grace.as_millis() as u64,
             });
-            if rec != before {
-                log_progress(&before, &rec);
-                if let Some(entry) = automatic_action(&rec) {
-                    self.audited(entry).await?;
-                }
-                self.save(&rec, Some(rev)).await?;
+            if !rec.progress_differs(before) {
+                continue;
             }
+            rec.renders = before.renders.clone();
+            if rec.rollout.as_ref().map(|r| r.state) == Some(plan::RolloutState::Succeeded) {
+                touched.extend(rec.known_clusters());
+                touched.sort();
+                touched.dedup();
+            }
+            log_progress(before, &rec);
+            if let Some(entry) = automatic_action(&rec) {
+                self.audited(entry).await?;
+            }
+            self.save(&rec, Some(rev)).await?;
             self.apply(&rec, &touched).await?;
         }
         Ok(())

@@ -255,6 +255,30 @@ impl AppRollout {
         }
     }
 
+    /// A copy without the renderings (the large part), for [`AppRollout::advance`], which
+    /// does not read them; [`AppRollout::progress_differs`] compares what it changes.
+    pub fn without_renders(&self) -> AppRollout {
+        AppRollout {
+            app: self.app.clone(),
+            source: self.source.clone(),
+            pipeline_name: self.pipeline_name.clone(),
+            pipeline: self.pipeline.clone(),
+            renders: Vec::new(),
+            last_good: self.last_good.clone(),
+            rollout: self.rollout.clone(),
+            failed_revisions: self.failed_revisions.clone(),
+            paused: self.paused,
+            pins: self.pins.clone(),
+        }
+    }
+
+    /// Whether `advance` changed anything between `self` and `other`.
+    pub fn progress_differs(&self, other: &AppRollout) -> bool {
+        self.rollout != other.rollout
+            || self.last_good != other.last_good
+            || self.failed_revisions != other.failed_revisions
+    }
+
     pub fn render(&self, revision: &str) -> Option<&Render> {
         self.renders.iter().rev().find(|r| r.revision == revision)
     }
