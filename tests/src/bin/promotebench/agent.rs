@@ -1,0 +1,273 @@
+//! What each lightweight session does with a new `DesiredState`, like an agent whose applies
+//! succeed at once: fetch every bundle it does not hold yet with `FetchBundle` (unless
+//! `--no-fetch`), check the sha256 of its gunzipped content against the digest, `Ack` the
+//! generation, and report every app whose revision or digest changed — and only those, as the
+//! real agent does — as `applied` and `healthy` (`replace: false`). Apps that left the desired
+//! state are reported `removed`. The rollout engine gates each batch on exactly these reports.
+//!
+//! Every change taken is also sent to the coordinator as an [`Event`] with the instant it was
+//! held, so that it can tell when every session holds a revision.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use flate2::read::GzDecoder;
+use flotilla_agent::bundles::MAX_BUNDLE_BYTES;
+use flotilla_proto::clock::unix_ms;
+use flotilla_proto::v1::agent_message::Msg as AgentMsg;
+use flotilla_proto::v1::agent_session_client::AgentSessionClient;
+use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, FetchBundleRequest, StatusReport};
+use flotilla_tests::bench::client::{DesiredCall, DesiredHandler, DesiredOutcome};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+/// One bundle fetch may take this long.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a session tells the coordinator.
+#[derive(Debug)]
+pub enum Event {
+    /// The session took a desired state: these apps changed, as (app, revision), and are held
+    /// (fetched and verified) since `at`.
+    Held {
+        cluster: String,
+        apps: Vec<(String, String)>,
+        at: SystemTime,
+    },
+    /// Some bundle could not be fetched or verified; the apps were reported `failed`.
+    Failed { cluster: String, message: String },
+}
+
+/// What one session last reported, per app: fingerprints of the revision and of the digest.
+type Reported = BTreeMap<String, (u64, u64)>;
+
+/// State shared by every session's handler calls.
+struct Shared {
+    events: mpsc::UnboundedSender<Event>,
+    fetch: bool,
+    /// Per cluster (a session's calls never overlap, so a cluster's entry has one user).
+    sessions: Mutex<HashMap<String, Reported>>,
+}
+
+/// The handler given to every session.
+pub fn handler(events: mpsc::UnboundedSender<Event>, fetch: bool) -> DesiredHandler {
+    let shared = Arc::new(Shared {
+        events,
+        fetch,
+        sessions: Mutex::new(HashMap::new()),
+    });
+    Arc::new(move |call: DesiredCall| Box::pin(take_desired(call, shared.clone())))
+}
+
+fn fingerprint(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn status(app: &str, revision: &str, digest: &str, phase: &str, message: String) -> AppStatus {
+    let healthy = phase == "applied";
+    AppStatus {
+        app: app.to_string(),
+        revision: revision.to_string(),
+        bundle_digest: digest.to_string(),
+        phase: phase.into(),
+        message,
+        observed_unix_ms: unix_ms(SystemTime::now()),
+        health: if healthy { "healthy" } else { "unknown" }.into(),
+        ..Default::default()
+    }
+}
+
+async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome {
+    let DesiredCall {
+        cluster,
+        mut client,
+        desired,
+        ..
+    } = call;
+    let before: Reported = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&cluster)
+        .unwrap_or_default();
+    // Digests this session holds: those of the apps it runs, plus those fetched now.
+    let mut held: HashSet<u64> = before.values().map(|(_, d)| *d).collect();
+    let mut after = Reported::new();
+    let mut statuses = Vec::new();
+    let mut changed = Vec::new();
+    let mut failures = Vec::new();
+    for a in &desired.apps {
+        let fp = (fingerprint(&a.revision), fingerprint(&a.bundle_digest));
+        if before.get(&a.app) == Some(&fp) {
+            after.insert(a.app.clone(), fp);
+            continue;
+        }
+        let got = if !shared.fetch || held.contains(&fp.1) {
+            Ok(())
+        } else {
+            match tokio::time::timeout(FETCH_TIMEOUT, fetch_verified(&mut client, &a.bundle_digest))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!("no bundle within {FETCH_TIMEOUT:?}")),
+            }
+        };
+        match got {
+            Ok(()) => {
+                held.insert(fp.1);
+                after.insert(a.app.clone(), fp);
+                changed.push((a.app.clone(), a.revision.clone()));
+                statuses.push(status(
+                    &a.app,
+                    &a.revision,
+                    &a.bundle_digest,
+                    "applied",
+                    "applied (promotebench)".into(),
+                ));
+            }
+            Err(e) => {
+                failures.push(format!("{} {}: {e}", a.app, a.bundle_digest));
+                statuses.push(status(&a.app, &a.revision, &a.bundle_digest, "failed", e));
+            }
+        }
+    }
+    for app in before.keys() {
+        if !desired.apps.iter().any(|a| a.app == *app) {
+            statuses.push(status(app, "", "", "removed", String::new()));
+        }
+    }
+    let at = SystemTime::now();
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cluster.clone(), after);
+    let complete = failures.is_empty();
+    let mut messages = Vec::with_capacity(2);
+    if complete {
+        messages.push(AgentMessage {
+            msg: Some(AgentMsg::Ack(Ack {
+                generation: desired.generation,
+            })),
+        });
+    }
+    if !statuses.is_empty() {
+        messages.push(AgentMessage {
+            msg: Some(AgentMsg::Status(StatusReport {
+                generation: desired.generation,
+                replace: false,
+                apps: statuses,
+            })),
+        });
+    }
+    let event = if complete {
+        Event::Held {
+            cluster,
+            apps: changed,
+            at,
+        }
+    } else {
+        Event::Failed {
+            cluster,
+            message: failures.join("; "),
+        }
+    };
+    let _ = shared.events.send(event);
+    DesiredOutcome {
+        messages,
+        // This module keeps track of what is held; the session's own cache stays empty.
+        holds: Vec::new(),
+        complete,
+    }
+}
+
+/// Fetches a bundle from offset 0 and checks its content against `digest`.
+async fn fetch_verified(
+    client: &mut AgentSessionClient<Channel>,
+    digest: &str,
+) -> Result<(), String> {
+    let mut stream = client
+        .fetch_bundle(FetchBundleRequest {
+            digest: digest.to_string(),
+            offset: 0,
+        })
+        .await
+        .map_err(|s| format!("FetchBundle: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut compressed = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| format!("FetchBundle stream: {:?}: {}", s.code(), s.message()))?
+    {
+        if chunk.offset != compressed.len() as u64 {
+            return Err(format!(
+                "the hub sent offset {}, expected {}",
+                chunk.offset,
+                compressed.len()
+            ));
+        }
+        if chunk.total_size > MAX_BUNDLE_BYTES {
+            return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
+        }
+        compressed.extend_from_slice(&chunk.data);
+    }
+    verify(digest, &compressed)
+}
+
+/// Gunzips `compressed` and compares the sha256 of the content with `digest`.
+fn verify(digest: &str, compressed: &[u8]) -> Result<(), String> {
+    let mut out = Vec::new();
+    GzDecoder::new(compressed)
+        .take(MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not valid gzip: {e}"))?;
+    if out.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
+    }
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&out)));
+    if actual != digest {
+        return Err(format!("content digest is {actual}; refused"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    #[test]
+    fn bundles_are_checked_against_their_digest() {
+        let content = br#"[{"apiVersion":"v1","kind":"ConfigMap"}]"#;
+        let mut e = GzEncoder::new(Vec::new(), Compression::default());
+        e.write_all(content).unwrap();
+        let gz = e.finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(content)));
+        assert_eq!(verify(&digest, &gz), Ok(()));
+        let other = format!("sha256:{}", hex::encode(Sha256::digest(b"other")));
+        assert!(verify(&other, &gz).unwrap_err().contains("refused"));
+        assert!(verify(&digest, content).unwrap_err().contains("gzip"));
+    }
+
+    #[test]
+    fn statuses_say_healthy_only_when_applied() {
+        let s = status("a", "c1", "sha256:x", "applied", String::new());
+        assert_eq!(
+            (s.phase.as_str(), s.health.as_str()),
+            ("applied", "healthy")
+        );
+        let f = status("a", "c1", "sha256:x", "failed", "boom".into());
+        assert_eq!(f.health, "unknown");
+    }
+}

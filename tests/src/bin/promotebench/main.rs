@@ -1,0 +1,315 @@
+//! `promotebench`: how long a staged promotion takes across a large fleet.
+//!
+//! Starts one `flotilla-hub` as a child process, enrolls N clusters and connects them as
+//! lightweight session clients (real mutual TLS and session protocol) that act like agents whose
+//! applies succeed at once: fetch and verify each new bundle, ack, and report the app `applied`
+//! and `healthy` at its revision. The clusters are labelled into the three stages of a pipeline
+//! (1% `ring=canary`, 33% `ring=wave1`, the rest `ring=wave2`; no soak, every cluster of a stage
+//! at once). Then:
+//!
+//! * **One app, 3 stages** (`--rounds` times): commit a change, t0, `SyncSource`, until the
+//!   rollout of the new revision has `succeeded` — per stage and in total, from the rollout's own
+//!   timestamps, plus when every session held the new bundle.
+//! * **`--apps` apps at once** on `--apps-sessions` clusters: one commit that changes every app,
+//!   until every app's rollout has succeeded.
+//!
+//! All traffic stays on loopback; every wait is bounded (`--timeout` per round, `--max-duration`
+//! for the run).
+//!
+//! Exit status: 0 when the run completed (and met the target where it is judged), 1 when it
+//! could not complete, 2 when it completed but missed the target: the single-app promotion
+//! succeeds within 60 s of the sync (median of rounds) at 10,000 sessions.
+//!
+//! ```text
+//! cargo build --release -p flotilla-hub --bin flotilla-hub -p flotilla-tests --bin promotebench
+//! cargo run --release -p flotilla-tests --bin promotebench -- --sessions 10000
+//! ```
+
+mod agent;
+mod measure;
+mod repo;
+mod report;
+mod scenarios;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use flotilla_tests::bench::hub::HubProcess;
+use flotilla_tests::bench::{admin_client, default_hub_bin, prog, raise_nofile};
+
+use crate::measure::Ctx;
+use crate::report::Report;
+use crate::scenarios::ScenarioReport;
+
+/// Admin API answers (ListClusters, GetRollout) grow with the fleet.
+const ADMIN_MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "promotebench",
+    about = "Time to promote a revision through a 3-stage pipeline across N sessions; N apps at once",
+    long_about = "Starts a flotilla-hub child process with N session clients that take bundles \
+                  and report them applied and healthy, labels the clusters into three stages \
+                  (1% canary, 33% wave1, 66% wave2; no soak), and measures commit synced → \
+                  rollout succeeded for one app (per stage and in total), then for many apps \
+                  changed by one commit.\n\nExit status: 0 ok, 1 run failed, 2 target (one app \
+                  promoted in ≤ 60 s, median of rounds, at 10,000 sessions) missed."
+)]
+struct Args {
+    /// Concurrent sessions (clusters) in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Measured commits of the single-app scenario (after its first revision).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Apps of the many-app scenario, all changed by one commit.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    apps: u64,
+    /// Clusters the many-app scenario runs on: the first ones of the fleet (at most --sessions).
+    #[arg(long, default_value_t = 1000)]
+    apps_sessions: usize,
+    /// Measured commits of the many-app scenario (after its first revision).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    apps_rounds: u32,
+    /// Skip the single-app scenario.
+    #[arg(long)]
+    skip_single: bool,
+    /// Skip the many-app scenario.
+    #[arg(long)]
+    skip_many: bool,
+    /// Longest wait for one rollout round (the first revision included) before the run fails.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Sessions take new desired states without fetching bundles (ack and report only).
+    #[arg(long)]
+    no_fetch: bool,
+    /// Number of loopback source addresses (127.0.0.2, 127.0.0.3, …) to spread connections over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=250))]
+    sources: u64,
+    /// Joins, handshakes and label changes in flight at once.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// The hub binary [default: flotilla-hub next to this executable].
+    #[arg(long)]
+    hub_bin: Option<PathBuf>,
+    /// The hub's --heartbeat-interval.
+    #[arg(long, default_value = "30s")]
+    hub_heartbeat_interval: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the temporary directory (repositories, hub data and log) instead of removing it.
+    #[arg(long)]
+    keep_dir: bool,
+    /// Upper bound on the whole run; it fails when exceeded.
+    #[arg(long, default_value = "3h", value_parser = humantime::parse_duration)]
+    max_duration: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("promotebench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<PathBuf> {
+    if args.sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    if args.skip_single && args.skip_many {
+        bail!("--skip-single and --skip-many leave nothing to measure");
+    }
+    if args.timeout.is_zero() {
+        bail!("--timeout must be positive");
+    }
+    if args.apps_sessions == 0 && !args.skip_many {
+        bail!("--apps-sessions must be at least 1");
+    }
+    let hub_bin = match &args.hub_bin {
+        Some(p) => p.clone(),
+        None => default_hub_bin()?,
+    };
+    if !hub_bin.is_file() {
+        bail!(
+            "hub binary {} not found; build it with `cargo build --release -p flotilla-hub --bin \
+             flotilla-hub` or pass --hub-bin",
+            hub_bin.display()
+        );
+    }
+    Ok(hub_bin)
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
+    let hub_bin = validate(&args)?;
+    let nofile = raise_nofile()?;
+    println!("promotebench: RLIMIT_NOFILE soft limit {nofile} (hub inherits it)");
+    let need = args.sessions as u64 + 256;
+    if nofile < need {
+        bail!(
+            "{} sessions need about {need} file descriptors in each process, but the limit is \
+             {nofile}; raise the hard limit (ulimit -Hn) or use fewer sessions",
+            args.sessions
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("flotilla-promotebench-")
+        .tempdir()
+        .context("creating the temporary directory")?;
+    let dir = tmp.path().to_path_buf();
+    println!("promotebench: working in {}", dir.display());
+    std::fs::create_dir_all(dir.join("hub"))?;
+
+    let started = Instant::now();
+    let hub = HubProcess::start(&hub_bin, &dir.join("hub"), &args.hub_heartbeat_interval).await?;
+    println!(
+        "{}: hub pid {} serving {} (HTTP {}), data and log in {}",
+        prog(),
+        hub.pid,
+        hub.addr,
+        hub.http,
+        dir.join("hub").display()
+    );
+    let mut rep = Report::default();
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(args.max_duration, measure(&args, &hub, &dir, &mut rep)) => {
+            r.unwrap_or_else(|_| Err(anyhow!(
+                "the run exceeded --max-duration {}",
+                humantime::format_duration(args.max_duration)
+            )))
+        }
+        why = hub.died() => Err(anyhow!(
+            "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
+            hub.log_path.display(),
+            hub.log_tail(15)
+        )),
+    };
+    if let Ok(s) = hub.sample() {
+        rep.hub_end = s;
+    }
+    rep.wall_secs = started.elapsed().as_secs_f64();
+    println!("{}: stopping the hub (SIGTERM)", prog());
+    match hub.stop(Duration::from_secs(30)).await {
+        Ok(st) if st.success() => println!("{}: hub exited cleanly", prog()),
+        Ok(st) => eprintln!("{}: hub exited with {st}", prog()),
+        Err(e) => eprintln!("{}: stopping the hub: {e:#}", prog()),
+    }
+    if args.keep_dir || outcome.is_err() {
+        println!("{}: kept {}", prog(), tmp.keep().display());
+    }
+
+    rep.finish();
+    if outcome.is_err() {
+        rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
+    }
+    for (title, table) in rep.tables() {
+        println!("\n{title}\n{table}");
+    }
+    println!(
+        "\n{}: wall time {:.0} s (setup and every scenario)",
+        prog(),
+        rep.wall_secs
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&rep)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("{}: wrote {}", prog(), path.display());
+    }
+    outcome?;
+    Ok(if rep.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Brings the fleet up and runs the scenarios; results go to `rep` as they come.
+async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) -> Result<()> {
+    let admin = admin_client(hub)
+        .await?
+        .max_decoding_message_size(ADMIN_MAX_MESSAGE);
+    let opts = setup::Options {
+        sessions: args.sessions,
+        apps_sessions: args.apps_sessions.min(args.sessions),
+        sources: args.sources as usize,
+        concurrency: args.concurrency as usize,
+        fetch: !args.no_fetch,
+    };
+    let setup::Setup {
+        sessions,
+        fleet,
+        events,
+        scopes,
+    } = setup::bring_up(&opts, hub, &admin, &mut rep.setup).await?;
+    let mut ctx = Ctx {
+        hub,
+        admin,
+        events,
+        fleet: &fleet,
+        timeout: args.timeout,
+        failures: 0,
+        failure_examples: Vec::new(),
+    };
+    let result = scenarios_in_turn(args, &mut ctx, &scopes, dir, rep).await;
+    rep.bundle_failures = ctx.failures;
+    rep.failure_examples = ctx.failure_examples.clone();
+    rep.sessions_ended_early = fleet.ended_count.load(Ordering::SeqCst);
+    rep.ended_examples = fleet
+        .ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    result?;
+
+    println!("{}: closing {} sessions", prog(), sessions.len());
+    let tasks: Vec<_> = sessions.into_iter().map(|s| s.task).collect();
+    if tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        eprintln!("{}: some session tasks did not finish within 30 s", prog());
+    }
+    Ok(())
+}
+
+async fn scenarios_in_turn(
+    args: &Args,
+    ctx: &mut Ctx<'_>,
+    scopes: &setup::Scopes,
+    dir: &Path,
+    rep: &mut Report,
+) -> Result<()> {
+    if !args.skip_single {
+        scenarios::single(
+            ctx,
+            scopes,
+            dir,
+            args.rounds,
+            rep.single.insert(ScenarioReport::default()),
+        )
+        .await?;
+    }
+    if !args.skip_many {
+        scenarios::many(
+            ctx,
+            scopes,
+            dir,
+            args.apps as usize,
+            args.apps_rounds,
+            !args.skip_single,
+            rep.many.insert(ScenarioReport::default()),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,569 @@
+//! One measured rollout: trigger it (AddSource or SyncSource, t0 right before the call), follow
+//! the sessions until every in-scope session holds the new revision of every app, then read the
+//! rollouts over the Admin API until each one has `succeeded`. The rollout's own timestamps
+//! (`started_unix_ms`, each stage's started/finished, `finished_unix_ms`) give the durations, so
+//! how often they are polled does not change the figures. The hub's log adds when the last
+//! desired state of each stage was written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Result, anyhow, bail};
+use flotilla_proto::v1::admin_client::AdminClient;
+use flotilla_proto::v1::{AddSourceRequest, GetRolloutRequest, Rollout, SyncSourceRequest};
+use flotilla_tests::bench::client::Fleet;
+use flotilla_tests::bench::hub::{HubProcess, sample_pid, strip_ansi};
+use flotilla_tests::bench::prog;
+use flotilla_tests::bench::stats::ms;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::agent::Event;
+
+/// How often a progress line (and a failure check) is printed while sessions take a revision.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Pause between sweeps over the rollouts not yet seen succeeded.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Rollout states that end a rollout without success.
+const ENDED: [&str; 4] = ["failed", "rolled_back", "superseded", "paused"];
+
+/// What starts a measured rollout.
+pub enum Trigger {
+    AddSource(AddSourceRequest),
+    Sync(String),
+}
+
+/// One stage, over every app of the round; times in ms from t0.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimes {
+    pub name: String,
+    pub clusters: usize,
+    /// The first app's stage started.
+    pub started_ms: f64,
+    /// The last desired-state write for a cluster of the stage (hub log), if found.
+    pub written_ms: Option<f64>,
+    /// The last session of the stage holds the new revision of every app.
+    pub held_ms: Option<f64>,
+    /// The last app's stage finished.
+    pub finished_ms: f64,
+    /// Median over apps of the stage's own duration (finished − started).
+    pub median_duration_ms: f64,
+}
+
+/// One measured rollout round; times in ms from t0.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundTimes {
+    pub label: String,
+    pub commit: String,
+    pub apps: usize,
+    pub sessions: usize,
+    /// How long the AddSource / SyncSource call took to answer.
+    pub trigger_ms: f64,
+    /// The first and the last app's rollout started (the revision was offered to the engine).
+    pub started_ms: f64,
+    pub last_started_ms: f64,
+    /// Every in-scope session holds every app's new revision (the sessions' clocks).
+    pub all_hold_ms: f64,
+    /// Rollouts succeeded: the first app, the median one and the last one.
+    pub first_done_ms: f64,
+    pub median_done_ms: f64,
+    pub done_ms: f64,
+    pub stages: Vec<StageTimes>,
+    /// "desired state changed" lines in the hub log during the round.
+    pub desired_writes: usize,
+    /// CPU seconds used during the round by the hub and by this program.
+    pub hub_cpu_secs: f64,
+    pub bench_cpu_secs: f64,
+    pub hub_rss_kib: u64,
+    /// Size of the hub's store file at the end of the round.
+    pub store_bytes: u64,
+}
+
+/// The coordinator's side of the scenarios: the hub, its Admin API, the sessions' events.
+pub struct Ctx<'a> {
+    pub hub: &'a HubProcess,
+    pub admin: AdminClient<Channel>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub fleet: &'a Fleet,
+    /// Longest wait for one round.
+    pub timeout: Duration,
+    /// Bundle fetches or verifications that failed, with the first few messages.
+    pub failures: usize,
+    pub failure_examples: Vec<String>,
+}
+
+/// Which sessions hold which app's target revision.
+struct Tracker<'a> {
+    targets: &'a HashMap<String, String>,
+    scope: &'a HashSet<String>,
+    /// Per session, how many apps it holds at their target revision.
+    counts: HashMap<String, usize>,
+    /// Per session, when it held the last of them.
+    done: HashMap<String, SystemTime>,
+    /// (session, app) pairs at the target revision.
+    pairs: usize,
+}
+
+impl Tracker<'_> {
+    fn take(&mut self, cluster: String, apps: Vec<(String, String)>, at: SystemTime) {
+        if !self.scope.contains(&cluster) || self.done.contains_key(&cluster) {
+            return;
+        }
+        let n = apps
+            .iter()
+            .filter(|(app, rev)| self.targets.get(app) == Some(rev))
+            .count();
+        self.pairs += n;
+        let count = self.counts.entry(cluster.clone()).or_default();
+        *count += n;
+        if *count >= self.targets.len() {
+            self.done.insert(cluster, at);
+        }
+    }
+}
+
+fn since_ms(t0: SystemTime, t: SystemTime) -> f64 {
+    ms(t.duration_since(t0).unwrap_or_default())
+}
+
+fn unix_to_ms_since(t0: SystemTime, unix_ms: u64) -> f64 {
+    since_ms(t0, SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
+impl Ctx<'_> {
+    /// Takes the events that arrived so far (late reports of a previous round).
+    pub fn drain(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            if let Event::Failed { .. } = e {
+                self.failed(e);
+            }
+        }
+    }
+
+    fn failed(&mut self, e: Event) {
+        if let Event::Failed { cluster, message } = e {
+            self.failures += 1;
+            if self.failure_examples.len() < 5 {
+                self.failure_examples.push(format!("{cluster}: {message}"));
+            }
+        }
+    }
+
+    /// How many of `apps`' rollouts of `revision` are in each state (for a failure message).
+    async fn tally(&mut self, apps: &[String], revision: &str) -> String {
+        let mut states: BTreeMap<String, usize> = BTreeMap::new();
+        for app in apps {
+            let state = match self.get_rollout(app).await {
+                Ok(r) if r.revision == revision => r.state,
+                Ok(_) => "not started".to_string(),
+                Err(e) => format!("unreadable ({e})"),
+            };
+            *states.entry(state).or_default() += 1;
+        }
+        states
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    async fn get_rollout(&mut self, app: &str) -> Result<Rollout> {
+        Ok(self
+            .admin
+            .get_rollout(GetRolloutRequest { app: app.into() })
+            .await
+            .map_err(|s| anyhow!("GetRollout {app}: {:?}: {}", s.code(), s.message()))?
+            .into_inner())
+    }
+
+    /// Waits until `expected` sessions sent an event (took a desired state) since the last
+    /// [`Ctx::drain`], e.g. after a source was removed; returns how many did.
+    pub async fn settle(&mut self, expected: usize) -> Result<usize> {
+        let deadline = Instant::now() + self.timeout;
+        let mut seen = HashSet::new();
+        while seen.len() < expected && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), self.events.recv()).await {
+                Ok(Some(Event::Held { cluster, .. })) => {
+                    seen.insert(cluster);
+                }
+                Ok(Some(e)) => self.failed(e),
+                Ok(None) => bail!("every session task ended"),
+                Err(_) => {}
+            }
+        }
+        Ok(seen.len())
+    }
+
+    /// Triggers a rollout of `revision` for `apps` on the sessions of `scope` and measures it.
+    pub async fn round(
+        &mut self,
+        label: &str,
+        trigger: Trigger,
+        apps: &[String],
+        revision: &str,
+        scope: &HashSet<String>,
+    ) -> Result<RoundTimes> {
+        self.drain();
+        let targets: HashMap<String, String> = apps
+            .iter()
+            .map(|a| (a.clone(), revision.to_string()))
+            .collect();
+        let mut tracker = Tracker {
+            targets: &targets,
+            scope,
+            counts: HashMap::new(),
+            done: HashMap::new(),
+            pairs: 0,
+        };
+        let log_from = std::fs::metadata(&self.hub.log_path).map_or(0, |m| m.len());
+        let hub_before = self.hub.sample()?;
+        let bench_before = sample_pid(std::process::id(), "benchmark")?;
+        let deadline = Instant::now() + self.timeout;
+
+        // --- t0: the trigger -------------------------------------------------------------------
+        let t0 = SystemTime::now();
+        let started = Instant::now();
+        let what = match &trigger {
+            Trigger::AddSource(r) => format!("AddSource {}", r.name),
+            Trigger::Sync(name) => format!("SyncSource {name}"),
+        };
+        let answered = match trigger {
+            Trigger::AddSource(r) => self.admin.add_source(r).await.map(|_| ()),
+            Trigger::Sync(name) => self
+                .admin
+                .sync_source(SyncSourceRequest { name })
+                .await
+                .map(|_| ()),
+        };
+        answered.map_err(|s| anyhow!("{what}: {:?}: {}", s.code(), s.message()))?;
+        let trigger_ms = ms(started.elapsed());
+
+        // --- every session holds it ------------------------------------------------------------
+        let expected = scope.len();
+        let mut last_progress = Instant::now();
+        // Progress lines look at one rollout each, in turn.
+        let mut probe = 0usize;
+        while tracker.done.len() < expected {
+            let now = Instant::now();
+            if now >= deadline {
+                let rollouts = self.tally(apps, revision).await;
+                bail!(
+                    "{label}: only {} of {expected} sessions held revision {} of every app within \
+                     {:?} ({:.1}% of session × app; {} sessions ended early; {} bundle failures, \
+                     first: {:?}); rollouts of {}: {rollouts}",
+                    tracker.done.len(),
+                    short(revision),
+                    self.timeout,
+                    100.0 * tracker.pairs as f64 / (expected * apps.len()) as f64,
+                    self.fleet.ended_count.load(Ordering::SeqCst),
+                    self.failures,
+                    self.failure_examples.first(),
+                    apps.len()
+                );
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                let app = &apps[probe % apps.len()];
+                probe += 1;
+                let r = self.get_rollout(app).await?;
+                check_not_ended(&r, revision)?;
+                let of_apps = if apps.len() > 1 {
+                    format!(
+                        " ({:.1}% of session × app)",
+                        100.0 * tracker.pairs as f64 / (expected * apps.len()) as f64
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}:   {label}: {}/{expected} sessions hold it{of_apps} after {:.1} s; {app}: {}",
+                    prog(),
+                    tracker.done.len(),
+                    started.elapsed().as_secs_f64(),
+                    describe(&r, revision)
+                );
+            }
+            let slice = (deadline - now).min(Duration::from_millis(200));
+            match tokio::time::timeout(slice, self.events.recv()).await {
+                Ok(Some(Event::Held { cluster, apps, at })) => tracker.take(cluster, apps, at),
+                Ok(Some(e)) => self.failed(e),
+                Ok(None) => bail!("every session task ended"),
+                Err(_) => {}
+            }
+        }
+        let all_held = tracker
+            .done
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(SystemTime::now());
+
+        // --- every rollout succeeded -----------------------------------------------------------
+        let mut finished: BTreeMap<String, Rollout> = BTreeMap::new();
+        while finished.len() < apps.len() {
+            for app in apps {
+                if finished.contains_key(app) {
+                    continue;
+                }
+                let r = self.get_rollout(app).await?;
+                check_not_ended(&r, revision)?;
+                if r.revision == revision && r.state == "succeeded" {
+                    finished.insert(app.clone(), r);
+                }
+            }
+            if finished.len() == apps.len() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{label}: every session holds revision {} but only {} of {} rollouts \
+                     succeeded within {:?}",
+                    short(revision),
+                    finished.len(),
+                    apps.len(),
+                    self.timeout
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+        let hub_after = self.hub.sample()?;
+        let bench_after = sample_pid(std::process::id(), "benchmark")?;
+
+        // --- the figures -----------------------------------------------------------------------
+        let stage_of: HashMap<&str, usize> = finished
+            .values()
+            .next()
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, s)| s.clusters.iter().map(move |c| (c.as_str(), i)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let writes = log_writes(&self.hub.log_path, log_from, t0, &stage_of);
+        let mut done: Vec<f64> = finished
+            .values()
+            .map(|r| unix_to_ms_since(t0, r.finished_unix_ms))
+            .collect();
+        let mut stages = stage_times(t0, &finished);
+        for (i, s) in stages.iter_mut().enumerate() {
+            s.written_ms = writes.last.get(&i).map(|t| since_ms(t0, *t));
+            s.held_ms = tracker
+                .done
+                .iter()
+                .filter(|(c, _)| stage_of.get(c.as_str()) == Some(&i))
+                .map(|(_, t)| since_ms(t0, *t))
+                .reduce(f64::max);
+        }
+        let mut starts: Vec<f64> = finished
+            .values()
+            .map(|r| unix_to_ms_since(t0, r.started_unix_ms))
+            .collect();
+        starts.sort_by(f64::total_cmp);
+        Ok(RoundTimes {
+            label: label.to_string(),
+            commit: revision.to_string(),
+            apps: apps.len(),
+            sessions: tracker.done.len(),
+            trigger_ms,
+            started_ms: starts.first().copied().unwrap_or_default(),
+            last_started_ms: starts.last().copied().unwrap_or_default(),
+            all_hold_ms: since_ms(t0, all_held),
+            first_done_ms: done.iter().copied().reduce(f64::min).unwrap_or_default(),
+            median_done_ms: median(&mut done),
+            done_ms: done.iter().copied().reduce(f64::max).unwrap_or_default(),
+            stages,
+            desired_writes: writes.lines,
+            hub_cpu_secs: hub_after.cpu_secs - hub_before.cpu_secs,
+            bench_cpu_secs: bench_after.cpu_secs - bench_before.cpu_secs,
+            hub_rss_kib: hub_after.rss_kib,
+            store_bytes: std::fs::metadata(self.hub.data_dir.join("store.redb"))
+                .map_or(0, |m| m.len()),
+        })
+    }
+}
+
+pub fn short(rev: &str) -> &str {
+    &rev[..rev.len().min(12)]
+}
+
+/// Fails when the rollout of `revision` ended without success (or another revision replaced it).
+fn check_not_ended(r: &Rollout, revision: &str) -> Result<()> {
+    if r.revision == revision && ENDED.contains(&r.state.as_str()) {
+        bail!(
+            "the rollout of {} for {} is {}: {}",
+            short(revision),
+            r.app,
+            r.state,
+            r.message
+        );
+    }
+    Ok(())
+}
+
+/// A one-line summary of where a rollout stands.
+fn describe(r: &Rollout, revision: &str) -> String {
+    if r.revision != revision {
+        return format!(
+            "not started yet (rollout of {} is {})",
+            short(&r.revision),
+            r.state
+        );
+    }
+    let stages: Vec<String> = r
+        .stages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}/{}",
+                s.name,
+                s.state,
+                s.updated.len(),
+                s.clusters.len()
+            )
+        })
+        .collect();
+    format!("{}; {}", r.state, stages.join(", "))
+}
+
+/// Per stage over every app's finished rollout.
+fn stage_times(t0: SystemTime, finished: &BTreeMap<String, Rollout>) -> Vec<StageTimes> {
+    let Some(first) = finished.values().next() else {
+        return Vec::new();
+    };
+    (0..first.stages.len())
+        .map(|i| {
+            let runs: Vec<_> = finished.values().filter_map(|r| r.stages.get(i)).collect();
+            let mut durations: Vec<f64> = runs
+                .iter()
+                .map(|s| s.finished_unix_ms.saturating_sub(s.started_unix_ms) as f64)
+                .collect();
+            StageTimes {
+                name: first.stages[i].name.clone(),
+                clusters: first.stages[i].clusters.len(),
+                started_ms: runs
+                    .iter()
+                    .map(|s| unix_to_ms_since(t0, s.started_unix_ms))
+                    .reduce(f64::min)
+                    .unwrap_or_default(),
+                finished_ms: runs
+                    .iter()
+                    .map(|s| unix_to_ms_since(t0, s.finished_unix_ms))
+                    .reduce(f64::max)
+                    .unwrap_or_default(),
+                median_duration_ms: median(&mut durations),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// The hub's desired-state writes of a round, from its log.
+#[derive(Debug, Default)]
+struct Writes {
+    lines: usize,
+    /// Per stage index: the last write for one of its clusters.
+    last: HashMap<usize, SystemTime>,
+}
+
+/// Reads the "desired state changed" lines written at or after `t0`, from byte `from` of the
+/// log on.
+fn log_writes(
+    path: &std::path::Path,
+    from: u64,
+    t0: SystemTime,
+    stage_of: &HashMap<&str, usize>,
+) -> Writes {
+    let mut w = Writes::default();
+    let Ok(mut f) = File::open(path) else {
+        return w;
+    };
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return w;
+    }
+    for line in BufReader::new(f).lines() {
+        let Ok(line) = line else { break };
+        if !line.contains("desired state changed") {
+            continue;
+        }
+        let Some((at, cluster)) = parse_write(&strip_ansi(&line)) else {
+            continue;
+        };
+        if at < t0 {
+            continue;
+        }
+        w.lines += 1;
+        if let Some(i) = stage_of.get(cluster.as_str()) {
+            let last = w.last.entry(*i).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+    w
+}
+
+/// The time and the cluster of a "desired state changed" log line.
+fn parse_write(line: &str) -> Option<(SystemTime, String)> {
+    let stamp = line.split_whitespace().next()?;
+    let at = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).ok()?;
+    let cluster = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("cluster.id="))?;
+    Some((at, cluster.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_lines_are_parsed() {
+        let line = "2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: desired state changed cluster.id=load-00042 app=promo generation=7";
+        let (at, c) = parse_write(line).unwrap();
+        assert_eq!(c, "load-00042");
+        let want = humantime::parse_rfc3339("2025-01-02T03:04:05.678901Z").unwrap();
+        assert_eq!(at, want);
+        assert!(parse_write("garbage").is_none());
+    }
+
+    #[test]
+    fn sessions_are_done_when_they_hold_every_app() {
+        let targets: HashMap<String, String> = [
+            ("a".to_string(), "c2".to_string()),
+            ("b".into(), "c2".into()),
+        ]
+        .into();
+        let scope: HashSet<String> = ["s1".to_string()].into();
+        let mut t = Tracker {
+            targets: &targets,
+            scope: &scope,
+            counts: HashMap::new(),
+            done: HashMap::new(),
+            pairs: 0,
+        };
+        let now = SystemTime::now();
+        t.take("s1".into(), vec![("a".into(), "c1".into())], now);
+        t.take("s1".into(), vec![("a".into(), "c2".into())], now);
+        t.take(
+            "out".into(),
+            vec![("a".into(), "c2".into()), ("b".into(), "c2".into())],
+            now,
+        );
+        assert!(t.done.is_empty());
+        t.take("s1".into(), vec![("b".into(), "c2".into())], now);
+        assert_eq!(t.done.len(), 1);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+    }
+}

@@ -1,0 +1,454 @@
+//! The results: one serializable record, printed as tables (the fleet, each scenario's rounds,
+//! where the time went per stage, the verdict) and optionally written as JSON.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, ContentArrangement, Table};
+use flotilla_tests::bench::hub::ProcSample;
+use serde::Serialize;
+
+use crate::measure::{RoundTimes, short};
+use crate::scenarios::ScenarioReport;
+use crate::setup::SetupReport;
+
+/// A single-app 3-stage promotion completes this soon after the commit is synced (median of
+/// rounds)…
+pub const TARGET_SECS: f64 = 60.0;
+/// …at this many sessions.
+pub const TARGET_SESSIONS: usize = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub setup: SetupReport,
+    pub single: Option<ScenarioReport>,
+    pub many: Option<ScenarioReport>,
+    pub sessions_ended_early: usize,
+    pub ended_examples: Vec<String>,
+    pub bundle_failures: usize,
+    pub failure_examples: Vec<String>,
+    pub hub_end: ProcSample,
+    pub wall_secs: f64,
+    pub target: String,
+    /// "PASS", "FAIL", "n/a …" or "INCOMPLETE …".
+    pub verdict: String,
+}
+
+fn secs(ms: f64) -> String {
+    format!("{:.2} s", ms / 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn new_table(header: Vec<&str>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_width(160);
+    t.set_header(header);
+    t
+}
+
+fn align(t: &mut Table, first_right: usize) {
+    let n = t.column_count();
+    for i in 0..n {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(if i >= first_right {
+                CellAlignment::Right
+            } else {
+                CellAlignment::Left
+            });
+        }
+    }
+}
+
+/// The median of `f` over `rounds` (the lower one of an even count).
+fn median_of(rounds: &[RoundTimes], f: impl Fn(&RoundTimes) -> f64) -> f64 {
+    let mut v: Vec<f64> = rounds.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+}
+
+impl Report {
+    /// The median over rounds of the single-app completion time.
+    pub fn single_median_ms(&self) -> Option<f64> {
+        let s = self.single.as_ref()?;
+        if s.rounds.is_empty() {
+            return None;
+        }
+        Some(median_of(&s.rounds, |r| r.done_ms))
+    }
+
+    /// Sets the verdict from the single-app rounds.
+    pub fn finish(&mut self) {
+        self.target = format!(
+            "one app, 3 stages, no soak: commit synced → rollout succeeded in ≤ {TARGET_SECS:.0} s \
+             (median of rounds) at {} sessions",
+            thousands(TARGET_SESSIONS)
+        );
+        let sessions = self.single.as_ref().map_or(0, |s| s.sessions);
+        self.verdict = match self.single_median_ms() {
+            None => "n/a (single-app rounds not measured)".into(),
+            Some(m) if sessions < TARGET_SESSIONS => format!(
+                "n/a (judged at {} sessions; here {} sessions, median {})",
+                thousands(TARGET_SESSIONS),
+                thousands(sessions),
+                secs(m)
+            ),
+            Some(m) if m <= TARGET_SECS * 1000.0 => "PASS".into(),
+            Some(_) => "FAIL".into(),
+        };
+    }
+
+    pub fn passed(&self) -> bool {
+        self.verdict != "FAIL"
+    }
+
+    /// Every table, in order.
+    pub fn tables(&self) -> Vec<(String, Table)> {
+        let mut out = vec![("fleet".to_string(), self.fleet_table())];
+        if let Some(s) = &self.single {
+            out.push((
+                format!(
+                    "one app, 3 stages, {} sessions (times from t0 = just before SyncSource)",
+                    thousands(s.sessions)
+                ),
+                single_table(s),
+            ));
+            out.push((
+                "one app: where the time goes, per stage (from t0)".to_string(),
+                stages_table(s),
+            ));
+        }
+        if let Some(m) = &self.many {
+            out.push((
+                format!(
+                    "{} apps at once, 3 stages, {} sessions (times from t0 = just before SyncSource)",
+                    m.apps,
+                    thousands(m.sessions)
+                ),
+                many_table(m),
+            ));
+            out.push((
+                format!(
+                    "{} apps: where the time goes, per stage over every app (from t0)",
+                    m.apps
+                ),
+                stages_table(m),
+            ));
+        }
+        out.push(("verdict".to_string(), self.verdict_table()));
+        out
+    }
+
+    fn fleet_table(&self) -> Table {
+        let s = &self.setup;
+        let mut t = new_table(vec!["measure", "value", "notes"]);
+        t.add_row(vec![
+            "sessions requested / held".to_string(),
+            format!(
+                "{} / {}",
+                thousands(s.sessions_requested),
+                thousands(s.held)
+            ),
+            format!(
+                "held = the hub's sessions gauge; failures: {} enroll, {} open, {} ended early, \
+                 {} bundle fetch/verify",
+                s.enroll_failed, s.open_failed, self.sessions_ended_early, self.bundle_failures
+            ),
+        ]);
+        t.add_row(vec![
+            "enroll, handshakes".to_string(),
+            format!(
+                "{:.0} joins/s, {:.0} handshakes/s",
+                s.enroll_per_sec, s.handshakes_per_sec
+            ),
+            String::new(),
+        ]);
+        t.add_row(vec![
+            "stages (label ring)".to_string(),
+            format!(
+                "canary {} / wave1 {} / wave2 {}",
+                thousands(s.stage_sizes.first().copied().unwrap_or(0)),
+                thousands(s.stage_sizes.get(1).copied().unwrap_or(0)),
+                thousands(s.stage_sizes.get(2).copied().unwrap_or(0)),
+            ),
+            format!(
+                "{} clusters labelled through LabelCluster in {:.1} s, before any source",
+                thousands(s.labelled),
+                s.label_secs
+            ),
+        ]);
+        t.add_row(vec![
+            "session behaviour".to_string(),
+            if s.fetch {
+                "fetch + verify, ack, report".to_string()
+            } else {
+                "ack, report (no fetch)".to_string()
+            },
+            "each changed app reported applied + healthy at once (replace: false)".to_string(),
+        ]);
+        t.add_row(vec![
+            "hub RSS baseline / held / end".to_string(),
+            format!(
+                "{} / {} / {}",
+                mib(s.hub_baseline.rss_kib),
+                mib(s.hub_held.rss_kib),
+                mib(self.hub_end.rss_kib)
+            ),
+            format!(
+                "peak {}; hub CPU {:.0} s over the whole run of {:.0} s",
+                mib(self.hub_end.hwm_kib),
+                self.hub_end.cpu_secs,
+                self.wall_secs
+            ),
+        ]);
+        align(&mut t, 3);
+        t
+    }
+
+    fn verdict_table(&self) -> Table {
+        let mut t = new_table(vec!["measure", "value", "notes"]);
+        let median = self
+            .single_median_ms()
+            .map_or_else(|| "—".to_string(), secs);
+        t.add_row(vec![
+            "target".to_string(),
+            format!("≤ {TARGET_SECS:.0} s"),
+            self.target.clone(),
+        ]);
+        t.add_row(vec![
+            "one app: median of rounds".to_string(),
+            median,
+            "KubeFleet: ~2 min for 100 clusters".to_string(),
+        ]);
+        let (verdict, why) = match self.verdict.split_once(" (") {
+            Some((v, why)) => (v.to_string(), why.trim_end_matches(')').to_string()),
+            None => (self.verdict.clone(), String::new()),
+        };
+        t.add_row(vec!["verdict".to_string(), verdict, why]);
+        align(&mut t, 3);
+        t
+    }
+}
+
+fn stage_ms(r: &RoundTimes, i: usize) -> f64 {
+    r.stages
+        .get(i)
+        .map_or(0.0, |s| s.finished_ms - s.started_ms)
+}
+
+fn single_table(s: &ScenarioReport) -> Table {
+    let names: Vec<String> = s
+        .initial
+        .iter()
+        .chain(&s.rounds)
+        .next()
+        .map(|r| r.stages.iter().map(|st| st.name.clone()).collect())
+        .unwrap_or_default();
+    let mut header = vec![
+        "round".to_string(),
+        "commit".to_string(),
+        "sync answered".to_string(),
+        "rollout started".to_string(),
+    ];
+    header.extend(names.iter().map(|n| format!("{n} stage")));
+    header.extend(
+        [
+            "all sessions hold it",
+            "rollout succeeded",
+            "hub CPU",
+            "hub RSS",
+            "store file",
+        ]
+        .map(String::from),
+    );
+    let mut t = new_table(header.iter().map(String::as_str).collect());
+    let row = |r: &RoundTimes| {
+        let mut cells = vec![
+            r.label.clone(),
+            short(&r.commit).to_string(),
+            secs(r.trigger_ms),
+            secs(r.started_ms),
+        ];
+        cells.extend((0..names.len()).map(|i| secs(stage_ms(r, i))));
+        cells.extend([
+            secs(r.all_hold_ms),
+            secs(r.done_ms),
+            format!("{:.1} s", r.hub_cpu_secs),
+            mib(r.hub_rss_kib),
+            mib(r.store_bytes / 1024),
+        ]);
+        cells
+    };
+    if let Some(r) = &s.initial {
+        t.add_row(row(r));
+    }
+    for r in &s.rounds {
+        t.add_row(row(r));
+    }
+    summary_rows(&mut t, &s.rounds, |r| {
+        let mut v = vec![r.trigger_ms, r.started_ms];
+        v.extend((0..names.len()).map(|i| stage_ms(r, i)));
+        v.extend([r.all_hold_ms, r.done_ms]);
+        v
+    });
+    align(&mut t, 2);
+    t
+}
+
+/// "min" and "median" rows over `rounds`, one column per value of `values`.
+fn summary_rows(t: &mut Table, rounds: &[RoundTimes], values: impl Fn(&RoundTimes) -> Vec<f64>) {
+    let per_round: Vec<Vec<f64>> = rounds.iter().map(values).collect();
+    let Some(first) = per_round.first() else {
+        return;
+    };
+    let stats: Vec<(f64, f64)> = (0..first.len())
+        .map(|k| {
+            let mut col: Vec<f64> = per_round.iter().map(|v| v[k]).collect();
+            col.sort_by(f64::total_cmp);
+            (col[0], col[(col.len() - 1) / 2])
+        })
+        .collect();
+    for (name, median) in [("min", false), ("median", true)] {
+        let mut cells = vec![format!("{name} of {}", rounds.len()), String::new()];
+        cells.extend(
+            stats
+                .iter()
+                .map(|(lo, mid)| secs(if median { *mid } else { *lo })),
+        );
+        t.add_row(cells);
+    }
+}
+
+fn many_table(m: &ScenarioReport) -> Table {
+    let names: Vec<String> = m
+        .initial
+        .iter()
+        .chain(&m.rounds)
+        .next()
+        .map(|r| r.stages.iter().map(|st| st.name.clone()).collect())
+        .unwrap_or_default();
+    let mut header = vec![
+        "round".to_string(),
+        "commit".to_string(),
+        "sync answered".to_string(),
+        "rollouts started first / last".to_string(),
+    ];
+    header.extend(names.iter().map(|n| format!("{n} (median app)")));
+    header.extend(
+        [
+            "all sessions hold all",
+            "apps succeeded first / median",
+            "every app succeeded",
+            "desired writes",
+            "hub CPU",
+            "hub RSS",
+            "store file",
+        ]
+        .map(String::from),
+    );
+    let mut t = new_table(header.iter().map(String::as_str).collect());
+    for r in m.initial.iter().chain(&m.rounds) {
+        let mut cells = vec![
+            r.label.clone(),
+            short(&r.commit).to_string(),
+            secs(r.trigger_ms),
+            format!("{} / {}", secs(r.started_ms), secs(r.last_started_ms)),
+        ];
+        cells.extend(r.stages.iter().map(|s| secs(s.median_duration_ms)));
+        cells.extend([
+            secs(r.all_hold_ms),
+            format!("{} / {}", secs(r.first_done_ms), secs(r.median_done_ms)),
+            secs(r.done_ms),
+            thousands(r.desired_writes),
+            format!("{:.1} s", r.hub_cpu_secs),
+            mib(r.hub_rss_kib),
+            mib(r.store_bytes / 1024),
+        ]);
+        t.add_row(cells);
+    }
+    align(&mut t, 2);
+    t
+}
+
+fn stages_table(s: &ScenarioReport) -> Table {
+    let mut t = new_table(vec![
+        "round",
+        "stage",
+        "clusters",
+        "started",
+        "desired written (last)",
+        "sessions hold it (last)",
+        "finished",
+        "write → last session",
+        "last session → finished",
+    ]);
+    let opt = |v: Option<f64>| v.map_or_else(|| "—".to_string(), secs);
+    let gap = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => secs(b - a),
+        _ => "—".to_string(),
+    };
+    for r in s.initial.iter().chain(&s.rounds) {
+        for st in &r.stages {
+            t.add_row(vec![
+                r.label.clone(),
+                st.name.clone(),
+                thousands(st.clusters),
+                secs(st.started_ms),
+                opt(st.written_ms),
+                opt(st.held_ms),
+                secs(st.finished_ms),
+                gap(st.written_ms, st.held_ms),
+                gap(st.held_ms, Some(st.finished_ms)),
+            ]);
+        }
+    }
+    align(&mut t, 2);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(done_ms: f64) -> RoundTimes {
+        RoundTimes {
+            done_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn verdict_is_judged_on_the_median_at_full_scale() {
+        let mut rep = Report {
+            single: Some(ScenarioReport {
+                apps: 1,
+                sessions: TARGET_SESSIONS,
+                initial: None,
+                rounds: vec![round(70_000.0), round(50_000.0), round(55_000.0)],
+            }),
+            ..Default::default()
+        };
+        rep.finish();
+        assert_eq!(rep.verdict, "PASS");
+        assert_eq!(rep.single_median_ms(), Some(55_000.0));
+        rep.single.as_mut().unwrap().sessions = 1000;
+        rep.finish();
+        assert!(rep.verdict.starts_with("n/a"));
+        assert!(rep.passed());
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
