@@ -166,7 +166,7 @@ impl Ctx<'_> {
         let mut states: BTreeMap<String, usize> = BTreeMap::new();
         for app in apps {
             let state = match self.get_rollout(app).await {
-                Ok(r) if r.revision == revision => r.state,
+                Ok(Some(r)) if r.revision == revision => r.state,
                 Ok(_) => "not started".to_string(),
                 Err(e) => format!("unreadable ({e})"),
             };
@@ -179,13 +179,18 @@ impl Ctx<'_> {
             .join(", ")
     }
 
-    async fn get_rollout(&mut self, app: &str) -> Result<Rollout> {
-        Ok(self
+    /// The app's rollout; `None` while the hub does not know the app yet (its source is still
+    /// rendering).
+    async fn get_rollout(&mut self, app: &str) -> Result<Option<Rollout>> {
+        match self
             .admin
             .get_rollout(GetRolloutRequest { app: app.into() })
             .await
-            .map_err(|s| anyhow!("GetRollout {app}: {:?}: {}", s.code(), s.message()))?
-            .into_inner())
+        {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(anyhow!("GetRollout {app}: {:?}: {}", s.code(), s.message())),
+        }
     }
 
     /// Waits until `expected` sessions sent an event (took a desired state) since the last
@@ -277,8 +282,13 @@ impl Ctx<'_> {
                 last_progress = Instant::now();
                 let app = &apps[probe % apps.len()];
                 probe += 1;
-                let r = self.get_rollout(app).await?;
-                check_not_ended(&r, revision)?;
+                let state = match self.get_rollout(app).await? {
+                    Some(r) => {
+                        check_not_ended(&r, revision)?;
+                        describe(&r, revision)
+                    }
+                    None => "not known to the hub yet".to_string(),
+                };
                 let of_apps = if apps.len() > 1 {
                     format!(
                         " ({:.1}% of session × app)",
@@ -292,7 +302,7 @@ impl Ctx<'_> {
                     prog(),
                     tracker.done.len(),
                     started.elapsed().as_secs_f64(),
-                    describe(&r, revision)
+                    state
                 );
             }
             let slice = (deadline - now).min(Duration::from_millis(200));
@@ -317,7 +327,9 @@ impl Ctx<'_> {
                 if finished.contains_key(app) {
                     continue;
                 }
-                let r = self.get_rollout(app).await?;
+                let Some(r) = self.get_rollout(app).await? else {
+                    continue;
+                };
                 check_not_ended(&r, revision)?;
                 if r.revision == revision && r.state == "succeeded" {
                     finished.insert(app.clone(), r);
