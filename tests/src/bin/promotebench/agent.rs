@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,45 @@ pub enum Event {
     Failed { cluster: String, message: String },
 }
 
+/// What every session did so far, summed.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Desired states taken (each one new generation sent by the hub).
+    pub desired: AtomicU64,
+    /// Status reports sent.
+    pub reports: AtomicU64,
+    /// Bundles fetched.
+    pub fetches: AtomicU64,
+}
+
+/// A snapshot of [`Counters`], or the difference of two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub desired: u64,
+    pub reports: u64,
+    pub fetches: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            desired: self.desired.load(Ordering::Relaxed),
+            reports: self.reports.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counts {
+    pub fn since(self, before: Counts) -> Counts {
+        Counts {
+            desired: self.desired - before.desired,
+            reports: self.reports - before.reports,
+            fetches: self.fetches - before.fetches,
+        }
+    }
+}
+
 /// What one session last reported, per app: fingerprints of the revision and of the digest.
 type Reported = BTreeMap<String, (u64, u64)>;
 
@@ -49,15 +89,21 @@ type Reported = BTreeMap<String, (u64, u64)>;
 struct Shared {
     events: mpsc::UnboundedSender<Event>,
     fetch: bool,
+    counters: Arc<Counters>,
     /// Per cluster (a session's calls never overlap, so a cluster's entry has one user).
     sessions: Mutex<HashMap<String, Reported>>,
 }
 
-/// The handler given to every session.
-pub fn handler(events: mpsc::UnboundedSender<Event>, fetch: bool) -> DesiredHandler {
+/// The handler given to every session; it counts what it does in `counters`.
+pub fn handler(
+    events: mpsc::UnboundedSender<Event>,
+    fetch: bool,
+    counters: Arc<Counters>,
+) -> DesiredHandler {
     let shared = Arc::new(Shared {
         events,
         fetch,
+        counters,
         sessions: Mutex::new(HashMap::new()),
     });
     Arc::new(move |call: DesiredCall| Box::pin(take_desired(call, shared.clone())))
@@ -90,6 +136,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
         desired,
         ..
     } = call;
+    shared.counters.desired.fetch_add(1, Ordering::Relaxed);
     let before: Reported = shared
         .sessions
         .lock()
@@ -111,6 +158,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
         let got = if !shared.fetch || held.contains(&fp.1) {
             Ok(())
         } else {
+            shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
             match tokio::time::timeout(FETCH_TIMEOUT, fetch_verified(&mut client, &a.bundle_digest))
                 .await
             {
@@ -158,6 +206,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
         });
     }
     if !statuses.is_empty() {
+        shared.counters.reports.fetch_add(1, Ordering::Relaxed);
         messages.push(AgentMessage {
             msg: Some(AgentMsg::Status(StatusReport {
                 generation: desired.generation,

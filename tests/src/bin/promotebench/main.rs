@@ -249,12 +249,14 @@ async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) ->
         sessions,
         fleet,
         events,
+        counters,
         scopes,
     } = setup::bring_up(&opts, hub, &admin, &mut rep.setup).await?;
     let mut ctx = Ctx {
         hub,
         admin,
         events,
+        counters,
         fleet: &fleet,
         timeout: args.timeout,
         failures: 0,

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::agent::Event;
+use crate::agent::{Counters, Counts, Event};
 
 /// How often a progress line (and a failure check) is printed while sessions take a revision.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -63,7 +64,7 @@ pub struct RoundTimes {
     pub sessions: usize,
     /// How long the AddSource / SyncSource call took to answer.
     pub trigger_ms: f64,
-    /// The first and the last app's rollout started (the revision was offered to the engine).
+    /// The first batch went out (the first stage started): the first app's and the last app's.
     pub started_ms: f64,
     pub last_started_ms: f64,
     /// Every in-scope session holds every app's new revision (the sessions' clocks).
@@ -75,6 +76,8 @@ pub struct RoundTimes {
     pub stages: Vec<StageTimes>,
     /// "desired state changed" lines in the hub log during the round.
     pub desired_writes: usize,
+    /// What the sessions did during the round: desired states taken, reports, fetches.
+    pub sessions_did: Counts,
     /// CPU seconds used during the round by the hub and by this program.
     pub hub_cpu_secs: f64,
     pub bench_cpu_secs: f64,
@@ -88,6 +91,7 @@ pub struct Ctx<'a> {
     pub hub: &'a HubProcess,
     pub admin: AdminClient<Channel>,
     pub events: mpsc::UnboundedReceiver<Event>,
+    pub counters: Arc<Counters>,
     pub fleet: &'a Fleet,
     /// Longest wait for one round.
     pub timeout: Duration,
@@ -235,6 +239,7 @@ impl Ctx<'_> {
         let log_from = std::fs::metadata(&self.hub.log_path).map_or(0, |m| m.len());
         let hub_before = self.hub.sample()?;
         let bench_before = sample_pid(std::process::id(), "benchmark")?;
+        let counts_before = self.counters.snapshot();
         let deadline = Instant::now() + self.timeout;
 
         // --- t0: the trigger -------------------------------------------------------------------
@@ -365,7 +370,18 @@ impl Ctx<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let writes = log_writes(&self.hub.log_path, log_from, t0, &stage_of);
+        let stage_index: HashMap<&str, usize> = finished
+            .values()
+            .next()
+            .map(|r| {
+                r.stages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.name.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let writes = log_writes(&self.hub.log_path, log_from, t0, &stage_of, &stage_index);
         let mut done: Vec<f64> = finished
             .values()
             .map(|r| unix_to_ms_since(t0, r.finished_unix_ms))
@@ -380,9 +396,12 @@ impl Ctx<'_> {
                 .map(|(_, t)| since_ms(t0, *t))
                 .reduce(f64::max);
         }
+        // Each app's first batch; the rollout's own start is when the source sync began offering
+        // (the same for every app of a sync), not when the app's offer took effect.
         let mut starts: Vec<f64> = finished
             .values()
-            .map(|r| unix_to_ms_since(t0, r.started_unix_ms))
+            .filter_map(|r| r.stages.first())
+            .map(|s| unix_to_ms_since(t0, s.started_unix_ms))
             .collect();
         starts.sort_by(f64::total_cmp);
         Ok(RoundTimes {
@@ -398,7 +417,8 @@ impl Ctx<'_> {
             median_done_ms: median(&mut done),
             done_ms: done.iter().copied().reduce(f64::max).unwrap_or_default(),
             stages,
-            desired_writes: writes.lines,
+            desired_writes: writes.clusters,
+            sessions_did: self.counters.snapshot().since(counts_before),
             hub_cpu_secs: hub_after.cpu_secs - hub_before.cpu_secs,
             bench_cpu_secs: bench_after.cpu_secs - bench_before.cpu_secs,
             hub_rss_kib: hub_after.rss_kib,
@@ -486,18 +506,66 @@ fn stage_times(t0: SystemTime, finished: &BTreeMap<String, Rollout>) -> Vec<Stag
 /// The hub's desired-state writes of a round, from its log.
 #[derive(Debug, Default)]
 struct Writes {
-    lines: usize,
+    /// Cluster desired states written (one new generation each).
+    clusters: usize,
     /// Per stage index: the last write for one of its clusters.
     last: HashMap<usize, SystemTime>,
 }
 
-/// Reads the "desired state changed" lines written at or after `t0`, from byte `from` of the
-/// log on.
+/// One line of the hub's log that matters here.
+#[derive(Debug, PartialEq)]
+enum LogLine {
+    /// `batch sent`: `app`'s stage `stage` got its next batch.
+    Batch { app: String, stage: String },
+    /// `desired state changed` for one cluster (at debug level: `cluster.id=`).
+    Cluster { at: SystemTime, cluster: String },
+    /// `desired state changed` for `clusters` clusters of `app` (one line per app and step).
+    App {
+        at: SystemTime,
+        app: String,
+        clusters: usize,
+    },
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|f| f.strip_prefix(name))
+}
+
+fn parse_line(line: &str) -> Option<LogLine> {
+    let at = || {
+        let stamp = line.split_whitespace().next()?;
+        humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).ok()
+    };
+    if line.contains(" batch sent ") {
+        return Some(LogLine::Batch {
+            app: field(line, "app=")?.to_string(),
+            stage: field(line, "stage=")?.to_string(),
+        });
+    }
+    if !line.contains("desired state changed") {
+        return None;
+    }
+    if let Some(cluster) = field(line, "cluster.id=") {
+        return Some(LogLine::Cluster {
+            at: at()?,
+            cluster: cluster.to_string(),
+        });
+    }
+    Some(LogLine::App {
+        at: at()?,
+        app: field(line, "app=")?.to_string(),
+        clusters: field(line, "clusters=")?.parse().ok()?,
+    })
+}
+
+/// Reads the desired-state writes logged at or after `t0`, from byte `from` of the log on. A
+/// per-app line is put in the stage of that app's last batch before it.
 fn log_writes(
     path: &std::path::Path,
     from: u64,
     t0: SystemTime,
     stage_of: &HashMap<&str, usize>,
+    stage_index: &HashMap<&str, usize>,
 ) -> Writes {
     let mut w = Writes::default();
     let Ok(mut f) = File::open(path) else {
@@ -506,34 +574,35 @@ fn log_writes(
     if f.seek(SeekFrom::Start(from)).is_err() {
         return w;
     }
+    let mut batch_stage: HashMap<String, usize> = HashMap::new();
     for line in BufReader::new(f).lines() {
         let Ok(line) = line else { break };
-        if !line.contains("desired state changed") {
+        if !line.contains("desired state changed") && !line.contains(" batch sent ") {
             continue;
         }
-        let Some((at, cluster)) = parse_write(&strip_ansi(&line)) else {
-            continue;
+        let (at, stage) = match parse_line(&strip_ansi(&line)) {
+            Some(LogLine::Batch { app, stage }) => {
+                if let Some(i) = stage_index.get(stage.as_str()) {
+                    batch_stage.insert(app, *i);
+                }
+                continue;
+            }
+            Some(LogLine::Cluster { at, cluster }) if at >= t0 => {
+                w.clusters += 1;
+                (at, stage_of.get(cluster.as_str()).copied())
+            }
+            Some(LogLine::App { at, app, clusters }) if at >= t0 => {
+                w.clusters += clusters;
+                (at, batch_stage.get(&app).copied())
+            }
+            _ => continue,
         };
-        if at < t0 {
-            continue;
-        }
-        w.lines += 1;
-        if let Some(i) = stage_of.get(cluster.as_str()) {
-            let last = w.last.entry(*i).or_insert(at);
+        if let Some(i) = stage {
+            let last = w.last.entry(i).or_insert(at);
             *last = (*last).max(at);
         }
     }
     w
-}
-
-/// The time and the cluster of a "desired state changed" log line.
-fn parse_write(line: &str) -> Option<(SystemTime, String)> {
-    let stamp = line.split_whitespace().next()?;
-    let at = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')).ok()?;
-    let cluster = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("cluster.id="))?;
-    Some((at, cluster.to_string()))
 }
 
 #[cfg(test)]
@@ -541,13 +610,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_lines_are_parsed() {
-        let line = "2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: desired state changed cluster.id=load-00042 app=promo generation=7";
-        let (at, c) = parse_write(line).unwrap();
-        assert_eq!(c, "load-00042");
-        let want = humantime::parse_rfc3339("2025-01-02T03:04:05.678901Z").unwrap();
-        assert_eq!(at, want);
-        assert!(parse_write("garbage").is_none());
+    fn log_lines_are_parsed() {
+        let at = humantime::parse_rfc3339("2025-01-02T03:04:05.678901Z").unwrap();
+        let cluster = "2025-01-02T03:04:05.678901Z DEBUG flotilla_hub::rollout: desired state changed cluster.id=load-00042 app=promo generation=7";
+        assert_eq!(
+            parse_line(cluster),
+            Some(LogLine::Cluster {
+                at,
+                cluster: "load-00042".into()
+            })
+        );
+        let app = "2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: desired state changed app=app-007 clusters=660";
+        assert_eq!(
+            parse_line(app),
+            Some(LogLine::App {
+                at,
+                app: "app-007".into(),
+                clusters: 660
+            })
+        );
+        let batch = r#"2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: batch sent app=promo revision=0123456789ab stage=wave1 batch=["load-00001", "load-00002"]"#;
+        assert_eq!(
+            parse_line(batch),
+            Some(LogLine::Batch {
+                app: "promo".into(),
+                stage: "wave1".into()
+            })
+        );
+        assert_eq!(parse_line("garbage"), None);
     }
 
     #[test]

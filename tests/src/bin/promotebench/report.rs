@@ -119,10 +119,10 @@ impl Report {
     /// Every table, in order.
     pub fn tables(&self) -> Vec<(String, Table)> {
         let mut out = vec![("fleet".to_string(), self.fleet_table())];
-        if let Some(s) = &self.single {
+        if let Some(s) = self.single.as_ref().filter(|s| s.measured()) {
             out.push((
                 format!(
-                    "one app, 3 stages, {} sessions (times from t0 = just before SyncSource)",
+                    "one app, 3 stages, {} sessions (times from t0 = just before AddSource / SyncSource)",
                     thousands(s.sessions)
                 ),
                 single_table(s),
@@ -132,10 +132,10 @@ impl Report {
                 stages_table(s),
             ));
         }
-        if let Some(m) = &self.many {
+        if let Some(m) = self.many.as_ref().filter(|m| m.measured()) {
             out.push((
                 format!(
-                    "{} apps at once, 3 stages, {} sessions (times from t0 = just before SyncSource)",
+                    "{} apps at once, 3 stages, {} sessions (times from t0 = just before AddSource / SyncSource)",
                     m.apps,
                     thousands(m.sessions)
                 ),
@@ -244,6 +244,16 @@ impl Report {
     }
 }
 
+/// Desired states taken and status reports sent per session during the round.
+fn per_session(r: &RoundTimes) -> String {
+    let n = r.sessions.max(1) as f64;
+    format!(
+        "{:.1} / {:.1}",
+        r.sessions_did.desired as f64 / n,
+        r.sessions_did.reports as f64 / n
+    )
+}
+
 fn stage_ms(r: &RoundTimes, i: usize) -> f64 {
     r.stages
         .get(i)
@@ -262,13 +272,14 @@ fn single_table(s: &ScenarioReport) -> Table {
         "round".to_string(),
         "commit".to_string(),
         "sync answered".to_string(),
-        "rollout started".to_string(),
+        "first batch sent".to_string(),
     ];
     header.extend(names.iter().map(|n| format!("{n} stage")));
     header.extend(
         [
             "all sessions hold it",
             "rollout succeeded",
+            "per session: desired states / reports",
             "hub CPU",
             "hub RSS",
             "store file",
@@ -287,6 +298,7 @@ fn single_table(s: &ScenarioReport) -> Table {
         cells.extend([
             secs(r.all_hold_ms),
             secs(r.done_ms),
+            per_session(r),
             format!("{:.1} s", r.hub_cpu_secs),
             mib(r.hub_rss_kib),
             mib(r.store_bytes / 1024),
@@ -333,54 +345,47 @@ fn summary_rows(t: &mut Table, rounds: &[RoundTimes], values: impl Fn(&RoundTime
     }
 }
 
+/// One column per round, one row per measure (times from t0).
 fn many_table(m: &ScenarioReport) -> Table {
-    let names: Vec<String> = m
-        .initial
-        .iter()
-        .chain(&m.rounds)
-        .next()
-        .map(|r| r.stages.iter().map(|st| st.name.clone()).collect())
-        .unwrap_or_default();
-    let mut header = vec![
-        "round".to_string(),
-        "commit".to_string(),
-        "sync answered".to_string(),
-        "rollouts started first / last".to_string(),
-    ];
-    header.extend(names.iter().map(|n| format!("{n} (median app)")));
-    header.extend(
-        [
-            "all sessions hold all",
-            "apps succeeded first / median",
-            "every app succeeded",
-            "desired writes",
-            "hub CPU",
-            "hub RSS",
-            "store file",
-        ]
-        .map(String::from),
-    );
+    let rounds: Vec<&RoundTimes> = m.initial.iter().chain(&m.rounds).collect();
+    let mut header = vec!["measure".to_string()];
+    header.extend(rounds.iter().map(|r| r.label.clone()));
     let mut t = new_table(header.iter().map(String::as_str).collect());
-    for r in m.initial.iter().chain(&m.rounds) {
-        let mut cells = vec![
-            r.label.clone(),
-            short(&r.commit).to_string(),
-            secs(r.trigger_ms),
-            format!("{} / {}", secs(r.started_ms), secs(r.last_started_ms)),
-        ];
-        cells.extend(r.stages.iter().map(|s| secs(s.median_duration_ms)));
-        cells.extend([
-            secs(r.all_hold_ms),
-            format!("{} / {}", secs(r.first_done_ms), secs(r.median_done_ms)),
-            secs(r.done_ms),
-            thousands(r.desired_writes),
-            format!("{:.1} s", r.hub_cpu_secs),
-            mib(r.hub_rss_kib),
-            mib(r.store_bytes / 1024),
-        ]);
+    let mut row = |name: &str, f: &dyn Fn(&RoundTimes) -> String| {
+        let mut cells = vec![name.to_string()];
+        cells.extend(rounds.iter().map(|r| f(r)));
         t.add_row(cells);
+    };
+    row("commit", &|r| short(&r.commit).to_string());
+    row("sync answered", &|r| secs(r.trigger_ms));
+    row("first batch sent: first app / last app", &|r| {
+        format!("{} / {}", secs(r.started_ms), secs(r.last_started_ms))
+    });
+    let stages = rounds.first().map_or(0, |r| r.stages.len());
+    for i in 0..stages {
+        let name = rounds[0].stages[i].name.clone();
+        row(&format!("{name} stage (median app)"), &|r| {
+            r.stages
+                .get(i)
+                .map_or_else(String::new, |s| secs(s.median_duration_ms))
+        });
     }
-    align(&mut t, 2);
+    row("every session holds every app", &|r| secs(r.all_hold_ms));
+    row("apps succeeded: first / median", &|r| {
+        format!("{} / {}", secs(r.first_done_ms), secs(r.median_done_ms))
+    });
+    row("every app succeeded", &|r| secs(r.done_ms));
+    row("desired writes (hub log)", &|r| thousands(r.desired_writes));
+    row("per session: desired states / reports", &per_session);
+    row("hub CPU / RSS / store file", &|r| {
+        format!(
+            "{:.0} s / {} / {}",
+            r.hub_cpu_secs,
+            mib(r.hub_rss_kib),
+            mib(r.store_bytes / 1024)
+        )
+    });
+    align(&mut t, 1);
     t
 }
 
@@ -389,10 +394,10 @@ fn stages_table(s: &ScenarioReport) -> Table {
         "round",
         "stage",
         "clusters",
-        "started",
+        "started (first app)",
         "desired written (last)",
         "sessions hold it (last)",
-        "finished",
+        "finished (last app)",
         "write → last session",
         "last session → finished",
     ]);

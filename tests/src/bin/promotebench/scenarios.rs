@@ -38,6 +38,13 @@ pub struct ScenarioReport {
     pub rounds: Vec<RoundTimes>,
 }
 
+impl ScenarioReport {
+    /// Whether any rollout of the scenario completed.
+    pub fn measured(&self) -> bool {
+        self.initial.is_some() || !self.rounds.is_empty()
+    }
+}
+
 fn add_source(name: &str, repo: &PromoteRepo) -> AddSourceRequest {
     AddSourceRequest {
         name: name.into(),

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::agent::{Event, handler};
+use crate::agent::{Counters, Event, handler};
 use crate::repo::{RING, STAGES, Targets};
 
 /// How long the hub may take to count every opened session.
@@ -69,6 +69,7 @@ pub struct Setup {
     pub sessions: Vec<Session>,
     pub fleet: Arc<Fleet>,
     pub events: mpsc::UnboundedReceiver<Event>,
+    pub counters: Arc<Counters>,
     pub scopes: Scopes,
 }
 
@@ -127,6 +128,7 @@ pub async fn bring_up(
 
     let fleet = Arc::new(Fleet::default());
     let (tx, events) = mpsc::unbounded_channel();
+    let counters = Arc::new(Counters::default());
     println!(
         "{}: opening {} sessions from {} loopback sources",
         prog(),
@@ -139,7 +141,7 @@ pub async fn bring_up(
         opts.sources,
         opts.concurrency,
         &fleet,
-        Some(handler(tx, opts.fetch)),
+        Some(handler(tx, opts.fetch, counters.clone())),
     )
     .await;
     drop(enr);
@@ -244,6 +246,7 @@ pub async fn bring_up(
         sessions: opened.sessions,
         fleet,
         events,
+        counters,
         scopes: Scopes {
             all,
             many,
