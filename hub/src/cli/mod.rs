@@ -4,6 +4,7 @@
 pub mod client;
 pub mod demo;
 pub mod output;
+pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
+    /// The fleet at a glance: clusters connected and app health per region, rollouts in
+    /// flight, and the worst clusters with the reasons.
+    Status(status::StatusArgs),
     /// Run an in-process hub with six simulated agents in three regions: a release promoted
     /// stage by stage, then a bad one that fails in the canary stage and is rolled back.
     Demo(demo::DemoArgs),
@@ -378,6 +382,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 f => output::structured(f, &row),
             }
         }
+        Command::Status(args) => status::run(&mut admin, &args, fmt).await?,
         Command::Demo(_) => unreachable!("handled above"),
     })
 }
