@@ -233,9 +233,15 @@ impl Admin for AdminService {
     ) -> Result<Response<ListClustersResponse>, Status> {
         self.authorize(&req)?;
         let clusters = self.registry.list_clusters().await?;
-        Ok(Response::new(ListClustersResponse {
-            clusters: clusters.iter().map(|c| self.cluster_view(c)).collect(),
-        }))
+        let mut views = Vec::with_capacity(clusters.len());
+        for c in &clusters {
+            let mut view = self.cluster_view(c);
+            if req.get_ref().with_apps && !c.revoked {
+                view.apps = self.cluster_apps(&c.name).await?;
+            }
+            views.push(view);
+        }
+        Ok(Response::new(ListClustersResponse { clusters: views }))
     }
 
     async fn get_cluster(

@@ -3,7 +3,7 @@
 //! flight with their current stage, and the worst few clusters with the reasons.
 //!
 //! [`summarize`] is a pure function of the hub's answers (`ListClusters` with every cluster's
-//! apps filled in from `GetCluster`, and `ListRollouts`), the label, N and the time; [`run`]
+//! apps filled in (`with_apps`), and `ListRollouts`), the label, N and the time; [`run`]
 //! fetches, renders, and with `--watch` redraws every `--interval` until Ctrl-C.
 
 use std::collections::BTreeMap;
@@ -15,8 +15,8 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::{rfc3339, unix_ms};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{
-    Cluster, ClusterApp, GetClusterRequest, ListClustersRequest, ListClustersResponse,
-    ListRolloutsRequest, ListRolloutsResponse,
+    Cluster, ClusterApp, ListClustersRequest, ListClustersResponse, ListRolloutsRequest,
+    ListRolloutsResponse,
 };
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -502,49 +502,14 @@ pub fn status_table(s: &StatusOut) -> String {
 pub async fn fetch(
     admin: &mut AdminClient<Channel>,
 ) -> Result<(ListClustersResponse, ListRolloutsResponse), CliError> {
-    let mut clusters = admin
-        .list_clusters(ListClustersRequest {})
+    let clusters = admin
+        .list_clusters(ListClustersRequest { with_apps: true })
         .await?
         .into_inner();
     let rollouts = admin
         .list_rollouts(ListRolloutsRequest {})
         .await?
         .into_inner();
-    // ListClusters leaves the apps out; GetCluster has them. A few at a time.
-    use futures::StreamExt;
-    let names: Vec<String> = clusters
-        .clusters
-        .iter()
-        .filter(|c| c.state != "revoked")
-        .map(|c| c.name.clone())
-        .collect();
-    let fetched: Vec<Result<Option<Cluster>, CliError>> = futures::stream::iter(names)
-        .map(|name| {
-            let mut admin = admin.clone();
-            async move {
-                match admin.get_cluster(GetClusterRequest { name }).await {
-                    Ok(c) => Ok(Some(c.into_inner())),
-                    // Removed since the list was read.
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                    Err(s) => Err(CliError::from(s)),
-                }
-            }
-        })
-        .buffered(8)
-        .collect()
-        .await;
-    let mut full: BTreeMap<String, Cluster> = BTreeMap::new();
-    for c in fetched {
-        if let Some(c) = c? {
-            full.insert(c.name.clone(), c);
-        }
-    }
-    for c in &mut clusters.clusters {
-        if let Some(f) = full.remove(&c.name) {
-            // The newer view of the two, with its apps.
-            *c = f;
-        }
-    }
     Ok((clusters, rollouts))
 }
 
