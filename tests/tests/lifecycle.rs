@@ -56,7 +56,7 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
     let before = hub
         .admin()
         .await
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -75,7 +75,7 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
     let after = hub
         .admin()
         .await
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .unwrap()
         .into_inner()

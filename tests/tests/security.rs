@@ -30,7 +30,7 @@ async fn hub_in(dir: &std::path::Path) -> TestHub {
 async fn assert_serving(hub: &TestHub) {
     hub.admin()
         .await
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .expect("hub keeps serving");
 }
@@ -191,7 +191,7 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
     let cfg = mtls_client_config(&cred.ca, &forged.chain_pem, &key).unwrap();
     let r = match TlsDialer::new(cfg).channel(&hub.addr()).await {
         Ok(ch) => AdminClient::new(ch)
-            .list_clusters(ListClustersRequest {})
+            .list_clusters(ListClustersRequest::default())
             .await
             .map(|_| ())
             .map_err(|s| flotilla_proto::tls::error_chain(&s)),
@@ -267,7 +267,7 @@ async fn identity_comes_from_the_certificate_and_roles_are_separate() {
         .await
         .unwrap();
     let s = AdminClient::new(ch)
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
@@ -306,7 +306,7 @@ async fn only_join_is_served_without_a_client_certificate() {
     let anon = flotilla_proto::tls::anonymous_client_config(&cred.ca).unwrap();
     let ch = TlsDialer::new(anon).channel(&hub.addr()).await.unwrap();
     let s = AdminClient::new(ch.clone())
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);

@@ -250,7 +250,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         }
         Command::Cluster(ClusterCmd::List) => {
             let resp = admin
-                .list_clusters(ListClustersRequest {})
+                .list_clusters(ListClustersRequest::default())
                 .await?
                 .into_inner();
             let rows: Vec<ClusterOut> = resp.clusters.iter().map(ClusterOut::from).collect();

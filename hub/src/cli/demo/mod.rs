@@ -185,7 +185,7 @@ impl Demo {
         );
 
         let clusters = admin
-            .list_clusters(ListClustersRequest {})
+            .list_clusters(ListClustersRequest::default())
             .await?
             .into_inner()
             .clusters;

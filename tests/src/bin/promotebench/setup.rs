@@ -168,7 +168,7 @@ pub async fn bring_up(
     // --- Labels, on the clusters the hub shows connected ------------------------------------
     let connected: HashSet<String> = admin
         .clone()
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .map_err(|s| anyhow!("ListClusters: {:?}: {}", s.code(), s.message()))?
         .into_inner()
