@@ -82,6 +82,32 @@ fn agent_manifests_grant_least_privilege() {
     let flotilla_agent::StateLocation::Secret { namespace, name } = loc else {
         panic!("not a secret location")
     };
+    // The metrics port is declared, and Prometheus is told where to scrape it.
+    let listen = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--metrics-listen="))
+        .expect("a metrics address");
+    let port: i32 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let ports = container.ports.clone().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.container_port == port && p.name.as_deref() == Some("metrics")),
+        "{ports:?}"
+    );
+    let annotations = p.deployments[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
     // The bundle cache is a writable volume (the root file system is read-only).
     let cache = args
         .iter()

@@ -64,6 +64,7 @@ impl HubError {
             HubError::RateLimited { .. } => "rate_limited",
             HubError::Invalid(_) => "invalid",
             HubError::PermissionDenied(_) => "permission_denied",
+            HubError::Ca(c) if c.is_client_error() => "bad_csr",
             HubError::Ca(_) => "ca",
             HubError::Store(_) => "store",
             HubError::Corrupt { .. } => "corrupt",

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{FleetSources, Metrics};
 use crate::sources::Sources;
 use crate::store::SharedStore;
 use crate::webhook::{Signatures, verify};
@@ -24,6 +24,8 @@ struct HttpState {
     metrics: Arc<Metrics>,
     store: SharedStore,
     sources: Option<Sources>,
+    /// Where the scrape-time fleet gauges are read from.
+    fleet: Option<FleetSources>,
 }
 
 /// Serves the side port until `shutdown` fires.
@@ -32,6 +34,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     store: SharedStore,
     sources: Option<Sources>,
+    fleet: Option<FleetSources>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -43,6 +46,7 @@ pub async fn serve(
             metrics,
             store,
             sources,
+            fleet,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -62,12 +66,22 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {
+    let fleet = match &s.fleet {
+        Some(f) => match f.snapshot().await {
+            Ok(snap) => Some(snap),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the fleet state; app and cluster gauges left out");
+                None
+            }
+        },
+        None => None,
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        s.metrics.encode_with(fleet.as_ref()),
     )
 }
 

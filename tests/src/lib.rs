@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod bench;
+pub mod prom;
 /// The default deadline for waiting on a condition.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

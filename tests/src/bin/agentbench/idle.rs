@@ -120,6 +120,8 @@ impl AgentProcess {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--cluster", "simulated", "--sim-ready-delay", "0s"])
+            // Many agents on one machine: each serves its metrics on a port of its own.
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args([
                 "--drift-interval",
                 &humantime::format_duration(opts.drift_interval).to_string(),
