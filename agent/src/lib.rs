@@ -5,8 +5,10 @@
 pub mod backoff;
 pub mod bundles;
 pub mod cluster;
+pub mod http;
 pub mod identity;
 pub mod join;
+pub mod metrics;
 pub mod reconcile;
 mod secret_state;
 pub mod session;
@@ -14,6 +16,7 @@ pub mod session;
 pub mod sim;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,7 @@ use crate::backoff::Backoff;
 use crate::bundles::BundleStore;
 use crate::identity::{IdentityError, IdentityStore, SecretState, StateDir};
 use crate::join::JoinError;
+use crate::metrics::AgentMetrics;
 use crate::reconcile::status::StatusBoard;
 use crate::reconcile::{ReconcileConfig, Reconciler};
 use crate::session::{SessionCtx, SessionEnd, SessionError};
@@ -81,6 +85,15 @@ pub struct AgentConfig {
     pub health_poll: Duration,
     /// The simulated cluster's behaviour (`ClusterBackend::Simulated` without `kube_client`).
     pub sim: SimConfig,
+    /// Where to serve `/metrics` and `/healthz` (`None`: nowhere). Port 0 picks one; the
+    /// bound address shows in [`AgentStatus::metrics_addr`].
+    pub metrics_listen: Option<SocketAddr>,
+    /// The relay that takes this process's finished spans to the hub over the session (set by
+    /// the binary when traces are relayed; see `flotilla_proto::telemetry`).
+    pub span_relay: Option<flotilla_proto::telemetry::SpanRelay>,
+    /// Record spans (reconciles, drift, reconnects, renewals) for export; the binary sets it
+    /// when traces are exported directly or relayed.
+    pub trace_spans: bool,
 }
 
 impl AgentConfig {
@@ -105,6 +118,9 @@ impl AgentConfig {
             drift_interval: Duration::from_secs(60),
             health_poll: Duration::from_secs(1),
             sim: SimConfig::default(),
+            metrics_listen: None,
+            span_relay: None,
+            trace_spans: false,
         }
     }
 }
@@ -130,6 +146,7 @@ impl fmt::Debug for AgentConfig {
             .field("drift_interval", &self.drift_interval)
             .field("health_poll", &self.health_poll)
             .field("sim", &self.sim)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -155,6 +172,8 @@ pub struct AgentStatus {
     pub cert_serial: String,
     pub cert_not_after_ms: u64,
     pub last_error: Option<String>,
+    /// Where `/metrics` and `/healthz` are served, once bound.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Errors that stop the agent.
@@ -176,6 +195,11 @@ pub enum AgentError {
     Disconnected { reason: String, message: String },
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("metrics listener {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn normalize_hub(s: &str) -> String {
@@ -189,12 +213,49 @@ fn normalize_hub(s: &str) -> String {
 pub struct Agent {
     config: AgentConfig,
     status: watch::Sender<AgentStatus>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> (Self, watch::Receiver<AgentStatus>) {
         let (status, rx) = watch::channel(AgentStatus::default());
-        (Self { config, status }, rx)
+        let metrics = Arc::new(AgentMetrics::new());
+        metrics.attach_status(rx.clone());
+        (
+            Self {
+                config,
+                status,
+                metrics,
+            },
+            rx,
+        )
+    }
+
+    /// The agent's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Binds the metrics port, if configured, and serves it until `shutdown`.
+    async fn serve_metrics(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<AbortOnDrop>, AgentError> {
+        let Some(addr) = self.config.metrics_listen else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::MetricsListen { addr, source })?;
+        let bound = listener.local_addr().ok();
+        self.status.send_modify(|s| s.metrics_addr = bound);
+        tracing::info!(addr = ?bound, "serving /metrics and /healthz");
+        let (metrics, rx) = (self.metrics.clone(), shutdown.clone());
+        Ok(Some(AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, metrics, rx).await {
+                tracing::error!(error = %e, "metrics port failed");
+            }
+        }))))
     }
 
     fn info(&self) -> AgentInfo {
@@ -256,6 +317,7 @@ impl Agent {
 
     /// Joins if needed, then holds the session until `shutdown` or a final refusal.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let _metrics_port = self.serve_metrics(&shutdown).await?;
         let client = self.cluster_client().await?;
         let store = self.identity_store(&client);
         let hub_override = self.config.hub_override.as_deref().map(normalize_hub);
@@ -323,12 +385,15 @@ impl Agent {
                 drift_interval: self.config.drift_interval,
                 health_poll: self.config.health_poll,
                 backend: self.config.cluster.as_str(),
+                cluster_id: state.cluster_id.clone(),
+                trace: self.config.trace_spans,
                 ..ReconcileConfig::default()
             },
             bundles.clone(),
             board.clone(),
             self.status.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         let reconcile_task = tokio::spawn(reconciler.run(desired_rx, shutdown.clone()));
         let _stop_reconciler = AbortOnDrop(reconcile_task);
         let mut ctx = SessionCtx {
@@ -344,11 +409,15 @@ impl Agent {
             pending_key: None,
             desired_tx,
             board,
+            relay: self.config.span_relay.clone(),
+            trace: self.config.trace_spans,
         };
         backoff.reset();
         loop {
             let opened_before = self.status.borrow().sessions_opened;
+            self.metrics.set_attempting(true);
             let result = ctx.run_once(&mut shutdown).await;
+            self.metrics.set_attempting(false);
             self.status.send_modify(|s| s.connected = false);
             match result {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
@@ -365,6 +434,7 @@ impl Agent {
             if self.status.borrow().sessions_opened > opened_before {
                 backoff.reset();
             }
+            self.metrics.session_reconnects.inc();
             let d = backoff.next_delay();
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),

@@ -6,6 +6,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use flotilla_agent::{Agent, AgentConfig, ClusterBackend, StateLocation};
+use flotilla_proto::telemetry::{Export, SpanRelay, TraceConfig, traces};
+
+/// Where the agent's spans go (`--traces`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TraceMode {
+    Auto,
+    Relay,
+    Direct,
+    Off,
+}
 
 const DEFAULT_STATE_DIR: &str = "./flotilla-agent-state";
 
@@ -61,12 +71,67 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
+    /// Where this agent's spans go: `relay` sends them over the session for the hub to export
+    /// (no route to a collector needed; only when the hub exports traces), `direct` exports
+    /// them over OTLP/gRPC itself, `auto` is `direct` when an endpoint is configured and
+    /// `relay` otherwise.
+    #[arg(long, env = "FLOTILLA_TRACES", value_enum, default_value = "auto")]
+    traces: TraceMode,
+    /// OTLP/gRPC collector for `--traces direct` [default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    /// else OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Where to serve Prometheus `/metrics` and `/healthz` (plain HTTP, read-only), or `off`.
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN", default_value = "0.0.0.0:9465", value_name = "ADDR|off", value_parser = parse_metrics_listen)]
+    metrics_listen: MetricsListen,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct MetricsListen(Option<std::net::SocketAddr>);
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT (an IP address) or off"))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    flotilla_proto::telemetry::init("info", args.log_json);
+    let endpoint = args
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .or_else(traces::endpoint_from_env);
+    let export = match (args.traces, endpoint) {
+        (TraceMode::Off, _) => None,
+        (TraceMode::Direct, e) => Some(Export::Direct(
+            e.unwrap_or_else(|| traces::DEFAULT_ENDPOINT.to_string()),
+        )),
+        (TraceMode::Auto, Some(e)) => Some(Export::Direct(e)),
+        (TraceMode::Relay | TraceMode::Auto, _) => Some(Export::Relay(SpanRelay::new())),
+    };
+    let relay = match &export {
+        Some(Export::Relay(r)) => Some(r.clone()),
+        _ => None,
+    };
+    let trace_config = export.map(|export| TraceConfig {
+        default_service: "flotilla-agent",
+        export,
+        attributes: Vec::new(),
+    });
+    let tracing_guard =
+        match flotilla_proto::telemetry::init_with_traces("info", args.log_json, trace_config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("flotilla-agent: --otlp-endpoint: {e}");
+                return ExitCode::from(64);
+            }
+        };
     let state = match &args.state_secret {
         Some(v) => match StateLocation::parse_secret(v) {
             Ok(loc) => loc,
@@ -105,6 +170,9 @@ async fn main() -> ExitCode {
     config.drift_interval = args.drift_interval;
     config.health_poll = args.health_poll;
     config.sim.ready_delay = args.sim_ready_delay;
+    config.metrics_listen = args.metrics_listen.0;
+    config.trace_spans = tracing_guard.active();
+    config.span_relay = relay;
     if !config.sim.namespaces.contains(&config.namespace) {
         config.sim.namespaces.push(config.namespace.clone());
     }
@@ -114,7 +182,9 @@ async fn main() -> ExitCode {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    match agent.run(stop_rx).await {
+    let result = agent.run(stop_rx).await;
+    let _ = tokio::task::spawn_blocking(move || tracing_guard.shutdown()).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flotilla-agent: {e}");

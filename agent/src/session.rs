@@ -5,13 +5,14 @@
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::telemetry::SpanRelay;
 use flotilla_proto::tls::{TlsDialer, error_chain};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
     Ack, AgentInfo, AgentMessage, AppStatus, DesiredState, Heartbeat, Hello, RenewRequest,
-    StatusReport,
+    SpanBatch, StatusReport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
@@ -66,6 +67,35 @@ pub struct SessionCtx {
     pub desired_tx: watch::Sender<Option<DesiredState>>,
     /// The reconciler's statuses, sent to the hub as they change.
     pub board: StatusBoard,
+    /// Finished spans to send to the hub (when it exports traces).
+    pub relay: Option<SpanRelay>,
+    /// Record reconnects and renewals as spans.
+    pub trace: bool,
+}
+
+impl SessionCtx {
+    /// A root span for a session event, or a disabled one when spans are not recorded.
+    fn event_span(&self, name: &'static str) -> tracing::Span {
+        if !self.trace {
+            return tracing::Span::none();
+        }
+        match name {
+            "connect" => {
+                tracing::info_span!(parent: None, "flotilla.agent.connect", cluster.id = %self.state.cluster_id)
+            }
+            _ => {
+                tracing::info_span!(parent: None, "flotilla.agent.renew", cluster.id = %self.state.cluster_id)
+            }
+        }
+    }
+}
+
+/// Resolves when the relay holds spans to send (never without a relay).
+async fn spans_ready(relay: &Option<SpanRelay>) {
+    match relay {
+        Some(r) => r.ready().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn classify(msg: String) -> SessionError {
@@ -155,9 +185,19 @@ impl SessionCtx {
         let mut seq = 0u64;
         let mut board = self.board.subscribe();
         let mut welcomed = false;
+        let relay = self.relay.clone();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+                _ = spans_ready(&relay), if welcomed => {
+                    let r = relay.as_ref().expect("ready only with a relay");
+                    while let Some(otlp) = r.pop() {
+                        let batch = SpanBatch { otlp, dropped: r.take_dropped() };
+                        if tx.send(agent_msg(AgentMsg::Spans(batch))).await.is_err() {
+                            return Err(SessionError::Failed("session stream closed".into()));
+                        }
+                    }
+                }
                 _ = board.changed(), if welcomed => {
                     for r in self.board.take_reports(false) {
                         if tx.send(agent_msg(AgentMsg::Status(r))).await.is_err() {
@@ -190,7 +230,14 @@ impl SessionCtx {
                                 heartbeat_every = Duration::from_millis(w.heartbeat_interval_ms as u64);
                                 next_heartbeat = Instant::now() + heartbeat_every;
                             }
-                            tracing::info!(cluster.id = %self.state.cluster_id, session = %w.session_id, "connected to hub");
+                            if let Some(r) = &relay {
+                                r.set_wanted(w.spans_wanted);
+                            }
+                            let reconnect = self.status.borrow().sessions_opened > 0;
+                            // A span of its own, so that reconnects show in traces as events.
+                            self.event_span("connect").in_scope(|| {
+                                tracing::info!(cluster.id = %self.state.cluster_id, session = %w.session_id, reconnect, "connected to hub");
+                            });
                             self.status.send_modify(|s| {
                                 s.connected = true;
                                 s.session_id = w.session_id.clone();
@@ -324,7 +371,9 @@ impl SessionCtx {
             .map_err(|e| SessionError::Failed(e.to_string()))?;
         self.dialer.set_config(cfg);
         self.creds = creds;
-        tracing::info!(serial = %leaf.serial, expires = %flotilla_proto::clock::rfc3339(leaf.not_after), "certificate renewed and swapped in");
+        self.event_span("renew").in_scope(|| {
+                tracing::info!(serial = %leaf.serial, expires = %flotilla_proto::clock::rfc3339(leaf.not_after), "certificate renewed and swapped in");
+            });
         self.status.send_modify(|s| {
             s.renewals += 1;
             s.cert_serial = leaf.serial.clone();

@@ -31,6 +31,18 @@ pub struct AppEntry {
     pub options: AppOptions,
 }
 
+impl AppEntry {
+    /// Equal apart from `trace_context`.
+    pub fn same_but_trace(&self, other: &AppEntry) -> bool {
+        self.app == other.app
+            && self.revision == other.revision
+            && self.bundle_digest == other.bundle_digest
+            && self.bundle_size == other.bundle_size
+            && self.depends_on == other.depends_on
+            && self.options == other.options
+    }
+}
+
 /// Reconcile options of an app, as the agent applies them (see `flotilla.yaml`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppOptions {
@@ -310,9 +322,18 @@ impl DesiredStates {
                 };
                 let mut apps = old.apps.clone();
                 for (app, entry) in edits {
-                    apps.retain(|a| a.app != *app);
+                    let kept = apps
+                        .iter()
+                        .position(|a| a.app == *app)
+                        .map(|i| apps.remove(i));
                     if let Some(e) = entry {
-                        apps.push(e.clone());
+                        // Only the trace context differs (a resync after a restart has none, a
+                        // new delivery span of the same revision has another): keep the entry
+                        // as it is, so no new generation goes out for it.
+                        match kept {
+                            Some(k) if k.same_but_trace(e) => apps.push(k),
+                            _ => apps.push(e.clone()),
+                        }
                     }
                 }
                 apps.sort_by(|a, b| a.app.cmp(&b.app));

@@ -66,6 +66,9 @@ pub struct HubConfig {
     /// Rendering size limits (per file, per bundle).
     pub limits: crate::render::Limits,
     pub clock: SharedClock,
+    /// Where agents' relayed spans go (set when the hub exports traces); `None`: agents are
+    /// told not to send spans.
+    pub span_forwarder: Option<flotilla_proto::telemetry::SpanForwarder>,
 }
 
 impl HubConfig {
@@ -82,6 +85,7 @@ impl HubConfig {
             join_failure_window: Duration::from_secs(60),
             limits: crate::render::Limits::default(),
             clock: Arc::new(flotilla_proto::clock::SystemClock),
+            span_forwarder: None,
         }
     }
 }
@@ -186,7 +190,11 @@ pub async fn start(
         None => addr.to_string(),
     };
 
-    let store: SharedStore = Arc::new(RedbStore::open(&dd.join("store.redb"))?);
+    let metrics = Arc::new(Metrics::new());
+    let store: SharedStore = crate::store::timed::TimedStore::shared(
+        Arc::new(RedbStore::open(&dd.join("store.redb"))?),
+        &metrics,
+    );
     let ca = Arc::new(Ca::load_or_create(
         dd,
         &config.trust_domain,
@@ -197,7 +205,6 @@ pub async fn start(
         config.clock.clone(),
     )?);
     let registry = Registry::open(store.clone(), config.clock.clone()).await?;
-    let metrics = Arc::new(Metrics::new());
     let sessions = Arc::new(Sessions::default());
     let desired = DesiredStates::new(store.clone());
     let bundles =
@@ -236,6 +243,7 @@ pub async fn start(
         sessions.clone(),
         config.clock.clone(),
         config.disconnect_grace,
+        metrics.clone(),
     );
     let session_svc = SessionService {
         registry: registry.clone(),
@@ -252,6 +260,7 @@ pub async fn start(
         desired: desired.clone(),
         bundles: bundles.clone(),
         rollouts: rollouts.clone(),
+        spans: config.span_forwarder.clone(),
     };
     let registration_svc = RegistrationService {
         registry: registry.clone(),
@@ -338,8 +347,14 @@ pub async fn start(
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
         let src = Some(sources.clone());
+        let fleet = crate::metrics::FleetSources {
+            registry: registry.clone(),
+            sessions: sessions.clone(),
+            rollouts: rollouts.clone(),
+            desired: desired.clone(),
+        };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(l, m, s, src, rx).await {
+            if let Err(e) = crate::http::serve(l, m, s, src, Some(fleet), rx).await {
                 tracing::error!(error = %e, "HTTP side port failed");
             }
         }));
@@ -443,11 +458,12 @@ async fn accept_loop(
                     let _ = conns.send(Ok(tls)).await;
                 }
                 Ok(Err(e)) => {
-                    metrics.count_handshake("failed");
-                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    let reason = crate::metrics::handshake_failure_reason(&e);
+                    metrics.count_handshake_failure(reason);
+                    tracing::info!(%peer, error = %e, reason, "TLS handshake refused");
                 }
                 Err(_) => {
-                    metrics.count_handshake("timeout");
+                    metrics.count_handshake_failure("timeout");
                     tracing::info!(%peer, "TLS handshake timed out");
                 }
             }

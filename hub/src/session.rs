@@ -202,6 +202,8 @@ pub struct SessionService {
     pub bundles: Arc<BundleCache>,
     /// Told about status reports, connects and disconnects.
     pub rollouts: crate::rollout::Rollouts,
+    /// Relayed agent spans go here; `None`: the hub exports no traces and agents send none.
+    pub spans: Option<flotilla_proto::telemetry::SpanForwarder>,
 }
 
 /// Unregisters a session however its stream ends (including the peer vanishing, which drops
@@ -318,6 +320,7 @@ impl AgentSession for SessionService {
             yield hub(HubMsg::Welcome(Welcome {
                 session_id: shared.id.to_string(),
                 heartbeat_interval_ms: interval.as_millis() as u32,
+                spans_wanted: svc.spans.is_some(),
             }));
             let mut sent_generation = hello.last_generation;
             match svc.desired.get(&shared.cluster).await {
@@ -387,6 +390,7 @@ impl AgentSession for SessionService {
                                     yield hub(HubMsg::Renew(answer));
                                 }
                                 AgentMsg::Status(s) => {
+                                    svc.metrics.count_status_report(s.apps.len());
                                     tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), "status report");
                                     if let Err(e) = svc.desired.record_status(&shared.cluster, &s).await {
                                         tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status");
@@ -394,6 +398,7 @@ impl AgentSession for SessionService {
                                         svc.rollouts.kick();
                                     }
                                 }
+                                AgentMsg::Spans(b) => svc.relay_spans(&shared.cluster, &b),
                                 AgentMsg::Ack(a) => {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = a.generation, "ack");
                                 }
@@ -489,6 +494,28 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 }
 
 impl SessionService {
+    /// Passes an agent's finished spans on to the collector under the session's identity. A
+    /// bad batch is logged and counted; it does not end the session (spans are best effort).
+    fn relay_spans(&self, cluster: &str, batch: &flotilla_proto::v1::SpanBatch) {
+        if batch.dropped > 0 {
+            tracing::warn!(cluster.id = %cluster, dropped = batch.dropped, "the agent dropped spans: its relay queue was full");
+        }
+        let Some(fwd) = &self.spans else {
+            return;
+        };
+        match flotilla_proto::telemetry::traces::decode_relayed(&batch.otlp, cluster) {
+            Ok((groups, n)) => {
+                if !fwd.forward(groups, n) {
+                    tracing::debug!(cluster.id = %cluster, spans = n, "relayed spans dropped: the queue to the collector is full");
+                }
+            }
+            Err(e) => {
+                self.metrics.rejected_messages.inc();
+                tracing::warn!(cluster.id = %cluster, error = %e, "bad span batch from agent ignored");
+            }
+        }
+    }
+
     /// Signs a renewal CSR for the session's own cluster (whatever the CSR asks for).
     async fn renew(&self, cluster: &str, csr_pem: &str) -> (RenewResponse, Option<Instant>) {
         let refused = |e: String| {

@@ -366,8 +366,20 @@ impl Sources {
         Err(HubError::Contention(key))
     }
 
-    /// One sync: fetch, load, render, update desired state.
+    /// One sync: fetch, load, render, update desired state — traced as `flotilla.sync` with
+    /// `flotilla.fetch`, `flotilla.render` and one `flotilla.offer` per app below it.
     async fn sync_once(&self, name: &str) -> Result<(), HubError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "flotilla.sync",
+            source = %name,
+            revision = tracing::field::Empty,
+            changed = tracing::field::Empty
+        );
+        self.sync_traced(name).instrument(span).await
+    }
+
+    async fn sync_traced(&self, name: &str) -> Result<(), HubError> {
         let rec = self.get(name).await?;
         let mut status = rec.status.clone();
         status.last_fetch_ms = unix_ms(self.inner.clock.now());
@@ -379,7 +391,9 @@ impl Sources {
             }
         };
         let data_dir = self.inner.data_dir.clone();
+        let fetch_span = tracing::info_span!("flotilla.fetch", source = %name);
         let fetched = tokio::task::spawn_blocking(move || {
+            let _in = fetch_span.enter();
             let mirror = Mirror::open_or_init(&data_dir, &spec)?;
             let outcome = mirror.fetch(&spec)?;
             let tree = mirror.tree(&outcome.commit, &spec.path)?;
@@ -396,6 +410,12 @@ impl Sources {
             }
         };
         let commit = outcome.commit.clone();
+        tracing::Span::current()
+            .record("revision", commit.as_str())
+            .record(
+                "changed",
+                rec.status.commit.as_deref() != Some(commit.as_str()),
+            );
         status.commit = Some(commit.clone());
         if outcome.rewritten {
             tracing::warn!(source = %name, %commit, previous = ?outcome.previous, "history was rewritten upstream");
@@ -413,10 +433,13 @@ impl Sources {
         let limits = self.inner.limits;
         let bundles = self.inner.bundles.clone();
         let infos = clusters.clone();
-        let rendered =
-            tokio::task::spawn_blocking(move || render_all(&tree, &clusters, &limits, &bundles))
-                .await
-                .map_err(|e| HubError::Invalid(format!("render task failed: {e}")))?;
+        let render_span = tracing::info_span!("flotilla.render", source = %name, revision = %commit, clusters = clusters.len());
+        let rendered = tokio::task::spawn_blocking(move || {
+            let _in = render_span.enter();
+            render_all(&tree, &clusters, &limits, &bundles)
+        })
+        .await
+        .map_err(|e| HubError::Invalid(format!("render task failed: {e}")))?;
         let (per_app, config_error) = match rendered {
             Ok(x) => (x, None),
             Err(e) => (BTreeMap::new(), Some(e)),

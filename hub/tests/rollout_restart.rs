@@ -4,18 +4,14 @@
 //! sent it again, production gets it only after the approval. Agents run in-process on
 //! simulated clusters and reconnect by themselves.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use flotilla_agent::cluster::SimConfig;
-use flotilla_agent::sim::SimCluster;
-use flotilla_agent::{Agent, AgentConfig, AgentStatus, ClusterBackend};
+use std::process::Command;
+
+use flotilla_agent::Agent;
 use tokio::sync::watch;
 
-const HUB: &str = env!("CARGO_BIN_EXE_flotilla-hub");
-const CLI: &str = env!("CARGO_BIN_EXE_flotilla");
-const DEADLINE: Duration = Duration::from_secs(30);
+use common::{CLI, Hub, free_port, git, until, web_revision};
 
 const FLEET: &str = "apps:
   web:
@@ -30,114 +26,6 @@ pipelines:
       - {name: prod, selector: {matchLabels: {ring: prod}}, approval: manual}
     healthTimeout: 5m
 ";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Hub {
-    child: Child,
-    data: std::path::PathBuf,
-    port: u16,
-}
-
-impl Hub {
-    fn start(data: &Path, port: u16, http: u16) -> Self {
-        let child = Command::new(HUB)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--heartbeat-interval", "1s"])
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let hub = Self {
-            child,
-            data: data.to_path_buf(),
-            port,
-        };
-        hub.wait_ready();
-        hub
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-            || !self.data.join("admin.yaml").exists()
-        {
-            assert!(Instant::now() < deadline, "hub never became ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(mut self) {
-        Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(CLI)
-            .arg("--config")
-            .arg(self.data.join("admin.yaml"))
-            .args(args)
-            .args(["-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "flotilla {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn web_revision(s: &AgentStatus) -> Option<String> {
-    s.apps
-        .iter()
-        .find(|a| a.app == "web" && a.phase == "applied" && a.health == "healthy")
-        .map(|a| a.revision.clone())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_resumes_where_it_was_after_kill_9() {
@@ -167,19 +55,7 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
         ("prod-1", "prod"),
         ("prod-2", "prod"),
     ] {
-        let added = hub.cli(&["cluster", "add", name, "--label", &format!("ring={ring}")]);
-        let mut cfg = AgentConfig::new(dir.path().join(name));
-        cfg.join_token = Some(added["token"].as_str().unwrap().to_string());
-        cfg.cluster = ClusterBackend::Simulated;
-        cfg.kube_client = Some(
-            SimCluster::new(SimConfig {
-                ready_delay: Duration::ZERO,
-                ..SimConfig::default()
-            })
-            .client(),
-        );
-        cfg.health_poll = Duration::from_millis(50);
-        cfg.backoff_base = Duration::from_millis(50);
+        let cfg = common::agent_config(&hub, dir.path(), name, &[&format!("ring={ring}")]);
         let (agent, status) = Agent::new(cfg);
         agents.push(tokio::spawn(agent.run(stop_rx.clone())));
         statuses.push(status);

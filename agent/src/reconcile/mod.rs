@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::unix_ms;
+use flotilla_proto::telemetry::traces;
 use flotilla_proto::v1::{AppDesired, AppStatus, DesiredState, ObjectCounts, ObjectStatus};
 use rand::Rng;
 use tokio::sync::watch;
@@ -28,6 +29,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::AgentStatus;
 use crate::bundles::BundleStore;
+use crate::metrics::AgentMetrics;
 use health::{Assessment, Health, assess};
 use inventory::{Inventories, Inventory};
 use kubeapi::{Kube, ObjError};
@@ -52,6 +54,10 @@ pub struct ReconcileConfig {
     pub crd_timeout: Duration,
     /// "simulated" or "kube", for logs and messages.
     pub backend: &'static str,
+    /// This cluster's name, for span attributes.
+    pub cluster_id: String,
+    /// Record reconcile and drift spans (when traces are exported).
+    pub trace: bool,
 }
 
 impl Default for ReconcileConfig {
@@ -63,6 +69,8 @@ impl Default for ReconcileConfig {
             default_health_timeout: Duration::from_secs(600),
             crd_timeout: Duration::from_secs(60),
             backend: "kube",
+            cluster_id: String::new(),
+            trace: false,
         }
     }
 }
@@ -86,6 +94,32 @@ struct AppRun {
     drift: BTreeMap<ObjKey, (Vec<String>, bool)>,
     healed: u64,
     notes: Vec<String>,
+    /// Spans of this revision's reconcile, when the hub sent a trace context.
+    trace: Option<AppTrace>,
+}
+
+/// `flotilla.agent.reconcile` (child of the hub's `flotilla.deliver`, through the trace context
+/// in the desired state) and its `flotilla.agent.health_wait`, open until the app settles.
+struct AppTrace {
+    root: tracing::Span,
+    wait: Option<tracing::Span>,
+}
+
+impl AppTrace {
+    fn start(cluster: &str, d: &AppDesired) -> Option<Self> {
+        if d.trace_context.is_empty() || !traces::enabled() {
+            return None;
+        }
+        let root = tracing::info_span!(
+            parent: None,
+            "flotilla.agent.reconcile",
+            cluster.id = %cluster,
+            app = %d.app,
+            revision = %d.revision,
+        );
+        traces::set_remote_parent(&root, &d.trace_context);
+        Some(Self { root, wait: None })
+    }
 }
 
 impl AppRun {
@@ -103,7 +137,30 @@ impl AppRun {
             drift: BTreeMap::new(),
             healed: 0,
             notes: Vec::new(),
+            trace: None,
         }
+    }
+
+    /// Ends the reconcile span once the app settled: healthy, or failed.
+    fn end_trace_if_settled(&mut self) {
+        let Some(t) = &self.trace else {
+            return;
+        };
+        let failed = self.phase() == "failed";
+        if !(self.healthy() || failed) {
+            return;
+        }
+        let span = t.wait.as_ref().unwrap_or(&t.root);
+        if failed {
+            let why = self.message("");
+            span.in_scope(
+                || tracing::warn!(app = %self.desired.app, reason = %why, "reconcile failed"),
+            );
+            traces::error(&t.root, why);
+        } else {
+            span.in_scope(|| tracing::info!(app = %self.desired.app, "healthy"));
+        }
+        self.trace = None;
     }
 
     fn opts(&self) -> flotilla_proto::v1::AppOptions {
@@ -356,6 +413,7 @@ pub struct Reconciler {
     /// Whether inventories of apps that are not desired were looked for since start.
     orphans_checked: bool,
     next_drift: Instant,
+    metrics: std::sync::Arc<AgentMetrics>,
 }
 
 impl Reconciler {
@@ -379,7 +437,14 @@ impl Reconciler {
             generation: 0,
             orphans_checked: false,
             next_drift,
+            metrics: Default::default(),
         }
+    }
+
+    /// Reports into `metrics` (by default into a private set nobody reads).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<AgentMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reconciles whatever `desired` holds (nothing until it holds a state) until `shutdown`.
@@ -450,9 +515,14 @@ impl Reconciler {
             }
         }
         for a in d.apps {
-            let same = self.apps.get(&a.app).is_some_and(|r| r.desired == a);
-            if same {
-                continue;
+            if let Some(run) = self.apps.get_mut(&a.app) {
+                let mut same = run.desired.clone();
+                same.trace_context.clone_from(&a.trace_context);
+                if same == a {
+                    // At most the trace context changed: nothing to reconcile again.
+                    run.desired.trace_context = a.trace_context;
+                    continue;
+                }
             }
             let objects = self
                 .bundles
@@ -465,6 +535,9 @@ impl Reconciler {
             let healed = self.apps.get(&a.app).map(|r| r.healed).unwrap_or(0);
             let mut run = AppRun::new(a.clone(), objects);
             run.healed = healed;
+            if self.cfg.trace {
+                run.trace = AppTrace::start(&self.cfg.cluster_id, &a);
+            }
             self.apps.insert(a.app.clone(), run);
         }
     }
@@ -584,6 +657,16 @@ impl Reconciler {
         let opts = run.opts();
         run.notes.clear();
         let started = Instant::now();
+        let span = match &run.trace {
+            Some(t) => tracing::info_span!(
+                parent: &t.root,
+                "flotilla.agent.apply",
+                app = name,
+                objects = objs.len(),
+                failed = tracing::field::Empty,
+            ),
+            None => tracing::Span::none(),
+        };
         let old = match self.inventories.load(name).await {
             Ok(inv) => inv,
             Err(e) => {
@@ -664,6 +747,8 @@ impl Reconciler {
             took = ?started.elapsed(),
             "applied"
         );
+        self.metrics
+            .observe_apply(started.elapsed().as_secs_f64(), errors.is_empty());
         run.blocked = None;
         run.applied_digest = Some(desired.bundle_digest.clone());
         run.applied_at = Some(Instant::now());
@@ -672,6 +757,22 @@ impl Reconciler {
         run.timed_out = false;
         run.drift.clear();
         run.notes = notes;
+        span.record("failed", run.apply_errors.len());
+        if !run.apply_errors.is_empty() {
+            traces::error(
+                &span,
+                format!("{} objects not applied", run.apply_errors.len()),
+            );
+        }
+        drop(span);
+        if let Some(t) = run.trace.as_mut() {
+            t.wait = Some(tracing::info_span!(
+                parent: &t.root,
+                "flotilla.agent.health_wait",
+                app = name,
+            ));
+        }
+        run.end_trace_if_settled();
     }
 
     /// Waits until the CRDs just applied are Established (or `crd_timeout` passed; those that
@@ -756,8 +857,11 @@ impl Reconciler {
         }
         let now = run.health_word();
         if was != now {
+            let wait = run.trace.as_ref().and_then(|t| t.wait.clone());
+            let _in = wait.as_ref().map(|s| s.enter());
             tracing::info!(app = name, from = was, to = now, "app health changed");
         }
+        run.end_trace_if_settled();
     }
 
     /// Compares every applied object with the bundle by dry-run apply; re-applies drifted ones
@@ -786,6 +890,9 @@ impl Reconciler {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let mut healed = 0;
+            // Created at the first drifted object: a short trace of its own per check.
+            let mut drift_span: Option<tracing::Span> = None;
+            let revision = run.desired.revision.clone();
             for obj in &objs {
                 let paths = match self.kube.get(&obj.key).await {
                     Ok(None) => vec!["(object missing)".to_string()],
@@ -806,26 +913,43 @@ impl Reconciler {
                 if paths.is_empty() {
                     continue;
                 }
+                self.metrics.drifted_objects.inc();
+                let trace = self.cfg.trace;
+                let span = drift_span
+                    .get_or_insert_with(|| {
+                        if !trace {
+                            return tracing::Span::none();
+                        }
+                        tracing::info_span!(
+                            parent: None,
+                            "flotilla.agent.drift",
+                            cluster.id = %self.cfg.cluster_id,
+                            app = %name,
+                            revision = %revision,
+                        )
+                    })
+                    .clone();
                 let mut fixed = false;
                 if heal {
                     match self.kube.apply(&obj.key, &obj.value(), true, false).await {
                         Ok(_) => {
                             fixed = true;
                             healed += 1;
-                            tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift healed");
+                            span.in_scope(|| tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift healed"));
                         }
                         Err(e) => {
-                            tracing::warn!(app = %name, object = %obj.key, error = %e, "self-heal failed")
+                            span.in_scope(|| tracing::warn!(app = %name, object = %obj.key, error = %e, "self-heal failed"))
                         }
                     }
                 } else {
-                    tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift found (self-heal off)");
+                    span.in_scope(|| tracing::info!(app = %name, object = %obj.key, fields = ?paths, "drift found (self-heal off)"));
                 }
                 drift.insert(obj.key.clone(), (paths, fixed));
             }
             let run = self.apps.get_mut(&name).expect("listed");
             run.drift = drift;
             run.healed += healed;
+            self.metrics.healed_objects.inc_by(healed);
             self.assess(&name).await;
         }
     }
@@ -836,6 +960,10 @@ impl Reconciler {
             self.board
                 .set(self.generation, run.report(self.cfg.backend));
         }
+        self.metrics.observe_pass(
+            self.generation > 0,
+            self.apps.values().map(|r| (r.phase(), r.counts())),
+        );
         let apps = self.board.snapshot();
         let generation = self.generation;
         self.agent_status.send_modify(|s| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_hub::server::{HubConfig, start};
+use flotilla_proto::telemetry::{Export, SpanForwarder, TraceConfig};
 
 /// Exit status for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -55,6 +56,11 @@ struct ServeArgs {
     /// Operator-provided CA private key (PEM); needs --ca-cert.
     #[arg(long, env = "FLOTILLA_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// OTLP/gRPC collector for traces (e.g. http://otel-collector:4317) [default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; none: no traces].
+    /// Agents' spans relayed over their sessions are exported there too.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Expected interval between agent heartbeats.
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -177,11 +183,35 @@ async fn main() -> ExitCode {
         },
     };
     let Command::Serve(args) = cli.command;
-    flotilla_proto::telemetry::init("info", args.log_json);
-    let config = match validate(&args) {
+    let endpoint = args
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .or_else(flotilla_proto::telemetry::traces::endpoint_from_env);
+    let traces = endpoint.clone().map(|e| TraceConfig {
+        default_service: "flotilla-hub",
+        export: Export::Direct(e),
+        attributes: Vec::new(),
+    });
+    let tracing_guard =
+        match flotilla_proto::telemetry::init_with_traces("info", args.log_json, traces) {
+            Ok(t) => t,
+            Err(m) => {
+                flotilla_proto::telemetry::init("info", args.log_json);
+                return config_error(format!("--otlp-endpoint: {m}"));
+            }
+        };
+    let mut config = match validate(&args) {
         Ok(c) => c,
         Err(m) => return config_error(m),
     };
+    if let Some(e) = &endpoint {
+        match SpanForwarder::start(e) {
+            Ok(f) => config.span_forwarder = Some(f),
+            Err(m) => return config_error(format!("--otlp-endpoint: {m}")),
+        }
+        tracing::info!(endpoint = %e, "exporting traces over OTLP/gRPC (and agents' relayed spans)");
+    }
     // Every agent session is a file descriptor: use the hard limit, not the small default.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
@@ -211,6 +241,7 @@ async fn main() -> ExitCode {
     shutdown_signal().await;
     tracing::info!("shutting down");
     hub.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || tracing_guard.shutdown()).await;
     ExitCode::SUCCESS
 }
 

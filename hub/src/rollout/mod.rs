@@ -8,6 +8,7 @@
 pub mod plan;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,10 +16,12 @@ use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use tokio::sync::{Mutex, Notify, watch};
+use tracing::Instrument;
 
 use crate::audit::{Audit, AuditEntry};
 use crate::desired::{AppEntry, DesiredStates};
 use crate::error::HubError;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::render::{ClusterInfo, PipelineConfig};
 use crate::session::Sessions;
@@ -64,6 +67,11 @@ struct Inner {
     /// Every record with its store revision, loaded on first use; written through on save
     /// (all changes go through this engine), so a pass never re-reads and re-parses the store.
     records: std::sync::Mutex<Option<Records>>,
+    /// Spans of the rollouts in flight (empty unless traces are exported).
+    traces: trace::Traces,
+    metrics: Arc<Metrics>,
+    /// When this engine started (unix ms), for the in-memory rollout metrics.
+    started_ms: u64,
 }
 
 type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
@@ -83,8 +91,10 @@ impl Rollouts {
         sessions: Arc<Sessions>,
         clock: SharedClock,
         grace: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let audit = Audit::new(store.clone(), clock.clone());
+        let started_ms = unix_ms(clock.now());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -97,6 +107,9 @@ impl Rollouts {
                 wake: Notify::new(),
                 lock: Mutex::new(()),
                 records: std::sync::Mutex::new(None),
+                traces: trace::Traces::default(),
+                metrics,
+                started_ms,
             }),
         }
     }
@@ -156,6 +169,16 @@ impl Rollouts {
             .unwrap_or_default())
     }
 
+    /// Every app's record, shared rather than copied (for scrape-time metrics).
+    pub async fn records_shared(&self) -> Result<Vec<Arc<AppRollout>>, HubError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .records()
+            .as_ref()
+            .map(|m| m.values().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default())
+    }
+
     pub async fn get(&self, app: &str) -> Result<AppRollout, HubError> {
         self.load(app)
             .await?
@@ -193,7 +216,13 @@ impl Rollouts {
         }
         let changes: Vec<(String, String, Option<AppEntry>)> = clusters
             .iter()
-            .map(|c| (c.clone(), rec.app.clone(), rec.desired_for(c)))
+            .map(|c| {
+                let mut entry = rec.desired_for(c);
+                if let Some(e) = entry.as_mut().filter(|e| e.trace_context.is_empty()) {
+                    e.trace_context = self.inner.traces.context_for(&rec.app, c, &e.revision);
+                }
+                (c.clone(), rec.app.clone(), entry)
+            })
             .collect();
         let moved = self.inner.desired.set_entries(&changes).await?;
         for (cluster, generation) in &moved {
@@ -225,6 +254,12 @@ impl Rollouts {
         let (touched, out) = f(&mut rec)?;
         if rec != before {
             self.save(&rec, rev).await?;
+            self.inner
+                .traces
+                .observe(&rec, &BTreeMap::new(), &trace::Labels::new());
+            self.inner
+                .metrics
+                .observe_rollout(before.rollout.as_ref(), rec.rollout.as_ref());
         }
         self.apply(&rec, &touched).await?;
         self.kick();
@@ -243,11 +278,15 @@ impl Rollouts {
         let mut out = BTreeMap::new();
         for o in offers {
             let app = o.app.clone();
+            let revision = o.render.revision.clone();
+            let span = tracing::info_span!("flotilla.offer", app = %app, revision = %revision);
+            let mut started = false;
             let result = self
                 .update(&app, Some(source), |rec| {
                     match rec.offer(o.render, clusters, o.pipeline_name, o.pipeline, now) {
                         Ok(Offer::Applied { touched }) => Ok((touched, Ok(()))),
                         Ok(Offer::Started) => {
+                            started = true;
                             let r = rec.rollout.as_ref().expect("started");
                             tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
                             // The first batch goes out with the pass below.
@@ -256,8 +295,12 @@ impl Rollouts {
                         Err(e) => Ok((Vec::new(), Err(e))),
                     }
                 })
+                .instrument(span.clone())
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
+            if started {
+                self.inner.traces.offered(&app, &revision, &span);
+            }
             out.insert(app, result);
         }
         self.tick().await;
@@ -359,17 +402,18 @@ impl Rollouts {
         for c in &needed {
             statuses.insert(c.clone(), self.inner.desired.status_shared(c).await?);
         }
-        let seen: BTreeMap<String, u64> = self
-            .inner
-            .registry
-            .list_clusters()
-            .await?
-            .into_iter()
-            .map(|c| (c.name, c.last_seen_ms))
-            .collect();
+        let mut labels = trace::Labels::new();
+        let mut seen = BTreeMap::new();
+        for c in self.inner.registry.list_clusters().await? {
+            if flotilla_proto::telemetry::traces::enabled() {
+                labels.insert(c.name.clone(), c.labels);
+            }
+            seen.insert(c.name, c.last_seen_ms);
+        }
         let now_ms = self.now_ms();
         for (shared, rev) in active {
             let views = self.views(&shared.app, &members(&shared), &statuses, &seen);
+            self.observe_healthy_fraction(&shared, &views, now_ms);
             let before = shared.as_ref();
             // Advance a copy without the renderings; they are put back only if it moved.
             let mut rec = before.without_renders();
@@ -388,13 +432,47 @@ impl Rollouts {
                 touched.dedup();
             }
             log_progress(before, &rec);
+            self.inner.traces.observe(&rec, &views, &labels);
             if let Some(entry) = automatic_action(&rec) {
                 self.audited(entry).await?;
             }
             self.save(&rec, Some(rev)).await?;
+            self.inner
+                .metrics
+                .observe_rollout(before.rollout.as_ref(), rec.rollout.as_ref());
             self.apply(&rec, &touched).await?;
         }
         Ok(())
+    }
+
+    /// Feeds `rollout_healthy_fraction_seconds`: the share of the rollout's clusters that run
+    /// its revision applied and healthy.
+    fn observe_healthy_fraction(
+        &self,
+        rec: &AppRollout,
+        views: &BTreeMap<String, ClusterView>,
+        now_ms: u64,
+    ) {
+        let Some(r) = &rec.rollout else {
+            return;
+        };
+        let (mut healthy, mut total) = (0, 0);
+        for c in r.stages.iter().flat_map(|s| &s.clusters) {
+            total += 1;
+            if views.get(c).is_some_and(|v| {
+                v.revision == r.revision && v.phase == "applied" && v.health == "healthy"
+            }) {
+                healthy += 1;
+            }
+        }
+        self.inner.metrics.observe_healthy_fraction(
+            &rec.app,
+            r,
+            healthy,
+            total,
+            now_ms,
+            self.inner.started_ms,
+        );
     }
 
     /// Rewrites every app's desired state from its record (at start: finishes what a crash

@@ -1,0 +1,370 @@
+//! One trace from a commit to a cluster's apply, received by a real OTLP/gRPC receiver (the
+//! collector's trace service from `opentelemetry-proto`) started by the test.
+//!
+//! The real `flotilla-hub` binary exports its spans there directly. The agent of the canary
+//! cluster runs in this test process with the same tracing set-up as the `flotilla-agent`
+//! binary in its default (relay) mode: its finished spans travel over its mTLS session and the
+//! hub exports them. The test checks that one trace holds the hub's sync, offer, stage and
+//! delivery spans and the agent's reconcile spans, that the agent's root is a child of the
+//! hub's delivery span across the process boundary, the attributes, and that the next stage
+//! starts a trace of its own linked to the first.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use flotilla_agent::Agent;
+use flotilla_proto::telemetry::{Export, SpanRelay, TraceConfig};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::sync::watch;
+
+use common::{Hub, free_port, git, until, web_revision};
+
+const FLEET: &str = "apps:
+  web:
+    path: web
+    namespace: default
+    targets: {}
+    pipeline: two
+pipelines:
+  two:
+    stages:
+      - {name: canary, selector: {matchLabels: {ring: canary}}}
+      - {name: prod, selector: {matchLabels: {ring: prod}}}
+    healthTimeout: 5m
+";
+
+/// A received span with the resource it came under.
+#[derive(Debug, Clone)]
+struct Got {
+    resource: BTreeMap<String, String>,
+    span: Span,
+}
+
+impl Got {
+    fn attr(&self, key: &str) -> Option<String> {
+        attrs(&self.span.attributes).remove(key)
+    }
+    fn trace(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+    fn id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+    fn parent(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let v = match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => s.clone(),
+                any_value::Value::IntValue(i) => i.to_string(),
+                any_value::Value::BoolValue(b) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            Some((kv.key.clone(), v))
+        })
+        .collect()
+}
+
+/// The OTLP/gRPC receiver: keeps every span it is sent.
+#[derive(Default, Clone)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Got>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let resource = attrs(&rs.resource.unwrap_or_default().attributes);
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push(Got {
+                        resource: resource.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    fn find(&self, f: impl Fn(&Got) -> bool) -> Option<Got> {
+        self.spans.lock().unwrap().iter().find(|g| f(g)).cloned()
+    }
+}
+
+type Pred = Box<dyn Fn(&Got) -> bool + Send>;
+
+/// Spans called `name` whose attributes include `attr`.
+fn span(name: &'static str, attr: &[(&'static str, &str)]) -> Pred {
+    let attr: Vec<(&'static str, String)> = attr.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    Box::new(move |g| {
+        g.span.name == name
+            && attr
+                .iter()
+                .all(|(k, v)| g.attr(k).as_deref() == Some(v.as_str()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
+    // The receiver.
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+
+    // This process is the canary's agent: spans relayed over its session.
+    let relay = SpanRelay::new();
+    let tracing = flotilla_proto::telemetry::init_with_traces(
+        "warn",
+        false,
+        Some(TraceConfig {
+            default_service: "flotilla-agent",
+            export: Export::Relay(relay.clone()),
+            attributes: Vec::new(),
+        }),
+    )
+    .unwrap();
+    assert!(tracing.active());
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, http) = (free_port(), free_port());
+    let hub = Hub::start_with(
+        &data,
+        port,
+        http,
+        &["--otlp-endpoint", &otlp],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    std::fs::write(repo.join("flotilla.yaml"), FLEET).unwrap();
+    std::fs::write(
+        repo.join("web/config.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "r1"]);
+    let r1 = git(&repo, &["rev-parse", "HEAD"]);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut canary = common::agent_config(&hub, dir.path(), "eu-1", &["ring=canary", "region=eu"]);
+    canary.span_relay = Some(relay.clone());
+    canary.trace_spans = true;
+    // The second agent records no spans: in one process, both would share the canary's relay.
+    let prod = common::agent_config(&hub, dir.path(), "us-1", &["ring=prod", "region=us"]);
+    let mut statuses = Vec::new();
+    let mut agents = Vec::new();
+    for cfg in [canary, prod] {
+        let (agent, status) = Agent::new(cfg);
+        agents.push(tokio::spawn(agent.run(stop_rx.clone())));
+        statuses.push(status);
+    }
+    until("agents connected", || {
+        statuses.iter().all(|s| s.borrow().connected).then_some(())
+    })
+    .await;
+    hub.cli(&[
+        "source",
+        "add",
+        "fleet",
+        "--url",
+        repo.to_str().unwrap(),
+        "--ref",
+        "main",
+        "--interval",
+        "1h",
+    ]);
+    hub.cli(&["source", "sync", "fleet"]);
+    for s in &statuses {
+        until("web healthy on r1", || {
+            (web_revision(&s.borrow()).as_deref() == Some(r1.as_str())).then_some(())
+        })
+        .await;
+    }
+
+    let rev: &str = &r1;
+    let wait = |what: &'static str, f: Pred| {
+        let receiver = receiver.clone();
+        async move { until(what, || receiver.find(&f)).await }
+    };
+    // The hub's side of the commit's trace.
+    let sync = wait(
+        "flotilla.sync",
+        span("flotilla.sync", &[("source", "fleet"), ("revision", rev)]),
+    )
+    .await;
+    let offer = wait(
+        "flotilla.offer",
+        span("flotilla.offer", &[("app", "web"), ("revision", rev)]),
+    )
+    .await;
+    let canary_stage = wait(
+        "flotilla.stage canary",
+        span("flotilla.stage", &[("stage", "canary"), ("revision", rev)]),
+    )
+    .await;
+    let deliver = wait(
+        "flotilla.deliver to eu-1",
+        span(
+            "flotilla.deliver",
+            &[("cluster.id", "eu-1"), ("revision", rev)],
+        ),
+    )
+    .await;
+    // The agent's side, relayed through the hub.
+    let reconcile = wait(
+        "flotilla.agent.reconcile on eu-1",
+        span(
+            "flotilla.agent.reconcile",
+            &[("app", "web"), ("revision", rev)],
+        ),
+    )
+    .await;
+    let apply = wait(
+        "flotilla.agent.apply",
+        span("flotilla.agent.apply", &[("app", "web")]),
+    )
+    .await;
+    let health = wait(
+        "flotilla.agent.health_wait",
+        span("flotilla.agent.health_wait", &[("app", "web")]),
+    )
+    .await;
+
+    // One trace, from the sync down to the agent's health wait.
+    let trace = sync.trace();
+    for g in [&offer, &canary_stage, &deliver, &reconcile, &apply, &health] {
+        assert_eq!(g.trace(), trace, "{} is in the commit's trace", g.span.name);
+    }
+    assert_eq!(sync.attr("revision").as_deref(), Some(rev));
+    assert_eq!(offer.parent(), sync.id(), "offer under sync");
+    assert_eq!(
+        canary_stage.parent(),
+        offer.id(),
+        "first stage under the offer"
+    );
+    assert_eq!(
+        deliver.parent(),
+        canary_stage.id(),
+        "delivery under its stage"
+    );
+    assert_eq!(
+        reconcile.parent(),
+        deliver.id(),
+        "the agent's reconcile is a child of the hub's delivery, across processes"
+    );
+    assert_eq!(apply.parent(), reconcile.id());
+    assert_eq!(health.parent(), reconcile.id());
+
+    // Attributes and resources.
+    assert_eq!(deliver.attr("app").as_deref(), Some("web"));
+    assert_eq!(deliver.attr("revision").as_deref(), Some(rev));
+    assert_eq!(deliver.attr("stage").as_deref(), Some("canary"));
+    assert_eq!(deliver.attr("cluster.label.region").as_deref(), Some("eu"));
+    assert_eq!(
+        deliver.attr("cluster.label.ring").as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        deliver.resource.get("service.name").map(String::as_str),
+        Some("flotilla-hub")
+    );
+    assert_eq!(reconcile.attr("cluster.id").as_deref(), Some("eu-1"));
+    assert_eq!(reconcile.attr("revision").as_deref(), Some(rev));
+    for g in [&reconcile, &apply, &health] {
+        assert_eq!(
+            g.resource.get("service.name").map(String::as_str),
+            Some("flotilla-agent"),
+            "{} exported under the agent's resource",
+            g.span.name
+        );
+        assert_eq!(
+            g.resource.get("cluster.id").map(String::as_str),
+            Some("eu-1"),
+            "the hub stamps the session's identity"
+        );
+    }
+    // Health transitions are events; the delivery ends when the cluster reports healthy.
+    assert!(
+        health.span.events.iter().any(|e| e.name == "healthy"),
+        "health wait events: {:?}",
+        health
+            .span
+            .events
+            .iter()
+            .map(|e| &e.name)
+            .collect::<Vec<_>>()
+    );
+    assert!(deliver.span.events.iter().any(|e| e.name == "healthy"));
+    assert_eq!(apply.attr("objects").as_deref(), Some("1"));
+
+    // The next stage: a trace of its own, linked to the canary stage (no trace stays open
+    // through a soak or an approval).
+    let prod_stage = wait(
+        "flotilla.stage prod",
+        span("flotilla.stage", &[("stage", "prod"), ("revision", rev)]),
+    )
+    .await;
+    assert_ne!(prod_stage.trace(), trace);
+    assert!(
+        prod_stage
+            .span
+            .links
+            .iter()
+            .any(|l| hex(&l.span_id) == canary_stage.id() && hex(&l.trace_id) == trace),
+        "prod stage links to the canary stage"
+    );
+    let prod_deliver = wait(
+        "flotilla.deliver to us-1",
+        span(
+            "flotilla.deliver",
+            &[("cluster.id", "us-1"), ("revision", rev)],
+        ),
+    )
+    .await;
+    assert_eq!(prod_deliver.parent(), prod_stage.id());
+    assert_eq!(
+        prod_deliver.attr("cluster.label.region").as_deref(),
+        Some("us")
+    );
+
+    let _ = stop.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    tokio::task::spawn_blocking(move || tracing.shutdown())
+        .await
+        .unwrap();
+}
