@@ -221,6 +221,9 @@ impl Agent {
         let (status, rx) = watch::channel(AgentStatus::default());
         let metrics = Arc::new(AgentMetrics::new());
         metrics.attach_status(rx.clone());
+        if let Some(r) = &config.span_relay {
+            metrics.attach_relay(r.clone());
+        }
         (
             Self {
                 config,

@@ -77,6 +77,10 @@ pub struct AgentMetrics {
     attempting: AtomicBool,
     status: OnceLock<watch::Receiver<AgentStatus>>,
     started: Instant,
+    /// Spans handed to the session for the hub, and spans dropped because the relay was full.
+    spans_relayed: Counter,
+    spans_dropped: Counter,
+    relay: OnceLock<flotilla_proto::telemetry::SpanRelay>,
 }
 
 impl Default for AgentMetrics {
@@ -106,6 +110,18 @@ impl AgentMetrics {
         let session_state = Family::<StateLabel, Gauge>::default();
         let session_reconnects = Counter::default();
         let certificate_expiry = FloatGauge::default();
+        let spans_relayed = Counter::default();
+        let spans_dropped = Counter::default();
+        registry.register(
+            "spans_relayed",
+            "Finished spans sent to the hub over the session (relay mode)",
+            spans_relayed.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Finished spans dropped because the relay queue to the hub was full",
+            spans_dropped.clone(),
+        );
         registry.register_with_unit(
             "apply_duration",
             "Duration of one app's apply of its bundle (inventory, objects, prune)",
@@ -179,7 +195,15 @@ impl AgentMetrics {
             attempting: AtomicBool::new(false),
             status: OnceLock::new(),
             started: Instant::now(),
+            spans_relayed,
+            spans_dropped,
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Lets scrapes read the span relay's counters.
+    pub fn attach_relay(&self, relay: flotilla_proto::telemetry::SpanRelay) {
+        let _ = self.relay.set(relay);
     }
 
     /// Lets scrapes read the agent's status (session state, certificate expiry). The first
@@ -284,6 +308,10 @@ impl AgentMetrics {
             .map(|s| s.borrow().cert_not_after_ms)
             .unwrap_or(0);
         self.certificate_expiry.set(expiry_ms as f64 / 1000.0);
+        if let Some(r) = self.relay.get() {
+            sync_counter(&self.spans_relayed, r.taken_total());
+            sync_counter(&self.spans_dropped, r.dropped_total());
+        }
     }
 
     /// The OpenMetrics text exposition.
@@ -293,6 +321,14 @@ impl AgentMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere.
+fn sync_counter(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 

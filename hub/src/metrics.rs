@@ -117,6 +117,12 @@ pub struct Metrics {
     /// Per app: the rollout followed (revision, offered at) and how many of
     /// [`HEALTHY_FRACTIONS`] it crossed.
     healthy_crossed: std::sync::Mutex<HashMap<String, (String, u64, usize)>>,
+    /// Agents' spans relayed to the collector, by result (`exported`, `dropped`), read from
+    /// the forwarder at scrape time.
+    relayed_spans: Family<ResultLabel, Counter>,
+    forwarder: std::sync::OnceLock<flotilla_proto::telemetry::SpanForwarder>,
+    /// Spans agents report they dropped (their relay queue was full).
+    pub agent_dropped_spans: Counter,
 }
 
 impl Default for Metrics {
@@ -240,6 +246,18 @@ impl Metrics {
             "Registered clusters per region and state (connected, disconnected, pending, revoked)",
             clusters.clone(),
         );
+        let relayed_spans = Family::<ResultLabel, Counter>::default();
+        let agent_dropped_spans = Counter::default();
+        registry.register(
+            "relayed_spans",
+            "Agents' spans relayed over their sessions to the trace collector, by result (exported, dropped)",
+            relayed_spans.clone(),
+        );
+        registry.register(
+            "agent_dropped_spans",
+            "Spans agents report they dropped because their relay queue was full",
+            agent_dropped_spans.clone(),
+        );
         Self {
             registry,
             sessions_connected,
@@ -262,6 +280,9 @@ impl Metrics {
             clusters,
             scrape: std::sync::Mutex::new(()),
             healthy_crossed: Default::default(),
+            relayed_spans,
+            forwarder: Default::default(),
+            agent_dropped_spans,
         }
     }
 
@@ -363,10 +384,26 @@ impl Metrics {
                     .set(*n);
             }
         }
+        if let Some(f) = self.forwarder.get() {
+            for (result, total) in [("exported", f.forwarded()), ("dropped", f.dropped())] {
+                let c = self.relayed_spans.get_or_create(&ResultLabel {
+                    result: result.into(),
+                });
+                let now = c.get();
+                if total > now {
+                    c.inc_by(total - now);
+                }
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Lets scrapes read the relayed-span counters.
+    pub fn attach_forwarder(&self, f: flotilla_proto::telemetry::SpanForwarder) {
+        let _ = self.forwarder.set(f);
     }
 
     pub fn count_handshake(&self, result: &str) {

@@ -191,6 +191,9 @@ pub async fn start(
     };
 
     let metrics = Arc::new(Metrics::new());
+    if let Some(f) = &config.span_forwarder {
+        metrics.attach_forwarder(f.clone());
+    }
     let store: SharedStore = crate::store::timed::TimedStore::shared(
         Arc::new(RedbStore::open(&dd.join("store.redb"))?),
         &metrics,

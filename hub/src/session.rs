@@ -498,6 +498,7 @@ impl SessionService {
     /// bad batch is logged and counted; it does not end the session (spans are best effort).
     fn relay_spans(&self, cluster: &str, batch: &flotilla_proto::v1::SpanBatch) {
         if batch.dropped > 0 {
+            self.metrics.agent_dropped_spans.inc_by(batch.dropped);
             tracing::warn!(cluster.id = %cluster, dropped = batch.dropped, "the agent dropped spans: its relay queue was full");
         }
         let Some(fwd) = &self.spans else {

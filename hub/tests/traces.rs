@@ -116,6 +116,32 @@ impl Receiver {
     }
 }
 
+/// The value of the series `series` (name with labels, as written) in Prometheus text; 0 if
+/// absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// GET over plain HTTP, blocking (the hub's side port).
+fn http_get(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 type Pred = Box<dyn Fn(&Got) -> bool + Send>;
 
 /// Spans called `name` whose attributes include `attr`.
@@ -182,12 +208,16 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     let mut canary = common::agent_config(&hub, dir.path(), "eu-1", &["ring=canary", "region=eu"]);
     canary.span_relay = Some(relay.clone());
     canary.trace_spans = true;
+    canary.drift_interval = std::time::Duration::from_millis(200);
+    let canary_kube = canary.kube_client.clone().unwrap();
     // The second agent records no spans: in one process, both would share the canary's relay.
     let prod = common::agent_config(&hub, dir.path(), "us-1", &["ring=prod", "region=us"]);
     let mut statuses = Vec::new();
     let mut agents = Vec::new();
+    let mut agent_metrics = Vec::new();
     for cfg in [canary, prod] {
         let (agent, status) = Agent::new(cfg);
+        agent_metrics.push(agent.metrics());
         agents.push(tokio::spawn(agent.run(stop_rx.clone())));
         statuses.push(status);
     }
@@ -358,6 +388,77 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     assert_eq!(
         prod_deliver.attr("cluster.label.region").as_deref(),
         Some("us")
+    );
+
+    // Reconnects are span events too (a span of their own, relayed).
+    let connect = wait(
+        "flotilla.agent.connect",
+        span("flotilla.agent.connect", &[("cluster.id", "eu-1")]),
+    )
+    .await;
+    assert!(
+        connect
+            .span
+            .events
+            .iter()
+            .any(|e| e.name == "connected to hub")
+    );
+    assert_eq!(
+        connect.resource.get("cluster.id").map(String::as_str),
+        Some("eu-1")
+    );
+
+    // Drift: the ConfigMap deleted behind the agent's back is healed, in a drift trace.
+    use flotilla_agent::k8s_openapi::api::core::v1::ConfigMap;
+    use flotilla_agent::kube::api::{Api, DeleteParams};
+    Api::<ConfigMap>::namespaced(canary_kube, "default")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    let drift = wait(
+        "flotilla.agent.drift",
+        span(
+            "flotilla.agent.drift",
+            &[("cluster.id", "eu-1"), ("app", "web")],
+        ),
+    )
+    .await;
+    assert!(
+        drift.span.events.iter().any(|e| e.name == "drift healed"),
+        "drift events: {:?}",
+        drift
+            .span
+            .events
+            .iter()
+            .map(|e| &e.name)
+            .collect::<Vec<_>>()
+    );
+
+    // The relay's counters, on both sides.
+    let agent_text = agent_metrics[0].encode();
+    assert!(
+        sample(&agent_text, "flotilla_agent_spans_relayed_total") > 0.0,
+        "{agent_text}"
+    );
+    assert_eq!(
+        sample(&agent_text, "flotilla_agent_spans_dropped_total"),
+        0.0
+    );
+    let hub_text = until("relayed spans counted by the hub", || {
+        let text = http_get(&format!("http://127.0.0.1:{http}/metrics"))?;
+        (sample(
+            &text,
+            r#"flotilla_hub_relayed_spans_total{result="exported"}"#,
+        ) > 0.0)
+            .then_some(text)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &hub_text,
+            r#"flotilla_hub_relayed_spans_total{result="dropped"}"#
+        ),
+        0.0
     );
 
     let _ = stop.send(true);

@@ -228,11 +228,13 @@ struct RelayInner {
     wanted: AtomicBool,
     dropped: AtomicU64,
     dropped_total: AtomicU64,
+    taken_total: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct RelayQueue {
-    batches: VecDeque<Vec<u8>>,
+    /// Encoded requests with the number of spans in each.
+    batches: VecDeque<(Vec<u8>, usize)>,
     bytes: usize,
 }
 
@@ -260,6 +262,11 @@ impl SpanRelay {
         self.inner.dropped_total.load(Ordering::Relaxed)
     }
 
+    /// Spans handed to the session since the agent started.
+    pub fn taken_total(&self) -> u64 {
+        self.inner.taken_total.load(Ordering::Relaxed)
+    }
+
     fn drop_spans(&self, n: usize) {
         self.inner.dropped.fetch_add(n as u64, Ordering::Relaxed);
         self.inner
@@ -279,7 +286,7 @@ impl SpanRelay {
                 continue;
             }
             q.bytes += bytes.len();
-            q.batches.push_back(bytes);
+            q.batches.push_back((bytes, spans));
             drop(q);
             self.inner.notify.notify_one();
         }
@@ -288,16 +295,12 @@ impl SpanRelay {
     /// The oldest queued batch (an encoded `ExportTraceServiceRequest`).
     pub fn pop(&self) -> Option<Vec<u8>> {
         let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let b = q.batches.pop_front()?;
+        let (b, spans) = q.batches.pop_front()?;
         q.bytes -= b.len();
+        self.inner
+            .taken_total
+            .fetch_add(spans as u64, Ordering::Relaxed);
         Some(b)
-    }
-
-    /// Puts a batch back at the front (the session ended before it was sent).
-    pub fn unpop(&self, batch: Vec<u8>) {
-        let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.bytes += batch.len();
-        q.batches.push_front(batch);
     }
 
     /// Waits until a batch may be queued.
@@ -445,7 +448,13 @@ impl SpanForwarder {
             dropped: Arc::default(),
             forwarded: Arc::default(),
         };
-        tokio::spawn(forward(client, rx, headers, me.forwarded.clone()));
+        tokio::spawn(forward(
+            client,
+            rx,
+            headers,
+            me.forwarded.clone(),
+            me.dropped.clone(),
+        ));
         Ok(me)
     }
 
@@ -460,7 +469,8 @@ impl SpanForwarder {
         }
     }
 
-    /// Relayed spans dropped because the queue to the collector was full.
+    /// Relayed spans dropped: the queue to the collector was full, or the collector refused
+    /// them or could not be reached.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -486,6 +496,7 @@ async fn forward(
     mut rx: mpsc::Receiver<Vec<ResourceSpans>>,
     headers: Vec<(String, String)>,
     forwarded: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
 ) {
     let mut warned_at: Option<std::time::Instant> = None;
     while let Some(first) = rx.recv().await {
@@ -517,6 +528,7 @@ async fn forward(
                 forwarded.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
+                dropped.fetch_add(n as u64, Ordering::Relaxed);
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     tracing::warn!(error = %e, spans = n, "cannot export relayed agent spans; dropping them");
                     warned_at = Some(std::time::Instant::now());
