@@ -11,7 +11,7 @@ use std::process::Command;
 use flotilla_agent::Agent;
 use tokio::sync::watch;
 
-use common::{CLI, Hub, free_port, git, until, web_revision};
+use common::{CLI, Hub, free_port, until, web_revision};
 
 const FLEET: &str = "apps:
   web:
@@ -34,18 +34,7 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
     let (port, http) = (free_port(), free_port());
     let hub = Hub::start(&data, port, http);
 
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    std::fs::write(repo.join("flotilla.yaml"), FLEET).unwrap();
-    std::fs::write(
-        repo.join("web/config.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n",
-    )
-    .unwrap();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "r1"]);
-    let r1 = git(&repo, &["rev-parse", "HEAD"]);
+    let (repo, r1) = common::fleet_repo(dir.path(), FLEET);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut agents = Vec::new();
@@ -60,18 +49,7 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
         agents.push(tokio::spawn(agent.run(stop_rx.clone())));
         statuses.push(status);
     }
-    hub.cli(&[
-        "source",
-        "add",
-        "fleet",
-        "--url",
-        repo.to_str().unwrap(),
-        "--ref",
-        "main",
-        "--interval",
-        "1h",
-    ]);
-    hub.cli(&["source", "sync", "fleet"]);
+    common::add_and_sync(&hub, &repo);
 
     // Canary gets r1 and is healthy; prod waits for approval.
     until("canary healthy on r1", || {

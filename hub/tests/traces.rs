@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::watch;
 
-use common::{Hub, free_port, git, until, web_revision};
+use common::{Hub, free_port, until, web_revision};
 
 const FLEET: &str = "apps:
   web:
@@ -191,18 +191,7 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
 
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    std::fs::write(repo.join("flotilla.yaml"), FLEET).unwrap();
-    std::fs::write(
-        repo.join("web/config.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n",
-    )
-    .unwrap();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "r1"]);
-    let r1 = git(&repo, &["rev-parse", "HEAD"]);
+    let (repo, r1) = common::fleet_repo(dir.path(), FLEET);
 
     let (stop, stop_rx) = watch::channel(false);
     let mut canary = common::agent_config(&hub, dir.path(), "eu-1", &["ring=canary", "region=eu"]);
@@ -225,18 +214,7 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         statuses.iter().all(|s| s.borrow().connected).then_some(())
     })
     .await;
-    hub.cli(&[
-        "source",
-        "add",
-        "fleet",
-        "--url",
-        repo.to_str().unwrap(),
-        "--ref",
-        "main",
-        "--interval",
-        "1h",
-    ]);
-    hub.cli(&["source", "sync", "fleet"]);
+    common::add_and_sync(&hub, &repo);
     for s in &statuses {
         until("web healthy on r1", || {
             (web_revision(&s.borrow()).as_deref() == Some(r1.as_str())).then_some(())

@@ -373,3 +373,29 @@ pub async fn cli_json(hub: &TestHub, args: &[&str]) -> serde_json::Value {
     a.extend(["-o", "json"]);
     serde_json::from_str(&cli(hub, &a).await.unwrap()).unwrap()
 }
+
+/// Adds the git source `fleet` tracking `repo` (polled hourly: tests sync it themselves).
+pub async fn add_fleet_source(hub: &TestHub, repo: &Path) -> serde_json::Value {
+    let url = repo.to_str().expect("utf-8 path");
+    cli_json(
+        hub,
+        &["source", "add", "fleet", "--url", url, "--interval", "1h"],
+    )
+    .await
+}
+
+/// An in-process agent joining with `token`, on the simulated cluster `sim`, quick to retry and
+/// to re-assess health.
+pub fn sim_agent_config(
+    dir: &Path,
+    token: String,
+    sim: &flotilla_agent::sim::SimCluster,
+) -> AgentConfig {
+    let mut cfg = AgentConfig::new(dir);
+    cfg.join_token = Some(token);
+    cfg.backoff_base = Duration::from_millis(50);
+    cfg.cluster = flotilla_agent::ClusterBackend::Simulated;
+    cfg.kube_client = Some(sim.client());
+    cfg.health_poll = Duration::from_millis(50);
+    cfg
+}

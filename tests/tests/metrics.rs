@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
-use flotilla_agent::{AgentConfig, ClusterBackend};
 use flotilla_tests::bench::hub::http_get;
 use flotilla_tests::prom::Exposition;
 use flotilla_tests::*;
@@ -126,15 +125,10 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
             ready_delay: Duration::from_millis(50),
             ..SimConfig::default()
         });
-        let mut cfg = AgentConfig::new(dir.path().join(name));
-        cfg.join_token = Some(
-            hub.add_cluster(name, &[("region", region), ("ring", ring)])
-                .await,
-        );
-        cfg.backoff_base = Duration::from_millis(50);
-        cfg.cluster = ClusterBackend::Simulated;
-        cfg.kube_client = Some(sim.client());
-        cfg.health_poll = Duration::from_millis(50);
+        let token = hub
+            .add_cluster(name, &[("region", region), ("ring", ring)])
+            .await;
+        let mut cfg = sim_agent_config(&dir.path().join(name), token, &sim);
         cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         let mut a = TestAgent::start_with(cfg);
         let s = wait_status(&mut a.status, "the agent's metrics port", |s| {
@@ -178,19 +172,7 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
 
     // The first commit goes through both stages.
     let reports_before = e.value("flotilla_hub_status_reports_total", &[]).unwrap();
-    cli_json(
-        &hub,
-        &[
-            "source",
-            "add",
-            "fleet",
-            "--url",
-            repo.path.to_str().unwrap(),
-            "--interval",
-            "1h",
-        ],
-    )
-    .await;
+    add_fleet_source(&hub, &repo.path).await;
     let stage_count = "flotilla_hub_rollout_stage_duration_seconds_count";
     let e = scrape_until(http, "the first rollout to succeed everywhere", |e| {
         app_clusters(e, "healthy") == 3.0

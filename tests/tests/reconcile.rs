@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
-use flotilla_agent::{AgentConfig, ClusterBackend};
 use flotilla_tests::*;
 use serde_json::{Value, json};
 
@@ -29,32 +28,13 @@ fn repo(dir: &std::path::Path) -> (TestRepo, String) {
 }
 
 fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
-    let mut cfg = AgentConfig::new(dir);
-    cfg.join_token = Some(token);
-    cfg.backoff_base = Duration::from_millis(50);
-    cfg.cluster = ClusterBackend::Simulated;
-    cfg.kube_client = Some(sim.client());
-    cfg.health_poll = Duration::from_millis(50);
+    let mut cfg = sim_agent_config(dir, token, sim);
     cfg.drift_interval = Duration::from_millis(300);
     TestAgent::start_with(cfg)
 }
 
 async fn add_source(hub: &TestHub, repo: &TestRepo) {
-    cli_json(
-        hub,
-        &[
-            "source",
-            "add",
-            "fleet",
-            "--url",
-            repo.path.to_str().unwrap(),
-            "--ref",
-            "main",
-            "--interval",
-            "1h",
-        ],
-    )
-    .await;
+    add_fleet_source(&hub, &repo.path).await;
 }
 
 /// `flotilla cluster get NAME -o json`'s entry for `app`, once `ok` holds for it.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
-use flotilla_agent::{AgentConfig, ClusterBackend};
 use flotilla_tests::*;
 use serde_json::{Value, json};
 
@@ -71,30 +70,14 @@ impl Fleet {
                 ready_delay: Duration::from_millis(50),
                 ..SimConfig::default()
             });
-            let mut cfg = AgentConfig::new(dir.path().join(name));
-            cfg.join_token = Some(hub.add_cluster(name, &[("ring", ring)]).await);
-            cfg.backoff_base = Duration::from_millis(50);
-            cfg.cluster = ClusterBackend::Simulated;
-            cfg.kube_client = Some(sim.client());
-            cfg.health_poll = Duration::from_millis(50);
-            let mut a = TestAgent::start_with(cfg);
+            let token = hub.add_cluster(name, &[("ring", ring)]).await;
+            let mut a =
+                TestAgent::start_with(sim_agent_config(&dir.path().join(name), token, &sim));
             a.connected().await;
             agents.push(a);
             sims.push(sim);
         }
-        cli_json(
-            &hub,
-            &[
-                "source",
-                "add",
-                "fleet",
-                "--url",
-                repo.path.to_str().unwrap(),
-                "--interval",
-                "1h",
-            ],
-        )
-        .await;
+        add_fleet_source(&hub, &repo.path).await;
         let fleet = Self {
             hub,
             repo,

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
-use flotilla_agent::{AgentConfig, ClusterBackend};
 use flotilla_tests::*;
 use serde_json::{Value, json};
 
@@ -23,13 +22,7 @@ const RUNNING: [(&str, Option<&str>); 4] = [
 ];
 
 fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
-    let mut cfg = AgentConfig::new(dir);
-    cfg.join_token = Some(token);
-    cfg.backoff_base = Duration::from_millis(50);
-    cfg.cluster = ClusterBackend::Simulated;
-    cfg.kube_client = Some(sim.client());
-    cfg.health_poll = Duration::from_millis(50);
-    TestAgent::start_with(cfg)
+    TestAgent::start_with(sim_agent_config(dir, token, sim))
 }
 
 /// The `regions` entry of `status` for `region` (`null`: the clusters without the label).
@@ -80,19 +73,7 @@ async fn status_shows_the_fleet_per_region_and_the_worst_clusters() {
     );
     assert_eq!(empty["rollouts"], json!([]));
 
-    cli_json(
-        &hub,
-        &[
-            "source",
-            "add",
-            "fleet",
-            "--url",
-            repo.path.to_str().unwrap(),
-            "--interval",
-            "1h",
-        ],
-    )
-    .await;
+    add_fleet_source(&hub, &repo.path).await;
     // The app is applied and healthy on every cluster with an agent.
     let status = eventually("web to be healthy on the four running clusters", || async {
         let s = cli_json(&hub, &["status"]).await;

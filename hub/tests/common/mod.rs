@@ -156,3 +156,37 @@ pub fn agent_config(hub: &Hub, dir: &Path, name: &str, labels: &[&str]) -> Agent
     cfg.backoff_base = Duration::from_millis(50);
     cfg
 }
+
+/// A git repository at `dir/repo` with `flotilla.yaml` = `fleet` and one ConfigMap in `web/`,
+/// committed; returns its path and the commit.
+pub fn fleet_repo(dir: &Path, fleet: &str) -> (std::path::PathBuf, String) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    std::fs::write(repo.join("flotilla.yaml"), fleet).unwrap();
+    std::fs::write(
+        repo.join("web/config.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "r1"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, commit)
+}
+
+/// Adds the source `fleet` tracking `repo` on `main` (polled hourly) and syncs it now.
+pub fn add_and_sync(hub: &Hub, repo: &Path) {
+    hub.cli(&[
+        "source",
+        "add",
+        "fleet",
+        "--url",
+        repo.to_str().unwrap(),
+        "--ref",
+        "main",
+        "--interval",
+        "1h",
+    ]);
+    hub.cli(&["source", "sync", "fleet"]);
+}

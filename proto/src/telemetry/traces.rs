@@ -124,7 +124,9 @@ pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, String> {
         }
         Export::Relay(relay) => builder
             .with_sampler(RelaySampler(relay.clone()))
-            .with_batch_exporter(RelayExporter {
+            // Exporting to the relay is a non-blocking push into its queue, so spans go there as
+            // they end: no batch thread or second queue in the agent.
+            .with_simple_exporter(RelayExporter {
                 relay: relay.clone(),
                 resource: ResourceAttributesWithSchema::default(),
             })
@@ -292,15 +294,25 @@ impl SpanRelay {
         }
     }
 
-    /// The oldest queued batch (an encoded `ExportTraceServiceRequest`).
+    /// The oldest queued spans as one encoded `ExportTraceServiceRequest` of at most
+    /// [`RELAY_BATCH_BYTES`]. Queued requests are merged by concatenating their encodings
+    /// (protobuf appends the repeated `resource_spans` of concatenated messages).
     pub fn pop(&self) -> Option<Vec<u8>> {
         let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let (b, spans) = q.batches.pop_front()?;
-        q.bytes -= b.len();
+        let (mut out, mut spans) = q.batches.pop_front()?;
+        while let Some((next, _)) = q.batches.front() {
+            if out.len() + next.len() > RELAY_BATCH_BYTES {
+                break;
+            }
+            let (next, n) = q.batches.pop_front().expect("front exists");
+            out.extend_from_slice(&next);
+            spans += n;
+        }
+        q.bytes -= out.len();
         self.inner
             .taken_total
             .fetch_add(spans as u64, Ordering::Relaxed);
-        Some(b)
+        Some(out)
     }
 
     /// Waits until a batch may be queued.
@@ -675,6 +687,19 @@ mod tests {
         assert_eq!(relay.take_dropped(), 40 - kept as u64);
         assert_eq!(relay.take_dropped(), 0, "taking resets the count");
         assert_eq!(relay.dropped_total(), 40 - kept as u64);
+    }
+
+    #[test]
+    fn small_batches_are_merged_into_one_message() {
+        let relay = SpanRelay::new();
+        for i in 0..10 {
+            relay.push(vec![group(vec![span(&format!("s{i}"), 100)])]);
+        }
+        let one = relay.pop().expect("queued");
+        assert!(relay.pop().is_none(), "all ten fit in one message");
+        let req = ExportTraceServiceRequest::decode(one.as_slice()).unwrap();
+        assert_eq!(count_spans(&req), 10);
+        assert_eq!(relay.taken_total(), 10);
     }
 
     #[test]

@@ -64,6 +64,16 @@ impl HubProcess {
     /// Starts the hub with its data dir and log under `dir`, and waits until `/readyz` answers
     /// 200 and the admin credential exists.
     pub async fn start(bin: &Path, dir: &Path, heartbeat_interval: &str) -> Result<Self> {
+        Self::start_with(bin, dir, heartbeat_interval, &[]).await
+    }
+
+    /// [`HubProcess::start`] with extra `serve` flags.
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        heartbeat_interval: &str,
+        extra: &[String],
+    ) -> Result<Self> {
         let data_dir = dir.join("data");
         let log_path = dir.join("hub.log");
         for attempt in 1..=START_ATTEMPTS {
@@ -86,6 +96,7 @@ impl HubProcess {
                 .args(["--listen", &addr])
                 .args(["--http-listen", &http.to_string()])
                 .args(["--heartbeat-interval", heartbeat_interval])
+                .args(extra)
                 // Plain log lines, so that the tail printed on failure is readable.
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod fleet;
 pub mod hub;
+pub mod otlp;
 pub mod stats;
 
 use std::path::PathBuf;

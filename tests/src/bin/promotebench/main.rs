@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use flotilla_tests::bench::hub::HubProcess;
+use flotilla_tests::bench::otlp::SpanSink;
 use flotilla_tests::bench::{admin_client, default_hub_bin, prog, raise_nofile};
 
 use crate::measure::Ctx;
@@ -100,6 +101,10 @@ struct Args {
     /// The hub's --heartbeat-interval.
     #[arg(long, default_value = "30s")]
     hub_heartbeat_interval: String,
+    /// Export the hub's traces (OTLP/gRPC) to a receiver in this program that counts the spans,
+    /// to measure what tracing costs the hub.
+    #[arg(long)]
+    otlp: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -171,7 +176,21 @@ async fn run(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(dir.join("hub"))?;
 
     let started = Instant::now();
-    let hub = HubProcess::start(&hub_bin, &dir.join("hub"), &args.hub_heartbeat_interval).await?;
+    let sink = match args.otlp {
+        true => Some(SpanSink::start().await?),
+        false => None,
+    };
+    let extra: Vec<String> = sink
+        .iter()
+        .flat_map(|s| ["--otlp-endpoint".to_string(), s.endpoint()])
+        .collect();
+    let hub = HubProcess::start_with(
+        &hub_bin,
+        &dir.join("hub"),
+        &args.hub_heartbeat_interval,
+        &extra,
+    )
+    .await?;
     println!(
         "{}: hub pid {} serving {} (HTTP {}), data and log in {}",
         prog(),
@@ -204,6 +223,8 @@ async fn run(args: Args) -> Result<ExitCode> {
         Ok(st) => eprintln!("{}: hub exited with {st}", prog()),
         Err(e) => eprintln!("{}: stopping the hub: {e:#}", prog()),
     }
+    // The hub flushes its spans when it stops.
+    rep.spans = sink.map(|s| s.counts());
     if args.keep_dir || outcome.is_err() {
         println!("{}: kept {}", prog(), tmp.keep().display());
     }

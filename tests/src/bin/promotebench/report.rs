@@ -1,6 +1,8 @@
 //! The results: one serializable record, printed as tables (the fleet, each scenario's rounds,
 //! where the time went per stage, the verdict) and optionally written as JSON.
 
+use std::collections::BTreeMap;
+
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use flotilla_tests::bench::hub::ProcSample;
@@ -26,6 +28,8 @@ pub struct Report {
     pub bundle_failures: usize,
     pub failure_examples: Vec<String>,
     pub hub_end: ProcSample,
+    /// With `--otlp`: the spans the hub exported, by name.
+    pub spans: Option<BTreeMap<String, u64>>,
     pub wall_secs: f64,
     pub target: String,
     /// "PASS", "FAIL", "n/a …" or "INCOMPLETE …".
@@ -156,6 +160,24 @@ impl Report {
     fn fleet_table(&self) -> Table {
         let s = &self.setup;
         let mut t = new_table(vec!["measure", "value", "notes"]);
+        t.add_row(vec![
+            "hub traces".to_string(),
+            match &self.spans {
+                None => "off".to_string(),
+                Some(c) => format!(
+                    "{} spans exported",
+                    thousands(c.values().sum::<u64>() as usize)
+                ),
+            },
+            match &self.spans {
+                None => "run with --otlp to export them to a receiver in this program".to_string(),
+                Some(c) => c
+                    .iter()
+                    .map(|(name, n)| format!("{name} {}", thousands(*n as usize)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        ]);
         t.add_row(vec![
             "sessions requested / held".to_string(),
             format!(
