@@ -26,7 +26,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingResult, SdkTracerProvider, ShouldSample, SpanData, SpanExporter,
+    BatchConfig, BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingResult,
+    SdkTracerProvider, ShouldSample, SpanData, SpanExporter,
 };
 use prost::Message;
 use tokio::sync::{Notify, mpsc};
@@ -115,12 +116,13 @@ pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, String> {
             let rt = tokio::runtime::Handle::try_current()
                 .map_err(|_| "the OTLP exporter needs a Tokio runtime".to_string())?;
             // The sampler comes from OTEL_TRACES_SAMPLER (default parentbased_always_on).
-            builder
-                .with_batch_exporter(OnRuntime {
-                    inner: Arc::new(exporter),
-                    rt,
-                })
-                .build()
+            let processor = BatchSpanProcessor::builder(OnRuntime {
+                inner: Arc::new(exporter),
+                rt,
+            })
+            .with_batch_config(batch_config())
+            .build();
+            builder.with_span_processor(processor).build()
         }
         Export::Relay(relay) => builder
             .with_sampler(RelaySampler(relay.clone()))
@@ -135,6 +137,26 @@ pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, String> {
     ENABLED.store(true, Ordering::Relaxed);
     Ok(provider)
 }
+
+/// The batch settings: the `OTEL_BSP_*` variables, with a larger queue and batches unless they
+/// are set — a stage of thousands of clusters ends thousands of delivery spans within a second,
+/// which the specification's default queue of 2,048 spans drops.
+fn batch_config() -> BatchConfig {
+    let mut b = BatchConfigBuilder::default();
+    if env_nonempty("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        b = b.with_max_queue_size(DEFAULT_QUEUE_SPANS);
+    }
+    if env_nonempty("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        b = b.with_max_export_batch_size(DEFAULT_EXPORT_BATCH_SPANS);
+    }
+    b.build()
+}
+
+/// Spans the hub (or a directly exporting agent) buffers for export, unless
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise.
+pub const DEFAULT_QUEUE_SPANS: usize = 65_536;
+/// Spans per export call, unless `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` says otherwise.
+pub const DEFAULT_EXPORT_BATCH_SPANS: usize = 2_048;
 
 /// Runs an exporter's calls on a Tokio runtime: the SDK's batch processor exports from its own
 /// thread, where the tonic channel has no reactor.

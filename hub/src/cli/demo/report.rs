@@ -168,6 +168,10 @@ fn next_steps(out: &DemoOut, keep: bool) -> String {
     );
     for (cmd, what) in [
         (
+            "status --watch".to_string(),
+            "the fleet at a glance, per region (Ctrl-C to stop)",
+        ),
+        (
             format!("rollout status {APP}"),
             "the bad revision, rolled back: stage by stage",
         ),
@@ -269,6 +273,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("flotilla rollout status web"), "{text}");
+        assert!(text.contains("flotilla status --watch"), "{text}");
         assert!(text.contains("git -C /tmp/x/fleet commit"), "{text}");
 
         let text = render(&out(false), Format::Table, false);
