@@ -34,7 +34,7 @@ fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
 }
 
 async fn add_source(hub: &TestHub, repo: &TestRepo) {
-    add_fleet_source(&hub, &repo.path).await;
+    add_fleet_source(hub, &repo.path).await;
 }
 
 /// `flotilla cluster get NAME -o json`'s entry for `app`, once `ok` holds for it.
