@@ -11,6 +11,8 @@ fn agent(args: &[&str], home: &Path) -> Output {
         .env("HOME", home)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // Tests run at once: each agent takes a free port instead of the default 9465.
+        .env("FLOTILLA_METRICS_LISTEN", "127.0.0.1:0")
         .output()
         .expect("run flotilla-agent")
 }
