@@ -102,11 +102,7 @@ fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let endpoint = args
-        .otlp_endpoint
-        .clone()
-        .filter(|e| !e.is_empty())
-        .or_else(traces::endpoint_from_env);
+    let endpoint = traces::endpoint(args.otlp_endpoint.as_deref());
     let export = match (args.traces, endpoint) {
         (TraceMode::Off, _) => None,
         (TraceMode::Direct, e) => Some(Export::Direct(
@@ -122,7 +118,6 @@ async fn main() -> ExitCode {
     let trace_config = export.map(|export| TraceConfig {
         default_service: "flotilla-agent",
         export,
-        attributes: Vec::new(),
     });
     let tracing_guard =
         match flotilla_proto::telemetry::init_with_traces("info", args.log_json, trace_config) {

@@ -32,14 +32,23 @@ pub struct AppEntry {
 }
 
 impl AppEntry {
-    /// Equal apart from `trace_context`.
+    /// Equal apart from `trace_context` (every other field, present and future, counts).
     pub fn same_but_trace(&self, other: &AppEntry) -> bool {
-        self.app == other.app
-            && self.revision == other.revision
-            && self.bundle_digest == other.bundle_digest
-            && self.bundle_size == other.bundle_size
-            && self.depends_on == other.depends_on
-            && self.options == other.options
+        let AppEntry {
+            app,
+            revision,
+            bundle_digest,
+            bundle_size,
+            trace_context: _,
+            depends_on,
+            options,
+        } = self;
+        *app == other.app
+            && *revision == other.revision
+            && *bundle_digest == other.bundle_digest
+            && *bundle_size == other.bundle_size
+            && *depends_on == other.depends_on
+            && *options == other.options
     }
 }
 

@@ -174,7 +174,6 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         Some(TraceConfig {
             default_service: "flotilla-agent",
             export: Export::Relay(relay.clone()),
-            attributes: Vec::new(),
         }),
     )
     .unwrap();

@@ -183,15 +183,10 @@ async fn main() -> ExitCode {
         },
     };
     let Command::Serve(args) = cli.command;
-    let endpoint = args
-        .otlp_endpoint
-        .clone()
-        .filter(|e| !e.is_empty())
-        .or_else(flotilla_proto::telemetry::traces::endpoint_from_env);
+    let endpoint = flotilla_proto::telemetry::traces::endpoint(args.otlp_endpoint.as_deref());
     let traces = endpoint.clone().map(|e| TraceConfig {
         default_service: "flotilla-hub",
         export: Export::Direct(e),
-        attributes: Vec::new(),
     });
     let tracing_guard =
         match flotilla_proto::telemetry::init_with_traces("info", args.log_json, traces) {

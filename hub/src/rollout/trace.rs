@@ -35,14 +35,14 @@ pub struct Traces {
 
 #[derive(Default)]
 struct State {
-    /// The offer span of each (app, revision) whose rollout started.
-    offers: HashMap<(String, String), SpanContext>,
+    /// Per app: the revision whose rollout started, with its offer span.
+    offers: HashMap<String, (String, SpanContext)>,
     /// The stage being delivered, per app.
     stages: HashMap<String, OpenStage>,
     /// The last stage span that ended, per app (linked from the next stage's span).
     previous: HashMap<String, (String, SpanContext)>,
-    /// Deliveries in flight, per (app, cluster).
-    deliveries: HashMap<(String, String), Delivery>,
+    /// Deliveries in flight, per app and cluster.
+    deliveries: HashMap<String, HashMap<String, Delivery>>,
 }
 
 struct OpenStage {
@@ -65,10 +65,9 @@ impl Traces {
     /// A rollout of `revision` started from the offer `span`.
     pub fn offered(&self, app: &str, revision: &str, span: &tracing::Span) {
         if let Some(sc) = traces::span_context(span) {
-            let mut st = self.state();
-            st.offers.retain(|(a, _), _| a != app);
-            st.offers
-                .insert((app.to_string(), revision.to_string()), sc);
+            self.state()
+                .offers
+                .insert(app.to_string(), (revision.to_string(), sc));
         }
     }
 
@@ -79,7 +78,8 @@ impl Traces {
         }
         self.state()
             .deliveries
-            .get(&(app.to_string(), cluster.to_string()))
+            .get(app)
+            .and_then(|ds| ds.get(cluster))
             .filter(|d| d.revision == revision)
             .map(|d| d.traceparent.clone())
             .unwrap_or_default()
@@ -104,10 +104,8 @@ impl Traces {
         // Deliveries: end those whose cluster reported, or whose rollout moved on.
         let revision = rollout.map(|r| r.revision.as_str()).unwrap_or("");
         let in_flight = rollout.is_some_and(|r| r.state.in_flight());
-        st.deliveries.retain(|(a, cluster), d| {
-            if a != app {
-                return true;
-            }
+        // Whether a delivery stays open; the ones that end get their closing event first.
+        let still_open = |cluster: &String, d: &mut Delivery| {
             if let Some(v) = views.get(cluster).filter(|v| v.revision == d.revision) {
                 if v.phase == "applied" && v.health == "healthy" {
                     d.span.add_event("healthy", Vec::new());
@@ -129,7 +127,10 @@ impl Traces {
                 return false;
             }
             true
-        });
+        };
+        if let Some(ds) = st.deliveries.get_mut(app) {
+            ds.retain(still_open);
+        }
 
         // The stage being delivered now, if any.
         let current = rollout.filter(|r| r.state.in_flight()).and_then(|r| {
@@ -174,8 +175,9 @@ impl Traces {
                 );
                 let offer = st
                     .offers
-                    .get(&(app.to_string(), r.revision.clone()))
-                    .cloned();
+                    .get(app)
+                    .filter(|(rev, _)| rev == &r.revision)
+                    .map(|(_, sc)| sc.clone());
                 let previous = st
                     .previous
                     .get(app)
@@ -218,11 +220,10 @@ impl Traces {
             }
             // Deliveries of the batch in flight.
             let parent = st.stages[app].span.clone();
+            let deliveries = st.deliveries.entry(app.to_string()).or_default();
             for cluster in &stage.batch {
-                let key = (app.to_string(), cluster.clone());
-                if st
-                    .deliveries
-                    .get(&key)
+                if deliveries
+                    .get(cluster)
                     .is_some_and(|d| d.revision == r.revision)
                 {
                     continue;
@@ -239,8 +240,8 @@ impl Traces {
                     traces::attribute(&span, format!("cluster.label.{k}"), v.clone());
                 }
                 let traceparent = traces::traceparent(&span);
-                st.deliveries.insert(
-                    key,
+                deliveries.insert(
+                    cluster.clone(),
                     Delivery {
                         revision: r.revision.clone(),
                         traceparent,
@@ -250,8 +251,10 @@ impl Traces {
             }
         }
         if rollout.is_none_or(|r| !r.state.in_flight()) {
+            // Every delivery of the app ended above (its rollout is over).
+            st.deliveries.remove(app);
             st.previous.remove(app);
-            st.offers.retain(|(a, _), _| a != app);
+            st.offers.remove(app);
         }
     }
 }

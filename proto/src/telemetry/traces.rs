@@ -58,9 +58,13 @@ fn env_nonempty(var: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The collector endpoint from the environment: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`; none when neither is set or `OTEL_TRACES_EXPORTER=none`.
-pub fn endpoint_from_env() -> Option<String> {
+/// The collector endpoint: the `--otlp-endpoint` flag when given, else
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; none when nothing
+/// is set or the environment says `OTEL_TRACES_EXPORTER=none`.
+pub fn endpoint(flag: Option<&str>) -> Option<String> {
+    if let Some(f) = flag.map(str::trim).filter(|f| !f.is_empty()) {
+        return Some(f.to_string());
+    }
     if env_nonempty("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
         return None;
     }
@@ -83,8 +87,6 @@ pub struct TraceConfig {
     /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names one.
     pub default_service: &'static str,
     pub export: Export,
-    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES` is read as well).
-    pub attributes: Vec<KeyValue>,
 }
 
 fn resource(cfg: &TraceConfig) -> Resource {
@@ -94,8 +96,7 @@ fn resource(cfg: &TraceConfig) -> Resource {
                 .any(|kv| kv.trim().starts_with("service.name="))
         });
     let mut b = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .with_attributes(cfg.attributes.clone());
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     if !named {
         b = b.with_service_name(cfg.default_service);
     }
@@ -301,7 +302,7 @@ impl SpanRelay {
     /// Queues `groups` as requests of at most [`RELAY_BATCH_BYTES`] each.
     pub fn push(&self, groups: Vec<ResourceSpans>) {
         for request in chunk(groups, RELAY_BATCH_BYTES, &mut |n| self.drop_spans(n)) {
-            let spans = count_spans(&request);
+            let spans = count_spans(&request.resource_spans);
             let bytes = request.encode_to_vec();
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
             if q.bytes + bytes.len() > RELAY_QUEUE_BYTES {
@@ -337,7 +338,7 @@ impl SpanRelay {
         Some(out)
     }
 
-    /// Waits until a batch may be queued.
+    /// Waits until spans are queued.
     pub async fn ready(&self) {
         loop {
             let notified = self.inner.notify.notified();
@@ -356,8 +357,8 @@ impl SpanRelay {
     }
 }
 
-fn count_spans(r: &ExportTraceServiceRequest) -> usize {
-    r.resource_spans
+fn count_spans(groups: &[ResourceSpans]) -> usize {
+    groups
         .iter()
         .flat_map(|rs| &rs.scope_spans)
         .map(|ss| ss.spans.len())
@@ -437,7 +438,7 @@ pub fn decode_relayed(
             ..Default::default()
         });
     }
-    let n = count_spans(&req);
+    let n = count_spans(&req.resource_spans);
     Ok((req.resource_spans, n))
 }
 
@@ -541,11 +542,7 @@ async fn forward(
                 Err(_) => break,
             }
         }
-        let n: usize = groups
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
+        let n = count_spans(&groups);
         let mut req = tonic::Request::new(ExportTraceServiceRequest {
             resource_spans: groups,
         });
@@ -614,18 +611,6 @@ pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-/// Links `span` to `to` (a span of another trace that led to this one).
-pub fn link(span: &tracing::Span, to: &SpanContext) {
-    span.add_link(to.clone());
-}
-
-/// Records an event with attributes on `span` (shows as a span event in the trace).
-pub fn event(span: &tracing::Span, name: &'static str, attributes: Vec<KeyValue>) {
-    if enabled() {
-        span.add_event(name, attributes);
-    }
-}
-
 /// Sets an OpenTelemetry attribute on `span` (for keys only known at run time, such as the
 /// cluster's labels).
 pub fn attribute(span: &tracing::Span, key: String, value: String) {
@@ -684,7 +669,7 @@ mod tests {
         );
         assert_eq!(dropped, 1);
         assert!(out.iter().all(|r| r.encoded_len() <= 10_000));
-        let total: usize = out.iter().map(count_spans).sum();
+        let total: usize = out.iter().map(|r| count_spans(&r.resource_spans)).sum();
         assert_eq!(total, 10);
         assert!(
             out.len() >= 4,
@@ -720,7 +705,7 @@ mod tests {
         let one = relay.pop().expect("queued");
         assert!(relay.pop().is_none(), "all ten fit in one message");
         let req = ExportTraceServiceRequest::decode(one.as_slice()).unwrap();
-        assert_eq!(count_spans(&req), 10);
+        assert_eq!(count_spans(&req.resource_spans), 10);
         assert_eq!(relay.taken_total(), 10);
     }
 
