@@ -57,15 +57,7 @@ impl AdminService {
 
     fn cluster_view(&self, rec: &ClusterRecord) -> Cluster {
         let live = self.sessions.get(&rec.name);
-        let state = if rec.revoked {
-            "revoked"
-        } else if live.is_some() {
-            "connected"
-        } else if rec.last_seen_ms > 0 || !rec.certs.is_empty() {
-            "disconnected"
-        } else {
-            "pending"
-        };
+        let state = rec.state(live.is_some());
         let last_seen = live
             .as_ref()
             .map(|s| s.last_seen_ms())

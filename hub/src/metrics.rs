@@ -534,19 +534,6 @@ pub struct FleetSnapshot {
     pub clusters: BTreeMap<(String, &'static str), i64>,
 }
 
-/// A cluster's state as `flotilla cluster list` shows it.
-fn cluster_state(rec: &crate::registry::ClusterRecord, live: bool) -> &'static str {
-    if rec.revoked {
-        "revoked"
-    } else if live {
-        "connected"
-    } else if rec.last_seen_ms > 0 || !rec.certs.is_empty() {
-        "disconnected"
-    } else {
-        "pending"
-    }
-}
-
 impl FleetSources {
     /// Reads the fleet from memory: rollout records (which say each cluster's desired entry),
     /// the status cache (a cluster's status is read from the store once, then kept) and the
@@ -558,7 +545,7 @@ impl FleetSources {
         let mut snap = FleetSnapshot::default();
         for rec in &records {
             let region = rec.labels.get(REGION_LABEL).cloned().unwrap_or_default();
-            let state = cluster_state(rec, self.sessions.get(&rec.name).is_some());
+            let state = rec.state(self.sessions.get(&rec.name).is_some());
             *snap.clusters.entry((region.clone(), state)).or_insert(0) += 1;
             region_of.insert(rec.name.clone(), region);
         }

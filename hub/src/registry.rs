@@ -48,6 +48,20 @@ pub struct IssuedCert {
 }
 
 impl ClusterRecord {
+    /// The cluster's state as operators see it: `revoked`, `connected` (it has a live
+    /// session: `live`), `disconnected` (it joined once) or `pending` (never joined).
+    pub fn state(&self, live: bool) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if live {
+            "connected"
+        } else if self.last_seen_ms > 0 || !self.certs.is_empty() {
+            "disconnected"
+        } else {
+            "pending"
+        }
+    }
+
     /// Expiry of the newest certificate, 0 when none was issued.
     pub fn cert_expires_ms(&self) -> u64 {
         self.certs.iter().map(|c| c.not_after_ms).max().unwrap_or(0)

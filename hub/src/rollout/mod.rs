@@ -459,9 +459,7 @@ impl Rollouts {
         let (mut healthy, mut total) = (0, 0);
         for c in r.stages.iter().flat_map(|s| &s.clusters) {
             total += 1;
-            if views.get(c).is_some_and(|v| {
-                v.revision == r.revision && v.phase == "applied" && v.health == "healthy"
-            }) {
+            if views.get(c).is_some_and(|v| v.healthy_at(&r.revision)) {
                 healthy += 1;
             }
         }

@@ -180,6 +180,13 @@ pub struct ClusterView {
     pub last_seen_ms: u64,
 }
 
+impl ClusterView {
+    /// Reports `revision` applied and healthy.
+    pub fn healthy_at(&self, revision: &str) -> bool {
+        self.revision == revision && self.phase == "applied" && self.health == "healthy"
+    }
+}
+
 /// What [`AppRollout::advance`] needs to know besides the record.
 pub struct Inputs<'a> {
     pub now_ms: u64,
@@ -707,9 +714,7 @@ pub fn short(rev: &str) -> String {
 /// Whether `cluster` runs `revision` applied and healthy (and is not gone).
 fn healthy(inp: &Inputs, cluster: &str, revision: &str) -> bool {
     inp.views.get(cluster).is_some_and(|v| {
-        v.revision == revision
-            && v.phase == "applied"
-            && v.health == "healthy"
+        v.healthy_at(revision)
             && (v.connected || inp.now_ms.saturating_sub(v.last_seen_ms) < inp.grace_ms)
     })
 }

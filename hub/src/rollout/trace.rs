@@ -107,7 +107,7 @@ impl Traces {
         // Whether a delivery stays open; the ones that end get their closing event first.
         let still_open = |cluster: &String, d: &mut Delivery| {
             if let Some(v) = views.get(cluster).filter(|v| v.revision == d.revision) {
-                if v.phase == "applied" && v.health == "healthy" {
+                if v.healthy_at(&d.revision) {
                     d.span.add_event("healthy", Vec::new());
                     return false;
                 }
