@@ -5,6 +5,7 @@
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
 
+pub mod bundle;
 pub mod client;
 pub mod fleet;
 pub mod hub;

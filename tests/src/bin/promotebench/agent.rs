@@ -10,21 +10,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use flate2::read::GzDecoder;
-use flotilla_agent::bundles::MAX_BUNDLE_BYTES;
 use flotilla_proto::clock::unix_ms;
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
-use flotilla_proto::v1::agent_session_client::AgentSessionClient;
-use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, FetchBundleRequest, StatusReport};
+use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, StatusReport};
+use flotilla_tests::bench::bundle::fetch_verified;
 use flotilla_tests::bench::client::{DesiredCall, DesiredHandler, DesiredOutcome};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 /// One bundle fetch may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -162,7 +157,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
             match tokio::time::timeout(FETCH_TIMEOUT, fetch_verified(&mut client, &a.bundle_digest))
                 .await
             {
-                Ok(r) => r,
+                Ok(r) => r.map(|_size| ()),
                 Err(_) => Err(format!("no bundle within {FETCH_TIMEOUT:?}")),
             }
         };
@@ -236,78 +231,9 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
     }
 }
 
-/// Fetches a bundle from offset 0 and checks its content against `digest`.
-async fn fetch_verified(
-    client: &mut AgentSessionClient<Channel>,
-    digest: &str,
-) -> Result<(), String> {
-    let mut stream = client
-        .fetch_bundle(FetchBundleRequest {
-            digest: digest.to_string(),
-            offset: 0,
-        })
-        .await
-        .map_err(|s| format!("FetchBundle: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    let mut compressed = Vec::new();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| format!("FetchBundle stream: {:?}: {}", s.code(), s.message()))?
-    {
-        if chunk.offset != compressed.len() as u64 {
-            return Err(format!(
-                "the hub sent offset {}, expected {}",
-                chunk.offset,
-                compressed.len()
-            ));
-        }
-        if chunk.total_size > MAX_BUNDLE_BYTES {
-            return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
-        }
-        compressed.extend_from_slice(&chunk.data);
-    }
-    verify(digest, &compressed)
-}
-
-/// Gunzips `compressed` and compares the sha256 of the content with `digest`.
-fn verify(digest: &str, compressed: &[u8]) -> Result<(), String> {
-    let mut out = Vec::new();
-    GzDecoder::new(compressed)
-        .take(MAX_BUNDLE_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("not valid gzip: {e}"))?;
-    if out.len() as u64 > MAX_BUNDLE_BYTES {
-        return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
-    }
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&out)));
-    if actual != digest {
-        return Err(format!("content digest is {actual}; refused"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
-    use flate2::Compression;
-    use flate2::write::GzEncoder;
-
     use super::*;
-
-    #[test]
-    fn bundles_are_checked_against_their_digest() {
-        let content = br#"[{"apiVersion":"v1","kind":"ConfigMap"}]"#;
-        let mut e = GzEncoder::new(Vec::new(), Compression::default());
-        e.write_all(content).unwrap();
-        let gz = e.finish().unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(content)));
-        assert_eq!(verify(&digest, &gz), Ok(()));
-        let other = format!("sha256:{}", hex::encode(Sha256::digest(b"other")));
-        assert!(verify(&other, &gz).unwrap_err().contains("refused"));
-        assert!(verify(&digest, content).unwrap_err().contains("gzip"));
-    }
 
     #[test]
     fn statuses_say_healthy_only_when_applied() {
