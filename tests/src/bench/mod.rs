@@ -12,10 +12,11 @@ pub mod hub;
 pub mod otlp;
 pub mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use flotilla_hub::credential::AdminCredential;
 use flotilla_proto::tls::{TlsDialer, error_chain, mtls_client_config};
 use flotilla_proto::v1::admin_client::AdminClient;
@@ -32,6 +33,34 @@ pub fn prog() -> &'static str {
             .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "bench".into())
     })
+}
+
+/// Runs `git` in `dir` as the benchmark (author named after the program; no hooks, no signing,
+/// no background gc, no prompts); returns its trimmed stdout, or its stderr as the error.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", &format!("user.name={}", prog())])
+        .args(["-c", &format!("user.email={}@example.invalid", prog())])
+        .args(["-c", "commit.gpgSign=false"])
+        .args(["-c", "core.hooksPath=/dev/null"])
+        .args(["-c", "gc.auto=0"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .context("running git (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "git {} in {}: {}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; a hub child started later inherits it.

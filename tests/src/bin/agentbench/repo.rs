@@ -4,9 +4,10 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use flotilla_tests::bench::git;
 
 use crate::objects::{AppShape, app_objects};
 
@@ -60,39 +61,6 @@ pub fn create(dir: &Path, sizes: &[usize], shape: AppShape) -> Result<String> {
     git(dir, &["add", "-A"])?;
     git(dir, &["commit", "-q", "-m", "agentbench fleet"])?;
     git(dir, &["rev-parse", "HEAD"])
-}
-
-/// Runs `git -C dir …` with a fixed identity and no user hooks or signing; returns its trimmed
-/// stdout, or an error with its stderr.
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=agentbench",
-            "-c",
-            "user.email=agentbench@example.invalid",
-            "-c",
-            "commit.gpgSign=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-        ])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .context("running git (is it installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "git {} in {}: {}",
-            args.join(" "),
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! history) for the render and fetch measurements.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -62,40 +61,8 @@ impl GitRepo {
     }
 }
 
-/// Runs `git -C dir …` with a fixed identity and no user configuration that could change the
-/// outcome (signing, hooks, templates).
-pub fn git_in(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=deliverybench",
-            "-c",
-            "user.email=deliverybench@example.invalid",
-            "-c",
-            "commit.gpgSign=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "gc.auto=0",
-        ])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .context("running git (is it installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "git {} in {}: {}",
-            args.join(" "),
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+/// Runs `git -C dir …` as the benchmark (see [`flotilla_tests::bench::git`]).
+pub use flotilla_tests::bench::git as git_in;
 
 // === the delivery repository ===
 

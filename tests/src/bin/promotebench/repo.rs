@@ -4,9 +4,8 @@
 //! rewrites every app's ConfigMap, so every app gets new content, hence a new revision.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// The label that puts a cluster in a stage, and its values in stage order.
 pub const RING: &str = "ring";
@@ -65,32 +64,9 @@ impl PromoteRepo {
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     }
 
-    /// Runs git in the repository with a fixed identity and without user hooks or signing;
-    /// returns its trimmed stdout.
+    /// Runs git in the repository (see [`flotilla_tests::bench::git`]).
     fn git(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&self.dir)
-            .args(["-c", "user.name=promotebench"])
-            .args(["-c", "user.email=promotebench@example.invalid"])
-            .args(["-c", "commit.gpgSign=false"])
-            .args(["-c", "core.hooksPath=/dev/null"])
-            .args(["-c", "gc.auto=0"])
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .context("running git (is it installed?)")?;
-        if !out.status.success() {
-            bail!(
-                "git {} in {}: {}",
-                args.join(" "),
-                self.dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        flotilla_tests::bench::git(&self.dir, args)
     }
 }
 
