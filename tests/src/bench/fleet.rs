@@ -177,3 +177,16 @@ pub async fn open_all(
         took: started.elapsed(),
     }
 }
+
+/// Closes every session (dropping its command channel ends its task) and waits up to 30 s for
+/// the tasks to finish.
+pub async fn close_all(sessions: Vec<Session>) {
+    println!("{}: closing {} sessions", prog(), sessions.len());
+    let tasks: Vec<_> = sessions.into_iter().map(|s| s.task).collect();
+    if tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        eprintln!("{}: some session tasks did not finish within 30 s", prog());
+    }
+}

@@ -599,14 +599,7 @@ async fn phases(
     result?;
 
     // --- Close every session ----------------------------------------------------------------
-    println!("{}: closing {} sessions", prog(), sessions.len());
-    let tasks: Vec<_> = sessions.into_iter().map(|s| s.task).collect();
-    if tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
-        .await
-        .is_err()
-    {
-        eprintln!("{}: some session tasks did not finish within 30 s", prog());
-    }
+    flotilla_tests::bench::fleet::close_all(sessions).await;
     if too_many_failures(
         rep.sessions_ended_early + rep.open_failed + rep.enroll_failed,
         n,

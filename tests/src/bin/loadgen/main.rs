@@ -382,14 +382,7 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     }
 
     // --- Close every session ----------------------------------------------------------------
-    println!("loadgen: closing {} sessions", sessions.len());
-    let tasks: Vec<_> = sessions.into_iter().map(|s| s.task).collect();
-    if tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
-        .await
-        .is_err()
-    {
-        eprintln!("loadgen: some session tasks did not finish within 30 s");
-    }
+    flotilla_tests::bench::fleet::close_all(sessions).await;
     let left = wait_for_gauge(hub, 0, Duration::from_secs(30)).await?;
     println!("loadgen: hub reports {left} sessions after close");
     if too_many_failures(

@@ -294,14 +294,7 @@ async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) ->
         .clone();
     result?;
 
-    println!("{}: closing {} sessions", prog(), sessions.len());
-    let tasks: Vec<_> = sessions.into_iter().map(|s| s.task).collect();
-    if tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks))
-        .await
-        .is_err()
-    {
-        eprintln!("{}: some session tasks did not finish within 30 s", prog());
-    }
+    flotilla_tests::bench::fleet::close_all(sessions).await;
     Ok(())
 }
 
