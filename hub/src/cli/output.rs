@@ -9,6 +9,8 @@ use flotilla_proto::v1::{
 };
 use serde::Serialize;
 
+use crate::rollout::plan::short;
+
 /// `-o` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -367,10 +369,6 @@ impl From<&App> for AppOut {
                 .collect(),
         }
     }
-}
-
-fn short(rev: &str) -> String {
-    rev[..rev.len().min(12)].to_string()
 }
 
 pub fn apps_table(rows: &[AppOut]) -> String {

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 use super::client::CliError;
 use super::output::{self, Format, RolloutOut};
+use crate::rollout::plan::short;
 
 /// How the group of clusters without the label is shown in the table.
 pub const NO_LABEL: &str = "(none)";
@@ -282,10 +283,6 @@ fn ago(ms: u64) -> String {
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
     }
-}
-
-fn short(rev: &str) -> String {
-    rev[..rev.len().min(12)].to_string()
 }
 
 /// The rollouts in flight.
