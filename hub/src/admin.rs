@@ -133,6 +133,18 @@ impl AdminService {
             secret_file: r.secret_file.clone().unwrap_or_default(),
             apps: r.status.apps.keys().cloned().collect(),
             webhook_secret_file: r.webhook_secret_file.clone().unwrap_or_default(),
+            app_states: r
+                .status
+                .apps
+                .iter()
+                .map(|(name, st)| SourceApp {
+                    name: name.clone(),
+                    commit: st.commit.clone().unwrap_or_default(),
+                    error: st.error.clone().unwrap_or_default(),
+                    removal: st.removal.clone().unwrap_or_default(),
+                    clusters: st.clusters.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -143,8 +155,20 @@ impl AdminService {
             .apps
             .get(name)
             .ok_or_else(|| Status::not_found(format!("unknown app {name:?}")))?;
+        Ok(App {
+            name: name.to_string(),
+            source: source.name.clone(),
+            commit: st.commit.clone().unwrap_or_default(),
+            error: st.error.clone().unwrap_or_default(),
+            clusters: self.app_clusters(name, &st.clusters).await?,
+            removal: st.removal.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Per cluster that has an entry of `app`: the desired and the reported revision.
+    async fn app_clusters(&self, name: &str, of: &[String]) -> Result<Vec<AppCluster>, Status> {
         let mut clusters = Vec::new();
-        for cluster in &st.clusters {
+        for cluster in of {
             let desired = self.desired.get(cluster).await?;
             let status = self.desired.status(cluster).await?;
             let Some(entry) = desired.apps.iter().find(|a| a.app == name) else {
@@ -165,12 +189,27 @@ impl AdminService {
                 health: report.map(|r| r.health.clone()).unwrap_or_default(),
             });
         }
+        Ok(clusters)
+    }
+
+    /// The view of an app whose source is gone but whose removal is not complete yet.
+    async fn leaving_app_view(&self, rec: &AppRollout) -> Result<App, Status> {
+        let pending: Vec<String> = rec
+            .removal
+            .iter()
+            .flat_map(|rm| rm.pending().cloned())
+            .collect();
         Ok(App {
-            name: name.to_string(),
-            source: source.name.clone(),
-            commit: st.commit.clone().unwrap_or_default(),
-            error: st.error.clone().unwrap_or_default(),
-            clusters,
+            name: rec.app.clone(),
+            source: rec.source.clone(),
+            commit: String::new(),
+            error: String::new(),
+            clusters: self.app_clusters(&rec.app, &pending).await?,
+            removal: rec
+                .removal
+                .as_ref()
+                .map(|rm| rm.note(&rec.app))
+                .unwrap_or_default(),
         })
     }
 
@@ -348,10 +387,52 @@ impl Admin for AdminService {
         &self,
         req: Request<RemoveSourceRequest>,
     ) -> Result<Response<Source>, Status> {
-        let admin = self.authorize(&req)?;
-        let rec = self.sources.remove(&req.get_ref().name).await?;
-        tracing::info!(%admin, source = %rec.name, "source removed");
-        Ok(Response::new(self.source_view(&rec)))
+        let who = self.authorize_uri(&req)?;
+        let r = req.into_inner();
+        let plan = self.sources.removal_plan(&r.name).await?;
+        let rec = if r.dry_run {
+            self.sources.get(&r.name).await?
+        } else {
+            let apps: Vec<String> = plan
+                .iter()
+                .map(|(app, clusters)| format!("{app} ({} clusters)", clusters.len()))
+                .collect();
+            self.rollouts
+                .audit()
+                .record(crate::audit::AuditEntry {
+                    at_ms: 0,
+                    who: who.clone(),
+                    action: "source.remove".into(),
+                    app: String::new(),
+                    cluster: String::new(),
+                    stage: String::new(),
+                    revision: String::new(),
+                    detail: format!(
+                        "source {}{}: {}",
+                        r.name,
+                        if r.keep_resources {
+                            ", keeping resources"
+                        } else {
+                            ""
+                        },
+                        apps.join(", ")
+                    ),
+                })
+                .await?;
+            let rec = self.sources.remove(&r.name, r.keep_resources, &who).await?;
+            tracing::info!(admin = %who, source = %rec.name, keep_resources = r.keep_resources, "source removed");
+            rec
+        };
+        let mut view = self.source_view(&rec);
+        view.app_states = plan
+            .into_iter()
+            .map(|(name, clusters)| SourceApp {
+                name,
+                clusters,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(view))
     }
 
     async fn sync_source(
@@ -380,12 +461,20 @@ impl Admin for AdminService {
     async fn get_app(&self, req: Request<GetAppRequest>) -> Result<Response<App>, Status> {
         self.authorize(&req)?;
         let name = req.get_ref().name.clone();
-        for s in self.sources.list().await? {
-            if s.status.apps.contains_key(&name) {
-                return Ok(Response::new(self.app_view(&s, &name).await?));
-            }
+        // The owner's view first: another source may list the same name with an error.
+        let owner = self.rollouts.owner(&name).await?;
+        let sources = self.sources.list().await?;
+        let listing = sources
+            .iter()
+            .filter(|s| s.status.apps.contains_key(&name))
+            .min_by_key(|s| Some(&s.name) != owner.as_ref());
+        if let Some(s) = listing {
+            return Ok(Response::new(self.app_view(s, &name).await?));
         }
-        Err(crate::error::HubError::UnknownApp(name).into())
+        match self.rollouts.get(&name).await {
+            Ok(rec) if rec.deleted => Ok(Response::new(self.leaving_app_view(&rec).await?)),
+            _ => Err(crate::error::HubError::UnknownApp(name).into()),
+        }
     }
 
     async fn list_rollouts(

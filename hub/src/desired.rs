@@ -63,6 +63,9 @@ pub struct AppOptions {
     pub force_conflicts: bool,
     #[serde(default)]
     pub health_timeout_ms: u64,
+    /// Let go of the app without deleting its objects (a removal that keeps resources).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphan: bool,
 }
 
 /// What a cluster should run.
@@ -92,6 +95,7 @@ impl DesiredRecord {
                         disable_self_heal: a.options.disable_self_heal,
                         force_conflicts: a.options.force_conflicts,
                         health_timeout_ms: a.options.health_timeout_ms,
+                        orphan: a.options.orphan,
                     }),
                 })
                 .collect(),

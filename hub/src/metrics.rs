@@ -727,7 +727,7 @@ mod tests {
             started_ms: 1_000,
             finished_ms: None,
             message: String::new(),
-            held: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
             finished_ms: None,
             message: String::new(),
             held: BTreeMap::new(),
+            ..Default::default()
         });
         rec
     }

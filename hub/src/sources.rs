@@ -27,7 +27,7 @@ use crate::render::{
     load_config, targeted_clusters,
 };
 use crate::rollout::plan::Render;
-use crate::rollout::{AppOffer, Rollouts};
+use crate::rollout::{AppOffer, Retirement, Rollouts};
 use crate::store::SharedStore;
 
 pub const SOURCES: &str = "/sources/";
@@ -72,6 +72,10 @@ pub struct AppState {
     pub commit: Option<String>,
     pub clusters: Vec<String>,
     pub error: Option<String>,
+    /// A removal of the app from some of its clusters that waits for approval, is under way or
+    /// halted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<String>,
 }
 
 /// What `Sources::add` takes.
@@ -237,8 +241,37 @@ impl Sources {
         Ok(rec)
     }
 
-    /// Removes a source: stops its loop and takes its apps out of every cluster's desired state.
-    pub async fn remove(&self, name: &str) -> Result<SourceRecord, HubError> {
+    /// What removing a source would take away: per app it owns, the clusters that run it.
+    pub async fn removal_plan(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<String>>, HubError> {
+        let rec = self.get(name).await?;
+        let mut plan = BTreeMap::new();
+        for app in rec.status.apps.keys() {
+            if let Ok(r) = self.inner.rollouts.get(app).await
+                && r.source == name
+            {
+                let running = r
+                    .known_clusters()
+                    .into_iter()
+                    .filter(|c| r.desired_for(c).is_some_and(|e| !e.options.orphan))
+                    .collect();
+                plan.insert(app.clone(), running);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Removes a source: stops its loop and forgets it; every app it defined leaves its
+    /// clusters through a staged removal (approved by `who`, who confirmed it), deleting the
+    /// apps' objects unless `keep_resources`.
+    pub async fn remove(
+        &self,
+        name: &str,
+        keep_resources: bool,
+        who: &str,
+    ) -> Result<SourceRecord, HubError> {
         let rec = self.get(name).await?;
         if let Some(h) = self
             .inner
@@ -249,12 +282,35 @@ impl Sources {
         {
             h.stop.notify_one();
         }
+        let clusters = self.cluster_infos().await?;
+        let reason = format!("source {name} was removed");
         for app in rec.status.apps.keys() {
-            self.inner.rollouts.remove(app).await?;
+            let why = Retirement {
+                source: name,
+                revision: "",
+                reason: &reason,
+                keep_resources,
+                approved_by: Some(who),
+                clusters: &clusters,
+            };
+            self.inner.rollouts.retire(app, why).await?;
         }
         self.inner.store.delete(&format!("{SOURCES}{name}")).await?;
         let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
         Ok(rec)
+    }
+
+    /// Every cluster that is not revoked, with its labels.
+    async fn cluster_infos(&self) -> Result<Vec<ClusterInfo>, HubError> {
+        Ok(self
+            .inner
+            .registry
+            .list_clusters()
+            .await?
+            .into_iter()
+            .filter(|c| !c.revoked)
+            .map(|c| ClusterInfo::new(c.name, c.labels))
+            .collect())
     }
 
     /// Starts the loops of every stored source (hub start).
@@ -421,15 +477,7 @@ impl Sources {
             tracing::warn!(source = %name, %commit, previous = ?outcome.previous, "history was rewritten upstream");
         }
 
-        let clusters: Vec<ClusterInfo> = self
-            .inner
-            .registry
-            .list_clusters()
-            .await?
-            .into_iter()
-            .filter(|c| !c.revoked)
-            .map(|c| ClusterInfo::new(c.name, c.labels))
-            .collect();
+        let clusters = self.cluster_infos().await?;
         let limits = self.inner.limits;
         let bundles = self.inner.bundles.clone();
         let infos = clusters.clone();
@@ -476,6 +524,7 @@ impl Sources {
                         },
                         pipeline_name: r.pipeline_name,
                         pipeline: r.pipeline,
+                        max_removal: r.max_removal,
                     });
                 }
                 Err(e) => {
@@ -485,14 +534,29 @@ impl Sources {
             }
             apps.insert(app, st);
         }
-        let gone: Vec<String> = status
+        let gone: Vec<(String, AppState)> = status
             .apps
-            .keys()
-            .filter(|a| !apps.contains_key(*a))
-            .cloned()
+            .iter()
+            .filter(|(a, _)| !apps.contains_key(*a))
+            .map(|(a, st)| (a.clone(), st.clone()))
             .collect();
-        for app in gone {
-            self.inner.rollouts.remove(&app).await?;
+        for (app, mut st) in gone {
+            let why = Retirement {
+                source: name,
+                revision: &commit,
+                reason: "the app is no longer in flotilla.yaml",
+                keep_resources: false,
+                approved_by: None,
+                clusters: &infos,
+            };
+            self.inner.rollouts.retire(&app, why).await?;
+            // Listed until every cluster has let go of it.
+            if let Some(rm) = self.inner.rollouts.removal_of(&app, name).await? {
+                st.clusters = rm.pending().cloned().collect();
+                st.removal = Some(rm.note(&app));
+                st.error = None;
+                apps.insert(app, st);
+            }
         }
         for (app, result) in self.inner.rollouts.offer(name, offers, &infos).await {
             let st = apps.get_mut(&app).expect("offered apps are listed");
@@ -500,9 +564,29 @@ impl Sources {
                 Ok(()) => st.commit = Some(commit.clone()),
                 Err(e) => {
                     tracing::warn!(source = %name, %app, %commit, error = %e, "revision not promoted; keeping the last good revision");
+                    if self
+                        .inner
+                        .rollouts
+                        .owner(&app)
+                        .await?
+                        .is_some_and(|o| o != name)
+                    {
+                        // Another source's app: nothing of it is this source's.
+                        st.clusters.clear();
+                        st.commit = None;
+                    }
                     st.error = Some(e);
                 }
             }
+            st.removal = self
+                .inner
+                .rollouts
+                .removal_of(&app, name)
+                .await?
+                .filter(|rm| {
+                    rm.in_flight() || rm.state == crate::rollout::plan::RolloutState::Failed
+                })
+                .map(|rm| rm.note(&app));
         }
         status.apps = apps;
         status.error = None;
@@ -515,6 +599,7 @@ struct Rendered {
     entries: Vec<(String, AppEntry)>,
     pipeline_name: Option<String>,
     pipeline: PipelineConfig,
+    max_removal: CountOrPercent,
 }
 
 type AppResult = Result<Rendered, String>;
@@ -530,7 +615,9 @@ fn render_all(
     let config = load_config(tree, "", limits).map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for (app, app_config) in &config.apps {
+        let max_removal = app_config.effective_max_removal(&config);
         let options = crate::desired::AppOptions {
+            orphan: false,
             disable_prune: !app_config.prune,
             disable_self_heal: !app_config.self_heal,
             force_conflicts: app_config.force,
@@ -568,6 +655,7 @@ fn render_all(
                         health_timeout: app_config.effective_health_timeout(&config),
                         on_failure: OnFailure::Halt,
                         failure_threshold: CountOrPercent::Count(1),
+                        max_removal: None,
                     },
                 ),
             };
@@ -575,6 +663,7 @@ fn render_all(
                 entries: list,
                 pipeline_name,
                 pipeline,
+                max_removal,
             })
         })();
         out.insert(app.clone(), result);

@@ -491,7 +491,19 @@ impl Reconciler {
     /// of new or changed apps.
     async fn set_desired(&mut self, d: DesiredState) {
         self.generation = d.generation;
-        let wanted: BTreeSet<&str> = d.apps.iter().map(|a| a.app.as_str()).collect();
+        // Apps to let go of without deleting anything (a removal that keeps resources).
+        let released: BTreeSet<String> = d
+            .apps
+            .iter()
+            .filter(|a| a.options.is_some_and(|o| o.orphan))
+            .map(|a| a.app.clone())
+            .collect();
+        let wanted: BTreeSet<&str> = d
+            .apps
+            .iter()
+            .map(|a| a.app.as_str())
+            .filter(|a| !released.contains(*a))
+            .collect();
         let gone: Vec<String> = self
             .apps
             .keys()
@@ -500,7 +512,8 @@ impl Reconciler {
             .collect();
         for app in gone {
             let run = self.apps.remove(&app).expect("listed");
-            self.remove_app(&app, !run.opts().disable_prune).await;
+            let prune = !run.opts().disable_prune && !released.contains(&app);
+            self.remove_app(&app, prune).await;
         }
         if !self.orphans_checked {
             match self.inventories.apps().await {
@@ -508,13 +521,13 @@ impl Reconciler {
                     self.orphans_checked = true;
                     for app in found.iter().filter(|a| !wanted.contains(a.as_str())) {
                         tracing::info!(app = %app, "inventory of an app that is no longer desired");
-                        self.remove_app(app, true).await;
+                        self.remove_app(app, !released.contains(app)).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list app inventories; will retry"),
             }
         }
-        for a in d.apps {
+        for a in d.apps.into_iter().filter(|a| !released.contains(&a.app)) {
             if let Some(run) = self.apps.get_mut(&a.app) {
                 let mut same = run.desired.clone();
                 same.trace_context.clone_from(&a.trace_context);

@@ -117,8 +117,9 @@ pub enum RolloutCmd {
     List,
     /// One app's rollout, stage by stage.
     Status { app: String },
-    /// Let a stage that waits for a manual approval start.
-    Approve { app: String, stage: String },
+    /// Let what waits for a person start: STAGE (manual approval), or without STAGE whatever
+    /// waits (a removal larger than maxRemoval, a halted removal to retry, the one waiting stage).
+    Approve { app: String, stage: Option<String> },
     /// Stop the app's rollouts where they are; new revisions wait until it is resumed.
     Pause { app: String },
     /// Let a paused app's rollouts move again.
@@ -159,8 +160,17 @@ pub enum SourceCmd {
     Get {
         name: String,
     },
+    /// Stop tracking a source: each of its apps leaves its clusters through the app's pipeline.
+    /// Says what it will remove and asks first (in a terminal), or needs --yes.
     Remove {
         name: String,
+        /// Do not ask: remove what it lists.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Stop managing the apps but leave their objects in the clusters (like
+        /// kubectl's --cascade=orphan).
+        #[arg(long)]
+        keep_resources: bool,
     },
     /// Fetch and render now.
     Sync {
@@ -395,7 +405,7 @@ async fn source_command(
     let one = |s: Source| {
         let row = output::SourceOut::from(&s);
         match fmt {
-            Format::Table => output::sources_table(std::slice::from_ref(&row)),
+            Format::Table => output::source_table(&row),
             f => output::structured(f, &row),
         }
     };
@@ -436,15 +446,72 @@ async fn source_command(
             .get_source(GetSourceRequest { name })
             .await?
             .into_inner()),
-        SourceCmd::Remove { name } => one(admin
-            .remove_source(RemoveSourceRequest { name })
-            .await?
-            .into_inner()),
+        SourceCmd::Remove {
+            name,
+            yes,
+            keep_resources,
+        } => {
+            let plan = admin
+                .remove_source(RemoveSourceRequest {
+                    name: name.clone(),
+                    keep_resources,
+                    dry_run: true,
+                })
+                .await?
+                .into_inner();
+            let summary = output::removal_summary(&plan, keep_resources);
+            if !yes {
+                confirm(&summary, &format!("remove source {name}?"))?;
+            }
+            let done = admin
+                .remove_source(RemoveSourceRequest {
+                    name: name.clone(),
+                    keep_resources,
+                    dry_run: false,
+                })
+                .await?
+                .into_inner();
+            match fmt {
+                Format::Table => format!(
+                    "{}source {name} removed; follow each app with `flotilla rollout status APP`\n",
+                    if yes { summary } else { String::new() }
+                ),
+                _ => one(done),
+            }
+        }
         SourceCmd::Sync { name } => one(admin
             .sync_source(SyncSourceRequest { name })
             .await?
             .into_inner()),
     })
+}
+
+/// Shows `summary` and asks `question` on a terminal; without one (a script), refuses: the
+/// caller must say --yes.
+fn confirm(summary: &str, question: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError(format!(
+            "not confirmed: {} — run again with --yes to go ahead",
+            summary
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(':')
+        )));
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{summary}{question} [y/N] ");
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError(format!("cannot read the answer: {e}")))?;
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(CliError("not confirmed: nothing was removed".into())),
+    }
 }
 
 async fn rollout_command(
@@ -481,11 +548,14 @@ async fn rollout_command(
                 .into_inner(),
         ),
         RolloutCmd::Approve { app, stage } => one(
-            format!("stage {stage} of {app} approved\n"),
+            match &stage {
+                Some(stage) => format!("stage {stage} of {app} approved\n"),
+                None => format!("{app}: approved what waited\n"),
+            },
             admin
                 .approve_stage(ApproveStageRequest {
                     app: app.clone(),
-                    stage: stage.clone(),
+                    stage: stage.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner(),

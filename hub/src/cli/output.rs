@@ -280,6 +280,19 @@ pub struct SourceOut {
     pub error: Option<String>,
     pub secret_file: Option<String>,
     pub apps: Vec<String>,
+    /// Apps with an error or a removal under way (all apps, with their clusters, from
+    /// `source remove`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub app_states: Vec<SourceAppOut>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceAppOut {
+    pub name: String,
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    pub removal: Option<String>,
+    pub clusters: Vec<String>,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -302,8 +315,60 @@ impl From<&Source> for SourceOut {
             error: non_empty(&s.error),
             secret_file: non_empty(&s.secret_file),
             apps: s.apps.clone(),
+            app_states: s
+                .app_states
+                .iter()
+                .map(|a| SourceAppOut {
+                    name: a.name.clone(),
+                    commit: non_empty(&a.commit),
+                    error: non_empty(&a.error),
+                    removal: non_empty(&a.removal),
+                    clusters: a.clusters.clone(),
+                })
+                .collect(),
         }
     }
+}
+
+/// One source with, below its row, each app's error or removal.
+pub fn source_table(row: &SourceOut) -> String {
+    let mut out = sources_table(std::slice::from_ref(row));
+    for a in &row.app_states {
+        if let Some(e) = &a.error {
+            out += &format!("app {}: error: {e}\n", a.name);
+        }
+        if let Some(r) = &a.removal {
+            out += &format!("app {}: {r}\n", a.name);
+        }
+    }
+    out
+}
+
+/// What removing a source takes away, one line per app with its clusters.
+pub fn removal_summary(source: &Source, keep_resources: bool) -> String {
+    let pairs: usize = source.app_states.iter().map(|a| a.clusters.len()).sum();
+    let clusters: std::collections::BTreeSet<&String> =
+        source.app_states.iter().flat_map(|a| &a.clusters).collect();
+    let mut out = format!(
+        "removing source {} takes {} apps off {} clusters ({pairs} app × cluster pairs); {}:\n",
+        source.name,
+        source.app_states.len(),
+        clusters.len(),
+        if keep_resources {
+            "their objects stay in the clusters (no longer managed)"
+        } else {
+            "their objects are deleted, stage by stage through each app's pipeline"
+        }
+    );
+    for a in &source.app_states {
+        let on = if a.clusters.is_empty() {
+            "no clusters".to_string()
+        } else {
+            a.clusters.join(", ")
+        };
+        out += &format!("  {}: {on}\n", a.name);
+    }
+    out
 }
 
 pub fn sources_table(rows: &[SourceOut]) -> String {
@@ -334,6 +399,9 @@ pub struct AppOut {
     pub commit: Option<String>,
     pub error: Option<String>,
     pub clusters: Vec<AppClusterOut>,
+    /// A removal of the app from clusters that waits for approval, is under way or halted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removal: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -354,6 +422,7 @@ impl From<&App> for AppOut {
             source: a.source.clone(),
             commit: non_empty(&a.commit),
             error: non_empty(&a.error),
+            removal: non_empty(&a.removal),
             clusters: a
                 .clusters
                 .iter()
@@ -410,7 +479,13 @@ pub fn apps_table(rows: &[AppOut]) -> String {
             ]);
         }
     }
-    format!("{t}\n")
+    let mut out = format!("{t}\n");
+    for a in rows {
+        if let Some(r) = &a.removal {
+            out += &format!("app {}: {r}\n", a.name);
+        }
+    }
+    out
 }
 
 // === Rollouts and audit ===

@@ -73,9 +73,25 @@ pub struct AppConfig {
         with = "optional_duration"
     )]
     pub health_timeout: Option<Duration>,
+    /// How many of its clusters one change may take the app off before the removal waits for
+    /// an approval; default: its pipeline's `maxRemoval`, or 10%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_removal: Option<CountOrPercent>,
 }
 
 impl AppConfig {
+    /// The app's `maxRemoval`, else its pipeline's, else 10%.
+    pub fn effective_max_removal(&self, config: &FleetConfig) -> CountOrPercent {
+        self.max_removal
+            .or_else(|| {
+                self.pipeline
+                    .as_ref()
+                    .and_then(|p| config.pipelines.get(p))
+                    .and_then(|p| p.max_removal)
+            })
+            .unwrap_or(DEFAULT_MAX_REMOVAL)
+    }
+
     /// How long the app may take to become healthy after an apply: its own `healthTimeout`,
     /// else its pipeline's, else [`DEFAULT_HEALTH_TIMEOUT`].
     pub fn effective_health_timeout(&self, config: &FleetConfig) -> Duration {
@@ -131,7 +147,14 @@ pub struct PipelineConfig {
     /// How many failed clusters (or what share of a stage's clusters) fail the stage.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: CountOrPercent,
+    /// How many of an app's clusters one change may take it off without an approval (the
+    /// app's own `maxRemoval` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_removal: Option<CountOrPercent>,
 }
+
+/// The default `maxRemoval`: 10% of an app's clusters.
+pub const DEFAULT_MAX_REMOVAL: CountOrPercent = CountOrPercent::Percent(10);
 
 /// The default `healthTimeout`: 10 minutes.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(600);

@@ -39,8 +39,8 @@ pub use bundle::{
 };
 pub use cache::{BundleCache, BundleRef, CacheError};
 pub use config::{
-    AppConfig, Approval, CONFIG_FILE, CountOrPercent, DEFAULT_HEALTH_TIMEOUT, FleetConfig,
-    OnFailure, Overlay, PipelineConfig, Stage, VarValue,
+    AppConfig, Approval, CONFIG_FILE, CountOrPercent, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_REMOVAL,
+    FleetConfig, OnFailure, Overlay, PipelineConfig, Stage, VarValue,
 };
 pub use error::{Origin, RenderError};
 pub use objects::{CLUSTER_SCOPED_KINDS, ObjectKey, is_cluster_scoped};

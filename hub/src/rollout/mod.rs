@@ -6,6 +6,8 @@
 //! record, so a restart — even `kill -9` between the two writes — resumes exactly where it was.
 
 pub mod plan;
+pub mod removal;
+pub mod stages;
 #[cfg(test)]
 mod tests;
 mod trace;
@@ -23,10 +25,10 @@ use crate::desired::{AppEntry, DesiredStates};
 use crate::error::HubError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::render::{ClusterInfo, PipelineConfig};
+use crate::render::{ClusterInfo, CountOrPercent, PipelineConfig};
 use crate::session::Sessions;
 use crate::store::SharedStore;
-use plan::{AppRollout, ClusterView, Inputs, Offer, Render};
+use plan::{AppRollout, ClusterView, Inputs, Render};
 
 pub const ROLLOUTS: &str = "/rollouts/";
 /// How often in-flight rollouts are re-examined when nothing wakes the engine.
@@ -38,6 +40,22 @@ pub struct AppOffer {
     pub render: Render,
     pub pipeline_name: Option<String>,
     pub pipeline: PipelineConfig,
+    /// The app's `maxRemoval` (else its pipeline's, else 10%).
+    pub max_removal: CountOrPercent,
+}
+
+/// Why an app left its source, for [`Rollouts::retire`].
+pub struct Retirement<'a> {
+    /// The source that defined it; another source's app is not touched.
+    pub source: &'a str,
+    /// The commit without the app (empty when the source itself was removed).
+    pub revision: &'a str,
+    pub reason: &'a str,
+    /// Stop managing the app but leave its objects in the clusters.
+    pub keep_resources: bool,
+    /// Who approved the removal beforehand (a confirmed `source remove`), if anyone.
+    pub approved_by: Option<&'a str>,
+    pub clusters: &'a [ClusterInfo],
 }
 
 /// The rollout engine and the operator actions on it.
@@ -267,7 +285,8 @@ impl Rollouts {
     }
 
     /// Takes a source's new renderings: per app `Ok` when taken (a rollout may start), `Err`
-    /// with the reason when the rendering cannot be promoted (the app keeps its revision).
+    /// with the reason when the rendering cannot be promoted (the app keeps its revision) —
+    /// among them an app another source already defines: an app has one owner.
     pub async fn offer(
         &self,
         source: &str,
@@ -283,14 +302,25 @@ impl Rollouts {
             let mut started = false;
             let result = self
                 .update(&app, Some(source), |rec| {
-                    match rec.offer(o.render, clusters, o.pipeline_name, o.pipeline, now) {
-                        Ok(Offer::Applied { touched }) => Ok((touched, Ok(()))),
-                        Ok(Offer::Started) => {
-                            started = true;
-                            let r = rec.rollout.as_ref().expect("started");
-                            tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
-                            // The first batch goes out with the pass below.
-                            Ok((Vec::new(), Ok(())))
+                    if let Some(owner) = other_owner(rec, source) {
+                        return Ok((Vec::new(), Err(owner)));
+                    }
+                    match rec.offer(
+                        o.render,
+                        clusters,
+                        o.pipeline_name,
+                        o.pipeline,
+                        o.max_removal,
+                        now,
+                    ) {
+                        Ok(offer) => {
+                            if offer.started {
+                                started = true;
+                                let r = rec.rollout.as_ref().expect("started");
+                                tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
+                            }
+                            // A new rollout's first batch goes out with the pass below.
+                            Ok((offer.touched, Ok(())))
                         }
                         Err(e) => Ok((Vec::new(), Err(e))),
                     }
@@ -307,12 +337,63 @@ impl Rollouts {
         out
     }
 
-    /// The app left its source: every cluster drops it, and its record goes.
-    pub async fn remove(&self, app: &str) -> Result<(), HubError> {
+    /// The app left its source: every cluster loses it through a staged removal (see
+    /// [`plan::Removal`]), and its record goes once that is complete. Nothing happens to an
+    /// app another source owns. Returns the removal's state, if one is under way.
+    pub async fn retire(&self, app: &str, why: Retirement<'_>) -> Result<(), HubError> {
+        let now = self.now_ms();
+        let done = self
+            .update(app, None, |rec| {
+                if other_owner(rec, why.source).is_some() {
+                    return Ok((Vec::new(), false));
+                }
+                let touched = rec
+                    .retire(
+                        why.revision,
+                        why.reason,
+                        why.keep_resources,
+                        why.approved_by,
+                        why.clusters,
+                        now,
+                    )
+                    .map_err(HubError::Invalid)?;
+                Ok((touched, rec.finished()))
+            })
+            .await;
+        match done {
+            Ok(true) => self.forget(app).await,
+            Ok(false) | Err(HubError::UnknownApp(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest removal of `app` when `source` owns it.
+    pub async fn removal_of(
+        &self,
+        app: &str,
+        source: &str,
+    ) -> Result<Option<plan::Removal>, HubError> {
+        Ok(self
+            .load(app)
+            .await?
+            .filter(|(r, _)| r.source == source)
+            .and_then(|(r, _)| r.removal))
+    }
+
+    /// The source that owns `app`, if the hub knows the app.
+    pub async fn owner(&self, app: &str) -> Result<Option<String>, HubError> {
+        Ok(self.load(app).await?.map(|(r, _)| r.source))
+    }
+
+    /// Deletes the record of an app that left its source once every cluster let go of it.
+    async fn forget(&self, app: &str) -> Result<(), HubError> {
         let _guard = self.inner.lock.lock().await;
         let Some((rec, rev)) = self.load(app).await? else {
             return Ok(());
         };
+        if !rec.finished() {
+            return Ok(());
+        }
         let changes: Vec<(String, String, Option<AppEntry>)> = rec
             .known_clusters()
             .into_iter()
@@ -324,7 +405,7 @@ impl Rollouts {
         if let Some(m) = self.records().as_mut() {
             m.remove(app);
         }
-        tracing::info!(app, "app removed from every cluster");
+        tracing::info!(app, "app removed from every cluster; record deleted");
         Ok(())
     }
 
@@ -377,9 +458,7 @@ impl Rollouts {
             .as_ref()
             .map(|m| {
                 m.values()
-                    .filter(|(rec, _)| {
-                        !rec.paused && rec.rollout.as_ref().is_some_and(|r| r.state.in_flight())
-                    })
+                    .filter(|(rec, _)| !rec.paused && rec.in_flight())
                     .cloned()
                     .collect()
             })
@@ -389,10 +468,15 @@ impl Rollouts {
         }
         // Each cluster's status is read once per pass, whatever the number of apps.
         let members = |rec: &AppRollout| -> BTreeSet<String> {
-            rec.rollout
+            let rollout = rec
+                .rollout
                 .iter()
-                .flat_map(|r| r.stages.iter().flat_map(|s| s.updated.keys().cloned()))
-                .collect()
+                .flat_map(|r| stages::reached_all(&r.stages));
+            let removal = rec
+                .removal
+                .iter()
+                .flat_map(|r| stages::reached_all(&r.stages));
+            rollout.chain(removal).cloned().collect()
         };
         let mut needed = BTreeSet::new();
         for (rec, _) in &active {
@@ -411,6 +495,7 @@ impl Rollouts {
             seen.insert(c.name, c.last_seen_ms);
         }
         let now_ms = self.now_ms();
+        let mut finished = Vec::new();
         for (shared, rev) in active {
             let views = self.views(&shared.app, &members(&shared), &statuses, &seen);
             self.observe_healthy_fraction(&shared, &views, now_ms);
@@ -441,6 +526,13 @@ impl Rollouts {
                 .metrics
                 .observe_rollout(before.rollout.as_ref(), rec.rollout.as_ref());
             self.apply(&rec, &touched).await?;
+            if rec.finished() {
+                finished.push(rec.app.clone());
+            }
+        }
+        drop(_guard);
+        for app in finished {
+            self.forget(&app).await?;
         }
         Ok(())
     }
@@ -508,7 +600,7 @@ impl Rollouts {
     pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
         let mut probe = rec.clone();
-        probe
+        let what = probe
             .approve(stage, who)
             .map_err(|e| HubError::Invalid(e.to_string()))?;
         self.audited(AuditEntry {
@@ -517,6 +609,7 @@ impl Rollouts {
             app: app.into(),
             stage: stage.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
+            detail: what,
             ..blank()
         })
         .await?;
@@ -639,6 +732,16 @@ impl Rollouts {
         })
         .await
     }
+}
+
+/// The refusal for `source` when another source owns the app of `rec`.
+fn other_owner(rec: &AppRollout, source: &str) -> Option<String> {
+    (!rec.source.is_empty() && rec.source != source).then(|| {
+        format!(
+            "app {} is already defined by source {}: an app has one owner, so this definition is ignored (rename the app or remove it from one source)",
+            rec.app, rec.source
+        )
+    })
 }
 
 fn blank() -> AuditEntry {

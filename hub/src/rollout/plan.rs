@@ -14,34 +14,40 @@
 //! - A cluster fails when it reports the revision `failed`, is not healthy within
 //!   `healthTimeout` of receiving it, or stays disconnected past the grace period. When the
 //!   stage's failures reach `failureThreshold` the rollout stops: `halt` leaves clusters as they
-//!   are, `rollback` puts every cluster that received the revision back on the last good one.
-//!   The revision is marked failed and never retried; a later commit starts afresh.
+//!   are, `rollback` returns every cluster that received the revision to what *that cluster* ran
+//!   before it (the newest revision it ran applied and healthy, else the one it ran); the app is
+//!   removed only from a cluster that never ran it before. The revision is marked failed and
+//!   never retried; a later commit starts afresh.
 //! - A newer revision supersedes the one in flight: it starts again from the first stage, and
 //!   clusters that already run the older revision keep it until the newer one reaches them (no
-//!   back and forth).
-//! - A commit that leaves an app's rendering unchanged, a new cluster, or relabelled clusters are
-//!   no new revision: those changes apply at once on top of the current revision.
-//! - A pinned cluster runs its pinned revision and is skipped by rollouts.
+//!   back and forth). A superseded revision that reached and stayed healthy on a cluster counts
+//!   as what that cluster ran.
+//! - A commit that leaves an app's rendering unchanged, or a new cluster, is no new revision:
+//!   those changes apply at once on top of the current revision.
+//! - Clusters that lose the app (no longer targeted, the app or its source removed) lose it
+//!   through the pipeline too, as a staged [`Removal`]; see `removal.rs`.
+//! - A pinned cluster runs its pinned revision and is skipped by rollouts and removals.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::removal::Removal;
+use super::removal::default_max_removal;
+use super::stages::{self, Progress, Walk};
+pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
 use crate::desired::AppEntry;
-use crate::render::{Approval, ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
+use crate::render::{ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
 
 /// How many renderings of an app are kept (for pins, rollbacks and held revisions).
 pub const MAX_RENDERS: usize = 10;
 /// How many failed revisions are remembered.
 const MAX_FAILED: usize = 20;
-/// The stage of an app without a pipeline.
-pub const ALL_STAGE: &str = "all";
-/// The implicit last stage: targeted clusters no stage selects.
-pub const UNSTAGED: &str = "unstaged";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
+    #[default]
     Progressing,
     WaitingApproval,
     Succeeded,
@@ -71,30 +77,6 @@ impl RolloutState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageState {
-    Pending,
-    Progressing,
-    Soaking,
-    WaitingApproval,
-    Succeeded,
-    Failed,
-}
-
-impl StageState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StageState::Pending => "pending",
-            StageState::Progressing => "progressing",
-            StageState::Soaking => "soaking",
-            StageState::WaitingApproval => "waiting_approval",
-            StageState::Succeeded => "succeeded",
-            StageState::Failed => "failed",
-        }
-    }
-}
-
 /// One revision rendered for every targeted cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Render {
@@ -114,38 +96,8 @@ impl Render {
     }
 }
 
-/// A stage of one rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageRun {
-    pub name: String,
-    pub state: StageState,
-    #[serde(default)]
-    pub approval: bool,
-    pub soak_ms: u64,
-    pub max_parallel: CountOrPercent,
-    /// The clusters of this stage, in the order they are updated.
-    pub clusters: Vec<String>,
-    /// Clusters that received the revision, with when.
-    #[serde(default)]
-    pub updated: BTreeMap<String, u64>,
-    /// The batch in flight.
-    #[serde(default)]
-    pub batch: Vec<String>,
-    #[serde(default)]
-    pub soak_until_ms: Option<u64>,
-    #[serde(default)]
-    pub approved_by: Option<String>,
-    #[serde(default)]
-    pub started_ms: Option<u64>,
-    #[serde(default)]
-    pub finished_ms: Option<u64>,
-    /// Failed clusters with the reason.
-    #[serde(default)]
-    pub failures: BTreeMap<String, String>,
-}
-
 /// One revision on its way through the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     pub revision: String,
     pub state: RolloutState,
@@ -157,14 +109,46 @@ pub struct Rollout {
     pub finished_ms: Option<u64>,
     #[serde(default)]
     pub message: String,
-    /// Clusters that run an older, superseded revision until this one reaches them.
+    /// What each targeted cluster ran when this rollout started: it keeps it until the rollout
+    /// reaches it.
     #[serde(default)]
     pub held: BTreeMap<String, String>,
+    /// Where each targeted cluster goes back to should this rollout roll back: the newest
+    /// revision it ran applied and healthy before this one, else the one it ran. A cluster
+    /// missing here had no revision of the app before.
+    #[serde(default)]
+    pub prior: BTreeMap<String, String>,
+    /// Clusters that reported this revision applied and healthy.
+    #[serde(default)]
+    pub proven: BTreeSet<String>,
+    /// After a rollback: the revision each cluster returned to (`None`: the app was removed,
+    /// as the cluster had never run it before this revision).
+    #[serde(default)]
+    pub returned: BTreeMap<String, Option<String>>,
 }
 
 impl Rollout {
-    fn was_updated(&self, cluster: &str) -> bool {
-        self.stages.iter().any(|s| s.updated.contains_key(cluster))
+    pub fn was_updated(&self, cluster: &str) -> bool {
+        stages::reached(&self.stages, cluster)
+    }
+
+    /// The revision reached `cluster` and stayed healthy there.
+    fn proven_on(&self, cluster: &str) -> bool {
+        self.proven.contains(cluster) && !stages::failed_in(&self.stages, cluster)
+    }
+
+    /// What `cluster`, running `current` now, goes back to should the *next* rollout roll back:
+    /// this revision only if it proved itself there; a held revision's own fallback otherwise.
+    fn fallback_after(&self, cluster: &str, current: &str) -> String {
+        let unproven = if self.was_updated(cluster) {
+            current == self.revision && !self.proven_on(cluster)
+        } else {
+            self.held.get(cluster).is_some_and(|h| h == current)
+        };
+        match self.prior.get(cluster) {
+            Some(p) if unproven => p.clone(),
+            _ => current.to_string(),
+        }
     }
 }
 
@@ -185,6 +169,18 @@ impl ClusterView {
     pub fn healthy_at(&self, revision: &str) -> bool {
         self.revision == revision && self.phase == "applied" && self.health == "healthy"
     }
+
+    /// Why the cluster, sent a change at `at`, counts as failed for being away: disconnected
+    /// for longer than the grace period since then or since its last word.
+    pub fn away_too_long(&self, at: u64, inp: &Inputs) -> Option<String> {
+        let away_since = self.last_seen_ms.max(at);
+        (!self.connected && inp.now_ms.saturating_sub(away_since) >= inp.grace_ms).then(|| {
+            format!(
+                "disconnected for more than {}",
+                humantime::format_duration(std::time::Duration::from_millis(inp.grace_ms))
+            )
+        })
+    }
 }
 
 /// What [`AppRollout::advance`] needs to know besides the record.
@@ -200,18 +196,29 @@ pub struct Inputs<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppRollout {
     pub app: String,
+    /// The source that defines the app (its one owner).
     #[serde(default)]
     pub source: String,
     /// The pipeline's name (`None`: the app has none).
     #[serde(default)]
     pub pipeline_name: Option<String>,
     pub pipeline: PipelineConfig,
+    /// How many of its clusters one change may take the app off without an approval.
+    #[serde(default = "default_max_removal")]
+    pub max_removal: CountOrPercent,
     /// Newest last.
     pub renders: Vec<Render>,
     #[serde(default)]
     pub last_good: Option<String>,
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// The newest removal of the app from some of its clusters.
+    #[serde(default)]
+    pub removal: Option<Removal>,
+    /// The app left its source: it targets nothing, and the record goes once its removal is
+    /// complete.
+    #[serde(default)]
+    pub deleted: bool,
     #[serde(default)]
     pub failed_revisions: Vec<String>,
     #[serde(default)]
@@ -223,11 +230,11 @@ pub struct AppRollout {
 
 /// What an offer did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Offer {
-    /// Nothing to promote; `touched` clusters changed at once (added, removed, relabelled).
-    Applied { touched: Vec<String> },
+pub struct Offer {
     /// A new rollout started.
-    Started,
+    pub started: bool,
+    /// Clusters whose desired entry changed at once.
+    pub touched: Vec<String>,
 }
 
 /// Why an operator action was refused.
@@ -241,6 +248,9 @@ fn refused(msg: impl Into<String>) -> ActionError {
     ActionError::Refused(msg.into())
 }
 
+/// Every cluster's desired entry at one moment.
+type Snapshot = BTreeMap<String, Option<AppEntry>>;
+
 impl AppRollout {
     pub fn new(app: &str, source: &str) -> Self {
         Self {
@@ -252,10 +262,14 @@ impl AppRollout {
                 health_timeout: crate::render::DEFAULT_HEALTH_TIMEOUT,
                 on_failure: OnFailure::Halt,
                 failure_threshold: CountOrPercent::Count(1),
+                max_removal: None,
             },
+            max_removal: default_max_removal(),
             renders: Vec::new(),
             last_good: None,
             rollout: None,
+            removal: None,
+            deleted: false,
             failed_revisions: Vec::new(),
             paused: false,
             pins: BTreeMap::new(),
@@ -270,9 +284,12 @@ impl AppRollout {
             source: self.source.clone(),
             pipeline_name: self.pipeline_name.clone(),
             pipeline: self.pipeline.clone(),
+            max_removal: self.max_removal,
             renders: Vec::new(),
             last_good: self.last_good.clone(),
             rollout: self.rollout.clone(),
+            removal: self.removal.clone(),
+            deleted: self.deleted,
             failed_revisions: self.failed_revisions.clone(),
             paused: self.paused,
             pins: self.pins.clone(),
@@ -282,20 +299,46 @@ impl AppRollout {
     /// Whether `advance` changed anything between `self` and `other`.
     pub fn progress_differs(&self, other: &AppRollout) -> bool {
         self.rollout != other.rollout
+            || self.removal != other.removal
             || self.last_good != other.last_good
             || self.failed_revisions != other.failed_revisions
+    }
+
+    /// Whether a rollout or a removal is under way (or waits for a person).
+    pub fn in_flight(&self) -> bool {
+        self.rollout.as_ref().is_some_and(|r| r.state.in_flight())
+            || self.removal.as_ref().is_some_and(Removal::in_flight)
+    }
+
+    /// The app left its source and every cluster has let go of it: the record can go.
+    pub fn finished(&self) -> bool {
+        self.deleted && self.pins.is_empty() && self.removal.as_ref().is_none_or(Removal::complete)
     }
 
     pub fn render(&self, revision: &str) -> Option<&Render> {
         self.renders.iter().rev().find(|r| r.revision == revision)
     }
 
-    /// The clusters the app targets now (its newest rendering).
+    fn entry(&self, revision: &str, cluster: &str) -> Option<AppEntry> {
+        self.render(revision)
+            .and_then(|r| r.entries.get(cluster))
+            .cloned()
+    }
+
+    /// The clusters the app targets now (its newest rendering; none once it is deleted).
     pub fn targets(&self) -> BTreeSet<String> {
-        self.renders
-            .last()
-            .map(|r| r.entries.keys().cloned().collect())
-            .unwrap_or_default()
+        match self.renders.last() {
+            Some(r) if !self.deleted => r.entries.keys().cloned().collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    fn targeted(&self, cluster: &str) -> bool {
+        !self.deleted
+            && self
+                .renders
+                .last()
+                .is_some_and(|r| r.entries.contains_key(cluster))
     }
 
     /// Every cluster that may hold an entry of this app.
@@ -306,6 +349,9 @@ impl AppRollout {
             .flat_map(|r| r.entries.keys().cloned())
             .collect();
         all.extend(self.pins.keys().cloned());
+        if let Some(rm) = &self.removal {
+            all.extend(rm.from.keys().cloned());
+        }
         all
     }
 
@@ -321,48 +367,81 @@ impl AppRollout {
 
     /// What `cluster` should run of this app (`None`: nothing).
     pub fn desired_for(&self, cluster: &str) -> Option<AppEntry> {
-        let entry = |rev: &str| {
-            self.render(rev)
-                .and_then(|r| r.entries.get(cluster))
-                .cloned()
-        };
         if let Some(rev) = self.pins.get(cluster) {
-            return entry(rev);
+            return self.entry(rev, cluster);
         }
-        if !self.renders.last()?.entries.contains_key(cluster) {
-            return None;
+        if !self.targeted(cluster) {
+            // Not targeted (any more): it keeps what it runs until a removal reaches it.
+            return self.removal.as_ref()?.desired_for(cluster)?;
         }
+        let rev = self.revision_for(cluster)?;
+        self.entry(rev, cluster)
+    }
+
+    /// The revision a targeted, unpinned `cluster` should run.
+    fn revision_for(&self, cluster: &str) -> Option<&str> {
         if let Some(r) = &self.rollout {
             match r.state {
                 RolloutState::Progressing
                 | RolloutState::WaitingApproval
                 | RolloutState::Failed => {
                     if r.was_updated(cluster) {
-                        return entry(&r.revision);
+                        return Some(&r.revision);
                     }
-                    if let Some(old) = r.held.get(cluster) {
-                        return entry(old);
+                    if let Some(held) = r.held.get(cluster) {
+                        return Some(held);
                     }
                 }
-                RolloutState::Succeeded => return entry(&r.revision),
-                RolloutState::RolledBack | RolloutState::Superseded => {}
+                RolloutState::Succeeded => return Some(&r.revision),
+                RolloutState::RolledBack => {
+                    if let Some(back) = r.returned.get(cluster) {
+                        return back.as_deref();
+                    }
+                }
+                RolloutState::Superseded => {}
             }
         }
-        self.last_good.as_deref().and_then(entry)
+        // Clusters added since the rollout started run the revision the app settled on.
+        self.last_good.as_deref()
+    }
+
+    /// Every known cluster's desired entry now, and those of `extra`.
+    fn snapshot<'a>(&self, extra: impl IntoIterator<Item = &'a String>) -> Snapshot {
+        self.known_clusters()
+            .into_iter()
+            .chain(extra.into_iter().cloned())
+            .map(|c| {
+                let d = self.desired_for(&c);
+                (c, d)
+            })
+            .collect()
+    }
+
+    /// The clusters whose desired entry differs from `before`.
+    fn changed_since(&self, before: &Snapshot) -> Vec<String> {
+        let mut all: BTreeSet<String> = before.keys().cloned().collect();
+        all.extend(self.known_clusters());
+        all.into_iter()
+            .filter(|c| self.desired_for(c) != before.get(c).cloned().flatten())
+            .collect()
     }
 
     fn remember(&mut self, render: Render) {
         self.renders.retain(|r| r.revision != render.revision);
         self.renders.push(render);
         while self.renders.len() > MAX_RENDERS {
-            let keep: BTreeSet<String> = self
+            let mut keep: BTreeSet<String> = self
                 .last_good
                 .iter()
                 .chain(self.pins.values())
-                .chain(self.rollout.iter().map(|r| &r.revision))
-                .chain(self.rollout.iter().flat_map(|r| r.held.values()))
                 .cloned()
                 .collect();
+            if let Some(r) = &self.rollout {
+                keep.insert(r.revision.clone());
+                keep.extend(r.held.values().cloned());
+                keep.extend(r.prior.values().cloned());
+                keep.extend(r.returned.values().flatten().cloned());
+            }
             match self
                 .renders
                 .iter()
@@ -378,18 +457,64 @@ impl AppRollout {
 
     /// Takes a new rendering of the app (from a source sync) with the pipeline it uses now.
     /// Starts a rollout when the rendering differs from the revision the app is on; otherwise
-    /// applies target changes at once. `Err` when a cluster is selected by two stages.
+    /// takes new clusters at once. Clusters that run the app but are no longer targeted lose
+    /// it through a staged removal. `Err` when a cluster is selected by two stages.
     pub fn offer(
         &mut self,
         render: Render,
         clusters: &[ClusterInfo],
         pipeline_name: Option<String>,
         pipeline: PipelineConfig,
+        max_removal: CountOrPercent,
         now_ms: u64,
     ) -> Result<Offer, String> {
-        let stages = plan_stages(&pipeline, &render, clusters, &self.pins)?;
+        let unpinned = |c: &&String| !self.pins.contains_key(*c);
+        let stages =
+            stages::plan_stages(&pipeline, render.entries.keys().filter(unpinned), clusters)?;
+        let before = self.snapshot(render.entries.keys());
+        let dropped: Vec<&String> = before
+            .iter()
+            .filter(|(c, e)| e.is_some() && !render.entries.contains_key(*c))
+            .map(|(c, _)| c)
+            .filter(unpinned)
+            .collect();
+        stages::plan_stages(&pipeline, dropped, clusters)?;
         self.pipeline_name = pipeline_name;
         self.pipeline = pipeline;
+        self.max_removal = max_removal;
+        self.deleted = false;
+        if let Some(rm) = &mut self.removal {
+            for c in render.entries.keys() {
+                rm.cancel(c);
+            }
+        }
+        let revision = render.revision.clone();
+        let started = self.take_revision(render, stages, &before, now_ms);
+        let targets = self.targets();
+        self.stage_removal(
+            &before,
+            |c| !targets.contains(c),
+            &revision,
+            "no longer targeted by the app",
+            false,
+            None,
+            clusters,
+            now_ms,
+        )?;
+        Ok(Offer {
+            started,
+            touched: self.changed_since(&before),
+        })
+    }
+
+    /// The new rendering as a revision: a new rollout (`true`), or nothing to promote.
+    fn take_revision(
+        &mut self,
+        render: Render,
+        stages: Vec<StageRun>,
+        before: &Snapshot,
+        now_ms: u64,
+    ) -> bool {
         let base = self
             .effective_revision()
             .and_then(|rev| self.render(rev))
@@ -403,26 +528,12 @@ impl AppRollout {
             .is_some_and(|b| b.same_content(&render) && render.same_content(b));
         if failed_same && !unchanged {
             // The content of a revision that failed: it is not tried again.
-            return Ok(Offer::Applied {
-                touched: Vec::new(),
-            });
+            return false;
         }
         if let (true, Some(base)) = (unchanged, &base) {
-            // The same content: keep the revision it is known as; take new and dropped clusters.
+            // The same content: keep the revision it is known as; take new clusters.
             let base_rev = base.revision.clone();
-            let before: BTreeMap<String, Option<AppEntry>> = self
-                .known_clusters()
-                .into_iter()
-                .chain(render.entries.keys().cloned())
-                .map(|c| {
-                    let d = self.desired_for(&c);
-                    (c, d)
-                })
-                .collect();
-            let mut merged = self.render(&base_rev).cloned().unwrap_or(Render {
-                revision: base_rev.clone(),
-                entries: BTreeMap::new(),
-            });
+            let mut merged = base.clone();
             merged.entries = render
                 .entries
                 .into_iter()
@@ -432,51 +543,145 @@ impl AppRollout {
                 })
                 .collect();
             self.remember(merged);
-            let touched = before
-                .into_iter()
-                .filter(|(c, d)| self.desired_for(c) != *d)
-                .map(|(c, _)| c)
-                .collect();
-            return Ok(Offer::Applied { touched });
+            return false;
         }
+        let old = self.rollout.take();
         let mut held = BTreeMap::new();
-        if let Some(old) = &mut self.rollout
-            && old.state.in_flight()
-        {
-            for s in &old.stages {
-                for c in s.updated.keys() {
-                    held.insert(c.clone(), old.revision.clone());
-                }
+        let mut prior = BTreeMap::new();
+        for (c, e) in before {
+            let Some(e) = e else { continue };
+            if self.pins.contains_key(c) || !render.entries.contains_key(c) {
+                continue;
             }
-            for (c, rev) in &old.held {
-                held.entry(c.clone()).or_insert(rev.clone());
-            }
-            old.state = RolloutState::Superseded;
-            old.finished_ms = Some(now_ms);
+            let fallback = match &old {
+                Some(o) => o.fallback_after(c, &e.revision),
+                None => e.revision.clone(),
+            };
+            held.insert(c.clone(), e.revision.clone());
+            prior.insert(c.clone(), fallback);
         }
-        let revision = render.revision.clone();
         self.rollout = Some(Rollout {
-            revision: revision.clone(),
+            revision: render.revision.clone(),
             state: RolloutState::Progressing,
             stages,
             current: 0,
             started_ms: now_ms,
-            finished_ms: None,
-            message: String::new(),
             held,
+            prior,
+            ..Default::default()
         });
         self.remember(render);
-        Ok(Offer::Started)
+        true
     }
 
-    /// Moves the rollout on; returns the clusters whose desired entry may have changed.
-    pub fn advance(&mut self, inp: &Inputs) -> Vec<String> {
-        let mut touched = Vec::new();
-        if self.paused {
-            return touched;
+    /// Starts a removal of the clusters of `before` that run the app, match `lose` and are not
+    /// pinned, unless the removal in flight already covers exactly them. Entries with
+    /// `prune: false` are dropped at once (nothing is deleted for them).
+    #[allow(clippy::too_many_arguments)]
+    fn stage_removal(
+        &mut self,
+        before: &Snapshot,
+        lose: impl Fn(&String) -> bool,
+        revision: &str,
+        reason: &str,
+        keep_resources: bool,
+        approved_by: Option<&str>,
+        clusters: &[ClusterInfo],
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let running: Vec<(&String, &AppEntry)> = before
+            .iter()
+            .filter_map(|(c, e)| Some((c, e.as_ref()?)))
+            .filter(|(_, e)| !e.options.orphan)
+            .collect();
+        let from: BTreeMap<String, AppEntry> = running
+            .iter()
+            .filter(|(c, e)| lose(c) && !self.pins.contains_key(*c) && !e.options.disable_prune)
+            .map(|(c, e)| ((*c).clone(), (*e).clone()))
+            .collect();
+        if let Some(rm) = &self.removal
+            && (rm.in_flight() || rm.state == RolloutState::Failed)
+            && rm.pending().eq(from.keys())
+            && rm.keep_resources == keep_resources
+        {
+            return Ok(());
         }
+        if from.is_empty() {
+            return Ok(());
+        }
+        self.removal = Some(Removal::plan(
+            &self.app,
+            from,
+            running.len(),
+            revision,
+            reason,
+            keep_resources,
+            approved_by,
+            &self.pipeline,
+            self.max_removal,
+            clusters,
+            now_ms,
+        )?);
+        Ok(())
+    }
+
+    /// The app left its source (`revision`: the commit without it; `reason`: why): every
+    /// cluster loses it through a staged removal, and the record goes once that is complete.
+    /// Returns the clusters whose desired entry changed at once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn retire(
+        &mut self,
+        revision: &str,
+        reason: &str,
+        keep_resources: bool,
+        approved_by: Option<&str>,
+        clusters: &[ClusterInfo],
+        now_ms: u64,
+    ) -> Result<Vec<String>, String> {
+        let before = self.snapshot([]);
+        let dropped = before.iter().filter(|(_, e)| e.is_some()).map(|(c, _)| c);
+        stages::plan_stages(&self.pipeline, dropped, clusters)?;
+        self.deleted = true;
+        if let Some(r) = &mut self.rollout
+            && r.state.in_flight()
+        {
+            r.state = RolloutState::Superseded;
+            r.finished_ms = Some(now_ms);
+            r.message = format!("superseded by the app's removal: {reason}");
+        }
+        self.stage_removal(
+            &before,
+            |_| true,
+            revision,
+            reason,
+            keep_resources,
+            approved_by,
+            clusters,
+            now_ms,
+        )?;
+        Ok(self.changed_since(&before))
+    }
+
+    /// Moves the rollout and the removal on; returns the clusters whose desired entry may have
+    /// changed.
+    pub fn advance(&mut self, inp: &Inputs) -> Vec<String> {
+        if self.paused {
+            return Vec::new();
+        }
+        // Clusters pinned after a run started are done as far as it is concerned.
+        let pinned: BTreeSet<String> = self.pins.keys().cloned().collect();
+        let mut touched = self.advance_rollout(inp, &pinned);
+        if let Some(rm) = &mut self.removal {
+            touched.extend(rm.advance(inp, &self.pipeline, &pinned));
+        }
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    fn advance_rollout(&mut self, inp: &Inputs, pinned: &BTreeSet<String>) -> Vec<String> {
+        let mut touched = Vec::new();
         let timeout_ms = self.pipeline.health_timeout.as_millis() as u64;
-        let threshold = self.pipeline.failure_threshold;
         let on_failure = self.pipeline.on_failure;
         let Some(r) = self.rollout.as_mut() else {
             return touched;
@@ -485,155 +690,191 @@ impl AppRollout {
             return touched;
         }
         let revision = r.revision.clone();
-        // Clusters pinned after the rollout started are done as far as it is concerned.
-        let pinned: BTreeSet<String> = self.pins.keys().cloned().collect();
-        let mut failed_stage = None;
-        while r.current < r.stages.len() {
-            let stage = &mut r.stages[r.current];
-            match stage.state {
-                StageState::Pending => {
-                    if stage.approval && stage.approved_by.is_none() {
-                        stage.state = StageState::WaitingApproval;
-                        r.state = RolloutState::WaitingApproval;
-                        break;
-                    }
-                    stage.started_ms = Some(inp.now_ms);
-                    r.state = RolloutState::Progressing;
-                    if stage.clusters.is_empty() {
-                        stage.state = StageState::Succeeded;
-                        stage.finished_ms = Some(inp.now_ms);
-                        r.current += 1;
-                    } else {
-                        stage.state = StageState::Progressing;
+        let healthy_now: Vec<String> = stages::reached_all(&r.stages)
+            .filter(|c| healthy(inp, c, &revision))
+            .cloned()
+            .collect();
+        r.proven.extend(healthy_now);
+        let walk = Walk {
+            now_ms: inp.now_ms,
+            threshold: self.pipeline.failure_threshold,
+            pinned,
+            done: |c: &str| healthy(inp, c, &revision),
+            failure: |c: &str, at: u64| failure(inp, c, &revision, at, timeout_ms),
+        };
+        match stages::walk(&mut r.stages, &mut r.current, &walk, &mut touched) {
+            Progress::Moving => r.state = RolloutState::Progressing,
+            Progress::WaitingApproval => r.state = RolloutState::WaitingApproval,
+            Progress::Failed(i) => {
+                r.message = stages::failure_message(&r.stages[i]);
+                r.finished_ms = Some(inp.now_ms);
+                match on_failure {
+                    OnFailure::Rollback => self.undo(None),
+                    OnFailure::Halt => {
+                        if let Some(r) = self.rollout.as_mut() {
+                            r.state = RolloutState::Failed;
+                        }
                     }
                 }
-                StageState::WaitingApproval => break,
-                StageState::Progressing | StageState::Soaking => {
-                    for (c, at) in &stage.updated {
-                        if pinned.contains(c) {
-                            continue;
-                        }
-                        if let Some(why) = failure(inp, c, &revision, *at, timeout_ms) {
-                            stage.failures.entry(c.clone()).or_insert(why);
-                        }
-                    }
-                    if !stage.failures.is_empty()
-                        && stage.failures.len() >= threshold.of(stage.clusters.len())
-                    {
-                        stage.state = StageState::Failed;
-                        stage.finished_ms = Some(inp.now_ms);
-                        failed_stage = Some(r.current);
-                        break;
-                    }
-                    if stage.state == StageState::Soaking {
-                        if stage.soak_until_ms.is_some_and(|t| inp.now_ms >= t) {
-                            stage.state = StageState::Succeeded;
-                            stage.finished_ms = Some(inp.now_ms);
-                            r.current += 1;
-                            continue;
-                        }
-                        break;
-                    }
-                    let batch_done = stage.batch.iter().all(|c| {
-                        pinned.contains(c)
-                            || stage.failures.contains_key(c)
-                            || healthy(inp, c, &revision)
-                    });
-                    if !batch_done {
-                        break;
-                    }
-                    let remaining: Vec<String> = stage
-                        .clusters
-                        .iter()
-                        .filter(|c| !stage.updated.contains_key(*c) && !pinned.contains(*c))
-                        .cloned()
-                        .collect();
-                    if remaining.is_empty() {
-                        stage.batch.clear();
-                        stage.state = StageState::Soaking;
-                        stage.soak_until_ms = Some(inp.now_ms + stage.soak_ms);
-                        continue;
-                    }
-                    let n = stage.max_parallel.of(stage.clusters.len()).max(1);
-                    stage.batch = remaining.into_iter().take(n).collect();
-                    for c in &stage.batch {
-                        stage.updated.insert(c.clone(), inp.now_ms);
-                        touched.push(c.clone());
-                    }
-                    break;
-                }
-                StageState::Succeeded => r.current += 1,
-                StageState::Failed => break,
+                self.mark_failed(&revision);
+                touched.extend(self.known_clusters());
+            }
+            Progress::Done => {
+                r.state = RolloutState::Succeeded;
+                r.finished_ms = Some(inp.now_ms);
+                r.message = String::new();
+                r.held.clear();
+                self.last_good = Some(revision);
+                // Every target now runs the revision (including clusters unpinned meanwhile).
+                touched.extend(self.known_clusters());
             }
         }
-        if let Some(i) = failed_stage {
-            let stage = &r.stages[i];
-            let (c, why) = stage.failures.iter().next().expect("a failure");
-            r.message = format!(
-                "stage {} failed ({} of {} clusters): {c}: {why}",
-                stage.name,
-                stage.failures.len(),
-                stage.clusters.len()
-            );
-            r.finished_ms = Some(inp.now_ms);
-            r.state = match on_failure {
-                OnFailure::Rollback => {
-                    touched.extend(r.stages.iter().flat_map(|s| s.updated.keys().cloned()));
-                    touched.extend(r.held.keys().cloned());
-                    RolloutState::RolledBack
-                }
-                OnFailure::Halt => RolloutState::Failed,
-            };
-            self.failed_revisions.retain(|f| *f != revision);
-            self.failed_revisions.push(revision);
-            if self.failed_revisions.len() > MAX_FAILED {
-                self.failed_revisions.remove(0);
-            }
-        } else if r.current >= r.stages.len() {
-            r.state = RolloutState::Succeeded;
-            r.finished_ms = Some(inp.now_ms);
-            r.message = String::new();
-            r.held.clear();
-            self.last_good = Some(revision);
-            // Every target now runs the revision (including clusters unpinned meanwhile).
-            touched.extend(self.known_clusters());
-        }
-        touched.sort();
-        touched.dedup();
         touched
     }
 
-    /// Lets a stage that waits for approval start.
-    pub fn approve(&mut self, stage: &str, who: &str) -> Result<(), ActionError> {
+    fn mark_failed(&mut self, revision: &str) {
+        self.failed_revisions.retain(|f| f != revision);
+        self.failed_revisions.push(revision.to_string());
+        if self.failed_revisions.len() > MAX_FAILED {
+            self.failed_revisions.remove(0);
+        }
+    }
+
+    /// Ends the rollout as rolled back: every targeted cluster goes to `to` where that revision
+    /// has a rendering for it; otherwise a cluster the rollout reached returns to what it ran
+    /// before (nothing only if it never ran the app), and the others keep what they run.
+    fn undo(&mut self, to: Option<&str>) {
+        let targets = self.targets();
+        let returned: BTreeMap<String, Option<String>> = targets
+            .iter()
+            .filter(|c| !self.pins.contains_key(*c))
+            .map(|c| {
+                let back = match to {
+                    Some(rev) if self.entry(rev, c).is_some() => Some(rev.to_string()),
+                    _ => match &self.rollout {
+                        Some(r) if r.was_updated(c) => r.prior.get(c).cloned(),
+                        _ => self.revision_for(c).map(str::to_string),
+                    },
+                };
+                (c.clone(), back)
+            })
+            .collect();
+        if let Some(r) = self.rollout.as_mut() {
+            r.state = RolloutState::RolledBack;
+            r.returned = returned;
+        }
+    }
+
+    /// Lets what waits for a person start: the named stage (of the rollout, else of the
+    /// removal), or with an empty `stage` whatever waits (a removal larger than `maxRemoval`,
+    /// a halted removal to retry, or the one stage waiting). Returns what was approved.
+    pub fn approve(&mut self, stage: &str, who: &str) -> Result<String, ActionError> {
+        if stage.is_empty() {
+            return self.approve_waiting(who);
+        }
+        let in_rollout = self
+            .rollout
+            .as_ref()
+            .filter(|r| r.state.in_flight())
+            .and_then(|r| r.stages.iter().position(|s| s.name == stage));
+        let rollout_waits = in_rollout.is_some_and(|i| {
+            let s = &self.rollout.as_ref().expect("found").stages[i];
+            s.approval && s.approved_by.is_none()
+        });
+        let in_removal = self
+            .removal
+            .as_ref()
+            .filter(|rm| rm.in_flight())
+            .and_then(|rm| rm.stages.iter().position(|s| s.name == stage));
+        if let (Some(i), false) = (in_removal, rollout_waits) {
+            let rm = self.removal.as_mut().expect("found");
+            let s = &mut rm.stages[i];
+            if s.approval && s.approved_by.is_none() {
+                stages::approve(s, who).map_err(refused)?;
+                if !rm.gated() {
+                    rm.state = RolloutState::Progressing;
+                }
+                return Ok(format!("stage {stage} of the removal of {}", self.app));
+            }
+        }
         let r = self
             .rollout
             .as_mut()
             .filter(|r| r.state.in_flight())
             .ok_or_else(|| refused(format!("app {} has no rollout in progress", self.app)))?;
-        let s = r
-            .stages
-            .iter_mut()
-            .find(|s| s.name == stage)
-            .ok_or_else(|| refused(format!("the rollout has no stage {stage:?}")))?;
-        if !s.approval {
-            return Err(refused(format!("stage {stage} needs no approval")));
-        }
-        if !matches!(s.state, StageState::Pending | StageState::WaitingApproval) {
-            return Err(refused(format!(
-                "stage {stage} is {}, not waiting for approval",
-                s.state.as_str()
-            )));
-        }
-        s.approved_by = Some(who.to_string());
-        if s.state == StageState::WaitingApproval {
-            s.state = StageState::Pending;
-            r.state = RolloutState::Progressing;
-        }
-        Ok(())
+        let i = in_rollout.ok_or_else(|| refused(format!("the rollout has no stage {stage:?}")))?;
+        stages::approve(&mut r.stages[i], who).map_err(refused)?;
+        r.state = RolloutState::Progressing;
+        Ok(format!("stage {stage} of {}", self.app))
     }
 
-    /// Puts every cluster on `to` (default: the last good revision) and ends the rollout.
+    fn approve_waiting(&mut self, who: &str) -> Result<String, ActionError> {
+        if let Some(rm) = &mut self.removal {
+            if rm.gated() && rm.in_flight() {
+                rm.approve(who).map_err(refused)?;
+                return Ok(format!("the removal of {}", self.app));
+            }
+            if rm.state == RolloutState::Failed {
+                // Retry a halted removal with the clusters it had not finished.
+                let mut retry = rm.clone();
+                for s in &mut retry.stages {
+                    s.failures.clear();
+                    if s.state == StageState::Failed {
+                        s.state = StageState::Progressing;
+                        s.finished_ms = None;
+                    }
+                }
+                retry.state = RolloutState::Progressing;
+                retry.finished_ms = None;
+                retry.message = String::new();
+                retry.approved_by = Some(who.to_string());
+                *rm = retry;
+                return Ok(format!("a retry of the halted removal of {}", self.app));
+            }
+        }
+        let waiting = |stages: &[StageRun]| {
+            stages
+                .iter()
+                .find(|s| s.state == StageState::WaitingApproval)
+                .map(|s| s.name.clone())
+        };
+        let stage = self
+            .rollout
+            .as_ref()
+            .filter(|r| r.state.in_flight())
+            .and_then(|r| waiting(&r.stages))
+            .or_else(|| {
+                self.removal
+                    .as_ref()
+                    .filter(|rm| rm.in_flight())
+                    .and_then(|rm| waiting(&rm.stages))
+            })
+            .ok_or_else(|| refused(format!("nothing of app {} waits for an approval", self.app)))?;
+        self.approve(&stage, who)
+    }
+
+    /// Ends the rollout: with `to`, every cluster goes to that kept revision (where it has a
+    /// rendering for the cluster); without, a rollout in flight or halted is undone cluster by
+    /// cluster (each back on what it ran before), and a settled app goes to its last good
+    /// revision.
     pub fn rollback(&mut self, to: Option<&str>, now_ms: u64) -> Result<Vec<String>, ActionError> {
+        let undo_in_place = to.is_none()
+            && self
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.state.in_flight() || r.state == RolloutState::Failed);
+        let before = self.snapshot([]);
+        if undo_in_place {
+            let revision = self.rollout.as_ref().expect("checked").revision.clone();
+            self.undo(None);
+            if let Some(r) = self.rollout.as_mut() {
+                r.finished_ms = Some(now_ms);
+                r.message = "rolled back by an operator: each cluster back on what it ran before"
+                    .to_string();
+            }
+            self.mark_failed(&revision);
+            return Ok(self.changed_since(&before));
+        }
         let target = match to {
             Some(rev) => rev.to_string(),
             None => self
@@ -666,19 +907,19 @@ impl AppRollout {
                 short(&target)
             )));
         }
-        let touched: Vec<String> = self.known_clusters().into_iter().collect();
-        if let Some(r) = &mut self.rollout
-            && r.revision != target
-        {
-            r.state = RolloutState::RolledBack;
-            r.finished_ms = Some(now_ms);
-            r.message = format!("rolled back to {} by an operator", short(&target));
-            if !self.failed_revisions.contains(&r.revision) {
-                self.failed_revisions.push(r.revision.clone());
+        if self.rollout.as_ref().is_some_and(|r| r.revision != target) {
+            let revision = self.rollout.as_ref().expect("checked").revision.clone();
+            self.undo(Some(&target));
+            if let Some(r) = self.rollout.as_mut() {
+                r.finished_ms = Some(now_ms);
+                r.message = format!("rolled back to {} by an operator", short(&target));
+            }
+            if !self.failed_revisions.contains(&revision) {
+                self.failed_revisions.push(revision);
             }
         }
         self.last_good = Some(target);
-        Ok(touched)
+        Ok(self.changed_since(&before))
     }
 
     /// Pins `cluster` to `revision` (a kept rendering that includes the cluster).
@@ -728,12 +969,8 @@ fn failure(
     timeout_ms: u64,
 ) -> Option<String> {
     let v = inp.views.get(cluster).cloned().unwrap_or_default();
-    let away_since = v.last_seen_ms.max(at);
-    if !v.connected && inp.now_ms.saturating_sub(away_since) >= inp.grace_ms {
-        return Some(format!(
-            "disconnected for more than {}",
-            humantime::format_duration(std::time::Duration::from_millis(inp.grace_ms))
-        ));
+    if let Some(why) = v.away_too_long(at, inp) {
+        return Some(why);
     }
     if v.revision == revision && v.phase == "failed" {
         return Some(format!("failed: {}", v.message));
@@ -751,78 +988,4 @@ fn failure(
         ));
     }
     None
-}
-
-/// The stages of a new rollout: each stage's clusters among the targets, in name order;
-/// targeted clusters no stage selects go last; pinned clusters are skipped.
-fn plan_stages(
-    pipeline: &PipelineConfig,
-    render: &Render,
-    clusters: &[ClusterInfo],
-    pins: &BTreeMap<String, String>,
-) -> Result<Vec<StageRun>, String> {
-    let labels: BTreeMap<&str, &BTreeMap<String, String>> = clusters
-        .iter()
-        .map(|c| (c.name.as_str(), &c.labels))
-        .collect();
-    let mut taken: BTreeMap<String, String> = BTreeMap::new();
-    let mut stages = Vec::new();
-    let run = |name: &str, approval, soak_ms, max_parallel, clusters| StageRun {
-        name: name.to_string(),
-        state: StageState::Pending,
-        approval,
-        soak_ms,
-        max_parallel,
-        clusters,
-        updated: BTreeMap::new(),
-        batch: Vec::new(),
-        soak_until_ms: None,
-        approved_by: None,
-        started_ms: None,
-        finished_ms: None,
-        failures: BTreeMap::new(),
-    };
-    let targets: Vec<&String> = render
-        .entries
-        .keys()
-        .filter(|c| !pins.contains_key(*c))
-        .collect();
-    for stage in &pipeline.stages {
-        let mut members = Vec::new();
-        for c in &targets {
-            let Some(l) = labels.get(c.as_str()) else {
-                continue;
-            };
-            if stage.selector.matches(l) {
-                if let Some(other) = taken.insert((*c).clone(), stage.name.clone()) {
-                    return Err(format!(
-                        "cluster {c} is selected by two stages of the pipeline: {other} and {}",
-                        stage.name
-                    ));
-                }
-                members.push((*c).clone());
-            }
-        }
-        stages.push(run(
-            &stage.name,
-            stage.approval == Approval::Manual,
-            stage.soak.as_millis() as u64,
-            stage.max_parallel,
-            members,
-        ));
-    }
-    let rest: Vec<String> = targets
-        .iter()
-        .filter(|c| !taken.contains_key(c.as_str()))
-        .map(|c| (*c).clone())
-        .collect();
-    if !rest.is_empty() || stages.is_empty() {
-        let name = if pipeline.stages.is_empty() {
-            ALL_STAGE
-        } else {
-            UNSTAGED
-        };
-        stages.push(run(name, false, 0, CountOrPercent::Percent(100), rest));
-    }
-    Ok(stages)
 }

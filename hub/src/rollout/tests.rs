@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::plan::*;
 use crate::desired::AppEntry;
 use crate::render::{
-    Approval, ClusterInfo, CountOrPercent, LabelSelector, OnFailure, PipelineConfig, Stage,
+    Approval, ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, LabelSelector, OnFailure,
+    PipelineConfig, Stage,
 };
 
 const MIN: u64 = 60_000;
@@ -33,6 +34,7 @@ fn pipeline(stages: Vec<Stage>, on_failure: OnFailure) -> PipelineConfig {
         health_timeout: Duration::from_secs(600),
         on_failure,
         failure_threshold: CountOrPercent::Count(1),
+        max_removal: None,
     }
 }
 
@@ -107,6 +109,7 @@ impl World {
                 &self.clusters,
                 Some("regions".into()),
                 self.pipeline.clone(),
+                DEFAULT_MAX_REMOVAL,
                 self.now,
             )
             .unwrap()
@@ -191,7 +194,7 @@ fn three_regions() -> (Vec<ClusterInfo>, PipelineConfig) {
 fn a_revision_goes_stage_by_stage_and_becomes_the_last_good_one() {
     let (clusters, p) = three_regions();
     let mut w = World::new(clusters, p);
-    assert_eq!(w.commit("r1"), Offer::Started);
+    assert!(w.commit("r1").started);
     let touched = w.advance();
     assert_eq!(touched, ["canary-1"], "only the first stage moves first");
     assert_eq!(w.revision_of("canary-1").as_deref(), Some("r1"));
@@ -355,11 +358,24 @@ fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
     let clusters = w.clusters.clone();
     let out = w
         .rec
-        .offer(again, &clusters, None, w.pipeline.clone(), w.now)
+        .offer(
+            again,
+            &clusters,
+            None,
+            w.pipeline.clone(),
+            DEFAULT_MAX_REMOVAL,
+            w.now,
+        )
         .unwrap();
-    assert_eq!(out, Offer::Applied { touched: vec![] });
+    assert_eq!(
+        out,
+        Offer {
+            started: false,
+            touched: vec![]
+        }
+    );
     // A new commit starts afresh.
-    assert_eq!(w.commit("r4"), Offer::Started);
+    assert!(w.commit("r4").started);
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
     assert_eq!(w.rec.last_good.as_deref(), Some("r4"));
 }
@@ -489,7 +505,7 @@ fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
     w.advance();
     assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
     // r3 arrives: it starts from canary; eu keeps r2 (no going back to r1) until r3 gets there.
-    assert_eq!(w.commit("r3"), Offer::Started);
+    assert!(w.commit("r3").started);
     assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
     assert_eq!(w.revision_of("us-1").as_deref(), Some("r1"));
     let touched = w.advance();
@@ -514,9 +530,19 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
     let clusters = w.clusters.clone();
     assert_eq!(
         w.rec
-            .offer(same, &clusters, None, w.pipeline.clone(), w.now)
+            .offer(
+                same,
+                &clusters,
+                None,
+                w.pipeline.clone(),
+                DEFAULT_MAX_REMOVAL,
+                w.now
+            )
             .unwrap(),
-        Offer::Applied { touched: vec![] }
+        Offer {
+            started: false,
+            touched: vec![]
+        }
     );
     assert_eq!(w.rec.effective_revision(), Some("r1"));
     // A new cluster gets the current revision at once.
@@ -530,12 +556,14 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
             &clusters,
             None,
             w.pipeline.clone(),
+            DEFAULT_MAX_REMOVAL,
             w.now,
         )
         .unwrap();
     assert_eq!(
         out,
-        Offer::Applied {
+        Offer {
+            started: false,
             touched: vec!["eu-3".into()]
         }
     );
@@ -568,7 +596,14 @@ fn a_cluster_in_two_stages_is_refused() {
     );
     let mut rec = AppRollout::new("web", "fleet");
     let e = rec
-        .offer(render("r1", &clusters), &clusters, None, p, 0)
+        .offer(
+            render("r1", &clusters),
+            &clusters,
+            None,
+            p,
+            DEFAULT_MAX_REMOVAL,
+            0,
+        )
         .unwrap_err();
     assert_eq!(
         e,

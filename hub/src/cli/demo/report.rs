@@ -240,6 +240,7 @@ mod tests {
             finished_ms: Some(2),
             message: "stage canary failed (1 of 1 clusters)".into(),
             held: BTreeMap::new(),
+            ..Default::default()
         };
         DemoOut {
             hub: "127.0.0.1:7443".into(),

@@ -181,6 +181,7 @@ pub async fn many(
         ctx.admin
             .remove_source(RemoveSourceRequest {
                 name: SINGLE_SOURCE.into(),
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow!("RemoveSource: {:?}: {}", s.code(), s.message()))?;

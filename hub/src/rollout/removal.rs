@@ -1,0 +1,261 @@
+//! Taking an app off clusters as carefully as a release puts it on: the clusters that lose the
+//! app (it left `flotilla.yaml`, they were relabelled out of its targets, its source was removed)
+//! go through the app's pipeline — stage by stage, in batches, with soak and approvals — and a
+//! removal larger than `maxRemoval` waits for a person before anything is deleted. A cluster is
+//! done when its agent no longer reports the app; it fails when it stays away past the grace
+//! period or still reports the app after `healthTimeout`. A failed removal halts: the clusters it
+//! has not reached keep the app. Pure: the engine persists it like the rest of the record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{ClusterView, Inputs, RolloutState};
+use super::stages::{self, Progress, StageRun, Walk};
+use crate::desired::AppEntry;
+use crate::render::{ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig};
+
+pub fn default_max_removal() -> CountOrPercent {
+    DEFAULT_MAX_REMOVAL
+}
+
+/// A removal of one app from some of its clusters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The commit that removed the app from these clusters (empty for a source removal).
+    pub revision: String,
+    /// Why the clusters lose the app.
+    pub reason: String,
+    /// `progressing`, `waiting_approval`, `succeeded` or `failed` (halted).
+    pub state: RolloutState,
+    pub stages: Vec<StageRun>,
+    /// Index of the stage in progress (`stages.len()` when all are done).
+    pub current: usize,
+    /// What each cluster runs until the removal reaches it.
+    pub from: BTreeMap<String, AppEntry>,
+    /// Stop managing the app but leave its objects in the clusters.
+    #[serde(default)]
+    pub keep_resources: bool,
+    /// Why the removal waits for an approval before it starts (more than `maxRemoval`).
+    #[serde(default)]
+    pub gate: Option<String>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Removal {
+    /// A removal of `from` planned through `pipeline`; it waits for an approval when it takes
+    /// the app off more than `max_removal` of the `total` clusters that run it (unless
+    /// `approved_by` already approved it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        app: &str,
+        from: BTreeMap<String, AppEntry>,
+        total: usize,
+        revision: &str,
+        reason: &str,
+        keep_resources: bool,
+        approved_by: Option<&str>,
+        pipeline: &PipelineConfig,
+        max_removal: CountOrPercent,
+        clusters: &[ClusterInfo],
+        now_ms: u64,
+    ) -> Result<Removal, String> {
+        let stages = stages::plan_stages(pipeline, from.keys(), clusters)?;
+        let allowed = max_removal.of(total);
+        let gate = (from.len() > allowed).then(|| {
+            format!(
+                "removing app {app} from {} of its {total} clusters is more than maxRemoval {max_removal} allows: approve with `flotilla rollout approve {app}`",
+                from.len()
+            )
+        });
+        Ok(Removal {
+            revision: revision.to_string(),
+            reason: reason.to_string(),
+            state: if gate.is_some() && approved_by.is_none() {
+                RolloutState::WaitingApproval
+            } else {
+                RolloutState::Progressing
+            },
+            stages,
+            current: 0,
+            from,
+            keep_resources,
+            gate,
+            approved_by: approved_by.map(str::to_string),
+            started_ms: now_ms,
+            finished_ms: None,
+            message: String::new(),
+        })
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.state.in_flight()
+    }
+
+    /// Whether the removal waits for its size to be approved.
+    pub fn gated(&self) -> bool {
+        self.gate.is_some() && self.approved_by.is_none()
+    }
+
+    /// Clusters that still run the app until the removal reaches them.
+    pub fn pending(&self) -> impl Iterator<Item = &String> {
+        self.from
+            .keys()
+            .filter(|c| !stages::reached(&self.stages, c))
+    }
+
+    /// What `cluster` should run while it is part of this removal: its old entry until the
+    /// removal reaches it; then nothing, or (keeping resources) an entry that tells the agent
+    /// to let go of the app without deleting it.
+    pub fn desired_for(&self, cluster: &str) -> Option<Option<AppEntry>> {
+        let entry = self.from.get(cluster)?;
+        if !stages::reached(&self.stages, cluster) {
+            return Some(Some(entry.clone()));
+        }
+        if self.keep_resources {
+            let mut e = entry.clone();
+            e.options.orphan = true;
+            return Some(Some(e));
+        }
+        Some(None)
+    }
+
+    /// Takes `cluster` out of the removal (it is targeted again).
+    pub fn cancel(&mut self, cluster: &str) {
+        if self.from.remove(cluster).is_none() {
+            return;
+        }
+        for s in &mut self.stages {
+            s.clusters.retain(|c| c != cluster);
+            s.batch.retain(|c| c != cluster);
+            s.updated.remove(cluster);
+            s.failures.remove(cluster);
+        }
+    }
+
+    /// Lets a gated removal start.
+    pub fn approve(&mut self, who: &str) -> Result<(), String> {
+        if !self.in_flight() {
+            return Err("the removal is not in progress".into());
+        }
+        if !self.gated() {
+            return Err("the removal does not wait for an approval".into());
+        }
+        self.approved_by = Some(who.to_string());
+        self.state = RolloutState::Progressing;
+        Ok(())
+    }
+
+    /// Moves the removal on; returns the clusters whose desired entry changed.
+    pub fn advance(
+        &mut self,
+        inp: &Inputs,
+        pipeline: &PipelineConfig,
+        pinned: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let mut touched = Vec::new();
+        if !self.in_flight() {
+            return touched;
+        }
+        if self.gated() {
+            self.state = RolloutState::WaitingApproval;
+            return touched;
+        }
+        let timeout_ms = pipeline.health_timeout.as_millis() as u64;
+        let view = |c: &str| inp.views.get(c).cloned().unwrap_or_default();
+        let done = |c: &str| view(c).absent();
+        let walk = Walk {
+            now_ms: inp.now_ms,
+            threshold: pipeline.failure_threshold,
+            pinned,
+            done,
+            failure: |c: &str, at: u64| {
+                let v = view(c);
+                if let Some(why) = v.away_too_long(at, inp) {
+                    return Some(why);
+                }
+                if inp.now_ms.saturating_sub(at) >= timeout_ms && !v.absent() {
+                    return Some(format!(
+                        "still runs the app {} after its removal ({}, {}): {}",
+                        humantime::format_duration(std::time::Duration::from_millis(timeout_ms)),
+                        v.phase,
+                        v.health,
+                        v.message
+                    ));
+                }
+                None
+            },
+        };
+        match stages::walk(&mut self.stages, &mut self.current, &walk, &mut touched) {
+            Progress::Moving => self.state = RolloutState::Progressing,
+            Progress::WaitingApproval => self.state = RolloutState::WaitingApproval,
+            Progress::Failed(i) => {
+                self.state = RolloutState::Failed;
+                self.finished_ms = Some(inp.now_ms);
+                self.message = format!(
+                    "removal halted: {}; clusters not reached keep the app",
+                    stages::failure_message(&self.stages[i])
+                );
+            }
+            Progress::Done => {
+                self.state = RolloutState::Succeeded;
+                self.finished_ms = Some(inp.now_ms);
+            }
+        }
+        touched
+    }
+
+    /// One line for `source get` and `app get`: what the removal waits for, or where it is.
+    pub fn note(&self, app: &str) -> String {
+        let total = self.from.len();
+        let done = self
+            .from
+            .keys()
+            .filter(|c| stages::reached(&self.stages, c))
+            .count();
+        let what = if self.keep_resources {
+            "release (objects kept)"
+        } else {
+            "removal"
+        };
+        match self.state {
+            _ if self.gated() => self.gate.clone().unwrap_or_default(),
+            RolloutState::Failed => self.message.clone(),
+            RolloutState::Succeeded => format!("{what} of app {app} done on {total} clusters"),
+            RolloutState::WaitingApproval => {
+                let stage = self
+                    .stages
+                    .iter()
+                    .find(|s| s.state == stages::StageState::WaitingApproval)
+                    .map(|s| s.name.as_str())
+                    .unwrap_or_default();
+                format!(
+                    "{what} of app {app} ({}): stage {stage} waits for approval: `flotilla rollout approve {app} {stage}`",
+                    self.reason
+                )
+            }
+            _ => format!(
+                "{what} of app {app} in progress ({}): sent to {done} of {total} clusters",
+                self.reason
+            ),
+        }
+    }
+
+    /// Whether every cluster let go of the app (nothing failed, nothing left).
+    pub fn complete(&self) -> bool {
+        self.state == RolloutState::Succeeded && self.stages.iter().all(|s| s.failures.is_empty())
+    }
+}
+
+impl ClusterView {
+    /// The cluster does not report the app (never had it, or removed it).
+    pub fn absent(&self) -> bool {
+        self.revision.is_empty() && self.phase.is_empty()
+    }
+}
