@@ -302,8 +302,11 @@ impl Rollouts {
             let mut started = false;
             let result = self
                 .update(&app, Some(source), |rec| {
-                    if let Some(owner) = other_owner(rec, source) {
-                        return Ok((Vec::new(), Err(owner)));
+                    match other_owner(rec, source) {
+                        // An app its source gave up (removal under way) is taken over.
+                        Some(_) if rec.deleted => rec.source = source.to_string(),
+                        Some(refusal) => return Ok((Vec::new(), Err(refusal))),
+                        None => {}
                     }
                     match rec.offer(
                         o.render,

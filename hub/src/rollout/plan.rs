@@ -599,11 +599,16 @@ impl AppRollout {
             .filter(|(c, e)| lose(c) && !self.pins.contains_key(*c) && !e.options.disable_prune)
             .map(|(c, e)| ((*c).clone(), (*e).clone()))
             .collect();
-        if let Some(rm) = &self.removal
+        if let Some(rm) = &mut self.removal
             && (rm.in_flight() || rm.state == RolloutState::Failed)
             && rm.pending().eq(from.keys())
             && rm.keep_resources == keep_resources
         {
+            // The same clusters: it goes on; a gate falls when clusters were taken out of it.
+            if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
+                rm.gate = None;
+                rm.state = RolloutState::Progressing;
+            }
             return Ok(());
         }
         if from.is_empty() {

@@ -717,6 +717,7 @@ async fn delivery_rounds(
     admin
         .remove_source(RemoveSourceRequest {
             name: HOOK_SOURCE.into(),
+            ..Default::default()
         })
         .await
         .map_err(|s| {

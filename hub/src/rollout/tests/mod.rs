@@ -1,6 +1,10 @@
 //! The rollout state machine, driven with explicit times and cluster reports (no clocks, no
 //! sleeps): stage order, soak, pacing, approval, halt, rollback, pins, pause, supersede,
-//! disconnected clusters, and what is not a new revision.
+//! disconnected clusters, and what is not a new revision. `rollback.rs`: where a rollback
+//! returns each cluster (what must never be deleted); `removal.rs`: staged removals.
+
+mod removal;
+mod rollback;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -125,12 +129,17 @@ impl World {
 
     /// Every cluster that desires a revision reports it applied and healthy (or as `outcome`
     /// says for the clusters named in `bad`).
+    /// Clusters without an entry (or told to let go of the app) report it gone.
     fn agents_report(&mut self, bad: &[&str]) {
         for c in &self.clusters {
-            let Some(entry) = self.rec.desired_for(&c.name) else {
+            let v = self.views.get_mut(&c.name).unwrap();
+            let Some(entry) = self.rec.desired_for(&c.name).filter(|e| !e.options.orphan) else {
+                v.revision.clear();
+                v.phase.clear();
+                v.health.clear();
+                v.last_seen_ms = self.now;
                 continue;
             };
-            let v = self.views.get_mut(&c.name).unwrap();
             v.revision = entry.revision.clone();
             if bad.contains(&c.name.as_str()) {
                 v.phase = "failed".into();
