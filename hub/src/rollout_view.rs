@@ -36,12 +36,31 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         out.started_unix_ms = r.started_ms;
         out.finished_unix_ms = r.finished_ms.unwrap_or_default();
         out.held = r.held.clone().into_iter().collect();
+        out.prior = r.prior.clone().into_iter().collect();
         out.stages = r
             .stages
             .iter()
             .map(|s| stage_view(s, &r.revision, now_ms))
             .collect();
     }
+    out.removal = rec.removal.as_ref().map(|rm| pb::RolloutRemoval {
+        revision: rm.revision.clone(),
+        reason: rm.reason.clone(),
+        state: rm.state.as_str().to_string(),
+        clusters: rm.from.keys().cloned().collect(),
+        stages: rm
+            .stages
+            .iter()
+            .map(|s| stage_view(s, &rm.revision, now_ms))
+            .collect(),
+        gate: rm.gate.clone().unwrap_or_default(),
+        approved_by: rm.approved_by.clone().unwrap_or_default(),
+        keep_resources: rm.keep_resources,
+        message: rm.message.clone(),
+        started_unix_ms: rm.started_ms,
+        finished_unix_ms: rm.finished_ms.unwrap_or_default(),
+        note: rm.note(&rec.app),
+    });
     out
 }
 

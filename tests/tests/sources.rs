@@ -150,8 +150,17 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
     let table = cli(&hub, &["app", "list"]).await.unwrap();
     assert!(table.contains("eu-1") && table.contains("us-1"), "{table}");
 
-    // Removing the source takes its apps out of the clusters' desired state.
-    cli(&hub, &["source", "remove", "fleet"]).await.unwrap();
+    // Removing the source takes its apps out of the clusters' desired state (confirmed with
+    // --yes; without it a script is refused and nothing changes).
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let e = cli(&hub, &["source", "remove", "fleet"]).await.unwrap_err();
+        assert!(e.contains("--yes"), "{e}");
+        assert_eq!(agents[0].status.borrow().bundles, vec![d2.clone()]);
+    }
+    let out = cli(&hub, &["source", "remove", "fleet", "--yes"])
+        .await
+        .unwrap();
+    assert!(out.contains("takes 1 apps off 3 clusters"), "{out}");
     for a in agents.iter_mut() {
         wait_status(&mut a.status, "apps removed", |s| s.bundles.is_empty()).await;
     }

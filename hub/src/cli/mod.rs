@@ -584,13 +584,18 @@ async fn rollout_command(
                 })
                 .await?
                 .into_inner();
-            one(
+            let done = if r.message.contains("each cluster back") {
+                format!(
+                    "{app} rolled back: each cluster that received {} returns to what it ran before\n",
+                    crate::rollout::plan::short(&r.revision)
+                )
+            } else {
                 format!(
                     "{app} rolled back to {}: every cluster returns to it\n",
                     r.last_good_revision
-                ),
-                r,
-            )
+                )
+            };
+            one(done, r)
         }
     })
 }

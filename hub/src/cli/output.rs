@@ -517,6 +517,47 @@ pub struct RolloutOut {
     pub held: BTreeMap<String, String>,
     pub failed_revisions: Vec<String>,
     pub stages: Vec<RolloutStageOut>,
+    /// The newest removal of the app from some of its clusters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removal: Option<RemovalOut>,
+}
+
+/// Clusters losing an app, stage by stage (`rollout status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovalOut {
+    pub revision: Option<String>,
+    pub reason: String,
+    /// `progressing`, `waiting_approval`, `succeeded`, `failed`.
+    pub state: String,
+    pub clusters: Vec<String>,
+    /// Why it waits for `flotilla rollout approve APP`, when it does.
+    pub gate: Option<String>,
+    pub approved_by: Option<String>,
+    pub keep_resources: bool,
+    pub message: Option<String>,
+    pub note: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub stages: Vec<RolloutStageOut>,
+}
+
+impl From<&flotilla_proto::v1::RolloutRemoval> for RemovalOut {
+    fn from(r: &flotilla_proto::v1::RolloutRemoval) -> Self {
+        Self {
+            revision: non_empty(&r.revision),
+            reason: r.reason.clone(),
+            state: r.state.clone(),
+            clusters: r.clusters.clone(),
+            gate: non_empty(&r.gate),
+            approved_by: non_empty(&r.approved_by),
+            keep_resources: r.keep_resources,
+            message: non_empty(&r.message),
+            note: r.note.clone(),
+            started: rfc3339_ms(r.started_unix_ms),
+            finished: rfc3339_ms(r.finished_unix_ms),
+            stages: r.stages.iter().map(RolloutStageOut::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -595,6 +636,7 @@ impl From<&Rollout> for RolloutOut {
             held: r.held.clone().into_iter().collect(),
             failed_revisions: r.failed_revisions.clone(),
             stages,
+            removal: r.removal.as_ref().map(RemovalOut::from),
         }
     }
 }
@@ -672,12 +714,27 @@ pub fn rollout_table(r: &RolloutOut) -> String {
             .collect();
         out.push_str(&format!("pinned: {}\n", pins.join(", ")));
     }
+    out.push_str(&stages_table(&r.stages));
+    if let Some(rm) = &r.removal {
+        out.push_str(&format!(
+            "removal of {} cluster(s) ({}): {}\n{}",
+            rm.clusters.len(),
+            rm.reason,
+            rm.note,
+            stages_table(&rm.stages)
+        ));
+    }
+    out
+}
+
+/// A row per stage: state, clusters, progress, batch, soak, approval, failures.
+fn stages_table(stages: &[RolloutStageOut]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([
         "STAGE", "STATE", "CLUSTERS", "UPDATED", "BATCH", "SOAK", "APPROVAL", "FAILURES",
     ]);
-    for s in &r.stages {
+    for s in stages {
         let soak = match s.soak_remaining_seconds {
             Some(left) => format!("{} ({} left)", s.soak, seconds(left)),
             None => s.soak.clone(),
@@ -703,8 +760,7 @@ pub fn rollout_table(r: &RolloutOut) -> String {
             failures.join("; "),
         ]);
     }
-    out.push_str(&format!("{t}\n"));
-    out
+    format!("{t}\n")
 }
 
 /// A pin or unpin as the CLI shows it.

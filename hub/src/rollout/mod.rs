@@ -514,14 +514,15 @@ impl Rollouts {
                 continue;
             }
             rec.renders = before.renders.clone();
-            if rec.rollout.as_ref().map(|r| r.state) == Some(plan::RolloutState::Succeeded) {
+            let ended = |r: &AppRollout| r.rollout.as_ref().is_some_and(|r| !r.state.in_flight());
+            if ended(&rec) && !ended(before) {
                 touched.extend(rec.known_clusters());
                 touched.sort();
                 touched.dedup();
             }
             log_progress(before, &rec);
             self.inner.traces.observe(&rec, &views, &labels);
-            if let Some(entry) = automatic_action(&rec) {
+            if let Some(entry) = automatic_action(before, &rec) {
                 self.audited(entry).await?;
             }
             self.save(&rec, Some(rev)).await?;
@@ -760,29 +761,51 @@ fn blank() -> AuditEntry {
     }
 }
 
-/// The audit entry of a decision the engine took by itself (a failed stage halting or rolling
-/// back a revision), for a record that was in flight before this pass.
-fn automatic_action(rec: &AppRollout) -> Option<AuditEntry> {
-    let r = rec.rollout.as_ref()?;
-    let action = match r.state {
-        plan::RolloutState::RolledBack => "rollout.rollback",
-        plan::RolloutState::Failed => "rollout.halt",
-        _ => return None,
-    };
-    Some(AuditEntry {
-        who: AUTOMATIC.into(),
-        action: action.into(),
-        app: rec.app.clone(),
-        stage: r
-            .stages
+/// The audit entry of a decision the engine took by itself in this pass: a failed stage
+/// halting or rolling back a revision, or halting a removal.
+fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry> {
+    let failed_stage = |stages: &[plan::StageRun]| {
+        stages
             .iter()
             .find(|s| s.state == plan::StageState::Failed)
             .map(|s| s.name.clone())
-            .unwrap_or_default(),
-        revision: r.revision.clone(),
-        detail: r.message.clone(),
-        ..blank()
-    })
+            .unwrap_or_default()
+    };
+    let was = |r: Option<plan::RolloutState>| r.is_some_and(|s| s.in_flight());
+    if let Some(r) = &rec.rollout
+        && was(before.rollout.as_ref().map(|b| b.state))
+        && matches!(
+            r.state,
+            plan::RolloutState::RolledBack | plan::RolloutState::Failed
+        )
+    {
+        return Some(AuditEntry {
+            who: AUTOMATIC.into(),
+            action: if r.state == plan::RolloutState::RolledBack {
+                "rollout.rollback"
+            } else {
+                "rollout.halt"
+            }
+            .into(),
+            app: rec.app.clone(),
+            stage: failed_stage(&r.stages),
+            revision: r.revision.clone(),
+            detail: r.message.clone(),
+            ..blank()
+        });
+    }
+    let rm = rec.removal.as_ref()?;
+    (was(before.removal.as_ref().map(|b| b.state)) && rm.state == plan::RolloutState::Failed).then(
+        || AuditEntry {
+            who: AUTOMATIC.into(),
+            action: "removal.halt".into(),
+            app: rec.app.clone(),
+            stage: failed_stage(&rm.stages),
+            revision: rm.revision.clone(),
+            detail: rm.message.clone(),
+            ..blank()
+        },
+    )
 }
 
 /// Who the audit log names for the engine's own decisions.

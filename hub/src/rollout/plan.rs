@@ -722,7 +722,10 @@ impl AppRollout {
                     }
                 }
                 self.mark_failed(&revision);
-                touched.extend(self.known_clusters());
+                if let Some(r) = &self.rollout {
+                    touched.extend(stages::reached_all(&r.stages).cloned());
+                    touched.extend(r.held.keys().cloned());
+                }
             }
             Progress::Done => {
                 r.state = RolloutState::Succeeded;
@@ -745,23 +748,29 @@ impl AppRollout {
         }
     }
 
-    /// Ends the rollout as rolled back: every targeted cluster goes to `to` where that revision
-    /// has a rendering for it; otherwise a cluster the rollout reached returns to what it ran
-    /// before (nothing only if it never ran the app), and the others keep what they run.
+    /// Ends the rollout as rolled back. Without `to` (works on a record without renderings,
+    /// as the engine advances one): a cluster the rollout reached returns to what it ran before
+    /// (nothing only if it never ran the app), the others keep what they run. With `to`, every
+    /// targeted cluster goes to that revision where it has a rendering for the cluster.
     fn undo(&mut self, to: Option<&str>) {
-        let targets = self.targets();
-        let returned: BTreeMap<String, Option<String>> = targets
-            .iter()
-            .filter(|c| !self.pins.contains_key(*c))
+        let Some(r) = self.rollout.as_ref() else {
+            return;
+        };
+        let mut clusters: BTreeSet<String> = r.held.keys().cloned().collect();
+        clusters.extend(stages::reached_all(&r.stages).cloned());
+        if to.is_some() {
+            clusters.extend(self.targets());
+        }
+        let returned: BTreeMap<String, Option<String>> = clusters
+            .into_iter()
+            .filter(|c| !self.pins.contains_key(c))
             .map(|c| {
                 let back = match to {
-                    Some(rev) if self.entry(rev, c).is_some() => Some(rev.to_string()),
-                    _ => match &self.rollout {
-                        Some(r) if r.was_updated(c) => r.prior.get(c).cloned(),
-                        _ => self.revision_for(c).map(str::to_string),
-                    },
+                    Some(rev) if self.entry(rev, &c).is_some() => Some(rev.to_string()),
+                    _ if r.was_updated(&c) => r.prior.get(&c).cloned(),
+                    _ => self.revision_for(&c).map(str::to_string),
                 };
-                (c.clone(), back)
+                (c, back)
             })
             .collect();
         if let Some(r) = self.rollout.as_mut() {
@@ -869,6 +878,14 @@ impl AppRollout {
                 .as_ref()
                 .is_some_and(|r| r.state.in_flight() || r.state == RolloutState::Failed);
         let before = self.snapshot([]);
+        let nothing_before = self.rollout.as_ref().is_some_and(|r| {
+            self.last_good.is_none()
+                && stages::reached_all(&r.stages).all(|c| !r.prior.contains_key(c))
+        });
+        if undo_in_place && nothing_before {
+            // A first release: undoing it would only take the app off the clusters.
+            return Err(refused("no good revision to roll back to; give --to REV"));
+        }
         if undo_in_place {
             let revision = self.rollout.as_ref().expect("checked").revision.clone();
             self.undo(None);

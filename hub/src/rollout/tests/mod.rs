@@ -119,12 +119,17 @@ impl World {
             .unwrap()
     }
 
+    /// Advances as the engine does: a copy without the renderings, which are put back after.
     fn advance(&mut self) -> Vec<String> {
-        self.rec.advance(&Inputs {
+        let mut rec = self.rec.without_renders();
+        let touched = rec.advance(&Inputs {
             now_ms: self.now,
             views: &self.views,
             grace_ms: MIN,
-        })
+        });
+        rec.renders = std::mem::take(&mut self.rec.renders);
+        self.rec = rec;
+        touched
     }
 
     /// Every cluster that desires a revision reports it applied and healthy (or as `outcome`
