@@ -162,6 +162,7 @@ impl AdminService {
             error: st.error.clone().unwrap_or_default(),
             clusters: self.app_clusters(name, &st.clusters).await?,
             removal: st.removal.clone().unwrap_or_default(),
+            conflicts: Vec::new(),
         })
     }
 
@@ -210,6 +211,7 @@ impl AdminService {
                 .as_ref()
                 .map(|rm| rm.note(&rec.app))
                 .unwrap_or_default(),
+            conflicts: Vec::new(),
         })
     }
 
@@ -469,7 +471,16 @@ impl Admin for AdminService {
             .filter(|s| s.status.apps.contains_key(&name))
             .min_by_key(|s| Some(&s.name) != owner.as_ref());
         if let Some(s) = listing {
-            return Ok(Response::new(self.app_view(s, &name).await?));
+            let mut app = self.app_view(s, &name).await?;
+            app.conflicts = sources
+                .iter()
+                .filter(|o| o.name != s.name)
+                .filter_map(|o| {
+                    let e = o.status.apps.get(&name)?.error.as_ref()?;
+                    Some(format!("source {}: {e}", o.name))
+                })
+                .collect();
+            return Ok(Response::new(app));
         }
         match self.rollouts.get(&name).await {
             Ok(rec) if rec.deleted => Ok(Response::new(self.leaving_app_view(&rec).await?)),

@@ -545,6 +545,11 @@ async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
     let app = cli_json(&f.hub, &["app", "get", "web"]).await;
     assert_eq!(app["source"], "fleet", "{app}");
     assert!(app["error"].is_null(), "{app}");
+    let conflict = app["conflicts"][0].as_str().unwrap_or_default();
+    assert!(
+        conflict.starts_with("source b: app web is already defined by source fleet"),
+        "{app}"
+    );
     let r = f.rollout().await.unwrap();
     assert_eq!(r["source"], "fleet");
     assert_eq!(r["revision"], c1.as_str());

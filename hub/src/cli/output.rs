@@ -402,6 +402,9 @@ pub struct AppOut {
     /// A removal of the app from clusters that waits for approval, is under way or halted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removal: Option<String>,
+    /// Other sources that define an app of the same name, refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -423,6 +426,7 @@ impl From<&App> for AppOut {
             commit: non_empty(&a.commit),
             error: non_empty(&a.error),
             removal: non_empty(&a.removal),
+            conflicts: a.conflicts.clone(),
             clusters: a
                 .clusters
                 .iter()
@@ -483,6 +487,9 @@ pub fn apps_table(rows: &[AppOut]) -> String {
     for a in rows {
         if let Some(r) = &a.removal {
             out += &format!("app {}: {r}\n", a.name);
+        }
+        for c in &a.conflicts {
+            out += &format!("app {}: also defined by {c}\n", a.name);
         }
     }
     out
