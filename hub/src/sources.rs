@@ -26,7 +26,7 @@ use crate::render::{
     AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
     load_config, targeted_clusters,
 };
-use crate::rollout::plan::Render;
+use crate::rollout::plan::{Cause, Render};
 use crate::rollout::{AppOffer, Retirement, Rollouts};
 use crate::store::SharedStore;
 
@@ -287,10 +287,12 @@ impl Sources {
         for app in rec.status.apps.keys() {
             let why = Retirement {
                 source: name,
-                revision: "",
-                reason: &reason,
-                keep_resources,
-                approved_by: Some(who),
+                cause: Cause {
+                    revision: "",
+                    reason: &reason,
+                    keep_resources,
+                    approved_by: Some(who),
+                },
                 clusters: &clusters,
             };
             self.inner.rollouts.retire(app, why).await?;
@@ -543,10 +545,12 @@ impl Sources {
         for (app, mut st) in gone {
             let why = Retirement {
                 source: name,
-                revision: &commit,
-                reason: "the app is no longer in flotilla.yaml",
-                keep_resources: false,
-                approved_by: None,
+                cause: Cause {
+                    revision: &commit,
+                    reason: "the app is no longer in flotilla.yaml",
+                    keep_resources: false,
+                    approved_by: None,
+                },
                 clusters: &infos,
             };
             self.inner.rollouts.retire(&app, why).await?;

@@ -374,6 +374,32 @@ pub async fn cli_json(hub: &TestHub, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&cli(hub, &a).await.unwrap()).unwrap()
 }
 
+/// `cluster get CLUSTER -o json`'s entry for `app` (`None`: the cluster has no entry of it).
+pub async fn app_on(hub: &TestHub, cluster: &str, app: &str) -> Option<serde_json::Value> {
+    let c = cli_json(hub, &["cluster", "get", cluster]).await;
+    c["apps"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == app)
+        .cloned()
+}
+
+/// Waits until `cluster` is desired on `rev` of `app` and reports it applied and healthy.
+pub async fn wait_runs(hub: &TestHub, cluster: &str, app: &str, rev: &str) {
+    eventually(
+        &format!("{cluster} to run {app} {}", &rev[..12]),
+        || async {
+            let w = app_on(hub, cluster, app).await?;
+            (w["desired_revision"] == rev
+                && w["revision"] == rev
+                && w["phase"] == "applied"
+                && w["health"] == "healthy")
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// Adds the git source `fleet` tracking `repo` (polled hourly: tests sync it themselves).
 pub async fn add_fleet_source(hub: &TestHub, repo: &Path) -> serde_json::Value {
     let url = repo.to_str().expect("utf-8 path");

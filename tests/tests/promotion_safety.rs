@@ -104,6 +104,19 @@ impl Fleet {
         }
     }
 
+    /// A fleet without approvals whose first commit went everywhere; returns that commit.
+    async fn released() -> (Self, String) {
+        let f = Self::start(&fleet_yaml(US_AUTO, "")).await;
+        add_fleet_source(&f.hub, &f.repo.path).await;
+        let c1 = f.repo.git(&["rev-parse", "HEAD"]);
+        f.wait_rollout("v1 to succeed", |r| r["state"] == "succeeded")
+            .await;
+        for (cluster, _) in CLUSTERS {
+            f.wait_runs(cluster, &c1).await;
+        }
+        (f, c1)
+    }
+
     async fn sync(&self) -> Value {
         cli_json(&self.hub, &["source", "sync", "fleet"]).await
     }
@@ -127,25 +140,12 @@ impl Fleet {
 
     /// `cluster get NAME -o json`'s entry for web.
     async fn web_on(&self, cluster: &str) -> Option<Value> {
-        let c = cli_json(&self.hub, &["cluster", "get", cluster]).await;
-        c["apps"]
-            .as_array()?
-            .iter()
-            .find(|a| a["name"] == "web")
-            .cloned()
+        app_on(&self.hub, cluster, "web").await
     }
 
     /// Waits until `cluster` is desired on `rev` and reports it applied and healthy.
     async fn wait_runs(&self, cluster: &str, rev: &str) {
-        eventually(&format!("{cluster} to run {}", &rev[..12]), || async {
-            let w = self.web_on(cluster).await?;
-            (w["desired_revision"] == rev
-                && w["revision"] == rev
-                && w["phase"] == "applied"
-                && w["health"] == "healthy")
-                .then_some(())
-        })
-        .await
+        wait_runs(&self.hub, cluster, "web", rev).await
     }
 
     /// The app's objects on `cluster`'s simulated API, by kind/name, with their uids.
@@ -354,14 +354,7 @@ async fn relabelling_clusters_out_waits_for_approval_then_goes_stage_by_stage() 
 
 #[tokio::test]
 async fn an_app_taken_out_of_flotilla_yaml_leaves_canary_first_after_approval() {
-    let f = Fleet::start(&fleet_yaml(US_AUTO, "")).await;
-    add_fleet_source(&f.hub, &f.repo.path).await;
-    let c1 = f.repo.git(&["rev-parse", "HEAD"]);
-    f.wait_rollout("v1 to succeed", |r| r["state"] == "succeeded")
-        .await;
-    for (cluster, _) in CLUSTERS {
-        f.wait_runs(cluster, &c1).await;
-    }
+    let (f, _) = Fleet::released().await;
 
     // A bad merge drops the app: nothing happens until someone approves.
     f.repo.write("flotilla.yaml", "apps: {}\n");
@@ -419,14 +412,7 @@ async fn an_app_taken_out_of_flotilla_yaml_leaves_canary_first_after_approval() 
 #[tokio::test]
 async fn source_remove_says_what_it_removes_asks_first_and_can_keep_the_objects() {
     use std::io::IsTerminal;
-    let f = Fleet::start(&fleet_yaml(US_AUTO, "")).await;
-    add_fleet_source(&f.hub, &f.repo.path).await;
-    let c1 = f.repo.git(&["rev-parse", "HEAD"]);
-    f.wait_rollout("v1 to succeed", |r| r["state"] == "succeeded")
-        .await;
-    for (cluster, _) in CLUSTERS {
-        f.wait_runs(cluster, &c1).await;
-    }
+    let (f, _) = Fleet::released().await;
     let before: BTreeMap<&str, BTreeMap<String, String>> =
         CLUSTERS.iter().map(|(c, _)| (*c, f.objects(c))).collect();
     for sim in f.sims.values() {
@@ -492,14 +478,7 @@ async fn source_remove_says_what_it_removes_asks_first_and_can_keep_the_objects(
 
 #[tokio::test]
 async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
-    let f = Fleet::start(&fleet_yaml(US_AUTO, "")).await;
-    add_fleet_source(&f.hub, &f.repo.path).await;
-    let c1 = f.repo.git(&["rev-parse", "HEAD"]);
-    f.wait_rollout("v1 to succeed", |r| r["state"] == "succeeded")
-        .await;
-    for (cluster, _) in CLUSTERS {
-        f.wait_runs(cluster, &c1).await;
-    }
+    let (f, c1) = Fleet::released().await;
     // Source b: another repository that also defines web, with other content.
     let other = TestRepo::init(&f.repo.path.parent().unwrap().join("other"));
     other.write("flotilla.yaml", &fleet_yaml(US_AUTO, ""));

@@ -128,25 +128,12 @@ impl Fleet {
 
     /// `cluster get NAME -o json`'s entry for web.
     async fn web_on(&self, cluster: &str) -> Option<Value> {
-        let c = cli_json(&self.hub, &["cluster", "get", cluster]).await;
-        c["apps"]
-            .as_array()?
-            .iter()
-            .find(|a| a["name"] == "web")
-            .cloned()
+        app_on(&self.hub, cluster, "web").await
     }
 
     /// Waits until `cluster` is desired on `rev` and reports it applied and healthy.
     async fn wait_runs(&self, cluster: &str, rev: &str) {
-        eventually(&format!("{cluster} to run {}", &rev[..12]), || async {
-            let w = self.web_on(cluster).await?;
-            (w["desired_revision"] == rev
-                && w["revision"] == rev
-                && w["phase"] == "applied"
-                && w["health"] == "healthy")
-                .then_some(())
-        })
-        .await
+        wait_runs(&self.hub, cluster, "web", rev).await
     }
 
     async fn approve_prod(&self) -> Value {

@@ -673,6 +673,7 @@ pub fn rollouts_table(rows: &[RolloutOut]) -> String {
         "STAGE",
         "UPDATED",
         "LAST GOOD",
+        "REMOVAL",
     ]);
     for r in rows {
         let stage = r
@@ -689,6 +690,11 @@ pub fn rollouts_table(rows: &[RolloutOut]) -> String {
             stage,
             format!("{}/{}", r.updated, r.total),
             opt_short(r.last_good_revision.as_deref()),
+            r.removal
+                .as_ref()
+                .filter(|rm| rm.state != "succeeded")
+                .map(|rm| format!("{} ({} clusters)", rm.state, rm.clusters.len()))
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     format!("{t}\n")

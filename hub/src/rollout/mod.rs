@@ -44,17 +44,11 @@ pub struct AppOffer {
     pub max_removal: CountOrPercent,
 }
 
-/// Why an app left its source, for [`Rollouts::retire`].
+/// An app left its source, for [`Rollouts::retire`].
 pub struct Retirement<'a> {
     /// The source that defined it; another source's app is not touched.
     pub source: &'a str,
-    /// The commit without the app (empty when the source itself was removed).
-    pub revision: &'a str,
-    pub reason: &'a str,
-    /// Stop managing the app but leave its objects in the clusters.
-    pub keep_resources: bool,
-    /// Who approved the removal beforehand (a confirmed `source remove`), if anyone.
-    pub approved_by: Option<&'a str>,
+    pub cause: plan::Cause<'a>,
     pub clusters: &'a [ClusterInfo],
 }
 
@@ -351,14 +345,7 @@ impl Rollouts {
                     return Ok((Vec::new(), false));
                 }
                 let touched = rec
-                    .retire(
-                        why.revision,
-                        why.reason,
-                        why.keep_resources,
-                        why.approved_by,
-                        why.clusters,
-                        now,
-                    )
+                    .retire(why.cause, why.clusters, now)
                     .map_err(HubError::Invalid)?;
                 Ok((touched, rec.finished()))
             })

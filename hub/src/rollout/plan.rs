@@ -32,8 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use super::removal::Removal;
 use super::removal::default_max_removal;
+pub use super::removal::{Cause, Removal};
 use super::stages::{self, Progress, Walk};
 pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
 use crate::desired::AppEntry;
@@ -491,16 +491,13 @@ impl AppRollout {
         let revision = render.revision.clone();
         let started = self.take_revision(render, stages, &before, now_ms);
         let targets = self.targets();
-        self.stage_removal(
-            &before,
-            |c| !targets.contains(c),
-            &revision,
-            "no longer targeted by the app",
-            false,
-            None,
-            clusters,
-            now_ms,
-        )?;
+        let cause = Cause {
+            revision: &revision,
+            reason: "no longer targeted by the app",
+            keep_resources: false,
+            approved_by: None,
+        };
+        self.stage_removal(&before, |c| !targets.contains(c), cause, clusters, now_ms)?;
         Ok(Offer {
             started,
             touched: self.changed_since(&before),
@@ -577,15 +574,11 @@ impl AppRollout {
     /// Starts a removal of the clusters of `before` that run the app, match `lose` and are not
     /// pinned, unless the removal in flight already covers exactly them. Entries with
     /// `prune: false` are dropped at once (nothing is deleted for them).
-    #[allow(clippy::too_many_arguments)]
     fn stage_removal(
         &mut self,
         before: &Snapshot,
         lose: impl Fn(&String) -> bool,
-        revision: &str,
-        reason: &str,
-        keep_resources: bool,
-        approved_by: Option<&str>,
+        cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
     ) -> Result<(), String> {
@@ -602,7 +595,7 @@ impl AppRollout {
         if let Some(rm) = &mut self.removal
             && (rm.in_flight() || rm.state == RolloutState::Failed)
             && rm.pending().eq(from.keys())
-            && rm.keep_resources == keep_resources
+            && rm.keep_resources == cause.keep_resources
         {
             // The same clusters: it goes on; a gate falls when clusters were taken out of it.
             if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
@@ -618,10 +611,7 @@ impl AppRollout {
             &self.app,
             from,
             running.len(),
-            revision,
-            reason,
-            keep_resources,
-            approved_by,
+            cause,
             &self.pipeline,
             self.max_removal,
             clusters,
@@ -630,16 +620,12 @@ impl AppRollout {
         Ok(())
     }
 
-    /// The app left its source (`revision`: the commit without it; `reason`: why): every
-    /// cluster loses it through a staged removal, and the record goes once that is complete.
-    /// Returns the clusters whose desired entry changed at once.
-    #[allow(clippy::too_many_arguments)]
+    /// The app left its source: every cluster loses it through a staged removal, and the
+    /// record goes once that is complete. Returns the clusters whose desired entry changed at
+    /// once.
     pub fn retire(
         &mut self,
-        revision: &str,
-        reason: &str,
-        keep_resources: bool,
-        approved_by: Option<&str>,
+        cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
     ) -> Result<Vec<String>, String> {
@@ -652,18 +638,9 @@ impl AppRollout {
         {
             r.state = RolloutState::Superseded;
             r.finished_ms = Some(now_ms);
-            r.message = format!("superseded by the app's removal: {reason}");
+            r.message = format!("superseded by the app's removal: {}", cause.reason);
         }
-        self.stage_removal(
-            &before,
-            |_| true,
-            revision,
-            reason,
-            keep_resources,
-            approved_by,
-            clusters,
-            now_ms,
-        )?;
+        self.stage_removal(&before, |_| true, cause, clusters, now_ms)?;
         Ok(self.changed_since(&before))
     }
 

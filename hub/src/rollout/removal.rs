@@ -19,6 +19,19 @@ pub fn default_max_removal() -> CountOrPercent {
     DEFAULT_MAX_REMOVAL
 }
 
+/// Why clusters lose an app, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause<'a> {
+    /// The commit without the app, or that no longer targets the clusters (empty when the
+    /// source itself was removed).
+    pub revision: &'a str,
+    pub reason: &'a str,
+    /// Stop managing the app but leave its objects in the clusters.
+    pub keep_resources: bool,
+    /// Who approved the removal beforehand (a confirmed `source remove`), if anyone.
+    pub approved_by: Option<&'a str>,
+}
+
 /// A removal of one app from some of its clusters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removal {
@@ -50,17 +63,14 @@ pub struct Removal {
 
 impl Removal {
     /// A removal of `from` planned through `pipeline`; it waits for an approval when it takes
-    /// the app off more than `max_removal` of the `total` clusters that run it (unless
-    /// `approved_by` already approved it).
+    /// the app off more than `max_removal` of the `total` clusters that run it (unless the
+    /// cause says who approved it already).
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         app: &str,
         from: BTreeMap<String, AppEntry>,
         total: usize,
-        revision: &str,
-        reason: &str,
-        keep_resources: bool,
-        approved_by: Option<&str>,
+        cause: Cause<'_>,
         pipeline: &PipelineConfig,
         max_removal: CountOrPercent,
         clusters: &[ClusterInfo],
@@ -75,9 +85,9 @@ impl Removal {
             )
         });
         Ok(Removal {
-            revision: revision.to_string(),
-            reason: reason.to_string(),
-            state: if gate.is_some() && approved_by.is_none() {
+            revision: cause.revision.to_string(),
+            reason: cause.reason.to_string(),
+            state: if gate.is_some() && cause.approved_by.is_none() {
                 RolloutState::WaitingApproval
             } else {
                 RolloutState::Progressing
@@ -85,9 +95,9 @@ impl Removal {
             stages,
             current: 0,
             from,
-            keep_resources,
+            keep_resources: cause.keep_resources,
             gate,
-            approved_by: approved_by.map(str::to_string),
+            approved_by: cause.approved_by.map(str::to_string),
             started_ms: now_ms,
             finished_ms: None,
             message: String::new(),

@@ -107,9 +107,14 @@ impl World {
     }
 
     fn commit(&mut self, rev: &str) -> Offer {
+        self.offer(render(rev, &self.clusters))
+    }
+
+    /// Offers a rendering (labels from every cluster of the world).
+    fn offer(&mut self, render: Render) -> Offer {
         self.rec
             .offer(
-                render(rev, &self.clusters),
+                render,
                 &self.clusters,
                 Some("regions".into()),
                 self.pipeline.clone(),
@@ -369,18 +374,7 @@ fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
     for e in again.entries.values_mut() {
         e.revision = "r3".into();
     }
-    let clusters = w.clusters.clone();
-    let out = w
-        .rec
-        .offer(
-            again,
-            &clusters,
-            None,
-            w.pipeline.clone(),
-            DEFAULT_MAX_REMOVAL,
-            w.now,
-        )
-        .unwrap();
+    let out = w.offer(again);
     assert_eq!(
         out,
         Offer {
@@ -541,18 +535,8 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
     // A commit that does not change this app: no rollout, the revision keeps its name.
     let mut same = render("r1", &w.clusters);
     same.revision = "r1b".into();
-    let clusters = w.clusters.clone();
     assert_eq!(
-        w.rec
-            .offer(
-                same,
-                &clusters,
-                None,
-                w.pipeline.clone(),
-                DEFAULT_MAX_REMOVAL,
-                w.now
-            )
-            .unwrap(),
+        w.offer(same),
         Offer {
             started: false,
             touched: vec![]
@@ -562,18 +546,7 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
     // A new cluster gets the current revision at once.
     w.clusters
         .push(ClusterInfo::new("eu-3", [("region", "eu")]));
-    let clusters = w.clusters.clone();
-    let out = w
-        .rec
-        .offer(
-            render("r1", &clusters),
-            &clusters,
-            None,
-            w.pipeline.clone(),
-            DEFAULT_MAX_REMOVAL,
-            w.now,
-        )
-        .unwrap();
+    let out = w.offer(render("r1", &w.clusters.clone()));
     assert_eq!(
         out,
         Offer {

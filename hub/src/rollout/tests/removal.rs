@@ -22,17 +22,7 @@ impl World {
             .filter(|c| keep.contains(&c.name.as_str()))
             .cloned()
             .collect();
-        let clusters = self.clusters.clone();
-        self.rec
-            .offer(
-                render(rev, &targets),
-                &clusters,
-                None,
-                self.pipeline.clone(),
-                DEFAULT_MAX_REMOVAL,
-                self.now,
-            )
-            .unwrap()
+        self.offer(render(rev, &targets))
     }
 
     fn removal(&self) -> &Removal {
@@ -45,6 +35,20 @@ impl World {
             .filter(|c| self.rec.desired_for(&c.name).is_some())
             .map(|c| c.name.clone())
             .collect()
+    }
+}
+
+fn cause<'a>(
+    revision: &'a str,
+    reason: &'a str,
+    keep_resources: bool,
+    approved_by: Option<&'a str>,
+) -> Cause<'a> {
+    Cause {
+        revision,
+        reason,
+        keep_resources,
+        approved_by,
     }
 }
 
@@ -119,10 +123,7 @@ fn an_app_that_left_flotilla_yaml_is_removed_canary_first_and_its_record_goes() 
     let touched = w
         .rec
         .retire(
-            "r2",
-            "the app is no longer in flotilla.yaml",
-            false,
-            None,
+            cause("r2", "the app is no longer in flotilla.yaml", false, None),
             &clusters,
             w.now,
         )
@@ -143,7 +144,7 @@ fn a_cluster_that_keeps_the_app_fails_the_removal_and_the_rest_keep_it() {
     let mut w = settled();
     let clusters = w.clusters.clone();
     w.rec
-        .retire("r2", "gone", false, Some("admin"), &clusters, w.now)
+        .retire(cause("r2", "gone", false, Some("admin")), &clusters, w.now)
         .unwrap();
     assert_eq!(w.advance(), ["canary-1"]);
     // canary-1 still reports the app after the health timeout.
@@ -173,20 +174,11 @@ fn prune_false_apps_are_dropped_at_once_because_nothing_is_deleted() {
         e.options.disable_prune = true;
     }
     let clusters = w.clusters.clone();
-    w.rec
-        .offer(
-            r1,
-            &clusters,
-            None,
-            w.pipeline.clone(),
-            DEFAULT_MAX_REMOVAL,
-            w.now,
-        )
-        .unwrap();
+    w.offer(r1);
     w.settle(&[]);
     let touched = w
         .rec
-        .retire("r2", "gone", false, None, &clusters, w.now)
+        .retire(cause("r2", "gone", false, None), &clusters, w.now)
         .unwrap();
     assert_eq!(touched, ALL);
     assert!(w.rec.removal.is_none());
@@ -199,10 +191,7 @@ fn keeping_resources_tells_each_agent_to_let_go_without_deleting() {
     let clusters = w.clusters.clone();
     w.rec
         .retire(
-            "",
-            "source fleet was removed",
-            true,
-            Some("admin"),
+            cause("", "source fleet was removed", true, Some("admin")),
             &clusters,
             w.now,
         )
@@ -249,7 +238,7 @@ fn pinned_clusters_are_not_removed() {
     w.rec.pin("us-2", "r1").unwrap();
     let clusters = w.clusters.clone();
     w.rec
-        .retire("r2", "gone", false, Some("admin"), &clusters, w.now)
+        .retire(cause("r2", "gone", false, Some("admin")), &clusters, w.now)
         .unwrap();
     w.settle(&[]);
     assert_eq!(w.running(), ["us-2"]);

@@ -126,18 +126,7 @@ fn a_cluster_added_mid_rollout_loses_only_what_it_never_ran_before() {
             ..Default::default()
         },
     );
-    let clusters = w.clusters.clone();
-    let offer = w
-        .rec
-        .offer(
-            render("v2", &clusters),
-            &clusters,
-            None,
-            w.pipeline.clone(),
-            DEFAULT_MAX_REMOVAL,
-            w.now,
-        )
-        .unwrap();
+    let offer = w.offer(render("v2", &w.clusters.clone()));
     assert!(!offer.started, "same content: no new rollout");
     assert_eq!(w.revision_of("can2"), None);
     // v3 reaches can1 and can2 and fails: can1 returns to v2 (it proved itself there in the
