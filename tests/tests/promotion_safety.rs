@@ -200,6 +200,17 @@ impl Fleet {
         .await
     }
 
+    /// Waits until the hub forgot the app (every cluster let go of it).
+    async fn wait_record_gone(&self) {
+        eventually("the app's record to go", || async {
+            cli(&self.hub, &["rollout", "status", "web"])
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+
     async fn stop(self) {
         for a in self.agents {
             a.stop().await.unwrap();
@@ -387,13 +398,7 @@ async fn an_app_taken_out_of_flotilla_yaml_leaves_canary_first_after_approval() 
     f.wait_gone("eu1").await;
     f.wait_gone("us1").await;
     // The record goes once every cluster let go; the source no longer lists the app.
-    eventually("the app's record to go", || async {
-        cli(&f.hub, &["rollout", "status", "web"])
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    f.wait_record_gone().await;
     let src = f.sync().await;
     assert_eq!(src["apps"], serde_json::json!([]), "{src}");
     let audit = cli_json(&f.hub, &["audit"]).await;
@@ -447,13 +452,7 @@ async fn source_remove_says_what_it_removes_asks_first_and_can_keep_the_objects(
         })
         .await;
     }
-    eventually("the app's record to go", || async {
-        cli(&f.hub, &["rollout", "status", "web"])
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    f.wait_record_gone().await;
     for (cluster, objs) in &before {
         assert_eq!(&f.objects(cluster), objs, "{cluster} keeps its objects");
         let deletes = f.deletes(cluster);

@@ -80,15 +80,14 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
+    fn pipeline_in<'a>(&self, config: &'a FleetConfig) -> Option<&'a PipelineConfig> {
+        self.pipeline.as_ref().and_then(|p| config.pipelines.get(p))
+    }
+
     /// The app's `maxRemoval`, else its pipeline's, else 10%.
     pub fn effective_max_removal(&self, config: &FleetConfig) -> CountOrPercent {
         self.max_removal
-            .or_else(|| {
-                self.pipeline
-                    .as_ref()
-                    .and_then(|p| config.pipelines.get(p))
-                    .and_then(|p| p.max_removal)
-            })
+            .or_else(|| self.pipeline_in(config).and_then(|p| p.max_removal))
             .unwrap_or(DEFAULT_MAX_REMOVAL)
     }
 
@@ -96,12 +95,7 @@ impl AppConfig {
     /// else its pipeline's, else [`DEFAULT_HEALTH_TIMEOUT`].
     pub fn effective_health_timeout(&self, config: &FleetConfig) -> Duration {
         self.health_timeout
-            .or_else(|| {
-                self.pipeline
-                    .as_ref()
-                    .and_then(|p| config.pipelines.get(p))
-                    .map(|p| p.health_timeout)
-            })
+            .or_else(|| self.pipeline_in(config).map(|p| p.health_timeout))
             .unwrap_or(DEFAULT_HEALTH_TIMEOUT)
     }
 }
