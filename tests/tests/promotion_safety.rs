@@ -533,3 +533,37 @@ async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
     assert_eq!(r["revision"], c1.as_str());
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_removal_waiting_for_approval_survives_a_hub_restart() {
+    let (mut f, c1) = Fleet::released().await;
+    f.repo.write("flotilla.yaml", "apps: {}\n");
+    f.commit("drop web").await;
+    let r = f.rollout().await.unwrap();
+    assert_eq!(r["removal"]["state"], "waiting_approval", "{r}");
+
+    f.hub.restart().await;
+    // After the restart the hub rewrote every desired state from the records: the clusters keep
+    // the app, the removal still waits.
+    for (cluster, _) in CLUSTERS {
+        f.wait_runs(cluster, &c1).await;
+        assert!(f.has_deployment(cluster), "{cluster}");
+    }
+    let r = f.rollout().await.unwrap();
+    assert_eq!(r["removal"]["state"], "waiting_approval", "{r}");
+    let src = f.sync().await;
+    assert!(
+        src["app_states"][0]["removal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxRemoval"),
+        "{src}"
+    );
+
+    cli_json(&f.hub, &["rollout", "approve", "web"]).await;
+    for (cluster, _) in CLUSTERS {
+        f.wait_gone(cluster).await;
+    }
+    f.wait_record_gone().await;
+    f.stop().await;
+}

@@ -558,11 +558,20 @@ impl Rollouts {
 
     /// Rewrites every app's desired state from its record (at start: finishes what a crash
     /// between a record write and its desired-state write left undone).
+    /// Also deletes the records of apps that every cluster let go of before a crash.
     pub async fn resync(&self) -> Result<(), HubError> {
-        let _guard = self.inner.lock.lock().await;
+        let guard = self.inner.lock.lock().await;
+        let mut finished = Vec::new();
         for rec in self.all().await? {
             let clusters: Vec<String> = rec.known_clusters().into_iter().collect();
             self.apply(&rec, &clusters).await?;
+            if rec.finished() {
+                finished.push(rec.app);
+            }
+        }
+        drop(guard);
+        for app in finished {
+            self.forget(&app).await?;
         }
         Ok(())
     }
