@@ -582,10 +582,13 @@ impl AppRollout {
         clusters: &[ClusterInfo],
         now_ms: u64,
     ) -> Result<(), String> {
+        // Clusters the hub no longer has (removed, revoked) can receive nothing: they are
+        // dropped at once, not staged.
+        let known: BTreeSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
         let running: Vec<(&String, &AppEntry)> = before
             .iter()
             .filter_map(|(c, e)| Some((c, e.as_ref()?)))
-            .filter(|(_, e)| !e.options.orphan)
+            .filter(|(c, e)| !e.options.orphan && known.contains(c.as_str()))
             .collect();
         let from: BTreeMap<String, AppEntry> = running
             .iter()
@@ -594,15 +597,26 @@ impl AppRollout {
             .collect();
         if let Some(rm) = &mut self.removal
             && (rm.in_flight() || rm.state == RolloutState::Failed)
-            && rm.pending().eq(from.keys())
             && rm.keep_resources == cause.keep_resources
         {
-            // The same clusters: it goes on; a gate falls when clusters were taken out of it.
-            if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
-                rm.gate = None;
-                rm.state = RolloutState::Progressing;
+            // Clusters it has not reached that no longer lose the app here (targeted again, or
+            // gone from the hub) leave it.
+            let leaving: Vec<String> = rm
+                .pending()
+                .filter(|c| !from.contains_key(*c))
+                .cloned()
+                .collect();
+            for c in leaving {
+                rm.cancel(&c);
             }
-            return Ok(());
+            if rm.pending().eq(from.keys()) {
+                // No new cluster: it goes on; its gate falls when it became small enough.
+                if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
+                    rm.gate = None;
+                    rm.state = RolloutState::Progressing;
+                }
+                return Ok(());
+            }
         }
         if from.is_empty() {
             return Ok(());

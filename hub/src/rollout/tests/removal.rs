@@ -244,3 +244,30 @@ fn pinned_clusters_are_not_removed() {
     assert_eq!(w.running(), ["us-2"]);
     assert!(!w.rec.finished(), "the pin keeps the record");
 }
+
+#[test]
+fn a_cluster_the_hub_removed_is_dropped_at_once() {
+    let mut w = settled();
+    // us-1 and us-2 were removed from the hub (revoked): they are neither targeted nor known.
+    w.clusters.retain(|c| !c.name.starts_with("us-"));
+    let offer = w.commit_for("r1", &["canary-1", "eu-1", "eu-2"]);
+    assert_eq!(offer.touched, ["us-1", "us-2"]);
+    assert!(w.rec.removal.is_none(), "nothing to stage or approve");
+}
+
+#[test]
+fn a_waiting_removal_of_clusters_the_hub_then_removed_ends_without_approval() {
+    let mut w = settled();
+    w.commit_for("r1", &["canary-1", "eu-1"]);
+    assert!(w.removal().gated(), "3 of 5");
+    // The three clusters are removed from the hub before anyone approves.
+    w.clusters
+        .retain(|c| ["canary-1", "eu-1"].contains(&c.name.as_str()));
+    w.commit_for("r1", &["canary-1", "eu-1"]);
+    assert!(!w.removal().gated());
+    w.settle(&[]);
+    assert_eq!(w.removal().state, RolloutState::Succeeded);
+    for c in ["eu-2", "us-1", "us-2"] {
+        assert_eq!(w.revision_of(c), None, "{c}");
+    }
+}
