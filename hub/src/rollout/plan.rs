@@ -609,7 +609,10 @@ impl AppRollout {
             for c in leaving {
                 rm.cancel(&c);
             }
-            if rm.pending().eq(from.keys()) {
+            if rm.from.is_empty() {
+                // Nothing left of it.
+                self.removal = None;
+            } else if rm.pending().eq(from.keys()) {
                 // No new cluster: it goes on; its gate falls when it became small enough.
                 if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
                     rm.gate = None;
