@@ -35,8 +35,14 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         out.current_stage = r.current as u32;
         out.started_unix_ms = r.started_ms;
         out.finished_unix_ms = r.finished_ms.unwrap_or_default();
-        out.held = r.held.clone().into_iter().collect();
-        out.prior = r.prior.clone().into_iter().collect();
+        let or_nothing = |m: &std::collections::BTreeMap<String, Option<String>>| {
+            m.iter()
+                .map(|(c, rev)| (c.clone(), rev.clone().unwrap_or_default()))
+                .collect()
+        };
+        out.held_base = r.base.clone().unwrap_or_default();
+        out.held = or_nothing(&r.held);
+        out.prior = or_nothing(&r.prior);
         out.stages = r
             .stages
             .iter()

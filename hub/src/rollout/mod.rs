@@ -357,6 +357,20 @@ impl Rollouts {
         }
     }
 
+    /// Reads one record in place (no copy of its renderings).
+    async fn peek<T>(
+        &self,
+        app: &str,
+        f: impl FnOnce(&AppRollout) -> T,
+    ) -> Result<Option<T>, HubError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .records()
+            .as_ref()
+            .and_then(|m| m.get(app))
+            .map(|(r, _)| f(r)))
+    }
+
     /// The newest removal of `app` when `source` owns it.
     pub async fn removal_of(
         &self,
@@ -364,15 +378,14 @@ impl Rollouts {
         source: &str,
     ) -> Result<Option<plan::Removal>, HubError> {
         Ok(self
-            .load(app)
+            .peek(app, |r| r.removal.clone().filter(|_| r.source == source))
             .await?
-            .filter(|(r, _)| r.source == source)
-            .and_then(|(r, _)| r.removal))
+            .flatten())
     }
 
     /// The source that owns `app`, if the hub knows the app.
     pub async fn owner(&self, app: &str) -> Result<Option<String>, HubError> {
-        Ok(self.load(app).await?.map(|(r, _)| r.source))
+        self.peek(app, |r| r.source.clone()).await
     }
 
     /// Deletes the record of an app that left its source once every cluster let go of it.

@@ -109,22 +109,22 @@ pub struct Rollout {
     pub finished_ms: Option<u64>,
     #[serde(default)]
     pub message: String,
-    /// What each targeted cluster ran when this rollout started: it keeps it until the rollout
-    /// reaches it.
+    /// What most of the rollout's clusters ran when it started (`None`: nothing); each keeps
+    /// what it ran until the rollout reaches it.
     #[serde(default)]
-    pub held: BTreeMap<String, String>,
-    /// Where each targeted cluster goes back to should this rollout roll back: the newest
-    /// revision it ran applied and healthy before this one, else the one it ran. A cluster
-    /// missing here had no revision of the app before.
+    pub base: Option<String>,
+    /// The clusters that ran something else than `base` (`None`: nothing).
     #[serde(default)]
-    pub prior: BTreeMap<String, String>,
-    /// Clusters that reported this revision applied and healthy.
+    pub held: BTreeMap<String, Option<String>>,
+    /// Where a cluster goes back to should this rollout roll back, where that is not what it
+    /// held: the newest revision it ran applied and healthy before this one (else the one it
+    /// ran; `None`: it had no revision of the app before).
     #[serde(default)]
-    pub proven: BTreeSet<String>,
-    /// After a rollback: the revision each cluster returned to (`None`: the app was removed,
-    /// as the cluster had never run it before this revision).
+    pub prior: BTreeMap<String, Option<String>>,
+    /// Set by an operator's rollback to a given revision: every cluster with a rendering of it
+    /// goes there.
     #[serde(default)]
-    pub returned: BTreeMap<String, Option<String>>,
+    pub rolled_back_to: Option<String>,
 }
 
 impl Rollout {
@@ -132,23 +132,59 @@ impl Rollout {
         stages::reached(&self.stages, cluster)
     }
 
-    /// The revision reached `cluster` and stayed healthy there.
-    fn proven_on(&self, cluster: &str) -> bool {
-        self.proven.contains(cluster) && !stages::failed_in(&self.stages, cluster)
+    /// What `cluster` ran when the rollout started (for clusters it has not reached).
+    pub fn held_of(&self, cluster: &str) -> Option<&str> {
+        match self.held.get(cluster) {
+            Some(h) => h.as_deref(),
+            None => self.base.as_deref(),
+        }
+    }
+
+    /// Where `cluster` returns on a rollback.
+    pub fn prior_of(&self, cluster: &str) -> Option<&str> {
+        match self.prior.get(cluster) {
+            Some(p) => p.as_deref(),
+            None => self.held_of(cluster),
+        }
+    }
+
+    /// The clusters of batches not yet done (sent the revision, not yet proven healthy).
+    fn open_batches(&self) -> BTreeSet<&str> {
+        self.stages
+            .iter()
+            .filter(|s| matches!(s.state, StageState::Progressing | StageState::Failed))
+            .flat_map(|s| s.batch.iter().map(String::as_str))
+            .collect()
     }
 
     /// What `cluster`, running `current` now, goes back to should the *next* rollout roll back:
-    /// this revision only if it proved itself there; a held revision's own fallback otherwise.
-    fn fallback_after(&self, cluster: &str, current: &str) -> String {
+    /// this revision only where it proved itself (its batch completed, healthy, and it did not
+    /// fail since); where a held revision was never replaced, that revision's own fallback.
+    fn fallback_after(
+        &self,
+        cluster: &str,
+        current: &str,
+        open: &BTreeSet<&str>,
+    ) -> Option<String> {
         let unproven = if self.was_updated(cluster) {
-            current == self.revision && !self.proven_on(cluster)
+            current == self.revision
+                && (open.contains(cluster) || stages::failed_in(&self.stages, cluster))
         } else {
-            self.held.get(cluster).is_some_and(|h| h == current)
+            self.held_of(cluster) == Some(current)
         };
-        match self.prior.get(cluster) {
-            Some(p) if unproven => p.clone(),
-            _ => current.to_string(),
+        if unproven {
+            return self.prior_of(cluster).map(str::to_string);
         }
+        Some(current.to_string())
+    }
+
+    /// Every revision the rollout may send a cluster back to or keep it on.
+    fn revisions(&self) -> impl Iterator<Item = &String> {
+        let kept = self.held.values().chain(self.prior.values()).flatten();
+        std::iter::once(&self.revision)
+            .chain(self.base.iter())
+            .chain(kept)
+            .chain(self.rolled_back_to.iter())
     }
 }
 
@@ -388,15 +424,19 @@ impl AppRollout {
                     if r.was_updated(cluster) {
                         return Some(&r.revision);
                     }
-                    if let Some(held) = r.held.get(cluster) {
-                        return Some(held);
-                    }
+                    return r.held_of(cluster);
                 }
                 RolloutState::Succeeded => return Some(&r.revision),
                 RolloutState::RolledBack => {
-                    if let Some(back) = r.returned.get(cluster) {
-                        return back.as_deref();
+                    if let Some(to) = &r.rolled_back_to
+                        && self.entry(to, cluster).is_some()
+                    {
+                        return Some(to);
                     }
+                    if r.was_updated(cluster) {
+                        return r.prior_of(cluster);
+                    }
+                    return r.held_of(cluster);
                 }
                 RolloutState::Superseded => {}
             }
@@ -437,10 +477,7 @@ impl AppRollout {
                 .cloned()
                 .collect();
             if let Some(r) = &self.rollout {
-                keep.insert(r.revision.clone());
-                keep.extend(r.held.values().cloned());
-                keep.extend(r.prior.values().cloned());
-                keep.extend(r.returned.values().flatten().cloned());
+                keep.extend(r.revisions().cloned());
             }
             match self
                 .renders
@@ -543,19 +580,39 @@ impl AppRollout {
             return false;
         }
         let old = self.rollout.take();
+        // Per cluster of the new rollout: what it runs, and where it would go back to.
+        let open = old.as_ref().map(Rollout::open_batches).unwrap_or_default();
+        let members: Vec<(&String, Option<String>, Option<String>)> = render
+            .entries
+            .keys()
+            .filter(|c| !self.pins.contains_key(*c))
+            .map(|c| {
+                let runs = before.get(c).cloned().flatten().map(|e| e.revision);
+                let back = match (&old, &runs) {
+                    (Some(o), Some(rev)) => o.fallback_after(c, rev, &open),
+                    _ => runs.clone(),
+                };
+                (c, runs, back)
+            })
+            .collect();
+        // Most clusters ran the same revision: keep only the others.
+        let mut counts: BTreeMap<Option<&String>, usize> = BTreeMap::new();
+        for (_, runs, _) in &members {
+            *counts.entry(runs.as_ref()).or_default() += 1;
+        }
+        let base = counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .and_then(|(rev, _)| rev.cloned());
         let mut held = BTreeMap::new();
         let mut prior = BTreeMap::new();
-        for (c, e) in before {
-            let Some(e) = e else { continue };
-            if self.pins.contains_key(c) || !render.entries.contains_key(c) {
-                continue;
+        for (c, runs, back) in members {
+            if runs != base {
+                held.insert(c.clone(), runs.clone());
             }
-            let fallback = match &old {
-                Some(o) => o.fallback_after(c, &e.revision),
-                None => e.revision.clone(),
-            };
-            held.insert(c.clone(), e.revision.clone());
-            prior.insert(c.clone(), fallback);
+            if back != runs {
+                prior.insert(c.clone(), back);
+            }
         }
         self.rollout = Some(Rollout {
             revision: render.revision.clone(),
@@ -563,6 +620,7 @@ impl AppRollout {
             stages,
             current: 0,
             started_ms: now_ms,
+            base,
             held,
             prior,
             ..Default::default()
@@ -689,11 +747,6 @@ impl AppRollout {
             return touched;
         }
         let revision = r.revision.clone();
-        let healthy_now: Vec<String> = stages::reached_all(&r.stages)
-            .filter(|c| healthy(inp, c, &revision))
-            .cloned()
-            .collect();
-        r.proven.extend(healthy_now);
         let walk = Walk {
             now_ms: inp.now_ms,
             threshold: self.pipeline.failure_threshold,
@@ -718,14 +771,12 @@ impl AppRollout {
                 self.mark_failed(&revision);
                 if let Some(r) = &self.rollout {
                     touched.extend(stages::reached_all(&r.stages).cloned());
-                    touched.extend(r.held.keys().cloned());
                 }
             }
             Progress::Done => {
                 r.state = RolloutState::Succeeded;
                 r.finished_ms = Some(inp.now_ms);
                 r.message = String::new();
-                r.held.clear();
                 self.last_good = Some(revision);
                 // Every target now runs the revision (including clusters unpinned meanwhile).
                 touched.extend(self.known_clusters());
@@ -742,34 +793,14 @@ impl AppRollout {
         }
     }
 
-    /// Ends the rollout as rolled back. Without `to` (works on a record without renderings,
-    /// as the engine advances one): a cluster the rollout reached returns to what it ran before
-    /// (nothing only if it never ran the app), the others keep what they run. With `to`, every
-    /// targeted cluster goes to that revision where it has a rendering for the cluster.
+    /// Ends the rollout as rolled back: a cluster the rollout reached returns to what it ran
+    /// before (nothing only if it never ran the app), the others keep what they run — or, with
+    /// `to`, every cluster that has a rendering of that revision goes there. Needs no
+    /// renderings (the engine advances a copy without them).
     fn undo(&mut self, to: Option<&str>) {
-        let Some(r) = self.rollout.as_ref() else {
-            return;
-        };
-        let mut clusters: BTreeSet<String> = r.held.keys().cloned().collect();
-        clusters.extend(stages::reached_all(&r.stages).cloned());
-        if to.is_some() {
-            clusters.extend(self.targets());
-        }
-        let returned: BTreeMap<String, Option<String>> = clusters
-            .into_iter()
-            .filter(|c| !self.pins.contains_key(c))
-            .map(|c| {
-                let back = match to {
-                    Some(rev) if self.entry(rev, &c).is_some() => Some(rev.to_string()),
-                    _ if r.was_updated(&c) => r.prior.get(&c).cloned(),
-                    _ => self.revision_for(&c).map(str::to_string),
-                };
-                (c, back)
-            })
-            .collect();
         if let Some(r) = self.rollout.as_mut() {
             r.state = RolloutState::RolledBack;
-            r.returned = returned;
+            r.rolled_back_to = to.map(str::to_string);
         }
     }
 
@@ -874,7 +905,7 @@ impl AppRollout {
         let before = self.snapshot([]);
         let nothing_before = self.rollout.as_ref().is_some_and(|r| {
             self.last_good.is_none()
-                && stages::reached_all(&r.stages).all(|c| !r.prior.contains_key(c))
+                && stages::reached_all(&r.stages).all(|c| r.prior_of(c).is_none())
         });
         if undo_in_place && nothing_before {
             // A first release: undoing it would only take the app off the clusters.

@@ -523,7 +523,16 @@ fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
     for c in ["canary-1", "eu-1", "eu-2", "us-1", "us-2"] {
         assert_eq!(w.revision_of(c).as_deref(), Some("r3"), "{c}");
     }
-    assert!(w.rec.rollout.as_ref().unwrap().held.is_empty());
+    // Held compactly: when r3 started most clusters ran r2 (canary and eu), us ran r1.
+    let r = w.rec.rollout.as_ref().unwrap();
+    assert_eq!(r.base.as_deref(), Some("r2"));
+    assert_eq!(
+        r.held,
+        BTreeMap::from([
+            ("us-1".to_string(), Some("r1".to_string())),
+            ("us-2".to_string(), Some("r1".to_string()))
+        ])
+    );
 }
 
 #[test]
