@@ -519,9 +519,14 @@ pub struct RolloutOut {
     pub finished: Option<String>,
     /// Cluster → pinned revision.
     pub pins: BTreeMap<String, String>,
-    /// Clusters on an older, superseded revision until this one reaches them.
+    /// What most clusters ran when this rollout started (they keep it until it reaches them).
+    pub held_base: Option<String>,
+    /// Clusters that ran something else than `held_base` ("": nothing).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub held: BTreeMap<String, String>,
+    /// Where a cluster returns on a rollback, where that is not what it held ("": nothing).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub prior: BTreeMap<String, String>,
     pub failed_revisions: Vec<String>,
     pub stages: Vec<RolloutStageOut>,
     /// The newest removal of the app from some of its clusters.
@@ -640,7 +645,9 @@ impl From<&Rollout> for RolloutOut {
             started: rfc3339_ms(r.started_unix_ms),
             finished: rfc3339_ms(r.finished_unix_ms),
             pins: r.pins.clone().into_iter().collect(),
+            held_base: non_empty(&r.held_base),
             held: r.held.clone().into_iter().collect(),
+            prior: r.prior.clone().into_iter().collect(),
             failed_revisions: r.failed_revisions.clone(),
             stages,
             removal: r.removal.as_ref().map(RemovalOut::from),
