@@ -306,6 +306,9 @@ async fn relabelling_clusters_out_waits_for_approval_then_goes_stage_by_stage() 
     }
 
     // A mistyped label takes eu1 and us1 out of the targets: 2 of 3 clusters > maxRemoval 10%.
+    // (Paused meanwhile, so that the first relabel alone — 1 of 3, within maxRemoval rounded
+    // up — does not start removing before the second one lands; a paused removal does not move.)
+    cli(&f.hub, &["rollout", "pause", "web"]).await.unwrap();
     for c in ["eu1", "us1"] {
         cli(&f.hub, &["cluster", "label", c, "env=prdo"])
             .await
@@ -334,7 +337,12 @@ async fn relabelling_clusters_out_waits_for_approval_then_goes_stage_by_stage() 
         assert!(f.has_deployment(cluster), "{cluster}");
     }
 
-    // Approved: eu1 loses it; the removal then waits for the approval of us, like a release.
+    // Resumed, it still waits. Approved: eu1 loses it; the removal then waits for the
+    // approval of us, like a release.
+    cli(&f.hub, &["rollout", "resume", "web"]).await.unwrap();
+    let r = f.rollout().await.unwrap();
+    assert_eq!(r["removal"]["state"], "waiting_approval", "{r}");
+    assert!(f.has_deployment("eu1"));
     cli_json(&f.hub, &["rollout", "approve", "web"]).await;
     f.wait_gone("eu1").await;
     let r = f
