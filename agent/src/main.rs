@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use flotilla_agent::{Agent, AgentConfig, ClusterBackend, StateLocation};
-use flotilla_proto::telemetry::{Export, SpanRelay, TraceConfig, traces};
+use flotilla_proto::telemetry::{Export, LogFormat, SpanRelay, TraceConfig, traces};
 
 /// Where the agent's spans go (`--traces`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -68,9 +68,12 @@ struct Args {
     /// With `--cluster simulated`: how long simulated workloads take to become ready.
     #[arg(long, env = "FLOTILLA_SIM_READY_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     sim_ready_delay: Duration,
-    /// Log as JSON lines.
+    /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     /// Where this agent's spans go: `relay` sends them over the session for the hub to export
     /// (no route to a collector needed; only when the hub exports traces), `direct` exports
     /// them over OTLP/gRPC itself, `auto` is `direct` when an endpoint is configured and
@@ -119,8 +122,9 @@ async fn main() -> ExitCode {
         default_service: "flotilla-agent",
         export,
     });
+    let json_logs = args.log_json || args.log_format == LogFormat::Json;
     let tracing_guard =
-        match flotilla_proto::telemetry::init_with_traces("info", args.log_json, trace_config) {
+        match flotilla_proto::telemetry::init_with_traces("info", json_logs, trace_config) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("flotilla-agent: --otlp-endpoint: {e}");

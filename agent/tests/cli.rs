@@ -122,3 +122,31 @@ fn bad_reconcile_flags_exit_64_naming_the_flag() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--drift-interval"), "{}", stderr(&o));
 }
+
+#[test]
+fn logs_have_no_colour_codes_when_piped_and_json_on_request() {
+    let home = tempfile::tempdir().unwrap();
+    let args = ["--cluster", "simulated", "--state-secret", "flotilla/agent"];
+    let o = agent(&args, home.path());
+    let text = stderr(&o);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI escapes when piped: {text:?}"
+    );
+
+    let mut json_args = args.to_vec();
+    json_args.extend(["--log-format", "json"]);
+    let o = agent(&json_args, home.path());
+    let logged: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        logged.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("simulated"))),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -131,3 +131,62 @@ fn hub_binary_serves_the_cli_and_stops_on_sigterm() {
     let status = hub.wait().unwrap();
     assert!(status.success(), "hub exit: {status}");
 }
+
+/// Starts the hub with `args`, stderr piped (as under `kubectl logs`), until it wrote its admin
+/// credential; stops it with SIGTERM and returns what it logged.
+fn logs_of_a_hub_run(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut hub = Command::new(HUB)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .env_remove("FLOTILLA_LOG_JSON")
+        .env_remove("FLOTILLA_LOG_FORMAT")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&data.join("admin.yaml"), &mut hub);
+    Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status()
+        .unwrap();
+    let out = hub.wait_with_output().unwrap();
+    assert!(out.status.success(), "hub exit: {}", out.status);
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_log_format_json_writes_json_lines() {
+    let text = logs_of_a_hub_run(&[]);
+    assert!(text.contains("INFO"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI escapes when piped: {text:?}"
+    );
+
+    let json = logs_of_a_hub_run(&["--log-format", "json"]);
+    let lines: Vec<&str> = json.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+
+    let out = serve(&["--log-format", "yaml"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-format") && err.contains("text or json"),
+        "{err}"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_hub::server::{HubConfig, start};
-use flotilla_proto::telemetry::{Export, SpanForwarder, TraceConfig};
+use flotilla_proto::telemetry::{Export, LogFormat, SpanForwarder, TraceConfig};
 
 /// Exit status for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -74,9 +74,12 @@ struct ServeArgs {
     /// Largest rendered bundle (e.g. 64MiB).
     #[arg(long, env = "FLOTILLA_MAX_BUNDLE_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_bundle_size: u64,
-    /// Log as JSON lines.
+    /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// Parses `123`, `512KiB`, `8MiB`, `1GiB` (binary units; `K`, `M`, `G` accepted too).
@@ -188,14 +191,15 @@ async fn main() -> ExitCode {
         default_service: "flotilla-hub",
         export: Export::Direct(e),
     });
-    let tracing_guard =
-        match flotilla_proto::telemetry::init_with_traces("info", args.log_json, traces) {
-            Ok(t) => t,
-            Err(m) => {
-                flotilla_proto::telemetry::init("info", args.log_json);
-                return config_error(format!("--otlp-endpoint: {m}"));
-            }
-        };
+    let json_logs = args.log_json || args.log_format == LogFormat::Json;
+    let tracing_guard = match flotilla_proto::telemetry::init_with_traces("info", json_logs, traces)
+    {
+        Ok(t) => t,
+        Err(m) => {
+            flotilla_proto::telemetry::init("info", json_logs);
+            return config_error(format!("--otlp-endpoint: {m}"));
+        }
+    };
     let mut config = match validate(&args) {
         Ok(c) => c,
         Err(m) => return config_error(m),
@@ -227,12 +231,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "flotilla-hub: serving on {} (HTTP {}); admin credential: {}",
-        hub.addr,
-        args.http_listen,
-        hub.admin_credential_path().display()
-    );
+    let http = hub.http_addr.map(|a| a.to_string()).unwrap_or_default();
+    if json_logs {
+        tracing::info!(listen = %hub.addr, %http, admin_credential = %hub.admin_credential_path().display(), "serving");
+    } else {
+        eprintln!(
+            "flotilla-hub: serving on {} (HTTP {http}); admin credential: {}",
+            hub.addr,
+            hub.admin_credential_path().display()
+        );
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     hub.shutdown().await;

@@ -11,6 +11,28 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use traces::{Export, SpanForwarder, SpanRelay, TraceConfig};
 
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal (never in `kubectl logs`).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
 /// Installs a `tracing` subscriber writing to stderr; `RUST_LOG` overrides `default_filter`.
 /// `json` switches to one JSON object per line. Safe to call more than once (later calls no-op).
 pub fn init(default_filter: &str, json: bool) {
@@ -53,7 +75,11 @@ pub fn init_with_traces(
 fn install(default_filter: &str, json: bool, provider: Option<&SdkTracerProvider>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal: piped or collected logs stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = if json {
         fmt.json().with_filter(filter).boxed()
     } else {
