@@ -28,6 +28,11 @@ pub enum BundleError {
     },
     #[error("bundle {digest}: fetch failed: {message}")]
     Fetch { digest: String, message: String },
+    #[error("bundle {digest}: no data from the hub for {}", humantime::format_duration(*after))]
+    Stalled {
+        digest: String,
+        after: std::time::Duration,
+    },
     #[error("bundle {digest}: the hub sent offset {got}, expected {want}")]
     BadChunk { digest: String, got: u64, want: u64 },
     #[error("bundle {digest}: content digest is {actual}; refused")]
@@ -52,6 +57,16 @@ fn hex_of(digest: &str) -> Result<&str, BundleError> {
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .ok_or_else(|| BundleError::InvalidDigest(digest.to_string()))
+}
+
+impl BundleError {
+    /// A broken or stalled transfer: trying again resumes where it stopped.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            BundleError::Fetch { .. } | BundleError::Stalled { .. }
+        )
+    }
 }
 
 impl BundleStore {
@@ -119,10 +134,13 @@ impl BundleStore {
 
     /// Fetches `digest` from the hub unless held, continuing a partial download; verifies it
     /// before keeping it. A partial file whose result fails verification is discarded.
+    /// Fetches `digest` from where an earlier attempt stopped (the partial file), waiting at
+    /// most `chunk_timeout` for each chunk.
     pub async fn fetch(
         &self,
         client: &mut AgentSessionClient<Channel>,
         digest: &str,
+        chunk_timeout: std::time::Duration,
     ) -> Result<(), BundleError> {
         if self.has(digest) {
             return Ok(());
@@ -135,12 +153,17 @@ impl BundleStore {
             digest: digest.to_string(),
             message,
         };
-        let mut stream = client
-            .fetch_bundle(FetchBundleRequest {
-                digest: digest.to_string(),
-                offset,
-            })
+        let stalled = || BundleError::Stalled {
+            digest: digest.to_string(),
+            after: chunk_timeout,
+        };
+        let request = client.fetch_bundle(FetchBundleRequest {
+            digest: digest.to_string(),
+            offset,
+        });
+        let mut stream = tokio::time::timeout(chunk_timeout, request)
             .await
+            .map_err(|_| stalled())?
             .map_err(|s| fetch_err(s.message().to_string()))?
             .into_inner();
         let mut file = std::fs::OpenOptions::new()
@@ -149,9 +172,9 @@ impl BundleStore {
             .open(&partial)
             .map_err(Self::io(digest, &partial))?;
         let mut total = None;
-        while let Some(chunk) = stream
-            .message()
+        while let Some(chunk) = tokio::time::timeout(chunk_timeout, stream.message())
             .await
+            .map_err(|_| stalled())?
             .map_err(|s| fetch_err(s.message().to_string()))?
         {
             if chunk.offset != offset {

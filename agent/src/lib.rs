@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub drift_interval: Duration,
     /// How often an app that is still progressing is re-assessed.
     pub health_poll: Duration,
+    /// How long a bundle download may wait for its next chunk before it resumes afresh.
+    pub bundle_chunk_timeout: Duration,
     /// The simulated cluster's behaviour (`ClusterBackend::Simulated` without `kube_client`).
     pub sim: SimConfig,
     /// Where to serve `/metrics` and `/healthz` (`None`: nowhere). Port 0 picks one; the
@@ -117,6 +119,7 @@ impl AgentConfig {
             namespace: DEFAULT_NAMESPACE.into(),
             drift_interval: Duration::from_secs(60),
             health_poll: Duration::from_secs(1),
+            bundle_chunk_timeout: Duration::from_secs(30),
             sim: SimConfig::default(),
             metrics_listen: None,
             span_relay: None,
@@ -145,6 +148,7 @@ impl fmt::Debug for AgentConfig {
             .field("namespace", &self.namespace)
             .field("drift_interval", &self.drift_interval)
             .field("health_poll", &self.health_poll)
+            .field("bundle_chunk_timeout", &self.bundle_chunk_timeout)
             .field("sim", &self.sim)
             .field("metrics_listen", &self.metrics_listen)
             .finish()
@@ -168,6 +172,8 @@ pub struct AgentStatus {
     /// Sessions opened since start (reconnects show here).
     pub sessions_opened: u64,
     pub heartbeats_acked: u64,
+    /// Bundle downloads resumed after a broken or stalled transfer.
+    pub bundle_resumes: u64,
     pub renewals: u64,
     pub cert_serial: String,
     pub cert_not_after_ms: u64,
@@ -409,6 +415,7 @@ impl Agent {
             agent: self.info(),
             last_generation: bundles.load_desired().map(|d| d.generation).unwrap_or(0),
             bundles,
+            chunk_timeout: self.config.bundle_chunk_timeout,
             pending_key: None,
             desired_tx,
             board,

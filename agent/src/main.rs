@@ -68,6 +68,10 @@ struct Args {
     /// With `--cluster simulated`: how long simulated workloads take to become ready.
     #[arg(long, env = "FLOTILLA_SIM_READY_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     sim_ready_delay: Duration,
+    /// How long a bundle download may wait for its next chunk before it resumes where it
+    /// stopped.
+    #[arg(long, env = "FLOTILLA_BUNDLE_CHUNK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    bundle_chunk_timeout: Duration,
     /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -166,6 +170,11 @@ async fn main() -> ExitCode {
         eprintln!("flotilla-agent: --drift-interval and --health-poll must be more than zero");
         return ExitCode::from(64);
     }
+    if args.bundle_chunk_timeout.is_zero() {
+        eprintln!("flotilla-agent: --bundle-chunk-timeout must be more than zero");
+        return ExitCode::from(64);
+    }
+    config.bundle_chunk_timeout = args.bundle_chunk_timeout;
     config.drift_interval = args.drift_interval;
     config.health_poll = args.health_poll;
     config.sim.ready_delay = args.sim_ready_delay;

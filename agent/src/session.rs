@@ -61,6 +61,8 @@ pub struct SessionCtx {
     pub agent: AgentInfo,
     pub last_generation: u64,
     pub bundles: BundleStore,
+    /// How long a bundle download may wait for its next chunk before it resumes afresh.
+    pub chunk_timeout: Duration,
     /// The key behind an outstanding renewal request.
     pub pending_key: Option<String>,
     /// Hands a desired state whose bundles are all held to the reconciler.
@@ -186,8 +188,21 @@ impl SessionCtx {
         let mut board = self.board.subscribe();
         let mut welcomed = false;
         let relay = self.relay.clone();
+        // Bundles download beside the session, so heartbeats keep flowing during a long one.
+        let (done_tx, mut done_rx) = mpsc::channel::<Downloaded>(1);
+        let mut download: Option<(u64, AbortOnDrop)> = None;
         loop {
             tokio::select! {
+                Some(done) = done_rx.recv() => {
+                    if download.as_ref().is_some_and(|(g, _)| *g == done.desired.generation) {
+                        download = None;
+                        for m in self.take_desired(done) {
+                            if tx.send(agent_msg(m)).await.is_err() {
+                                return Err(SessionError::Failed("session stream closed".into()));
+                            }
+                        }
+                    }
+                }
                 _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
                 _ = spans_ready(&relay), if welcomed => {
                     let r = relay.as_ref().expect("ready only with a relay");
@@ -273,13 +288,25 @@ impl SessionCtx {
                                 }
                             }
                         }
-                        Some(HubMsg::Desired(d)) if d.generation != self.last_generation => {
-                            let mut fetcher = client.clone();
-                            for m in self.take_desired(&mut fetcher, d).await {
-                                if tx.send(agent_msg(m)).await.is_err() {
-                                    return Err(SessionError::Failed("session stream closed".into()));
-                                }
-                            }
+                        Some(HubMsg::Desired(d))
+                            if d.generation != self.last_generation
+                                && download.as_ref().is_none_or(|(g, _)| *g != d.generation) =>
+                        {
+                            // A newer desired state replaces a download in flight (dropping
+                            // its handle aborts it; its partial files are resumed later).
+                            let generation = d.generation;
+                            let job = download_bundles(
+                                self.bundles.clone(),
+                                client.clone(),
+                                d,
+                                self.chunk_timeout,
+                                self.status.clone(),
+                            );
+                            let done_tx = done_tx.clone();
+                            let handle = tokio::spawn(async move {
+                                let _ = done_tx.send(job.await).await;
+                            });
+                            download = Some((generation, AbortOnDrop(handle)));
                         }
                         Some(HubMsg::Desired(_)) => {}
                         Some(HubMsg::Disconnect(d)) => {
@@ -297,30 +324,11 @@ impl SessionCtx {
         }
     }
 
-    /// Fetches and verifies every bundle of a desired state. When all are held the state is
+    /// Takes a desired state whose download ended: when every bundle is held the state is
     /// saved locally, handed to the reconciler and acknowledged; otherwise the apps whose bundle
     /// could not be taken are reported failed and the reconciler keeps the previous state.
-    async fn take_desired(
-        &mut self,
-        client: &mut AgentSessionClient<tonic::transport::Channel>,
-        d: DesiredState,
-    ) -> Vec<AgentMsg> {
-        let mut failed = Vec::new();
-        for a in &d.apps {
-            if let Err(e) = self.bundles.fetch(client, &a.bundle_digest).await {
-                tracing::warn!(app = %a.app, error = %e, "bundle not taken");
-                failed.push(AppStatus {
-                    app: a.app.clone(),
-                    revision: a.revision.clone(),
-                    bundle_digest: a.bundle_digest.clone(),
-                    phase: "failed".into(),
-                    message: format!("bundle not fetched: {e}"),
-                    observed_unix_ms: unix_ms(SystemTime::now()),
-                    health: "unknown".into(),
-                    ..Default::default()
-                });
-            }
-        }
+    fn take_desired(&mut self, done: Downloaded) -> Vec<AgentMsg> {
+        let Downloaded { desired: d, failed } = done;
         if !failed.is_empty() {
             return vec![AgentMsg::Status(StatusReport {
                 generation: d.generation,
@@ -381,4 +389,65 @@ impl SessionCtx {
         });
         Ok(())
     }
+}
+
+/// How many times a broken or stalled bundle download is resumed before its app is reported
+/// failed (a later desired state, or the next session, tries again).
+const DOWNLOAD_ATTEMPTS: u32 = 8;
+
+/// A desired state whose bundles were downloaded, with the apps whose bundle could not be.
+struct Downloaded {
+    desired: DesiredState,
+    failed: Vec<AppStatus>,
+}
+
+/// Aborts the task when dropped (a session that ends takes its download with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Fetches and verifies every bundle of `d`, resuming a broken or stalled transfer where it
+/// stopped.
+async fn download_bundles(
+    bundles: BundleStore,
+    mut client: AgentSessionClient<tonic::transport::Channel>,
+    d: DesiredState,
+    chunk_timeout: Duration,
+    status: watch::Sender<AgentStatus>,
+) -> Downloaded {
+    let mut failed = Vec::new();
+    for a in &d.apps {
+        let mut attempt = 1;
+        let result = loop {
+            match bundles
+                .fetch(&mut client, &a.bundle_digest, chunk_timeout)
+                .await
+            {
+                Err(e) if e.resumable() && attempt < DOWNLOAD_ATTEMPTS => {
+                    tracing::info!(app = %a.app, error = %e, attempt, "bundle download interrupted; resuming");
+                    status.send_modify(|s| s.bundle_resumes += 1);
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(app = %a.app, error = %e, "bundle not taken");
+            failed.push(AppStatus {
+                app: a.app.clone(),
+                revision: a.revision.clone(),
+                bundle_digest: a.bundle_digest.clone(),
+                phase: "failed".into(),
+                message: format!("bundle not fetched: {e}"),
+                observed_unix_ms: unix_ms(SystemTime::now()),
+                health: "unknown".into(),
+                ..Default::default()
+            });
+        }
+    }
+    Downloaded { desired: d, failed }
 }

@@ -57,6 +57,9 @@ pub struct HubConfig {
     /// Operator-provided CA (certificate, key) instead of the generated one.
     pub ca_files: Option<(PathBuf, PathBuf)>,
     pub heartbeat_interval: Duration,
+    /// Bytes per second one bundle download may take (`None`: as fast as the link allows), so
+    /// that a fleet fetching a release at once does not saturate the hub's uplink.
+    pub bundle_rate: Option<u64>,
     /// How long a cluster may stay disconnected during a rollout stage before it counts as
     /// failed.
     pub disconnect_grace: Duration,
@@ -80,6 +83,7 @@ impl HubConfig {
             trust_domain: "flotilla.local".into(),
             ca_files: None,
             heartbeat_interval: Duration::from_secs(10),
+            bundle_rate: None,
             disconnect_grace: Duration::from_secs(60),
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
@@ -257,6 +261,7 @@ pub async fn start(
         config: SessionConfig {
             heartbeat_interval: config.heartbeat_interval,
             cert_lifetime: config.cert_lifetime,
+            bundle_rate: config.bundle_rate,
         },
         shutdown: shutdown_rx.clone(),
         tracker: tracker.clone(),

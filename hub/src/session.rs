@@ -184,6 +184,8 @@ impl Sessions {
 pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     pub cert_lifetime: Duration,
+    /// Bytes per second per bundle download (`None`: unlimited).
+    pub bundle_rate: Option<u64>,
 }
 
 /// The `AgentSession` gRPC service.
@@ -470,6 +472,7 @@ impl AgentSession for SessionService {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
+        let rate = self.config.bundle_rate.filter(|r| *r > 0);
         let stream = async_stream::try_stream! {
             let mut at = offset;
             while at < total {
@@ -480,6 +483,10 @@ impl AgentSession for SessionService {
                     .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
                 yield BundleChunk { offset: at, data, total_size: total };
                 at += want as u64;
+                if let Some(rate) = rate && at < total {
+                    // Paced after each chunk, so a resumed download always gets one at once.
+                    tokio::time::sleep(Duration::from_secs_f64(want as f64 / rate as f64)).await;
+                }
             }
         };
         Ok(Response::new(Box::pin(stream)))

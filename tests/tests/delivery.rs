@@ -196,7 +196,10 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     .unwrap();
     assert_eq!(store.partial_len(&digest), half as u64);
     let mut client = session_client(&hub, &state).await;
-    store.fetch(&mut client, &digest).await.unwrap();
+    store
+        .fetch(&mut client, &digest, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(
         store.read(&digest).unwrap(),
         big,
@@ -209,7 +212,10 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     let mut bad = compressed[..half].to_vec();
     bad[half / 2] ^= 0xff;
     std::fs::write(other.dir().join(format!("sha256/{hex}.partial")), &bad).unwrap();
-    let e = other.fetch(&mut client, &digest).await.unwrap_err();
+    let e = other
+        .fetch(&mut client, &digest, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -223,6 +229,9 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
         0,
         "the bad partial file is discarded"
     );
-    other.fetch(&mut client, &digest).await.unwrap();
+    other
+        .fetch(&mut client, &digest, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(other.read(&digest).unwrap(), big);
 }
