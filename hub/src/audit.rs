@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::HubError;
 use crate::store::SharedStore;
+use crate::store::table::Table;
 
 pub const AUDIT: &str = "/audit/";
 
@@ -33,7 +34,7 @@ pub struct AuditEntry {
 
 #[derive(Debug, Clone)]
 pub struct Audit {
-    store: SharedStore,
+    table: Table<AuditEntry>,
     clock: SharedClock,
     seq: std::sync::Arc<AtomicU64>,
 }
@@ -41,7 +42,7 @@ pub struct Audit {
 impl Audit {
     pub fn new(store: SharedStore, clock: SharedClock) -> Self {
         Self {
-            store,
+            table: Table::new(store, AUDIT),
             clock,
             seq: Default::default(),
         }
@@ -51,27 +52,20 @@ impl Audit {
     pub async fn record(&self, mut entry: AuditEntry) -> Result<AuditEntry, HubError> {
         entry.at_ms = unix_ms(self.clock.now());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let key = format!("{AUDIT}{:020}-{seq:08}", entry.at_ms);
-        self.store
-            .put(&key, serde_json::to_vec(&entry).expect("entry serializes"))
-            .await?;
+        let name = format!("{:020}-{seq:08}", entry.at_ms);
+        self.table.put(&name, &entry).await?;
         tracing::info!(who = %entry.who, action = %entry.action, app = %entry.app, cluster = %entry.cluster, stage = %entry.stage, revision = %entry.revision, "audit");
         Ok(entry)
     }
 
     /// The newest `limit` entries, oldest first.
     pub async fn list(&self, limit: usize) -> Result<Vec<AuditEntry>, HubError> {
-        let (items, _) = self.store.list(AUDIT).await?;
+        let (items, _) = self.table.store().list(AUDIT).await?;
         let skip = items.len().saturating_sub(limit);
         items
-            .into_iter()
+            .iter()
             .skip(skip)
-            .map(|kv| {
-                serde_json::from_slice(&kv.value).map_err(|e| HubError::Corrupt {
-                    key: kv.key.clone(),
-                    err: e.to_string(),
-                })
-            })
+            .map(|kv| self.table.decode(kv).map(|v| v.value))
             .collect()
     }
 }

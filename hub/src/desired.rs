@@ -10,10 +10,10 @@ use flotilla_proto::v1;
 
 use crate::error::HubError;
 use crate::store::SharedStore;
+use crate::store::table::{CAS_RETRIES, Table};
 
 pub const DESIRED: &str = "/desired/";
 pub const STATUS: &str = "/status/";
-const CAS_RETRIES: usize = 16;
 
 /// One app's desired revision on one cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +236,8 @@ pub struct StatusRecord {
 /// Access to desired state and status.
 #[derive(Debug, Clone)]
 pub struct DesiredStates {
-    store: SharedStore,
+    desired: Table<DesiredRecord>,
+    status_table: Table<StatusRecord>,
     /// Statuses already read or written: only this hub's sessions write them, and the rollout
     /// engine reads every in-flight cluster's status on each pass.
     statuses: std::sync::Arc<
@@ -244,27 +245,22 @@ pub struct DesiredStates {
     >,
 }
 
-fn corrupt(key: &str, e: serde_json::Error) -> HubError {
-    HubError::Corrupt {
-        key: key.to_string(),
-        err: e.to_string(),
-    }
-}
-
 impl DesiredStates {
     pub fn new(store: SharedStore) -> Self {
         Self {
-            store,
+            desired: Table::new(store.clone(), DESIRED),
+            status_table: Table::new(store, STATUS),
             statuses: Default::default(),
         }
     }
 
     pub async fn get(&self, cluster: &str) -> Result<DesiredRecord, HubError> {
-        let key = format!("{DESIRED}{cluster}");
-        match self.store.get(&key).await? {
-            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
-            None => Ok(DesiredRecord::default()),
-        }
+        Ok(self
+            .desired
+            .get(cluster)
+            .await?
+            .map(|v| v.value)
+            .unwrap_or_default())
     }
 
     /// Sets the apps a cluster should run. Returns the record and whether it changed (a new
@@ -275,17 +271,8 @@ impl DesiredStates {
         mut apps: Vec<AppEntry>,
     ) -> Result<(DesiredRecord, bool), HubError> {
         apps.sort_by(|a, b| a.app.cmp(&b.app));
-        let key = format!("{DESIRED}{cluster}");
         for _ in 0..CAS_RETRIES {
-            let current = self.store.get(&key).await?;
-            let (old, expected) = match &current {
-                Some(kv) => (
-                    serde_json::from_slice::<DesiredRecord>(&kv.value)
-                        .map_err(|e| corrupt(&key, e))?,
-                    Some(kv.mod_revision),
-                ),
-                None => (DesiredRecord::default(), None),
-            };
+            let (old, expected) = self.desired_at(cluster).await?;
             if old.apps == apps {
                 return Ok((old, false));
             }
@@ -293,17 +280,22 @@ impl DesiredStates {
                 generation: old.generation + 1,
                 apps: apps.clone(),
             };
-            let body = serde_json::to_vec(&new).expect("record serializes");
-            if self
-                .store
-                .compare_and_swap(&key, expected, body)
-                .await?
-                .is_ok()
-            {
+            if self.desired.swap(cluster, expected, &new).await?.is_some() {
                 return Ok((new, true));
             }
         }
-        Err(HubError::Contention(key))
+        Err(HubError::Contention(self.desired.key(cluster)))
+    }
+
+    /// A cluster's desired record with the revision it was read at (`None`: none yet).
+    async fn desired_at(
+        &self,
+        cluster: &str,
+    ) -> Result<(DesiredRecord, Option<crate::store::Revision>), HubError> {
+        Ok(match self.desired.get(cluster).await? {
+            Some(v) => (v.value, Some(v.revision)),
+            None => (DesiredRecord::default(), None),
+        })
     }
 
     /// Sets or removes single apps' entries on the clusters named, in one durable write; reads
@@ -324,15 +316,7 @@ impl DesiredStates {
             let mut ops = Vec::new();
             let mut moved = Vec::new();
             for (cluster, edits) in &by_cluster {
-                let key = format!("{DESIRED}{cluster}");
-                let (old, expected) = match self.store.get(&key).await? {
-                    Some(kv) => (
-                        serde_json::from_slice::<DesiredRecord>(&kv.value)
-                            .map_err(|e| corrupt(&key, e))?,
-                        Some(kv.mod_revision),
-                    ),
-                    None => (DesiredRecord::default(), None),
-                };
+                let (old, expected) = self.desired_at(cluster).await?;
                 let mut apps = old.apps.clone();
                 for (app, entry) in edits {
                     let kept = apps
@@ -359,12 +343,19 @@ impl DesiredStates {
                 };
                 moved.push((cluster.to_string(), new.generation));
                 ops.push(crate::store::CasOp {
-                    key,
+                    key: self.desired.key(cluster),
                     expected,
-                    value: serde_json::to_vec(&new).expect("record serializes"),
+                    value: Table::encode(&new),
                 });
             }
-            if ops.is_empty() || self.store.compare_and_swap_many(ops).await?.is_ok() {
+            if ops.is_empty()
+                || self
+                    .desired
+                    .store()
+                    .compare_and_swap_many(ops)
+                    .await?
+                    .is_ok()
+            {
                 return Ok(moved);
             }
         }
@@ -373,12 +364,14 @@ impl DesiredStates {
 
     /// Every cluster's desired state.
     pub async fn all(&self) -> Result<std::collections::HashMap<String, DesiredRecord>, HubError> {
-        let (items, _) = self.store.list(DESIRED).await?;
+        let (items, _) = self.desired.store().list(DESIRED).await?;
         items
             .iter()
             .map(|kv| {
-                let rec = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-                Ok((kv.key[DESIRED.len()..].to_string(), rec))
+                Ok((
+                    kv.key[DESIRED.len()..].to_string(),
+                    self.desired.decode(kv)?.value,
+                ))
             })
             .collect()
     }
@@ -395,11 +388,12 @@ impl DesiredStates {
         if let Some(rec) = self.cached(cluster) {
             return Ok(rec);
         }
-        let key = format!("{STATUS}{cluster}");
-        let rec: StatusRecord = match self.store.get(&key).await? {
-            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?,
-            None => StatusRecord::default(),
-        };
+        let rec = self
+            .status_table
+            .get(cluster)
+            .await?
+            .map(|v| v.value)
+            .unwrap_or_default();
         let rec = std::sync::Arc::new(rec);
         self.cache(cluster, rec.clone());
         Ok(rec)
@@ -445,10 +439,7 @@ impl DesiredStates {
                 (Err(i), _) => rec.apps.insert(i, AppReport::from_wire(a)),
             }
         }
-        let key = format!("{STATUS}{cluster}");
-        self.store
-            .put(&key, serde_json::to_vec(&rec).expect("record serializes"))
-            .await?;
+        self.status_table.put(cluster, &rec).await?;
         self.cache(cluster, std::sync::Arc::new(rec));
         Ok(())
     }

@@ -40,8 +40,12 @@ pub enum HubError {
     Ca(#[from] CaError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("stored record {key} is corrupt: {err}")]
-    Corrupt { key: String, err: String },
+    #[error("stored record {key} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("concurrent update of {0} kept conflicting; try again")]
     Contention(String),
 }

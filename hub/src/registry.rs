@@ -12,15 +12,15 @@ use flotilla_proto::identity::{Identity, validate_name};
 use flotilla_proto::token::{hash_secret, split_secret};
 use futures::StreamExt;
 use rand::RngCore;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 use crate::error::HubError;
+use crate::store::table::Table;
 use crate::store::{SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
 const TOKENS: &str = "/tokens/";
 const REVOKED: &str = "/revoked/";
-const CAS_RETRIES: usize = 16;
 
 /// A cluster as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,20 +145,11 @@ pub struct AcceptedToken {
 /// The registry over a store.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    store: SharedStore,
+    clusters: Table<ClusterRecord>,
+    tokens: Table<TokenRecord>,
+    revocations: Table<RevokedRecord>,
     clock: SharedClock,
     revoked: Arc<RevokedSerials>,
-}
-
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, HubError> {
-    serde_json::from_slice(bytes).map_err(|e| HubError::Corrupt {
-        key: key.to_string(),
-        err: e.to_string(),
-    })
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialize")
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -197,7 +188,9 @@ impl Registry {
             revoked.insert(kv.key[REVOKED.len()..].to_string());
         }
         Ok(Self {
-            store,
+            clusters: Table::new(store.clone(), CLUSTERS),
+            tokens: Table::new(store.clone(), TOKENS),
+            revocations: Table::new(store, REVOKED),
             clock,
             revoked,
         })
@@ -205,14 +198,14 @@ impl Registry {
 
     /// Follows `/revoked/` in the store until `shutdown` fires (for serials revoked by another replica).
     pub async fn watch_revocations(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let from = match self.store.revision().await {
+        let from = match self.revocations.store().revision().await {
             Ok(r) => r + 1,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch revocations");
                 return;
             }
         };
-        let mut stream = match self.store.watch(REVOKED, from).await {
+        let mut stream = match self.revocations.store().watch(REVOKED, from).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch revocations");
@@ -236,21 +229,35 @@ impl Registry {
         self.revoked.clone()
     }
 
+    /// Read-modify-write of one cluster record.
+    async fn update_cluster(
+        &self,
+        name: &str,
+        missing: impl Fn() -> HubError,
+        f: impl FnMut(&mut ClusterRecord) -> Result<(), HubError>,
+    ) -> Result<ClusterRecord, HubError> {
+        Ok(self.clusters.update(name, missing, f).await?.0)
+    }
+
     fn now_ms(&self) -> u64 {
         unix_ms(self.clock.now())
     }
 
     pub async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
-        let key = format!("{CLUSTERS}{name}");
-        match self.store.get(&key).await? {
-            Some(kv) => decode(&key, &kv.value),
+        match self.clusters.get(name).await? {
+            Some(v) => Ok(v.value),
             None => Err(HubError::UnknownCluster(name.to_string())),
         }
     }
 
     pub async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, HubError> {
-        let (items, _) = self.store.list(CLUSTERS).await?;
-        items.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+        Ok(self
+            .clusters
+            .list()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
     }
 
     /// Creates a cluster (or replaces a revoked one of the same name) and a join token for it.
@@ -269,7 +276,6 @@ impl Registry {
         if ttl.is_zero() {
             return Err(HubError::Invalid("token ttl must be positive".into()));
         }
-        let key = format!("{CLUSTERS}{name}");
         let now = self.now_ms();
         let record = ClusterRecord {
             name: name.to_string(),
@@ -280,22 +286,12 @@ impl Registry {
             agent_version: String::new(),
             certs: vec![],
         };
-        let expected = match self.store.get(&key).await? {
+        let expected = match self.clusters.get(name).await? {
             None => None,
-            Some(kv) => {
-                let old: ClusterRecord = decode(&key, &kv.value)?;
-                if !old.revoked {
-                    return Err(HubError::ClusterExists(name.to_string()));
-                }
-                Some(kv.mod_revision)
-            }
+            Some(old) if old.value.revoked => Some(old.revision),
+            Some(_) => return Err(HubError::ClusterExists(name.to_string())),
         };
-        if self
-            .store
-            .compare_and_swap(&key, expected, encode(&record))
-            .await?
-            .is_err()
-        {
+        if self.clusters.swap(name, expected, &record).await?.is_none() {
             return Err(HubError::ClusterExists(name.to_string()));
         }
         let (token, secret) = self.create_token(name, ttl, reusable).await?;
@@ -321,70 +317,43 @@ impl Registry {
             uses: 0,
             revoked: false,
         };
-        let key = format!("{TOKENS}{id}");
-        if self
-            .store
-            .compare_and_swap(&key, None, encode(&rec))
-            .await?
-            .is_err()
-        {
-            return Err(HubError::Contention(key));
+        if self.tokens.swap(&id, None, &rec).await?.is_none() {
+            return Err(HubError::Contention(self.tokens.key(&id)));
         }
         Ok((rec, format!("{id}.{secret}")))
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, HubError> {
-        let (items, _) = self.store.list(TOKENS).await?;
-        items.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+        Ok(self
+            .tokens
+            .list()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, HubError> {
-        let key = format!("{TOKENS}{id}");
-        self.update(
-            &key,
-            || HubError::UnknownTokenId(id.to_string()),
-            |t: &mut TokenRecord| {
-                t.revoked = true;
-                Ok(())
-            },
-        )
-        .await
-    }
-
-    /// Read-modify-write of one JSON record with compare-and-swap and bounded retries.
-    async fn update<T, F>(
-        &self,
-        key: &str,
-        missing: impl Fn() -> HubError,
-        mut f: F,
-    ) -> Result<T, HubError>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnMut(&mut T) -> Result<(), HubError>,
-    {
-        for _ in 0..CAS_RETRIES {
-            let kv = self.store.get(key).await?.ok_or_else(&missing)?;
-            let mut v: T = decode(key, &kv.value)?;
-            f(&mut v)?;
-            if self
-                .store
-                .compare_and_swap(key, Some(kv.mod_revision), encode(&v))
-                .await?
-                .is_ok()
-            {
-                return Ok(v);
-            }
-        }
-        Err(HubError::Contention(key.to_string()))
+        let (rec, ()) = self
+            .tokens
+            .update(
+                id,
+                || HubError::UnknownTokenId(id.to_string()),
+                |t| {
+                    t.revoked = true;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(rec)
     }
 
     /// Checks a presented `<id>.<secret>` without consuming it.
     pub async fn check_token(&self, presented: &str) -> Result<AcceptedToken, HubError> {
         let (id, secret) = split_secret(presented)
             .ok_or_else(|| HubError::MalformedToken("expected <id>.<secret>".into()))?;
-        let key = format!("{TOKENS}{id}");
-        let kv = self.store.get(&key).await?.ok_or(HubError::UnknownToken)?;
-        let rec: TokenRecord = decode(&key, &kv.value)?;
+        let stored = self.tokens.get(id).await?.ok_or(HubError::UnknownToken)?;
+        let rec = stored.value;
         // Both sides are fixed-length SHA-256 hex, so comparing them leaks nothing useful.
         if rec.secret_sha256 != hash_secret(secret) {
             return Err(HubError::UnknownToken);
@@ -392,7 +361,7 @@ impl Registry {
         rec.usable(self.now_ms())?;
         Ok(AcceptedToken {
             record: rec,
-            mod_revision: kv.mod_revision,
+            mod_revision: stored.revision,
         })
     }
 
@@ -405,18 +374,17 @@ impl Registry {
         not_after: SystemTime,
         agent_version: &str,
     ) -> Result<ClusterRecord, HubError> {
-        let key = format!("{TOKENS}{}", token.record.id);
         let mut rec = token.record;
         rec.uses += 1;
         if self
-            .store
-            .compare_and_swap(&key, Some(token.mod_revision), encode(&rec))
+            .tokens
+            .swap(&rec.id, Some(token.mod_revision), &rec)
             .await?
-            .is_err()
+            .is_none()
         {
             // Someone else changed the token between check and use: re-check to say why.
-            return Err(match self.check_token_state(&key).await {
-                Ok(()) => HubError::Contention(key),
+            return Err(match self.check_token_state(&rec.id).await {
+                Ok(()) => HubError::Contention(self.tokens.key(&rec.id)),
                 Err(e) => e,
             });
         }
@@ -424,10 +392,9 @@ impl Registry {
             .await
     }
 
-    async fn check_token_state(&self, key: &str) -> Result<(), HubError> {
-        let kv = self.store.get(key).await?.ok_or(HubError::UnknownToken)?;
-        let rec: TokenRecord = decode(key, &kv.value)?;
-        rec.usable(self.now_ms())
+    async fn check_token_state(&self, id: &str) -> Result<(), HubError> {
+        let stored = self.tokens.get(id).await?.ok_or(HubError::UnknownToken)?;
+        stored.value.usable(self.now_ms())
     }
 
     /// Adds an issued certificate to the cluster (join and renewal), dropping expired ones.
@@ -439,11 +406,10 @@ impl Registry {
         agent_version: Option<&str>,
     ) -> Result<ClusterRecord, HubError> {
         let now = self.now_ms();
-        let key = format!("{CLUSTERS}{cluster}");
-        self.update(
-            &key,
+        self.update_cluster(
+            cluster,
             || HubError::UnknownCluster(cluster.to_string()),
-            |c: &mut ClusterRecord| {
+            |c| {
                 if c.revoked {
                     return Err(HubError::ClusterRevoked(cluster.to_string()));
                 }
@@ -464,11 +430,10 @@ impl Registry {
     /// Records that a session opened or closed.
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
         let now = self.now_ms();
-        let key = format!("{CLUSTERS}{cluster}");
-        self.update(
-            &key,
+        self.update_cluster(
+            cluster,
             || HubError::UnknownCluster(cluster.to_string()),
-            |c: &mut ClusterRecord| {
+            |c| {
                 c.last_seen_ms = now;
                 if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
                     c.agent_version = v.to_string();
@@ -477,7 +442,7 @@ impl Registry {
             },
         )
         .await
-        .map(|_: ClusterRecord| ())
+        .map(|_| ())
     }
 
     pub async fn label_cluster(
@@ -489,11 +454,10 @@ impl Registry {
         for (k, v) in set {
             validate_label(k, v)?;
         }
-        let key = format!("{CLUSTERS}{name}");
-        self.update(
-            &key,
+        self.update_cluster(
+            name,
             || HubError::UnknownCluster(name.to_string()),
-            |c: &mut ClusterRecord| {
+            |c| {
                 if c.revoked {
                     return Err(HubError::ClusterRevoked(name.to_string()));
                 }
@@ -511,24 +475,22 @@ impl Registry {
     /// Revokes a cluster: marks the record, revokes its tokens and every certificate it holds.
     /// The caller closes its live session.
     pub async fn remove_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
-        let key = format!("{CLUSTERS}{name}");
         let rec = self
-            .update(
-                &key,
+            .update_cluster(
+                name,
                 || HubError::UnknownCluster(name.to_string()),
-                |c: &mut ClusterRecord| {
+                |c| {
                     c.revoked = true;
                     Ok(())
                 },
             )
             .await?;
         for cert in &rec.certs {
-            let rk = format!("{REVOKED}{}", cert.serial);
             let body = RevokedRecord {
                 cluster: name.to_string(),
                 not_after_ms: cert.not_after_ms,
             };
-            self.store.put(&rk, encode(&body)).await?;
+            self.revocations.put(&cert.serial, &body).await?;
             self.revoked.insert(cert.serial.clone());
         }
         for t in self.list_tokens().await? {

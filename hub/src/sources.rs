@@ -29,11 +29,11 @@ use crate::render::{
 use crate::rollout::plan::{Cause, Render};
 use crate::rollout::{AppOffer, Retirement, Rollouts};
 use crate::store::SharedStore;
+use crate::store::table::Table;
 
 pub const SOURCES: &str = "/sources/";
 /// Default polling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-const CAS_RETRIES: usize = 16;
 
 /// A source as persisted: what to track, and how the last sync went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ pub struct Sources {
 
 #[derive(Debug)]
 struct Inner {
-    store: SharedStore,
+    table: Table<SourceRecord>,
     registry: Registry,
     rollouts: Rollouts,
     bundles: Arc<BundleCache>,
@@ -117,13 +117,6 @@ struct LoopHandle {
     wake: Notify,
     sync: tokio::sync::Mutex<()>,
     stop: Notify,
-}
-
-fn corrupt(key: &str, e: serde_json::Error) -> HubError {
-    HubError::Corrupt {
-        key: key.to_string(),
-        err: e.to_string(),
-    }
 }
 
 impl SourceRecord {
@@ -163,7 +156,7 @@ impl Sources {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
+                table: Table::new(store, SOURCES),
                 registry,
                 rollouts,
                 bundles,
@@ -178,19 +171,21 @@ impl Sources {
     }
 
     pub async fn get(&self, name: &str) -> Result<SourceRecord, HubError> {
-        let key = format!("{SOURCES}{name}");
-        match self.inner.store.get(&key).await? {
-            Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e)),
+        match self.inner.table.get(name).await? {
+            Some(v) => Ok(v.value),
             None => Err(HubError::UnknownSource(name.to_string())),
         }
     }
 
     pub async fn list(&self) -> Result<Vec<SourceRecord>, HubError> {
-        let (items, _) = self.inner.store.list(SOURCES).await?;
-        items
-            .iter()
-            .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
-            .collect()
+        Ok(self
+            .inner
+            .table
+            .list()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
     }
 
     /// Adds a source (validated first: name, URL, ref, path, secret file) and starts its loop.
@@ -226,15 +221,7 @@ impl Sources {
         rec.spec()?
             .validate()
             .map_err(|e| HubError::Invalid(e.to_string()))?;
-        let key = format!("{SOURCES}{name}");
-        let body = serde_json::to_vec(&rec).expect("record serializes");
-        if self
-            .inner
-            .store
-            .compare_and_swap(&key, None, body)
-            .await?
-            .is_err()
-        {
+        if self.inner.table.swap(name, None, &rec).await?.is_none() {
             return Err(HubError::SourceExists(name.to_string()));
         }
         self.start(name);
@@ -297,7 +284,7 @@ impl Sources {
             };
             self.inner.rollouts.retire(app, why).await?;
         }
-        self.inner.store.delete(&format!("{SOURCES}{name}")).await?;
+        self.inner.table.delete(name).await?;
         let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
         Ok(rec)
     }
@@ -402,26 +389,22 @@ impl Sources {
 
     /// Saves the status of a source (compare-and-swap on the record).
     async fn save_status(&self, name: &str, status: SourceStatus) -> Result<(), HubError> {
-        let key = format!("{SOURCES}{name}");
-        for _ in 0..CAS_RETRIES {
-            let Some(kv) = self.inner.store.get(&key).await? else {
-                return Ok(()); // removed meanwhile
-            };
-            let mut rec: SourceRecord =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?;
-            rec.status = status.clone();
-            let body = serde_json::to_vec(&rec).expect("record serializes");
-            if self
-                .inner
-                .store
-                .compare_and_swap(&key, Some(kv.mod_revision), body)
-                .await?
-                .is_ok()
-            {
-                return Ok(());
-            }
+        let saved = self
+            .inner
+            .table
+            .update(
+                name,
+                || HubError::UnknownSource(name.to_string()),
+                |rec| {
+                    rec.status = status.clone();
+                    Ok(())
+                },
+            )
+            .await;
+        match saved {
+            Ok(_) | Err(HubError::UnknownSource(_)) => Ok(()), // removed meanwhile
+            Err(e) => Err(e),
         }
-        Err(HubError::Contention(key))
     }
 
     /// One sync: fetch, load, render, update desired state — traced as `flotilla.sync` with

@@ -28,6 +28,7 @@ use crate::registry::Registry;
 use crate::render::{ClusterInfo, CountOrPercent, PipelineConfig};
 use crate::session::Sessions;
 use crate::store::SharedStore;
+use crate::store::table::Table;
 use plan::{AppRollout, ClusterView, Inputs, Render};
 
 pub const ROLLOUTS: &str = "/rollouts/";
@@ -65,7 +66,7 @@ impl std::fmt::Debug for Rollouts {
 }
 
 struct Inner {
-    store: SharedStore,
+    table: Table<AppRollout>,
     desired: DesiredStates,
     registry: Registry,
     sessions: Arc<Sessions>,
@@ -88,13 +89,6 @@ struct Inner {
 
 type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
 
-fn corrupt(key: &str, e: serde_json::Error) -> HubError {
-    HubError::Corrupt {
-        key: key.to_string(),
-        err: e.to_string(),
-    }
-}
-
 impl Rollouts {
     pub fn new(
         store: SharedStore,
@@ -109,7 +103,7 @@ impl Rollouts {
         let started_ms = unix_ms(clock.now());
         Self {
             inner: Arc::new(Inner {
-                store,
+                table: Table::new(store, ROLLOUTS),
                 desired,
                 registry,
                 sessions,
@@ -148,12 +142,9 @@ impl Rollouts {
         if self.records().is_some() {
             return Ok(());
         }
-        let (items, _) = self.inner.store.list(ROLLOUTS).await?;
         let mut map = Records::new();
-        for kv in items {
-            let rec: AppRollout =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            map.insert(rec.app.clone(), (Arc::new(rec), kv.mod_revision));
+        for v in self.inner.table.list().await? {
+            map.insert(v.value.app.clone(), (Arc::new(v.value), v.revision));
         }
         let mut guard = self.records();
         if guard.is_none() {
@@ -199,24 +190,17 @@ impl Rollouts {
     }
 
     async fn save(&self, rec: &AppRollout, expected: Option<u64>) -> Result<(), HubError> {
-        let key = format!("{ROLLOUTS}{}", rec.app);
-        let body = serde_json::to_vec(rec).expect("record serializes");
-        match self
-            .inner
-            .store
-            .compare_and_swap(&key, expected, body)
-            .await?
-        {
-            Ok(rev) => {
+        match self.inner.table.swap(&rec.app, expected, rec).await? {
+            Some(rev) => {
                 if let Some(m) = self.records().as_mut() {
                     m.insert(rec.app.clone(), (Arc::new(rec.clone()), rev));
                 }
                 Ok(())
             }
-            Err(_) => {
+            None => {
                 // Someone else wrote the store: forget what we hold and read it again next time.
                 *self.records() = None;
-                Err(HubError::Contention(key))
+                Err(HubError::Contention(self.inner.table.key(&rec.app)))
             }
         }
     }
@@ -403,8 +387,7 @@ impl Rollouts {
             .map(|c| (c, app.to_string(), None))
             .collect();
         self.inner.desired.set_entries(&changes).await?;
-        let key = format!("{ROLLOUTS}{app}");
-        self.inner.store.compare_and_delete(&key, rev).await?;
+        self.inner.table.delete_at(app, rev).await?;
         if let Some(m) = self.records().as_mut() {
             m.remove(app);
         }
