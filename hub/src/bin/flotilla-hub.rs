@@ -74,9 +74,9 @@ struct ServeArgs {
     /// Largest rendered bundle (e.g. 64MiB).
     #[arg(long, env = "FLOTILLA_MAX_BUNDLE_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_bundle_size: u64,
-    /// Bytes per second one bundle download may take (e.g. 10MiB); 0: unlimited.
-    #[arg(long, env = "FLOTILLA_BUNDLE_RATE_LIMIT", default_value = "0", value_parser = parse_size)]
-    bundle_rate_limit: u64,
+    /// Bytes per second one bundle download may take (e.g. 10MiB); unset: unlimited.
+    #[arg(long, env = "FLOTILLA_BUNDLE_RATE_LIMIT", value_parser = parse_size)]
+    bundle_rate_limit: Option<u64>,
     /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -163,7 +163,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.trust_domain = a.trust_domain.clone();
     c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
     c.heartbeat_interval = a.heartbeat_interval;
-    c.bundle_rate = (a.bundle_rate_limit > 0).then_some(a.bundle_rate_limit);
+    c.bundle_rate = a.bundle_rate_limit;
     c.disconnect_grace = a.disconnect_grace;
     if a.max_file_size > a.max_bundle_size {
         return Err("--max-file-size must not exceed --max-bundle-size".into());
