@@ -55,6 +55,27 @@ fn bad_configuration_exits_64_and_names_the_flag() {
     }
 }
 
+/// The hub serving on free ports with its data in `data`, plus `args`.
+fn spawn_hub(data: &Path, args: &[&str], stderr: Stdio) -> std::process::Child {
+    Command::new(HUB)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("RUST_LOG")
+        .env_remove("FLOTILLA_LOG_JSON")
+        .env_remove("FLOTILLA_LOG_FORMAT")
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn wait_for_file(p: &Path, hub: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !p.exists() {
@@ -70,19 +91,7 @@ fn wait_for_file(p: &Path, hub: &mut std::process::Child) {
 fn hub_binary_serves_the_cli_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut hub = Command::new(HUB)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut hub = spawn_hub(&data, &[], Stdio::null());
     let cred = data.join("admin.yaml");
     wait_for_file(&cred, &mut hub);
     use std::os::unix::fs::PermissionsExt;
@@ -137,23 +146,7 @@ fn hub_binary_serves_the_cli_and_stops_on_sigterm() {
 fn logs_of_a_hub_run(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut hub = Command::new(HUB)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("RUST_LOG")
-        .env_remove("FLOTILLA_LOG_JSON")
-        .env_remove("FLOTILLA_LOG_FORMAT")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut hub = spawn_hub(&data, args, Stdio::piped());
     wait_for_file(&data.join("admin.yaml"), &mut hub);
     Command::new("kill")
         .args(["-TERM", &hub.id().to_string()])
