@@ -37,7 +37,7 @@ pub struct AgentState {
 impl AgentState {
     /// The `agent.yaml` item.
     pub fn to_yaml(&self) -> Result<String, IdentityError> {
-        serde_yaml_ng::to_string(self).map_err(|e| IdentityError::Serialize(e.to_string()))
+        serde_yaml_ng::to_string(self).map_err(IdentityError::Serialize)
     }
 }
 
@@ -62,15 +62,14 @@ impl Credentials {
     /// Serial, identity and expiry of the leaf certificate.
     pub fn leaf(&self, trust_domain: &str) -> Result<PeerCert, IdentityError> {
         let certs = certs_from_pem(&self.chain_pem, "certificate")?;
-        PeerCert::from_der(&certs[0], trust_domain)
-            .map_err(|e| IdentityError::Certificate(e.to_string()))
+        PeerCert::from_der(&certs[0], trust_domain).map_err(IdentityError::Certificate)
     }
 
     /// `not_before` of the leaf certificate.
     pub fn not_before(&self) -> Result<SystemTime, IdentityError> {
         let certs = certs_from_pem(&self.chain_pem, "certificate")?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
-            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&certs[0]).map_err(IdentityError::Unparsable)?;
         Ok(SystemTime::UNIX_EPOCH
             + std::time::Duration::from_secs(cert.validity().not_before.timestamp().max(0) as u64))
     }
@@ -99,30 +98,30 @@ pub enum IdentityError {
         source: Box<kube::Error>,
     },
     #[error("state: {0}")]
-    Serialize(String),
+    Serialize(#[source] serde_yaml_ng::Error),
     #[error("certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] flotilla_proto::identity::IdentityError),
+    #[error("certificate: {0}")]
+    Unparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("key generation: {0}")]
-    KeyGen(String),
+    KeyGen(#[source] rcgen::Error),
 }
 
 /// Generates a fresh P-256 key and a CSR for it. The CSR's subject is informational: the hub
 /// assigns the identity it signs.
 pub fn new_key_and_csr(cn: &str) -> Result<(String, String), IdentityError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
+        .map_err(IdentityError::KeyGen)?;
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
     let csr = params
         .serialize_request(&key)
-        .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
-    let csr_pem = csr
-        .pem()
-        .map_err(|e| IdentityError::KeyGen(e.to_string()))?;
+        .map_err(IdentityError::KeyGen)?;
+    let csr_pem = csr.pem().map_err(IdentityError::KeyGen)?;
     Ok((key.serialize_pem(), csr_pem))
 }
 

@@ -18,6 +18,9 @@ pub enum JoinError {
     /// The hub could not be reached or failed; worth retrying.
     #[error("join failed (will retry): {0}")]
     Transient(String),
+    /// A key or CSR could not be made here.
+    #[error("join refused: {0}")]
+    KeyGen(#[from] crate::identity::IdentityError),
 }
 
 /// Performs one join attempt.
@@ -37,8 +40,7 @@ pub async fn join(
             JoinError::Transient(format!("hub {hub} unreachable: {msg}"))
         }
     })?;
-    let (key_pem, csr_pem) =
-        new_key_and_csr("flotilla-agent").map_err(|e| JoinError::Refused(e.to_string()))?;
+    let (key_pem, csr_pem) = new_key_and_csr("flotilla-agent")?;
     let resp = RegistrationClient::new(channel)
         .join(JoinRequest {
             token: token.token.clone(),

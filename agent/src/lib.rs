@@ -436,9 +436,15 @@ impl Agent {
                 }
                 Ok(end) => tracing::warn!(?end, "session ended; reconnecting"),
                 Err(SessionError::Refused(m)) => return Err(SessionError::Refused(m).into()),
-                Err(SessionError::Failed(m)) => {
+                Err(e) => {
+                    // A failure worth another session: the transport, or our own credentials
+                    // (a renewal that could not be used is retried on the next session).
+                    let m = match e {
+                        SessionError::Failed(m) => m,
+                        other => other.to_string(),
+                    };
                     tracing::warn!(error = %m, "session failed; reconnecting");
-                    self.status.send_modify(|s| s.last_error = Some(m.clone()));
+                    self.status.send_modify(|s| s.last_error = Some(m));
                 }
             }
             if self.status.borrow().sessions_opened > opened_before {

@@ -47,6 +47,11 @@ pub enum SessionError {
     Refused(String),
     #[error("session failed: {0}")]
     Failed(String),
+    /// Our own credentials could not be made or used (a renewal's key, certificate or state).
+    #[error("session failed: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("session failed: {0}")]
+    Tls(#[from] flotilla_proto::tls::TlsError),
 }
 
 /// What a session needs; owned by the agent across reconnects.
@@ -229,8 +234,7 @@ impl SessionCtx {
                     next_heartbeat = Instant::now() + heartbeat_every;
                 }
                 _ = sleep_until(renew_at), if !renewing => {
-                    let (key_pem, csr_pem) = new_key_and_csr("flotilla-agent")
-                        .map_err(|e| SessionError::Failed(e.to_string()))?;
+                    let (key_pem, csr_pem) = new_key_and_csr("flotilla-agent")?;
                     self.pending_key = Some(key_pem);
                     tracing::info!(cluster.id = %self.state.cluster_id, "renewing certificate");
                     if tx.send(agent_msg(AgentMsg::Renew(RenewRequest { csr_pem }))).await.is_err() {
@@ -361,22 +365,15 @@ impl SessionCtx {
             chain_pem,
             ca_pem: self.creds.ca_pem.clone(),
         };
-        let leaf = creds
-            .leaf(&self.state.trust_domain)
-            .map_err(|e| SessionError::Failed(e.to_string()))?;
+        let leaf = creds.leaf(&self.state.trust_domain)?;
         if leaf.identity.uri(&self.state.trust_domain) != self.state.identity {
             return Err(SessionError::Failed(format!(
                 "renewed certificate is for {} not {}",
                 leaf.identity, self.state.identity
             )));
         }
-        let cfg = creds
-            .client_config()
-            .map_err(|e| SessionError::Failed(e.to_string()))?;
-        self.store
-            .save_credentials(&creds)
-            .await
-            .map_err(|e| SessionError::Failed(e.to_string()))?;
+        let cfg = creds.client_config()?;
+        self.store.save_credentials(&creds).await?;
         self.dialer.set_config(cfg);
         self.creds = creds;
         self.event_span("renew").in_scope(|| {

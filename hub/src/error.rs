@@ -34,6 +34,14 @@ pub enum HubError {
     RateLimited { addr: String, retry_secs: u64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A source definition that cannot be tracked (name, URL, ref, path, credentials file).
+    #[error("invalid argument: {0}")]
+    InvalidSource(#[from] crate::git::GitError),
+    #[error("invalid argument: {0}")]
+    InvalidName(#[from] flotilla_proto::identity::IdentityError),
+    /// An operator action the rollout refused (nothing waits for approval, unknown revision…).
+    #[error("invalid argument: {0}")]
+    Refused(#[from] crate::rollout::plan::ActionError),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("certificate: {0}")]
@@ -48,6 +56,13 @@ pub enum HubError {
     },
     #[error("concurrent update of {0} kept conflicting; try again")]
     Contention(String),
+    /// A blocking task (fetch, render) panicked or was cancelled.
+    #[error("{what} task failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl HubError {
@@ -66,13 +81,17 @@ impl HubError {
             HubError::TokenRevoked => "token_revoked",
             HubError::MalformedToken(_) => "malformed_token",
             HubError::RateLimited { .. } => "rate_limited",
-            HubError::Invalid(_) => "invalid",
+            HubError::Invalid(_)
+            | HubError::InvalidSource(_)
+            | HubError::InvalidName(_)
+            | HubError::Refused(_) => "invalid",
             HubError::PermissionDenied(_) => "permission_denied",
             HubError::Ca(c) if c.is_client_error() => "bad_csr",
             HubError::Ca(_) => "ca",
             HubError::Store(_) => "store",
             HubError::Corrupt { .. } => "corrupt",
             HubError::Contention(_) => "contention",
+            HubError::Task { .. } => "task",
         }
     }
 }
@@ -95,12 +114,16 @@ impl From<HubError> for tonic::Status {
             | HubError::MalformedToken(_)
             | HubError::PermissionDenied(_) => Status::permission_denied(msg),
             HubError::RateLimited { .. } => Status::resource_exhausted(msg),
-            HubError::Invalid(_) => Status::invalid_argument(msg),
+            HubError::Invalid(_)
+            | HubError::InvalidSource(_)
+            | HubError::InvalidName(_)
+            | HubError::Refused(_) => Status::invalid_argument(msg),
             HubError::Ca(ref c) if c.is_client_error() => Status::invalid_argument(msg),
             HubError::Contention(_) => Status::aborted(msg),
-            HubError::Ca(_) | HubError::Store(_) | HubError::Corrupt { .. } => {
-                Status::internal(msg)
-            }
+            HubError::Ca(_)
+            | HubError::Store(_)
+            | HubError::Corrupt { .. }
+            | HubError::Task { .. } => Status::internal(msg),
         }
     }
 }

@@ -269,7 +269,7 @@ impl Registry {
         ttl: Duration,
         reusable: bool,
     ) -> Result<(ClusterRecord, TokenRecord, String), HubError> {
-        validate_name(name).map_err(|e| HubError::Invalid(e.to_string()))?;
+        validate_name(name)?;
         for (k, v) in &labels {
             validate_label(k, v)?;
         }

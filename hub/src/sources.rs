@@ -121,13 +121,9 @@ struct LoopHandle {
 
 impl SourceRecord {
     fn spec(&self) -> Result<SourceSpec, HubError> {
-        let reference =
-            GitRef::parse(&self.reference).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let reference = GitRef::parse(&self.reference)?;
         let auth = match &self.secret_file {
-            Some(p) => Some(
-                Auth::from_secret_file(std::path::Path::new(p))
-                    .map_err(|e| HubError::Invalid(e.to_string()))?,
-            ),
+            Some(p) => Some(Auth::from_secret_file(std::path::Path::new(p))?),
             None => None,
         };
         Ok(SourceSpec {
@@ -200,8 +196,7 @@ impl Sources {
             webhook_secret_file,
         } = new;
         let (name, url, reference) = (name.as_str(), url.as_str(), reference.as_str());
-        let path =
-            crate::git::normalize_path(&path).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let path = crate::git::normalize_path(&path)?;
         let rec = SourceRecord {
             name: name.to_string(),
             url: url.to_string(),
@@ -217,10 +212,8 @@ impl Sources {
             created_ms: unix_ms(self.inner.clock.now()),
             status: SourceStatus::default(),
         };
-        crate::git::validate_name(name).map_err(|e| HubError::Invalid(e.to_string()))?;
-        rec.spec()?
-            .validate()
-            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        crate::git::validate_name(name)?;
+        rec.spec()?.validate()?;
         if self.inner.table.swap(name, None, &rec).await?.is_none() {
             return Err(HubError::SourceExists(name.to_string()));
         }
@@ -441,7 +434,10 @@ impl Sources {
             Ok::<_, crate::git::GitError>((outcome, tree))
         })
         .await
-        .map_err(|e| HubError::Invalid(format!("sync task failed: {e}")))?;
+        .map_err(|source| HubError::Task {
+            what: "sync",
+            source,
+        })?;
         let (outcome, tree) = match fetched {
             Ok(x) => x,
             Err(e) => {
@@ -472,7 +468,10 @@ impl Sources {
             render_all(&tree, &clusters, &limits, &bundles)
         })
         .await
-        .map_err(|e| HubError::Invalid(format!("render task failed: {e}")))?;
+        .map_err(|source| HubError::Task {
+            what: "render",
+            source,
+        })?;
         let (per_app, config_error) = match rendered {
             Ok(x) => (x, None),
             Err(e) => (BTreeMap::new(), Some(e)),

@@ -596,9 +596,7 @@ impl Rollouts {
     pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
         let mut probe = rec.clone();
-        let what = probe
-            .approve(stage, who)
-            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        let what = probe.approve(stage, who)?;
         self.audited(AuditEntry {
             who: who.into(),
             action: "rollout.approve".into(),
@@ -610,8 +608,7 @@ impl Rollouts {
         })
         .await?;
         self.update(app, None, |rec| {
-            rec.approve(stage, who)
-                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            rec.approve(stage, who)?;
             Ok((Vec::new(), ()))
         })
         .await?;
@@ -656,9 +653,7 @@ impl Rollouts {
     ) -> Result<AppRollout, HubError> {
         let now = self.now_ms();
         let mut probe = self.get(app).await?;
-        probe
-            .rollback(to, now)
-            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        probe.rollback(to, now)?;
         self.audited(AuditEntry {
             who: who.into(),
             action: "rollout.rollback".into(),
@@ -668,9 +663,7 @@ impl Rollouts {
         })
         .await?;
         self.update(app, None, |rec| {
-            let touched = rec
-                .rollback(to, now)
-                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            let touched = rec.rollback(to, now)?;
             Ok((touched, ()))
         })
         .await?;
@@ -685,9 +678,7 @@ impl Rollouts {
         who: &str,
     ) -> Result<String, HubError> {
         let mut probe = self.get(app).await?;
-        let rev = probe
-            .pin(cluster, revision)
-            .map_err(|e| HubError::Invalid(e.to_string()))?;
+        let rev = probe.pin(cluster, revision)?;
         self.audited(AuditEntry {
             who: who.into(),
             action: "cluster.pin".into(),
@@ -698,8 +689,7 @@ impl Rollouts {
         })
         .await?;
         self.update(app, None, |rec| {
-            rec.pin(cluster, revision)
-                .map_err(|e| HubError::Invalid(e.to_string()))?;
+            rec.pin(cluster, revision)?;
             Ok((vec![cluster.to_string()], ()))
         })
         .await?;
