@@ -68,12 +68,16 @@ pub enum CaError {
     WeakKey(String),
     #[error("cannot issue a certificate for identity {0}")]
     BadIdentity(String),
+    #[error("cannot issue a certificate for identity: {0}")]
+    BadName(#[source] flotilla_proto::identity::IdentityError),
     #[error("invalid server certificate name {0:?}")]
     BadServerName(String),
     #[error("invalid validity period: {0}")]
     BadValidity(String),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("signing failed: {0}")]
+    Signer(#[source] rcgen::Error),
 }
 
 impl CaError {
@@ -404,7 +408,7 @@ impl Ca {
 
     /// Parameters of a client certificate for `identity` (validity not yet set).
     fn client_params(&self, identity: &Identity) -> Result<CertificateParams, CaError> {
-        validate_name(identity.name()).map_err(|e| CaError::BadIdentity(e.to_string()))?;
+        validate_name(identity.name()).map_err(CaError::BadName)?;
         let uri = identity.uri(&self.trust_domain);
         let uri = uri
             .clone()
@@ -443,7 +447,7 @@ impl Ca {
     ) -> Result<Issued, CaError> {
         let cert = params
             .signed_by(public_key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+            .map_err(CaError::Signer)?;
         let (_, parsed) = X509Certificate::from_der(cert.der())
             .map_err(|e| CaError::Sign(format!("issued certificate does not parse: {e}")))?;
         if let Some(spki) = expect_spki
