@@ -1133,7 +1133,11 @@ GhUPXnPvmrd/5hPMhQ1lblmK6OkQG8g=
                 Duration::from_secs(60),
             )
             .unwrap_err();
-        assert!(matches!(err, CaError::BadIdentity(_)), "{err}");
+        assert!(matches!(err, CaError::BadName(_)), "{err}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the name's error is kept as the cause"
+        );
     }
 
     #[test]
