@@ -219,6 +219,16 @@ impl ClusterView {
     }
 }
 
+/// The view of a cluster that never reported the app.
+static NEVER_REPORTED: ClusterView = ClusterView {
+    revision: String::new(),
+    phase: String::new(),
+    health: String::new(),
+    message: String::new(),
+    connected: false,
+    last_seen_ms: 0,
+};
+
 /// What [`AppRollout::advance`] needs to know besides the record.
 pub struct Inputs<'a> {
     pub now_ms: u64,
@@ -226,6 +236,13 @@ pub struct Inputs<'a> {
     pub views: &'a BTreeMap<String, ClusterView>,
     /// How long a disconnected cluster may stay away before it counts as failed.
     pub grace_ms: u64,
+}
+
+impl Inputs<'_> {
+    /// What `cluster` reports (nothing, if it never reported).
+    pub fn view(&self, cluster: &str) -> &ClusterView {
+        self.views.get(cluster).unwrap_or(&NEVER_REPORTED)
+    }
 }
 
 /// Everything the hub keeps about an app's promotion (`/rollouts/<app>`).
@@ -760,18 +777,14 @@ impl AppRollout {
             Progress::Failed(i) => {
                 r.message = stages::failure_message(&r.stages[i]);
                 r.finished_ms = Some(inp.now_ms);
-                match on_failure {
-                    OnFailure::Rollback => self.undo(None),
-                    OnFailure::Halt => {
-                        if let Some(r) = self.rollout.as_mut() {
-                            r.state = RolloutState::Failed;
-                        }
-                    }
-                }
+                // A rollback sends each cluster it reached back to its prior (see
+                // `revision_for`); a halt leaves them on this revision.
+                r.state = match on_failure {
+                    OnFailure::Rollback => RolloutState::RolledBack,
+                    OnFailure::Halt => RolloutState::Failed,
+                };
+                touched.extend(stages::reached_all(&r.stages).cloned());
                 self.mark_failed(&revision);
-                if let Some(r) = &self.rollout {
-                    touched.extend(stages::reached_all(&r.stages).cloned());
-                }
             }
             Progress::Done => {
                 r.state = RolloutState::Succeeded;
@@ -793,15 +806,17 @@ impl AppRollout {
         }
     }
 
-    /// Ends the rollout as rolled back: a cluster the rollout reached returns to what it ran
-    /// before (nothing only if it never ran the app), the others keep what they run — or, with
-    /// `to`, every cluster that has a rendering of that revision goes there. Needs no
-    /// renderings (the engine advances a copy without them).
-    fn undo(&mut self, to: Option<&str>) {
-        if let Some(r) = self.rollout.as_mut() {
-            r.state = RolloutState::RolledBack;
-            r.rolled_back_to = to.map(str::to_string);
-        }
+    /// Ends the rollout as rolled back by an operator: a cluster the rollout reached returns
+    /// to what it ran before (nothing only if it never ran the app), the others keep what they
+    /// run — or, with `to`, every cluster that has a rendering of that revision goes there.
+    /// Returns the revision rolled back.
+    fn roll_back(&mut self, to: Option<&str>, message: String, now_ms: u64) -> Option<String> {
+        let r = self.rollout.as_mut()?;
+        r.state = RolloutState::RolledBack;
+        r.rolled_back_to = to.map(str::to_string);
+        r.finished_ms = Some(now_ms);
+        r.message = message;
+        Some(r.revision.clone())
     }
 
     /// Lets what waits for a person start: the named stage (of the rollout, else of the
@@ -854,20 +869,7 @@ impl AppRollout {
                 return Ok(format!("the removal of {}", self.app));
             }
             if rm.state == RolloutState::Failed {
-                // Retry a halted removal with the clusters it had not finished.
-                let mut retry = rm.clone();
-                for s in &mut retry.stages {
-                    s.failures.clear();
-                    if s.state == StageState::Failed {
-                        s.state = StageState::Progressing;
-                        s.finished_ms = None;
-                    }
-                }
-                retry.state = RolloutState::Progressing;
-                retry.finished_ms = None;
-                retry.message = String::new();
-                retry.approved_by = Some(who.to_string());
-                *rm = retry;
+                rm.retry(who);
                 return Ok(format!("a retry of the halted removal of {}", self.app));
             }
         }
@@ -912,14 +914,10 @@ impl AppRollout {
             return Err(refused("no good revision to roll back to; give --to REV"));
         }
         if undo_in_place {
-            let revision = self.rollout.as_ref().expect("checked").revision.clone();
-            self.undo(None);
-            if let Some(r) = self.rollout.as_mut() {
-                r.finished_ms = Some(now_ms);
-                r.message = "rolled back by an operator: each cluster back on what it ran before"
-                    .to_string();
+            let message = "rolled back by an operator: each cluster back on what it ran before";
+            if let Some(revision) = self.roll_back(None, message.to_string(), now_ms) {
+                self.mark_failed(&revision);
             }
-            self.mark_failed(&revision);
             return Ok(self.changed_since(&before));
         }
         let target = match to {
@@ -955,13 +953,10 @@ impl AppRollout {
             )));
         }
         if self.rollout.as_ref().is_some_and(|r| r.revision != target) {
-            let revision = self.rollout.as_ref().expect("checked").revision.clone();
-            self.undo(Some(&target));
-            if let Some(r) = self.rollout.as_mut() {
-                r.finished_ms = Some(now_ms);
-                r.message = format!("rolled back to {} by an operator", short(&target));
-            }
-            if !self.failed_revisions.contains(&revision) {
+            let message = format!("rolled back to {} by an operator", short(&target));
+            if let Some(revision) = self.roll_back(Some(&target), message, now_ms)
+                && !self.failed_revisions.contains(&revision)
+            {
                 self.failed_revisions.push(revision);
             }
         }
@@ -1015,7 +1010,7 @@ fn failure(
     at: u64,
     timeout_ms: u64,
 ) -> Option<String> {
-    let v = inp.views.get(cluster).cloned().unwrap_or_default();
+    let v = inp.view(cluster);
     if let Some(why) = v.away_too_long(at, inp) {
         return Some(why);
     }

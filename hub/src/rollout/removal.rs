@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{ClusterView, Inputs, RolloutState};
-use super::stages::{self, Progress, StageRun, Walk};
+use super::stages::{self, Progress, StageRun, StageState, Walk};
 use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig};
 
@@ -162,6 +162,22 @@ impl Removal {
         Ok(())
     }
 
+    /// Goes on with a halted removal: its failures are forgotten and the clusters it has not
+    /// finished are tried again (approved by `who`).
+    pub fn retry(&mut self, who: &str) {
+        for s in &mut self.stages {
+            s.failures.clear();
+            if s.state == StageState::Failed {
+                s.state = StageState::Progressing;
+                s.finished_ms = None;
+            }
+        }
+        self.state = RolloutState::Progressing;
+        self.finished_ms = None;
+        self.message = String::new();
+        self.approved_by = Some(who.to_string());
+    }
+
     /// Moves the removal on; returns the clusters whose desired entry changed.
     pub fn advance(
         &mut self,
@@ -178,15 +194,14 @@ impl Removal {
             return touched;
         }
         let timeout_ms = pipeline.health_timeout.as_millis() as u64;
-        let view = |c: &str| inp.views.get(c).cloned().unwrap_or_default();
-        let done = |c: &str| view(c).absent();
+        let done = |c: &str| inp.view(c).absent();
         let walk = Walk {
             now_ms: inp.now_ms,
             threshold: pipeline.failure_threshold,
             pinned,
             done,
             failure: |c: &str, at: u64| {
-                let v = view(c);
+                let v = inp.view(c);
                 if let Some(why) = v.away_too_long(at, inp) {
                     return Some(why);
                 }
@@ -242,7 +257,7 @@ impl Removal {
                 let stage = self
                     .stages
                     .iter()
-                    .find(|s| s.state == stages::StageState::WaitingApproval)
+                    .find(|s| s.state == StageState::WaitingApproval)
                     .map(|s| s.name.as_str())
                     .unwrap_or_default();
                 format!(
