@@ -402,13 +402,8 @@ impl Admin for AdminService {
             self.rollouts
                 .audit()
                 .record(crate::audit::AuditEntry {
-                    at_ms: 0,
                     who: who.clone(),
                     action: "source.remove".into(),
-                    app: String::new(),
-                    cluster: String::new(),
-                    stage: String::new(),
-                    revision: String::new(),
                     detail: format!(
                         "source {}{}: {}",
                         r.name,
@@ -419,6 +414,7 @@ impl Admin for AdminService {
                         },
                         apps.join(", ")
                     ),
+                    ..Default::default()
                 })
                 .await?;
             let rec = self.sources.remove(&r.name, r.keep_resources, &who).await?;

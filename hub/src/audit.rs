@@ -13,7 +13,7 @@ use crate::store::table::Table;
 pub const AUDIT: &str = "/audit/";
 
 /// One recorded action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at_ms: u64,
     /// The admin identity (`spiffe://…/admin/<name>`).

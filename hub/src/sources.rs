@@ -564,15 +564,7 @@ impl Sources {
                     st.error = Some(e);
                 }
             }
-            st.removal = self
-                .inner
-                .rollouts
-                .removal_of(&app, name)
-                .await?
-                .filter(|rm| {
-                    rm.in_flight() || rm.state == crate::rollout::plan::RolloutState::Failed
-                })
-                .map(|rm| rm.note(&app));
+            st.removal = self.inner.rollouts.removal_note(&app, name).await?;
         }
         status.apps = apps;
         status.error = None;

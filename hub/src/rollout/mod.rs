@@ -355,6 +355,20 @@ impl Rollouts {
             .map(|(r, _)| f(r)))
     }
 
+    /// What the removal of `app` (owned by `source`) waits for or where it is, while it is
+    /// not finished; read in place.
+    pub async fn removal_note(&self, app: &str, source: &str) -> Result<Option<String>, HubError> {
+        Ok(self
+            .peek(app, |r| {
+                r.removal
+                    .as_ref()
+                    .filter(|rm| r.source == source && rm.unfinished())
+                    .map(|rm| rm.note(app))
+            })
+            .await?
+            .flatten())
+    }
+
     /// The newest removal of `app` when `source` owns it.
     pub async fn removal_of(
         &self,
@@ -604,7 +618,7 @@ impl Rollouts {
             stage: stage.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
             detail: what,
-            ..blank()
+            ..AuditEntry::default()
         })
         .await?;
         self.update(app, None, |rec| {
@@ -633,7 +647,7 @@ impl Rollouts {
             .into(),
             app: app.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
-            ..blank()
+            ..AuditEntry::default()
         })
         .await?;
         self.update(app, None, |rec| {
@@ -659,7 +673,7 @@ impl Rollouts {
             action: "rollout.rollback".into(),
             app: app.into(),
             revision: probe.last_good.clone().unwrap_or_default(),
-            ..blank()
+            ..AuditEntry::default()
         })
         .await?;
         self.update(app, None, |rec| {
@@ -685,7 +699,7 @@ impl Rollouts {
             app: app.into(),
             cluster: cluster.into(),
             revision: rev.clone(),
-            ..blank()
+            ..AuditEntry::default()
         })
         .await?;
         self.update(app, None, |rec| {
@@ -709,7 +723,7 @@ impl Rollouts {
             app: app.into(),
             cluster: cluster.into(),
             revision: rev,
-            ..blank()
+            ..AuditEntry::default()
         })
         .await?;
         self.update(app, None, |rec| {
@@ -728,19 +742,6 @@ fn other_owner(rec: &AppRollout, source: &str) -> Option<String> {
             rec.app, rec.source
         )
     })
-}
-
-fn blank() -> AuditEntry {
-    AuditEntry {
-        at_ms: 0,
-        who: String::new(),
-        action: String::new(),
-        app: String::new(),
-        cluster: String::new(),
-        stage: String::new(),
-        revision: String::new(),
-        detail: String::new(),
-    }
 }
 
 /// The audit entry of a decision the engine took by itself in this pass: a failed stage
@@ -773,7 +774,7 @@ fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry>
             stage: failed_stage(&r.stages),
             revision: r.revision.clone(),
             detail: r.message.clone(),
-            ..blank()
+            ..AuditEntry::default()
         });
     }
     let rm = rec.removal.as_ref()?;
@@ -785,7 +786,7 @@ fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry>
             stage: failed_stage(&rm.stages),
             revision: rm.revision.clone(),
             detail: rm.message.clone(),
-            ..blank()
+            ..AuditEntry::default()
         },
     )
 }

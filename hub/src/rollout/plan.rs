@@ -671,7 +671,7 @@ impl AppRollout {
             .map(|(c, e)| ((*c).clone(), (*e).clone()))
             .collect();
         if let Some(rm) = &mut self.removal
-            && (rm.in_flight() || rm.state == RolloutState::Failed)
+            && rm.unfinished()
             && rm.keep_resources == cause.keep_resources
         {
             // Clusters it has not reached that no longer lose the app here (targeted again, or

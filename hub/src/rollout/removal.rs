@@ -108,6 +108,11 @@ impl Removal {
         self.state.in_flight()
     }
 
+    /// Still to be carried out: in flight, or halted (to retry).
+    pub fn unfinished(&self) -> bool {
+        self.in_flight() || self.state == RolloutState::Failed
+    }
+
     /// Whether the removal waits for its size to be approved.
     pub fn gated(&self) -> bool {
         self.gate.is_some() && self.approved_by.is_none()
