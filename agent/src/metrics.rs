@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
+use flotilla_proto::state::{ObjectHealth, Phase};
 use flotilla_proto::v1::ObjectCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -45,9 +46,14 @@ pub struct ResultLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The object healths summed in `objects{health}`.
-pub const HEALTHS: [&str; 4] = ["current", "in_progress", "failed", "unknown"];
+pub const HEALTHS: [ObjectHealth; 4] = [
+    ObjectHealth::Current,
+    ObjectHealth::InProgress,
+    ObjectHealth::Failed,
+    ObjectHealth::Unknown,
+];
 /// The app phases counted in `apps{phase}`.
-pub const PHASES: [&str; 3] = ["applying", "applied", "failed"];
+pub const PHASES: [Phase; 3] = [Phase::Applying, Phase::Applied, Phase::Failed];
 /// The values of `session_state{state}`.
 pub const SESSION_STATES: [&str; 3] = ["connected", "connecting", "offline"];
 
@@ -230,10 +236,10 @@ impl AgentMetrics {
     /// The reconciler's view after a pass: each desired app's phase and object counts.
     /// `desired_known`: a desired state has been taken (before that nothing counts as a
     /// successful reconcile).
-    pub fn observe_pass<'a>(
+    pub fn observe_pass(
         &self,
         desired_known: bool,
-        apps: impl IntoIterator<Item = (&'a str, ObjectCounts)>,
+        apps: impl IntoIterator<Item = (Phase, ObjectCounts)>,
     ) {
         let mut health = [0i64; 4];
         let mut phases = [0i64; 3];
@@ -246,19 +252,19 @@ impl AgentMetrics {
             if let Some(i) = PHASES.iter().position(|p| *p == phase) {
                 phases[i] += 1;
             }
-            all_applied &= phase == "applied";
+            all_applied &= phase == Phase::Applied;
         }
         for (name, n) in HEALTHS.iter().zip(health) {
             self.objects
                 .get_or_create(&HealthLabel {
-                    health: (*name).into(),
+                    health: name.as_str().into(),
                 })
                 .set(n);
         }
         for (name, n) in PHASES.iter().zip(phases) {
             self.apps
                 .get_or_create(&PhaseLabel {
-                    phase: (*name).into(),
+                    phase: name.as_str().into(),
                 })
                 .set(n);
         }
@@ -371,7 +377,10 @@ mod tests {
         assert_eq!(m.last_reconcile_success(), 0.0);
         m.observe_pass(
             true,
-            [("applied", counts(3, 1, 0)), ("applying", counts(0, 0, 2))],
+            [
+                (Phase::Applied, counts(3, 1, 0)),
+                (Phase::Applying, counts(0, 0, 2)),
+            ],
         );
         assert_eq!(m.last_reconcile_success(), 0.0, "one app is still applying");
         let text = m.encode();
@@ -391,7 +400,10 @@ mod tests {
         );
         m.observe_pass(
             true,
-            [("applied", counts(3, 0, 0)), ("applied", counts(2, 0, 0))],
+            [
+                (Phase::Applied, counts(3, 0, 0)),
+                (Phase::Applied, counts(2, 0, 0)),
+            ],
         );
         assert!(m.last_reconcile_success() > 0.0);
         let text = m.encode();

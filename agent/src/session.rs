@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::telemetry::SpanRelay;
 use flotilla_proto::tls::{TlsDialer, error_chain};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
@@ -438,10 +439,10 @@ async fn download_bundles(
                 app: a.app.clone(),
                 revision: a.revision.clone(),
                 bundle_digest: a.bundle_digest.clone(),
-                phase: "failed".into(),
+                phase: Phase::Failed.into(),
                 message: format!("bundle not fetched: {e}"),
                 observed_unix_ms: unix_ms(SystemTime::now()),
-                health: "unknown".into(),
+                health: Health::Unknown.into(),
                 ..Default::default()
             });
         }

@@ -13,6 +13,7 @@ use flotilla_agent::kube::discovery::ApiResource;
 use flotilla_agent::reconcile::status::StatusBoard;
 use flotilla_agent::reconcile::{ReconcileConfig, Reconciler};
 use flotilla_agent::sim::SimCluster;
+use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::{AppDesired, AppOptions, AppStatus, DesiredState};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -188,7 +189,7 @@ fn failing(mut obj: Value) -> Value {
 }
 
 fn healthy(s: &AppStatus) -> bool {
-    s.phase == "applied" && s.health == "healthy"
+    s.phase() == Phase::Applied && s.health() == Health::Healthy
 }
 
 fn counts(s: &AppStatus) -> (u32, u32, u32, u32) {
@@ -448,11 +449,13 @@ async fn a_failing_workload_degrades_then_fails_at_its_health_timeout() {
     h.set(&[a]);
     let s = h
         .wait("bad", "degraded", |s| {
-            s.health == "degraded" && s.phase == "applied"
+            s.health() == Health::Degraded && s.phase() == Phase::Applied
         })
         .await;
     assert_eq!(s.worst[0].reason, "ProgressDeadlineExceeded");
-    let s = h.wait("bad", "failed", |s| s.phase == "failed").await;
+    let s = h
+        .wait("bad", "failed", |s| s.phase() == Phase::Failed)
+        .await;
     assert!(s.message.contains("not healthy within 5m"), "{}", s.message);
     assert!(s.message.contains("Deployment bad/web"), "{}", s.message);
     h.stop().await;
@@ -553,7 +556,7 @@ async fn an_app_waits_for_the_apps_it_depends_on() {
             s.message.contains("waiting for app infra")
         })
         .await;
-    assert_eq!(s.phase, "applying");
+    assert_eq!(s.phase(), Phase::Applying);
     assert!(h.live("v1", "Namespace", None, "web").is_none());
     h.wait("web", "healthy", healthy).await;
     let infra = h.board.get("infra").unwrap();
@@ -587,7 +590,7 @@ async fn conflicts_fail_without_force_and_are_taken_with_it() {
         "r1",
         vec![configmap("default", "shared", json!({"owner": "flotilla"}))],
     )]);
-    let s = h.wait("c", "failed", |s| s.phase == "failed").await;
+    let s = h.wait("c", "failed", |s| s.phase() == Phase::Failed).await;
     assert_eq!(s.worst[0].reason, "ApplyConflict");
     assert!(
         s.worst[0].message.contains("other-tool"),
@@ -636,7 +639,7 @@ async fn one_bad_object_fails_alone() {
         "r1",
         vec![namespace("m"), configmap("m", "good", json!({})), unknown],
     )]);
-    let s = h.wait("m", "failed", |s| s.phase == "failed").await;
+    let s = h.wait("m", "failed", |s| s.phase() == Phase::Failed).await;
     assert_eq!(counts(&s), (3, 2, 0, 1));
     assert_eq!(s.worst.len(), 1);
     assert_eq!(s.worst[0].kind, "Gadget");

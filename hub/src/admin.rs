@@ -103,10 +103,8 @@ impl AdminService {
                     desired_revision: want.map(|a| a.revision.clone()).unwrap_or_default(),
                     revision: report.map(|r| r.revision.clone()).unwrap_or_default(),
                     bundle_digest: report.map(|r| r.bundle_digest.clone()).unwrap_or_default(),
-                    phase: report.map(|r| r.phase.clone()).unwrap_or_default(),
-                    health: report
-                        .map(|r| r.health.clone())
-                        .unwrap_or_else(|| "unknown".into()),
+                    phase: report.map(|r| r.phase).unwrap_or_default().into(),
+                    health: report.map(|r| r.health).unwrap_or_default().into(),
                     objects: report.map(|r| r.counts_wire()),
                     drifted: report.map(|r| r.drifted).unwrap_or_default(),
                     healed: report.map(|r| r.healed).unwrap_or_default(),
@@ -177,7 +175,7 @@ impl AdminService {
             };
             let report = status.apps.iter().find(|a| a.app == name);
             let applied = report
-                .filter(|r| r.applied())
+                .filter(|r| r.phase == Phase::Applied)
                 .map(|r| r.revision.clone())
                 .unwrap_or_default();
             clusters.push(AppCluster {
@@ -185,9 +183,9 @@ impl AdminService {
                 desired_revision: entry.revision.clone(),
                 applied_revision: applied,
                 bundle_digest: entry.bundle_digest.clone(),
-                phase: report.map(|r| r.phase.clone()).unwrap_or_default(),
+                phase: report.map(|r| r.phase).unwrap_or_default().into(),
                 message: report.map(|r| r.message.clone()).unwrap_or_default(),
-                health: report.map(|r| r.health.clone()).unwrap_or_default(),
+                health: report.map(|r| r.health).unwrap_or_default().into(),
             });
         }
         Ok(clusters)

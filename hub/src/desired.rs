@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1;
 
 use crate::error::HubError;
@@ -114,13 +115,11 @@ pub struct AppReport {
     pub app: String,
     pub revision: String,
     pub bundle_digest: String,
-    /// `applying`, `applied` (every object accepted by the cluster) or `failed`.
-    pub phase: String,
+    pub phase: Phase,
     pub message: String,
     pub observed_ms: u64,
-    /// `healthy`, `progressing`, `degraded` or `unknown`.
     #[serde(default)]
-    pub health: String,
+    pub health: Health,
     #[serde(default)]
     pub objects: ObjectCounts,
     #[serde(default)]
@@ -129,6 +128,12 @@ pub struct AppReport {
     pub healed: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worst: Vec<ObjectReport>,
+}
+
+impl AppState for AppReport {
+    fn reported(&self) -> (&str, Phase, Health) {
+        (&self.revision, self.phase, self.health)
+    }
 }
 
 /// Objects of an app by health.
@@ -149,7 +154,7 @@ pub struct ObjectReport {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub name: String,
-    pub health: String,
+    pub health: ObjectHealth,
     pub reason: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -163,10 +168,10 @@ impl AppReport {
             app: a.app.clone(),
             revision: a.revision.clone(),
             bundle_digest: a.bundle_digest.clone(),
-            phase: a.phase.clone(),
+            phase: a.phase(),
             message: a.message.clone(),
             observed_ms: a.observed_unix_ms,
-            health: a.health.clone(),
+            health: a.health(),
             objects: ObjectCounts {
                 total: counts.total,
                 current: counts.current,
@@ -184,18 +189,13 @@ impl AppReport {
                     kind: o.kind.clone(),
                     namespace: o.namespace.clone(),
                     name: o.name.clone(),
-                    health: o.health.clone(),
+                    health: o.health(),
                     reason: o.reason.clone(),
                     message: o.message.clone(),
                     drifted_fields: o.drifted_fields.clone(),
                 })
                 .collect(),
         }
-    }
-
-    /// Whether the agent reports this revision applied to the cluster.
-    pub fn applied(&self) -> bool {
-        self.phase == "applied"
     }
 
     pub fn counts_wire(&self) -> v1::ObjectCounts {
@@ -216,7 +216,7 @@ impl AppReport {
                 kind: o.kind.clone(),
                 namespace: o.namespace.clone(),
                 name: o.name.clone(),
-                health: o.health.clone(),
+                health: o.health.into(),
                 reason: o.reason.clone(),
                 message: o.message.clone(),
                 drifted_fields: o.drifted_fields.clone(),
@@ -430,11 +430,11 @@ impl DesiredStates {
         rec.generation = report.generation;
         for a in &report.apps {
             let found = rec.apps.binary_search_by(|r| r.app.cmp(&a.app));
-            match (found, a.phase.as_str()) {
-                (Ok(i), "removed") => {
+            match (found, a.phase()) {
+                (Ok(i), Phase::Removed) => {
                     rec.apps.remove(i);
                 }
-                (Err(_), "removed") => {}
+                (Err(_), Phase::Removed) => {}
                 (Ok(i), _) => rec.apps[i] = AppReport::from_wire(a),
                 (Err(i), _) => rec.apps.insert(i, AppReport::from_wire(a)),
             }

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use flotilla_proto::state::{AppState, Phase};
+
 use crate::desired::DesiredStates;
 use crate::error::HubError;
 use crate::rollout::Rollouts;
@@ -582,14 +584,14 @@ impl FleetSources {
                 if a.revision != entry.revision || a.bundle_digest != entry.bundle_digest {
                     continue;
                 }
-                match a.phase.as_str() {
-                    "applied" => {
+                match a.phase {
+                    Phase::Applied => {
                         counts.applied += 1;
-                        if a.health == "healthy" {
+                        if a.healthy() {
                             counts.healthy += 1;
                         }
                     }
-                    "failed" => counts.failed += 1,
+                    Phase::Failed => counts.failed += 1,
                     _ => {}
                 }
             }

@@ -4,15 +4,15 @@
 use flotilla_proto::v1 as pb;
 
 use crate::audit::AuditEntry;
-use crate::rollout::plan::{AppRollout, StageRun, StageState};
+use crate::rollout::plan::{AppRollout, RolloutState, StageRun, StageState};
 
-/// The state an operator sees: the rollout's own, except `paused` while the app is paused and
-/// its rollout is in flight; empty when the app has had no rollout.
-pub fn rollout_state(rec: &AppRollout) -> &'static str {
+/// The state an operator sees: the rollout's own, except `Paused` while the app is paused and
+/// its rollout is in flight; `None` when the app has had no rollout.
+pub fn rollout_state(rec: &AppRollout) -> RolloutState {
     match &rec.rollout {
-        Some(r) if rec.paused && r.state.in_flight() => "paused",
-        Some(r) => r.state.as_str(),
-        None => "",
+        Some(r) if rec.paused && r.state.in_flight() => RolloutState::Paused,
+        Some(r) => r.state,
+        None => RolloutState::None,
     }
 }
 
@@ -22,7 +22,7 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         app: rec.app.clone(),
         source: rec.source.clone(),
         pipeline: rec.pipeline_name.clone().unwrap_or_default(),
-        state: rollout_state(rec).to_string(),
+        state: rollout_state(rec).into(),
         paused: rec.paused,
         last_good_revision: rec.last_good.clone().unwrap_or_default(),
         pins: rec.pins.clone().into_iter().collect(),
@@ -52,7 +52,7 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
     out.removal = rec.removal.as_ref().map(|rm| pb::RolloutRemoval {
         revision: rm.revision.clone(),
         reason: rm.reason.clone(),
-        state: rm.state.as_str().to_string(),
+        state: rm.state.into(),
         clusters: rm.from.keys().cloned().collect(),
         stages: rm
             .stages
@@ -77,7 +77,7 @@ fn stage_view(s: &StageRun, revision: &str, now_ms: u64) -> pb::RolloutStage {
     };
     pb::RolloutStage {
         name: s.name.clone(),
-        state: s.state.as_str().to_string(),
+        state: s.state.into(),
         revision: revision.to_string(),
         clusters: s.clusters.clone(),
         updated: s.updated.keys().cloned().collect(),
@@ -157,25 +157,28 @@ mod tests {
     fn paused_shows_only_while_in_flight() {
         assert_eq!(
             rollout_state(&record(RolloutState::Progressing, true)),
-            "paused"
+            RolloutState::Paused
         );
         assert_eq!(
             rollout_state(&record(RolloutState::WaitingApproval, true)),
-            "paused"
+            RolloutState::Paused
         );
         assert_eq!(
             rollout_state(&record(RolloutState::WaitingApproval, false)),
-            "waiting_approval"
+            RolloutState::WaitingApproval
         );
         assert_eq!(
             rollout_state(&record(RolloutState::Succeeded, true)),
-            "succeeded"
+            RolloutState::Succeeded
         );
         assert_eq!(
             rollout_state(&record(RolloutState::RolledBack, false)),
-            "rolled_back"
+            RolloutState::RolledBack
         );
-        assert_eq!(rollout_state(&AppRollout::new("web", "fleet")), "");
+        assert_eq!(
+            rollout_state(&AppRollout::new("web", "fleet")),
+            RolloutState::None
+        );
     }
 
     #[test]
@@ -185,7 +188,7 @@ mod tests {
         assert_eq!(v.revision, "r2");
         let canary = &v.stages[0];
         assert_eq!(canary.revision, "r2");
-        assert_eq!(canary.state, "soaking");
+        assert_eq!(canary.state(), StageState::Soaking);
         assert_eq!(canary.updated, vec!["a".to_string()]);
         assert_eq!(canary.soak_seconds, 90);
         assert_eq!(canary.soak_remaining_seconds, 2, "1.5 s rounds up");

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod identity;
 pub mod limits;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

@@ -4,6 +4,7 @@
 
 use flotilla_agent::bundles::{BundleError, BundleStore};
 use flotilla_hub::desired::AppEntry;
+use flotilla_proto::state::Phase;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
 use flotilla_proto::v1::FetchBundleRequest;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
@@ -76,7 +77,7 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
     assert_eq!(report.apps[0].app, "web");
     assert_eq!(report.apps[0].revision, "c1");
     assert_eq!(report.apps[0].bundle_digest, d1);
-    assert_eq!(report.apps[0].phase, "applied");
+    assert_eq!(report.apps[0].phase, Phase::Applied);
 
     // A new revision: a new digest is delivered.
     let d2 = desire(&hub, "eu-1", "web", "c2", &bundle("two")).await;

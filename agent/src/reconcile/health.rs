@@ -17,37 +17,8 @@ use serde_json::Value;
 /// The reason of an [`Assessment`] whose object could not be read.
 pub const UNREADABLE: &str = "UnreadableStatus";
 
-/// How healthy an object is. Ordered from best to worst, so `max()` over objects gives the
-/// worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Health {
-    /// The object has reached its desired state.
-    Current,
-    /// The object is on its way to its desired state.
-    InProgress,
-    /// The object's state could not be determined.
-    Unknown,
-    /// The object will not reach its desired state without intervention.
-    Failed,
-}
-
-impl Health {
-    /// `"current"`, `"in_progress"`, `"unknown"` or `"failed"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Health::Current => "current",
-            Health::InProgress => "in_progress",
-            Health::Unknown => "unknown",
-            Health::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How healthy an object is (the protocol's type); [`Health::rank`] orders best to worst.
+pub use flotilla_proto::state::ObjectHealth as Health;
 
 /// The health of one object, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -804,16 +775,15 @@ mod tests {
     // ---- Health and generic rules ----
 
     #[test]
-    fn health_orders_best_to_worst() {
+    fn health_ranks_best_to_worst() {
         use Health::*;
-        assert!(Current < InProgress && InProgress < Unknown && Unknown < Failed);
-        assert_eq!(
-            [Current, Failed, InProgress].into_iter().max(),
-            Some(Failed)
+        assert!(
+            Current.rank() < InProgress.rank()
+                && InProgress.rank() < Unknown.rank()
+                && Unknown.rank() < Failed.rank()
         );
-        assert_eq!([Current, InProgress].into_iter().max(), Some(InProgress));
         let names: Vec<_> = [Current, InProgress, Unknown, Failed]
-            .iter()
+            .into_iter()
             .map(Health::as_str)
             .collect();
         assert_eq!(names, ["current", "in_progress", "unknown", "failed"]);

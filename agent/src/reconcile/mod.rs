@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::unix_ms;
+use flotilla_proto::state::{Health, ObjectHealth, Phase};
 use flotilla_proto::telemetry::traces;
 use flotilla_proto::v1::{AppDesired, AppStatus, DesiredState, ObjectCounts, ObjectStatus};
 use rand::Rng;
@@ -30,7 +31,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::AgentStatus;
 use crate::bundles::BundleStore;
 use crate::metrics::AgentMetrics;
-use health::{Assessment, Health, assess};
+use health::{Assessment, assess};
 use inventory::{Inventories, Inventory};
 use kubeapi::{Kube, ObjError};
 use objects::{Obj, ObjKey, parse_bundle, prune_disabled};
@@ -146,7 +147,7 @@ impl AppRun {
         let Some(t) = &self.trace else {
             return;
         };
-        let failed = self.phase() == "failed";
+        let failed = self.phase() == Phase::Failed;
         if !(self.healthy() || failed) {
             return;
         }
@@ -186,10 +187,10 @@ impl AppRun {
                 continue;
             }
             match self.health.get(&o.key).map(|a| a.health) {
-                Some(Health::Current) => c.current += 1,
-                Some(Health::InProgress) => c.in_progress += 1,
-                Some(Health::Failed) => c.failed += 1,
-                Some(Health::Unknown) | None => c.unknown += 1,
+                Some(ObjectHealth::Current) => c.current += 1,
+                Some(ObjectHealth::InProgress) => c.in_progress += 1,
+                Some(ObjectHealth::Failed) => c.failed += 1,
+                Some(ObjectHealth::Unknown) | None => c.unknown += 1,
             }
         }
         c
@@ -202,81 +203,82 @@ impl AppRun {
         }
     }
 
-    /// `healthy`, `progressing`, `degraded` or `unknown`.
-    fn health_word(&self) -> &'static str {
+    /// The app's health: its worst object.
+    fn app_health(&self) -> Health {
         if self.objects.is_err() || self.blocked.is_some() {
-            return "unknown";
+            return Health::Unknown;
         }
         if !self.applied_current() {
             return if self.health.is_empty() {
-                "unknown"
+                Health::Unknown
             } else {
-                "progressing"
+                Health::Progressing
             };
         }
         let c = self.counts();
         if self.timed_out || c.failed > 0 {
-            "degraded"
+            Health::Degraded
         } else if c.current == c.total {
-            "healthy"
+            Health::Healthy
         } else {
-            "progressing"
+            Health::Progressing
         }
     }
 
-    fn phase(&self) -> &'static str {
+    fn phase(&self) -> Phase {
         if self.objects.is_err() || self.blocked.is_some() {
-            "failed"
+            Phase::Failed
         } else if !self.applied_current() {
-            "applying"
+            Phase::Applying
         } else if !self.apply_errors.is_empty() || self.timed_out {
-            "failed"
+            Phase::Failed
         } else {
-            "applied"
+            Phase::Applied
         }
     }
 
     /// Whether nothing will change without an outside event (no need to poll soon).
     fn settled(&self) -> bool {
         match self.phase() {
-            "applying" => self.waiting.is_none() && self.objects.is_ok(),
-            "failed" => true,
-            _ => self.health_word() == "healthy" || self.timed_out,
+            Phase::Applying => self.waiting.is_none() && self.objects.is_ok(),
+            Phase::Failed => true,
+            _ => self.app_health() == Health::Healthy || self.timed_out,
         }
     }
 
     /// The objects worth naming: failed first, then in progress and unknown, then drifted.
     fn worst(&self) -> Vec<ObjectStatus> {
         let mut rows: Vec<(u8, ObjectStatus)> = Vec::new();
-        let status = |key: &ObjKey, health: &str, reason: &str, message: String| ObjectStatus {
-            api_version: key.api_version.clone(),
-            kind: key.kind.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            health: health.into(),
-            reason: reason.into(),
-            message,
-            drifted_fields: self
-                .drift
-                .get(key)
-                .map(|(p, _)| p.clone())
-                .unwrap_or_default(),
-        };
+        let status =
+            |key: &ObjKey, health: ObjectHealth, reason: &str, message: String| ObjectStatus {
+                api_version: key.api_version.clone(),
+                kind: key.kind.clone(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                health: health.into(),
+                reason: reason.into(),
+                message,
+                drifted_fields: self
+                    .drift
+                    .get(key)
+                    .map(|(p, _)| p.clone())
+                    .unwrap_or_default(),
+            };
         for o in self.objs() {
             if let Some(e) = self.apply_errors.get(&o.key) {
-                rows.push((0, status(&o.key, "failed", e.reason(), e.to_string())));
+                rows.push((
+                    0,
+                    status(&o.key, ObjectHealth::Failed, e.reason(), e.to_string()),
+                ));
             } else if let Some(a) = self.health.get(&o.key)
-                && a.health != Health::Current
+                && a.health != ObjectHealth::Current
             {
                 let rank = match a.health {
-                    Health::Failed => 0,
-                    Health::Unknown => 2,
+                    ObjectHealth::Failed => 0,
+                    ObjectHealth::Unknown => 2,
                     _ => 1,
                 };
-                rows.push((
-                    rank,
-                    status(&o.key, a.health.as_str(), &a.reason, a.message.clone()),
-                ));
+                rows.push((rank, status(&o.key, a.health, &a.reason, a.message.clone())));
             } else if let Some((paths, healed)) = self.drift.get(&o.key) {
                 let (reason, message) = if *healed {
                     ("DriftHealed", format!("re-applied: {}", paths.join(", ")))
@@ -286,7 +288,7 @@ impl AppRun {
                         format!("differs from the bundle: {}", paths.join(", ")),
                     )
                 };
-                rows.push((3, status(&o.key, "current", reason, message)));
+                rows.push((3, status(&o.key, ObjectHealth::Current, reason, message)));
             }
         }
         rows.sort_by_key(|(rank, _)| *rank);
@@ -310,7 +312,7 @@ impl AppRun {
         let worst = self.worst();
         let first = worst
             .iter()
-            .find(|w| w.health != "current")
+            .find(|w| w.health() != ObjectHealth::Current)
             .map(|w| {
                 let key = ObjKey {
                     api_version: w.api_version.clone(),
@@ -333,9 +335,11 @@ impl AppRun {
                 humantime::format_duration(timeout)
             )
         } else {
-            match self.health_word() {
-                "healthy" => format!("{total} objects applied and current ({backend} cluster)"),
-                "degraded" => format!("degraded: {first}"),
+            match self.app_health() {
+                Health::Healthy => {
+                    format!("{total} objects applied and current ({backend} cluster)")
+                }
+                Health::Degraded => format!("degraded: {first}"),
                 _ => format!("waiting for {total} objects to become current: {first}"),
             }
         };
@@ -364,7 +368,7 @@ impl AppRun {
             phase: self.phase().into(),
             message: self.message(backend),
             observed_unix_ms: unix_ms(SystemTime::now()),
-            health: self.health_word().into(),
+            health: self.app_health().into(),
             objects: Some(self.counts()),
             drifted: self.drift.values().filter(|(_, healed)| !healed).count() as u32,
             worst: self.worst(),
@@ -653,7 +657,7 @@ impl Reconciler {
                 Some(d) if !d.healthy() => {
                     return Some(format!(
                         "waiting for app {dep} to be healthy (it is {})",
-                        d.health_word()
+                        d.app_health()
                     ));
                 }
                 Some(_) => {}
@@ -800,7 +804,7 @@ impl Reconciler {
             let mut pending = Vec::new();
             for key in crds.drain(..) {
                 match self.kube.get(&key).await {
-                    Ok(Some(live)) if assess(&live).health == Health::Current => {}
+                    Ok(Some(live)) if assess(&live).health == ObjectHealth::Current => {}
                     _ => pending.push(key),
                 }
             }
@@ -843,12 +847,12 @@ impl Reconciler {
             let a = match self.kube.get(&key).await {
                 Ok(Some(live)) => assess(&live),
                 Ok(None) => Assessment {
-                    health: Health::Unknown,
+                    health: ObjectHealth::Unknown,
                     reason: "NotFound".into(),
                     message: "the object is not in the cluster".into(),
                 },
                 Err(e) => Assessment {
-                    health: Health::Unknown,
+                    health: ObjectHealth::Unknown,
                     reason: e.reason().into(),
                     message: e.to_string(),
                 },
@@ -857,7 +861,7 @@ impl Reconciler {
         }
         let default_timeout = self.cfg.default_health_timeout;
         let run = self.apps.get_mut(name).expect("present");
-        let was = run.health_word();
+        let was = run.app_health();
         run.health = health;
         let timeout = match run.opts().health_timeout_ms {
             0 => default_timeout,
@@ -868,11 +872,11 @@ impl Reconciler {
         } else if run.applied_at.is_some_and(|t| t.elapsed() >= timeout) {
             run.timed_out = true;
         }
-        let now = run.health_word();
+        let now = run.app_health();
         if was != now {
             let wait = run.trace.as_ref().and_then(|t| t.wait.clone());
             let _in = wait.as_ref().map(|s| s.enter());
-            tracing::info!(app = name, from = was, to = now, "app health changed");
+            tracing::info!(app = name, from = %was, to = %now, "app health changed");
         }
         run.end_trace_if_settled();
     }

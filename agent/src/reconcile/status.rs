@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use flotilla_proto::state::Phase;
 use flotilla_proto::v1::{AppStatus, StatusReport};
 use prost::Message;
 use tokio::sync::watch;
@@ -86,7 +87,7 @@ impl StatusBoard {
     /// The app is no longer reconciled: the hub is told once (`phase: removed`), then it is gone.
     pub fn remove(&self, generation: u64, app: &str) {
         let mut b = self.board.lock().expect("status board lock");
-        if b.apps.get(app).is_some_and(|s| s.phase == "removed") {
+        if b.apps.get(app).is_some_and(|s| s.phase() == Phase::Removed) {
             return;
         }
         b.generation = generation;
@@ -94,7 +95,7 @@ impl StatusBoard {
             app.to_string(),
             AppStatus {
                 app: app.to_string(),
-                phase: "removed".into(),
+                phase: Phase::Removed.into(),
                 message: "no longer desired; objects pruned".into(),
                 ..Default::default()
             },
@@ -114,7 +115,7 @@ impl StatusBoard {
         let b = self.board.lock().expect("status board lock");
         b.apps
             .values()
-            .filter(|s| s.phase != "removed")
+            .filter(|s| s.phase() != Phase::Removed)
             .cloned()
             .collect()
     }
@@ -150,7 +151,7 @@ impl StatusBoard {
             let Some(status) = b.apps.get(&name).cloned() else {
                 continue;
             };
-            if status.phase == "removed" {
+            if status.phase() == Phase::Removed {
                 b.apps.remove(&name);
                 if all {
                     // After a reconnect the replacing report already leaves it out.
@@ -182,7 +183,7 @@ mod tests {
     use super::*;
     use flotilla_proto::v1::ObjectStatus;
 
-    fn status(app: &str, phase: &str) -> AppStatus {
+    fn status(app: &str, phase: Phase) -> AppStatus {
         AppStatus {
             app: app.into(),
             revision: "r1".into(),
@@ -194,15 +195,15 @@ mod tests {
     #[test]
     fn only_changes_go_out_and_newest_wins() {
         let b = StatusBoard::default();
-        b.set(1, status("a", "applying"));
-        b.set(1, status("a", "applied"));
-        b.set(1, status("b", "applied"));
+        b.set(1, status("a", Phase::Applying));
+        b.set(1, status("a", Phase::Applied));
+        b.set(1, status("b", Phase::Applied));
         let r = b.take_reports(false);
         assert_eq!(r.len(), 1);
         assert!(!r[0].replace);
-        let phases: Vec<_> = r[0].apps.iter().map(|a| a.phase.as_str()).collect();
-        assert_eq!(phases, ["applied", "applied"]);
-        let mut again = status("a", "applied");
+        let phases: Vec<_> = r[0].apps.iter().map(|a| a.phase()).collect();
+        assert_eq!(phases, [Phase::Applied, Phase::Applied]);
+        let mut again = status("a", Phase::Applied);
         again.observed_unix_ms = 99;
         b.set(1, again);
         assert!(
@@ -217,11 +218,11 @@ mod tests {
     #[test]
     fn removed_apps_are_reported_once_then_forgotten() {
         let b = StatusBoard::default();
-        b.set(1, status("a", "applied"));
+        b.set(1, status("a", Phase::Applied));
         b.take_reports(false);
         b.remove(2, "a");
         let r = b.take_reports(false);
-        assert_eq!(r[0].apps[0].phase, "removed");
+        assert_eq!(r[0].apps[0].phase(), Phase::Removed);
         assert!(b.get("a").is_none());
         assert!(b.take_reports(true)[0].apps.is_empty());
     }
@@ -230,7 +231,7 @@ mod tests {
     fn reports_are_bounded_and_messages_truncated() {
         let b = StatusBoard::default();
         for i in 0..200 {
-            let mut s = status(&format!("app-{i:03}"), "failed");
+            let mut s = status(&format!("app-{i:03}"), Phase::Failed);
             s.message = "x".repeat(5000);
             s.worst = (0..5)
                 .map(|j| ObjectStatus {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
+use flotilla_proto::state::{Phase, RolloutState, StageState};
 use flotilla_proto::v1::{
     App, AuditEntry, Cluster, ClusterApp, PinClusterResponse, Rollout, RolloutStage, Source, Token,
 };
@@ -86,8 +87,8 @@ impl From<&ClusterApp> for ClusterAppOut {
             desired_revision: non_empty(&a.desired_revision),
             revision: non_empty(&a.revision),
             bundle_digest: non_empty(&a.bundle_digest),
-            phase: non_empty(&a.phase),
-            health: a.health.clone(),
+            phase: non_empty(a.phase().as_str()),
+            health: a.health().as_str().into(),
             objects: ObjectCountsOut {
                 total: o.total,
                 current: o.current,
@@ -107,7 +108,7 @@ impl From<&ClusterApp> for ClusterAppOut {
                     kind: w.kind.clone(),
                     namespace: non_empty(&w.namespace),
                     name: w.name.clone(),
-                    health: w.health.clone(),
+                    health: w.health().as_str().into(),
                     reason: w.reason.clone(),
                     message: w.message.clone(),
                     drifted_fields: w.drifted_fields.clone(),
@@ -435,8 +436,9 @@ impl From<&App> for AppOut {
                     desired_revision: c.desired_revision.clone(),
                     applied_revision: non_empty(&c.applied_revision),
                     bundle_digest: c.bundle_digest.clone(),
-                    phase: non_empty(&c.phase),
-                    health: non_empty(&c.health),
+                    phase: non_empty(c.phase().as_str()),
+                    // Only once the agent reported.
+                    health: (c.phase() != Phase::Unspecified).then(|| c.health().to_string()),
                     message: non_empty(&c.message),
                 })
                 .collect(),
@@ -558,7 +560,7 @@ impl From<&flotilla_proto::v1::RolloutRemoval> for RemovalOut {
         Self {
             revision: non_empty(&r.revision),
             reason: r.reason.clone(),
-            state: r.state.clone(),
+            state: r.state().as_str().into(),
             clusters: r.clusters.clone(),
             gate: non_empty(&r.gate),
             approved_by: non_empty(&r.approved_by),
@@ -601,7 +603,7 @@ impl From<&RolloutStage> for RolloutStageOut {
     fn from(s: &RolloutStage) -> Self {
         Self {
             name: s.name.clone(),
-            state: s.state.clone(),
+            state: s.state().as_str().into(),
             revision: s.revision.clone(),
             clusters: s.clusters.clone(),
             updated: s.updated.len(),
@@ -612,7 +614,8 @@ impl From<&RolloutStage> for RolloutStageOut {
             approved_by: non_empty(&s.approved_by),
             max_parallel: s.max_parallel.clone(),
             soak: seconds(s.soak_seconds),
-            soak_remaining_seconds: (s.state == "soaking").then_some(s.soak_remaining_seconds),
+            soak_remaining_seconds: (s.state() == StageState::Soaking)
+                .then_some(s.soak_remaining_seconds),
             started: rfc3339_ms(s.started_unix_ms),
             finished: rfc3339_ms(s.finished_unix_ms),
         }
@@ -631,10 +634,9 @@ impl From<&Rollout> for RolloutOut {
             source: r.source.clone(),
             pipeline: non_empty(&r.pipeline),
             revision: non_empty(&r.revision),
-            state: if r.state.is_empty() {
-                "none".into()
-            } else {
-                r.state.clone()
+            state: match r.state() {
+                RolloutState::None => "none".into(),
+                state => state.to_string(),
             },
             paused: r.paused,
             last_good_revision: non_empty(&r.last_good_revision),

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::{rfc3339, unix_ms};
+use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{
     Cluster, ClusterApp, ListClustersRequest, ListClustersResponse, ListRolloutsRequest,
@@ -141,12 +142,9 @@ pub enum AppClass {
 /// stale). Everything else (applying, progressing, unknown, not reported yet, an older revision)
 /// is progressing.
 pub fn classify(cluster_connected: bool, a: &ClusterApp) -> AppClass {
-    if !cluster_connected || a.phase == "failed" || a.health == "degraded" {
+    if !cluster_connected || a.phase() == Phase::Failed || a.health() == Health::Degraded {
         AppClass::Degraded
-    } else if a.phase == "applied"
-        && a.health == "healthy"
-        && (a.desired_revision.is_empty() || a.desired_revision == a.revision)
-    {
+    } else if a.healthy() && (a.desired_revision.is_empty() || a.desired_revision == a.revision) {
         AppClass::Healthy
     } else {
         AppClass::Progressing
@@ -196,9 +194,9 @@ fn problems(c: &Cluster, now_ms: u64) -> Option<(Rank, Vec<String>)> {
     let mut found: Vec<(Rank, String)> = Vec::new();
     for a in &c.apps {
         let app = &a.name;
-        if a.phase == "failed" {
+        if a.phase() == Phase::Failed {
             found.push((Rank::Failed, format!("{app}: failed: {}", app_message(a))));
-        } else if a.health == "degraded" {
+        } else if a.health() == Health::Degraded {
             found.push((
                 Rank::Degraded,
                 format!("{app}: degraded: {}", worst_object(a)),
@@ -221,25 +219,23 @@ fn problems(c: &Cluster, now_ms: u64) -> Option<(Rank, Vec<String>)> {
 
 /// What a progressing app waits for.
 fn progress(a: &ClusterApp) -> String {
-    if a.phase.is_empty() {
-        "not reported yet".into()
-    } else if a.phase == "applied"
-        && !a.desired_revision.is_empty()
-        && a.desired_revision != a.revision
-    {
-        format!("updating to {}", short(&a.desired_revision))
-    } else if a.phase != "applied" {
-        a.phase.clone()
-    } else {
-        let why = a
-            .worst
-            .iter()
-            .find(|w| w.health != "current")
-            .map(|w| object_reason(w.kind.as_str(), &w.name, &w.reason, &w.message));
-        match why {
-            Some(why) => format!("{}: {why}", a.health),
-            None => a.health.clone(),
+    match a.phase() {
+        Phase::Unspecified => "not reported yet".into(),
+        Phase::Applied if !a.desired_revision.is_empty() && a.desired_revision != a.revision => {
+            format!("updating to {}", short(&a.desired_revision))
         }
+        Phase::Applied => {
+            let why = a
+                .worst
+                .iter()
+                .find(|w| w.health() != ObjectHealth::Current)
+                .map(|w| object_reason(w.kind.as_str(), &w.name, &w.reason, &w.message));
+            match why {
+                Some(why) => format!("{}: {why}", a.health()),
+                None => a.health().to_string(),
+            }
+        }
+        phase => phase.to_string(),
     }
 }
 
@@ -252,7 +248,7 @@ fn app_message(a: &ClusterApp) -> String {
 
 /// The worst object of an app (the agent lists failed ones first) as `Kind/name Reason`.
 fn worst_object(a: &ClusterApp) -> String {
-    match a.worst.iter().find(|w| w.health != "current") {
+    match a.worst.iter().find(|w| w.health() != ObjectHealth::Current) {
         Some(w) => object_reason(&w.kind, &w.name, &w.reason, &w.message),
         None if !a.message.is_empty() => clip(&a.message),
         None => "no object reported".into(),
@@ -290,12 +286,7 @@ fn rollouts(resp: &ListRolloutsResponse) -> Vec<RolloutSummary> {
     let mut out: Vec<RolloutSummary> = resp
         .rollouts
         .iter()
-        .filter(|r| {
-            matches!(
-                r.state.as_str(),
-                "progressing" | "waiting_approval" | "paused"
-            )
-        })
+        .filter(|r| r.state().in_flight())
         .map(|r| {
             let o = RolloutOut::from(r);
             let stage = o
@@ -632,6 +623,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_proto::state::{RolloutState, StageState};
     use flotilla_proto::v1::{ObjectStatus, Rollout, RolloutStage};
 
     const NOW: u64 = 1_700_000_000_000;
@@ -654,8 +646,8 @@ mod tests {
             name: name.into(),
             desired_revision: "r1".into(),
             revision: if phase.is_empty() { "" } else { "r1" }.into(),
-            phase: phase.into(),
-            health: health.into(),
+            phase: phase.parse::<Phase>().expect("a phase").into(),
+            health: health.parse::<Health>().expect("a health").into(),
             ..ClusterApp::default()
         }
     }
@@ -774,7 +766,7 @@ mod tests {
         degraded.worst = vec![ObjectStatus {
             kind: "Deployment".into(),
             name: "api".into(),
-            health: "failed".into(),
+            health: ObjectHealth::Failed.into(),
             reason: "ProgressDeadlineExceeded".into(),
             ..ObjectStatus::default()
         }];
@@ -880,7 +872,7 @@ mod tests {
     fn rollouts_in_flight_show_their_current_stage() {
         let stage = |name: &str, state: &str, clusters: &[&str], updated: &[&str]| RolloutStage {
             name: name.into(),
-            state: state.into(),
+            state: state.parse::<StageState>().expect("a stage state").into(),
             clusters: clusters.iter().map(|c| c.to_string()).collect(),
             updated: updated.iter().map(|c| c.to_string()).collect(),
             ..RolloutStage::default()
@@ -890,7 +882,7 @@ mod tests {
                 Rollout {
                     app: "web".into(),
                     revision: "0123456789abcdef0123".into(),
-                    state: "progressing".into(),
+                    state: RolloutState::Progressing.into(),
                     current_stage: 1,
                     stages: vec![
                         stage("canary", "succeeded", &["a"], &["a"]),
@@ -901,14 +893,13 @@ mod tests {
                 Rollout {
                     app: "api".into(),
                     revision: "fedcba".into(),
-                    state: "succeeded".into(),
+                    state: RolloutState::Succeeded.into(),
                     current_stage: 1,
                     stages: vec![stage("all", "succeeded", &["a"], &["a"])],
                     ..Rollout::default()
                 },
                 Rollout {
                     app: "db".into(),
-                    state: String::new(),
                     ..Rollout::default()
                 },
             ],

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::state::AppState;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
@@ -433,8 +434,8 @@ impl Rollouts {
                 .and_then(|s| s.apps.iter().find(|a| a.app == app))
             {
                 v.revision = a.revision.clone();
-                v.phase = a.phase.clone();
-                v.health = a.health.clone();
+                v.phase = a.phase;
+                v.health = a.health;
                 v.message = a.message.clone();
             }
             views.insert(c.clone(), v);

@@ -38,44 +38,13 @@ use super::stages::{self, Progress, Walk};
 pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
 use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
+pub use flotilla_proto::state::RolloutState;
+use flotilla_proto::state::{AppState, Health, Phase};
 
 /// How many renderings of an app are kept (for pins, rollbacks and held revisions).
 pub const MAX_RENDERS: usize = 10;
 /// How many failed revisions are remembered.
 const MAX_FAILED: usize = 20;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    #[default]
-    Progressing,
-    WaitingApproval,
-    Succeeded,
-    Failed,
-    RolledBack,
-    Superseded,
-}
-
-impl RolloutState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::WaitingApproval => "waiting_approval",
-            RolloutState::Succeeded => "succeeded",
-            RolloutState::Failed => "failed",
-            RolloutState::RolledBack => "rolled_back",
-            RolloutState::Superseded => "superseded",
-        }
-    }
-
-    /// Still moving (or waiting for a person).
-    pub fn in_flight(&self) -> bool {
-        matches!(
-            self,
-            RolloutState::Progressing | RolloutState::WaitingApproval
-        )
-    }
-}
 
 /// One revision rendered for every targeted cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,20 +161,21 @@ impl Rollout {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
     pub revision: String,
-    pub phase: String,
-    pub health: String,
+    pub phase: Phase,
+    pub health: Health,
     pub message: String,
     pub connected: bool,
     /// Unix ms of the last word from the cluster (0: never).
     pub last_seen_ms: u64,
 }
 
-impl ClusterView {
-    /// Reports `revision` applied and healthy.
-    pub fn healthy_at(&self, revision: &str) -> bool {
-        self.revision == revision && self.phase == "applied" && self.health == "healthy"
+impl AppState for ClusterView {
+    fn reported(&self) -> (&str, Phase, Health) {
+        (&self.revision, self.phase, self.health)
     }
+}
 
+impl ClusterView {
     /// Why the cluster, sent a change at `at`, counts as failed for being away: disconnected
     /// for longer than the grace period since then or since its last word.
     pub fn away_too_long(&self, at: u64, inp: &Inputs) -> Option<String> {
@@ -222,8 +192,8 @@ impl ClusterView {
 /// The view of a cluster that never reported the app.
 static NEVER_REPORTED: ClusterView = ClusterView {
     revision: String::new(),
-    phase: String::new(),
-    health: String::new(),
+    phase: Phase::Unspecified,
+    health: Health::Unknown,
     message: String::new(),
     connected: false,
     last_seen_ms: 0,
@@ -435,8 +405,12 @@ impl AppRollout {
     fn revision_for(&self, cluster: &str) -> Option<&str> {
         if let Some(r) = &self.rollout {
             match r.state {
+                // A stored rollout is never `Paused` (the operator's view of a paused app) or
+                // `None`; were it so, the clusters it reached keep it.
                 RolloutState::Progressing
                 | RolloutState::WaitingApproval
+                | RolloutState::Paused
+                | RolloutState::None
                 | RolloutState::Failed => {
                     if r.was_updated(cluster) {
                         return Some(&r.revision);
@@ -1014,7 +988,7 @@ fn failure(
     if let Some(why) = v.away_too_long(at, inp) {
         return Some(why);
     }
-    if v.revision == revision && v.phase == "failed" {
+    if v.revision == revision && v.phase == Phase::Failed {
         return Some(format!("failed: {}", v.message));
     }
     if inp.now_ms.saturating_sub(at) >= timeout_ms && !healthy(inp, cluster, revision) {

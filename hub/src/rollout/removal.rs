@@ -14,6 +14,7 @@ use super::plan::{ClusterView, Inputs, RolloutState};
 use super::stages::{self, Progress, StageRun, StageState, Walk};
 use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig};
+use flotilla_proto::state::Phase;
 
 pub fn default_max_removal() -> CountOrPercent {
     DEFAULT_MAX_REMOVAL
@@ -286,6 +287,6 @@ impl Removal {
 impl ClusterView {
     /// The cluster does not report the app (never had it, or removed it).
     pub fn absent(&self) -> bool {
-        self.revision.is_empty() && self.phase.is_empty()
+        self.revision.is_empty() && self.phase == Phase::Unspecified
     }
 }

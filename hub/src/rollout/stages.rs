@@ -9,35 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::render::{Approval, ClusterInfo, CountOrPercent, PipelineConfig};
+pub use flotilla_proto::state::StageState;
 
 /// The stage of an app without a pipeline.
 pub const ALL_STAGE: &str = "all";
 /// The implicit last stage: targeted clusters no stage selects.
 pub const UNSTAGED: &str = "unstaged";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageState {
-    Pending,
-    Progressing,
-    Soaking,
-    WaitingApproval,
-    Succeeded,
-    Failed,
-}
-
-impl StageState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StageState::Pending => "pending",
-            StageState::Progressing => "progressing",
-            StageState::Soaking => "soaking",
-            StageState::WaitingApproval => "waiting_approval",
-            StageState::Succeeded => "succeeded",
-            StageState::Failed => "failed",
-        }
-    }
-}
 
 /// A stage of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

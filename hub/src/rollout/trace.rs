@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use flotilla_proto::state::{AppState, Phase};
 use flotilla_proto::telemetry::traces::{self, enabled};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
@@ -111,7 +112,7 @@ impl Traces {
                     d.span.add_event("healthy", Vec::new());
                     return false;
                 }
-                if v.phase == "failed" {
+                if v.phase == Phase::Failed {
                     traces::error(&d.span, format!("failed: {}", v.message));
                     return false;
                 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
 use flotilla_agent::{AgentConfig, AgentStatus, ClusterBackend};
+use flotilla_proto::state::AppState;
 
 pub const HUB: &str = env!("CARGO_BIN_EXE_flotilla-hub");
 pub const CLI: &str = env!("CARGO_BIN_EXE_flotilla");
@@ -130,7 +131,7 @@ pub async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 pub fn web_revision(s: &AgentStatus) -> Option<String> {
     s.apps
         .iter()
-        .find(|a| a.app == "web" && a.phase == "applied" && a.health == "healthy")
+        .find(|a| a.app == "web" && a.healthy())
         .map(|a| a.revision.clone())
 }
 

@@ -34,6 +34,7 @@ use crate::credential::AdminCredential;
 use crate::desired::AppReport;
 use crate::rollout::plan::{AppRollout, RolloutState, short};
 use crate::server::{HubConfig, RunningHub, start};
+use flotilla_proto::state::AppState;
 
 /// The source the demo adds.
 const SOURCE: &str = "demo-fleet";
@@ -325,11 +326,9 @@ impl Demo {
                 view.update(s);
                 let back = || {
                     let good = rec.last_good.as_deref().unwrap_or_default();
-                    CLUSTERS.iter().all(|(c, _, _)| {
-                        reports.get(*c).is_some_and(|a| {
-                            a.revision == good && a.phase == "applied" && a.health == "healthy"
-                        })
-                    })
+                    CLUSTERS
+                        .iter()
+                        .all(|(c, _, _)| reports.get(*c).is_some_and(|a| a.healthy_at(good)))
                 };
                 let done = !s.state.in_flight()
                     && (s.state != RolloutState::RolledBack || !restored || back());

@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::desired::AppReport;
 use crate::rollout::plan::{AppRollout, RolloutState, StageRun, StageState, short};
+use flotilla_proto::state::{AppState, Phase};
 
 /// Where one cluster of a stage stands with the rollout's revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +76,6 @@ pub struct Snapshot {
     pub stages: Vec<StageLine>,
 }
 
-fn healthy(a: &AppReport) -> bool {
-    a.phase == "applied" && a.health == "healthy"
-}
-
 impl Snapshot {
     /// The record's current rollout with the clusters' reports (by cluster) at `now_ms`.
     pub fn of(
@@ -95,7 +92,7 @@ impl Snapshot {
             }
             if r.state == RolloutState::RolledBack {
                 return match on(&last_good) {
-                    Some(a) if healthy(a) => Mark::Restored,
+                    Some(a) if a.healthy() => Mark::Restored,
                     _ => Mark::RollingBack,
                 };
             }
@@ -104,8 +101,8 @@ impl Snapshot {
             }
             match on(&r.revision) {
                 None => Mark::Sent,
-                Some(a) if healthy(a) => Mark::Healthy,
-                Some(a) if a.phase == "failed" => Mark::Failed(a.message.clone()),
+                Some(a) if a.healthy() => Mark::Healthy,
+                Some(a) if a.phase == Phase::Failed => Mark::Failed(a.message.clone()),
                 Some(a) => Mark::Applying(format!("{}, {}", a.phase, a.health)),
             }
         };

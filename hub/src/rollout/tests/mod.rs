@@ -15,6 +15,7 @@ use crate::render::{
     Approval, ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, LabelSelector, OnFailure,
     PipelineConfig, Stage,
 };
+use flotilla_proto::state::{Health, Phase};
 
 const MIN: u64 = 60_000;
 
@@ -145,19 +146,19 @@ impl World {
             let v = self.views.get_mut(&c.name).unwrap();
             let Some(entry) = self.rec.desired_for(&c.name).filter(|e| !e.options.orphan) else {
                 v.revision.clear();
-                v.phase.clear();
-                v.health.clear();
+                v.phase = Phase::Unspecified;
+                v.health = Health::Unknown;
                 v.last_seen_ms = self.now;
                 continue;
             };
             v.revision = entry.revision.clone();
             if bad.contains(&c.name.as_str()) {
-                v.phase = "failed".into();
-                v.health = "degraded".into();
+                v.phase = Phase::Failed;
+                v.health = Health::Degraded;
                 v.message = "Deployment web/web: ProgressDeadlineExceeded".into();
             } else {
-                v.phase = "applied".into();
-                v.health = "healthy".into();
+                v.phase = Phase::Applied;
+                v.health = Health::Healthy;
             }
             v.last_seen_ms = self.now;
         }
@@ -290,8 +291,8 @@ fn max_parallel_paces_a_stage_in_batches() {
     );
     // One of the batch healthy is not enough.
     w.views.get_mut("eu-1").unwrap().revision = "r1".into();
-    w.views.get_mut("eu-1").unwrap().phase = "applied".into();
-    w.views.get_mut("eu-1").unwrap().health = "healthy".into();
+    w.views.get_mut("eu-1").unwrap().phase = Phase::Applied;
+    w.views.get_mut("eu-1").unwrap().health = Health::Healthy;
     assert!(w.advance().is_empty());
     w.agents_report(&[]);
     assert_eq!(w.advance(), ["eu-3", "eu-4"]);
@@ -407,8 +408,8 @@ fn not_healthy_within_the_health_timeout_fails_the_cluster() {
     // canary-1 reports the revision applied but progressing, forever.
     let v = w.views.get_mut("canary-1").unwrap();
     v.revision = "r1".into();
-    v.phase = "applied".into();
-    v.health = "progressing".into();
+    v.phase = Phase::Applied;
+    v.health = Health::Progressing;
     w.now += 299_000;
     w.advance();
     assert_eq!(w.state(), RolloutState::Progressing);

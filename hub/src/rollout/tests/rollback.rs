@@ -155,8 +155,8 @@ fn a_superseded_revision_counts_only_where_it_proved_itself() {
     assert_eq!(w.revision_of("us1").as_deref(), Some("v2"));
     let v = w.views.get_mut("us1").unwrap();
     v.revision = "v2".into();
-    v.phase = "applied".into();
-    v.health = "progressing".into();
+    v.phase = Phase::Applied;
+    v.health = Health::Progressing;
     w.advance();
     // v3 goes all the way to us1 and fails there.
     w.commit("v3");

@@ -13,6 +13,7 @@ use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::reconcile::status::StatusBoard;
 use flotilla_agent::reconcile::{ReconcileConfig, Reconciler};
 use flotilla_agent::sim::SimCluster;
+use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::{AppDesired, AppOptions, AppStatus, DesiredState};
 use flotilla_tests::bench::prog;
 use flotilla_tests::bench::stats::{ms, percentile};
@@ -197,15 +198,15 @@ async fn one_run(s: &Scenario, timeout: Duration) -> Result<(Duration, Duration)
     let outcome = loop {
         {
             let st = status.borrow_and_update();
-            if applied_at.is_none() && all(&st, s.apps, |a| a.phase == "applied") {
+            if applied_at.is_none() && all(&st, s.apps, |a| a.phase() == Phase::Applied) {
                 applied_at = Some(t0.elapsed());
             }
             if all(&st, s.apps, |a| {
-                a.phase == "applied" && a.health == "healthy"
+                a.phase() == Phase::Applied && a.health() == Health::Healthy
             }) {
                 break Ok(t0.elapsed());
             }
-            if let Some(f) = st.apps.iter().find(|a| a.phase == "failed") {
+            if let Some(f) = st.apps.iter().find(|a| a.phase() == Phase::Failed) {
                 break Err(anyhow!("app {} failed: {}", f.app, f.message));
             }
         }
@@ -217,7 +218,7 @@ async fn one_run(s: &Scenario, timeout: Duration) -> Result<(Duration, Duration)
                 let not: Vec<String> = st
                     .apps
                     .iter()
-                    .filter(|a| a.health != "healthy")
+                    .filter(|a| a.health() != Health::Healthy)
                     .take(3)
                     .map(|a| format!("{} {} {}: {}", a.app, a.phase, a.health, a.message))
                     .collect();

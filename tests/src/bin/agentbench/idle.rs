@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{
     AddClusterRequest, AddSourceRequest, Cluster, GetClusterRequest, SyncSourceRequest,
@@ -445,7 +446,9 @@ fn all_healthy(c: &Cluster, want: usize) -> bool {
         .collect();
     desired.len() == want
         && desired.iter().all(|a| {
-            a.phase == "applied" && a.health == "healthy" && a.revision == a.desired_revision
+            a.phase() == Phase::Applied
+                && a.health() == Health::Healthy
+                && a.revision == a.desired_revision
         })
 }
 
@@ -485,7 +488,7 @@ async fn wait_healthy(
             let example = c
                 .apps
                 .iter()
-                .find(|a| a.health != "healthy")
+                .find(|a| a.health() != Health::Healthy)
                 .map(|a| format!("; e.g. {}: {}", a.name, a.message))
                 .unwrap_or_default();
             bail!(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use flotilla_hub::webhook::github_signature;
 use flotilla_proto::clock::unix_ms;
+use flotilla_proto::state::Phase;
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::{
@@ -186,13 +187,13 @@ async fn take_desired(call: DesiredCall, events: mpsc::UnboundedSender<Event>) -
                 bundle_bytes += size;
                 holds.push(a.bundle_digest.clone());
                 (
-                    "applied",
+                    Phase::Applied,
                     "bundle fetched and verified (deliverybench)".to_string(),
                 )
             }
             Err(e) => {
                 failures.push(format!("{} {}: {e}", a.app, a.bundle_digest));
-                ("failed", e)
+                (Phase::Failed, e)
             }
         };
         statuses.push(AppStatus {

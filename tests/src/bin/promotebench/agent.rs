@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::unix_ms;
+use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, StatusReport};
 use flotilla_tests::bench::bundle::fetch_verified;
@@ -110,8 +111,8 @@ fn fingerprint(s: &str) -> u64 {
     h.finish()
 }
 
-fn status(app: &str, revision: &str, digest: &str, phase: &str, message: String) -> AppStatus {
-    let healthy = phase == "applied";
+fn status(app: &str, revision: &str, digest: &str, phase: Phase, message: String) -> AppStatus {
+    let healthy = phase == Phase::Applied;
     AppStatus {
         app: app.to_string(),
         revision: revision.to_string(),
@@ -119,7 +120,12 @@ fn status(app: &str, revision: &str, digest: &str, phase: &str, message: String)
         phase: phase.into(),
         message,
         observed_unix_ms: unix_ms(SystemTime::now()),
-        health: if healthy { "healthy" } else { "unknown" }.into(),
+        health: if healthy {
+            Health::Healthy
+        } else {
+            Health::Unknown
+        }
+        .into(),
         ..Default::default()
     }
 }
@@ -170,19 +176,25 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
                     &a.app,
                     &a.revision,
                     &a.bundle_digest,
-                    "applied",
+                    Phase::Applied,
                     "applied (promotebench)".into(),
                 ));
             }
             Err(e) => {
                 failures.push(format!("{} {}: {e}", a.app, a.bundle_digest));
-                statuses.push(status(&a.app, &a.revision, &a.bundle_digest, "failed", e));
+                statuses.push(status(
+                    &a.app,
+                    &a.revision,
+                    &a.bundle_digest,
+                    Phase::Failed,
+                    e,
+                ));
             }
         }
     }
     for app in before.keys() {
         if !desired.apps.iter().any(|a| a.app == *app) {
-            statuses.push(status(app, "", "", "removed", String::new()));
+            statuses.push(status(app, "", "", Phase::Removed, String::new()));
         }
     }
     let at = SystemTime::now();
@@ -237,12 +249,9 @@ mod tests {
 
     #[test]
     fn statuses_say_healthy_only_when_applied() {
-        let s = status("a", "c1", "sha256:x", "applied", String::new());
-        assert_eq!(
-            (s.phase.as_str(), s.health.as_str()),
-            ("applied", "healthy")
-        );
-        let f = status("a", "c1", "sha256:x", "failed", "boom".into());
-        assert_eq!(f.health, "unknown");
+        let s = status("a", "c1", "sha256:x", Phase::Applied, String::new());
+        assert_eq!((s.phase(), s.health()), (Phase::Applied, Health::Healthy));
+        let f = status("a", "c1", "sha256:x", Phase::Failed, "boom".into());
+        assert_eq!(f.health(), Health::Unknown);
     }
 }

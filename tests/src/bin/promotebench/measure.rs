@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
+use flotilla_proto::state::RolloutState;
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{AddSourceRequest, GetRolloutRequest, Rollout, SyncSourceRequest};
 use flotilla_tests::bench::client::Fleet;
@@ -30,7 +31,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Pause between sweeps over the rollouts not yet seen succeeded.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Rollout states that end a rollout without success.
-const ENDED: [&str; 4] = ["failed", "rolled_back", "superseded", "paused"];
+const ENDED: [RolloutState; 4] = [
+    RolloutState::Failed,
+    RolloutState::RolledBack,
+    RolloutState::Superseded,
+    RolloutState::Paused,
+];
 
 /// What starts a measured rollout.
 pub enum Trigger {
@@ -170,7 +176,7 @@ impl Ctx<'_> {
         let mut states: BTreeMap<String, usize> = BTreeMap::new();
         for app in apps {
             let state = match self.get_rollout(app).await {
-                Ok(Some(r)) if r.revision == revision => r.state,
+                Ok(Some(r)) if r.revision == revision => r.state().to_string(),
                 Ok(_) => "not started".to_string(),
                 Err(e) => format!("unreadable ({e})"),
             };
@@ -336,7 +342,7 @@ impl Ctx<'_> {
                     continue;
                 };
                 check_not_ended(&r, revision)?;
-                if r.revision == revision && r.state == "succeeded" {
+                if r.revision == revision && r.state() == RolloutState::Succeeded {
                     finished.insert(app.clone(), r);
                 }
             }
@@ -434,7 +440,7 @@ pub fn short(rev: &str) -> &str {
 
 /// Fails when the rollout of `revision` ended without success (or another revision replaced it).
 fn check_not_ended(r: &Rollout, revision: &str) -> Result<()> {
-    if r.revision == revision && ENDED.contains(&r.state.as_str()) {
+    if r.revision == revision && ENDED.contains(&r.state()) {
         bail!(
             "the rollout of {} for {} is {}: {}",
             short(revision),
