@@ -1,12 +1,10 @@
-//! `flotilla-hub`: the Flotilla hub — cluster registry, CA, agent sessions, admin API — and the
-//! code behind the `flotilla` CLI.
+//! `flotilla-hub`: the Flotilla hub — cluster registry, CA, agent sessions, git sources,
+//! rendering, promotion and the admin API.
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod ca;
-pub mod cli;
-pub mod credential;
 pub mod desired;
 pub mod error;
 pub mod git;

@@ -24,7 +24,6 @@ use tokio_util::task::TaskTracker;
 use crate::admin::AdminService;
 use crate::auth::{JoinLimiter, server_config};
 use crate::ca::Ca;
-use crate::credential::AdminCredential;
 use crate::desired::{DESIRED, DesiredStates};
 use crate::metrics::Metrics;
 use crate::registration::RegistrationService;
@@ -35,6 +34,7 @@ use crate::session::{SessionConfig, SessionService, Sessions};
 use crate::sources::Sources;
 use crate::store::SharedStore;
 use crate::store::redb::RedbStore;
+use flotilla_proto::credential::AdminCredential;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,7 +110,7 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] flotilla_proto::tls::TlsError),
     #[error(transparent)]
-    Credential(#[from] crate::credential::CredentialError),
+    Credential(#[from] flotilla_proto::credential::CredentialError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
 }

@@ -3,8 +3,10 @@
 //! never written twice.
 
 pub mod clock;
+pub mod credential;
 pub mod identity;
 pub mod limits;
+pub mod revision;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

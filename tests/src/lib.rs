@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus};
-use flotilla_hub::credential::AdminCredential;
 use flotilla_hub::server::{HubConfig, RunningHub, start};
+use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest};
@@ -16,7 +16,27 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod bench;
+pub mod hub_process;
 pub mod prom;
+
+/// The path of a workspace binary (`flotilla`, `flotilla-hub`, `flotilla-agent`) of the same
+/// build as the running test: `cargo test --workspace` builds them (each of their packages has
+/// integration tests) before any test runs.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("the test runs from target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo test --workspace` (or `cargo build --bins` first)",
+        path.display()
+    );
+    path
+}
 /// The default deadline for waiting on a condition.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -362,7 +382,7 @@ pub async fn cli(hub: &TestHub, args: &[&str]) -> Result<String, String> {
     let cfg = hub.credential_path();
     let mut argv = vec!["flotilla", "--config", cfg.to_str().unwrap()];
     argv.extend_from_slice(args);
-    flotilla_hub::cli::run(flotilla_hub::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    flotilla_cli::run(flotilla_cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
         .await
         .map_err(|e| e.to_string())
 }

@@ -1,11 +1,11 @@
 //! The `flotilla` CLI's commands and output formats against a real hub (the CLI code runs
-//! in-process through `flotilla_hub::cli::run`, exactly as the binary calls it).
+//! in-process through `flotilla_cli::run`, exactly as the binary calls it).
 
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use flotilla_hub::cli::{Cli, run};
-use flotilla_hub::credential::AdminCredential;
+use flotilla_cli::{Cli, run};
+use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::identity::Identity;
 use flotilla_tests::*;
 
@@ -225,149 +225,4 @@ async fn errors_are_one_clear_line() {
     let e = cli(&hub, &["cluster", "list"]).await.unwrap_err();
     assert!(e.starts_with(&format!("cannot reach hub at {addr}")), "{e}");
     assert!(!e.contains('\n'));
-}
-
-/// The six demo clusters, as `flotilla demo` names them.
-const DEMO_CLUSTERS: [&str; 6] = [
-    "ap-southeast-1a",
-    "ap-southeast-1b",
-    "eu-west-1a",
-    "eu-west-1b",
-    "us-east-1a",
-    "us-east-1b",
-];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_promotes_a_release_across_six_clusters_and_rolls_back_a_bad_one() {
-    init_logs();
-    // The command exactly as a user runs it, with the final state as JSON instead of tables.
-    let out = run(Cli::try_parse_from(["flotilla", "demo", "--plain", "-o", "json"]).unwrap())
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let names = |list: &serde_json::Value| -> Vec<String> {
-        let mut n: Vec<String> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap().to_string())
-            .collect();
-        n.sort();
-        n
-    };
-
-    // Six clusters in three regions, connected, each on a simulated cluster.
-    let clusters = v["clusters"].as_array().unwrap();
-    let mut seen: Vec<&str> = clusters
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    seen.sort();
-    assert_eq!(seen, DEMO_CLUSTERS);
-    for c in clusters {
-        assert_eq!(c["state"], "connected", "{c}");
-        assert_eq!(c["backend"], "simulated", "{c}");
-    }
-
-    let rollouts = v["rollouts"].as_array().unwrap();
-    assert_eq!(rollouts.len(), 2, "{v}");
-    let (good, bad) = (&rollouts[0], &rollouts[1]);
-    let stage_names: Vec<&str> = good["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(stage_names, ["canary", "eu", "us", "ap"]);
-
-    // The first release went through every stage and reached every cluster.
-    assert_eq!(good["state"], "succeeded", "{good}");
-    let mut updated = Vec::new();
-    for s in good["stages"].as_array().unwrap() {
-        assert_eq!(s["state"], "succeeded", "{s}");
-        assert_eq!(names(&s["updated"]), names(&s["clusters"]), "{s}");
-        updated.extend(names(&s["updated"]));
-    }
-    updated.sort();
-    assert_eq!(updated, DEMO_CLUSTERS);
-
-    // The bad release failed in the canary stage and was rolled back; no later stage started.
-    assert_eq!(bad["state"], "rolled_back", "{bad}");
-    assert_ne!(bad["revision"], good["revision"]);
-    let stages = bad["stages"].as_array().unwrap();
-    assert_eq!(stages[0]["name"], "canary");
-    assert_eq!(stages[0]["state"], "failed", "{bad}");
-    assert_eq!(names(&stages[0]["updated"]), ["eu-west-1a"]);
-    assert!(stages[0]["failures"]["eu-west-1a"].is_string(), "{bad}");
-    assert!(
-        bad["message"]
-            .as_str()
-            .unwrap()
-            .contains("stage canary failed"),
-        "{bad}"
-    );
-    for s in &stages[1..] {
-        assert_eq!(s["state"], "pending", "{s}");
-        assert_eq!(s["updated"], serde_json::json!([]), "{s}");
-    }
-
-    // Every cluster is back on (or never left) the good revision, and healthy.
-    assert_eq!(v["last_good"], good["revision"]);
-    let web = v["apps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "web")
-        .unwrap();
-    let on = web["clusters"].as_array().unwrap();
-    assert_eq!(on.len(), 6, "{web}");
-    for c in on {
-        assert_eq!(c["desired_revision"], good["revision"], "{c}");
-        assert_eq!(c["applied_revision"], good["revision"], "{c}");
-        assert_eq!(c["health"], "healthy", "{c}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_fails_with_a_clear_message_when_a_step_takes_too_long() {
-    init_logs();
-    // The pipeline soaks four stages for 2s each: the promotion cannot finish within 3s.
-    let e = run(Cli::try_parse_from(["flotilla", "demo", "--plain", "--timeout", "3s"]).unwrap())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("within 3s"), "{e}");
-    assert!(!e.contains('\n'), "{e}");
-}
-
-#[test]
-fn the_example_fleet_of_the_demo_is_valid() {
-    use flotilla_hub::render::{ClusterInfo, DirTree, Limits, OnFailure, load_config, render_app};
-
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/fleet");
-    let tree = DirTree::new(&root);
-    let config = load_config(&tree, "", &Limits::default()).unwrap_or_else(|e| panic!("{e}"));
-    let web = &config.apps["web"];
-    assert_eq!(web.pipeline.as_deref(), Some("regions"));
-    let regions = &config.pipelines["regions"];
-    assert_eq!(regions.on_failure, OnFailure::Rollback);
-    assert!(regions.health_timeout <= Duration::from_secs(10));
-    let stages: Vec<&str> = regions.stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(stages, ["canary", "eu", "us", "ap"]);
-    // It renders for each demo cluster.
-    for name in DEMO_CLUSTERS {
-        let region = name.trim_end_matches(['a', 'b']);
-        let ring = if name == "eu-west-1a" {
-            "canary"
-        } else {
-            "main"
-        };
-        let cluster = ClusterInfo::new(name, [("env", "demo"), ("region", region), ("ring", ring)]);
-        let r = render_app(&tree, &config, "web", &cluster, &Limits::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            r.objects.iter().any(|o| o["kind"] == "Deployment"),
-            "{name}"
-        );
-    }
 }

@@ -170,7 +170,7 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let hub = hub_in(dir.path()).await;
-    let cred = flotilla_hub::credential::AdminCredential::load(&hub.credential_path()).unwrap();
+    let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
     let now = SystemTime::now();
 
     // Another CA, same trust domain and names: the handshake fails.
@@ -277,7 +277,7 @@ async fn identity_comes_from_the_certificate_and_roles_are_separate() {
     );
 
     // An admin certificate cannot open a cluster session.
-    let cred = flotilla_hub::credential::AdminCredential::load(&hub.credential_path()).unwrap();
+    let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
     let e = open_session(
         &hub.addr(),
         &cred.ca,
@@ -302,7 +302,7 @@ async fn only_join_is_served_without_a_client_certificate() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let hub = hub_in(dir.path()).await;
-    let cred = flotilla_hub::credential::AdminCredential::load(&hub.credential_path()).unwrap();
+    let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
     let anon = flotilla_proto::tls::anonymous_client_config(&cred.ca).unwrap();
     let ch = TlsDialer::new(anon).channel(&hub.addr()).await.unwrap();
     let s = AdminClient::new(ch.clone())

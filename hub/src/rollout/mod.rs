@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::revision::short;
 use flotilla_proto::state::AppState;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
@@ -801,13 +802,13 @@ fn log_progress(before: &AppRollout, after: &AppRollout) {
     };
     for (sb, sa) in b.stages.iter().zip(&a.stages) {
         if sb.state != sa.state {
-            tracing::info!(app = %after.app, revision = %plan::short(&a.revision), stage = %sa.name, from = sb.state.as_str(), to = sa.state.as_str(), "stage");
+            tracing::info!(app = %after.app, revision = %short(&a.revision), stage = %sa.name, from = sb.state.as_str(), to = sa.state.as_str(), "stage");
         }
         if sb.batch != sa.batch && !sa.batch.is_empty() {
-            tracing::info!(app = %after.app, revision = %plan::short(&a.revision), stage = %sa.name, batch = ?sa.batch, "batch sent");
+            tracing::info!(app = %after.app, revision = %short(&a.revision), stage = %sa.name, batch = ?sa.batch, "batch sent");
         }
     }
     if b.state != a.state {
-        tracing::info!(app = %after.app, revision = %plan::short(&a.revision), state = a.state.as_str(), message = %a.message, "rollout");
+        tracing::info!(app = %after.app, revision = %short(&a.revision), state = a.state.as_str(), message = %a.message, "rollout");
     }
 }

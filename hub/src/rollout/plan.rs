@@ -38,6 +38,7 @@ use super::stages::{self, Progress, Walk};
 pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
 use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
+use flotilla_proto::revision::short;
 pub use flotilla_proto::state::RolloutState;
 use flotilla_proto::state::{AppState, Health, Phase};
 
@@ -962,10 +963,6 @@ impl AppRollout {
         self.pins.insert(cluster.to_string(), rev.clone());
         Ok(rev)
     }
-}
-
-pub fn short(rev: &str) -> String {
-    rev[..rev.len().min(12)].to_string()
 }
 
 /// Whether `cluster` runs `revision` applied and healthy (and is not gone).

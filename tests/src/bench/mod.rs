@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
-use flotilla_hub::credential::AdminCredential;
+use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::tls::{TlsDialer, error_chain, mtls_client_config};
 use flotilla_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;

@@ -1,5 +1,5 @@
-//! Shared by the tests that run the real `flotilla-hub` binary.
-#![allow(dead_code)]
+//! The real `flotilla-hub` binary as a child process, for the tests that kill or restart it, and
+//! what those tests share (an in-process agent's configuration, a fleet repository).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,8 +10,7 @@ use flotilla_agent::sim::SimCluster;
 use flotilla_agent::{AgentConfig, AgentStatus, ClusterBackend};
 use flotilla_proto::state::AppState;
 
-pub const HUB: &str = env!("CARGO_BIN_EXE_flotilla-hub");
-pub const CLI: &str = env!("CARGO_BIN_EXE_flotilla");
+use crate::bin;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
@@ -41,7 +40,7 @@ impl Hub {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(HUB)
+        let child = Command::new(bin("flotilla-hub"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(["--heartbeat-interval", "1s"])
@@ -81,7 +80,7 @@ impl Hub {
     }
 
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(CLI)
+        let out = Command::new(bin("flotilla"))
             .arg("--config")
             .arg(self.data.join("admin.yaml"))
             .args(args)

@@ -8,8 +8,9 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use super::fleet::{APP, CLUSTERS};
-use crate::cli::output::{self, AppOut, ClusterOut, Format};
-use crate::rollout::plan::{Rollout, short};
+use crate::output::{self, AppOut, ClusterOut, Format};
+use flotilla_proto::revision::short;
+use flotilla_proto::v1::Rollout;
 
 /// Everything the demo did, as `-o json|yaml` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -59,17 +60,17 @@ impl RolloutOut {
         RolloutOut {
             revision: r.revision.clone(),
             subject: subject.to_string(),
-            state: r.state.as_str().to_string(),
+            state: r.state().to_string(),
             message: r.message.clone(),
             stages: r
                 .stages
                 .iter()
                 .map(|s| StageOut {
                     name: s.name.clone(),
-                    state: s.state.as_str().to_string(),
+                    state: s.state().to_string(),
                     clusters: s.clusters.clone(),
-                    updated: s.updated.keys().cloned().collect(),
-                    failures: s.failures.clone(),
+                    updated: s.updated.clone(),
+                    failures: s.failures.clone().into_iter().collect(),
                 })
                 .collect(),
         }
@@ -201,31 +202,25 @@ fn next_steps(out: &DemoOut, keep: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::CountOrPercent;
-    use crate::rollout::plan::{RolloutState, StageRun, StageState};
+    use flotilla_proto::state::{RolloutState, StageState};
+    use flotilla_proto::v1::RolloutStage;
 
     fn out(keep: bool) -> DemoOut {
-        let stage = |name: &str, state, updated: &[&str], failed: Option<&str>| StageRun {
-            name: name.into(),
-            state,
-            approval: false,
-            soak_ms: 2000,
-            max_parallel: CountOrPercent::Count(1),
-            clusters: vec![format!("{name}-1")],
-            updated: updated.iter().map(|c| (c.to_string(), 1)).collect(),
-            batch: Vec::new(),
-            soak_until_ms: None,
-            approved_by: None,
-            started_ms: None,
-            finished_ms: None,
-            failures: failed
-                .map(|c| (c.to_string(), "failed: not healthy within 8s".to_string()))
-                .into_iter()
-                .collect(),
-        };
+        let stage =
+            |name: &str, state: StageState, updated: &[&str], failed: Option<&str>| RolloutStage {
+                name: name.into(),
+                state: state.into(),
+                clusters: vec![format!("{name}-1")],
+                updated: updated.iter().map(|c| c.to_string()).collect(),
+                failures: failed
+                    .map(|c| (c.to_string(), "failed: not healthy within 8s".to_string()))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            };
         let rollout = Rollout {
             revision: "b".repeat(40),
-            state: RolloutState::RolledBack,
+            state: RolloutState::RolledBack.into(),
             stages: vec![
                 stage(
                     "canary",
@@ -235,11 +230,7 @@ mod tests {
                 ),
                 stage("eu", StageState::Pending, &[], None),
             ],
-            current: 0,
-            started_ms: 1,
-            finished_ms: Some(2),
             message: "stage canary failed (1 of 1 clusters)".into(),
-            held: BTreeMap::new(),
             ..Default::default()
         };
         DemoOut {

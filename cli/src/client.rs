@@ -10,7 +10,7 @@ use flotilla_proto::tls::{TlsDialer, certs_from_pem, error_chain, mtls_client_co
 use flotilla_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use crate::credential::AdminCredential;
+use flotilla_proto::credential::AdminCredential;
 
 /// A CLI failure: one line for stderr.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! The `flotilla` command-line interface: argument parsing and one function per command. The
-//! binary in `src/bin/flotilla.rs` only calls [`run`].
+//! `flotilla-cli`: the `flotilla` command-line interface — argument parsing and one function per
+//! command, all through the hub's Admin API. The binary in `src/main.rs` only calls [`run`].
 
 pub mod client;
 pub mod demo;
@@ -68,7 +68,8 @@ pub enum Command {
     /// The fleet at a glance: clusters connected and app health per region, rollouts in
     /// flight, and the worst clusters with the reasons.
     Status(status::StatusArgs),
-    /// Run an in-process hub with six simulated agents in three regions: a release promoted
+    /// Run a hub and six agents on simulated clusters in three regions (the flotilla-hub and
+    /// flotilla-agent binaries beside this one): a release promoted
     /// stage by stage, then a bad one that fails in the canary stage and is rolled back.
     Demo(demo::DemoArgs),
 }
@@ -587,7 +588,7 @@ async fn rollout_command(
             let done = if r.message.contains("each cluster back") {
                 format!(
                     "{app} rolled back: each cluster that received {} returns to what it ran before\n",
-                    crate::rollout::plan::short(&r.revision)
+                    flotilla_proto::revision::short(&r.revision)
                 )
             } else {
                 format!(

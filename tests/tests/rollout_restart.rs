@@ -4,14 +4,13 @@
 //! sent it again, production gets it only after the approval. Agents run in-process on
 //! simulated clusters and reconnect by themselves.
 
-mod common;
-
 use std::process::Command;
 
 use flotilla_agent::Agent;
 use tokio::sync::watch;
 
-use common::{CLI, Hub, free_port, until, web_revision};
+use flotilla_tests::bin;
+use flotilla_tests::hub_process::{self as common, Hub, free_port, until, web_revision};
 
 const FLEET: &str = "apps:
   web:
@@ -71,7 +70,7 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
     hub.kill9();
     let hub = Hub::start(&data, port, http);
     let after = until("the rollout is served again", || {
-        let out = Command::new(CLI)
+        let out = Command::new(bin("flotilla"))
             .arg("--config")
             .arg(data.join("admin.yaml"))
             .args(["rollout", "status", "web", "-o", "json"])

@@ -1,40 +1,39 @@
-//! `flotilla demo`: an in-process hub on a temporary data dir and six agents on simulated
-//! clusters in three regions (real join tokens, real mutual TLS). The example fleet of
-//! `deploy/examples/fleet` is committed to a git repository made on the spot and added as a
-//! source; its first release is promoted live through the pipeline (canary, then region by
-//! region), then a bad release fails in the canary stage and is rolled back on its own. Prints
-//! the outcome and the CLI commands to try; `--keep` leaves the hub running until Ctrl-C.
+//! `flotilla demo`: a hub (the real `flotilla-hub` binary, on a temporary data dir) and six
+//! agents (real `flotilla-agent` binaries) on simulated clusters in three regions — real join
+//! tokens, real mutual TLS. The demo drives and watches the fleet only through the Admin API, as
+//! any operator would. The example fleet of `deploy/examples/fleet` is committed to a git
+//! repository made on the spot and added as a source; its first release is promoted live through
+//! the pipeline (canary, then region by region), then a bad release fails in the canary stage and
+//! is rolled back on its own. Prints the outcome and the CLI commands to try; `--keep` leaves the
+//! hub and agents running until Ctrl-C.
 
-mod fleet;
+pub mod fleet;
+mod procs;
 mod report;
 mod view;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus, ClusterBackend};
-use flotilla_proto::clock::unix_ms;
+use flotilla_proto::credential::AdminCredential;
+use flotilla_proto::revision::short;
+use flotilla_proto::state::{AppState, RolloutState};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{
-    AddClusterRequest, AddSourceRequest, ListAppsRequest, ListClustersRequest, SyncSourceRequest,
+    AddClusterRequest, AddSourceRequest, ClusterApp, GetClusterRequest, GetRolloutRequest,
+    ListAppsRequest, ListClustersRequest, Rollout, SyncSourceRequest,
 };
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use self::fleet::{APP, CLUSTERS, Commit, FleetRepo, PIPELINE};
+use self::procs::Processes;
 use self::report::{DemoOut, RolloutOut};
 use self::view::{Snapshot, View};
 use super::client::{CliError, admin_client};
 use super::output::{self, ClusterOut, Format};
-use crate::credential::AdminCredential;
-use crate::desired::AppReport;
-use crate::rollout::plan::{AppRollout, RolloutState, short};
-use crate::server::{HubConfig, RunningHub, start};
-use flotilla_proto::state::AppState;
 
 /// The source the demo adds.
 const SOURCE: &str = "demo-fleet";
@@ -66,24 +65,14 @@ pub struct DemoArgs {
 pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
     let live = !args.plain && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let tmp = tempfile::tempdir().map_err(|e| CliError(format!("temp dir: {e}")))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| CliError(format!("cannot listen on {}: {e}", args.listen)))?;
-    let hub = start(HubConfig::new(tmp.path().join("hub")), listener, None)
-        .await
-        .map_err(|e| CliError(format!("hub: {e}")))?;
-    let (stop_tx, _) = watch::channel(false);
     let mut demo = Demo {
-        hub,
+        procs: Processes::new(tmp.path().join("logs"))?,
         dir: tmp.path().to_path_buf(),
         live,
         timeout: args.timeout,
-        stop_tx,
-        agents: Vec::new(),
-        statuses: Vec::new(),
     };
     let played = tokio::select! {
-        r = demo.play(fmt, args.keep) => r,
+        r = demo.play(&args.listen, fmt, args.keep) => r,
         _ = tokio::signal::ctrl_c() => Err(CliError("interrupted".into())),
     };
     let result = match played {
@@ -94,37 +83,39 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
             eprintln!("demo: stopping the agents and the hub");
             Ok(String::new())
         }
+        Err(e) => match demo.procs.exited() {
+            // Say why a process died rather than what that broke.
+            Some(died) => Err(CliError(format!("{e} ({died})"))),
+            None => Err(e),
+        },
         other => other,
     };
     // The temporary directory goes when `tmp` drops, after everything using it stopped.
-    demo.stop().await;
+    demo.procs.stop().await;
     result
 }
 
 /// The running demo: the hub and its agents.
 struct Demo {
-    hub: RunningHub,
+    procs: Processes,
     dir: PathBuf,
     live: bool,
     timeout: Duration,
-    stop_tx: watch::Sender<bool>,
-    agents: Vec<JoinHandle<Result<(), AgentError>>>,
-    statuses: Vec<(&'static str, watch::Receiver<AgentStatus>)>,
-}
-
-fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
 }
 
 impl Demo {
-    async fn play(&mut self, fmt: Format, keep: bool) -> Result<String, CliError> {
-        let cred = AdminCredential::load(&self.hub.admin_credential_path())
-            .map_err(|e| CliError(e.to_string()))?;
-        let mut admin = admin_client(&cred).await?;
+    async fn play(&mut self, listen: &str, fmt: Format, keep: bool) -> Result<String, CliError> {
+        let data_dir = self.dir.join("hub");
+        let cred_path = self
+            .procs
+            .start_hub(&data_dir, listen, Instant::now() + self.timeout)
+            .await?;
+        let cred = AdminCredential::load(&cred_path).map_err(|e| CliError(e.to_string()))?;
+        let mut admin = self.connect(&cred).await?;
         eprintln!(
             "demo: hub on {} (data dir {}); {} agents join, each driving a SIMULATED cluster",
-            self.hub.hub_address,
-            self.hub.data_dir.display(),
+            cred.hub,
+            data_dir.display(),
             CLUSTERS.len()
         );
         self.join_fleet(&mut admin).await?;
@@ -152,14 +143,13 @@ impl Demo {
         if self.live {
             eprintln!("{}", view::LEGEND);
         }
-        self.sync(&mut admin, &good).await?;
-        let first = self.follow(&good, false).await?;
-        let promoted = first.rollout.clone().expect("followed");
-        if promoted.state != RolloutState::Succeeded {
+        sync(&mut admin, &good).await?;
+        let promoted = self.follow(&mut admin, &good, false).await?;
+        if promoted.state() != RolloutState::Succeeded {
             return Err(CliError(format!(
                 "the promotion of {} ended {}: {}",
                 short(&good.id),
-                promoted.state.as_str(),
+                promoted.state(),
                 promoted.message
             )));
         }
@@ -168,14 +158,13 @@ impl Demo {
             .commit_bad_release()
             .map_err(|e| CliError(format!("demo fleet repository: {e}")))?;
         eprintln!("\ndemo: commit {} {:?}", short(&bad.id), bad.subject);
-        self.sync(&mut admin, &bad).await?;
-        let second = self.follow(&bad, true).await?;
-        let failed = second.rollout.clone().expect("followed");
-        if failed.state != RolloutState::RolledBack {
+        sync(&mut admin, &bad).await?;
+        let failed = self.follow(&mut admin, &bad, true).await?;
+        if failed.state() != RolloutState::RolledBack {
             return Err(CliError(format!(
                 "the bad release {} was not rolled back: it ended {} {}",
                 short(&bad.id),
-                failed.state.as_str(),
+                failed.state(),
                 failed.message
             )));
         }
@@ -192,8 +181,8 @@ impl Demo {
             .clusters;
         let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
         let out = DemoOut {
-            hub: self.hub.hub_address.clone(),
-            admin_config: keep.then(|| self.hub.admin_credential_path().display().to_string()),
+            hub: cred.hub.clone(),
+            admin_config: keep.then(|| cred_path.display().to_string()),
             fleet_repo: keep.then(|| repo.dir().display().to_string()),
             clusters: clusters.iter().map(ClusterOut::from).collect(),
             app: APP.into(),
@@ -202,14 +191,35 @@ impl Demo {
                 RolloutOut::of(&promoted, &good.subject),
                 RolloutOut::of(&failed, &bad.subject),
             ],
-            last_good: second.last_good.clone(),
+            last_good: Some(failed.last_good_revision.clone()).filter(|r| !r.is_empty()),
             apps: apps.iter().map(output::AppOut::from).collect(),
         };
         Ok(report::render(&out, fmt, keep))
     }
 
+    /// Dials the hub's Admin API until it answers (it may still be starting).
+    async fn connect(&mut self, cred: &AdminCredential) -> Result<AdminClient<Channel>, CliError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let tried = match admin_client(cred).await {
+                Ok(mut admin) => match admin.list_clusters(ListClustersRequest::default()).await {
+                    Ok(_) => return Ok(admin),
+                    Err(e) => CliError::from(e),
+                },
+                Err(e) => e,
+            };
+            if let Some(e) = self.procs.exited() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(CliError(format!("the hub did not answer in time: {tried}")));
+            }
+            tokio::time::sleep(REFRESH).await;
+        }
+    }
+
     /// Adds the demo clusters, starts an agent for each with its join token, and waits until
-    /// every one is connected.
+    /// the hub reports every one connected.
     async fn join_fleet(&mut self, admin: &mut AdminClient<Channel>) -> Result<(), CliError> {
         for (name, region, ring) in CLUSTERS {
             let labels = BTreeMap::from([
@@ -226,116 +236,90 @@ impl Demo {
                 })
                 .await?
                 .into_inner();
-            let mut cfg = AgentConfig::new(self.dir.join("agents").join(name));
-            cfg.join_token = Some(added.token);
-            cfg.cluster = ClusterBackend::Simulated;
-            cfg.health_poll = HEALTH_POLL;
-            let (agent, status) = Agent::new(cfg);
-            self.statuses.push((name, status));
-            let stop = self.stop_tx.subscribe();
-            self.agents
-                .push(tokio::spawn(async move { agent.run(stop).await }));
+            let state_dir = self.dir.join("agents").join(name);
+            self.procs
+                .start_agent(name, &added.token, &state_dir, HEALTH_POLL)?;
         }
         let deadline = Instant::now() + self.timeout;
-        for ((name, status), (_, region, ring)) in self.statuses.iter_mut().zip(CLUSTERS) {
-            let connected = matches!(
-                tokio::time::timeout_at(deadline, status.wait_for(|s| s.connected)).await,
-                Ok(Ok(_))
-            );
-            if !connected {
-                let last = status.borrow().last_error.clone().unwrap_or_default();
+        let mut announced = Vec::new();
+        loop {
+            let clusters = admin
+                .list_clusters(ListClustersRequest::default())
+                .await?
+                .into_inner()
+                .clusters;
+            for (name, region, ring) in CLUSTERS {
+                let connected = clusters
+                    .iter()
+                    .any(|c| c.name == name && c.state == "connected");
+                if connected && !announced.contains(&name) {
+                    announced.push(name);
+                    eprintln!(
+                        "demo: {name:<15} joined and connected  region={region:<14} ring={ring}"
+                    );
+                }
+            }
+            if announced.len() == CLUSTERS.len() {
+                return Ok(());
+            }
+            if let Some(e) = self.procs.exited() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                let waiting: Vec<String> = self
+                    .procs
+                    .agents
+                    .iter()
+                    .filter(|a| !announced.contains(&a.name.as_str()))
+                    .map(|a| format!("{}: {}", a.name, a.last_line()))
+                    .collect();
                 return Err(CliError(format!(
-                    "agent {name} did not connect within {}: {last}",
-                    humantime::format_duration(self.timeout)
+                    "agents did not connect within {}: {}",
+                    humantime::format_duration(self.timeout),
+                    waiting.join("; ")
                 )));
             }
-            eprintln!("demo: {name:<15} joined and connected  region={region:<14} ring={ring}");
+            tokio::time::sleep(REFRESH).await;
         }
-        Ok(())
-    }
-
-    /// Has the hub fetch and render the source now; fails when the commit was not taken.
-    async fn sync(
-        &self,
-        admin: &mut AdminClient<Channel>,
-        commit: &Commit,
-    ) -> Result<(), CliError> {
-        let src = admin
-            .sync_source(SyncSourceRequest {
-                name: SOURCE.into(),
-            })
-            .await?
-            .into_inner();
-        if !src.error.is_empty() {
-            return Err(CliError(format!("source {SOURCE}: {}", src.error)));
-        }
-        let app = admin
-            .list_apps(ListAppsRequest {})
-            .await?
-            .into_inner()
-            .apps
-            .into_iter()
-            .find(|a| a.name == APP);
-        match app {
-            Some(a) if !a.error.is_empty() => Err(CliError(format!(
-                "app {APP} at {}: {}",
-                short(&commit.id),
-                a.error
-            ))),
-            Some(_) => Ok(()),
-            None => Err(CliError(format!(
-                "source {SOURCE} at {} has no app {APP}",
-                short(&commit.id)
-            ))),
-        }
-    }
-
-    /// What each demo cluster last reported about the app.
-    async fn reports(&self) -> Result<BTreeMap<String, AppReport>, CliError> {
-        let mut out = BTreeMap::new();
-        for (name, _, _) in CLUSTERS {
-            let status = self
-                .hub
-                .desired
-                .status(name)
-                .await
-                .map_err(|e| CliError(e.to_string()))?;
-            if let Some(a) = status.apps.into_iter().find(|a| a.app == APP) {
-                out.insert(name.to_string(), a);
-            }
-        }
-        Ok(out)
     }
 
     /// Shows the rollout of `commit` until it ends (and, when it was rolled back and `restored`
     /// is set, until every cluster runs the last good revision again, healthy); returns the
-    /// app's record then. Fails when that takes longer than the timeout.
-    async fn follow(&self, commit: &Commit, restored: bool) -> Result<AppRollout, CliError> {
+    /// rollout then. Fails when that takes longer than the timeout.
+    async fn follow(
+        &mut self,
+        admin: &mut AdminClient<Channel>,
+        commit: &Commit,
+        restored: bool,
+    ) -> Result<Rollout, CliError> {
         let deadline = Instant::now() + self.timeout;
         let mut view = View::new(self.live);
         loop {
-            let rec = self
-                .hub
-                .rollouts
-                .get(APP)
-                .await
-                .map_err(|e| CliError(e.to_string()))?;
-            let reports = self.reports().await?;
-            let snap = Snapshot::of(&rec, &reports, now_ms()).filter(|s| s.revision == commit.id);
+            let rollout = admin
+                .get_rollout(GetRolloutRequest { app: APP.into() })
+                .await?
+                .into_inner();
+            let reports = reports(admin).await?;
+            let snap = Snapshot::of(&rollout, &reports).filter(|s| s.revision == commit.id);
             if let Some(s) = &snap {
                 view.update(s);
                 let back = || {
-                    let good = rec.last_good.as_deref().unwrap_or_default();
-                    CLUSTERS
-                        .iter()
-                        .all(|(c, _, _)| reports.get(*c).is_some_and(|a| a.healthy_at(good)))
+                    CLUSTERS.iter().all(|(c, _, _)| {
+                        reports
+                            .get(*c)
+                            .is_some_and(|a| a.healthy_at(&rollout.last_good_revision))
+                    })
                 };
                 let done = !s.state.in_flight()
                     && (s.state != RolloutState::RolledBack || !restored || back());
                 if done {
                     view.finish();
-                    return Ok(rec);
+                    return Ok(rollout);
                 }
+            }
+            if let Some(e) = self.procs.exited() {
+                view.finish();
+                return Err(e);
             }
             if Instant::now() >= deadline {
                 view.finish();
@@ -351,13 +335,53 @@ impl Demo {
             tokio::time::sleep(REFRESH).await;
         }
     }
+}
 
-    /// Stops the agents, then the hub.
-    async fn stop(self) {
-        let _ = self.stop_tx.send(true);
-        for a in self.agents {
-            let _ = a.await;
-        }
-        self.hub.shutdown().await;
+/// Has the hub fetch and render the source now; fails when the commit was not taken.
+async fn sync(admin: &mut AdminClient<Channel>, commit: &Commit) -> Result<(), CliError> {
+    let src = admin
+        .sync_source(SyncSourceRequest {
+            name: SOURCE.into(),
+        })
+        .await?
+        .into_inner();
+    if !src.error.is_empty() {
+        return Err(CliError(format!("source {SOURCE}: {}", src.error)));
     }
+    let app = admin
+        .list_apps(ListAppsRequest {})
+        .await?
+        .into_inner()
+        .apps
+        .into_iter()
+        .find(|a| a.name == APP);
+    match app {
+        Some(a) if !a.error.is_empty() => Err(CliError(format!(
+            "app {APP} at {}: {}",
+            short(&commit.id),
+            a.error
+        ))),
+        Some(_) => Ok(()),
+        None => Err(CliError(format!(
+            "source {SOURCE} at {} has no app {APP}",
+            short(&commit.id)
+        ))),
+    }
+}
+
+/// What each demo cluster last reported about the app, as the hub shows it.
+async fn reports(
+    admin: &mut AdminClient<Channel>,
+) -> Result<BTreeMap<String, ClusterApp>, CliError> {
+    let mut out = BTreeMap::new();
+    for (name, _, _) in CLUSTERS {
+        let cluster = admin
+            .get_cluster(GetClusterRequest { name: name.into() })
+            .await?
+            .into_inner();
+        if let Some(a) = cluster.apps.into_iter().find(|a| a.name == APP) {
+            out.insert(name.to_string(), a);
+        }
+    }
+    Ok(out)
 }

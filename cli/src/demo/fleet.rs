@@ -13,27 +13,27 @@ pub const PIPELINE: &str = "regions";
 pub const FILES: &[(&str, &str)] = &[
     (
         "flotilla.yaml",
-        include_str!("../../../../deploy/examples/fleet/flotilla.yaml"),
+        include_str!("../../../deploy/examples/fleet/flotilla.yaml"),
     ),
     (
         "apps/web/namespace.yaml",
-        include_str!("../../../../deploy/examples/fleet/apps/web/namespace.yaml"),
+        include_str!("../../../deploy/examples/fleet/apps/web/namespace.yaml"),
     ),
     (
         "apps/web/configmap.yaml",
-        include_str!("../../../../deploy/examples/fleet/apps/web/configmap.yaml"),
+        include_str!("../../../deploy/examples/fleet/apps/web/configmap.yaml"),
     ),
     (
         "apps/web/deployment.yaml",
-        include_str!("../../../../deploy/examples/fleet/apps/web/deployment.yaml"),
+        include_str!("../../../deploy/examples/fleet/apps/web/deployment.yaml"),
     ),
     (
         "apps/web/service.yaml",
-        include_str!("../../../../deploy/examples/fleet/apps/web/service.yaml"),
+        include_str!("../../../deploy/examples/fleet/apps/web/service.yaml"),
     ),
     (
         "patches/canary.yaml",
-        include_str!("../../../../deploy/examples/fleet/patches/canary.yaml"),
+        include_str!("../../../deploy/examples/fleet/patches/canary.yaml"),
     ),
 ];
 
@@ -47,8 +47,8 @@ pub const CLUSTERS: [(&str, &str, &str); 6] = [
     ("ap-southeast-1b", "ap-southeast-1", "main"),
 ];
 
-const CONFIG: &str = "flotilla.yaml";
-const DEPLOYMENT: &str = "apps/web/deployment.yaml";
+pub const CONFIG: &str = "flotilla.yaml";
+pub const DEPLOYMENT: &str = "apps/web/deployment.yaml";
 const GOOD_IMAGE: &str = "image: nginx:1.27.3";
 const BAD_IMAGE: &str = "image: nginx:1.28.0";
 const DEPLOYMENT_HEAD: &str = "kind: Deployment\nmetadata:\n  name: web\n";
@@ -149,7 +149,7 @@ impl FleetRepo {
 
 /// The bad release as an edit of (`flotilla.yaml`, `apps/web/deployment.yaml`): a new image, and
 /// the annotation that makes the simulated cluster fail the Deployment instead of making it ready.
-fn break_release(config: &str, deployment: &str) -> Result<(String, String), String> {
+pub fn break_release(config: &str, deployment: &str) -> Result<(String, String), String> {
     let once = |text: &str, what: &str, file: &str| match text.matches(what).count() {
         1 => Ok(()),
         n => Err(format!(
@@ -169,34 +169,9 @@ fn break_release(config: &str, deployment: &str) -> Result<(String, String), Str
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
+    // That the example renders as the demo needs (each cluster in one stage, the bad release
+    // failing) is tested with the hub's renderer in `tests/tests/demo.rs`.
     use super::*;
-    use crate::render::{ClusterInfo, DirTree, Limits, load_config, render_app};
-
-    fn write_files(dir: &Path, files: &[(&str, String)]) {
-        for (path, text) in files {
-            let file = dir.join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(file, text).unwrap();
-        }
-    }
-
-    fn clusters() -> Vec<ClusterInfo> {
-        CLUSTERS
-            .iter()
-            .map(|(name, region, ring)| {
-                ClusterInfo::new(*name, [("env", "demo"), ("region", region), ("ring", ring)])
-            })
-            .collect()
-    }
-
-    fn deployment(objects: &[serde_json::Value]) -> &serde_json::Value {
-        objects
-            .iter()
-            .find(|o| o["kind"] == "Deployment")
-            .expect("a Deployment")
-    }
 
     #[test]
     fn every_file_of_the_example_is_built_in() {
@@ -217,61 +192,5 @@ mod tests {
         let mut built_in: Vec<String> = FILES.iter().map(|(p, _)| p.to_string()).collect();
         built_in.sort();
         assert_eq!(on_disk, built_in);
-    }
-
-    #[test]
-    fn each_demo_cluster_is_in_exactly_one_stage() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Vec<_> = FILES.iter().map(|(p, t)| (*p, t.to_string())).collect();
-        write_files(dir.path(), &files);
-        let config = load_config(&DirTree::new(dir.path()), "", &Limits::default()).unwrap();
-        let pipeline = &config.pipelines[PIPELINE];
-        assert_eq!(config.apps[APP].pipeline.as_deref(), Some(PIPELINE));
-        let clusters = clusters();
-        let mut per_stage: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for c in &clusters {
-            assert!(config.apps[APP].targets.matches(&c.labels), "{}", c.name);
-            let stages: Vec<&str> = pipeline
-                .stages
-                .iter()
-                .filter(|s| s.selector.matches(&c.labels))
-                .map(|s| s.name.as_str())
-                .collect();
-            assert_eq!(stages.len(), 1, "{}: {stages:?}", c.name);
-            per_stage.entry(stages[0]).or_default().push(&c.name);
-        }
-        assert_eq!(per_stage["canary"], ["eu-west-1a"]);
-        assert_eq!(per_stage.len(), pipeline.stages.len());
-    }
-
-    #[test]
-    fn the_bad_release_renders_a_failing_deployment_and_the_good_one_does_not() {
-        let good: Vec<_> = FILES.iter().map(|(p, t)| (*p, t.to_string())).collect();
-        let config = &good.iter().find(|(p, _)| *p == CONFIG).unwrap().1;
-        let dep = &good.iter().find(|(p, _)| *p == DEPLOYMENT).unwrap().1;
-        let (bad_config, bad_dep) = break_release(config, dep).unwrap();
-        let bad: Vec<_> = good
-            .iter()
-            .map(|(p, t)| match *p {
-                CONFIG => (*p, bad_config.clone()),
-                DEPLOYMENT => (*p, bad_dep.clone()),
-                _ => (*p, t.clone()),
-            })
-            .collect();
-        let canary = &clusters()[0];
-        for (files, fails, image) in [(good, false, "nginx:1.27.3"), (bad, true, "nginx:1.28.0")] {
-            let dir = tempfile::tempdir().unwrap();
-            write_files(dir.path(), &files);
-            let tree = DirTree::new(dir.path());
-            let config = load_config(&tree, "", &Limits::default()).unwrap();
-            let r = render_app(&tree, &config, APP, canary, &Limits::default()).unwrap();
-            let d = deployment(&r.objects);
-            let annotation = &d["metadata"]["annotations"]["flotilla.io/simulate"];
-            assert_eq!(annotation == "fail", fails, "{d}");
-            assert_eq!(
-                d["spec"]["template"]["spec"]["containers"][0]["image"],
-                image
-            );
-        }
     }
 }

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use super::client::CliError;
 use super::output::{self, Format, RolloutOut};
-use crate::rollout::plan::short;
+use flotilla_proto::revision::short;
 
 /// How the group of clusters without the label is shown in the table.
 pub const NO_LABEL: &str = "(none)";

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flotilla_hub::cli::{Cli, run};
+use flotilla_cli::{Cli, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {

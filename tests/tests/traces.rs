@@ -9,8 +9,6 @@
 //! hub's delivery span across the process boundary, the attributes, and that the next stage
 //! starts a trace of its own linked to the first.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +24,7 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::watch;
 
-use common::{Hub, free_port, until, web_revision};
+use flotilla_tests::hub_process::{self as common, Hub, free_port, until, web_revision};
 
 const FLEET: &str = "apps:
   web:

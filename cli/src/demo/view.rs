@@ -1,5 +1,5 @@
-//! What the demo shows while a rollout runs: a snapshot of the rollout record and the clusters'
-//! reports, drawn live as one progress bar per stage (indicatif) on a terminal, or printed as plain
+//! What the demo shows while a rollout runs: a snapshot of the rollout and the clusters' reports
+//! (read through the Admin API), drawn live as one progress bar per stage (indicatif) on a terminal, or printed as plain
 //! lines of what changed otherwise (tests, CI logs, pipes).
 
 use std::collections::BTreeMap;
@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::desired::AppReport;
-use crate::rollout::plan::{AppRollout, RolloutState, StageRun, StageState, short};
-use flotilla_proto::state::{AppState, Phase};
+use flotilla_proto::revision::short;
+use flotilla_proto::state::{AppState, Phase, RolloutState, StageState};
+use flotilla_proto::v1::{ClusterApp, Rollout, RolloutStage};
 
 /// Where one cluster of a stage stands with the rollout's revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,20 +77,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The record's current rollout with the clusters' reports (by cluster) at `now_ms`.
-    pub fn of(
-        rec: &AppRollout,
-        reports: &BTreeMap<String, AppReport>,
-        now_ms: u64,
-    ) -> Option<Self> {
-        let r = rec.rollout.as_ref()?;
-        let last_good = rec.last_good.clone().unwrap_or_default();
-        let mark = |s: &StageRun, c: &str| {
+    /// The app's rollout as the Admin API shows it, with the clusters' reports of the app (by
+    /// cluster); `None` before its first rollout.
+    pub fn of(r: &Rollout, reports: &BTreeMap<String, ClusterApp>) -> Option<Self> {
+        if r.state() == RolloutState::None {
+            return None;
+        }
+        let last_good = r.last_good_revision.clone();
+        let mark = |s: &RolloutStage, c: &str| {
             let on = |rev: &str| reports.get(c).filter(|a| a.revision == rev);
-            if !s.updated.contains_key(c) {
+            if !s.updated.iter().any(|u| u == c) {
                 return Mark::Waiting;
             }
-            if r.state == RolloutState::RolledBack {
+            if r.state() == RolloutState::RolledBack {
                 return match on(&last_good) {
                     Some(a) if a.healthy() => Mark::Restored,
                     _ => Mark::RollingBack,
@@ -102,13 +101,13 @@ impl Snapshot {
             match on(&r.revision) {
                 None => Mark::Sent,
                 Some(a) if a.healthy() => Mark::Healthy,
-                Some(a) if a.phase == Phase::Failed => Mark::Failed(a.message.clone()),
-                Some(a) => Mark::Applying(format!("{}, {}", a.phase, a.health)),
+                Some(a) if a.phase() == Phase::Failed => Mark::Failed(a.message.clone()),
+                Some(a) => Mark::Applying(format!("{}, {}", a.phase(), a.health())),
             }
         };
         Some(Snapshot {
             revision: r.revision.clone(),
-            state: r.state,
+            state: r.state(),
             message: r.message.clone(),
             last_good: last_good.clone(),
             stages: r
@@ -116,13 +115,11 @@ impl Snapshot {
                 .iter()
                 .map(|s| StageLine {
                     name: s.name.clone(),
-                    state: s.state,
+                    state: s.state(),
                     updated: s.updated.len(),
                     total: s.clusters.len(),
-                    soak_left_ms: match (s.state, s.soak_until_ms) {
-                        (StageState::Soaking, Some(t)) => Some(t.saturating_sub(now_ms)),
-                        _ => None,
-                    },
+                    soak_left_ms: (s.state() == StageState::Soaking)
+                        .then_some(s.soak_remaining_seconds * 1000),
                     clusters: s.clusters.iter().map(|c| (c.clone(), mark(s, c))).collect(),
                 })
                 .collect(),

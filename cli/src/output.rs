@@ -10,7 +10,7 @@ use flotilla_proto::v1::{
 };
 use serde::Serialize;
 
-use crate::rollout::plan::short;
+use flotilla_proto::revision::short;
 
 /// `-o` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
