@@ -22,10 +22,7 @@ use std::time::{Duration, SystemTime};
 use flotilla_proto::clock::SharedClock;
 use flotilla_proto::identity::{Identity, validate_name};
 use flotilla_proto::tls::{certs_from_pem, fingerprint, key_from_pem};
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    PublicKeyData, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, PublicKeyData, SanType};
 use rustls::pki_types::PrivateKeyDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -469,20 +466,4 @@ fn self_check(
     probe
         .verify_signature(Some(ca_cert.public_key()))
         .map_err(|e| format!("CA key does not produce signatures the certificate verifies: {e}"))
-}
-
-/// Generates a P-256 key pair and a CSR for it with subject CN `cn` (used by the agent and
-/// tests). Returns `(key_pem, csr_pem)`.
-pub fn new_key_and_csr(cn: &str) -> Result<(String, String), CaError> {
-    let key = new_p256()?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    if !cn.is_empty() {
-        params.distinguished_name.push(DnType::CommonName, cn);
-    }
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(|e| CaError::Sign(format!("cannot create CSR: {e}")))?;
-    Ok((key.serialize_pem(), csr))
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use flotilla_proto::clock::{ManualClock, SystemClock};
+use flotilla_proto::csr::new_key_and_csr;
 use flotilla_proto::identity::PeerCert;
 use flotilla_proto::limits::MAX_CSR_BYTES;
-use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
+use rcgen::{BasicConstraints, DistinguishedName, DnType, IsCa, KeyUsagePurpose};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
