@@ -109,20 +109,10 @@ pub enum IdentityError {
     KeyGen(#[source] rcgen::Error),
 }
 
-/// Generates a fresh P-256 key and a CSR for it. The CSR's subject is informational: the hub
-/// assigns the identity it signs.
+/// Generates a fresh P-256 key and a CSR for it ([`flotilla_proto::csr::new_key_and_csr`]). The
+/// CSR's subject is informational: the hub assigns the identity it signs.
 pub fn new_key_and_csr(cn: &str) -> Result<(String, String), IdentityError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(IdentityError::KeyGen)?;
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let csr = params
-        .serialize_request(&key)
-        .map_err(IdentityError::KeyGen)?;
-    let csr_pem = csr.pem().map_err(IdentityError::KeyGen)?;
-    Ok((key.serialize_pem(), csr_pem))
+    flotilla_proto::csr::new_key_and_csr(cn).map_err(IdentityError::KeyGen)
 }
 
 /// Where the agent keeps its identity.

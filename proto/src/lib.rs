@@ -1,9 +1,12 @@
 //! `flotilla-proto`: the `flotilla.v1` wire protocol plus the helpers both hub and agent need
-//! (identities, join tokens, TLS configuration, clock, telemetry setup), kept here so they are
-//! never written twice.
+//! (identities, key and CSR generation, join tokens, TLS configuration, clock, states, telemetry
+//! setup), kept here so they are never written twice.
 
 pub mod clock;
 pub mod credential;
+/// Key and CSR generation (rcgen), for the hub's tests and the agent; not linked into the CLI.
+#[cfg(feature = "csr")]
+pub mod csr;
 pub mod identity;
 pub mod limits;
 pub mod revision;
