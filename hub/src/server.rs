@@ -7,41 +7,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_proto::clock::{SharedClock, rfc3339};
-use flotilla_proto::identity::{Identity, PeerCert};
+use flotilla_proto::clock::SharedClock;
 use flotilla_proto::limits::MAX_MESSAGE_BYTES;
-use flotilla_proto::tls::certs_from_pem;
 use flotilla_proto::v1::admin_server::AdminServer;
 use flotilla_proto::v1::agent_session_server::AgentSessionServer;
 use flotilla_proto::v1::registration_server::RegistrationServer;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminService;
-use crate::auth::{JoinLimiter, server_config};
-use crate::ca::Ca;
-use crate::desired::{DESIRED, DesiredStates};
-use crate::metrics::Metrics;
-use crate::registration::RegistrationService;
-use crate::registry::Registry;
+use crate::api::admin::AdminService;
+use crate::api::auth::{JoinLimiter, server_config};
+use crate::api::registration::RegistrationService;
+use crate::api::session::{SessionConfig, SessionService};
+use crate::engine::rollout::Rollouts;
+use crate::engine::sources::Sources;
+use crate::pki::Ca;
 use crate::render::BundleCache;
-use crate::rollout::Rollouts;
-use crate::session::{SessionConfig, SessionService, Sessions};
-use crate::sources::Sources;
+use crate::state::desired::DesiredStates;
+use crate::state::registry::Registry;
+use crate::state::sessions::Sessions;
 use crate::store::SharedStore;
 use crate::store::redb::RedbStore;
-use flotilla_proto::credential::AdminCredential;
+use crate::telemetry::metrics::Metrics;
 
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the hub's serving certificate (reissued at every start).
 const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Lifetime of the admin credential written to `DATA/admin.yaml`.
-pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long shutdown waits for connections to drain.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -104,13 +98,13 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Ca(#[from] crate::ca::CaError),
+    Ca(#[from] crate::pki::CaError),
     #[error(transparent)]
-    Hub(#[from] crate::error::HubError),
+    Hub(#[from] crate::state::error::HubError),
     #[error(transparent)]
     Tls(#[from] flotilla_proto::tls::TlsError),
     #[error(transparent)]
-    Credential(#[from] flotilla_proto::credential::CredentialError),
+    AdminCredential(#[from] crate::pki::admin::AdminCredentialError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
 }
@@ -232,7 +226,12 @@ pub async fn start(
         names.push(addr.ip().to_string());
     }
     let (server_cert, server_key) = ca.issue_server(&names, SERVER_CERT_LIFETIME)?;
-    ensure_admin_credential(&ca, &config, &hub_address)?;
+    crate::pki::admin::ensure_admin_credential(
+        &ca,
+        &config.data_dir.join("admin.yaml"),
+        &hub_address,
+        config.clock.now(),
+    )?;
     let tls = server_config(
         ca.cert_pem(),
         &server_cert.chain_pem,
@@ -305,7 +304,7 @@ pub async fn start(
 
     let mut tasks = Vec::new();
     let (conn_tx, conn_rx) = mpsc::channel(1024);
-    tasks.push(tokio::spawn(accept_loop(
+    tasks.push(tokio::spawn(crate::api::accept::accept_loop(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
         conn_tx,
@@ -347,22 +346,22 @@ pub async fn start(
         ));
     }
     tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));
-    tasks.push(tokio::spawn(dispatch_desired(
-        store.clone(),
-        sessions.clone(),
-        shutdown_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(
+        sessions
+            .clone()
+            .follow_desired(store.clone(), shutdown_rx.clone()),
+    ));
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
         let src = Some(sources.clone());
-        let fleet = crate::metrics::FleetSources {
+        let fleet = crate::engine::fleet::FleetSources {
             registry: registry.clone(),
             sessions: sessions.clone(),
             rollouts: rollouts.clone(),
             desired: desired.clone(),
         };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(l, m, s, src, Some(fleet), rx).await {
+            if let Err(e) = crate::api::http::serve(l, m, s, src, Some(fleet), rx).await {
                 tracing::error!(error = %e, "HTTP side port failed");
             }
         }));
@@ -392,130 +391,4 @@ pub async fn start(
         tasks,
         tracker,
     })
-}
-
-/// Writes `DATA/admin.yaml` on first start; later starts keep the credential, only reissuing it
-/// when it expired or belongs to another CA, and update the hub address if it changed.
-fn ensure_admin_credential(
-    ca: &Ca,
-    config: &HubConfig,
-    hub_address: &str,
-) -> Result<(), StartError> {
-    let path = config.data_dir.join("admin.yaml");
-    let now = config.clock.now();
-    if let Ok(mut cred) = AdminCredential::load(&path) {
-        let still_valid = cred.ca == ca.cert_pem()
-            && certs_from_pem(&cred.cert, "admin certificate")
-                .ok()
-                .and_then(|c| PeerCert::from_der(&c[0], ca.trust_domain()).ok())
-                .is_some_and(|p| p.not_after > now + Duration::from_secs(3600));
-        if still_valid {
-            if cred.hub != hub_address {
-                cred.hub = hub_address.to_string();
-                cred.save(&path)?;
-            }
-            return Ok(());
-        }
-        tracing::warn!(path = %path.display(), "admin credential expired or from another CA; reissuing");
-    }
-    let (issued, key) = ca.issue_with_key(
-        &Identity::Admin("admin".into()),
-        now - Duration::from_secs(60),
-        now + ADMIN_CERT_LIFETIME,
-    )?;
-    AdminCredential {
-        hub: hub_address.to_string(),
-        name: "admin".into(),
-        ca: ca.cert_pem().to_string(),
-        cert: issued.chain_pem,
-        key,
-    }
-    .save(&path)?;
-    tracing::info!(path = %path.display(), expires = %rfc3339(issued.not_after), "wrote admin credential");
-    Ok(())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    conns: mpsc::Sender<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let conns = conns.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    metrics.count_handshake("ok");
-                    let _ = conns.send(Ok(tls)).await;
-                }
-                Ok(Err(e)) => {
-                    let reason = crate::metrics::handshake_failure_reason(&e);
-                    metrics.count_handshake_failure(reason);
-                    tracing::info!(%peer, error = %e, reason, "TLS handshake refused");
-                }
-                Err(_) => {
-                    metrics.count_handshake_failure("timeout");
-                    tracing::info!(%peer, "TLS handshake timed out");
-                }
-            }
-        });
-    }
-}
-
-/// Follows `/desired/` in the store and wakes the live session of each cluster whose desired
-/// state changed (whichever replica wrote it).
-async fn dispatch_desired(
-    store: SharedStore,
-    sessions: Arc<Sessions>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    use futures::StreamExt;
-    let from = match store.revision().await {
-        Ok(r) => r + 1,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch desired state");
-            return;
-        }
-    };
-    let mut events = match store.watch(DESIRED, from).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch desired state");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            ev = events.next() => match ev {
-                Some(Ok(ev)) => {
-                    if let Some(cluster) = ev.key().strip_prefix(DESIRED) {
-                        sessions.desired_changed(cluster);
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "desired-state watch failed");
-                    return;
-                }
-                None => return,
-            }
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! back; catch-up after being offline; isolation between clusters.
 
 use flotilla_agent::bundles::{BundleError, BundleStore};
-use flotilla_hub::desired::AppEntry;
+use flotilla_hub::state::desired::AppEntry;
 use flotilla_proto::state::Phase;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
 use flotilla_proto::v1::FetchBundleRequest;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_agent::AgentError;
 use flotilla_agent::identity::new_key_and_csr;
-use flotilla_hub::ca::Ca;
+use flotilla_hub::pki::Ca;
 use flotilla_proto::clock::ManualClock;
 use flotilla_proto::identity::{Identity, PeerCert};
 use flotilla_proto::tls::{TlsDialer, certs_from_pem, mtls_client_config};

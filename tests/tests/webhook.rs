@@ -1,7 +1,7 @@
 //! Git webhooks on the HTTP side port: a signed push event (GitHub, Gitea or GitLab style)
 //! triggers a fetch at once; a bad or missing signature is refused and changes nothing.
 
-use flotilla_hub::webhook::github_signature;
+use flotilla_hub::api::webhook::github_signature;
 use flotilla_tests::*;
 
 async fn post(

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 pub mod conformance;
 pub mod redb;
-pub mod table;
 pub mod timed;
 
 /// A store-wide revision. 0 means "nothing written yet".

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{CasOp, KeyValue, Revision, SharedStore, Store, StoreError, WatchStream};
-use crate::metrics::{Metrics, OpLabel};
+use crate::telemetry::metrics::{Metrics, OpLabel};
 
 /// The operations of the [`Store`] trait, as the `op` label names them.
 #[derive(Debug, Clone, Copy)]

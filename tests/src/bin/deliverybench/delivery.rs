@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use flotilla_hub::webhook::github_signature;
+use flotilla_hub::api::webhook::github_signature;
 use flotilla_proto::clock::unix_ms;
 use flotilla_proto::state::Phase;
 use flotilla_proto::v1::admin_client::AdminClient;

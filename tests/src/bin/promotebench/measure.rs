@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn log_lines_are_parsed() {
         let at = humantime::parse_rfc3339("2025-01-02T03:04:05.678901Z").unwrap();
-        let cluster = "2025-01-02T03:04:05.678901Z DEBUG flotilla_hub::rollout: desired state changed cluster.id=load-00042 app=promo generation=7";
+        let cluster = "2025-01-02T03:04:05.678901Z DEBUG flotilla_hub::engine::rollout: desired state changed cluster.id=load-00042 app=promo generation=7";
         assert_eq!(
             parse_line(cluster),
             Some(LogLine::Cluster {
@@ -626,7 +626,7 @@ mod tests {
                 cluster: "load-00042".into()
             })
         );
-        let app = "2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: desired state changed app=app-007 clusters=660";
+        let app = "2025-01-02T03:04:05.678901Z  INFO flotilla_hub::engine::rollout: desired state changed app=app-007 clusters=660";
         assert_eq!(
             parse_line(app),
             Some(LogLine::App {
@@ -635,7 +635,7 @@ mod tests {
                 clusters: 660
             })
         );
-        let batch = r#"2025-01-02T03:04:05.678901Z  INFO flotilla_hub::rollout: batch sent app=promo revision=0123456789ab stage=wave1 batch=["load-00001", "load-00002"]"#;
+        let batch = r#"2025-01-02T03:04:05.678901Z  INFO flotilla_hub::engine::rollout: batch sent app=promo revision=0123456789ab stage=wave1 batch=["load-00001", "load-00002"]"#;
         assert_eq!(
             parse_line(batch),
             Some(LogLine::Batch {

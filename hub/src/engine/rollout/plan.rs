@@ -36,8 +36,9 @@ use super::removal::default_max_removal;
 pub use super::removal::{Cause, Removal};
 use super::stages::{self, Progress, Walk};
 pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
-use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
+use crate::state::desired::AppEntry;
+pub use crate::state::error::ActionError;
 use flotilla_proto::revision::short;
 pub use flotilla_proto::state::RolloutState;
 use flotilla_proto::state::{AppState, Health, Phase};
@@ -259,13 +260,6 @@ pub struct Offer {
     pub started: bool,
     /// Clusters whose desired entry changed at once.
     pub touched: Vec<String>,
-}
-
-/// Why an operator action was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActionError {
-    #[error("{0}")]
-    Refused(String),
 }
 
 fn refused(msg: impl Into<String>) -> ActionError {

@@ -14,10 +14,11 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::{FleetSources, Metrics};
-use crate::sources::Sources;
+use crate::api::webhook::{Signatures, verify};
+use crate::engine::fleet::FleetSources;
+use crate::engine::sources::Sources;
 use crate::store::SharedStore;
-use crate::webhook::{Signatures, verify};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
 struct HttpState {
@@ -127,7 +128,7 @@ async fn git_webhook(
         tracing::warn!(source = %name, error = %e, "webhook refused");
         s.metrics
             .webhooks
-            .get_or_create(&crate::metrics::ResultLabel {
+            .get_or_create(&crate::telemetry::metrics::ResultLabel {
                 result: "refused".into(),
             })
             .inc();
@@ -135,7 +136,7 @@ async fn git_webhook(
     }
     s.metrics
         .webhooks
-        .get_or_create(&crate::metrics::ResultLabel {
+        .get_or_create(&crate::telemetry::metrics::ResultLabel {
             result: "ok".into(),
         })
         .inc();

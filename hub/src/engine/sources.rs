@@ -18,18 +18,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::desired::AppEntry;
-use crate::error::HubError;
+use crate::engine::rollout::plan::{Cause, Render};
+use crate::engine::rollout::{AppOffer, Retirement, Rollouts};
 use crate::git::{Auth, GitRef, Mirror, SourceSpec};
-use crate::registry::Registry;
 use crate::render::{
     AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
     load_config, targeted_clusters,
 };
-use crate::rollout::plan::{Cause, Render};
-use crate::rollout::{AppOffer, Retirement, Rollouts};
+use crate::state::desired::AppEntry;
+use crate::state::error::HubError;
+use crate::state::registry::Registry;
+use crate::state::table::Table;
 use crate::store::SharedStore;
-use crate::store::table::Table;
 
 pub const SOURCES: &str = "/sources/";
 /// Default polling interval.
@@ -594,7 +594,7 @@ fn render_all(
     let mut out = BTreeMap::new();
     for (app, app_config) in &config.apps {
         let max_removal = app_config.effective_max_removal(&config);
-        let options = crate::desired::AppOptions {
+        let options = crate::state::desired::AppOptions {
             orphan: false,
             disable_prune: !app_config.prune,
             disable_self_heal: !app_config.self_heal,

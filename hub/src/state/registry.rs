@@ -14,8 +14,8 @@ use futures::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::error::HubError;
-use crate::store::table::Table;
+use crate::state::error::HubError;
+use crate::state::table::Table;
 use crate::store::{SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";

@@ -2,11 +2,11 @@
 //!
 //! Most series are updated where things happen (sessions, joins, handshakes, status reports,
 //! store calls, rollout stage transitions). The per-app and per-cluster gauges
-//! (`app_clusters`, `clusters`) are computed at scrape time from the hub's in-memory state
-//! ([`FleetSnapshot::collect`]), so status reports cost nothing extra.
+//! (`app_clusters`, `clusters`) are set at scrape time from a [`FleetSnapshot`] of the hub's
+//! in-memory state (`engine::fleet`), so status reports cost nothing extra. What a change of a
+//! rollout record means for the rollout series is the engine's (`engine::rollout::observe`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,14 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-use flotilla_proto::state::{AppState, Phase};
-
-use crate::desired::DesiredStates;
-use crate::error::HubError;
-use crate::rollout::Rollouts;
-use crate::rollout::plan::{Rollout, StageState};
-use crate::session::Sessions;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -118,7 +110,7 @@ pub struct Metrics {
     scrape: std::sync::Mutex<()>,
     /// Per app: the rollout followed (revision, offered at) and how many of
     /// [`HEALTHY_FRACTIONS`] it crossed.
-    healthy_crossed: std::sync::Mutex<HashMap<String, (String, u64, usize)>>,
+    pub(crate) healthy_crossed: std::sync::Mutex<HashMap<String, (String, u64, usize)>>,
     /// Agents' spans relayed to the collector, by result (`exported`, `dropped`), read from
     /// the forwarder at scrape time.
     relayed_spans: Family<ResultLabel, Counter>,
@@ -309,51 +301,6 @@ impl Metrics {
         self.status_report_apps.inc_by(apps as u64);
     }
 
-    /// Observes what one change of an app's rollout record finished: stages that ended
-    /// (duration by stage and result), a rollout that ended or was superseded, one that
-    /// started. Call after the change is persisted.
-    pub fn observe_rollout(&self, before: Option<&Rollout>, after: Option<&Rollout>) {
-        let same =
-            |b: &Rollout, a: &Rollout| b.revision == a.revision && b.started_ms == a.started_ms;
-        match (before, after) {
-            (Some(b), Some(a)) if same(b, a) => {
-                let done = |s: StageState| matches!(s, StageState::Succeeded | StageState::Failed);
-                for (sb, sa) in b.stages.iter().zip(&a.stages) {
-                    if done(sb.state) || !done(sa.state) {
-                        continue;
-                    }
-                    if let (Some(start), Some(end)) = (sa.started_ms, sa.finished_ms) {
-                        self.rollout_stage_duration
-                            .get_or_create(&StageLabels {
-                                stage: sa.name.clone(),
-                                result: sa.state.as_str().into(),
-                            })
-                            .observe(end.saturating_sub(start) as f64 / 1000.0);
-                    }
-                }
-                if b.state.in_flight() && !a.state.in_flight() {
-                    self.count_rollout_finished(a.state.as_str());
-                }
-            }
-            (b, a) => {
-                if b.is_some_and(|b| b.state.in_flight()) {
-                    self.count_rollout_finished("superseded");
-                }
-                if a.is_some_and(|a| a.state.in_flight()) {
-                    self.rollouts_started.inc();
-                }
-            }
-        }
-    }
-
-    fn count_rollout_finished(&self, result: &str) {
-        self.rollouts_finished
-            .get_or_create(&ResultLabel {
-                result: result.into(),
-            })
-            .inc();
-    }
-
     /// The OpenMetrics text exposition, with the scrape-time gauges set from `fleet` (left out
     /// when it is `None`, e.g. when the hub's state could not be read).
     pub fn encode_with(&self, fleet: Option<&FleetSnapshot>) -> String {
@@ -430,59 +377,6 @@ impl Metrics {
     }
 }
 
-impl Metrics {
-    /// Observes the time from a rollout's offer until the share of its clusters that run its
-    /// revision applied and healthy (`healthy` of `total`) first reaches each of
-    /// [`HEALTHY_FRACTIONS`]. Crossings are remembered per app in memory only: a rollout that
-    /// began before `since_ms` (this process's start) does not observe the thresholds it had
-    /// already crossed when first seen, only the later ones.
-    pub fn observe_healthy_fraction(
-        &self,
-        app: &str,
-        rollout: &Rollout,
-        healthy: usize,
-        total: usize,
-        now_ms: u64,
-        since_ms: u64,
-    ) {
-        if total == 0 {
-            return;
-        }
-        let reached = HEALTHY_FRACTIONS
-            .iter()
-            .take_while(|(f, _)| healthy as f64 >= f * total as f64 - 1e-9)
-            .count();
-        let mut crossed = self
-            .healthy_crossed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let fresh = crossed.get(app).is_none_or(|(rev, started, _)| {
-            *rev != rollout.revision || *started != rollout.started_ms
-        });
-        if fresh {
-            let already = if rollout.started_ms < since_ms {
-                reached
-            } else {
-                0
-            };
-            crossed.insert(
-                app.to_string(),
-                (rollout.revision.clone(), rollout.started_ms, already),
-            );
-        }
-        let entry = crossed.get_mut(app).expect("inserted above");
-        while entry.2 < reached {
-            let (_, label) = HEALTHY_FRACTIONS[entry.2];
-            self.rollout_healthy_fraction
-                .get_or_create(&FractionLabel {
-                    fraction: label.into(),
-                })
-                .observe(now_ms.saturating_sub(rollout.started_ms) as f64 / 1000.0);
-            entry.2 += 1;
-        }
-    }
-}
-
 /// A stable, low-cardinality reason for a failed TLS handshake on the hub's port.
 pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as R};
@@ -509,15 +403,6 @@ pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// What the hub's state should be read from at scrape time.
-#[derive(Clone, Debug)]
-pub struct FleetSources {
-    pub registry: crate::registry::Registry,
-    pub sessions: Arc<Sessions>,
-    pub rollouts: Rollouts,
-    pub desired: DesiredStates,
-}
-
 /// Clusters of one app in one region, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppCounts {
@@ -536,78 +421,9 @@ pub struct FleetSnapshot {
     pub clusters: BTreeMap<(String, &'static str), i64>,
 }
 
-impl FleetSources {
-    /// Reads the fleet from memory: rollout records (which say each cluster's desired entry),
-    /// the status cache (a cluster's status is read from the store once, then kept) and the
-    /// cluster list (for regions and states). Linear in apps × clusters, with no work per
-    /// status report.
-    pub async fn snapshot(&self) -> Result<FleetSnapshot, HubError> {
-        let records = self.registry.list_clusters().await?;
-        let mut region_of: HashMap<String, String> = HashMap::with_capacity(records.len());
-        let mut snap = FleetSnapshot::default();
-        for rec in &records {
-            let region = rec.labels.get(REGION_LABEL).cloned().unwrap_or_default();
-            let state = rec.state(self.sessions.get(&rec.name).is_some());
-            *snap.clusters.entry((region.clone(), state)).or_insert(0) += 1;
-            region_of.insert(rec.name.clone(), region);
-        }
-        let mut statuses: HashMap<String, Arc<crate::desired::StatusRecord>> = HashMap::new();
-        for rec in self.rollouts.records_shared().await? {
-            let Some(newest) = rec.renders.last() else {
-                continue;
-            };
-            let names: std::collections::BTreeSet<&String> =
-                newest.entries.keys().chain(rec.pins.keys()).collect();
-            let mut per_region: HashMap<&str, AppCounts> = HashMap::new();
-            for cluster in names {
-                let Some(entry) = rec.desired_for(cluster) else {
-                    continue;
-                };
-                let region = region_of.get(cluster).map(String::as_str).unwrap_or("");
-                let counts = per_region.entry(region).or_default();
-                counts.desired += 1;
-                let status = match statuses.get(cluster) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = self.desired.status_shared(cluster).await?;
-                        statuses.insert(cluster.clone(), s.clone());
-                        s
-                    }
-                };
-                let Ok(i) = status
-                    .apps
-                    .binary_search_by(|a| a.app.as_str().cmp(&rec.app))
-                else {
-                    continue;
-                };
-                let a = &status.apps[i];
-                if a.revision != entry.revision || a.bundle_digest != entry.bundle_digest {
-                    continue;
-                }
-                match a.phase {
-                    Phase::Applied => {
-                        counts.applied += 1;
-                        if a.healthy() {
-                            counts.healthy += 1;
-                        }
-                    }
-                    Phase::Failed => counts.failed += 1,
-                    _ => {}
-                }
-            }
-            for (region, counts) in per_region {
-                snap.app_clusters
-                    .insert((rec.app.clone(), region.to_string()), counts);
-            }
-        }
-        Ok(snap)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::plan::RolloutState;
     use std::io::{Error, ErrorKind};
 
     fn tls(e: rustls::Error) -> Error {
@@ -672,177 +488,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn refused_joins_name_their_reason() {
-        use crate::ca::CaError;
-        let cases = [
-            (HubError::UnknownToken, "unknown_token"),
-            (HubError::TokenUsed, "token_used"),
-            (HubError::Ca(CaError::CsrMalformed("x".into())), "bad_csr"),
-            (HubError::ClusterRevoked("c".into()), "cluster_revoked"),
-        ];
-        let m = Metrics::new();
-        for (e, want) in cases {
-            assert_eq!(e.metric_label(), want);
-            m.count_join(e.metric_label());
-        }
-        let text = m.encode();
-        assert_eq!(
-            sample(&text, "flotilla_hub_joins_total{result=\"bad_csr\"}"),
-            Some(1.0),
-            "{text}"
-        );
-    }
-
     /// The value of one sample line `name{labels} value` of an exposition.
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    fn rollout(
-        stages: &[(&str, StageState, Option<u64>, Option<u64>)],
-        state: RolloutState,
-    ) -> Rollout {
-        Rollout {
-            revision: "r1".into(),
-            state,
-            stages: stages
-                .iter()
-                .map(|(name, st, start, end)| crate::rollout::plan::StageRun {
-                    name: (*name).into(),
-                    state: *st,
-                    approval: false,
-                    soak_ms: 0,
-                    max_parallel: crate::render::CountOrPercent::Percent(100),
-                    clusters: vec!["c".into()],
-                    updated: Default::default(),
-                    batch: vec![],
-                    soak_until_ms: None,
-                    approved_by: None,
-                    started_ms: *start,
-                    finished_ms: *end,
-                    failures: Default::default(),
-                })
-                .collect(),
-            current: 0,
-            started_ms: 1_000,
-            finished_ms: None,
-            message: String::new(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn stage_durations_and_results_are_observed_once() {
-        let m = Metrics::new();
-        let started = rollout(
-            &[
-                ("canary", StageState::Pending, None, None),
-                ("prod", StageState::Pending, None, None),
-            ],
-            RolloutState::Progressing,
-        );
-        m.observe_rollout(None, Some(&started));
-        let canary_done = rollout(
-            &[
-                ("canary", StageState::Succeeded, Some(2_000), Some(4_500)),
-                ("prod", StageState::Progressing, Some(4_500), None),
-            ],
-            RolloutState::Progressing,
-        );
-        m.observe_rollout(Some(&started), Some(&canary_done));
-        // The same record again: nothing new ended.
-        m.observe_rollout(Some(&canary_done), Some(&canary_done));
-        let all_done = rollout(
-            &[
-                ("canary", StageState::Succeeded, Some(2_000), Some(4_500)),
-                ("prod", StageState::Failed, Some(4_500), Some(10_500)),
-            ],
-            RolloutState::RolledBack,
-        );
-        m.observe_rollout(Some(&canary_done), Some(&all_done));
-        // A newer revision replacing one in flight supersedes it.
-        let mut newer = started.clone();
-        newer.revision = "r2".into();
-        m.observe_rollout(Some(&canary_done), Some(&newer));
-        let text = m.encode();
-        let h = "flotilla_hub_rollout_stage_duration_seconds";
-        assert_eq!(
-            sample(
-                &text,
-                &format!("{h}_count{{stage=\"canary\",result=\"succeeded\"}}")
-            ),
-            Some(1.0),
-            "{text}"
-        );
-        assert_eq!(
-            sample(
-                &text,
-                &format!("{h}_sum{{stage=\"canary\",result=\"succeeded\"}}")
-            ),
-            Some(2.5)
-        );
-        assert_eq!(
-            sample(
-                &text,
-                &format!("{h}_sum{{stage=\"prod\",result=\"failed\"}}")
-            ),
-            Some(6.0)
-        );
-        assert_eq!(
-            sample(&text, "flotilla_hub_rollouts_started_total"),
-            Some(2.0)
-        );
-        for (result, n) in [("rolled_back", 1.0), ("superseded", 1.0)] {
-            assert_eq!(
-                sample(
-                    &text,
-                    &format!("flotilla_hub_rollouts_finished_total{{result=\"{result}\"}}")
-                ),
-                Some(n),
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn healthy_fractions_are_observed_when_first_crossed() {
-        let m = Metrics::new();
-        let r = rollout(&[], RolloutState::Progressing); // offered at 1 s
-        let count = |m: &Metrics, f: &str| {
-            sample(
-                &m.encode(),
-                &format!("flotilla_hub_rollout_healthy_fraction_seconds_count{{fraction=\"{f}\"}}"),
-            )
-            .unwrap_or(0.0)
-        };
-        m.observe_healthy_fraction("web", &r, 0, 4, 2_000, 0);
-        m.observe_healthy_fraction("web", &r, 2, 4, 3_000, 0);
-        assert_eq!(count(&m, "0.5"), 1.0);
-        // Falling back and crossing again is not a new crossing.
-        m.observe_healthy_fraction("web", &r, 1, 4, 4_000, 0);
-        m.observe_healthy_fraction("web", &r, 2, 4, 5_000, 0);
-        assert_eq!(count(&m, "0.5"), 1.0);
-        assert_eq!(count(&m, "0.95"), 0.0);
-        m.observe_healthy_fraction("web", &r, 4, 4, 11_000, 0);
-        assert_eq!((count(&m, "0.95"), count(&m, "1")), (1.0, 1.0));
-        let text = m.encode();
-        assert_eq!(
-            sample(
-                &text,
-                "flotilla_hub_rollout_healthy_fraction_seconds_sum{fraction=\"1\"}"
-            ),
-            Some(10.0)
-        );
-
-        // A rollout that began before this process: what it had already crossed is not
-        // observed (its time is unknown), later crossings are.
-        let m = Metrics::new();
-        m.observe_healthy_fraction("web", &r, 3, 4, 20_000, 10_000);
-        assert_eq!(count(&m, "0.5"), 0.0);
-        m.observe_healthy_fraction("web", &r, 4, 4, 30_000, 10_000);
-        assert_eq!((count(&m, "0.95"), count(&m, "1")), (1.0, 1.0));
     }
 
     #[test]

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::plan::*;
-use crate::desired::AppEntry;
 use crate::render::{
     Approval, ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, LabelSelector, OnFailure,
     PipelineConfig, Stage,
 };
+use crate::state::desired::AppEntry;
 use flotilla_proto::state::{Health, Phase};
 
 const MIN: u64 = 60_000;

@@ -1,10 +1,10 @@
 //! How the Admin API shows rollout records and audit entries: the conversion from
-//! [`AppRollout`] and [`crate::audit::AuditEntry`] to their wire messages. Pure, no I/O.
+//! [`AppRollout`] and [`crate::state::audit::AuditEntry`] to their wire messages. Pure, no I/O.
 
 use flotilla_proto::v1 as pb;
 
-use crate::audit::AuditEntry;
-use crate::rollout::plan::{AppRollout, RolloutState, StageRun, StageState};
+use crate::engine::rollout::plan::{AppRollout, RolloutState, StageRun, StageState};
+use crate::state::audit::AuditEntry;
 
 /// The state an operator sees: the rollout's own, except `Paused` while the app is paused and
 /// its rollout is in flight; `None` when the app has had no rollout.
@@ -111,8 +111,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::engine::rollout::plan::{Rollout, RolloutState};
     use crate::render::CountOrPercent;
-    use crate::rollout::plan::{Rollout, RolloutState};
 
     fn stage(name: &str, state: StageState) -> StageRun {
         StageRun {

@@ -11,14 +11,14 @@ use flotilla_proto::v1::admin_server::Admin;
 use flotilla_proto::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::auth::caller;
-use crate::ca::Ca;
-use crate::desired::DesiredStates;
-use crate::registry::{ClusterRecord, Registry, TokenRecord};
-use crate::rollout::plan::AppRollout;
-use crate::rollout_view::{audit_view, rollout_view};
-use crate::session::Sessions;
-use crate::sources::{SourceRecord, Sources};
+use crate::api::auth::caller;
+use crate::api::rollout_view::{audit_view, rollout_view};
+use crate::engine::rollout::plan::AppRollout;
+use crate::engine::sources::{SourceRecord, Sources};
+use crate::pki::Ca;
+use crate::state::desired::DesiredStates;
+use crate::state::registry::{ClusterRecord, Registry, TokenRecord};
+use crate::state::sessions::Sessions;
 
 /// The default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -35,7 +35,7 @@ pub struct AdminService {
     pub hub_address: String,
     pub sources: Sources,
     pub desired: DesiredStates,
-    pub rollouts: crate::rollout::Rollouts,
+    pub rollouts: crate::engine::rollout::Rollouts,
 }
 
 impl AdminService {
@@ -344,7 +344,7 @@ impl Admin for AdminService {
         let admin = self.authorize(&req)?;
         let r = req.into_inner();
         let interval = if r.interval_seconds == 0 {
-            crate::sources::DEFAULT_INTERVAL
+            crate::engine::sources::DEFAULT_INTERVAL
         } else {
             Duration::from_secs(r.interval_seconds)
         };
@@ -352,7 +352,7 @@ impl Admin for AdminService {
         let hook = (!r.webhook_secret_file.is_empty()).then_some(r.webhook_secret_file);
         let rec = self
             .sources
-            .add(crate::sources::NewSource {
+            .add(crate::engine::sources::NewSource {
                 name: r.name,
                 url: r.url,
                 reference: r.r#ref,
@@ -399,7 +399,7 @@ impl Admin for AdminService {
                 .collect();
             self.rollouts
                 .audit()
-                .record(crate::audit::AuditEntry {
+                .record(crate::state::audit::AuditEntry {
                     who: who.clone(),
                     action: "source.remove".into(),
                     detail: format!(
@@ -478,7 +478,7 @@ impl Admin for AdminService {
         }
         match self.rollouts.get(&name).await {
             Ok(rec) if rec.deleted => Ok(Response::new(self.leaving_app_view(&rec).await?)),
-            _ => Err(crate::error::HubError::UnknownApp(name).into()),
+            _ => Err(crate::state::error::HubError::UnknownApp(name).into()),
         }
     }
 

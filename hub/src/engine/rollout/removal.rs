@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{ClusterView, Inputs, RolloutState};
 use super::stages::{self, Progress, StageRun, StageState, Walk};
-use crate::desired::AppEntry;
 use crate::render::{ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig};
+use crate::state::desired::AppEntry;
 use flotilla_proto::state::Phase;
 
 pub fn default_max_removal() -> CountOrPercent {

@@ -19,7 +19,7 @@ use rustls::{
 };
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::registry::RevokedSerials;
+use crate::state::registry::RevokedSerials;
 
 /// Builds the hub's TLS server configuration. Client certificates are optional at the TLS
 /// layer (so `Registration.Join` works without one), but one that is presented must chain to

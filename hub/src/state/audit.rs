@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use serde::{Deserialize, Serialize};
 
-use crate::error::HubError;
+use crate::state::error::HubError;
+use crate::state::table::Table;
 use crate::store::SharedStore;
-use crate::store::table::Table;
 
 pub const AUDIT: &str = "/audit/";
 

@@ -5,6 +5,7 @@
 //! (the desired state it implies) is written, and desired state is always recomputed from the
 //! record, so a restart — even `kill -9` between the two writes — resumes exactly where it was.
 
+pub mod observe;
 pub mod plan;
 pub mod removal;
 pub mod stages;
@@ -22,15 +23,16 @@ use flotilla_proto::state::AppState;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
-use crate::audit::{Audit, AuditEntry};
-use crate::desired::{AppEntry, DesiredStates};
-use crate::error::HubError;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::render::{ClusterInfo, CountOrPercent, PipelineConfig};
-use crate::session::Sessions;
+use crate::state::audit::{Audit, AuditEntry};
+use crate::state::desired::{AppEntry, DesiredStates};
+use crate::state::error::HubError;
+use crate::state::registry::Registry;
+use crate::state::sessions::Sessions;
+use crate::state::table::Table;
 use crate::store::SharedStore;
-use crate::store::table::Table;
+use crate::telemetry::metrics::Metrics;
+use observe::RolloutMetrics;
 use plan::{AppRollout, ClusterView, Inputs, Render};
 
 pub const ROLLOUTS: &str = "/rollouts/";
@@ -416,7 +418,7 @@ impl Rollouts {
         &self,
         app: &str,
         clusters: &BTreeSet<String>,
-        statuses: &BTreeMap<String, Arc<crate::desired::StatusRecord>>,
+        statuses: &BTreeMap<String, Arc<crate::state::desired::StatusRecord>>,
         seen: &BTreeMap<String, u64>,
     ) -> BTreeMap<String, ClusterView> {
         let mut views = BTreeMap::new();

@@ -5,6 +5,7 @@
 //! The CA itself is here; `csr` reads and checks requests, `cert` builds certificates with
 //! rcgen, and `files` does the file IO.
 
+pub mod admin;
 mod cert;
 mod csr;
 mod files;

@@ -1,9 +1,16 @@
 //! The hub's domain error type and its single mapping onto `tonic::Status` (the gRPC edge).
 
-use crate::ca::CaError;
+use crate::pki::CaError;
 use crate::store::StoreError;
 
 /// Errors of the hub's domain logic (cluster registry, tokens, sessions).
+/// Why an operator action (approve, rollback, pin …) was refused by the rollout plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Refused(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("unknown cluster {0:?}")]
@@ -41,7 +48,7 @@ pub enum HubError {
     InvalidName(#[from] flotilla_proto::identity::IdentityError),
     /// An operator action the rollout refused (nothing waits for approval, unknown revision…).
     #[error("invalid argument: {0}")]
-    Refused(#[from] crate::rollout::plan::ActionError),
+    Refused(#[from] ActionError),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("certificate: {0}")]
@@ -125,5 +132,32 @@ impl From<HubError> for tonic::Status {
             | HubError::Corrupt { .. }
             | HubError::Task { .. } => Status::internal(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_joins_name_their_reason() {
+        use crate::pki::CaError;
+        use crate::telemetry::metrics::Metrics;
+        let cases = [
+            (HubError::UnknownToken, "unknown_token"),
+            (HubError::TokenUsed, "token_used"),
+            (HubError::Ca(CaError::CsrMalformed("x".into())), "bad_csr"),
+            (HubError::ClusterRevoked("c".into()), "cluster_revoked"),
+        ];
+        let m = Metrics::new();
+        for (e, want) in cases {
+            assert_eq!(e.metric_label(), want);
+            m.count_join(e.metric_label());
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("flotilla_hub_joins_total{result=\"bad_csr\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{KeyValue, Revision, SharedStore};
-use crate::error::HubError;
+use crate::state::error::HubError;
+use crate::store::{KeyValue, Revision, SharedStore};
 
 /// How often a read-modify-write is retried when another writer got there first.
 pub const CAS_RETRIES: usize = 16;

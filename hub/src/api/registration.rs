@@ -9,11 +9,11 @@ use flotilla_proto::v1::registration_server::Registration;
 use flotilla_proto::v1::{JoinRequest, JoinResponse};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{JoinLimiter, caller};
-use crate::ca::Ca;
-use crate::error::HubError;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::api::auth::{JoinLimiter, caller};
+use crate::pki::Ca;
+use crate::state::error::HubError;
+use crate::state::registry::Registry;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct RegistrationService {

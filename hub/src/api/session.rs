@@ -3,10 +3,9 @@
 //! heartbeats, signs renewals, watches liveness and certificate expiry, and obeys control
 //! requests such as "disconnect, the cluster was revoked".
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
@@ -20,164 +19,21 @@ use flotilla_proto::v1::{
     RenewResponse, Welcome,
 };
 use futures::Stream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::caller;
-use crate::ca::Ca;
-use crate::desired::DesiredStates;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::api::auth::caller;
+use crate::pki::Ca;
 use crate::render::BundleCache;
+use crate::state::desired::DesiredStates;
+use crate::state::registry::Registry;
+use crate::state::sessions::{Control, SessionShared, Sessions};
+use crate::telemetry::metrics::Metrics;
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A request to a live session from elsewhere in the hub.
-#[derive(Debug, Clone)]
-pub enum Control {
-    Disconnect { reason: String, message: String },
-}
-
-/// What the rest of the hub can see of, and do to, one live session.
-#[derive(Debug)]
-pub struct SessionShared {
-    pub id: u64,
-    pub cluster: String,
-    pub agent_version: String,
-    /// The agent's cluster backend as it says in Hello: "kube" or "simulated".
-    pub cluster_backend: String,
-    last_seen_ms: AtomicU64,
-    notify: Notify,
-    pending: Mutex<Option<Control>>,
-    /// Set when the cluster's desired state changed; the session re-reads and sends it.
-    desired_dirty: AtomicBool,
-}
-
-impl SessionShared {
-    pub fn last_seen_ms(&self) -> u64 {
-        self.last_seen_ms.load(Ordering::Relaxed)
-    }
-
-    fn send(&self, c: Control) {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-        self.notify.notify_one();
-    }
-
-    fn mark_desired(&self) {
-        self.desired_dirty.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> Option<Control> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-    }
-}
-
-/// The live sessions of this hub, by cluster.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    live: Mutex<HashMap<String, Arc<SessionShared>>>,
-    next_id: AtomicU64,
-}
-
-impl Sessions {
-    pub fn get(&self, cluster: &str) -> Option<Arc<SessionShared>> {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(cluster)
-            .cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Asks a cluster's live session (if any) to disconnect.
-    pub fn disconnect(&self, cluster: &str, reason: &str, message: &str) -> bool {
-        match self.get(cluster) {
-            Some(s) => {
-                s.send(Control::Disconnect {
-                    reason: reason.into(),
-                    message: message.into(),
-                });
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Tells a cluster's live session (if any) that its desired state changed.
-    pub fn desired_changed(&self, cluster: &str) {
-        if let Some(s) = self.get(cluster) {
-            s.mark_desired();
-        }
-    }
-
-    /// Asks every live session to disconnect (hub shutdown).
-    pub fn disconnect_all(&self, reason: &str, message: &str) {
-        let all: Vec<_> = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for s in all {
-            s.send(Control::Disconnect {
-                reason: reason.into(),
-                message: message.into(),
-            });
-        }
-    }
-
-    fn register(
-        &self,
-        cluster: &str,
-        agent: Option<&flotilla_proto::v1::AgentInfo>,
-        now_ms: u64,
-    ) -> Arc<SessionShared> {
-        let shared = Arc::new(SessionShared {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-            cluster: cluster.to_string(),
-            agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
-            cluster_backend: agent.map(|a| a.cluster_backend.clone()).unwrap_or_default(),
-            last_seen_ms: AtomicU64::new(now_ms),
-            notify: Notify::new(),
-            pending: Mutex::new(None),
-            desired_dirty: AtomicBool::new(false),
-        });
-        let old = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_string(), shared.clone());
-        if let Some(old) = old {
-            old.send(Control::Disconnect {
-                reason: "replaced".into(),
-                message: "a newer session for this cluster was opened".into(),
-            });
-        }
-        shared
-    }
-
-    fn unregister(&self, cluster: &str, id: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.get(cluster).is_some_and(|s| s.id == id) {
-            live.remove(cluster);
-        }
-    }
-}
 
 /// Settings of the session service.
 #[derive(Debug, Clone)]
@@ -203,7 +59,7 @@ pub struct SessionService {
     pub desired: DesiredStates,
     pub bundles: Arc<BundleCache>,
     /// Told about status reports, connects and disconnects.
-    pub rollouts: crate::rollout::Rollouts,
+    pub rollouts: crate::engine::rollout::Rollouts,
     /// Relayed agent spans go here; `None`: the hub exports no traces and agents send none.
     pub spans: Option<flotilla_proto::telemetry::SpanForwarder>,
 }

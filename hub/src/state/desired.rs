@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1;
 
-use crate::error::HubError;
+use crate::state::error::HubError;
+use crate::state::table::{CAS_RETRIES, Table};
 use crate::store::SharedStore;
-use crate::store::table::{CAS_RETRIES, Table};
 
 pub const DESIRED: &str = "/desired/";
 pub const STATUS: &str = "/status/";

@@ -1,0 +1,197 @@
+//! The live agent sessions of this hub, by cluster: what the rest of the hub can see of one (its
+//! agent, when it was last heard from) and ask of it (disconnect, re-send the desired state).
+//! In memory only; the gRPC session service (`api::session`) registers and drives them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, watch};
+
+use crate::state::desired::DESIRED;
+use crate::store::SharedStore;
+
+/// A request to a live session from elsewhere in the hub.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Disconnect { reason: String, message: String },
+}
+
+/// What the rest of the hub can see of, and do to, one live session.
+#[derive(Debug)]
+pub struct SessionShared {
+    pub id: u64,
+    pub cluster: String,
+    pub agent_version: String,
+    /// The agent's cluster backend as it says in Hello: "kube" or "simulated".
+    pub cluster_backend: String,
+    pub(crate) last_seen_ms: AtomicU64,
+    pub(crate) notify: Notify,
+    pending: Mutex<Option<Control>>,
+    /// Set when the cluster's desired state changed; the session re-reads and sends it.
+    pub(crate) desired_dirty: AtomicBool,
+}
+
+impl SessionShared {
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn send(&self, c: Control) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn mark_desired(&self) {
+        self.desired_dirty.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn take(&self) -> Option<Control> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// The live sessions of this hub, by cluster.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<String, Arc<SessionShared>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    pub fn get(&self, cluster: &str) -> Option<Arc<SessionShared>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks a cluster's live session (if any) to disconnect.
+    pub fn disconnect(&self, cluster: &str, reason: &str, message: &str) -> bool {
+        match self.get(cluster) {
+            Some(s) => {
+                s.send(Control::Disconnect {
+                    reason: reason.into(),
+                    message: message.into(),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells a cluster's live session (if any) that its desired state changed.
+    pub fn desired_changed(&self, cluster: &str) {
+        if let Some(s) = self.get(cluster) {
+            s.mark_desired();
+        }
+    }
+
+    /// Asks every live session to disconnect (hub shutdown).
+    pub fn disconnect_all(&self, reason: &str, message: &str) {
+        let all: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in all {
+            s.send(Control::Disconnect {
+                reason: reason.into(),
+                message: message.into(),
+            });
+        }
+    }
+
+    pub(crate) fn register(
+        &self,
+        cluster: &str,
+        agent: Option<&flotilla_proto::v1::AgentInfo>,
+        now_ms: u64,
+    ) -> Arc<SessionShared> {
+        let shared = Arc::new(SessionShared {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            cluster: cluster.to_string(),
+            agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
+            cluster_backend: agent.map(|a| a.cluster_backend.clone()).unwrap_or_default(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            notify: Notify::new(),
+            pending: Mutex::new(None),
+            desired_dirty: AtomicBool::new(false),
+        });
+        let old = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), shared.clone());
+        if let Some(old) = old {
+            old.send(Control::Disconnect {
+                reason: "replaced".into(),
+                message: "a newer session for this cluster was opened".into(),
+            });
+        }
+        shared
+    }
+
+    pub(crate) fn unregister(&self, cluster: &str, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.get(cluster).is_some_and(|s| s.id == id) {
+            live.remove(cluster);
+        }
+    }
+
+    /// Follows `/desired/` in the store and wakes the live session of each cluster whose desired
+    /// state changed (whichever replica wrote it).
+    pub async fn follow_desired(
+        self: Arc<Self>,
+        store: SharedStore,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        use futures::StreamExt;
+        let from = match store.revision().await {
+            Ok(r) => r + 1,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch desired state");
+                return;
+            }
+        };
+        let mut events = match store.watch(DESIRED, from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch desired state");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        if let Some(cluster) = ev.key().strip_prefix(DESIRED) {
+                            self.desired_changed(cluster);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "desired-state watch failed");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+}
