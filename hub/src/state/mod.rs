@@ -9,4 +9,5 @@ pub mod desired;
 pub mod error;
 pub mod registry;
 pub mod sessions;
+pub mod status;
 pub mod table;
