@@ -14,10 +14,10 @@ pub enum Identity {
     Admin(String),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum IdentityError {
     #[error("certificate is not valid DER X.509: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error("certificate carries no flotilla identity (no spiffe:// URI SAN)")]
     NoIdentity,
     #[error("identity {uri:?} is not of the form spiffe://{trust_domain}/(cluster|admin)/<name>")]
@@ -107,8 +107,7 @@ pub struct PeerCert {
 impl PeerCert {
     /// Reads identity, serial and expiry from a DER certificate.
     pub fn from_der(der: &[u8], trust_domain: &str) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(der).map_err(IdentityError::BadCertificate)?;
         let mut found = None;
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {

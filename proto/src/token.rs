@@ -20,14 +20,16 @@ pub struct JoinToken {
     pub token: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("join token must start with {TOKEN_PREFIX:?}")]
     Prefix,
     #[error("join token is not valid base64url: {0}")]
-    Encoding(String),
+    Encoding(#[source] base64::DecodeError),
     #[error("join token content is malformed: {0}")]
-    Content(String),
+    Json(#[source] serde_json::Error),
+    #[error("join token content is malformed: {0}")]
+    Content(&'static str),
 }
 
 impl JoinToken {
@@ -41,14 +43,11 @@ impl JoinToken {
             .trim()
             .strip_prefix(TOKEN_PREFIX)
             .ok_or(TokenError::Prefix)?;
-        let json = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|e| TokenError::Encoding(e.to_string()))?;
-        let t: JoinToken =
-            serde_json::from_slice(&json).map_err(|e| TokenError::Content(e.to_string()))?;
+        let json = URL_SAFE_NO_PAD.decode(body).map_err(TokenError::Encoding)?;
+        let t: JoinToken = serde_json::from_slice(&json).map_err(TokenError::Json)?;
         if t.hub.is_empty() || !t.ca.starts_with("sha256:") || split_secret(&t.token).is_none() {
             return Err(TokenError::Content(
-                "needs hub, ca (sha256:…) and token (<id>.<secret>)".into(),
+                "needs hub, ca (sha256:…) and token (<id>.<secret>)",
             ));
         }
         Ok(t)
@@ -82,13 +81,18 @@ mod tests {
         assert!(line.starts_with(TOKEN_PREFIX));
         assert!(!line.contains(char::is_whitespace));
         assert_eq!(JoinToken::decode(&line).unwrap(), t);
-        assert_eq!(JoinToken::decode("nope"), Err(TokenError::Prefix));
+        assert!(matches!(JoinToken::decode("nope"), Err(TokenError::Prefix)));
         assert!(matches!(
             JoinToken::decode("flotilla-join:!!!"),
             Err(TokenError::Encoding(_))
         ));
         assert!(matches!(
             JoinToken::decode("flotilla-join:e30"),
+            Err(TokenError::Json(_))
+        ));
+        // `{"hub":"","ca":"x","token":"y"}`: well-formed JSON, wrong content.
+        assert!(matches!(
+            JoinToken::decode("flotilla-join:eyJodWIiOiIiLCJjYSI6IngiLCJ0b2tlbiI6InkifQ"),
             Err(TokenError::Content(_))
         ));
     }

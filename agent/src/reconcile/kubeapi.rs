@@ -3,6 +3,7 @@
 //! delete. Every call goes through `kube::Client`, whichever backend sits behind it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -30,9 +31,12 @@ pub enum ObjError {
         reason: String,
         message: String,
     },
-    /// The API server could not be reached or answered garbage.
+    /// The API server could not be reached.
     #[error("cluster API: {0}")]
-    Transport(String),
+    Transport(#[source] Arc<kube::Error>),
+    /// The API server answered what is not a Kubernetes object.
+    #[error("cluster API: {0}")]
+    Garbage(#[source] Arc<serde_json::Error>),
 }
 
 impl ObjError {
@@ -46,7 +50,7 @@ impl ObjError {
                 reason: s.reason.clone(),
                 message: s.message.clone(),
             },
-            other => ObjError::Transport(other.to_string()),
+            other => ObjError::Transport(Arc::new(other)),
         }
     }
 
@@ -56,7 +60,7 @@ impl ObjError {
             ObjError::UnknownKind { .. } => "UnknownKind",
             ObjError::Conflict(_) => "ApplyConflict",
             ObjError::Api { .. } => "ApplyFailed",
-            ObjError::Transport(_) => "ClusterUnreachable",
+            ObjError::Transport(_) | ObjError::Garbage(_) => "ClusterUnreachable",
         }
     }
 }
@@ -153,7 +157,7 @@ impl Kube {
             .patch(&key.name, &params, &Patch::Apply(obj))
             .await
             .map_err(ObjError::from_kube)?;
-        serde_json::to_value(out).map_err(|e| ObjError::Transport(e.to_string()))
+        serde_json::to_value(out).map_err(|e| ObjError::Garbage(Arc::new(e)))
     }
 
     /// The live object, `None` when it does not exist.
@@ -162,7 +166,7 @@ impl Kube {
         let out = api.get_opt(&key.name).await.map_err(ObjError::from_kube)?;
         out.map(serde_json::to_value)
             .transpose()
-            .map_err(|e| ObjError::Transport(e.to_string()))
+            .map_err(|e| ObjError::Garbage(Arc::new(e)))
     }
 
     /// Deletes the object with background propagation; `Ok(false)` when it was already gone.

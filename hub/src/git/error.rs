@@ -21,7 +21,12 @@ pub enum GitError {
     #[error("credentials are only used with https URLs, not with {url}")]
     AuthNotSupported { url: String },
     #[error("CA file {}: {reason}", path.display())]
-    CaFile { path: PathBuf, reason: String },
+    CaFile {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("secret file {}: {reason}", path.display())]
     SecretFile { path: PathBuf, reason: String },
     #[error("git repository {}: {message}", path.display())]

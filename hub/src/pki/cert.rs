@@ -41,8 +41,10 @@ pub(super) fn random_serial() -> SerialNumber {
 }
 
 pub(super) fn new_p256() -> Result<KeyPair, CaError> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::Sign(format!("cannot generate a P-256 key: {e}")))
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Signer {
+        what: "cannot generate a P-256 key",
+        source,
+    })
 }
 
 /// A new self-signed CA: `(cert_pem, key_pem)`.
@@ -58,9 +60,10 @@ pub(super) fn create_ca(trust_domain: &str, now: SystemTime) -> Result<(String, 
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial());
     set_validity(&mut params, now - BACKDATE, now + CA_LIFETIME)?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| CaError::Sign(format!("cannot self-sign the CA certificate: {e}")))?;
+    let cert = params.self_signed(&key).map_err(|source| CaError::Signer {
+        what: "cannot self-sign the CA certificate",
+        source,
+    })?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

@@ -69,10 +69,18 @@ pub enum CaError {
     BadServerName(String),
     #[error("invalid validity period: {0}")]
     BadValidity(String),
+    /// The issued certificate is not what was asked for (a bug, or a broken signer).
     #[error("signing failed: {0}")]
     Sign(String),
-    #[error("signing failed: {0}")]
-    Signer(#[source] rcgen::Error),
+    /// rcgen could not generate a key or sign; `what` says which.
+    #[error("signing failed: {what}: {source}")]
+    Signer {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("signing failed: issued certificate does not parse: {0}")]
+    IssuedUnparsable(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
 }
 
 impl CaError {
@@ -413,9 +421,12 @@ impl Ca {
     ) -> Result<Issued, CaError> {
         let cert = params
             .signed_by(public_key, &self.issuer)
-            .map_err(CaError::Signer)?;
-        let (_, parsed) = X509Certificate::from_der(cert.der())
-            .map_err(|e| CaError::Sign(format!("issued certificate does not parse: {e}")))?;
+            .map_err(|source| CaError::Signer {
+                what: "cannot sign the certificate",
+                source,
+            })?;
+        let (_, parsed) =
+            X509Certificate::from_der(cert.der()).map_err(CaError::IssuedUnparsable)?;
         if let Some(spki) = expect_spki
             && parsed.public_key().raw != spki
         {

@@ -68,9 +68,16 @@ pub enum StoreError {
     /// The key cannot be stored (e.g. it is empty).
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
-    /// The storage backend failed; the message names the operation and key.
+    /// The storage backend failed; `what` names the operation and key.
+    #[error("store backend error: {what}: {source}")]
+    Backend {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend answered what it never should (a bug), named with the operation and key.
     #[error("store backend error: {0}")]
-    Backend(String),
+    Inconsistent(String),
     /// The store has been shut down.
     #[error("store is closed")]
     Closed,

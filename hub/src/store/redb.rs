@@ -77,16 +77,19 @@ impl RedbStore {
         channel_capacity: usize,
     ) -> Result<RedbStore, StoreError> {
         let fail =
-            |what: String| StoreError::Backend(format!("redb open {}: {what}", path.display()));
+            |what: String, source: Box<dyn std::error::Error + Send + Sync>| StoreError::Backend {
+                what: format!("redb open {}{what}", path.display()),
+                source,
+            };
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent)
-                .map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
+                .map_err(|e| fail(format!(": creating {}", parent.display()), e.into()))?;
         }
-        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        let db = Database::create(path).map_err(|e| fail(String::new(), e.into()))?;
         let history = history.max(1);
-        init_tables(&db, history).map_err(|e| fail(e.to_string()))?;
+        init_tables(&db, history).map_err(|e| fail(String::new(), e.into()))?;
         let (events, _) = broadcast::channel(channel_capacity.max(1));
         Ok(RedbStore {
             inner: Arc::new(Inner {
@@ -143,10 +146,14 @@ async fn run_blocking<T: Send + 'static>(
     };
     match tokio::task::spawn_blocking(move || f(&inner)).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(StoreError::Backend(format!("{what}: {e}"))),
-        Err(e) => Err(StoreError::Backend(format!(
-            "{what}: blocking task failed: {e}"
-        ))),
+        Ok(Err(e)) => Err(StoreError::Backend {
+            what,
+            source: e.into(),
+        }),
+        Err(e) => Err(StoreError::Backend {
+            what: format!("{what}: blocking task failed"),
+            source: e.into(),
+        }),
     }
 }
 
@@ -724,7 +731,7 @@ impl Store for RedbStore {
 }
 
 fn unexpected(op: &str, key: &str, outcome: &Outcome) -> StoreError {
-    StoreError::Backend(format!("redb {op} {key}: unexpected outcome {outcome:?}"))
+    StoreError::Inconsistent(format!("redb {op} {key}: unexpected outcome {outcome:?}"))
 }
 
 #[cfg(test)]

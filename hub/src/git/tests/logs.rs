@@ -74,13 +74,27 @@ fn mirror_for(data: &DataDir, server: &GitHttpsServer, spec: &SourceSpec) -> Mir
         .with_options(server.options())
 }
 
+/// The capture installed as this test process's global subscriber (once): it sees every
+/// thread's spans and events, this test's fetches among them.
+fn global_capture() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        tracing::subscriber::set_global_default(capture.clone())
+            .expect("no other global subscriber in the hub's unit tests");
+        capture
+    })
+}
+
 #[test]
 fn fetch_logs_never_contain_secrets() {
     const SECRET: &str = "l0gged-secret-token";
     let (_up, _root, server) = served(Some(SECRET));
     let data = DataDir::new();
-    let capture = Capture::default();
-    tracing::subscriber::with_default(capture.clone(), || {
+    // The process-wide subscriber: a scoped one (`with_default`) races with the other tests,
+    // whose threads register the same callsites while nothing listens and may leave them off.
+    let capture = global_capture();
+    {
         let mut good = spec("logs", &server.url("fleet.git"), "main");
         good.auth = Some(Auth::Token(SECRET.into()));
         mirror_for(&data, &server, &good)
@@ -94,7 +108,7 @@ fn fetch_logs_never_contain_secrets() {
             .expect_err("refused");
         assert!(matches!(err, GitError::Fetch { .. }), "{err:?}");
         tracing::error!(error = %err, spec = ?refused, "as the hub would log it");
-    });
+    }
     let text = capture.text();
     assert!(text.contains("fetched"), "nothing captured: {text}");
     assert!(text.contains("127.0.0.1"), "{text}");
