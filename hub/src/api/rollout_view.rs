@@ -155,26 +155,17 @@ mod tests {
 
     #[test]
     fn paused_shows_only_while_in_flight() {
-        assert_eq!(
-            rollout_state(&record(RolloutState::Progressing, true)),
-            RolloutState::Paused
-        );
-        assert_eq!(
-            rollout_state(&record(RolloutState::WaitingApproval, true)),
-            RolloutState::Paused
-        );
-        assert_eq!(
-            rollout_state(&record(RolloutState::WaitingApproval, false)),
-            RolloutState::WaitingApproval
-        );
-        assert_eq!(
-            rollout_state(&record(RolloutState::Succeeded, true)),
-            RolloutState::Succeeded
-        );
-        assert_eq!(
-            rollout_state(&record(RolloutState::RolledBack, false)),
-            RolloutState::RolledBack
-        );
+        use RolloutState::*;
+        for (state, paused, shown) in [
+            (Progressing, true, Paused),
+            (WaitingApproval, true, Paused),
+            (WaitingApproval, false, WaitingApproval),
+            (Succeeded, true, Succeeded),
+            (RolledBack, false, RolledBack),
+        ] {
+            let record = record(state, paused);
+            assert_eq!(rollout_state(&record), shown, "{state} paused={paused}");
+        }
         assert_eq!(
             rollout_state(&AppRollout::new("web", "fleet")),
             RolloutState::None

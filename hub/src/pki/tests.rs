@@ -534,6 +534,14 @@ fn operator_ca_is_used_and_not_copied() {
     verify_client(&ca, &issued.chain_pem, SystemTime::now()).unwrap();
 }
 
+/// Why `Ca::load_or_create` refuses the operator CA in `cert` and `key` (a `BadOperatorCa`).
+fn operator_ca_refusal(dir: &Path, cert: &Path, key: &Path) -> String {
+    match Ca::load_or_create(dir, TD, Some((cert, key)), system_clock()) {
+        Err(CaError::BadOperatorCa(msg)) => msg,
+        other => panic!("expected BadOperatorCa, got {other:?}"),
+    }
+}
+
 #[test]
 fn operator_ca_with_wrong_key_or_without_ca_flag_is_refused() {
     let op_dir = tempfile::tempdir().unwrap();
@@ -541,31 +549,13 @@ fn operator_ca_with_wrong_key_or_without_ca_flag_is_refused() {
     let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     fs::write(&key_path, other_key.serialize_pem()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = Ca::load_or_create(
-        dir.path(),
-        TD,
-        Some((&cert_path, &key_path)),
-        system_clock(),
-    )
-    .unwrap_err();
-    match &err {
-        CaError::BadOperatorCa(msg) => assert!(msg.contains("does not match"), "{msg}"),
-        other => panic!("expected BadOperatorCa, got {other:?}"),
-    }
+    let msg = operator_ca_refusal(dir.path(), &cert_path, &key_path);
+    assert!(msg.contains("does not match"), "{msg}");
 
     let leaf_dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path, _) = write_operator_ca(leaf_dir.path(), false);
-    let err = Ca::load_or_create(
-        dir.path(),
-        TD,
-        Some((&cert_path, &key_path)),
-        system_clock(),
-    )
-    .unwrap_err();
-    match &err {
-        CaError::BadOperatorCa(msg) => assert!(msg.contains("not a CA"), "{msg}"),
-        other => panic!("expected BadOperatorCa, got {other:?}"),
-    }
+    let msg = operator_ca_refusal(dir.path(), &cert_path, &key_path);
+    assert!(msg.contains("not a CA"), "{msg}");
 
     let missing = dir.path().join("missing.crt");
     let err = Ca::load_or_create(dir.path(), TD, Some((&missing, &key_path)), system_clock())

@@ -32,7 +32,6 @@ use crate::state::sessions::Sessions;
 use crate::state::table::Table;
 use crate::store::SharedStore;
 use crate::telemetry::metrics::Metrics;
-use observe::RolloutMetrics;
 use plan::{AppRollout, ClusterView, Inputs, Render};
 
 pub const ROLLOUTS: &str = "/rollouts/";
@@ -257,9 +256,11 @@ impl Rollouts {
             self.inner
                 .traces
                 .observe(&rec, &BTreeMap::new(), &trace::Labels::new());
-            self.inner
-                .metrics
-                .observe_rollout(before.rollout.as_ref(), rec.rollout.as_ref());
+            observe::observe_rollout(
+                &self.inner.metrics,
+                before.rollout.as_ref(),
+                rec.rollout.as_ref(),
+            );
         }
         self.apply(&rec, &touched).await?;
         self.kick();
@@ -527,9 +528,11 @@ impl Rollouts {
                 self.audited(entry).await?;
             }
             self.save(&rec, Some(rev)).await?;
-            self.inner
-                .metrics
-                .observe_rollout(before.rollout.as_ref(), rec.rollout.as_ref());
+            observe::observe_rollout(
+                &self.inner.metrics,
+                before.rollout.as_ref(),
+                rec.rollout.as_ref(),
+            );
             self.apply(&rec, &touched).await?;
             if rec.finished() {
                 finished.push(rec.app.clone());
@@ -560,7 +563,8 @@ impl Rollouts {
                 healthy += 1;
             }
         }
-        self.inner.metrics.observe_healthy_fraction(
+        observe::observe_healthy_fraction(
+            &self.inner.metrics,
             &rec.app,
             r,
             healthy,

@@ -9,108 +9,87 @@ use crate::telemetry::metrics::{
     FractionLabel, HEALTHY_FRACTIONS, Metrics, ResultLabel, StageLabels,
 };
 
-/// The rollout series of [`Metrics`], fed from rollout records.
-pub trait RolloutMetrics {
-    /// Observes what one change of an app's rollout record finished: stages that ended
-    /// (duration by stage and result), a rollout that ended or was superseded, one that
-    /// started. Call after the change is persisted.
-    fn observe_rollout(&self, before: Option<&Rollout>, after: Option<&Rollout>);
-
-    /// Observes the time from a rollout's offer until the share of its clusters that run its
-    /// revision applied and healthy (`healthy` of `total`) first reaches each of
-    /// [`HEALTHY_FRACTIONS`]. Crossings are remembered per app in memory only: a rollout that
-    /// began before `since_ms` (this process's start) does not observe the thresholds it had
-    /// already crossed when first seen, only the later ones.
-    fn observe_healthy_fraction(
-        &self,
-        app: &str,
-        rollout: &Rollout,
-        healthy: usize,
-        total: usize,
-        now_ms: u64,
-        since_ms: u64,
-    );
-}
-
-impl RolloutMetrics for Metrics {
-    fn observe_rollout(&self, before: Option<&Rollout>, after: Option<&Rollout>) {
-        let same =
-            |b: &Rollout, a: &Rollout| b.revision == a.revision && b.started_ms == a.started_ms;
-        match (before, after) {
-            (Some(b), Some(a)) if same(b, a) => {
-                let done = |s: StageState| matches!(s, StageState::Succeeded | StageState::Failed);
-                for (sb, sa) in b.stages.iter().zip(&a.stages) {
-                    if done(sb.state) || !done(sa.state) {
-                        continue;
-                    }
-                    if let (Some(start), Some(end)) = (sa.started_ms, sa.finished_ms) {
-                        self.rollout_stage_duration
-                            .get_or_create(&StageLabels {
-                                stage: sa.name.clone(),
-                                result: sa.state.as_str().into(),
-                            })
-                            .observe(end.saturating_sub(start) as f64 / 1000.0);
-                    }
+/// Observes what one change of an app's rollout record finished: stages that ended (duration by
+/// stage and result), a rollout that ended or was superseded, one that started. Call after the
+/// change is persisted.
+pub fn observe_rollout(m: &Metrics, before: Option<&Rollout>, after: Option<&Rollout>) {
+    let same = |b: &Rollout, a: &Rollout| b.revision == a.revision && b.started_ms == a.started_ms;
+    match (before, after) {
+        (Some(b), Some(a)) if same(b, a) => {
+            let done = |s: StageState| matches!(s, StageState::Succeeded | StageState::Failed);
+            for (sb, sa) in b.stages.iter().zip(&a.stages) {
+                if done(sb.state) || !done(sa.state) {
+                    continue;
                 }
-                if b.state.in_flight() && !a.state.in_flight() {
-                    count_rollout_finished(self, a.state.as_str());
+                if let (Some(start), Some(end)) = (sa.started_ms, sa.finished_ms) {
+                    m.rollout_stage_duration
+                        .get_or_create(&StageLabels {
+                            stage: sa.name.clone(),
+                            result: sa.state.as_str().into(),
+                        })
+                        .observe(end.saturating_sub(start) as f64 / 1000.0);
                 }
             }
-            (b, a) => {
-                if b.is_some_and(|b| b.state.in_flight()) {
-                    count_rollout_finished(self, "superseded");
-                }
-                if a.is_some_and(|a| a.state.in_flight()) {
-                    self.rollouts_started.inc();
-                }
+            if b.state.in_flight() && !a.state.in_flight() {
+                count_rollout_finished(m, a.state.as_str());
+            }
+        }
+        (b, a) => {
+            if b.is_some_and(|b| b.state.in_flight()) {
+                count_rollout_finished(m, "superseded");
+            }
+            if a.is_some_and(|a| a.state.in_flight()) {
+                m.rollouts_started.inc();
             }
         }
     }
+}
 
-    fn observe_healthy_fraction(
-        &self,
-        app: &str,
-        rollout: &Rollout,
-        healthy: usize,
-        total: usize,
-        now_ms: u64,
-        since_ms: u64,
-    ) {
-        if total == 0 {
-            return;
-        }
-        let reached = HEALTHY_FRACTIONS
-            .iter()
-            .take_while(|(f, _)| healthy as f64 >= f * total as f64 - 1e-9)
-            .count();
-        let mut crossed = self
-            .healthy_crossed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let fresh = crossed.get(app).is_none_or(|(rev, started, _)| {
-            *rev != rollout.revision || *started != rollout.started_ms
-        });
-        if fresh {
-            let already = if rollout.started_ms < since_ms {
-                reached
-            } else {
-                0
-            };
-            crossed.insert(
-                app.to_string(),
-                (rollout.revision.clone(), rollout.started_ms, already),
-            );
-        }
-        let entry = crossed.get_mut(app).expect("inserted above");
-        while entry.2 < reached {
-            let (_, label) = HEALTHY_FRACTIONS[entry.2];
-            self.rollout_healthy_fraction
-                .get_or_create(&FractionLabel {
-                    fraction: label.into(),
-                })
-                .observe(now_ms.saturating_sub(rollout.started_ms) as f64 / 1000.0);
-            entry.2 += 1;
-        }
+/// Observes the time from a rollout's offer until the share of its clusters that run its revision
+/// applied and healthy (`healthy` of `total`) first reaches each of [`HEALTHY_FRACTIONS`].
+/// Crossings are remembered per app in memory only: a rollout that began before `since_ms` (this
+/// process's start) does not observe the thresholds it had already crossed when first seen, only
+/// the later ones.
+pub fn observe_healthy_fraction(
+    m: &Metrics,
+    app: &str,
+    rollout: &Rollout,
+    healthy: usize,
+    total: usize,
+    now_ms: u64,
+    since_ms: u64,
+) {
+    if total == 0 {
+        return;
+    }
+    let reached = HEALTHY_FRACTIONS
+        .iter()
+        .take_while(|(f, _)| healthy as f64 >= f * total as f64 - 1e-9)
+        .count();
+    let mut crossed = m.healthy_crossed.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = crossed
+        .get(app)
+        .is_none_or(|(rev, started, _)| *rev != rollout.revision || *started != rollout.started_ms);
+    if fresh {
+        let already = if rollout.started_ms < since_ms {
+            reached
+        } else {
+            0
+        };
+        crossed.insert(
+            app.to_string(),
+            (rollout.revision.clone(), rollout.started_ms, already),
+        );
+    }
+    let entry = crossed.get_mut(app).expect("inserted above");
+    while entry.2 < reached {
+        let (_, label) = HEALTHY_FRACTIONS[entry.2];
+        m.rollout_healthy_fraction
+            .get_or_create(&FractionLabel {
+                fraction: label.into(),
+            })
+            .observe(now_ms.saturating_sub(rollout.started_ms) as f64 / 1000.0);
+        entry.2 += 1;
     }
 }
 
@@ -179,7 +158,7 @@ mod tests {
             ],
             RolloutState::Progressing,
         );
-        m.observe_rollout(None, Some(&started));
+        observe_rollout(&m, None, Some(&started));
         let canary_done = rollout(
             &[
                 ("canary", StageState::Succeeded, Some(2_000), Some(4_500)),
@@ -187,9 +166,9 @@ mod tests {
             ],
             RolloutState::Progressing,
         );
-        m.observe_rollout(Some(&started), Some(&canary_done));
+        observe_rollout(&m, Some(&started), Some(&canary_done));
         // The same record again: nothing new ended.
-        m.observe_rollout(Some(&canary_done), Some(&canary_done));
+        observe_rollout(&m, Some(&canary_done), Some(&canary_done));
         let all_done = rollout(
             &[
                 ("canary", StageState::Succeeded, Some(2_000), Some(4_500)),
@@ -197,11 +176,11 @@ mod tests {
             ],
             RolloutState::RolledBack,
         );
-        m.observe_rollout(Some(&canary_done), Some(&all_done));
+        observe_rollout(&m, Some(&canary_done), Some(&all_done));
         // A newer revision replacing one in flight supersedes it.
         let mut newer = started.clone();
         newer.revision = "r2".into();
-        m.observe_rollout(Some(&canary_done), Some(&newer));
+        observe_rollout(&m, Some(&canary_done), Some(&newer));
         let text = m.encode();
         let h = "flotilla_hub_rollout_stage_duration_seconds";
         assert_eq!(
@@ -253,15 +232,15 @@ mod tests {
             )
             .unwrap_or(0.0)
         };
-        m.observe_healthy_fraction("web", &r, 0, 4, 2_000, 0);
-        m.observe_healthy_fraction("web", &r, 2, 4, 3_000, 0);
+        observe_healthy_fraction(&m, "web", &r, 0, 4, 2_000, 0);
+        observe_healthy_fraction(&m, "web", &r, 2, 4, 3_000, 0);
         assert_eq!(count(&m, "0.5"), 1.0);
         // Falling back and crossing again is not a new crossing.
-        m.observe_healthy_fraction("web", &r, 1, 4, 4_000, 0);
-        m.observe_healthy_fraction("web", &r, 2, 4, 5_000, 0);
+        observe_healthy_fraction(&m, "web", &r, 1, 4, 4_000, 0);
+        observe_healthy_fraction(&m, "web", &r, 2, 4, 5_000, 0);
         assert_eq!(count(&m, "0.5"), 1.0);
         assert_eq!(count(&m, "0.95"), 0.0);
-        m.observe_healthy_fraction("web", &r, 4, 4, 11_000, 0);
+        observe_healthy_fraction(&m, "web", &r, 4, 4, 11_000, 0);
         assert_eq!((count(&m, "0.95"), count(&m, "1")), (1.0, 1.0));
         let text = m.encode();
         assert_eq!(
@@ -275,9 +254,9 @@ mod tests {
         // A rollout that began before this process: what it had already crossed is not
         // observed (its time is unknown), later crossings are.
         let m = Metrics::new();
-        m.observe_healthy_fraction("web", &r, 3, 4, 20_000, 10_000);
+        observe_healthy_fraction(&m, "web", &r, 3, 4, 20_000, 10_000);
         assert_eq!(count(&m, "0.5"), 0.0);
-        m.observe_healthy_fraction("web", &r, 4, 4, 30_000, 10_000);
+        observe_healthy_fraction(&m, "web", &r, 4, 4, 30_000, 10_000);
         assert_eq!((count(&m, "0.95"), count(&m, "1")), (1.0, 1.0));
     }
 }
