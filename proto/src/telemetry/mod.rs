@@ -66,7 +66,7 @@ pub fn init_with_traces(
     default_filter: &str,
     json: bool,
     traces: Option<TraceConfig>,
-) -> Result<Tracing, String> {
+) -> Result<Tracing, traces::TraceError> {
     let provider = traces.as_ref().map(traces::build_provider).transpose()?;
     install(default_filter, json, provider.as_ref());
     Ok(Tracing { provider })

@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use super::env_nonempty;
 use super::relay::{RELAY_BATCH_BYTES, count_spans};
+use super::{TraceError, env_nonempty};
 
 /// How many relayed resource-span groups the hub queues for its collector before dropping.
 const FORWARD_QUEUE: usize = 4096;
@@ -63,21 +63,26 @@ impl SpanForwarder {
     /// Starts the forwarding task on the current runtime. Headers come from
     /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` / `OTEL_EXPORTER_OTLP_HEADERS`, an https endpoint's CA
     /// from `OTEL_EXPORTER_OTLP_CERTIFICATE`.
-    pub fn start(endpoint: &str) -> Result<Self, String> {
+    pub fn start(endpoint: &str) -> Result<Self, TraceError> {
+        let bad_endpoint = |source| TraceError::Endpoint {
+            endpoint: endpoint.to_string(),
+            source,
+        };
         let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("OTLP endpoint {endpoint}: {e}"))?
+            .map_err(bad_endpoint)?
             .timeout(Duration::from_secs(10));
         if endpoint.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new();
             if let Some(path) = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
                 .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_CERTIFICATE"))
             {
-                let pem = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+                let pem = std::fs::read(&path).map_err(|source| TraceError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
-            ep = ep
-                .tls_config(tls)
-                .map_err(|e| format!("OTLP endpoint {endpoint}: {e}"))?;
+            ep = ep.tls_config(tls).map_err(bad_endpoint)?;
         }
         let headers = parse_headers(
             &env_nonempty("OTEL_EXPORTER_OTLP_TRACES_HEADERS")

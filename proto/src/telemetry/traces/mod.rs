@@ -22,6 +22,31 @@ pub use provider::{
 };
 pub use relay::{RELAY_BATCH_BYTES, RELAY_QUEUE_BYTES, SpanRelay};
 
+/// Why traces cannot be exported as configured (a start-up configuration error).
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("the OTLP exporter needs a Tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("OTLP endpoint {endpoint}: {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{path}: {source}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 fn env_nonempty(var: &str) -> Option<String> {
     std::env::var(var)
         .ok()

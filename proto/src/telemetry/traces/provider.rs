@@ -14,8 +14,8 @@ use opentelemetry_sdk::trace::{
     BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
 };
 
-use super::env_nonempty;
 use super::relay::{RelayExporter, RelaySampler, SpanRelay};
+use super::{TraceError, env_nonempty};
 
 /// The OTLP/gRPC default, as the OpenTelemetry specification sets it.
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
@@ -75,7 +75,7 @@ fn resource(cfg: &TraceConfig) -> Resource {
 
 /// Builds the tracer provider. Must be called inside a Tokio runtime (the OTLP channel and
 /// exports run on it).
-pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, String> {
+pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, TraceError> {
     let builder = SdkTracerProvider::builder().with_resource(resource(cfg));
     let provider = match &cfg.export {
         Export::Direct(endpoint) => {
@@ -83,9 +83,11 @@ pub fn build_provider(cfg: &TraceConfig) -> Result<SdkTracerProvider, String> {
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()
-                .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
-            let rt = tokio::runtime::Handle::try_current()
-                .map_err(|_| "the OTLP exporter needs a Tokio runtime".to_string())?;
+                .map_err(|source| TraceError::Exporter {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let rt = tokio::runtime::Handle::try_current().map_err(TraceError::NoRuntime)?;
             // The sampler comes from OTEL_TRACES_SAMPLER (default parentbased_always_on).
             let processor = BatchSpanProcessor::builder(OnRuntime {
                 inner: Arc::new(exporter),
