@@ -1,6 +1,6 @@
 //! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`): the hub
 //! under test as a child process ([`hub`]), lightweight session clients and their enrollment
-//! ([`client`], [`fleet`]), and latency summaries ([`stats`]).
+//! ([`client`], [`fleet`]), latency summaries ([`stats`]) and how the reports print ([`table`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod hub;
 pub mod otlp;
 pub mod stats;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
