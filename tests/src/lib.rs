@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus};
@@ -10,7 +11,7 @@ use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
 use flotilla_proto::v1::admin_client::AdminClient;
-use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest};
+use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest, ListClustersRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -43,6 +44,38 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn init_logs() {
     flotilla_proto::telemetry::init("warn", false);
+}
+
+/// How a test starts: the log subscriber installed, and a scratch directory of its own (removed
+/// when dropped).
+pub fn test_dir() -> tempfile::TempDir {
+    init_logs();
+    tempfile::tempdir().unwrap()
+}
+
+/// Asserts that `text` contains `part`, showing `text` when it does not.
+#[track_caller]
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} is not in:\n{text}");
+}
+
+/// Asserts that a gRPC call was refused with `code` and a message that contains `part`.
+#[track_caller]
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, part: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(part), "{status:?}");
+}
+
+/// Runs `cmd` to its end and returns its stdout; panics with its stderr when it fails.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `DEADLINE`. The poll
@@ -90,6 +123,18 @@ impl TestHub {
         let mut c = HubConfig::new(dir.join("hub"));
         c.heartbeat_interval = Duration::from_secs(2);
         c
+    }
+
+    /// Starts a hub with the test configuration and its data in `dir`.
+    pub async fn start_in(dir: &Path) -> Self {
+        Self::start(Self::config(dir)).await
+    }
+
+    /// [`TestHub::start_in`] with certificates that live 3 s: agents renew theirs within a test.
+    pub async fn start_short_lived(dir: &Path) -> Self {
+        let mut config = Self::config(dir);
+        config.cert_lifetime = Duration::from_secs(3);
+        Self::start(config).await
     }
 
     /// Starts a hub on a fresh port.
@@ -189,6 +234,26 @@ impl TestHub {
             .expect("add cluster")
             .into_inner()
             .token
+    }
+
+    /// Adds cluster `name` (without labels) and starts an agent joining as it, its state in
+    /// `state_dir`; returns the agent once it is connected.
+    pub async fn join(&self, name: &str, state_dir: &Path) -> TestAgent {
+        let token = self.add_cluster(name, &[]).await;
+        let mut agent = TestAgent::start(state_dir, Some(token));
+        agent.connected().await;
+        agent
+    }
+
+    /// Every cluster the hub knows.
+    pub async fn clusters(&self) -> Vec<Cluster> {
+        self.admin()
+            .await
+            .list_clusters(ListClustersRequest::default())
+            .await
+            .expect("list clusters")
+            .into_inner()
+            .clusters
     }
 
     pub async fn cluster(&self, name: &str) -> Cluster {
@@ -340,26 +405,21 @@ impl TestRepo {
 
     /// Runs git in the repository and returns its trimmed stdout.
     pub fn git(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&self.path)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.invalid",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("git")
+                .arg("-C")
+                .arg(&self.path)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@example.invalid",
+                    "-c",
+                    "init.defaultBranch=main",
+                ])
+                .args(args),
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        String::from_utf8(out).unwrap().trim().to_string()
     }
 
     pub fn write(&self, path: &str, text: &str) {
