@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use flotilla_agent::cluster::SimConfig;
+use flotilla_agent::sim::SimCluster;
 use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus};
 use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_proto::credential::AdminCredential;
@@ -19,6 +21,7 @@ use tonic::transport::Channel;
 pub mod bench;
 pub mod hub_process;
 pub mod prom;
+pub mod web_app;
 
 /// The path of a workspace binary (`flotilla`, `flotilla-hub`, `flotilla-agent`) of the same
 /// build as the running test: `cargo test --workspace` builds them (each of their packages has
@@ -245,6 +248,25 @@ impl TestHub {
         agent
     }
 
+    /// Adds cluster `name` with `labels` and starts an agent joining as it on the simulated
+    /// cluster `sim`, its state in `dir/name`, configured by [`sim_agent_config`] and then by
+    /// `configure`; returns the agent once it is connected.
+    pub async fn join_sim(
+        &self,
+        dir: &Path,
+        name: &str,
+        labels: &[(&str, &str)],
+        sim: &SimCluster,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> TestAgent {
+        let token = self.add_cluster(name, labels).await;
+        let mut cfg = sim_agent_config(&dir.join(name), token, sim);
+        configure(&mut cfg);
+        let mut agent = TestAgent::start_with(cfg);
+        agent.connected().await;
+        agent
+    }
+
     /// Every cluster the hub knows.
     pub async fn clusters(&self) -> Vec<Cluster> {
         self.admin()
@@ -464,6 +486,11 @@ pub async fn app_on(hub: &TestHub, cluster: &str, app: &str) -> Option<serde_jso
         .cloned()
 }
 
+/// The hub's audit log (`audit -o json`), oldest first.
+pub async fn audit_log(hub: &TestHub) -> Vec<serde_json::Value> {
+    cli_json(hub, &["audit"]).await.as_array().unwrap().clone()
+}
+
 /// Waits until `cluster` is desired on `rev` of `app` and reports it applied and healthy.
 pub async fn wait_runs(hub: &TestHub, cluster: &str, app: &str, rev: &str) {
     eventually(
@@ -488,6 +515,14 @@ pub async fn add_fleet_source(hub: &TestHub, repo: &Path) -> serde_json::Value {
         &["source", "add", "fleet", "--url", url, "--interval", "1h"],
     )
     .await
+}
+
+/// A simulated cluster whose workloads become ready `ready_delay` after they are written.
+pub fn sim_cluster(ready_delay: Duration) -> SimCluster {
+    SimCluster::new(SimConfig {
+        ready_delay,
+        ..SimConfig::default()
+    })
 }
 
 /// An in-process agent joining with `token`, on the simulated cluster `sim`, quick to retry and
