@@ -240,12 +240,24 @@ impl TestHub {
     }
 
     /// Adds cluster `name` (without labels) and starts an agent joining as it, its state in
-    /// `state_dir`; returns the agent once it is connected.
-    pub async fn join(&self, name: &str, state_dir: &Path) -> TestAgent {
+    /// `dir/name`; returns the agent once it is connected.
+    pub async fn join(&self, dir: &Path, name: &str) -> TestAgent {
+        self.join_status(dir, name).await.0
+    }
+
+    /// [`TestHub::join`], with the agent's status when it connected.
+    pub async fn join_status(&self, dir: &Path, name: &str) -> (TestAgent, AgentStatus) {
         let token = self.add_cluster(name, &[]).await;
-        let mut agent = TestAgent::start(state_dir, Some(token));
-        agent.connected().await;
-        agent
+        let mut agent = TestAgent::start(&dir.join(name), Some(token));
+        let status = agent.connected().await;
+        (agent, status)
+    }
+
+    /// Adds cluster `name` and lets an agent join as it (state in `dir/name`) and stop: returns
+    /// the cluster's credentials, for a test to open sessions with them.
+    pub async fn enroll(&self, dir: &Path, name: &str) -> (String, String, String) {
+        self.join(dir, name).await.stop().await.unwrap();
+        agent_credentials(&dir.join(name))
     }
 
     /// Adds cluster `name` with `labels` and starts an agent joining as it on the simulated
@@ -276,6 +288,22 @@ impl TestHub {
             .expect("list clusters")
             .into_inner()
             .clusters
+    }
+
+    /// A certificate for `identity` from the hub's CA that expired an hour ago: its chain and
+    /// its key, in PEM.
+    pub fn issue_expired(&self, identity: &flotilla_proto::identity::Identity) -> (String, String) {
+        let now = std::time::SystemTime::now();
+        let (issued, key) = self
+            .running()
+            .ca
+            .issue_with_key(
+                identity,
+                now - Duration::from_secs(7200),
+                now - Duration::from_secs(3600),
+            )
+            .expect("issue a certificate");
+        (issued.chain_pem, key)
     }
 
     pub async fn cluster(&self, name: &str) -> Cluster {
@@ -327,6 +355,15 @@ impl TestAgent {
     pub async fn stop(self) -> Result<(), AgentError> {
         let _ = self.stop.send(true);
         self.task.await.expect("agent task")
+    }
+
+    /// Starts an agent that must end by itself (a final refusal, see [`TestAgent::ended`]);
+    /// returns the error it ended with.
+    pub async fn refused(state_dir: &Path, token: Option<String>) -> AgentError {
+        Self::start(state_dir, token)
+            .ended()
+            .await
+            .expect_err("the agent is refused")
     }
 
     /// Waits for the agent to end by itself (a final refusal).

@@ -36,11 +36,11 @@ async fn desire(hub: &TestHub, cluster: &str, app: &str, revision: &str, content
     r.digest
 }
 
+/// A session client of the hub with a cluster's `(ca, chain, key)`.
 async fn session_client(
     hub: &TestHub,
-    state: &std::path::Path,
+    (ca, chain, key): &(String, String, String),
 ) -> AgentSessionClient<tonic::transport::Channel> {
-    let (ca, chain, key) = agent_credentials(state);
     let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())
         .channel(&hub.addr())
         .await
@@ -53,7 +53,7 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
     let state = dir.path().join("eu-1");
-    let mut agent = hub.join("eu-1", &state).await;
+    let mut agent = hub.join(dir.path(), "eu-1").await;
 
     let d1 = desire(&hub, "eu-1", "web", "c1", &bundle("one")).await;
     let st = wait_status(&mut agent.status, "generation 1 held", |s| {
@@ -102,8 +102,8 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
 async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_holds() {
     let dir = test_dir();
     let mut hub = TestHub::start_in(dir.path()).await;
+    hub.join(dir.path(), "edge").await.stop().await.unwrap();
     let state = dir.path().join("edge");
-    hub.join("edge", &state).await.stop().await.unwrap();
 
     let digest = desire(&hub, "edge", "app", "r1", &bundle("offline")).await;
     hub.restart().await; // the desired state survives a hub restart too
@@ -123,12 +123,10 @@ async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_ho
 async fn a_cluster_cannot_fetch_another_clusters_bundle() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
-    for name in ["a", "b"] {
-        let state = dir.path().join(name);
-        hub.join(name, &state).await.stop().await.unwrap();
-    }
+    let a_credentials = hub.enroll(dir.path(), "a").await;
+    let b_credentials = hub.enroll(dir.path(), "b").await;
     let digest = desire(&hub, "a", "secret-app", "r1", &bundle("only-for-a")).await;
-    let mut b = session_client(&hub, &dir.path().join("b")).await;
+    let mut b = session_client(&hub, &b_credentials).await;
     let e = b
         .fetch_bundle(FetchBundleRequest {
             digest: digest.clone(),
@@ -137,7 +135,7 @@ async fn a_cluster_cannot_fetch_another_clusters_bundle() {
         .await
         .unwrap_err();
     assert_status(&e, Code::PermissionDenied, "not desired for cluster \"b\"");
-    let mut a = session_client(&hub, &dir.path().join("a")).await;
+    let mut a = session_client(&hub, &a_credentials).await;
     assert!(
         a.fetch_bundle(FetchBundleRequest { digest, offset: 0 })
             .await
@@ -149,8 +147,7 @@ async fn a_cluster_cannot_fetch_another_clusters_bundle() {
 async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
-    let state = dir.path().join("c");
-    hub.join("c", &state).await.stop().await.unwrap();
+    let credentials = hub.enroll(dir.path(), "c").await;
 
     // A bundle big enough to span several chunks.
     // Pseudo-random (xorshift) bytes, so compression cannot shrink them below a few chunks.
@@ -178,7 +175,7 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     )
     .unwrap();
     assert_eq!(store.partial_len(&digest), half as u64);
-    let mut client = session_client(&hub, &state).await;
+    let mut client = session_client(&hub, &credentials).await;
     store
         .fetch(&mut client, &digest, std::time::Duration::from_secs(30))
         .await

@@ -58,7 +58,7 @@ async fn http_side_port_serves_health_readiness_and_metrics() {
     assert_eq!(http_get(http_addr, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(http_get(http_addr, "/readyz").await.0, 200);
 
-    let _agent = hub.join("m", &dir.path().join("m")).await;
+    let _agent = hub.join(dir.path(), "m").await;
     let body = eventually("the session gauge to count the agent", || async {
         let (code, body) = http_get(http_addr, "/metrics").await;
         assert_eq!(code, 200);

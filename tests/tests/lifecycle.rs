@@ -87,11 +87,9 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
 async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
-    let token = hub.add_cluster("edge-1", &[]).await;
-    let state = dir.path().join("edge");
-    let mut a = TestAgent::start(&state, Some(token));
-    let first = a.connected().await;
+    let (a, first) = hub.join_status(dir.path(), "edge-1").await;
     a.stop().await.unwrap();
+    let state = dir.path().join("edge-1");
 
     let mut again = TestAgent::start(&state, None);
     let second = again.connected().await;
@@ -103,10 +101,7 @@ async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
     hub.wait_state("edge-1", "connected").await;
 
     // Without state and without a token the agent says what is missing.
-    let err = TestAgent::start(&dir.path().join("empty"), None)
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("empty"), None).await;
     assert!(matches!(err, AgentError::NotJoined(_)), "{err}");
 }
 
@@ -114,10 +109,8 @@ async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
 async fn renewal_with_a_short_lifetime_keeps_the_session() {
     let dir = test_dir();
     let hub = TestHub::start_short_lived(dir.path()).await;
-    let token = hub.add_cluster("short", &[]).await;
+    let (mut a, first) = hub.join_status(dir.path(), "short").await;
     let state = dir.path().join("short");
-    let mut a = TestAgent::start(&state, Some(token));
-    let first = a.connected().await;
 
     // Two renewals: the second one proves the first renewed certificate was usable.
     let renewed = wait_status(&mut a.status, "two renewals", |s| s.renewals >= 2).await;
@@ -143,8 +136,8 @@ async fn renewal_with_a_short_lifetime_keeps_the_session() {
 async fn removed_cluster_is_disconnected_and_refused() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
+    let a = hub.join(dir.path(), "gone").await;
     let state = dir.path().join("gone");
-    let a = hub.join("gone", &state).await;
 
     hub.admin()
         .await
@@ -162,7 +155,7 @@ async fn removed_cluster_is_disconnected_and_refused() {
     assert_eq!(hub.cluster("gone").await.state, "revoked");
 
     // A later handshake with the revoked certificate is refused, and the agent says so.
-    let err = TestAgent::start(&state, None).ended().await.unwrap_err();
+    let err = TestAgent::refused(&state, None).await;
     assert!(err.to_string().contains("CertificateRevoked"), "{err}");
     // So is a raw session attempt with the same certificate.
     let (ca, chain, key) = agent_credentials(&state);

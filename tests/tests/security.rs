@@ -83,10 +83,7 @@ async fn expired_tokens_are_refused_with_the_expiry_time() {
     assert!(e.message().starts_with("join token expired at "), "{e:?}");
 
     // The agent treats it as final and exits with the hub's reason.
-    let err = TestAgent::start(&dir.path().join("a"), Some(line))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some(line)).await;
     assert!(err.to_string().contains("expired"), "{err}");
 }
 
@@ -119,10 +116,7 @@ async fn agent_refuses_a_hub_whose_ca_does_not_match_the_token() {
     let hub = TestHub::start_in(dir.path()).await;
     let mut t = JoinToken::decode(&hub.add_cluster("x", &[]).await).unwrap();
     t.ca = format!("sha256:{}", "00".repeat(32));
-    let err = TestAgent::start(&dir.path().join("a"), Some(t.encode()))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some(t.encode())).await;
     assert!(matches!(err, AgentError::Join(_)));
     assert!(
         err.to_string().contains("CA fingerprint does not match"),
@@ -143,10 +137,7 @@ async fn unknown_and_malformed_tokens_are_refused() {
     t.token = "nope.nope".into();
     let e = join_raw(&t.encode(), &csr().1).await.unwrap_err();
     assert_eq!(e.message(), "unknown join token");
-    let err = TestAgent::start(&dir.path().join("a"), Some("flotilla-join:%%%".into()))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some("flotilla-join:%%%".into())).await;
     assert!(matches!(err, AgentError::BadToken(_)), "{err}");
 }
 
@@ -193,24 +184,10 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
 
     // An expired certificate from the right CA: refused too.
     hub.add_cluster("exp", &[]).await;
-    let (old, key) = hub
-        .running()
-        .ca
-        .issue_with_key(
-            &Identity::Cluster("exp".into()),
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        )
-        .unwrap();
-    let e = open_session(
-        &hub.addr(),
-        &cred.ca,
-        &old.chain_pem,
-        &key,
-        Hello::default(),
-    )
-    .await
-    .unwrap_err();
+    let (chain, key) = hub.issue_expired(&Identity::Cluster("exp".into()));
+    let e = open_session(&hub.addr(), &cred.ca, &chain, &key, Hello::default())
+        .await
+        .unwrap_err();
     assert!(e.contains("CertificateExpired"), "{e}");
     assert_serving(&hub).await;
 }
@@ -219,10 +196,8 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
 async fn identity_comes_from_the_certificate_and_roles_are_separate() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
-    let state = dir.path().join("a");
-    hub.join("a", &state).await.stop().await.unwrap();
+    let (ca, chain, key) = hub.enroll(dir.path(), "a").await;
     hub.add_cluster("b", &[]).await;
-    let (ca, chain, key) = agent_credentials(&state);
 
     // Hello naming another cluster: rejected, and b's session stays absent.
     let e = open_session(
@@ -356,9 +331,8 @@ async fn weak_or_malformed_csrs_are_refused_without_burning_the_token() {
 async fn garbage_and_oversized_messages_end_one_session_and_the_hub_keeps_serving() {
     let dir = test_dir();
     let hub = TestHub::start_in(dir.path()).await;
-    let state = dir.path().join("g");
-    let agent = hub.join("g", &state).await;
-    let (ca, chain, key) = agent_credentials(&state);
+    let agent = hub.join(dir.path(), "g").await;
+    let (ca, chain, key) = agent_credentials(&dir.path().join("g"));
 
     // Garbage: bytes that are not an AgentMessage, sent on the Connect stream.
     let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())

@@ -16,9 +16,8 @@ async fn hub_with_cluster(
     let mut config = TestHub::config(dir);
     config.span_forwarder = spans;
     let hub = TestHub::start(config).await;
-    let state = dir.join("agent");
-    hub.join("relay-1", &state).await.stop().await.unwrap();
-    (hub, agent_credentials(&state))
+    let credentials = hub.enroll(dir, "relay-1").await;
+    (hub, credentials)
 }
 
 fn hello() -> Hello {
