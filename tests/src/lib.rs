@@ -341,7 +341,11 @@ impl TestAgent {
     }
 
     pub fn start_with(cfg: AgentConfig) -> Self {
-        let (agent, status) = Agent::new(cfg);
+        Self::run(Agent::new(cfg))
+    }
+
+    /// Runs an agent made with `Agent::new` (for a test that takes something from it first).
+    pub fn run((agent, status): (Agent, watch::Receiver<AgentStatus>)) -> Self {
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(agent.run(rx));
         Self { status, task, stop }
