@@ -41,6 +41,10 @@ impl Got {
     fn parent(&self) -> String {
         hex(&self.span.parent_span_id)
     }
+    /// The names of the span's events.
+    fn events(&self) -> Vec<&str> {
+        self.span.events.iter().map(|e| e.name.as_str()).collect()
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -277,16 +281,11 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     }
     // Health transitions are events; the delivery ends when the cluster reports healthy.
     assert!(
-        health.span.events.iter().any(|e| e.name == "healthy"),
+        health.events().contains(&"healthy"),
         "health wait events: {:?}",
-        health
-            .span
-            .events
-            .iter()
-            .map(|e| &e.name)
-            .collect::<Vec<_>>()
+        health.events()
     );
-    assert!(deliver.span.events.iter().any(|e| e.name == "healthy"));
+    assert!(deliver.events().contains(&"healthy"));
     assert_eq!(apply.attr("objects").as_deref(), Some("1"));
 
     // The next stage: a trace of its own, linked to the canary stage (no trace stays open
@@ -319,13 +318,7 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     let connect = received
         .wait("flotilla.agent.connect", &[("cluster.id", "eu-1")])
         .await;
-    assert!(
-        connect
-            .span
-            .events
-            .iter()
-            .any(|e| e.name == "connected to hub")
-    );
+    assert!(connect.events().contains(&"connected to hub"));
     assert_eq!(
         connect.resource.get("cluster.id").map(String::as_str),
         Some("eu-1")
@@ -345,14 +338,9 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         )
         .await;
     assert!(
-        drift.span.events.iter().any(|e| e.name == "drift healed"),
+        drift.events().contains(&"drift healed"),
         "drift events: {:?}",
-        drift
-            .span
-            .events
-            .iter()
-            .map(|e| &e.name)
-            .collect::<Vec<_>>()
+        drift.events()
     );
 
     // The relay's counters, on both sides.
