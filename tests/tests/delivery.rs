@@ -41,7 +41,7 @@ async fn session_client(
     hub: &TestHub,
     (ca, chain, key): &(String, String, String),
 ) -> AgentSessionClient<tonic::transport::Channel> {
-    let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())
+    let ch = TlsDialer::new(mtls_client_config(ca, chain, key).unwrap())
         .channel(&hub.addr())
         .await
         .unwrap();
