@@ -10,7 +10,7 @@ use flotilla_agent::sim::SimCluster;
 use flotilla_agent::{AgentConfig, AgentStatus, ClusterBackend};
 use flotilla_proto::state::AppState;
 
-use crate::bin;
+use crate::{TestRepo, bin, run_ok};
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
@@ -80,19 +80,14 @@ impl Hub {
     }
 
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(bin("flotilla"))
-            .arg("--config")
-            .arg(self.data.join("admin.yaml"))
-            .args(args)
-            .args(["-o", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "flotilla {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(bin("flotilla"))
+                .arg("--config")
+                .arg(self.data.join("admin.yaml"))
+                .args(args)
+                .args(["-o", "json"]),
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_slice(&out).unwrap()
     }
 }
 
@@ -101,19 +96,6 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@t.invalid"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -157,22 +139,33 @@ pub fn agent_config(hub: &Hub, dir: &Path, name: &str, labels: &[&str]) -> Agent
     cfg
 }
 
-/// A git repository at `dir/repo` with `flotilla.yaml` = `fleet` and one ConfigMap in `web/`,
-/// committed; returns its path and the commit.
-pub fn fleet_repo(dir: &Path, fleet: &str) -> (std::path::PathBuf, String) {
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    std::fs::write(repo.join("flotilla.yaml"), fleet).unwrap();
-    std::fs::write(
-        repo.join("web/config.yaml"),
+/// The `flotilla.yaml` of [`fleet_repo`]; `PROD` stands for the prod stage's own settings.
+const FLEET: &str = "apps:
+  web:
+    path: web
+    namespace: default
+    targets: {}
+    pipeline: two
+pipelines:
+  two:
+    stages:
+      - {name: canary, selector: {matchLabels: {ring: canary}}}
+      - {name: prod, selector: {matchLabels: {ring: prod}}PROD}
+    healthTimeout: 5m
+";
+
+/// A git repository at `dir/repo` whose app `web` (one ConfigMap in `web/`) goes through the
+/// stage `canary` (clusters labelled `ring=canary`) and then `prod` (`ring=prod`, with
+/// `prod_settings` such as `, approval: manual`), committed; returns its path and the commit.
+pub fn fleet_repo(dir: &Path, prod_settings: &str) -> (std::path::PathBuf, String) {
+    let repo = TestRepo::init(&dir.join("repo"));
+    repo.write("flotilla.yaml", &FLEET.replace("PROD", prod_settings));
+    repo.write(
+        "web/config.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {v: '1'}\n",
-    )
-    .unwrap();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "r1"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
-    (repo, commit)
+    );
+    let commit = repo.commit("r1");
+    (repo.path, commit)
 }
 
 /// Adds the source `fleet` tracking `repo` on `main` (polled hourly) and syncs it now.

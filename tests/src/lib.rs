@@ -3,14 +3,17 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use flotilla_agent::cluster::SimConfig;
+use flotilla_agent::sim::SimCluster;
 use flotilla_agent::{Agent, AgentConfig, AgentError, AgentStatus};
 use flotilla_hub::server::{HubConfig, RunningHub, start};
 use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
 use flotilla_proto::v1::admin_client::AdminClient;
-use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest};
+use flotilla_proto::v1::{AddClusterRequest, Cluster, GetClusterRequest, ListClustersRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -18,6 +21,7 @@ use tonic::transport::Channel;
 pub mod bench;
 pub mod hub_process;
 pub mod prom;
+pub mod web_app;
 
 /// The path of a workspace binary (`flotilla`, `flotilla-hub`, `flotilla-agent`) of the same
 /// build as the running test: `cargo test --workspace` builds them (each of their packages has
@@ -43,6 +47,38 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn init_logs() {
     flotilla_proto::telemetry::init("warn", false);
+}
+
+/// How a test starts: the log subscriber installed, and a scratch directory of its own (removed
+/// when dropped).
+pub fn test_dir() -> tempfile::TempDir {
+    init_logs();
+    tempfile::tempdir().unwrap()
+}
+
+/// Asserts that `text` contains `part`, showing `text` when it does not.
+#[track_caller]
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} is not in:\n{text}");
+}
+
+/// Asserts that a gRPC call was refused with `code` and a message that contains `part`.
+#[track_caller]
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, part: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(part), "{status:?}");
+}
+
+/// Runs `cmd` to its end and returns its stdout; panics with its stderr when it fails.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Polls `check` until it yields `Some`, or panics with `what` after `DEADLINE`. The poll
@@ -90,6 +126,18 @@ impl TestHub {
         let mut c = HubConfig::new(dir.join("hub"));
         c.heartbeat_interval = Duration::from_secs(2);
         c
+    }
+
+    /// Starts a hub with the test configuration and its data in `dir`.
+    pub async fn start_in(dir: &Path) -> Self {
+        Self::start(Self::config(dir)).await
+    }
+
+    /// [`TestHub::start_in`] with certificates that live 3 s: agents renew theirs within a test.
+    pub async fn start_short_lived(dir: &Path) -> Self {
+        let mut config = Self::config(dir);
+        config.cert_lifetime = Duration::from_secs(3);
+        Self::start(config).await
     }
 
     /// Starts a hub on a fresh port.
@@ -191,6 +239,73 @@ impl TestHub {
             .token
     }
 
+    /// Adds cluster `name` (without labels) and starts an agent joining as it, its state in
+    /// `dir/name`; returns the agent once it is connected.
+    pub async fn join(&self, dir: &Path, name: &str) -> TestAgent {
+        self.join_status(dir, name).await.0
+    }
+
+    /// [`TestHub::join`], with the agent's status when it connected.
+    pub async fn join_status(&self, dir: &Path, name: &str) -> (TestAgent, AgentStatus) {
+        let token = self.add_cluster(name, &[]).await;
+        let mut agent = TestAgent::start(&dir.join(name), Some(token));
+        let status = agent.connected().await;
+        (agent, status)
+    }
+
+    /// Adds cluster `name` and lets an agent join as it (state in `dir/name`) and stop: returns
+    /// the cluster's credentials, for a test to open sessions with them.
+    pub async fn enroll(&self, dir: &Path, name: &str) -> (String, String, String) {
+        self.join(dir, name).await.stop().await.unwrap();
+        agent_credentials(&dir.join(name))
+    }
+
+    /// Adds cluster `name` with `labels` and starts an agent joining as it on the simulated
+    /// cluster `sim`, its state in `dir/name`, configured by [`sim_agent_config`] and then by
+    /// `configure`; returns the agent once it is connected.
+    pub async fn join_sim(
+        &self,
+        dir: &Path,
+        name: &str,
+        labels: &[(&str, &str)],
+        sim: &SimCluster,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> TestAgent {
+        let token = self.add_cluster(name, labels).await;
+        let mut cfg = sim_agent_config(&dir.join(name), token, sim);
+        configure(&mut cfg);
+        let mut agent = TestAgent::start_with(cfg);
+        agent.connected().await;
+        agent
+    }
+
+    /// Every cluster the hub knows.
+    pub async fn clusters(&self) -> Vec<Cluster> {
+        self.admin()
+            .await
+            .list_clusters(ListClustersRequest::default())
+            .await
+            .expect("list clusters")
+            .into_inner()
+            .clusters
+    }
+
+    /// A certificate for `identity` from the hub's CA that expired an hour ago: its chain and
+    /// its key, in PEM.
+    pub fn issue_expired(&self, identity: &flotilla_proto::identity::Identity) -> (String, String) {
+        let now = std::time::SystemTime::now();
+        let (issued, key) = self
+            .running()
+            .ca
+            .issue_with_key(
+                identity,
+                now - Duration::from_secs(7200),
+                now - Duration::from_secs(3600),
+            )
+            .expect("issue a certificate");
+        (issued.chain_pem, key)
+    }
+
     pub async fn cluster(&self, name: &str) -> Cluster {
         self.admin()
             .await
@@ -226,7 +341,11 @@ impl TestAgent {
     }
 
     pub fn start_with(cfg: AgentConfig) -> Self {
-        let (agent, status) = Agent::new(cfg);
+        Self::run(Agent::new(cfg))
+    }
+
+    /// Runs an agent made with `Agent::new` (for a test that takes something from it first).
+    pub fn run((agent, status): (Agent, watch::Receiver<AgentStatus>)) -> Self {
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(agent.run(rx));
         Self { status, task, stop }
@@ -240,6 +359,15 @@ impl TestAgent {
     pub async fn stop(self) -> Result<(), AgentError> {
         let _ = self.stop.send(true);
         self.task.await.expect("agent task")
+    }
+
+    /// Starts an agent that must end by itself (a final refusal, see [`TestAgent::ended`]);
+    /// returns the error it ended with.
+    pub async fn refused(state_dir: &Path, token: Option<String>) -> AgentError {
+        Self::start(state_dir, token)
+            .ended()
+            .await
+            .expect_err("the agent is refused")
     }
 
     /// Waits for the agent to end by itself (a final refusal).
@@ -340,26 +468,21 @@ impl TestRepo {
 
     /// Runs git in the repository and returns its trimmed stdout.
     pub fn git(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&self.path)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.invalid",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("git")
+                .arg("-C")
+                .arg(&self.path)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@example.invalid",
+                    "-c",
+                    "init.defaultBranch=main",
+                ])
+                .args(args),
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        String::from_utf8(out).unwrap().trim().to_string()
     }
 
     pub fn write(&self, path: &str, text: &str) {
@@ -404,6 +527,11 @@ pub async fn app_on(hub: &TestHub, cluster: &str, app: &str) -> Option<serde_jso
         .cloned()
 }
 
+/// The hub's audit log (`audit -o json`), oldest first.
+pub async fn audit_log(hub: &TestHub) -> Vec<serde_json::Value> {
+    cli_json(hub, &["audit"]).await.as_array().unwrap().clone()
+}
+
 /// Waits until `cluster` is desired on `rev` of `app` and reports it applied and healthy.
 pub async fn wait_runs(hub: &TestHub, cluster: &str, app: &str, rev: &str) {
     eventually(
@@ -428,6 +556,14 @@ pub async fn add_fleet_source(hub: &TestHub, repo: &Path) -> serde_json::Value {
         &["source", "add", "fleet", "--url", url, "--interval", "1h"],
     )
     .await
+}
+
+/// A simulated cluster whose workloads become ready `ready_delay` after they are written.
+pub fn sim_cluster(ready_delay: Duration) -> SimCluster {
+    SimCluster::new(SimConfig {
+        ready_delay,
+        ..SimConfig::default()
+    })
 }
 
 /// An in-process agent joining with `token`, on the simulated cluster `sim`, quick to retry and

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
 use flotilla_tests::*;
 
@@ -40,26 +39,46 @@ fn big_repo(dir: &std::path::Path) -> TestRepo {
 }
 
 /// A hub that sends bundles at `rate` bytes/s and expects heartbeats every 200 ms (a session is
-/// closed after three missed ones), with one agent on a simulated cluster.
-async fn fleet(
-    dir: &std::path::Path,
-    rate: u64,
-    chunk_timeout: Duration,
-) -> (TestHub, TestAgent, SimCluster) {
-    let mut config = TestHub::config(dir);
-    config.heartbeat_interval = Duration::from_millis(200);
-    config.bundle_rate = Some(rate);
-    let hub = TestHub::start(config).await;
-    let sim = SimCluster::new(SimConfig {
-        ready_delay: Duration::from_millis(20),
-        ..SimConfig::default()
-    });
-    let token = hub.add_cluster("eu-1", &[("region", "eu")]).await;
-    let mut cfg = sim_agent_config(&dir.join("agent"), token, &sim);
-    cfg.bundle_chunk_timeout = chunk_timeout;
-    let mut agent = TestAgent::start_with(cfg);
-    agent.connected().await;
-    (hub, agent, sim)
+/// closed after three missed ones), with one agent on a simulated cluster, and the repository of
+/// the big app (not yet a source).
+struct Fleet {
+    hub: TestHub,
+    agent: TestAgent,
+    repo: TestRepo,
+    _sim: SimCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(rate: u64, chunk_timeout: Duration) -> Self {
+        let dir = test_dir();
+        let repo = big_repo(dir.path());
+        let mut config = TestHub::config(dir.path());
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.bundle_rate = Some(rate);
+        let hub = TestHub::start(config).await;
+        let sim = sim_cluster(Duration::from_millis(20));
+        let agent = hub
+            .join_sim(dir.path(), "eu-1", &[("region", "eu")], &sim, |cfg| {
+                cfg.bundle_chunk_timeout = chunk_timeout;
+            })
+            .await;
+        Self {
+            hub,
+            agent,
+            repo,
+            _sim: sim,
+            _dir: dir,
+        }
+    }
+
+    /// Adds the repository as the source and syncs it; returns the digest of the bundle the
+    /// agent then holds.
+    async fn deliver(&mut self) -> String {
+        add_fleet_source(&self.hub, &self.repo.path).await;
+        cli_json(&self.hub, &["source", "sync", "fleet"]).await;
+        held_bundle(&mut self.agent).await
+    }
 }
 
 /// Waits until the agent holds a desired state with one bundle; returns its digest.
@@ -73,24 +92,19 @@ async fn held_bundle(agent: &mut TestAgent) -> String {
 
 #[tokio::test]
 async fn a_download_longer_than_three_heartbeats_keeps_the_session_up() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = big_repo(dir.path());
     // 512 KiB/s: the bundle takes over two seconds, more than ten heartbeat intervals.
-    let (hub, mut agent, _sim) = fleet(dir.path(), 512 << 10, Duration::from_secs(30)).await;
-    let acked_before = agent.status.borrow().heartbeats_acked;
-    add_fleet_source(&hub, &repo.path).await;
-    cli_json(&hub, &["source", "sync", "fleet"]).await;
-    let digest = held_bundle(&mut agent).await;
+    let mut f = Fleet::start(512 << 10, Duration::from_secs(30)).await;
+    let acked_before = f.agent.status.borrow().heartbeats_acked;
+    let digest = f.deliver().await;
 
-    let app = cli_json(&hub, &["app", "get", "big"]).await;
+    let app = cli_json(&f.hub, &["app", "get", "big"]).await;
     assert_eq!(app["clusters"][0]["bundle_digest"], digest.as_str());
-    let size = app_bundle_size(&hub, &digest).await;
+    let size = app_bundle_size(&f.hub, &digest).await;
     assert!(
         size > 1 << 20,
         "the bundle is {size} bytes, not large enough to matter"
     );
-    let s = agent.status.borrow().clone();
+    let s = f.agent.status.borrow().clone();
     assert_eq!(s.sessions_opened, 1, "the session never dropped: {s:?}");
     assert!(s.connected);
     assert!(
@@ -100,23 +114,18 @@ async fn a_download_longer_than_three_heartbeats_keeps_the_session_up() {
         s.heartbeats_acked
     );
     assert_eq!(s.bundle_resumes, 0);
-    assert_eq!(hub.cluster("eu-1").await.state, "connected");
-    agent.stop().await.unwrap();
+    assert_eq!(f.hub.cluster("eu-1").await.state, "connected");
+    f.agent.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_stalled_download_resumes_where_it_stopped() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = big_repo(dir.path());
     // 256 KiB/s with 256 KiB chunks: after each chunk the hub pauses a second, longer than the
     // agent's 300 ms chunk timeout, so every attempt takes one chunk and stalls.
-    let (hub, mut agent, _sim) = fleet(dir.path(), 256 << 10, Duration::from_millis(300)).await;
-    add_fleet_source(&hub, &repo.path).await;
-    cli_json(&hub, &["source", "sync", "fleet"]).await;
-    let digest = held_bundle(&mut agent).await;
-    let s = agent.status.borrow().clone();
-    let size = app_bundle_size(&hub, &digest).await;
+    let mut f = Fleet::start(256 << 10, Duration::from_millis(300)).await;
+    let digest = f.deliver().await;
+    let s = f.agent.status.borrow().clone();
+    let size = app_bundle_size(&f.hub, &digest).await;
     let chunks = size.div_ceil(256 << 10);
     assert_eq!(
         s.bundle_resumes,
@@ -124,7 +133,7 @@ async fn a_stalled_download_resumes_where_it_stopped() {
         "one resume per chunk after the first ({size} bytes): each attempt continued where the last stopped"
     );
     assert_eq!(s.sessions_opened, 1, "{s:?}");
-    agent.stop().await.unwrap();
+    f.agent.stop().await.unwrap();
 }
 
 /// The compressed size of a bundle in the hub's cache.

@@ -1,21 +1,19 @@
 //! The `flotilla` CLI's commands and output formats against a real hub (the CLI code runs
 //! in-process through `flotilla_cli::run`, exactly as the binary calls it).
 
-use std::time::{Duration, SystemTime};
-
 use clap::Parser;
 use flotilla_cli::{Cli, run};
 use flotilla_proto::credential::AdminCredential;
 use flotilla_proto::identity::Identity;
 use flotilla_tests::*;
 
-async fn cli(hub: &TestHub, args: &[&str]) -> Result<String, String> {
-    let cfg = hub.credential_path();
-    let mut argv = vec!["flotilla", "--config", cfg.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    run(Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+/// How `flotilla --config CONFIG cluster list` fails.
+async fn list_error(config: &str) -> String {
+    let argv = ["flotilla", "--config", config, "cluster", "list"];
+    run(Cli::try_parse_from(argv).unwrap())
         .await
-        .map_err(|e| e.to_string())
+        .unwrap_err()
+        .to_string()
 }
 
 #[tokio::test]
@@ -24,7 +22,7 @@ async fn cluster_commands_and_output_formats() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(TestHub::config(dir.path())).await;
 
-    let out = cli(
+    let v = cli_json(
         &hub,
         &[
             "cluster",
@@ -36,13 +34,9 @@ async fn cluster_commands_and_output_formats() {
             "ring=canary",
             "--ttl",
             "10m",
-            "-o",
-            "json",
         ],
     )
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    .await;
     assert_eq!(v["name"], "eu-1");
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
     let token = v["token"].as_str().unwrap().to_string();
@@ -62,9 +56,7 @@ async fn cluster_commands_and_output_formats() {
     agent.connected().await;
     hub.wait_state("eu-1", "connected").await;
 
-    let list: serde_json::Value =
-        serde_json::from_str(&cli(&hub, &["cluster", "list", "-o", "json"]).await.unwrap())
-            .unwrap();
+    let list = cli_json(&hub, &["cluster", "list"]).await;
     let arr = list.as_array().unwrap();
     assert_eq!(arr.len(), 2);
     let eu = arr.iter().find(|c| c["name"] == "eu-1").unwrap();
@@ -107,17 +99,11 @@ async fn cluster_commands_and_output_formats() {
     assert_eq!(y["labels"]["tier"], "gold");
     assert!(y["labels"].get("ring").is_none());
 
-    let got: serde_json::Value = serde_json::from_str(
-        &cli(&hub, &["cluster", "get", "eu-1", "-o", "json"])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let got = cli_json(&hub, &["cluster", "get", "eu-1"]).await;
     assert_eq!(got["labels"]["region"], "eu");
     assert!(got["cert_expires"].is_string());
 
-    let tokens: serde_json::Value =
-        serde_json::from_str(&cli(&hub, &["token", "list", "-o", "json"]).await.unwrap()).unwrap();
+    let tokens = cli_json(&hub, &["token", "list"]).await;
     let tokens = tokens.as_array().unwrap();
     assert_eq!(tokens.len(), 2);
     let unused = tokens.iter().find(|t| t["cluster"] == "us-1").unwrap();
@@ -129,12 +115,7 @@ async fn cluster_commands_and_output_formats() {
     let out = cli(&hub, &["cluster", "remove", "eu-1"]).await.unwrap();
     assert!(out.contains("removed"), "{out}");
     agent.ended().await.unwrap_err();
-    let got: serde_json::Value = serde_json::from_str(
-        &cli(&hub, &["cluster", "get", "eu-1", "-o", "json"])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let got = cli_json(&hub, &["cluster", "get", "eu-1"]).await;
     assert_eq!(got["state"], "revoked");
 }
 
@@ -165,35 +146,16 @@ async fn errors_are_one_clear_line() {
 
     // Expired admin credential: refused locally with the file and the time.
     let cred = AdminCredential::load(&hub.credential_path()).unwrap();
-    let now = SystemTime::now();
-    let (old, key) = hub
-        .running()
-        .ca
-        .issue_with_key(
-            &Identity::Admin("admin".into()),
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        )
-        .unwrap();
+    let (cert, key) = hub.issue_expired(&Identity::Admin("admin".into()));
     let expired_path = dir.path().join("expired.yaml");
     AdminCredential {
-        cert: old.chain_pem,
+        cert,
         key,
         ..cred.clone()
     }
     .save(&expired_path)
     .unwrap();
-    let e = run(Cli::try_parse_from([
-        "flotilla",
-        "--config",
-        expired_path.to_str().unwrap(),
-        "cluster",
-        "list",
-    ])
-    .unwrap())
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = list_error(expired_path.to_str().unwrap()).await;
     assert!(
         e.starts_with(&format!(
             "admin credential in {} expired at ",
@@ -203,17 +165,7 @@ async fn errors_are_one_clear_line() {
     );
 
     // Missing config file.
-    let e = run(Cli::try_parse_from([
-        "flotilla",
-        "--config",
-        "/nonexistent/flotilla.yaml",
-        "cluster",
-        "list",
-    ])
-    .unwrap())
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = list_error("/nonexistent/flotilla.yaml").await;
     assert!(
         e.starts_with("cannot read /nonexistent/flotilla.yaml"),
         "{e}"

@@ -36,12 +36,12 @@ async fn desire(hub: &TestHub, cluster: &str, app: &str, revision: &str, content
     r.digest
 }
 
+/// A session client of the hub with a cluster's `(ca, chain, key)`.
 async fn session_client(
     hub: &TestHub,
-    state: &std::path::Path,
+    (ca, chain, key): &(String, String, String),
 ) -> AgentSessionClient<tonic::transport::Channel> {
-    let (ca, chain, key) = agent_credentials(state);
-    let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())
+    let ch = TlsDialer::new(mtls_client_config(ca, chain, key).unwrap())
         .channel(&hub.addr())
         .await
         .unwrap();
@@ -50,13 +50,10 @@ async fn session_client(
 
 #[tokio::test]
 async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    let token = hub.add_cluster("eu-1", &[]).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let state = dir.path().join("eu-1");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
+    let mut agent = hub.join(dir.path(), "eu-1").await;
 
     let d1 = desire(&hub, "eu-1", "web", "c1", &bundle("one")).await;
     let st = wait_status(&mut agent.status, "generation 1 held", |s| {
@@ -103,14 +100,10 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
 
 #[tokio::test]
 async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_holds() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
-    let token = hub.add_cluster("edge", &[]).await;
+    let dir = test_dir();
+    let mut hub = TestHub::start_in(dir.path()).await;
+    hub.join(dir.path(), "edge").await.stop().await.unwrap();
     let state = dir.path().join("edge");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
-    agent.stop().await.unwrap();
 
     let digest = desire(&hub, "edge", "app", "r1", &bundle("offline")).await;
     hub.restart().await; // the desired state survives a hub restart too
@@ -128,17 +121,12 @@ async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_ho
 
 #[tokio::test]
 async fn a_cluster_cannot_fetch_another_clusters_bundle() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    for name in ["a", "b"] {
-        let token = hub.add_cluster(name, &[]).await;
-        let mut agent = TestAgent::start(&dir.path().join(name), Some(token));
-        agent.connected().await;
-        agent.stop().await.unwrap();
-    }
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let a_credentials = hub.enroll(dir.path(), "a").await;
+    let b_credentials = hub.enroll(dir.path(), "b").await;
     let digest = desire(&hub, "a", "secret-app", "r1", &bundle("only-for-a")).await;
-    let mut b = session_client(&hub, &dir.path().join("b")).await;
+    let mut b = session_client(&hub, &b_credentials).await;
     let e = b
         .fetch_bundle(FetchBundleRequest {
             digest: digest.clone(),
@@ -146,12 +134,8 @@ async fn a_cluster_cannot_fetch_another_clusters_bundle() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
-    assert!(
-        e.message().contains("not desired for cluster \"b\""),
-        "{e:?}"
-    );
-    let mut a = session_client(&hub, &dir.path().join("a")).await;
+    assert_status(&e, Code::PermissionDenied, "not desired for cluster \"b\"");
+    let mut a = session_client(&hub, &a_credentials).await;
     assert!(
         a.fetch_bundle(FetchBundleRequest { digest, offset: 0 })
             .await
@@ -161,14 +145,9 @@ async fn a_cluster_cannot_fetch_another_clusters_bundle() {
 
 #[tokio::test]
 async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    let token = hub.add_cluster("c", &[]).await;
-    let state = dir.path().join("c");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
-    agent.stop().await.unwrap();
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let credentials = hub.enroll(dir.path(), "c").await;
 
     // A bundle big enough to span several chunks.
     // Pseudo-random (xorshift) bytes, so compression cannot shrink them below a few chunks.
@@ -196,7 +175,7 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     )
     .unwrap();
     assert_eq!(store.partial_len(&digest), half as u64);
-    let mut client = session_client(&hub, &state).await;
+    let mut client = session_client(&hub, &credentials).await;
     store
         .fetch(&mut client, &digest, std::time::Duration::from_secs(30))
         .await

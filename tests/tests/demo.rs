@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use flotilla_cli::demo::fleet::{
@@ -23,13 +23,19 @@ const DEMO_CLUSTERS: [&str; 6] = [
     "us-east-1b",
 ];
 
+/// Runs `flotilla demo --plain ARGS` as a user does, to its end.
+fn demo(args: &[&str]) -> Output {
+    Command::new(bin("flotilla"))
+        .args(["demo", "--plain"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_demo_promotes_a_release_across_six_clusters_and_rolls_back_a_bad_one() {
     // The command exactly as a user runs it, with the final state as JSON instead of tables.
-    let out = Command::new(bin("flotilla"))
-        .args(["demo", "--plain", "-o", "json"])
-        .output()
-        .unwrap();
+    let out = demo(&["-o", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -122,10 +128,7 @@ fn the_demo_promotes_a_release_across_six_clusters_and_rolls_back_a_bad_one() {
 #[test]
 fn the_demo_fails_with_a_clear_message_when_a_step_takes_too_long() {
     // The pipeline soaks four stages for 2s each: the promotion cannot finish within 3s.
-    let out = Command::new(bin("flotilla"))
-        .args(["demo", "--plain", "--timeout", "3s"])
-        .output()
-        .unwrap();
+    let out = demo(&["--timeout", "3s"]);
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
     let last = e.lines().last().unwrap_or_default();

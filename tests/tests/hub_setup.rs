@@ -13,8 +13,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn operator_provided_ca_is_used_for_everything() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     // An operator CA made outside Flotilla.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
@@ -53,17 +52,13 @@ async fn operator_provided_ca_is_used_for_everything() {
 
 #[tokio::test]
 async fn http_side_port_serves_health_readiness_and_metrics() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = TestHub::config(dir.path());
-    let (hub, http_addr) = TestHub::start_with_http(cfg).await;
+    let dir = test_dir();
+    let (hub, http_addr) = TestHub::start_with_http(TestHub::config(dir.path())).await;
 
     assert_eq!(http_get(http_addr, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(http_get(http_addr, "/readyz").await.0, 200);
 
-    let token = hub.add_cluster("m", &[]).await;
-    let mut agent = TestAgent::start(&dir.path().join("m"), Some(token));
-    agent.connected().await;
+    let _agent = hub.join(dir.path(), "m").await;
     let body = eventually("the session gauge to count the agent", || async {
         let (code, body) = http_get(http_addr, "/metrics").await;
         assert_eq!(code, 200);

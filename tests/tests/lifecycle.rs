@@ -1,18 +1,15 @@
 //! Lifecycle of clusters and sessions with a real hub and real agents over real mutual TLS:
 //! join, hub restart, agent restart, certificate renewal, removal.
 
-use std::time::Duration;
-
 use flotilla_agent::AgentError;
 use flotilla_proto::clock::unix_ms;
-use flotilla_proto::v1::{ListClustersRequest, ListTokensRequest, RemoveClusterRequest};
+use flotilla_proto::v1::{ListTokensRequest, RemoveClusterRequest};
 use flotilla_tests::*;
 
 #[tokio::test]
 async fn join_connects_and_hub_lists_the_cluster() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let token = hub.add_cluster("eu-1", &[("region", "eu-west-1")]).await;
     assert!(token.starts_with("flotilla-join:"));
     assert_eq!(hub.cluster("eu-1").await.state, "pending");
@@ -42,9 +39,8 @@ async fn join_connects_and_hub_lists_the_cluster() {
 
 #[tokio::test]
 async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let mut hub = TestHub::start_in(dir.path()).await;
     let mut agents = Vec::new();
     for (name, region) in [("eu-1", "eu"), ("us-1", "us")] {
         let token = hub.add_cluster(name, &[("region", region)]).await;
@@ -53,14 +49,7 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
         agents.push(a);
     }
     let spare = hub.add_cluster("later", &[]).await;
-    let before = hub
-        .admin()
-        .await
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters;
+    let before = hub.clusters().await;
 
     hub.restart().await;
 
@@ -72,14 +61,7 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
     }
     hub.wait_state("eu-1", "connected").await;
     hub.wait_state("us-1", "connected").await;
-    let after = hub
-        .admin()
-        .await
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters;
+    let after = hub.clusters().await;
     assert_eq!(after.len(), before.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.name, b.name);
@@ -103,14 +85,11 @@ async fn hub_restart_agents_reconnect_and_no_record_is_lost() {
 
 #[tokio::test]
 async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    let token = hub.add_cluster("edge-1", &[]).await;
-    let state = dir.path().join("edge");
-    let mut a = TestAgent::start(&state, Some(token));
-    let first = a.connected().await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let (a, first) = hub.join_status(dir.path(), "edge-1").await;
     a.stop().await.unwrap();
+    let state = dir.path().join("edge-1");
 
     let mut again = TestAgent::start(&state, None);
     let second = again.connected().await;
@@ -122,24 +101,16 @@ async fn agent_restart_reconnects_from_its_state_dir_without_a_token() {
     hub.wait_state("edge-1", "connected").await;
 
     // Without state and without a token the agent says what is missing.
-    let err = TestAgent::start(&dir.path().join("empty"), None)
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("empty"), None).await;
     assert!(matches!(err, AgentError::NotJoined(_)), "{err}");
 }
 
 #[tokio::test]
 async fn renewal_with_a_short_lifetime_keeps_the_session() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = TestHub::config(dir.path());
-    cfg.cert_lifetime = Duration::from_secs(3);
-    let hub = TestHub::start(cfg).await;
-    let token = hub.add_cluster("short", &[]).await;
+    let dir = test_dir();
+    let hub = TestHub::start_short_lived(dir.path()).await;
+    let (mut a, first) = hub.join_status(dir.path(), "short").await;
     let state = dir.path().join("short");
-    let mut a = TestAgent::start(&state, Some(token));
-    let first = a.connected().await;
 
     // Two renewals: the second one proves the first renewed certificate was usable.
     let renewed = wait_status(&mut a.status, "two renewals", |s| s.renewals >= 2).await;
@@ -163,13 +134,10 @@ async fn renewal_with_a_short_lifetime_keeps_the_session() {
 
 #[tokio::test]
 async fn removed_cluster_is_disconnected_and_refused() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    let token = hub.add_cluster("gone", &[]).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let a = hub.join(dir.path(), "gone").await;
     let state = dir.path().join("gone");
-    let mut a = TestAgent::start(&state, Some(token));
-    a.connected().await;
 
     hub.admin()
         .await
@@ -187,7 +155,7 @@ async fn removed_cluster_is_disconnected_and_refused() {
     assert_eq!(hub.cluster("gone").await.state, "revoked");
 
     // A later handshake with the revoked certificate is refused, and the agent says so.
-    let err = TestAgent::start(&state, None).ended().await.unwrap_err();
+    let err = TestAgent::refused(&state, None).await;
     assert!(err.to_string().contains("CertificateRevoked"), "{err}");
     // So is a raw session attempt with the same certificate.
     let (ca, chain, key) = agent_credentials(&state);
@@ -198,9 +166,8 @@ async fn removed_cluster_is_disconnected_and_refused() {
 
 #[tokio::test]
 async fn an_unreachable_hub_is_retried_until_it_is_back() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let mut hub = TestHub::start_in(dir.path()).await;
     let token = hub.add_cluster("patient", &[]).await;
     hub.stop().await;
 

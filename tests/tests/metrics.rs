@@ -6,10 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_agent::cluster::SimConfig;
-use flotilla_agent::sim::SimCluster;
 use flotilla_tests::bench::hub::http_get;
 use flotilla_tests::prom::Exposition;
+use flotilla_tests::web_app::{self, settings};
 use flotilla_tests::*;
 use tokio::io::AsyncWriteExt;
 
@@ -26,15 +25,6 @@ pipelines:
       - {name: canary, selector: {matchLabels: {ring: canary}}, soak: 0s}
       - {name: prod, selector: {matchLabels: {ring: prod}}}
 ";
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - {name: web, image: 'nginx:1.27'}\n";
-
-fn config(version: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  version: \"{version}\"\n"
-    )
-}
-
 /// Name, region, ring.
 const CLUSTERS: [(&str, &str, &str); 3] = [
     ("eu-1", "eu", "canary"),
@@ -62,6 +52,22 @@ async fn scrape_until(
     .await
 }
 
+/// Scrapes until the hub counts `n` connected sessions.
+async fn scrape_sessions(addr: SocketAddr, n: u32) -> Exposition {
+    scrape_until(addr, &format!("{n} sessions"), |e| {
+        e.value("flotilla_hub_sessions_connected", &[]) == Some(f64::from(n))
+    })
+    .await
+}
+
+/// The hub's count of clusters in `region` in `state`.
+fn clusters(e: &Exposition, region: &str, state: &str) -> Option<f64> {
+    e.value(
+        "flotilla_hub_clusters",
+        &[("region", region), ("state", state)],
+    )
+}
+
 const APP: &str = "flotilla_hub_app_clusters";
 
 fn app_clusters(e: &Exposition, state: &str) -> f64 {
@@ -70,14 +76,8 @@ fn app_clusters(e: &Exposition, state: &str) -> f64 {
 
 #[tokio::test]
 async fn hub_and_agent_metrics_follow_the_fleet() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write("flotilla.yaml", FLEET);
-    repo.write("apps/web/namespace.yaml", NAMESPACE);
-    repo.write("apps/web/deployment.yaml", DEPLOYMENT);
-    repo.write("apps/web/config.yaml", &config("1"));
-    repo.commit("web 1");
+    let dir = test_dir();
+    let (repo, _) = web_app::repo(dir.path(), FLEET, Some("1"));
     let (hub, http) = TestHub::start_with_http(TestHub::config(dir.path())).await;
 
     let first = scrape(http).await;
@@ -121,36 +121,23 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
     let mut sims = Vec::new();
     let mut agent_http = Vec::new();
     for (name, region, ring) in CLUSTERS {
-        let sim = SimCluster::new(SimConfig {
-            ready_delay: Duration::from_millis(50),
-            ..SimConfig::default()
-        });
-        let token = hub
-            .add_cluster(name, &[("region", region), ("ring", ring)])
+        let sim = sim_cluster(Duration::from_millis(50));
+        let labels = [("region", region), ("ring", ring)];
+        let mut a = hub
+            .join_sim(dir.path(), name, &labels, &sim, |cfg| {
+                cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            })
             .await;
-        let mut cfg = sim_agent_config(&dir.path().join(name), token, &sim);
-        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-        let mut a = TestAgent::start_with(cfg);
         let s = wait_status(&mut a.status, "the agent's metrics port", |s| {
             s.metrics_addr.is_some()
         })
         .await;
         agent_http.push(s.metrics_addr.unwrap());
-        a.connected().await;
         agents.push(a);
         sims.push(sim);
     }
-    let e = scrape_until(http, "three sessions", |e| {
-        e.value("flotilla_hub_sessions_connected", &[]) == Some(3.0)
-    })
-    .await;
-    assert_eq!(
-        e.value(
-            "flotilla_hub_clusters",
-            &[("region", "eu"), ("state", "connected")]
-        ),
-        Some(2.0)
-    );
+    let e = scrape_sessions(http, 3).await;
+    assert_eq!(clusters(&e, "eu", "connected"), Some(2.0));
     assert_eq!(e.sum("flotilla_hub_joins_total", &[("result", "ok")]), 3.0);
 
     // The agents' own endpoints.
@@ -255,7 +242,7 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
     }
 
     // A second commit: the series move again.
-    repo.write("apps/web/config.yaml", &config("2"));
+    repo.write("apps/web/config.yaml", &settings("2"));
     repo.commit("web 2");
     cli_json(&hub, &["source", "sync", "fleet"]).await;
     let e = scrape_until(http, "the second rollout to succeed everywhere", |e| {
@@ -285,17 +272,8 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
     // An agent that stops: the hub sees one session fewer and a disconnected cluster.
     let last = agents.pop().unwrap();
     last.stop().await.unwrap();
-    let e = scrape_until(http, "two sessions", |e| {
-        e.value("flotilla_hub_sessions_connected", &[]) == Some(2.0)
-    })
-    .await;
-    assert_eq!(
-        e.value(
-            "flotilla_hub_clusters",
-            &[("region", "us"), ("state", "disconnected")]
-        ),
-        Some(1.0)
-    );
+    let e = scrape_sessions(http, 2).await;
+    assert_eq!(clusters(&e, "us", "disconnected"), Some(1.0));
     for a in agents {
         a.stop().await.unwrap();
     }

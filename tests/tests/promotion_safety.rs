@@ -10,22 +10,15 @@ use std::time::Duration;
 
 use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
+use flotilla_tests::web_app::{NAMESPACE, settings};
 use flotilla_tests::*;
 use serde_json::Value;
-
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
 
 /// The Deployment; a new `image` with the annotation `flotilla.io/simulate: fail` is a bad
 /// release (the simulated cluster never makes it ready).
 fn deployment(annotation: &str, image: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  annotations: {{{annotation}}}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n        - {{name: web, image: '{image}'}}\n"
-    )
-}
-
-fn config(version: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  version: \"{version}\"\n"
     )
 }
 
@@ -58,6 +51,11 @@ const US_GATED: &str =
 
 const CLUSTERS: [(&str, &str); 3] = [("can1", "canary"), ("eu1", "eu"), ("us1", "us")];
 
+/// The removal note of the source's first app (empty without one).
+fn removal_note(src: &Value) -> &str {
+    src["app_states"][0]["removal"].as_str().unwrap_or_default()
+}
+
 struct Fleet {
     hub: TestHub,
     repo: TestRepo,
@@ -69,15 +67,14 @@ struct Fleet {
 impl Fleet {
     /// Three connected agents (`env: prod`), the repository at its first commit, not yet added.
     async fn start(yaml: &str) -> Self {
-        init_logs();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let repo = TestRepo::init(&dir.path().join("repo"));
         repo.write("flotilla.yaml", yaml);
         repo.write("apps/web/namespace.yaml", NAMESPACE);
         repo.write("apps/web/deployment.yaml", &deployment("", "nginx:1.27"));
-        repo.write("apps/web/config.yaml", &config("1"));
+        repo.write("apps/web/config.yaml", &settings("1"));
         repo.commit("web 1");
-        let hub = TestHub::start(TestHub::config(dir.path())).await;
+        let hub = TestHub::start_in(dir.path()).await;
         let mut agents = Vec::new();
         let mut sims = BTreeMap::new();
         for (name, ring) in CLUSTERS {
@@ -86,13 +83,8 @@ impl Fleet {
                 record_requests: 1_000_000,
                 ..SimConfig::default()
             });
-            let token = hub
-                .add_cluster(name, &[("ring", ring), ("env", "prod")])
-                .await;
-            let mut a =
-                TestAgent::start_with(sim_agent_config(&dir.path().join(name), token, &sim));
-            a.connected().await;
-            agents.push(a);
+            let labels = [("ring", ring), ("env", "prod")];
+            agents.push(hub.join_sim(dir.path(), name, &labels, &sim, |_| {}).await);
             sims.insert(name.to_string(), sim);
         }
         Self {
@@ -229,7 +221,7 @@ async fn rolling_back_a_failed_release_deletes_nothing_the_clusters_ran_before()
         let c = if version == "1" {
             f.repo.git(&["rev-parse", "HEAD"])
         } else {
-            f.repo.write("apps/web/config.yaml", &config(version));
+            f.repo.write("apps/web/config.yaml", &settings(version));
             f.commit(&format!("web {version}")).await
         };
         f.wait_rollout(&format!("v{version} to wait for us"), |r| {
@@ -255,7 +247,7 @@ async fn rolling_back_a_failed_release_deletes_nothing_the_clusters_ran_before()
     }
 
     // v3: a bad release (the simulated cluster fails the Deployment).
-    f.repo.write("apps/web/config.yaml", &config("3"));
+    f.repo.write("apps/web/config.yaml", &settings("3"));
     f.repo.write(
         "apps/web/deployment.yaml",
         &deployment("flotilla.io/simulate: fail", "nginx:1.28"),
@@ -322,13 +314,7 @@ async fn relabelling_clusters_out_waits_for_approval_then_goes_stage_by_stage() 
         "{app}"
     );
     let src = cli_json(&f.hub, &["source", "get", "fleet"]).await;
-    assert!(
-        src["app_states"][0]["removal"]
-            .as_str()
-            .unwrap()
-            .contains("maxRemoval"),
-        "{src}"
-    );
+    assert!(removal_note(&src).contains("maxRemoval"), "{src}");
     let r = f.rollout().await.unwrap();
     assert_eq!(r["removal"]["state"], "waiting_approval", "{r}");
     // Nothing was removed: the desired entries are all there, whatever the engine does next.
@@ -409,15 +395,11 @@ async fn an_app_taken_out_of_flotilla_yaml_leaves_canary_first_after_approval() 
     f.wait_record_gone().await;
     let src = f.sync().await;
     assert_eq!(src["apps"], serde_json::json!([]), "{src}");
-    let audit = cli_json(&f.hub, &["audit"]).await;
+    let audit = audit_log(&f.hub).await;
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "rollout.approve"
-                && e["detail"].as_str().unwrap_or_default().contains("removal")),
-        "{audit}"
+        audit.iter().any(|e| e["action"] == "rollout.approve"
+            && e["detail"].as_str().unwrap_or_default().contains("removal")),
+        "{audit:?}"
     );
     f.stop().await;
 }
@@ -471,14 +453,10 @@ async fn source_remove_says_what_it_removes_asks_first_and_can_keep_the_objects(
             "{cluster}: only the inventory goes: {deletes:?}"
         );
     }
-    let audit = cli_json(&f.hub, &["audit"]).await;
+    let audit = audit_log(&f.hub).await;
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "source.remove"),
-        "{audit}"
+        audit.iter().any(|e| e["action"] == "source.remove"),
+        "{audit:?}"
     );
     f.stop().await;
 }
@@ -489,7 +467,7 @@ async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
     // Source b: another repository that also defines web, with other content.
     let other = TestRepo::init(&f.repo.path.parent().unwrap().join("other"));
     other.write("flotilla.yaml", &fleet_yaml(US_AUTO, ""));
-    other.write("apps/web/config.yaml", &config("from b"));
+    other.write("apps/web/config.yaml", &settings("from b"));
     other.commit("b's web");
     cli_json(
         &f.hub,
@@ -560,13 +538,7 @@ async fn a_removal_waiting_for_approval_survives_a_hub_restart() {
     let r = f.rollout().await.unwrap();
     assert_eq!(r["removal"]["state"], "waiting_approval", "{r}");
     let src = f.sync().await;
-    assert!(
-        src["app_states"][0]["removal"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("maxRemoval"),
-        "{src}"
-    );
+    assert!(removal_note(&src).contains("maxRemoval"), "{src}");
 
     cli_json(&f.hub, &["rollout", "approve", "web"]).await;
     for (cluster, _) in CLUSTERS {

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
 use flotilla_tests::*;
 use serde_json::{Value, json};
@@ -27,14 +26,38 @@ fn repo(dir: &std::path::Path) -> (TestRepo, String) {
     (repo, c1)
 }
 
-fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
-    let mut cfg = sim_agent_config(dir, token, sim);
-    cfg.drift_interval = Duration::from_millis(300);
-    TestAgent::start_with(cfg)
+/// A hub with the repository as its source, and one agent (`eu-1`, checking for drift every
+/// 300 ms) connected from a simulated cluster whose workloads become ready after `ready_delay`.
+struct OneCluster {
+    hub: TestHub,
+    repo: TestRepo,
+    c1: String,
+    agent: TestAgent,
+    sim: SimCluster,
+    _dir: tempfile::TempDir,
 }
 
-async fn add_source(hub: &TestHub, repo: &TestRepo) {
-    add_fleet_source(hub, &repo.path).await;
+impl OneCluster {
+    async fn start(ready_delay: Duration) -> Self {
+        let dir = test_dir();
+        let (repo, c1) = repo(dir.path());
+        let hub = TestHub::start_in(dir.path()).await;
+        let sim = sim_cluster(ready_delay);
+        let agent = hub
+            .join_sim(dir.path(), "eu-1", &[], &sim, |cfg| {
+                cfg.drift_interval = Duration::from_millis(300);
+            })
+            .await;
+        add_fleet_source(&hub, &repo.path).await;
+        Self {
+            hub,
+            repo,
+            c1,
+            agent,
+            sim,
+            _dir: dir,
+        }
+    }
 }
 
 /// `flotilla cluster get NAME -o json`'s entry for `app`, once `ok` holds for it.
@@ -57,21 +80,14 @@ async fn cluster_app(
 
 #[tokio::test]
 async fn a_commit_is_applied_and_its_health_shows_in_the_cli() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let (repo, c1) = repo(dir.path());
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
-    let sim = SimCluster::new(SimConfig {
-        ready_delay: Duration::from_millis(200),
-        ..SimConfig::default()
-    });
-    let mut a = agent(
-        &dir.path().join("eu-1"),
-        hub.add_cluster("eu-1", &[]).await,
-        &sim,
-    );
-    a.connected().await;
-    add_source(&hub, &repo).await;
+    let OneCluster {
+        hub,
+        repo,
+        c1,
+        agent: a,
+        sim,
+        _dir,
+    } = OneCluster::start(Duration::from_millis(200)).await;
 
     let web = cluster_app(&hub, "eu-1", "web", |a| a["health"] == "healthy").await;
     assert_eq!(web["revision"], c1.as_str());
@@ -140,21 +156,14 @@ async fn a_commit_is_applied_and_its_health_shows_in_the_cli() {
 
 #[tokio::test]
 async fn with_the_hub_down_the_agent_keeps_healing_and_reports_on_reconnect() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let (repo, c1) = repo(dir.path());
-    let mut hub = TestHub::start(TestHub::config(dir.path())).await;
-    let sim = SimCluster::new(SimConfig {
-        ready_delay: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let mut a = agent(
-        &dir.path().join("eu-1"),
-        hub.add_cluster("eu-1", &[]).await,
-        &sim,
-    );
-    a.connected().await;
-    add_source(&hub, &repo).await;
+    let OneCluster {
+        mut hub,
+        c1,
+        agent: mut a,
+        sim,
+        _dir,
+        ..
+    } = OneCluster::start(Duration::ZERO).await;
     cluster_app(&hub, "eu-1", "web", |a| a["health"] == "healthy").await;
 
     hub.stop().await;

@@ -6,25 +6,8 @@
 
 use std::process::Command;
 
-use flotilla_agent::Agent;
-use tokio::sync::watch;
-
-use flotilla_tests::bin;
 use flotilla_tests::hub_process::{self as common, Hub, free_port, until, web_revision};
-
-const FLEET: &str = "apps:
-  web:
-    path: web
-    namespace: default
-    targets: {}
-    pipeline: two
-pipelines:
-  two:
-    stages:
-      - {name: canary, selector: {matchLabels: {ring: canary}}}
-      - {name: prod, selector: {matchLabels: {ring: prod}}, approval: manual}
-    healthTimeout: 5m
-";
+use flotilla_tests::{TestAgent, bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_resumes_where_it_was_after_kill_9() {
@@ -33,21 +16,19 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
     let (port, http) = (free_port(), free_port());
     let hub = Hub::start(&data, port, http);
 
-    let (repo, r1) = common::fleet_repo(dir.path(), FLEET);
+    // Prod waits for an approval.
+    let (repo, r1) = common::fleet_repo(dir.path(), ", approval: manual");
 
-    let (stop, stop_rx) = watch::channel(false);
     let mut agents = Vec::new();
-    let mut statuses = Vec::new();
     for (name, ring) in [
         ("canary-1", "canary"),
         ("prod-1", "prod"),
         ("prod-2", "prod"),
     ] {
         let cfg = common::agent_config(&hub, dir.path(), name, &[&format!("ring={ring}")]);
-        let (agent, status) = Agent::new(cfg);
-        agents.push(tokio::spawn(agent.run(stop_rx.clone())));
-        statuses.push(status);
+        agents.push(TestAgent::start_with(cfg));
     }
+    let statuses: Vec<_> = agents.iter().map(|a| a.status.clone()).collect();
     common::add_and_sync(&hub, &repo);
 
     // Canary gets r1 and is healthy; prod waits for approval.
@@ -112,8 +93,7 @@ async fn a_rollout_resumes_where_it_was_after_kill_9() {
     })
     .await;
     assert_eq!(done["stages"][1]["updated"], 2);
-    let _ = stop.send(true);
     for a in agents {
-        let _ = a.await;
+        let _ = a.stop().await;
     }
 }

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use flotilla_agent::cluster::SimConfig;
 use flotilla_agent::sim::SimCluster;
+use flotilla_tests::web_app::{self, settings};
 use flotilla_tests::*;
 use serde_json::{Value, json};
 
@@ -25,15 +25,6 @@ pipelines:
       - {name: canary, selector: {matchLabels: {ring: canary}}, soak: 0s}
       - {name: prod, selector: {matchLabels: {ring: prod}}, approval: manual}
 ";
-
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - {name: web, image: 'nginx:1.27'}\n";
-
-fn config(version: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  version: \"{version}\"\n"
-    )
-}
 
 const CLUSTERS: [(&str, &str); 3] = [
     ("canary-1", "canary"),
@@ -54,27 +45,15 @@ struct Fleet {
 
 impl Fleet {
     async fn start() -> Self {
-        init_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let repo = TestRepo::init(&dir.path().join("repo"));
-        repo.write("flotilla.yaml", FLEET);
-        repo.write("apps/web/namespace.yaml", NAMESPACE);
-        repo.write("apps/web/deployment.yaml", DEPLOYMENT);
-        repo.write("apps/web/config.yaml", &config("1"));
-        let c1 = repo.commit("web 1");
-        let hub = TestHub::start(TestHub::config(dir.path())).await;
+        let dir = test_dir();
+        let (repo, c1) = web_app::repo(dir.path(), FLEET, Some("1"));
+        let hub = TestHub::start_in(dir.path()).await;
         let mut agents = Vec::new();
         let mut sims = Vec::new();
         for (name, ring) in CLUSTERS {
-            let sim = SimCluster::new(SimConfig {
-                ready_delay: Duration::from_millis(50),
-                ..SimConfig::default()
-            });
-            let token = hub.add_cluster(name, &[("ring", ring)]).await;
-            let mut a =
-                TestAgent::start_with(sim_agent_config(&dir.path().join(name), token, &sim));
-            a.connected().await;
-            agents.push(a);
+            let sim = sim_cluster(Duration::from_millis(50));
+            let labels = [("ring", ring)];
+            agents.push(hub.join_sim(dir.path(), name, &labels, &sim, |_| {}).await);
             sims.push(sim);
         }
         add_fleet_source(&hub, &repo.path).await;
@@ -94,6 +73,25 @@ impl Fleet {
         fleet
     }
 
+    /// The fleet once the canary runs the first commit; returns it and that commit.
+    async fn on_canary() -> (Self, String) {
+        let f = Self::start().await;
+        let c1 = f.c1.clone();
+        f.wait_runs("canary-1", &c1).await;
+        (f, c1)
+    }
+
+    /// The fleet once the first commit was approved for prod and its rollout succeeded; returns
+    /// it and that commit.
+    async fn released() -> (Self, String) {
+        let f = Self::start().await;
+        let c1 = f.c1.clone();
+        f.approve_prod().await;
+        f.wait_rollout("c1 to succeed", |r| r["state"] == "succeeded")
+            .await;
+        (f, c1)
+    }
+
     async fn status(&self) -> Value {
         cli_json(&self.hub, &["rollout", "status", "web"]).await
     }
@@ -110,19 +108,21 @@ impl Fleet {
         .await
     }
 
-    async fn audit(&self) -> Vec<Value> {
-        cli_json(&self.hub, &["audit"])
-            .await
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
     /// A new commit of the app with another ConfigMap content, synced now.
     async fn commit(&self, version: &str) -> String {
-        self.repo.write("apps/web/config.yaml", &config(version));
+        self.repo.write("apps/web/config.yaml", &settings(version));
         let c = self.repo.commit(&format!("web {version}"));
         cli_json(&self.hub, &["source", "sync", "fleet"]).await;
+        c
+    }
+
+    /// [`Fleet::commit`], once the new commit's rollout waits for the approval of prod.
+    async fn commit_to_prod_approval(&self, version: &str) -> String {
+        let c = self.commit(version).await;
+        self.wait_rollout(&format!("web {version} to wait for prod"), |r| {
+            r["revision"] == c.as_str() && r["state"] == "waiting_approval"
+        })
+        .await;
         c
     }
 
@@ -149,9 +149,7 @@ impl Fleet {
 
 #[tokio::test]
 async fn a_manual_stage_waits_for_approval_and_the_approval_is_audited() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.wait_runs("canary-1", &c1).await;
+    let (f, c1) = Fleet::on_canary().await;
 
     let r = f.status().await;
     assert_eq!(r["app"], "web");
@@ -233,7 +231,7 @@ async fn a_manual_stage_waits_for_approval_and_the_approval_is_audited() {
         (json!(3), json!(3))
     );
 
-    let audit = f.audit().await;
+    let audit = audit_log(&f.hub).await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     let e = &audit[0];
     assert_eq!(e["who"], ADMIN);
@@ -262,11 +260,7 @@ fn now_ms() -> u64 {
 
 #[tokio::test]
 async fn pause_holds_a_new_revision_resume_moves_it_and_rollback_puts_every_cluster_back() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.approve_prod().await;
-    f.wait_rollout("c1 to succeed", |r| r["state"] == "succeeded")
-        .await;
+    let (f, c1) = Fleet::released().await;
 
     let paused = cli_json(&f.hub, &["rollout", "pause", "web"]).await;
     assert_eq!(paused["paused"], true);
@@ -318,7 +312,7 @@ async fn pause_holds_a_new_revision_resume_moves_it_and_rollback_puts_every_clus
         assert_eq!(c["desired_revision"], c1.as_str(), "{app}");
     }
 
-    let audit = f.audit().await;
+    let audit = audit_log(&f.hub).await;
     let actions: Vec<&str> = audit
         .iter()
         .map(|e| e["action"].as_str().unwrap())
@@ -344,11 +338,7 @@ async fn pause_holds_a_new_revision_resume_moves_it_and_rollback_puts_every_clus
 
 #[tokio::test]
 async fn a_pinned_cluster_keeps_its_revision_until_unpinned() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.approve_prod().await;
-    f.wait_rollout("c1 to succeed", |r| r["state"] == "succeeded")
-        .await;
+    let (f, c1) = Fleet::released().await;
 
     let pin = cli_json(&f.hub, &["cluster", "pin", "prod-2", "web", &c1[..12]]).await;
     assert_eq!(
@@ -380,7 +370,7 @@ async fn a_pinned_cluster_keeps_its_revision_until_unpinned() {
     f.wait_runs("prod-2", &c2).await;
     assert_eq!(f.status().await["pins"], json!({}));
 
-    let audit = f.audit().await;
+    let audit = audit_log(&f.hub).await;
     let pins: Vec<(&str, &str, &str)> = audit
         .iter()
         .filter(|e| e["action"].as_str().unwrap().starts_with("cluster."))
@@ -404,9 +394,7 @@ async fn a_pinned_cluster_keeps_its_revision_until_unpinned() {
 
 #[tokio::test]
 async fn refused_actions_are_one_line_and_change_nothing() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.wait_runs("canary-1", &c1).await;
+    let (f, c1) = Fleet::on_canary().await;
     let before = f.status().await;
 
     let cases: [(&[&str], &str); 9] = [
@@ -446,7 +434,7 @@ async fn refused_actions_are_one_line_and_change_nothing() {
     let err = cli(&f.hub, &["audit", "--limit", "0"]).await.unwrap_err();
     assert!(err.contains("--limit"), "{err}");
     assert!(
-        f.audit().await.is_empty(),
+        audit_log(&f.hub).await.is_empty(),
         "refused actions are not audited"
     );
     assert_eq!(f.status().await, before, "nothing changed");
@@ -460,16 +448,8 @@ async fn refused_actions_are_one_line_and_change_nothing() {
 /// counts as done: the stage does not wait for it to report the rollout's revision.
 #[tokio::test]
 async fn a_cluster_pinned_during_a_rollout_does_not_stall_its_stage() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.approve_prod().await;
-    f.wait_rollout("c1 to succeed", |r| r["state"] == "succeeded")
-        .await;
-    let c2 = f.commit("2").await;
-    f.wait_rollout("c2 to wait for prod", |r| {
-        r["revision"] == c2.as_str() && r["state"] == "waiting_approval"
-    })
-    .await;
+    let (f, c1) = Fleet::released().await;
+    let c2 = f.commit_to_prod_approval("2").await;
     cli(&f.hub, &["cluster", "pin", "prod-2", "web", &c1])
         .await
         .unwrap();
@@ -487,19 +467,11 @@ async fn a_cluster_pinned_during_a_rollout_does_not_stall_its_stage() {
 /// succeeds every target gets the revision, that cluster too.
 #[tokio::test]
 async fn a_cluster_unpinned_during_a_rollout_gets_the_new_revision() {
-    let f = Fleet::start().await;
-    let c1 = f.c1.clone();
-    f.approve_prod().await;
-    f.wait_rollout("c1 to succeed", |r| r["state"] == "succeeded")
-        .await;
+    let (f, c1) = Fleet::released().await;
     cli(&f.hub, &["cluster", "pin", "prod-2", "web", &c1])
         .await
         .unwrap();
-    let c2 = f.commit("2").await;
-    f.wait_rollout("c2 to wait for prod", |r| {
-        r["revision"] == c2.as_str() && r["state"] == "waiting_approval"
-    })
-    .await;
+    let c2 = f.commit_to_prod_approval("2").await;
     cli(&f.hub, &["cluster", "unpin", "prod-2", "web"])
         .await
         .unwrap();

@@ -22,24 +22,15 @@ fn csr() -> (String, String) {
     new_key_and_csr("t").unwrap()
 }
 
-async fn hub_in(dir: &std::path::Path) -> TestHub {
-    TestHub::start(TestHub::config(dir)).await
-}
-
 /// The hub still answers: admin calls work.
 async fn assert_serving(hub: &TestHub) {
-    hub.admin()
-        .await
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .expect("hub keeps serving");
+    hub.clusters().await;
 }
 
 #[tokio::test]
 async fn tokens_are_stored_hashed_and_single_use_unless_reusable() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let line = hub.add_cluster("once", &[]).await;
     let secret = JoinToken::decode(&line).unwrap().token;
 
@@ -57,8 +48,7 @@ async fn tokens_are_stored_hashed_and_single_use_unless_reusable() {
 
     join_raw(&line, &csr().1).await.expect("first use");
     let second = join_raw(&line, &csr().1).await.unwrap_err();
-    assert_eq!(second.code(), Code::PermissionDenied);
-    assert!(second.message().contains("already used"), "{second:?}");
+    assert_status(&second, Code::PermissionDenied, "already used");
 
     let reusable = hub.add_cluster_with("many", &[], 3600, true).await;
     join_raw(&reusable, &csr().1).await.expect("first use");
@@ -81,8 +71,7 @@ async fn tokens_are_stored_hashed_and_single_use_unless_reusable() {
 
 #[tokio::test]
 async fn expired_tokens_are_refused_with_the_expiry_time() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let clock = ManualClock::new(SystemTime::now());
     let mut cfg = TestHub::config(dir.path());
     cfg.clock = Arc::new(clock.clone());
@@ -94,17 +83,13 @@ async fn expired_tokens_are_refused_with_the_expiry_time() {
     assert!(e.message().starts_with("join token expired at "), "{e:?}");
 
     // The agent treats it as final and exits with the hub's reason.
-    let err = TestAgent::start(&dir.path().join("a"), Some(line))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some(line)).await;
     assert!(err.to_string().contains("expired"), "{err}");
 }
 
 #[tokio::test]
 async fn failed_joins_are_rate_limited_per_source_address() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut cfg = TestHub::config(dir.path());
     cfg.join_failure_burst = 3;
     let hub = TestHub::start(cfg).await;
@@ -118,25 +103,20 @@ async fn failed_joins_are_rate_limited_per_source_address() {
     }
     // Even the right token is refused from this address now.
     let e = join_raw(&good, &csr().1).await.unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted);
-    assert!(
-        e.message()
-            .contains("too many failed join attempts from 127.0.0.1"),
-        "{e:?}"
+    assert_status(
+        &e,
+        Code::ResourceExhausted,
+        "too many failed join attempts from 127.0.0.1",
     );
 }
 
 #[tokio::test]
 async fn agent_refuses_a_hub_whose_ca_does_not_match_the_token() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let mut t = JoinToken::decode(&hub.add_cluster("x", &[]).await).unwrap();
     t.ca = format!("sha256:{}", "00".repeat(32));
-    let err = TestAgent::start(&dir.path().join("a"), Some(t.encode()))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some(t.encode())).await;
     assert!(matches!(err, AgentError::Join(_)));
     assert!(
         err.to_string().contains("CA fingerprint does not match"),
@@ -151,25 +131,20 @@ async fn agent_refuses_a_hub_whose_ca_does_not_match_the_token() {
 
 #[tokio::test]
 async fn unknown_and_malformed_tokens_are_refused() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let mut t = JoinToken::decode(&hub.add_cluster("x", &[]).await).unwrap();
     t.token = "nope.nope".into();
     let e = join_raw(&t.encode(), &csr().1).await.unwrap_err();
     assert_eq!(e.message(), "unknown join token");
-    let err = TestAgent::start(&dir.path().join("a"), Some("flotilla-join:%%%".into()))
-        .ended()
-        .await
-        .unwrap_err();
+    let err = TestAgent::refused(&dir.path().join("a"), Some("flotilla-join:%%%".into())).await;
     assert!(matches!(err, AgentError::BadToken(_)), "{err}");
 }
 
 #[tokio::test]
 async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
     let now = SystemTime::now();
 
@@ -209,40 +184,20 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
 
     // An expired certificate from the right CA: refused too.
     hub.add_cluster("exp", &[]).await;
-    let (old, key) = hub
-        .running()
-        .ca
-        .issue_with_key(
-            &Identity::Cluster("exp".into()),
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        )
-        .unwrap();
-    let e = open_session(
-        &hub.addr(),
-        &cred.ca,
-        &old.chain_pem,
-        &key,
-        Hello::default(),
-    )
-    .await
-    .unwrap_err();
+    let (chain, key) = hub.issue_expired(&Identity::Cluster("exp".into()));
+    let e = open_session(&hub.addr(), &cred.ca, &chain, &key, Hello::default())
+        .await
+        .unwrap_err();
     assert!(e.contains("CertificateExpired"), "{e}");
     assert_serving(&hub).await;
 }
 
 #[tokio::test]
 async fn identity_comes_from_the_certificate_and_roles_are_separate() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
-    let token = hub.add_cluster("a", &[]).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let (ca, chain, key) = hub.enroll(dir.path(), "a").await;
     hub.add_cluster("b", &[]).await;
-    let state = dir.path().join("a");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
-    agent.stop().await.unwrap();
-    let (ca, chain, key) = agent_credentials(&state);
 
     // Hello naming another cluster: rejected, and b's session stays absent.
     let e = open_session(
@@ -270,11 +225,7 @@ async fn identity_comes_from_the_certificate_and_roles_are_separate() {
         .list_clusters(ListClustersRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::PermissionDenied);
-    assert!(
-        s.message().contains("admin certificate is required"),
-        "{s:?}"
-    );
+    assert_status(&s, Code::PermissionDenied, "admin certificate is required");
 
     // An admin certificate cannot open a cluster session.
     let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
@@ -299,9 +250,8 @@ async fn identity_comes_from_the_certificate_and_roles_are_separate() {
 
 #[tokio::test]
 async fn only_join_is_served_without_a_client_certificate() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let cred = flotilla_proto::credential::AdminCredential::load(&hub.credential_path()).unwrap();
     let anon = flotilla_proto::tls::anonymous_client_config(&cred.ca).unwrap();
     let ch = TlsDialer::new(anon).channel(&hub.addr()).await.unwrap();
@@ -309,10 +259,10 @@ async fn only_join_is_served_without_a_client_certificate() {
         .list_clusters(ListClustersRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::Unauthenticated);
-    assert!(
-        s.message().contains("admin client certificate is required"),
-        "{s:?}"
+    assert_status(
+        &s,
+        Code::Unauthenticated,
+        "admin client certificate is required",
     );
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(flotilla_proto::v1::AgentMessage::default())
@@ -336,9 +286,8 @@ async fn only_join_is_served_without_a_client_certificate() {
 
 #[tokio::test]
 async fn the_hub_assigns_the_identity_whatever_the_csr_asks_for() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let line = hub.add_cluster("real", &[]).await;
 
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -359,9 +308,8 @@ async fn the_hub_assigns_the_identity_whatever_the_csr_asks_for() {
 
 #[tokio::test]
 async fn weak_or_malformed_csrs_are_refused_without_burning_the_token() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let line = hub.add_cluster("c", &[]).await;
     let e = join_raw(
         &line,
@@ -372,8 +320,7 @@ async fn weak_or_malformed_csrs_are_refused_without_burning_the_token() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().to_lowercase().contains("csr"), "{e:?}");
     let e = join_raw(&line, &"x".repeat(64 * 1024)).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("more than the 16384 allowed"), "{e:?}");
+    assert_status(&e, Code::InvalidArgument, "more than the 16384 allowed");
     // The single-use token still works after the refusals.
     join_raw(&line, &csr().1)
         .await
@@ -382,14 +329,10 @@ async fn weak_or_malformed_csrs_are_refused_without_burning_the_token() {
 
 #[tokio::test]
 async fn garbage_and_oversized_messages_end_one_session_and_the_hub_keeps_serving() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = hub_in(dir.path()).await;
-    let token = hub.add_cluster("g", &[]).await;
-    let state = dir.path().join("g");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
-    let (ca, chain, key) = agent_credentials(&state);
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let agent = hub.join(dir.path(), "g").await;
+    let (ca, chain, key) = agent_credentials(&dir.path().join("g"));
 
     // Garbage: bytes that are not an AgentMessage, sent on the Connect stream.
     let ch = TlsDialer::new(mtls_client_config(&ca, &chain, &key).unwrap())

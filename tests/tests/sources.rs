@@ -13,16 +13,33 @@ fn manifest(value: &str) -> String {
     )
 }
 
+/// A repository at `dir/repo` with `flotilla.yaml` and web's ConfigMap holding `value`,
+/// committed as `message`; returns it and the commit.
+fn fleet_repo(dir: &std::path::Path, value: &str, message: &str) -> (TestRepo, String) {
+    let repo = TestRepo::init(&dir.join("repo"));
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write("apps/web/config.yaml", &manifest(value));
+    let commit = repo.commit(message);
+    (repo, commit)
+}
+
+/// Adds the source `name` tracking `repo` (at `git_ref`, when given), polled hourly.
+async fn add_source(hub: &TestHub, name: &str, repo: &TestRepo, git_ref: Option<&str>) -> Value {
+    let url = repo.path.to_str().unwrap();
+    let mut args = vec!["source", "add", name, "--url", url];
+    if let Some(r) = git_ref {
+        args.extend(["--ref", r]);
+    }
+    args.extend(["--interval", "1h"]);
+    cli_json(hub, &args).await
+}
+
 #[tokio::test]
 async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good_one() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write("flotilla.yaml", FLOTILLA_YAML);
-    repo.write("apps/web/config.yaml", &manifest("v1"));
-    let c1 = repo.commit("first");
+    let dir = test_dir();
+    let (repo, c1) = fleet_repo(dir.path(), "v1", "first");
 
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let hub = TestHub::start_in(dir.path()).await;
     let mut agents = Vec::new();
     for (name, env) in [("eu-1", "prod"), ("us-1", "prod"), ("dev-1", "dev")] {
         let token = hub.add_cluster(name, &[("env", env)]).await;
@@ -31,21 +48,7 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
         agents.push(a);
     }
 
-    let src = cli_json(
-        &hub,
-        &[
-            "source",
-            "add",
-            "fleet",
-            "--url",
-            repo.path.to_str().unwrap(),
-            "--ref",
-            "main",
-            "--interval",
-            "1h",
-        ],
-    )
-    .await;
+    let src = add_source(&hub, "fleet", &repo, Some("main")).await;
     assert_eq!(src["name"], "fleet");
     let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
     assert_eq!(src["commit"], c1.as_str());
@@ -170,9 +173,8 @@ async fn commits_reach_every_targeted_cluster_and_bad_commits_keep_the_last_good
 
 #[tokio::test]
 async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_serving() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
     let missing = dir.path().join("no-such-repo");
     cli_json(
         &hub,
@@ -202,12 +204,8 @@ async fn an_unreachable_remote_is_an_error_on_the_source_and_the_hub_keeps_servi
 
 #[tokio::test]
 async fn symlinks_out_of_the_repository_and_oversized_files_are_app_errors() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write("flotilla.yaml", FLOTILLA_YAML);
-    repo.write("apps/web/config.yaml", &manifest("ok"));
-    let good = repo.commit("good");
+    let dir = test_dir();
+    let (repo, good) = fleet_repo(dir.path(), "ok", "good");
     let mut cfg = TestHub::config(dir.path());
     cfg.limits = flotilla_hub::render::Limits {
         max_file_bytes: 4096,
@@ -215,12 +213,7 @@ async fn symlinks_out_of_the_repository_and_oversized_files_are_app_errors() {
     };
     let hub = TestHub::start(cfg).await;
     hub.add_cluster("p", &[("env", "prod")]).await;
-    let url = repo.path.to_str().unwrap().to_string();
-    cli_json(
-        &hub,
-        &["source", "add", "s", "--url", &url, "--interval", "1h"],
-    )
-    .await;
+    add_source(&hub, "s", &repo, None).await;
     cli_json(&hub, &["source", "sync", "s"]).await;
     let digest =
         cli_json(&hub, &["app", "get", "web"]).await["clusters"][0]["bundle_digest"].clone();
@@ -254,30 +247,11 @@ async fn symlinks_out_of_the_repository_and_oversized_files_are_app_errors() {
 
 #[tokio::test]
 async fn a_force_push_that_removes_the_pinned_commit_keeps_it_desired_and_says_so() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write("flotilla.yaml", FLOTILLA_YAML);
-    repo.write("apps/web/config.yaml", &manifest("pinned"));
-    let pinned = repo.commit("pinned");
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let (repo, pinned) = fleet_repo(dir.path(), "pinned", "pinned");
+    let hub = TestHub::start_in(dir.path()).await;
     hub.add_cluster("p", &[("env", "prod")]).await;
-    let url = repo.path.to_str().unwrap().to_string();
-    cli_json(
-        &hub,
-        &[
-            "source",
-            "add",
-            "pin",
-            "--url",
-            &url,
-            "--ref",
-            &pinned,
-            "--interval",
-            "1h",
-        ],
-    )
-    .await;
+    add_source(&hub, "pin", &repo, Some(&pinned)).await;
     let src = cli_json(&hub, &["source", "sync", "pin"]).await;
     assert_eq!(src["commit"], pinned.as_str());
     let digest =

@@ -16,12 +16,8 @@ async fn hub_with_cluster(
     let mut config = TestHub::config(dir);
     config.span_forwarder = spans;
     let hub = TestHub::start(config).await;
-    let token = hub.add_cluster("relay-1", &[]).await;
-    let state = dir.join("agent");
-    let mut agent = TestAgent::start(&state, Some(token));
-    agent.connected().await;
-    agent.stop().await.unwrap();
-    (hub, agent_credentials(&state))
+    let credentials = hub.enroll(dir, "relay-1").await;
+    (hub, credentials)
 }
 
 fn hello() -> Hello {
@@ -33,8 +29,7 @@ fn hello() -> Hello {
 
 #[tokio::test]
 async fn a_hub_without_traces_asks_for_no_spans() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let (hub, (ca, chain, key)) = hub_with_cluster(dir.path(), None).await;
     let (first, _tx, _rx) = open_session(&hub.addr(), &ca, &chain, &key, hello())
         .await
@@ -47,8 +42,7 @@ async fn a_hub_without_traces_asks_for_no_spans() {
 
 #[tokio::test]
 async fn a_garbage_span_batch_is_refused_and_the_session_goes_on() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     // A collector nobody listens on: the forwarder connects lazily and drops what fails.
     let fwd = SpanForwarder::start("http://127.0.0.1:9").unwrap();
     let (hub, (ca, chain, key)) = hub_with_cluster(dir.path(), Some(fwd)).await;
@@ -83,12 +77,6 @@ async fn a_garbage_span_batch_is_refused_and_the_session_goes_on() {
         }
     }
     let text = hub.running().metrics.encode();
-    assert!(
-        text.contains("flotilla_hub_rejected_messages_total 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("flotilla_hub_agent_dropped_spans_total 3"),
-        "{text}"
-    );
+    assert_contains(&text, "flotilla_hub_rejected_messages_total 1");
+    assert_contains(&text, "flotilla_hub_agent_dropped_spans_total 3");
 }

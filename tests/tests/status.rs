@@ -4,14 +4,11 @@
 
 use std::time::Duration;
 
-use flotilla_agent::cluster::SimConfig;
-use flotilla_agent::sim::SimCluster;
+use flotilla_tests::web_app;
 use flotilla_tests::*;
 use serde_json::{Value, json};
 
 const FLEET: &str = "apps:\n  web:\n    path: apps/web\n    namespace: shop\n    targets: {}\n";
-const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n        - {name: web, image: 'nginx:1.27'}\n";
 
 /// The clusters that run an agent: name and region label (`None`: no label).
 const RUNNING: [(&str, Option<&str>); 4] = [
@@ -20,10 +17,6 @@ const RUNNING: [(&str, Option<&str>); 4] = [
     ("us-1", Some("us")),
     ("edge-1", None),
 ];
-
-fn agent(dir: &std::path::Path, token: String, sim: &SimCluster) -> TestAgent {
-    TestAgent::start_with(sim_agent_config(dir, token, sim))
-}
 
 /// The `regions` entry of `status` for `region` (`null`: the clusters without the label).
 fn region<'a>(status: &'a Value, region: &Value) -> &'a Value {
@@ -37,29 +30,16 @@ fn region<'a>(status: &'a Value, region: &Value) -> &'a Value {
 
 #[tokio::test]
 async fn status_shows_the_fleet_per_region_and_the_worst_clusters() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write("flotilla.yaml", FLEET);
-    repo.write("apps/web/namespace.yaml", NAMESPACE);
-    repo.write("apps/web/deployment.yaml", DEPLOYMENT);
-    repo.commit("web 1");
-    let hub = TestHub::start(TestHub::config(dir.path())).await;
+    let dir = test_dir();
+    let (repo, _) = web_app::repo(dir.path(), FLEET, None);
+    let hub = TestHub::start_in(dir.path()).await;
 
     let mut agents = Vec::new();
     let mut sims = Vec::new();
     for (name, region) in RUNNING {
         let labels: Vec<(&str, &str)> = region.map(|r| ("region", r)).into_iter().collect();
-        let sim = SimCluster::new(SimConfig {
-            ready_delay: Duration::from_millis(50),
-            ..SimConfig::default()
-        });
-        let mut a = agent(
-            &dir.path().join(name),
-            hub.add_cluster(name, &labels).await,
-            &sim,
-        );
-        a.connected().await;
+        let sim = sim_cluster(Duration::from_millis(50));
+        let a = hub.join_sim(dir.path(), name, &labels, &sim, |_| {}).await;
         agents.push((name, a));
         sims.push(sim);
     }

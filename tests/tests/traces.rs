@@ -14,31 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use flotilla_agent::Agent;
 use flotilla_proto::telemetry::{Export, SpanRelay, TraceConfig};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::sync::watch;
 
+use flotilla_tests::TestAgent;
+use flotilla_tests::bench::otlp;
 use flotilla_tests::hub_process::{self as common, Hub, free_port, until, web_revision};
-
-const FLEET: &str = "apps:
-  web:
-    path: web
-    namespace: default
-    targets: {}
-    pipeline: two
-pipelines:
-  two:
-    stages:
-      - {name: canary, selector: {matchLabels: {ring: canary}}}
-      - {name: prod, selector: {matchLabels: {ring: prod}}}
-    healthTimeout: 5m
-";
 
 /// A received span with the resource it came under.
 #[derive(Debug, Clone)]
@@ -60,6 +41,10 @@ impl Got {
     fn parent(&self) -> String {
         hex(&self.span.parent_span_id)
     }
+    /// The names of the span's events.
+    fn events(&self) -> Vec<&str> {
+        self.span.events.iter().map(|e| e.name.as_str()).collect()
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -80,37 +65,35 @@ fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The OTLP/gRPC receiver: keeps every span it is sent.
+/// What the OTLP/gRPC receiver got: every span it was sent.
 #[derive(Default, Clone)]
-struct Receiver {
+struct Received {
     spans: Arc<Mutex<Vec<Got>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
-            let resource = attrs(&rs.resource.unwrap_or_default().attributes);
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    spans.push(Got {
-                        resource: resource.clone(),
-                        span,
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+impl Received {
+    /// Starts the receiver; returns the endpoint to export to.
+    async fn serve(&self) -> String {
+        let spans = self.spans.clone();
+        let addr = otlp::serve(move |resource, span| {
+            spans.lock().unwrap().push(Got {
+                resource: attrs(resource),
+                span,
+            });
+        })
+        .await
+        .unwrap();
+        format!("http://{addr}")
     }
-}
 
-impl Receiver {
     fn find(&self, f: impl Fn(&Got) -> bool) -> Option<Got> {
         self.spans.lock().unwrap().iter().find(|g| f(g)).cloned()
+    }
+
+    /// Waits for a span called `name` whose attributes include `attr`.
+    async fn wait(&self, name: &'static str, attr: &[(&'static str, &str)]) -> Got {
+        let matches = span(name, attr);
+        until(&format!("{name} with {attr:?}"), || self.find(&matches)).await
     }
 }
 
@@ -140,29 +123,22 @@ fn http_get(url: &str) -> Option<String> {
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
-type Pred = Box<dyn Fn(&Got) -> bool + Send>;
-
 /// Spans called `name` whose attributes include `attr`.
-fn span(name: &'static str, attr: &[(&'static str, &str)]) -> Pred {
+fn span(name: &'static str, attr: &[(&'static str, &str)]) -> impl Fn(&Got) -> bool {
     let attr: Vec<(&'static str, String)> = attr.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    Box::new(move |g| {
+    move |g: &Got| {
         g.span.name == name
             && attr
                 .iter()
                 .all(|(k, v)| g.attr(k).as_deref() == Some(v.as_str()))
-    })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     // The receiver.
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(receiver.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    let received = Received::default();
+    let otlp = received.serve().await;
 
     // This process is the canary's agent: spans relayed over its session.
     let relay = SpanRelay::new();
@@ -188,9 +164,8 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
     );
 
-    let (repo, r1) = common::fleet_repo(dir.path(), FLEET);
+    let (repo, r1) = common::fleet_repo(dir.path(), "");
 
-    let (stop, stop_rx) = watch::channel(false);
     let mut canary = common::agent_config(&hub, dir.path(), "eu-1", &["ring=canary", "region=eu"]);
     canary.span_relay = Some(relay.clone());
     canary.trace_spans = true;
@@ -198,75 +173,58 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     let canary_kube = canary.kube_client.clone().unwrap();
     // The second agent records no spans: in one process, both would share the canary's relay.
     let prod = common::agent_config(&hub, dir.path(), "us-1", &["ring=prod", "region=us"]);
-    let mut statuses = Vec::new();
     let mut agents = Vec::new();
     let mut agent_metrics = Vec::new();
     for cfg in [canary, prod] {
-        let (agent, status) = Agent::new(cfg);
-        agent_metrics.push(agent.metrics());
-        agents.push(tokio::spawn(agent.run(stop_rx.clone())));
-        statuses.push(status);
+        let agent = Agent::new(cfg);
+        agent_metrics.push(agent.0.metrics());
+        agents.push(TestAgent::run(agent));
     }
     until("agents connected", || {
-        statuses.iter().all(|s| s.borrow().connected).then_some(())
+        agents
+            .iter()
+            .all(|a| a.status.borrow().connected)
+            .then_some(())
     })
     .await;
     common::add_and_sync(&hub, &repo);
-    for s in &statuses {
+    for a in &agents {
         until("web healthy on r1", || {
-            (web_revision(&s.borrow()).as_deref() == Some(r1.as_str())).then_some(())
+            (web_revision(&a.status.borrow()).as_deref() == Some(r1.as_str())).then_some(())
         })
         .await;
     }
 
     let rev: &str = &r1;
-    let wait = |what: &'static str, f: Pred| {
-        let receiver = receiver.clone();
-        async move { until(what, || receiver.find(&f)).await }
-    };
     // The hub's side of the commit's trace.
-    let sync = wait(
-        "flotilla.sync",
-        span("flotilla.sync", &[("source", "fleet"), ("revision", rev)]),
-    )
-    .await;
-    let offer = wait(
-        "flotilla.offer",
-        span("flotilla.offer", &[("app", "web"), ("revision", rev)]),
-    )
-    .await;
-    let canary_stage = wait(
-        "flotilla.stage canary",
-        span("flotilla.stage", &[("stage", "canary"), ("revision", rev)]),
-    )
-    .await;
-    let deliver = wait(
-        "flotilla.deliver to eu-1",
-        span(
+    let sync = received
+        .wait("flotilla.sync", &[("source", "fleet"), ("revision", rev)])
+        .await;
+    let offer = received
+        .wait("flotilla.offer", &[("app", "web"), ("revision", rev)])
+        .await;
+    let canary_stage = received
+        .wait("flotilla.stage", &[("stage", "canary"), ("revision", rev)])
+        .await;
+    let deliver = received
+        .wait(
             "flotilla.deliver",
             &[("cluster.id", "eu-1"), ("revision", rev)],
-        ),
-    )
-    .await;
+        )
+        .await;
     // The agent's side, relayed through the hub.
-    let reconcile = wait(
-        "flotilla.agent.reconcile on eu-1",
-        span(
+    let reconcile = received
+        .wait(
             "flotilla.agent.reconcile",
             &[("app", "web"), ("revision", rev)],
-        ),
-    )
-    .await;
-    let apply = wait(
-        "flotilla.agent.apply",
-        span("flotilla.agent.apply", &[("app", "web")]),
-    )
-    .await;
-    let health = wait(
-        "flotilla.agent.health_wait",
-        span("flotilla.agent.health_wait", &[("app", "web")]),
-    )
-    .await;
+        )
+        .await;
+    let apply = received
+        .wait("flotilla.agent.apply", &[("app", "web")])
+        .await;
+    let health = received
+        .wait("flotilla.agent.health_wait", &[("app", "web")])
+        .await;
 
     // One trace, from the sync down to the agent's health wait.
     let trace = sync.trace();
@@ -323,25 +281,18 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     }
     // Health transitions are events; the delivery ends when the cluster reports healthy.
     assert!(
-        health.span.events.iter().any(|e| e.name == "healthy"),
+        health.events().contains(&"healthy"),
         "health wait events: {:?}",
-        health
-            .span
-            .events
-            .iter()
-            .map(|e| &e.name)
-            .collect::<Vec<_>>()
+        health.events()
     );
-    assert!(deliver.span.events.iter().any(|e| e.name == "healthy"));
+    assert!(deliver.events().contains(&"healthy"));
     assert_eq!(apply.attr("objects").as_deref(), Some("1"));
 
     // The next stage: a trace of its own, linked to the canary stage (no trace stays open
     // through a soak or an approval).
-    let prod_stage = wait(
-        "flotilla.stage prod",
-        span("flotilla.stage", &[("stage", "prod"), ("revision", rev)]),
-    )
-    .await;
+    let prod_stage = received
+        .wait("flotilla.stage", &[("stage", "prod"), ("revision", rev)])
+        .await;
     assert_ne!(prod_stage.trace(), trace);
     assert!(
         prod_stage
@@ -351,14 +302,12 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
             .any(|l| hex(&l.span_id) == canary_stage.id() && hex(&l.trace_id) == trace),
         "prod stage links to the canary stage"
     );
-    let prod_deliver = wait(
-        "flotilla.deliver to us-1",
-        span(
+    let prod_deliver = received
+        .wait(
             "flotilla.deliver",
             &[("cluster.id", "us-1"), ("revision", rev)],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(prod_deliver.parent(), prod_stage.id());
     assert_eq!(
         prod_deliver.attr("cluster.label.region").as_deref(),
@@ -366,18 +315,10 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
     );
 
     // Reconnects are span events too (a span of their own, relayed).
-    let connect = wait(
-        "flotilla.agent.connect",
-        span("flotilla.agent.connect", &[("cluster.id", "eu-1")]),
-    )
-    .await;
-    assert!(
-        connect
-            .span
-            .events
-            .iter()
-            .any(|e| e.name == "connected to hub")
-    );
+    let connect = received
+        .wait("flotilla.agent.connect", &[("cluster.id", "eu-1")])
+        .await;
+    assert!(connect.events().contains(&"connected to hub"));
     assert_eq!(
         connect.resource.get("cluster.id").map(String::as_str),
         Some("eu-1")
@@ -390,23 +331,16 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         .delete("web", &DeleteParams::default())
         .await
         .unwrap();
-    let drift = wait(
-        "flotilla.agent.drift",
-        span(
+    let drift = received
+        .wait(
             "flotilla.agent.drift",
             &[("cluster.id", "eu-1"), ("app", "web")],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert!(
-        drift.span.events.iter().any(|e| e.name == "drift healed"),
+        drift.events().contains(&"drift healed"),
         "drift events: {:?}",
-        drift
-            .span
-            .events
-            .iter()
-            .map(|e| &e.name)
-            .collect::<Vec<_>>()
+        drift.events()
     );
 
     // The relay's counters, on both sides.
@@ -436,9 +370,8 @@ async fn a_commit_is_one_trace_from_the_hub_to_the_agents_apply() {
         0.0
     );
 
-    let _ = stop.send(true);
     for a in agents {
-        let _ = a.await;
+        let _ = a.stop().await;
     }
     tokio::task::spawn_blocking(move || tracing.shutdown())
         .await

@@ -4,18 +4,26 @@
 use flotilla_hub::api::webhook::github_signature;
 use flotilla_tests::*;
 
-async fn post(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> u16 {
+/// The push event every delivery in this test sends.
+const BODY: &[u8] = br#"{"ref":"refs/heads/main"}"#;
+
+/// Posts the push event to the webhook of `source` with `headers`; returns the status code.
+async fn post(addr: std::net::SocketAddr, source: &str, headers: &[(&str, &str)]) -> u16 {
     let mut all = vec![("Content-Type", "application/json")];
     all.extend_from_slice(headers);
-    flotilla_tests::bench::hub::http_post(addr, path, &all, body)
+    flotilla_tests::bench::hub::http_post(addr, &format!("/hooks/git/{source}"), &all, BODY)
         .await
         .unwrap()
         .0
+}
+
+/// Waits until the source `fleet` has fetched `commit`; returns the source.
+async fn wait_fetched(hub: &TestHub, what: &str, commit: &str) -> serde_json::Value {
+    eventually(what, || async {
+        let s = cli_json(hub, &["source", "get", "fleet"]).await;
+        (s["commit"] == commit).then_some(s)
+    })
+    .await
 }
 
 const CONFIG: &str = "apps:\n  web:\n    path: web\n    targets: {}\n    namespace: web\n";
@@ -26,8 +34,7 @@ fn cm(v: &str) -> String {
 
 #[tokio::test]
 async fn signed_webhooks_trigger_a_fetch_and_bad_ones_are_refused() {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let repo = TestRepo::init(&dir.path().join("repo"));
     repo.write("flotilla.yaml", CONFIG);
     repo.write("web/c.yaml", &cm("1"));
@@ -55,106 +62,44 @@ async fn signed_webhooks_trigger_a_fetch_and_bad_ones_are_refused() {
         ],
     )
     .await;
-    let src = eventually("the first sync", || async {
-        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
-        (s["commit"] == c1.as_str()).then_some(s)
-    })
-    .await;
+    let src = wait_fetched(&hub, "the first sync", &c1).await;
     assert!(src["error"].is_null());
 
     repo.write("web/c.yaml", &cm("2"));
     let c2 = repo.commit("two");
-    let body = br#"{"ref":"refs/heads/main"}"#;
 
     // Refused: wrong signature, missing signature, unknown source. Nothing is fetched.
-    let bad = github_signature("wrong", body);
-    assert_eq!(
-        post(
-            http_addr,
-            "/hooks/git/fleet",
-            &[("X-Hub-Signature-256", &bad)],
-            body
-        )
-        .await,
-        401
-    );
-    assert_eq!(post(http_addr, "/hooks/git/fleet", &[], body).await, 401);
-    assert_eq!(
-        post(
-            http_addr,
-            "/hooks/git/nope",
-            &[("X-Gitlab-Token", "s3cret")],
-            body
-        )
-        .await,
-        404
-    );
+    let bad = github_signature("wrong", BODY);
+    let wrong = [("X-Hub-Signature-256", bad.as_str())];
+    assert_eq!(post(http_addr, "fleet", &wrong).await, 401);
+    assert_eq!(post(http_addr, "fleet", &[]).await, 401);
+    let gitlab = [("X-Gitlab-Token", "s3cret")];
+    assert_eq!(post(http_addr, "nope", &gitlab).await, 404);
     assert_eq!(
         cli_json(&hub, &["source", "get", "fleet"]).await["commit"],
         c1.as_str()
     );
 
     // GitHub-style signature: accepted, and the new commit is fetched without waiting an hour.
-    let good = github_signature("s3cret", body);
-    assert_eq!(
-        post(
-            http_addr,
-            "/hooks/git/fleet",
-            &[("X-Hub-Signature-256", &good)],
-            body
-        )
-        .await,
-        202
-    );
-    eventually("the webhook-triggered fetch", || async {
-        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
-        (s["commit"] == c2.as_str()).then_some(())
-    })
-    .await;
+    let good = github_signature("s3cret", BODY);
+    let github = [("X-Hub-Signature-256", good.as_str())];
+    assert_eq!(post(http_addr, "fleet", &github).await, 202);
+    wait_fetched(&hub, "the webhook-triggered fetch", &c2).await;
 
     // GitLab-style token and Gitea-style signature work too.
     repo.write("web/c.yaml", &cm("3"));
     let c3 = repo.commit("three");
-    assert_eq!(
-        post(
-            http_addr,
-            "/hooks/git/fleet",
-            &[("X-Gitlab-Token", "s3cret")],
-            body
-        )
-        .await,
-        202
-    );
-    eventually("the gitlab-triggered fetch", || async {
-        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
-        (s["commit"] == c3.as_str()).then_some(())
-    })
-    .await;
+    assert_eq!(post(http_addr, "fleet", &gitlab).await, 202);
+    wait_fetched(&hub, "the gitlab-triggered fetch", &c3).await;
     repo.write("web/c.yaml", &cm("4"));
     let c4 = repo.commit("four");
-    let gitea = good.trim_start_matches("sha256=").to_string();
-    assert_eq!(
-        post(
-            http_addr,
-            "/hooks/git/fleet",
-            &[("X-Gitea-Signature", &gitea)],
-            body
-        )
-        .await,
-        202
-    );
-    eventually("the gitea-triggered fetch", || async {
-        let s = cli_json(&hub, &["source", "get", "fleet"]).await;
-        (s["commit"] == c4.as_str()).then_some(())
-    })
-    .await;
+    let gitea = [("X-Gitea-Signature", good.trim_start_matches("sha256="))];
+    assert_eq!(post(http_addr, "fleet", &gitea).await, 202);
+    wait_fetched(&hub, "the gitea-triggered fetch", &c4).await;
     let metrics = hub.running().metrics.encode();
-    assert!(
-        metrics.contains("flotilla_hub_webhooks_total{result=\"refused\"} 2"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "flotilla_hub_webhooks_total{result=\"refused\"} 2",
     );
-    assert!(
-        metrics.contains("flotilla_hub_webhooks_total{result=\"ok\"} 3"),
-        "{metrics}"
-    );
+    assert_contains(&metrics, "flotilla_hub_webhooks_total{result=\"ok\"} 3");
 }

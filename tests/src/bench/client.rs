@@ -151,6 +151,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// How many sessions ended early, and how the first few ended.
+    pub fn ended_early(&self) -> (usize, Vec<String>) {
+        let examples = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.ended_count.load(Ordering::SeqCst), examples)
+    }
+
     fn end(&self, cluster: &str, why: String) {
         self.alive.fetch_sub(1, Ordering::SeqCst);
         self.ended_count.fetch_add(1, Ordering::SeqCst);

@@ -1,11 +1,11 @@
 //! The two bulk phases every session benchmark starts with: enroll N clusters (AddCluster +
 //! Join with a fresh key and CSR each) and open N sessions (one full mutual-TLS handshake each),
-//! both with bounded concurrency and progress lines.
+//! both with bounded concurrency, progress lines and a summary line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use flotilla_proto::tls::{TlsDialer, bootstrap_client_config, error_chain};
 use flotilla_proto::v1::admin_client::AdminClient;
 use futures::StreamExt;
@@ -23,6 +23,45 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How many error messages are kept as examples.
 const ERROR_EXAMPLES: usize = 5;
 
+/// Largest share of a run's sessions that may fail (to enroll, to open, or by ending early)
+/// before the run is declared failed.
+pub const MAX_FAILURE_RATIO: f64 = 0.01;
+
+/// Whether `failed` of `of` sessions is more than [`MAX_FAILURE_RATIO`].
+pub fn too_many_failures(failed: usize, of: usize) -> bool {
+    failed as f64 > of as f64 * MAX_FAILURE_RATIO
+}
+
+/// Fails when the sessions that `ended` early, with the `failed_before` that never opened, are
+/// too many of `n`; `examples` says how the first ones ended.
+pub fn check_ended_early(
+    ended: usize,
+    failed_before: usize,
+    n: usize,
+    examples: &[String],
+) -> Result<()> {
+    if too_many_failures(ended + failed_before, n) {
+        bail!("{ended} sessions ended early (more than 1% failed in total); first: {examples:?}");
+    }
+    Ok(())
+}
+
+/// The failures of a bulk phase: how many, and the first few errors.
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    examples: Vec<String>,
+}
+
+impl Failures {
+    fn record(&mut self, e: anyhow::Error) {
+        self.count += 1;
+        if self.examples.len() < ERROR_EXAMPLES {
+            self.examples.push(format!("{e:#}"));
+        }
+    }
+}
+
 /// The result of [`enroll`].
 pub struct Enrollment {
     pub enrolled: Vec<Enrolled>,
@@ -30,6 +69,93 @@ pub struct Enrollment {
     /// The first few errors.
     pub errors: Vec<String>,
     pub took: Duration,
+    /// How the clusters were enrolled: over this many source addresses, this many at once.
+    sources: usize,
+    concurrency: usize,
+}
+
+impl Enrollment {
+    /// Clusters enrolled per second.
+    pub fn per_sec(&self) -> f64 {
+        self.enrolled.len() as f64 / self.took.as_secs_f64()
+    }
+
+    /// Fails, with the first errors, when too many of the `n` clusters could not enroll.
+    pub fn check(&self, n: usize) -> Result<()> {
+        if too_many_failures(self.failed, n) {
+            bail!(
+                "{} of {n} enrollments failed (more than 1%); first errors:\n  {}",
+                self.failed,
+                self.errors.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens a session for every enrolled cluster to the hub at `hub_addr`, spread over the
+    /// source addresses of the enrollment and as many handshakes in flight at once.
+    pub async fn open_all(
+        &self,
+        hub_addr: &str,
+        fleet: &Arc<Fleet>,
+        on_desired: Option<DesiredHandler>,
+    ) -> Opened {
+        let enrolled = &self.enrolled;
+        let started = Instant::now();
+        let mut sessions: Vec<Session> = Vec::with_capacity(enrolled.len());
+        let mut latencies = Vec::with_capacity(enrolled.len());
+        let mut failures = Failures::default();
+        {
+            let on_desired = &on_desired;
+            let mut s = futures::stream::iter(enrolled.iter().enumerate())
+                .map(|(i, who)| {
+                    open_session(
+                        who,
+                        hub_addr,
+                        source_ip(i, self.sources),
+                        fleet.clone(),
+                        on_desired.clone(),
+                    )
+                })
+                .buffer_unordered(self.concurrency);
+            let mut last = Instant::now();
+            while let Some(r) = s.next().await {
+                match r {
+                    Ok((sess, took)) => {
+                        sessions.push(sess);
+                        latencies.push(took);
+                    }
+                    Err(e) => failures.record(e),
+                }
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    println!(
+                        "{}:   opened {}/{} ({:.0}/s), {} failed",
+                        prog(),
+                        sessions.len(),
+                        enrolled.len(),
+                        sessions.len() as f64 / started.elapsed().as_secs_f64(),
+                        failures.count,
+                    );
+                }
+            }
+        }
+        let opened = Opened {
+            sessions,
+            latencies,
+            failed: failures.count,
+            errors: failures.examples,
+            took: started.elapsed(),
+        };
+        print_summary(
+            &format!("opened {} sessions", opened.sessions.len()),
+            opened.took,
+            opened.per_sec(),
+            "handshakes/s",
+            opened.failed,
+        );
+        opened
+    }
 }
 
 /// Enrolls clusters `cluster_name(0..n)`: `conc` AddCluster + Join in flight at once, the joins
@@ -40,6 +166,7 @@ pub async fn enroll(
     sources: usize,
     conc: usize,
 ) -> Result<Enrollment> {
+    println!("{}: enrolling {n} clusters (concurrency {conc})", prog());
     let started = Instant::now();
     let first_token = add_cluster(&mut admin.clone(), &cluster_name(0)).await?;
     let mut boot = Vec::new();
@@ -58,8 +185,7 @@ pub async fn enroll(
         boot.push(ch);
     }
     let mut enrolled: Vec<Enrolled> = Vec::with_capacity(n);
-    let mut failed = 0usize;
-    let mut errors: Vec<String> = Vec::new();
+    let mut failures = Failures::default();
     {
         let boot = &boot;
         let first_token = &first_token;
@@ -78,16 +204,11 @@ pub async fn enroll(
         while let Some(r) = s.next().await {
             match r {
                 Ok(e) => enrolled.push(e),
-                Err(e) => {
-                    failed += 1;
-                    if errors.len() < ERROR_EXAMPLES {
-                        errors.push(format!("{e:#}"));
-                    }
-                }
+                Err(e) => failures.record(e),
             }
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
-                let done = enrolled.len() + failed;
+                let done = enrolled.len() + failures.count;
                 println!(
                     "{}:   enrolled {done}/{n} ({:.0}/s)",
                     prog(),
@@ -96,15 +217,25 @@ pub async fn enroll(
             }
         }
     }
-    Ok(Enrollment {
+    let enrollment = Enrollment {
         enrolled,
-        failed,
-        errors,
+        failed: failures.count,
+        errors: failures.examples,
         took: started.elapsed(),
-    })
+        sources,
+        concurrency: conc,
+    };
+    print_summary(
+        &format!("enrolled {}", enrollment.enrolled.len()),
+        enrollment.took,
+        enrollment.per_sec(),
+        "joins/s",
+        enrollment.failed,
+    );
+    Ok(enrollment)
 }
 
-/// The result of [`open_all`].
+/// The result of [`Enrollment::open_all`].
 pub struct Opened {
     pub sessions: Vec<Session>,
     /// Dial to Welcome, per opened session.
@@ -115,67 +246,34 @@ pub struct Opened {
     pub took: Duration,
 }
 
-/// Opens a session for every enrolled cluster, `conc` handshakes in flight at once, spread
-/// over `sources` loopback source addresses.
-pub async fn open_all(
-    enrolled: &[Enrolled],
-    hub_addr: &str,
-    sources: usize,
-    conc: usize,
-    fleet: &Arc<Fleet>,
-    on_desired: Option<DesiredHandler>,
-) -> Opened {
-    let started = Instant::now();
-    let mut sessions: Vec<Session> = Vec::with_capacity(enrolled.len());
-    let mut latencies = Vec::with_capacity(enrolled.len());
-    let mut failed = 0usize;
-    let mut errors: Vec<String> = Vec::new();
-    {
-        let on_desired = &on_desired;
-        let mut s = futures::stream::iter(enrolled.iter().enumerate())
-            .map(|(i, who)| {
-                open_session(
-                    who,
-                    hub_addr,
-                    source_ip(i, sources),
-                    fleet.clone(),
-                    on_desired.clone(),
-                )
-            })
-            .buffer_unordered(conc);
-        let mut last = Instant::now();
-        while let Some(r) = s.next().await {
-            match r {
-                Ok((sess, took)) => {
-                    sessions.push(sess);
-                    latencies.push(took);
-                }
-                Err(e) => {
-                    failed += 1;
-                    if errors.len() < ERROR_EXAMPLES {
-                        errors.push(format!("{e:#}"));
-                    }
-                }
-            }
-            if last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                println!(
-                    "{}:   opened {}/{} ({:.0}/s), {failed} failed",
-                    prog(),
-                    sessions.len(),
-                    enrolled.len(),
-                    sessions.len() as f64 / started.elapsed().as_secs_f64(),
-                );
-            }
+impl Opened {
+    /// Sessions opened per second (full handshakes).
+    pub fn per_sec(&self) -> f64 {
+        self.sessions.len() as f64 / self.took.as_secs_f64()
+    }
+
+    /// Fails, with the first errors, when the sessions that failed to open, with the
+    /// `enroll_failed` clusters that could not try, are too many of `n`.
+    pub fn check(&self, enroll_failed: usize, n: usize) -> Result<()> {
+        if too_many_failures(self.failed + enroll_failed, n) {
+            bail!(
+                "{} of {n} sessions failed to open (more than 1%); first errors:\n  {}",
+                self.failed,
+                self.errors.join("\n  ")
+            );
         }
+        Ok(())
     }
-    Opened {
-        sessions,
-        latencies,
-        failed,
-        errors,
-        took: started.elapsed(),
-    }
+}
+
+/// Prints the summary line of a bulk phase: what it did in how long, at what rate, and how many
+/// failed.
+fn print_summary(done: &str, took: Duration, rate: f64, unit: &str, failed: usize) {
+    println!(
+        "{}: {done} in {:.1} s ({rate:.0} {unit}), {failed} failed",
+        prog(),
+        took.as_secs_f64()
+    );
 }
 
 /// Closes every session (dropping its command channel ends its task) and waits up to 30 s for

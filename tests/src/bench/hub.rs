@@ -3,6 +3,7 @@
 //! with SIGTERM.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub struct HubProcess {
     /// `host:port` of the gRPC (mutual TLS) port.
     pub addr: String,
     pub http: SocketAddr,
+    /// The directory it was started in: its data dir and its log are there.
+    pub dir: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Arc<Mutex<Child>>,
@@ -175,6 +178,7 @@ impl HubProcess {
                 pid,
                 addr,
                 http,
+                dir: dir.to_path_buf(),
                 data_dir,
                 log_path,
                 child,
@@ -185,6 +189,18 @@ impl HubProcess {
         Err(anyhow!(
             "hub could not bind free ports in {START_ATTEMPTS} attempts"
         ))
+    }
+
+    /// Says where the hub serves and keeps its data and log.
+    pub fn announce(&self) {
+        println!(
+            "{}: hub pid {} serving {} (HTTP {}), data and log in {}",
+            prog(),
+            self.pid,
+            self.addr,
+            self.http,
+            self.dir.display()
+        );
     }
 
     /// Resolves when the hub exits on its own, with a description of how it ended.
@@ -201,15 +217,47 @@ impl HubProcess {
         if let Some(why) = self.exited.borrow().clone() {
             return Some(why);
         }
-        let st = self
-            .child
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_wait();
-        match st {
+        match self.try_wait() {
             Ok(Some(s)) => Some(s.to_string()),
             _ => None,
         }
+    }
+
+    /// The child's exit status if it has exited, without waiting.
+    fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_wait()
+    }
+
+    /// Runs `work` unless the hub exits first: then the error says how the hub ended, with the
+    /// end of its log.
+    pub async fn unless_died<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            r = work => r,
+            why = self.died() => Err(anyhow!(self.exited_note(&why))),
+        }
+    }
+
+    /// [`HubProcess::unless_died`]; and when `work` failed first but the hub has exited too (the
+    /// likely cause), its error says so.
+    pub async fn supervise<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let outcome = self.unless_died(work).await;
+        match (outcome, self.exit_status()) {
+            (Err(e), Some(why)) if !format!("{e}").contains("exited unexpectedly") => {
+                Err(e.context(self.exited_note(&why)))
+            }
+            (o, _) => o,
+        }
+    }
+
+    fn exited_note(&self, why: &str) -> String {
+        format!(
+            "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
+            self.log_path.display(),
+            self.log_tail(15)
+        )
     }
 
     /// Memory, threads and CPU time from `/proc/<pid>`.
@@ -222,30 +270,26 @@ impl HubProcess {
         log_tail(&self.log_path, n)
     }
 
+    /// Stops the hub (SIGTERM, up to 30 s) and says how it ended.
+    pub async fn shutdown(self) {
+        println!("{}: stopping the hub (SIGTERM)", prog());
+        match self.stop(Duration::from_secs(30)).await {
+            Ok(st) if st.success() => println!("{}: hub exited cleanly", prog()),
+            Ok(st) => eprintln!("{}: hub exited with {st}", prog()),
+            Err(e) => eprintln!("{}: stopping the hub: {e:#}", prog()),
+        }
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the hub to exit, then kills it.
     pub async fn stop(self, grace: Duration) -> Result<ExitStatus> {
         self.monitor.abort();
-        let already = self
-            .child
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_wait()?;
-        if let Some(st) = already {
+        if let Some(st) = self.try_wait()? {
             return Ok(st);
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        sigterm(self.pid);
         let deadline = Instant::now() + grace;
         loop {
-            let st = self
-                .child
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .try_wait()?;
-            if let Some(st) = st {
+            if let Some(st) = self.try_wait()? {
                 return Ok(st);
             }
             if Instant::now() > deadline {
@@ -262,19 +306,43 @@ impl HubProcess {
     }
 }
 
-/// Memory, threads and CPU time of process `pid` from `/proc/<pid>`; `what` names the process
-/// in the error when it cannot be read.
-pub fn sample_pid(pid: u32, what: &str) -> Result<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading the {what}'s /proc status (did it exit?)"))?;
-    let field = |name: &str| -> u64 {
-        status
+/// Asks process `pid` to end (SIGTERM, sent with `kill`); whether it did shows in waiting for
+/// it.
+pub fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The text of `/proc/<pid>/status`.
+pub struct ProcStatus(String);
+
+impl ProcStatus {
+    /// Reads it for process `pid`; `what` names the process in the error when it cannot be read.
+    pub fn read(pid: u32, what: &str) -> Result<Self> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(Self)
+            .with_context(|| format!("reading the {what}'s /proc status (did it exit?)"))
+    }
+
+    /// The number of the field `name` (with its colon: `VmRSS:`), 0 when it is missing.
+    pub fn field(&self, name: &str) -> u64 {
+        self.0
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
+    }
+}
+
+/// Memory, threads and CPU time of process `pid` from `/proc/<pid>`; `what` names the process
+/// in the error when it cannot be read.
+pub fn sample_pid(pid: u32, what: &str) -> Result<ProcSample> {
+    let status = ProcStatus::read(pid, what)?;
+    let field = |name: &str| status.field(name);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start at field 3 (state).
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

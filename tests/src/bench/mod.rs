@@ -1,6 +1,8 @@
-//! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`): the hub
-//! under test as a child process ([`hub`]), lightweight session clients and their enrollment
-//! ([`client`], [`fleet`]), and latency summaries ([`stats`]).
+//! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`,
+//! `promotebench`): the hub under test as a child process ([`hub`]), lightweight session clients
+//! and their enrollment ([`client`], [`fleet`]), latency summaries ([`stats`]), the programs'
+//! frame (exit status, temporary directory, JSON report: [`program`]) and their tables
+//! ([`table`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -10,7 +12,9 @@ pub mod client;
 pub mod fleet;
 pub mod hub;
 pub mod otlp;
+pub mod program;
 pub mod stats;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,12 +65,6 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit; a hub child started later inherits it.
-pub fn raise_nofile() -> Result<u64> {
-    let soft = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    Ok(soft)
 }
 
 /// `flotilla-hub` next to the running executable (both are built into the same target dir).

@@ -19,7 +19,9 @@ use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{
     AddClusterRequest, AddSourceRequest, Cluster, GetClusterRequest, SyncSourceRequest,
 };
-use flotilla_tests::bench::hub::{HubProcess, ProcSample, log_tail, sample_pid};
+use flotilla_tests::bench::hub::{
+    HubProcess, ProcSample, ProcStatus, log_tail, sample_pid, sigterm,
+};
 use flotilla_tests::bench::stats::ms;
 use flotilla_tests::bench::{admin_client, prog};
 use serde::Serialize;
@@ -161,20 +163,11 @@ impl AgentProcess {
     }
 
     fn mem(&self) -> Result<Mem> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .context("reading the agent's /proc status (did it exit?)")?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let status = ProcStatus::read(self.pid, "agent")?;
         Ok(Mem {
-            rss_kib: field("VmRSS:"),
-            anon_kib: field("RssAnon:"),
-            file_kib: field("RssFile:"),
+            rss_kib: status.field("VmRSS:"),
+            anon_kib: status.field("RssAnon:"),
+            file_kib: status.field("RssFile:"),
         })
     }
 
@@ -183,11 +176,7 @@ impl AgentProcess {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        sigterm(self.pid);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {

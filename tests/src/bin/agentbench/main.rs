@@ -30,8 +30,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
+use flotilla_tests::bench::program::{self, keep_or_remove, temp_dir, verdict_status, write_json};
 use flotilla_tests::bench::{default_agent_bin, default_hub_bin, prog};
 
 use crate::report::Report;
@@ -104,16 +105,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("agentbench: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> ExitCode {
+    program::main(run)
 }
 
 /// A release binary next to this one, or the one given; a clear error when it is missing.
@@ -175,15 +168,10 @@ async fn run(args: Args) -> Result<ExitCode> {
         );
     }
     if let Some(opts) = &idle_opts {
-        let tmp = tempfile::Builder::new()
-            .prefix("flotilla-agentbench-")
-            .tempdir()
-            .context("creating the temporary directory")?;
+        let tmp = temp_dir()?;
         println!("{}: working in {}", prog(), tmp.path().display());
         let outcome = idle::run(opts, tmp.path()).await;
-        if args.keep_dir || outcome.is_err() {
-            println!("{}: kept {}", prog(), tmp.keep().display());
-        }
+        keep_or_remove(tmp, args.keep_dir || outcome.is_err());
         match outcome {
             Ok(r) => rep.idle = Some(r),
             Err(e) => {
@@ -196,14 +184,6 @@ async fn run(args: Args) -> Result<ExitCode> {
     }
     rep.finish();
     println!("{}", rep.render());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&rep)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("{}: wrote {}", prog(), path.display());
-    }
-    Ok(if rep.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    write_json(args.json.as_deref(), &rep)?;
+    Ok(verdict_status(rep.passed()))
 }

@@ -1,8 +1,8 @@
 //! The results: one serializable record, printed as tables (idle footprint, apply time) and
 //! optionally written as JSON.
 
-use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{CellAlignment, ContentArrangement, Table};
+use comfy_table::Table;
+use flotilla_tests::bench::table::{align, mib, new_table, thousands_f64 as thousands};
 use serde::Serialize;
 
 use crate::apply::ScenarioResult;
@@ -22,22 +22,6 @@ pub struct Report {
     pub verdicts: Vec<String>,
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-fn thousands(v: f64) -> String {
-    let s = (v.round() as u64).to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn target_of(apps: usize) -> Option<f64> {
     RSS_TARGETS_MIB
         .iter()
@@ -46,25 +30,7 @@ fn target_of(apps: usize) -> Option<f64> {
 }
 
 fn table(header: Vec<&str>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_width(TABLE_WIDTH);
-    t.set_header(header);
-    t
-}
-
-fn align(t: &mut Table, left: usize) {
-    let n = t.column_count();
-    for i in 0..n {
-        if let Some(col) = t.column_mut(i) {
-            col.set_cell_alignment(if i < left {
-                CellAlignment::Left
-            } else {
-                CellAlignment::Right
-            });
-        }
-    }
+    new_table(header, TABLE_WIDTH)
 }
 
 impl Report {

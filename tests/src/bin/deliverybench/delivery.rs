@@ -28,7 +28,7 @@ use flotilla_proto::v1::{
 };
 use flotilla_tests::bench::bundle::fetch_verified;
 use flotilla_tests::bench::client::{DesiredCall, DesiredHandler, DesiredOutcome, Fleet};
-use flotilla_tests::bench::fleet::{enroll, open_all};
+use flotilla_tests::bench::fleet::{check_ended_early, enroll};
 use flotilla_tests::bench::hub::{
     HubProcess, ProcSample, http_post, metric, metrics, strip_ansi, wait_for_gauge,
 };
@@ -42,8 +42,6 @@ use crate::repo::{DELIVERY_APP, DeliveryRepo};
 
 /// How long the hub may take to count every opened session.
 const GAUGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest share of sessions that may fail before the run is declared failed.
-const MAX_FAILURE_RATIO: f64 = 0.01;
 /// One bundle fetch may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The webhook-triggered source's polling interval: far longer than the run, so only the
@@ -98,6 +96,32 @@ pub struct RoundDetail {
     pub hub_first_write_ms: Option<f64>,
     pub hub_last_write_ms: Option<f64>,
     pub hub_writes: usize,
+}
+
+impl RoundDetail {
+    /// Who holds the round's commit and when, for its progress line.
+    fn summary(&self) -> String {
+        format!(
+            "{} sessions hold {} — first {:.0} ms, p50 {:.0} ms, last {:.0} ms",
+            self.sessions,
+            &self.commit[..12],
+            self.first_ms,
+            self.p50_ms,
+            self.last_ms
+        )
+    }
+
+    /// The hub log's desired-state writes of the round, for its progress line (empty when the
+    /// log showed none).
+    fn writes_note(&self) -> String {
+        match (self.hub_first_write_ms, self.hub_last_write_ms) {
+            (Some(first), Some(last)) => format!(
+                "; hub log: {} desired-state writes from {first:.0} to {last:.0} ms",
+                self.hub_writes
+            ),
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -245,10 +269,6 @@ async fn take_desired(call: DesiredCall, events: mpsc::UnboundedSender<Event>) -
     }
 }
 
-fn too_many_failures(failed: usize, of: usize) -> bool {
-    failed as f64 > of as f64 * MAX_FAILURE_RATIO
-}
-
 /// One wait's outcome: per session, t0 → holds.
 struct Wait {
     per_session: HashMap<String, Duration>,
@@ -348,13 +368,28 @@ impl Coordinator<'_> {
     }
 }
 
-fn writes_note(writes: Option<(f64, f64, usize)>) -> String {
-    match writes {
-        Some((first, last, n)) => {
-            format!("; hub log: {n} desired-state writes from {first:.0} to {last:.0} ms")
-        }
-        None => String::new(),
-    }
+/// Adds the source `name` tracking `main` of `url`, polled every `interval_seconds`, with the
+/// webhook secret in `webhook_secret_file` (empty: no webhook).
+async fn add_source(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    url: &str,
+    interval_seconds: u64,
+    webhook_secret_file: &str,
+) -> Result<()> {
+    admin
+        .add_source(AddSourceRequest {
+            name: name.into(),
+            url: url.into(),
+            r#ref: "main".into(),
+            path: String::new(),
+            interval_seconds,
+            secret_file: String::new(),
+            webhook_secret_file: webhook_secret_file.into(),
+        })
+        .await
+        .map_err(|s| anyhow!("AddSource {name}: {:?}: {}", s.code(), s.message()))?;
+    Ok(())
 }
 
 /// Summarises rounds from their per-session samples.
@@ -413,12 +448,22 @@ fn hub_desired_writes(
     found.map(|(a, b, n)| (since(a), since(b), n))
 }
 
-fn detail(
+/// A round's figures once every session holds `commit` (`w`), with the hub log's desired-state
+/// writes since `t0_wall`; fails when the commit left the bundle digests as they were
+/// (`previous`, which becomes the round's).
+fn round_detail(
+    hub: &HubProcess,
     commit: &str,
     w: &Wait,
     webhook_ms: Option<f64>,
-    writes: Option<(f64, f64, usize)>,
-) -> (RoundDetail, Vec<Duration>) {
+    t0_wall: SystemTime,
+    previous: &mut BTreeSet<String>,
+) -> Result<(RoundDetail, Vec<Duration>)> {
+    let writes = hub_desired_writes(hub, t0_wall, SystemTime::now());
+    if !w.digests.is_disjoint(previous) {
+        bail!("the new commit {commit} did not change the bundle digest");
+    }
+    previous.clone_from(&w.digests);
     let mut samples: Vec<Duration> = w.per_session.values().copied().collect();
     let l = Latency::of(&mut samples);
     let d = RoundDetail {
@@ -433,7 +478,7 @@ fn detail(
         hub_last_write_ms: writes.map(|w| w.1),
         hub_writes: writes.map_or(0, |w| w.2),
     };
-    (d, samples)
+    Ok((d, samples))
 }
 
 /// Runs the whole delivery phase against a hub child started here; the hub is stopped before
@@ -447,38 +492,9 @@ pub async fn run(opts: &Options, dir: &Path, rep: &mut DeliveryReport) -> Result
         &opts.hub_heartbeat_interval,
     )
     .await?;
-    println!(
-        "{}: hub pid {} serving {} (HTTP {}), data and log in {}",
-        prog(),
-        hub.pid,
-        hub.addr,
-        hub.http,
-        dir.join("hub").display()
-    );
-    let outcome = tokio::select! {
-        r = phases(opts, dir, &hub, rep) => r,
-        why = hub.died() => Err(anyhow!(
-            "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
-            hub.log_path.display(),
-            hub.log_tail(15)
-        )),
-    };
-    let outcome = match (outcome, hub.exit_status()) {
-        (Err(e), Some(why)) if !format!("{e}").contains("exited unexpectedly") => {
-            Err(e.context(format!(
-                "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
-                hub.log_path.display(),
-                hub.log_tail(15)
-            )))
-        }
-        (o, _) => o,
-    };
-    println!("{}: stopping the hub (SIGTERM)", prog());
-    match hub.stop(Duration::from_secs(30)).await {
-        Ok(st) if st.success() => println!("{}: hub exited cleanly", prog()),
-        Ok(st) => eprintln!("{}: hub exited with {st}", prog()),
-        Err(e) => eprintln!("{}: stopping the hub: {e:#}", prog()),
-    }
+    hub.announce();
+    let outcome = hub.supervise(phases(opts, dir, &hub, rep)).await;
+    hub.shutdown().await;
     outcome
 }
 
@@ -502,30 +518,11 @@ async fn phases(
         .with_context(|| format!("writing {}", secret_path.display()))?;
 
     // --- Enroll and open every session ---------------------------------------------------
-    println!(
-        "{}: enrolling {n} clusters (concurrency {})",
-        prog(),
-        opts.concurrency
-    );
     let enr = enroll(&admin, n, opts.sources, opts.concurrency).await?;
     rep.enrolled = enr.enrolled.len();
     rep.enroll_failed = enr.failed;
-    rep.enroll_per_sec = enr.enrolled.len() as f64 / enr.took.as_secs_f64();
-    println!(
-        "{}: enrolled {} in {:.1} s ({:.0} joins/s), {} failed",
-        prog(),
-        rep.enrolled,
-        enr.took.as_secs_f64(),
-        rep.enroll_per_sec,
-        rep.enroll_failed
-    );
-    if too_many_failures(enr.failed, n) {
-        bail!(
-            "{} of {n} enrollments failed (more than 1%); first errors:\n  {}",
-            enr.failed,
-            enr.errors.join("\n  ")
-        );
-    }
+    rep.enroll_per_sec = enr.per_sec();
+    enr.check(n)?;
     let fleet = Arc::new(Fleet::default());
     let (tx, events) = mpsc::unbounded_channel();
     println!(
@@ -534,34 +531,12 @@ async fn phases(
         enr.enrolled.len(),
         opts.sources
     );
-    let opened = open_all(
-        &enr.enrolled,
-        &hub.addr,
-        opts.sources,
-        opts.concurrency,
-        &fleet,
-        Some(handler(tx)),
-    )
-    .await;
+    let opened = enr.open_all(&hub.addr, &fleet, Some(handler(tx))).await;
     drop(enr);
     rep.sessions_opened = opened.sessions.len();
     rep.open_failed = opened.failed;
-    rep.handshakes_per_sec = opened.sessions.len() as f64 / opened.took.as_secs_f64();
-    println!(
-        "{}: opened {} sessions in {:.1} s ({:.0} handshakes/s), {} failed",
-        prog(),
-        rep.sessions_opened,
-        opened.took.as_secs_f64(),
-        rep.handshakes_per_sec,
-        rep.open_failed
-    );
-    if too_many_failures(rep.open_failed + rep.enroll_failed, n) {
-        bail!(
-            "{} of {n} sessions failed to open (more than 1%); first errors:\n  {}",
-            rep.open_failed,
-            opened.errors.join("\n  ")
-        );
-    }
+    rep.handshakes_per_sec = opened.per_sec();
+    opened.check(rep.enroll_failed, n)?;
     let sessions = opened.sessions;
     rep.sessions_held = wait_for_gauge(hub, sessions.len(), GAUGE_TIMEOUT).await?;
     rep.hub_held = hub.sample()?;
@@ -583,12 +558,7 @@ async fn phases(
     let result = delivery_rounds(opts, hub, &repo, &c0, &secret_path, &mut co, rep).await;
     rep.delivery_failures = co.failures;
     rep.failure_examples = co.failure_examples.clone();
-    rep.sessions_ended_early = fleet.ended_count.load(Ordering::SeqCst);
-    rep.ended_examples = fleet
-        .ended
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
     if let Ok(text) = metrics(hub).await {
         rep.sessions_held_end =
             metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
@@ -601,17 +571,12 @@ async fn phases(
 
     // --- Close every session ----------------------------------------------------------------
     flotilla_tests::bench::fleet::close_all(sessions).await;
-    if too_many_failures(
-        rep.sessions_ended_early + rep.open_failed + rep.enroll_failed,
+    check_ended_early(
+        rep.sessions_ended_early,
+        rep.open_failed + rep.enroll_failed,
         n,
-    ) {
-        bail!(
-            "{} sessions ended early (more than 1% failed in total); first: {:?}",
-            rep.sessions_ended_early,
-            rep.ended_examples
-        );
-    }
-    Ok(())
+        &rep.ended_examples,
+    )
 }
 
 async fn delivery_rounds(
@@ -632,18 +597,14 @@ async fn delivery_rounds(
         prog()
     );
     let t0 = Instant::now();
-    admin
-        .add_source(AddSourceRequest {
-            name: HOOK_SOURCE.into(),
-            url: url.clone(),
-            r#ref: "main".into(),
-            path: String::new(),
-            interval_seconds: HOOK_SOURCE_INTERVAL_SECS,
-            secret_file: String::new(),
-            webhook_secret_file: secret_path.to_string_lossy().into_owned(),
-        })
-        .await
-        .map_err(|s| anyhow!("AddSource {HOOK_SOURCE}: {:?}: {}", s.code(), s.message()))?;
+    add_source(
+        &mut admin,
+        HOOK_SOURCE,
+        &url,
+        HOOK_SOURCE_INTERVAL_SECS,
+        &secret_path.to_string_lossy(),
+    )
+    .await?;
     let w = co.all_hold(HOOK_SOURCE, c0, t0, t0).await?;
     rep.initial_ms = ms(t0.elapsed());
     rep.bundle_bytes = w.bundle_bytes;
@@ -685,22 +646,14 @@ async fn delivery_rounds(
             bail!("the webhook was answered {status}: {}", answer.trim());
         }
         let w = co.all_hold(HOOK_SOURCE, &commit, t0, t0).await?;
-        let writes = hub_desired_writes(hub, t0_wall, SystemTime::now());
-        if !w.digests.is_disjoint(&previous) {
-            bail!("round {r}: the new commit {commit} did not change the bundle digest");
-        }
-        previous = w.digests.clone();
-        let (d, samples) = detail(&commit, &w, Some(webhook_ms), writes);
+        let (d, samples) = round_detail(hub, &commit, &w, Some(webhook_ms), t0_wall, &mut previous)
+            .with_context(|| format!("round {r}"))?;
         println!(
-            "{}: webhook round {r}/{}: {} sessions hold {} — first {:.0} ms, p50 {:.0} ms, last {:.0} ms (POST answered in {webhook_ms:.1} ms{})",
+            "{}: webhook round {r}/{}: {} (POST answered in {webhook_ms:.1} ms{})",
             prog(),
             opts.rounds,
-            d.sessions,
-            &commit[..12],
-            d.first_ms,
-            d.p50_ms,
-            d.last_ms,
-            writes_note(writes)
+            d.summary(),
+            d.writes_note()
         );
         rounds.push((d, samples));
     }
@@ -730,18 +683,14 @@ async fn delivery_rounds(
         })?;
     let head = repo.repo.head()?;
     let t0 = Instant::now();
-    admin
-        .add_source(AddSourceRequest {
-            name: POLL_SOURCE.into(),
-            url: url.clone(),
-            r#ref: "main".into(),
-            path: String::new(),
-            interval_seconds: opts.poll_interval.as_secs(),
-            secret_file: String::new(),
-            webhook_secret_file: String::new(),
-        })
-        .await
-        .map_err(|s| anyhow!("AddSource {POLL_SOURCE}: {:?}: {}", s.code(), s.message()))?;
+    add_source(
+        &mut admin,
+        POLL_SOURCE,
+        &url,
+        opts.poll_interval.as_secs(),
+        "",
+    )
+    .await?;
     co.all_hold(POLL_SOURCE, &head, t0, t0).await?;
     rep.poll_initial_ms = ms(t0.elapsed());
     println!(
@@ -760,22 +709,14 @@ async fn delivery_rounds(
         let t0_wall = SystemTime::now();
         let t0 = Instant::now();
         let w = co.all_hold(POLL_SOURCE, &commit, since, t0).await?;
-        let writes = hub_desired_writes(hub, t0_wall, SystemTime::now());
-        if !w.digests.is_disjoint(&previous) {
-            bail!("poll round {r}: the new commit {commit} did not change the bundle digest");
-        }
-        previous = w.digests.clone();
-        let (d, samples) = detail(&commit, &w, None, writes);
+        let (d, samples) = round_detail(hub, &commit, &w, None, t0_wall, &mut previous)
+            .with_context(|| format!("poll round {r}"))?;
         println!(
-            "{}: poll round {r}/{}: {} sessions hold {} — first {:.0} ms, p50 {:.0} ms, last {:.0} ms{}",
+            "{}: poll round {r}/{}: {}{}",
             prog(),
             opts.poll_rounds,
-            d.sessions,
-            &commit[..12],
-            d.first_ms,
-            d.p50_ms,
-            d.last_ms,
-            writes_note(writes)
+            d.summary(),
+            d.writes_note()
         );
         rounds.push((d, samples));
     }

@@ -33,9 +33,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
-use flotilla_tests::bench::{default_hub_bin, raise_nofile};
+use flotilla_tests::bench::program::{
+    self, hub_bin, keep_or_remove, raise_nofile, temp_dir, verdict_status, within_max_duration,
+    write_json,
+};
 
 use crate::delivery::DeliveryReport;
 use crate::repo::LargeShape;
@@ -133,16 +136,8 @@ struct Args {
     max_duration: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("deliverybench: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> ExitCode {
+    program::main(run)
 }
 
 fn validate(args: &Args) -> Result<()> {
@@ -171,26 +166,8 @@ fn validate(args: &Args) -> Result<()> {
 async fn run(args: Args) -> Result<ExitCode> {
     validate(&args)?;
     let delivery_opts = if args.phases.contains(&Phase::Delivery) {
-        let nofile = raise_nofile()?;
-        println!("deliverybench: RLIMIT_NOFILE soft limit {nofile} (hub inherits it)");
-        let need = args.sessions as u64 + 256;
-        if nofile < need {
-            bail!(
-                "{} sessions need about {need} file descriptors in each process, but the limit is \
-                 {nofile}; raise the hard limit (ulimit -Hn) or use fewer sessions",
-                args.sessions
-            );
-        }
-        let hub_bin = match &args.hub_bin {
-            Some(p) => p.clone(),
-            None => default_hub_bin()?,
-        };
-        if !hub_bin.is_file() {
-            bail!(
-                "hub binary {} not found; build it with `cargo build --release -p flotilla-hub --bin flotilla-hub` or pass --hub-bin",
-                hub_bin.display()
-            );
-        }
+        raise_nofile(args.sessions)?;
+        let hub_bin = hub_bin(args.hub_bin.as_deref())?;
         Some(delivery::Options {
             sessions: args.sessions,
             sources: args.sources as usize,
@@ -206,48 +183,29 @@ async fn run(args: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-deliverybench-")
-        .tempdir()
-        .context("creating the temporary directory")?;
+    let tmp = temp_dir()?;
     println!("deliverybench: working in {}", tmp.path().display());
 
     let mut rep = Report::default();
-    let outcome = match tokio::time::timeout(
+    let outcome = within_max_duration(
         args.max_duration,
         measure(&args, delivery_opts.as_ref(), tmp.path(), &mut rep),
     )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(anyhow!(
-            "the run exceeded --max-duration {}",
-            humantime::format_duration(args.max_duration)
-        )),
-    };
+    .await;
 
-    if args.keep_dir || outcome.is_err() {
-        let p = tmp.keep();
-        println!("deliverybench: kept {}", p.display());
-    } else {
-        drop(tmp);
-    }
+    keep_or_remove(tmp, args.keep_dir || outcome.is_err());
     rep.finish();
     if let Err(e) = outcome {
         if rep.delivery.is_some() || rep.render.is_some() || rep.fetch.is_some() {
             rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
             println!("{}", rep.table());
-            write_json(&args, &rep)?;
+            write_json(args.json.as_deref(), &rep)?;
         }
         return Err(e);
     }
     println!("{}", rep.table());
-    write_json(&args, &rep)?;
-    Ok(if rep.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    write_json(args.json.as_deref(), &rep)?;
+    Ok(verdict_status(rep.passed()))
 }
 
 /// Runs the chosen phases: the in-process ones first (on a quiet machine), then delivery.
@@ -306,14 +264,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| anyhow!("blocking task failed: {e}"))?
-}
-
-/// Writes the report as JSON when `--json` was given.
-fn write_json(args: &Args, rep: &Report) -> Result<()> {
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(rep)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("deliverybench: wrote {}", path.display());
-    }
-    Ok(())
 }

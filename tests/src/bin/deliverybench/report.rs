@@ -1,7 +1,7 @@
 //! The results: one serializable record, printed as one table and optionally written as JSON.
 
-use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table};
+use comfy_table::{ColumnConstraint, Table};
+use flotilla_tests::bench::table::{align, mib, new_table, thousands_f64, verdict_cells};
 use serde::Serialize;
 
 use crate::delivery::{DeliveryReport, Rounds};
@@ -28,25 +28,8 @@ pub struct Report {
 /// Wide enough for the values on one line; long notes wrap.
 const TABLE_WIDTH: u16 = 150;
 
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
 fn lat3(p50: f64, p99: f64, max: f64) -> String {
     format!("{p50:.0} / {p99:.0} / {max:.0} ms")
-}
-
-fn thousands(v: f64) -> String {
-    let n = v.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Report {
@@ -73,11 +56,7 @@ impl Report {
     }
 
     pub fn table(&self) -> Table {
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_content_arrangement(ContentArrangement::Dynamic);
-        t.set_width(TABLE_WIDTH);
-        t.set_header(vec!["measure", "value", "notes"]);
+        let mut t = new_table(vec!["measure", "value", "notes"], TABLE_WIDTH);
         // The measure and value columns keep their width; notes wrap.
         t.set_constraints(vec![
             ColumnConstraint::ContentWidth,
@@ -110,8 +89,8 @@ impl Report {
             let th = |x: &Throughput| {
                 format!(
                     "{} objects/s (median {})",
-                    thousands(x.best_objects_per_sec),
-                    thousands(x.median_objects_per_sec)
+                    thousands_f64(x.best_objects_per_sec),
+                    thousands_f64(x.median_objects_per_sec)
                 )
             };
             let note = |x: &Throughput, what: &str| {
@@ -169,16 +148,9 @@ impl Report {
             );
         }
         row("target", format!("≤ {TARGET_MS:.0} ms"), &self.target);
-        let (verdict, why) = match self.verdict.split_once(" (") {
-            Some((v, why)) => (v.to_string(), why.trim_end_matches(')').to_string()),
-            None => (self.verdict.clone(), String::new()),
-        };
+        let (verdict, why) = verdict_cells(&self.verdict);
         row("verdict", verdict, &why);
-        for i in 0..3 {
-            if let Some(col) = t.column_mut(i) {
-                col.set_cell_alignment(CellAlignment::Left);
-            }
-        }
+        align(&mut t, 3);
         t
     }
 }

@@ -27,13 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
+use flotilla_tests::bench::admin_client;
 use flotilla_tests::bench::client::{Cmd, Fleet};
-use flotilla_tests::bench::fleet::{enroll, open_all};
+use flotilla_tests::bench::fleet::{check_ended_early, enroll, too_many_failures};
 use flotilla_tests::bench::hub::{HubProcess, metric, metrics, wait_for_gauge};
+use flotilla_tests::bench::program::{
+    self, hub_bin, raise_nofile, temp_dir, verdict_status, within_max_duration, write_json,
+};
 use flotilla_tests::bench::stats::Latency;
-use flotilla_tests::bench::{admin_client, default_hub_bin, raise_nofile};
 use tokio::sync::mpsc;
 
 use crate::report::Report;
@@ -42,8 +45,6 @@ use crate::report::Report;
 const GAUGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one heartbeat round may take before missing answers count as lost.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest share of sessions that may fail before the run is declared failed.
-const MAX_FAILURE_RATIO: f64 = 0.01;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,54 +86,19 @@ struct Args {
     max_duration: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("loadgen: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> ExitCode {
+    program::main(run)
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
-    let nofile = raise_nofile()?;
-    println!("loadgen: RLIMIT_NOFILE soft limit {nofile} (hub inherits it)");
-    let need = args.sessions as u64 + 256;
-    if nofile < need {
-        bail!(
-            "{} sessions need about {need} file descriptors in each process, but the limit is \
-             {nofile}; raise the hard limit (ulimit -Hn) or use fewer sessions",
-            args.sessions
-        );
-    }
+    let nofile = raise_nofile(args.sessions)?;
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
     }
-    let bin = match &args.hub_bin {
-        Some(p) => p.clone(),
-        None => default_hub_bin()?,
-    };
-    if !bin.is_file() {
-        bail!(
-            "hub binary {} not found; build it with `cargo build --release -p flotilla-hub --bin flotilla-hub` or pass --hub-bin",
-            bin.display()
-        );
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-loadgen-")
-        .tempdir()
-        .context("creating the temporary directory")?;
+    let bin = hub_bin(args.hub_bin.as_deref())?;
+    let tmp = temp_dir()?;
     let hub = HubProcess::start(&bin, tmp.path(), &args.hub_heartbeat_interval).await?;
-    println!(
-        "loadgen: hub pid {} serving {} (HTTP {}), data and log in {}",
-        hub.pid,
-        hub.addr,
-        hub.http,
-        tmp.path().display()
-    );
+    hub.announce();
 
     let mut rep = Report {
         sessions_requested: args.sessions,
@@ -143,36 +109,15 @@ async fn run(args: Args) -> Result<ExitCode> {
         hub_pid: hub.pid,
         ..Default::default()
     };
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(args.max_duration, phases(&args, &hub, &mut rep)) => match r {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("the run exceeded --max-duration {}", humantime::format_duration(args.max_duration))),
-        },
-        why = hub.died() => Err(anyhow!(
-            "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
-            hub.log_path.display(),
-            hub.log_tail(15)
-        )),
-    };
-
     // A phase that failed because the hub died first says so, with the hub's log.
-    let outcome = match (outcome, hub.exit_status()) {
-        (Err(e), Some(why)) if !format!("{e}").contains("exited unexpectedly") => {
-            Err(e.context(format!(
-                "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
-                hub.log_path.display(),
-                hub.log_tail(15)
-            )))
-        }
-        (o, _) => o,
-    };
-    println!("loadgen: stopping the hub (SIGTERM)");
+    let outcome = hub
+        .supervise(within_max_duration(
+            args.max_duration,
+            phases(&args, &hub, &mut rep),
+        ))
+        .await;
     let log_path = hub.log_path.clone();
-    match hub.stop(Duration::from_secs(30)).await {
-        Ok(st) if st.success() => println!("loadgen: hub exited cleanly"),
-        Ok(st) => eprintln!("loadgen: hub exited with {st}"),
-        Err(e) => eprintln!("loadgen: stopping the hub: {e:#}"),
-    }
+    hub.shutdown().await;
 
     let keep = args.keep_dir || outcome.is_err();
     if keep {
@@ -191,32 +136,14 @@ async fn run(args: Args) -> Result<ExitCode> {
             rep.finish();
             rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
             println!("{}", rep.table());
-            write_json(&args, &rep)?;
+            write_json(args.json.as_deref(), &rep)?;
         }
         return Err(e);
     }
     rep.finish();
     println!("{}", rep.table());
-    write_json(&args, &rep)?;
-    Ok(if rep.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
-}
-
-/// Writes the report as JSON when `--json` was given.
-fn write_json(args: &Args, rep: &Report) -> Result<()> {
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(rep)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("loadgen: wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn too_many_failures(failed: usize, of: usize) -> bool {
-    failed as f64 > of as f64 * MAX_FAILURE_RATIO
+    write_json(args.json.as_deref(), &rep)?;
+    Ok(verdict_status(rep.passed()))
 }
 
 async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
@@ -233,63 +160,38 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     let admin = admin_client(hub).await?;
 
     // --- Enrollment: AddCluster + Join for every session ----------------------------------
-    println!("loadgen: enrolling {n} clusters (concurrency {conc})");
     let enr = enroll(&admin, n, sources, conc).await?;
-    let enrolled = enr.enrolled;
-    let errors = enr.errors;
     rep.enroll_failed = enr.failed;
-    rep.enrolled = enrolled.len();
+    rep.enrolled = enr.enrolled.len();
     rep.enroll_secs = enr.took.as_secs_f64();
-    rep.enroll_per_sec = enrolled.len() as f64 / enr.took.as_secs_f64();
-    println!(
-        "loadgen: enrolled {} in {:.1} s ({:.0} joins/s), {} failed",
-        rep.enrolled, rep.enroll_secs, rep.enroll_per_sec, rep.enroll_failed
-    );
-    rep.errors_examples.extend(errors.iter().cloned());
-    if too_many_failures(rep.enroll_failed, n) {
-        bail!(
-            "{} of {n} enrollments failed (more than 1%); first errors:\n  {}",
-            rep.enroll_failed,
-            errors.join("\n  ")
-        );
-    }
+    rep.enroll_per_sec = enr.per_sec();
+    rep.errors_examples.extend(enr.errors.iter().cloned());
+    enr.check(n)?;
     rep.hub_enrolled = hub.sample()?;
 
     // --- Handshakes: open every session -------------------------------------------------
     println!(
         "loadgen: opening {} sessions from {sources} loopback sources (concurrency {conc})",
-        enrolled.len()
+        enr.enrolled.len()
     );
     let fleet = Arc::new(Fleet::default());
     let cpu_before = hub.sample()?.cpu_secs;
-    let opened = open_all(&enrolled, hub.addr.as_str(), sources, conc, &fleet, None).await;
-    let sessions = opened.sessions;
-    let mut open_latencies = opened.latencies;
-    let open_errors = opened.errors;
-    rep.open_failed = opened.failed;
-    let took = opened.took;
+    let mut opened = enr.open_all(hub.addr.as_str(), &fleet, None).await;
     let cpu_after = hub.sample()?.cpu_secs;
-    rep.sessions_opened = sessions.len();
-    rep.handshake_secs = took.as_secs_f64();
-    rep.handshakes_per_sec = sessions.len() as f64 / took.as_secs_f64();
-    rep.open_latency = Latency::of(&mut open_latencies);
-    rep.hub_cpu_ms_per_handshake = (cpu_after - cpu_before) * 1000.0 / sessions.len().max(1) as f64;
-    drop(enrolled);
-    println!(
-        "loadgen: opened {} sessions in {:.1} s ({:.0} handshakes/s), {} failed",
-        rep.sessions_opened, rep.handshake_secs, rep.handshakes_per_sec, rep.open_failed
-    );
-    rep.errors_examples.extend(open_errors.iter().cloned());
-    if too_many_failures(rep.open_failed + rep.enroll_failed, n) {
-        bail!(
-            "{} of {n} sessions failed to open (more than 1%); first errors:\n  {}",
-            rep.open_failed,
-            open_errors.join("\n  ")
-        );
-    }
-    for e in &open_errors {
+    drop(enr);
+    rep.open_failed = opened.failed;
+    rep.sessions_opened = opened.sessions.len();
+    rep.handshake_secs = opened.took.as_secs_f64();
+    rep.handshakes_per_sec = opened.per_sec();
+    rep.open_latency = Latency::of(&mut opened.latencies);
+    rep.hub_cpu_ms_per_handshake =
+        (cpu_after - cpu_before) * 1000.0 / opened.sessions.len().max(1) as f64;
+    rep.errors_examples.extend(opened.errors.iter().cloned());
+    opened.check(rep.enroll_failed, n)?;
+    for e in &opened.errors {
         eprintln!("loadgen:   open error: {e}");
     }
+    let sessions = opened.sessions;
 
     // --- Held: the hub's count and its memory ---------------------------------------------
     rep.sessions_held = wait_for_gauge(hub, sessions.len(), GAUGE_TIMEOUT).await?;
@@ -354,11 +256,10 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
             round + 1,
             secs * 1000.0
         );
-        let ended = fleet.ended_count.load(Ordering::SeqCst);
+        let (ended, examples) = fleet.ended_early();
         if too_many_failures(ended + rep.open_failed + rep.enroll_failed, n) {
             bail!(
-                "{ended} sessions ended during the heartbeat rounds (more than 1% failed in total); first: {:?}",
-                fleet.ended.lock().unwrap_or_else(|e| e.into_inner())
+                "{ended} sessions ended during the heartbeat rounds (more than 1% failed in total); first: {examples:?}"
             );
         }
     }
@@ -371,12 +272,7 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     rep.sessions_held_end =
         metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
     rep.sessions_alive_client = fleet.alive.load(Ordering::SeqCst);
-    rep.sessions_ended_early = fleet.ended_count.load(Ordering::SeqCst);
-    rep.ended_examples = fleet
-        .ended
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
     for e in &rep.ended_examples {
         eprintln!("loadgen:   session ended early: {e}");
     }
@@ -385,15 +281,10 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     flotilla_tests::bench::fleet::close_all(sessions).await;
     let left = wait_for_gauge(hub, 0, Duration::from_secs(30)).await?;
     println!("loadgen: hub reports {left} sessions after close");
-    if too_many_failures(
-        rep.sessions_ended_early + rep.open_failed + rep.enroll_failed,
+    check_ended_early(
+        rep.sessions_ended_early,
+        rep.open_failed + rep.enroll_failed,
         n,
-    ) {
-        bail!(
-            "{} sessions ended early (more than 1% failed in total); first: {:?}",
-            rep.sessions_ended_early,
-            rep.ended_examples
-        );
-    }
-    Ok(())
+        &rep.ended_examples,
+    )
 }

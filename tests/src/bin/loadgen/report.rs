@@ -219,20 +219,9 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    #[test]
-    fn percentiles_nearest_rank() {
-        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        let l = Latency::of(&mut v);
-        assert_eq!(l.samples, 100);
-        assert_eq!(l.p50_ms, 50.0);
-        assert_eq!(l.p99_ms, 99.0);
-        assert_eq!(l.max_ms, 100.0);
-        assert_eq!(Latency::of(&mut []).samples, 0);
-    }
+    // The percentiles are `Latency::of`'s, tested with it in `flotilla_tests::bench::stats`.
 
     #[test]
     fn verdict_only_at_scale() {

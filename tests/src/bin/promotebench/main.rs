@@ -34,14 +34,17 @@ mod setup;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use flotilla_tests::bench::hub::HubProcess;
 use flotilla_tests::bench::otlp::SpanSink;
-use flotilla_tests::bench::{admin_client, default_hub_bin, prog, raise_nofile};
+use flotilla_tests::bench::program::{
+    self, hub_bin, keep_or_remove, raise_nofile, temp_dir, verdict_status, within_max_duration,
+    write_json,
+};
+use flotilla_tests::bench::{admin_client, prog};
 
 use crate::measure::Ctx;
 use crate::report::Report;
@@ -116,16 +119,8 @@ struct Args {
     max_duration: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("promotebench: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> ExitCode {
+    program::main(run)
 }
 
 fn validate(args: &Args) -> Result<PathBuf> {
@@ -141,36 +136,13 @@ fn validate(args: &Args) -> Result<PathBuf> {
     if args.apps_sessions == 0 && !args.skip_many {
         bail!("--apps-sessions must be at least 1");
     }
-    let hub_bin = match &args.hub_bin {
-        Some(p) => p.clone(),
-        None => default_hub_bin()?,
-    };
-    if !hub_bin.is_file() {
-        bail!(
-            "hub binary {} not found; build it with `cargo build --release -p flotilla-hub --bin \
-             flotilla-hub` or pass --hub-bin",
-            hub_bin.display()
-        );
-    }
-    Ok(hub_bin)
+    hub_bin(args.hub_bin.as_deref())
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
     let hub_bin = validate(&args)?;
-    let nofile = raise_nofile()?;
-    println!("promotebench: RLIMIT_NOFILE soft limit {nofile} (hub inherits it)");
-    let need = args.sessions as u64 + 256;
-    if nofile < need {
-        bail!(
-            "{} sessions need about {need} file descriptors in each process, but the limit is \
-             {nofile}; raise the hard limit (ulimit -Hn) or use fewer sessions",
-            args.sessions
-        );
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("flotilla-promotebench-")
-        .tempdir()
-        .context("creating the temporary directory")?;
+    raise_nofile(args.sessions)?;
+    let tmp = temp_dir()?;
     let dir = tmp.path().to_path_buf();
     println!("promotebench: working in {}", dir.display());
     std::fs::create_dir_all(dir.join("hub"))?;
@@ -191,43 +163,22 @@ async fn run(args: Args) -> Result<ExitCode> {
         &extra,
     )
     .await?;
-    println!(
-        "{}: hub pid {} serving {} (HTTP {}), data and log in {}",
-        prog(),
-        hub.pid,
-        hub.addr,
-        hub.http,
-        dir.join("hub").display()
-    );
+    hub.announce();
     let mut rep = Report::default();
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(args.max_duration, measure(&args, &hub, &dir, &mut rep)) => {
-            r.unwrap_or_else(|_| Err(anyhow!(
-                "the run exceeded --max-duration {}",
-                humantime::format_duration(args.max_duration)
-            )))
-        }
-        why = hub.died() => Err(anyhow!(
-            "the hub exited unexpectedly ({why}); last lines of {}:\n{}",
-            hub.log_path.display(),
-            hub.log_tail(15)
-        )),
-    };
+    let outcome = hub
+        .unless_died(within_max_duration(
+            args.max_duration,
+            measure(&args, &hub, &dir, &mut rep),
+        ))
+        .await;
     if let Ok(s) = hub.sample() {
         rep.hub_end = s;
     }
     rep.wall_secs = started.elapsed().as_secs_f64();
-    println!("{}: stopping the hub (SIGTERM)", prog());
-    match hub.stop(Duration::from_secs(30)).await {
-        Ok(st) if st.success() => println!("{}: hub exited cleanly", prog()),
-        Ok(st) => eprintln!("{}: hub exited with {st}", prog()),
-        Err(e) => eprintln!("{}: stopping the hub: {e:#}", prog()),
-    }
+    hub.shutdown().await;
     // The hub flushes its spans when it stops.
     rep.spans = sink.map(|s| s.counts());
-    if args.keep_dir || outcome.is_err() {
-        println!("{}: kept {}", prog(), tmp.keep().display());
-    }
+    keep_or_remove(tmp, args.keep_dir || outcome.is_err());
 
     rep.finish();
     if outcome.is_err() {
@@ -241,17 +192,9 @@ async fn run(args: Args) -> Result<ExitCode> {
         prog(),
         rep.wall_secs
     );
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&rep)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("{}: wrote {}", prog(), path.display());
-    }
+    write_json(args.json.as_deref(), &rep)?;
     outcome?;
-    Ok(if rep.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(verdict_status(rep.passed()))
 }
 
 /// Brings the fleet up and runs the scenarios; results go to `rep` as they come.
@@ -286,12 +229,7 @@ async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) ->
     let result = scenarios_in_turn(args, &mut ctx, &scopes, dir, rep).await;
     rep.bundle_failures = ctx.failures;
     rep.failure_examples = ctx.failure_examples.clone();
-    rep.sessions_ended_early = fleet.ended_count.load(Ordering::SeqCst);
-    rep.ended_examples = fleet
-        .ended
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
     result?;
 
     flotilla_tests::bench::fleet::close_all(sessions).await;

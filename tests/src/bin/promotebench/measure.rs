@@ -365,28 +365,21 @@ impl Ctx<'_> {
         let bench_after = sample_pid(std::process::id(), "benchmark")?;
 
         // --- the figures -----------------------------------------------------------------------
-        let stage_of: HashMap<&str, usize> = finished
+        // Every app of the round has the same stages: the first rollout's say which is which.
+        let first_stages = finished
             .values()
             .next()
-            .map(|r| {
-                r.stages
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, s)| s.clusters.iter().map(move |c| (c.as_str(), i)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let stage_index: HashMap<&str, usize> = finished
-            .values()
-            .next()
-            .map(|r| {
-                r.stages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (s.name.as_str(), i))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_or(&[][..], |r| r.stages.as_slice());
+        let stage_of: HashMap<&str, usize> = first_stages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.clusters.iter().map(move |c| (c.as_str(), i)))
+            .collect();
+        let stage_index: HashMap<&str, usize> = first_stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let writes = log_writes(&self.hub.log_path, log_from, t0, &stage_of, &stage_index);
         let mut done: Vec<f64> = finished
             .values()

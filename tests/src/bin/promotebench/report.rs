@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{CellAlignment, ContentArrangement, Table};
+use comfy_table::Table;
 use flotilla_tests::bench::hub::ProcSample;
+use flotilla_tests::bench::table::{self, align, mib, verdict_cells};
 use serde::Serialize;
 
 use crate::measure::{RoundTimes, short};
@@ -40,42 +40,15 @@ fn secs(ms: f64) -> String {
     format!("{:.2} s", ms / 1000.0)
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
+/// Wide enough for the rounds' columns; long notes wrap.
+const TABLE_WIDTH: u16 = 160;
 
 fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    table::thousands(n as u64)
 }
 
 fn new_table(header: Vec<&str>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_width(160);
-    t.set_header(header);
-    t
-}
-
-fn align(t: &mut Table, first_right: usize) {
-    let n = t.column_count();
-    for i in 0..n {
-        if let Some(col) = t.column_mut(i) {
-            col.set_cell_alignment(if i >= first_right {
-                CellAlignment::Right
-            } else {
-                CellAlignment::Left
-            });
-        }
-    }
+    table::new_table(header, TABLE_WIDTH)
 }
 
 /// The median of `f` over `rounds` (the lower one of an even count).
@@ -256,10 +229,7 @@ impl Report {
             median,
             "KubeFleet: ~2 min for 100 clusters".to_string(),
         ]);
-        let (verdict, why) = match self.verdict.split_once(" (") {
-            Some((v, why)) => (v.to_string(), why.trim_end_matches(')').to_string()),
-            None => (self.verdict.clone(), String::new()),
-        };
+        let (verdict, why) = verdict_cells(&self.verdict);
         t.add_row(vec!["verdict".to_string(), verdict, why]);
         align(&mut t, 3);
         t

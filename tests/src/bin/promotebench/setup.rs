@@ -16,7 +16,7 @@ use anyhow::{Result, anyhow, bail};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{LabelClusterRequest, ListClustersRequest};
 use flotilla_tests::bench::client::{Fleet, Session, cluster_name};
-use flotilla_tests::bench::fleet::{PROGRESS_EVERY, enroll, open_all};
+use flotilla_tests::bench::fleet::{PROGRESS_EVERY, enroll};
 use flotilla_tests::bench::hub::{HubProcess, ProcSample, wait_for_gauge};
 use flotilla_tests::bench::prog;
 use futures::StreamExt;
@@ -102,29 +102,11 @@ pub async fn bring_up(
     rep.sessions_requested = n;
     rep.fetch = opts.fetch;
     rep.hub_baseline = hub.sample()?;
-    println!(
-        "{}: enrolling {n} clusters (concurrency {})",
-        prog(),
-        opts.concurrency
-    );
     let enr = enroll(admin, n, opts.sources, opts.concurrency).await?;
     rep.enrolled = enr.enrolled.len();
     rep.enroll_failed = enr.failed;
-    rep.enroll_per_sec = enr.enrolled.len() as f64 / enr.took.as_secs_f64();
-    println!(
-        "{}: enrolled {} in {:.1} s ({:.0} joins/s), {} failed",
-        prog(),
-        rep.enrolled,
-        enr.took.as_secs_f64(),
-        rep.enroll_per_sec,
-        rep.enroll_failed
-    );
-    if enr.enrolled.is_empty() {
-        bail!(
-            "no cluster enrolled; first errors:\n  {}",
-            enr.errors.join("\n  ")
-        );
-    }
+    rep.enroll_per_sec = enr.per_sec();
+    ensure_any(enr.enrolled.len(), "no cluster enrolled", &enr.errors)?;
 
     let fleet = Arc::new(Fleet::default());
     let (tx, events) = mpsc::unbounded_channel();
@@ -135,33 +117,18 @@ pub async fn bring_up(
         enr.enrolled.len(),
         opts.sources
     );
-    let opened = open_all(
-        &enr.enrolled,
-        &hub.addr,
-        opts.sources,
-        opts.concurrency,
-        &fleet,
-        Some(handler(tx, opts.fetch, counters.clone())),
-    )
-    .await;
+    let opened = enr
+        .open_all(
+            &hub.addr,
+            &fleet,
+            Some(handler(tx, opts.fetch, counters.clone())),
+        )
+        .await;
     drop(enr);
     rep.opened = opened.sessions.len();
     rep.open_failed = opened.failed;
-    rep.handshakes_per_sec = opened.sessions.len() as f64 / opened.took.as_secs_f64();
-    println!(
-        "{}: opened {} sessions in {:.1} s ({:.0} handshakes/s), {} failed",
-        prog(),
-        rep.opened,
-        opened.took.as_secs_f64(),
-        rep.handshakes_per_sec,
-        rep.open_failed
-    );
-    if opened.sessions.is_empty() {
-        bail!(
-            "no session opened; first errors:\n  {}",
-            opened.errors.join("\n  ")
-        );
-    }
+    rep.handshakes_per_sec = opened.per_sec();
+    ensure_any(opened.sessions.len(), "no session opened", &opened.errors)?;
     rep.held = wait_for_gauge(hub, opened.sessions.len(), GAUGE_TIMEOUT).await?;
     rep.hub_held = hub.sample()?;
 
@@ -257,6 +224,14 @@ pub async fn bring_up(
             },
         },
     })
+}
+
+/// Fails with `none` and the first `errors` when a bulk phase did nothing (`done` is 0).
+fn ensure_any(done: usize, none: &str, errors: &[String]) -> Result<()> {
+    if done == 0 {
+        bail!("{none}; first errors:\n  {}", errors.join("\n  "));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
