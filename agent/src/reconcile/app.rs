@@ -275,3 +275,218 @@ impl AppRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(name: &str) -> ObjKey {
+        ObjKey {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    /// App `web` of the ConfigMaps `names` in `shop`, desired at digest `d1`, not applied yet.
+    fn run(names: &[&str]) -> AppRun {
+        let desired = AppDesired {
+            app: "web".into(),
+            revision: "r1".into(),
+            bundle_digest: "d1".into(),
+            ..Default::default()
+        };
+        let objs = names.iter().map(|n| Obj::new(key(n), &json!({}))).collect();
+        AppRun::new(desired, Ok(objs))
+    }
+
+    /// Marks `run` applied at its digest, each object assessed as `health`.
+    fn applied(run: &mut AppRun, health: &[(&str, ObjectHealth)]) {
+        run.applied_digest = Some(run.desired.bundle_digest.clone());
+        run.applied_at = Some(Instant::now());
+        run.health = health
+            .iter()
+            .map(|(name, h)| {
+                let a = Assessment {
+                    health: *h,
+                    reason: format!("{h:?}"),
+                    message: format!("{name} is {h:?}"),
+                };
+                (key(name), a)
+            })
+            .collect();
+    }
+
+    fn names(worst: &[ObjectStatus]) -> Vec<&str> {
+        worst.iter().map(|w| w.name.as_str()).collect()
+    }
+
+    #[test]
+    fn an_app_is_applying_until_its_digest_is_applied() {
+        let mut r = run(&["a", "b"]);
+        assert_eq!(r.phase(), Phase::Applying);
+        assert_eq!(r.app_health(), Health::Unknown);
+        assert_eq!(r.message("simulated"), "applying 2 objects");
+        r.waiting = Some("waiting for app db".into());
+        assert!(!r.settled());
+        assert_eq!(r.message("simulated"), "waiting for app db");
+
+        // Assessed under an older digest: progressing, still applying.
+        applied(&mut r, &[("a", ObjectHealth::Current)]);
+        r.applied_digest = Some("d0".into());
+        assert_eq!(r.phase(), Phase::Applying);
+        assert_eq!(r.app_health(), Health::Progressing);
+    }
+
+    #[test]
+    fn an_unreadable_bundle_or_blocked_apply_fails_with_unknown_health() {
+        let mut r = AppRun::new(AppDesired::default(), Err("not gzip".into()));
+        assert_eq!(
+            (r.phase(), r.app_health()),
+            (Phase::Failed, Health::Unknown)
+        );
+        assert!(r.settled());
+        assert_eq!(r.message(""), "bundle unreadable: not gzip");
+
+        r = run(&["a"]);
+        applied(&mut r, &[("a", ObjectHealth::Current)]);
+        r.blocked = Some("cannot read the app's inventory: gone".into());
+        assert_eq!(
+            (r.phase(), r.app_health()),
+            (Phase::Failed, Health::Unknown)
+        );
+        assert_eq!(r.message(""), "cannot read the app's inventory: gone");
+    }
+
+    #[test]
+    fn health_is_the_worst_object_and_settles_when_all_are_current() {
+        let mut r = run(&["a", "b"]);
+        applied(
+            &mut r,
+            &[
+                ("a", ObjectHealth::Current),
+                ("b", ObjectHealth::InProgress),
+            ],
+        );
+        assert_eq!(r.phase(), Phase::Applied);
+        assert_eq!(r.app_health(), Health::Progressing);
+        assert!(!r.healthy() && !r.settled());
+        assert_eq!(
+            r.message("simulated"),
+            "waiting for 2 objects to become current: ConfigMap shop/b: InProgress: b is InProgress"
+        );
+
+        applied(
+            &mut r,
+            &[("a", ObjectHealth::Current), ("b", ObjectHealth::Current)],
+        );
+        assert!(r.healthy() && r.settled());
+        assert_eq!(r.app_health(), Health::Healthy);
+        assert_eq!(
+            r.message("simulated"),
+            "2 objects applied and current (simulated cluster)"
+        );
+        let report = r.report("simulated");
+        assert_eq!(report.phase(), Phase::Applied);
+        assert_eq!(report.health(), Health::Healthy);
+        let counts = report.objects.unwrap();
+        assert_eq!((counts.total, counts.current), (2, 2));
+        assert!(report.worst.is_empty());
+
+        applied(
+            &mut r,
+            &[("a", ObjectHealth::Current), ("b", ObjectHealth::Failed)],
+        );
+        assert_eq!(r.app_health(), Health::Degraded);
+        assert!(
+            r.message("")
+                .starts_with("degraded: ConfigMap shop/b: Failed")
+        );
+    }
+
+    #[test]
+    fn a_timed_out_app_fails_degraded_and_settles() {
+        let mut r = run(&["a"]);
+        r.desired.options = Some(flotilla_proto::v1::AppOptions {
+            health_timeout_ms: 300_000,
+            ..Default::default()
+        });
+        applied(&mut r, &[("a", ObjectHealth::InProgress)]);
+        r.timed_out = true;
+        assert_eq!(
+            (r.phase(), r.app_health()),
+            (Phase::Failed, Health::Degraded)
+        );
+        assert!(r.settled());
+        assert_eq!(
+            r.message(""),
+            "not healthy within 5m: ConfigMap shop/a: InProgress: a is InProgress"
+        );
+    }
+
+    #[test]
+    fn apply_errors_fail_the_app_and_lead_the_worst_objects() {
+        let mut r = run(&["a", "b", "c", "d"]);
+        applied(
+            &mut r,
+            &[
+                ("a", ObjectHealth::Unknown),
+                ("b", ObjectHealth::InProgress),
+                ("d", ObjectHealth::Current),
+            ],
+        );
+        r.apply_errors.insert(
+            key("c"),
+            ObjError::Conflict("field owned by kubectl".into()),
+        );
+        r.drift.insert(key("d"), (vec!["data.x".into()], false));
+        assert_eq!(r.phase(), Phase::Failed);
+        assert_eq!(r.app_health(), Health::Degraded);
+        let c = r.counts();
+        assert_eq!(
+            (c.total, c.failed, c.in_progress, c.unknown, c.current),
+            (4, 1, 1, 1, 1)
+        );
+        // Failed, then in progress, then unknown, then drifted.
+        let report = r.report("");
+        assert_eq!(names(&report.worst), ["c", "b", "a", "d"]);
+        assert_eq!(report.worst[0].reason, "ApplyConflict");
+        assert_eq!(report.worst[3].reason, "Drifted");
+        assert_eq!(report.worst[3].drifted_fields, ["data.x"]);
+        assert_eq!(report.drifted, 1);
+        assert_eq!(
+            report.message,
+            "1 of 4 objects failed to apply; ConfigMap shop/c: ApplyConflict: field owned by \
+             kubectl (set `force: true` on the app to take these fields over); 1 objects drifted \
+             from the bundle (self-heal off)"
+        );
+    }
+
+    #[test]
+    fn drift_healed_and_notes_are_told_and_worst_is_capped() {
+        let all: Vec<String> = (0..MAX_WORST + 2).map(|i| format!("o{i:02}")).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut r = run(&all);
+        let health: Vec<(&str, ObjectHealth)> =
+            all.iter().map(|n| (*n, ObjectHealth::Current)).collect();
+        applied(&mut r, &health);
+        for n in &all {
+            r.drift.insert(key(n), (vec!["data.x".into()], true));
+        }
+        r.healed = 12;
+        r.notes
+            .push("prune disabled: 1 objects removed from the bundle left in the cluster".into());
+        let report = r.report("kube");
+        assert_eq!(report.worst.len(), MAX_WORST);
+        assert_eq!(report.worst[0].reason, "DriftHealed");
+        assert_eq!(report.worst[0].message, "re-applied: data.x");
+        assert_eq!((report.drifted, report.healed), (0, 12));
+        assert_eq!(
+            report.message,
+            "10 objects applied and current (kube cluster); self-heal re-applied 10 drifted \
+             objects; prune disabled: 1 objects removed from the bundle left in the cluster"
+        );
+    }
+}
