@@ -210,9 +210,8 @@ fn labels() -> BTreeMap<String, String> {
 #[cfg(all(test, feature = "simulated"))]
 mod tests {
     use super::*;
-    use crate::cluster::SimConfig;
     use crate::identity::new_key_and_csr;
-    use crate::sim::SimCluster;
+    use crate::sim::{SimCluster, SimConfig};
 
     /// A simulated cluster with the namespace `flotilla`, holding `secrets`.
     async fn fake_with(secrets: &[Secret]) -> kube::Client {
