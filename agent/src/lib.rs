@@ -10,7 +10,6 @@ pub mod identity;
 pub mod join;
 pub mod metrics;
 pub mod reconcile;
-mod secret_state;
 pub mod session;
 #[cfg(feature = "simulated")]
 pub mod sim;

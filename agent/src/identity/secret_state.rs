@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-use crate::identity::{
+use super::{
     AGENT_YAML, AgentState, CA_CRT, Credentials, IDENTITY_PEM, IdentityError, split_identity,
 };
 
