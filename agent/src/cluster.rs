@@ -8,41 +8,13 @@ use std::time::Duration;
 
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 
+pub use crate::sim::SimConfig;
+
 /// How long the start-up probe of a real API server may take before the agent goes on without it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a log line or status says about the simulated backend.
 pub const SIMULATED_LABEL: &str = "simulated (in-memory, not a real Kubernetes API)";
-
-/// How the simulated cluster behaves (used with `--cluster simulated`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimConfig {
-    /// How long after a change a simulated workload takes to become ready.
-    pub ready_delay: Duration,
-    /// Namespaces that exist from the start.
-    pub namespaces: Vec<String>,
-    /// How many of the last requests to keep for inspection (`SimCluster::requests`, for
-    /// tests); 0 keeps none, so a long-running agent does not hoard request bodies.
-    pub record_requests: usize,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            ready_delay: Duration::from_secs(1),
-            namespaces: [
-                "default",
-                "kube-system",
-                "kube-public",
-                "kube-node-lease",
-                "flotilla-system",
-            ]
-            .map(String::from)
-            .to_vec(),
-            record_requests: 0,
-        }
-    }
-}
 
 /// Which cluster the agent drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

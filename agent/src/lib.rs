@@ -10,10 +10,15 @@ pub mod identity;
 pub mod join;
 pub mod metrics;
 pub mod reconcile;
-mod secret_state;
 pub mod session;
 #[cfg(feature = "simulated")]
 pub mod sim;
+/// Without the feature `simulated` only the simulated cluster's configuration is built.
+#[cfg(not(feature = "simulated"))]
+pub mod sim {
+    mod config;
+    pub use config::SimConfig;
+}
 
 use std::fmt;
 use std::net::SocketAddr;

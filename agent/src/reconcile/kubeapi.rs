@@ -190,8 +190,7 @@ impl Kube {
 #[cfg(all(test, feature = "simulated"))]
 mod tests {
     use super::*;
-    use crate::cluster::SimConfig;
-    use crate::sim::{RecordedRequest, SimCluster};
+    use crate::sim::{RecordedRequest, SimCluster, SimConfig};
     use serde_json::json;
 
     fn sim() -> (SimCluster, Kube) {

@@ -9,7 +9,11 @@
 //! every object applied, prune what left the bundle and write the new inventory. Health is
 //! polled until the app settles; drift is checked periodically by dry-run apply. Statuses go to
 //! the [`status::StatusBoard`], which the session drains to the hub.
+//!
+//! This module is the loop and its I/O; an app's status follows purely from its run record
+//! (`app`).
 
+mod app;
 pub mod drift;
 pub mod health;
 pub mod inventory;
@@ -18,12 +22,11 @@ pub mod objects;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use flotilla_proto::clock::unix_ms;
-use flotilla_proto::state::{Health, ObjectHealth, Phase};
+use flotilla_proto::state::{ObjectHealth, Phase};
 use flotilla_proto::telemetry::traces;
-use flotilla_proto::v1::{AppDesired, AppStatus, DesiredState, ObjectCounts, ObjectStatus};
+use flotilla_proto::v1::{AppDesired, DesiredState};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -31,14 +34,13 @@ use tokio::time::{Instant, sleep, sleep_until};
 use crate::AgentStatus;
 use crate::bundles::BundleStore;
 use crate::metrics::AgentMetrics;
+use app::AppRun;
+pub use app::MAX_WORST;
 use health::{Assessment, assess};
 use inventory::{Inventories, Inventory};
 use kubeapi::{Kube, ObjError};
-use objects::{Obj, ObjKey, parse_bundle, prune_disabled};
+use objects::{ObjKey, parse_bundle, prune_disabled};
 use status::StatusBoard;
-
-/// At most this many objects are singled out per app in a status report.
-pub const MAX_WORST: usize = 8;
 
 /// How the reconciler behaves.
 #[derive(Debug, Clone)]
@@ -76,29 +78,6 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Where one app stands.
-struct AppRun {
-    desired: AppDesired,
-    /// The bundle's objects in apply order, or why the bundle could not be read.
-    objects: Result<Vec<Obj>, String>,
-    /// The digest whose apply last ran to the end (some objects may have failed).
-    applied_digest: Option<String>,
-    applied_at: Option<Instant>,
-    apply_errors: BTreeMap<ObjKey, ObjError>,
-    /// An error that stopped the apply before any object (inventory unreadable, …).
-    blocked: Option<String>,
-    /// Why the app waits for its dependencies.
-    waiting: Option<String>,
-    health: BTreeMap<ObjKey, Assessment>,
-    timed_out: bool,
-    /// The last drift check: drifted objects with their paths, and whether self-heal fixed them.
-    drift: BTreeMap<ObjKey, (Vec<String>, bool)>,
-    healed: u64,
-    notes: Vec<String>,
-    /// Spans of this revision's reconcile, when the hub sent a trace context.
-    trace: Option<AppTrace>,
-}
-
 /// `flotilla.agent.reconcile` (child of the hub's `flotilla.deliver`, through the trace context
 /// in the desired state) and its `flotilla.agent.health_wait`, open until the app settles.
 struct AppTrace {
@@ -123,25 +102,8 @@ impl AppTrace {
     }
 }
 
+// The spans of a run are ended here, beside the loop, so that `app` stays free of side effects.
 impl AppRun {
-    fn new(desired: AppDesired, objects: Result<Vec<Obj>, String>) -> Self {
-        Self {
-            desired,
-            objects,
-            applied_digest: None,
-            applied_at: None,
-            apply_errors: BTreeMap::new(),
-            blocked: None,
-            waiting: None,
-            health: BTreeMap::new(),
-            timed_out: false,
-            drift: BTreeMap::new(),
-            healed: 0,
-            notes: Vec::new(),
-            trace: None,
-        }
-    }
-
     /// Ends the reconcile span once the app settled: healthy, or failed.
     fn end_trace_if_settled(&mut self) {
         let Some(t) = &self.trace else {
@@ -162,218 +124,6 @@ impl AppRun {
             span.in_scope(|| tracing::info!(app = %self.desired.app, "healthy"));
         }
         self.trace = None;
-    }
-
-    fn opts(&self) -> flotilla_proto::v1::AppOptions {
-        self.desired.options.unwrap_or_default()
-    }
-
-    fn objs(&self) -> &[Obj] {
-        self.objects.as_deref().unwrap_or(&[])
-    }
-
-    fn applied_current(&self) -> bool {
-        self.applied_digest.as_deref() == Some(self.desired.bundle_digest.as_str())
-    }
-
-    fn counts(&self) -> ObjectCounts {
-        let mut c = ObjectCounts {
-            total: self.objs().len() as u32,
-            ..Default::default()
-        };
-        for o in self.objs() {
-            if self.apply_errors.contains_key(&o.key) {
-                c.failed += 1;
-                continue;
-            }
-            match self.health.get(&o.key).map(|a| a.health) {
-                Some(ObjectHealth::Current) => c.current += 1,
-                Some(ObjectHealth::InProgress) => c.in_progress += 1,
-                Some(ObjectHealth::Failed) => c.failed += 1,
-                Some(ObjectHealth::Unknown) | None => c.unknown += 1,
-            }
-        }
-        c
-    }
-
-    fn healthy(&self) -> bool {
-        self.applied_current() && self.apply_errors.is_empty() && {
-            let c = self.counts();
-            c.current == c.total
-        }
-    }
-
-    /// The app's health: its worst object.
-    fn app_health(&self) -> Health {
-        if self.objects.is_err() || self.blocked.is_some() {
-            return Health::Unknown;
-        }
-        if !self.applied_current() {
-            return if self.health.is_empty() {
-                Health::Unknown
-            } else {
-                Health::Progressing
-            };
-        }
-        let c = self.counts();
-        if self.timed_out || c.failed > 0 {
-            Health::Degraded
-        } else if c.current == c.total {
-            Health::Healthy
-        } else {
-            Health::Progressing
-        }
-    }
-
-    fn phase(&self) -> Phase {
-        if self.objects.is_err() || self.blocked.is_some() {
-            Phase::Failed
-        } else if !self.applied_current() {
-            Phase::Applying
-        } else if !self.apply_errors.is_empty() || self.timed_out {
-            Phase::Failed
-        } else {
-            Phase::Applied
-        }
-    }
-
-    /// Whether nothing will change without an outside event (no need to poll soon).
-    fn settled(&self) -> bool {
-        match self.phase() {
-            Phase::Applying => self.waiting.is_none() && self.objects.is_ok(),
-            Phase::Failed => true,
-            _ => self.app_health() == Health::Healthy || self.timed_out,
-        }
-    }
-
-    /// The objects worth naming: failed first, then in progress and unknown, then drifted.
-    fn worst(&self) -> Vec<ObjectStatus> {
-        let mut rows: Vec<(u8, ObjectStatus)> = Vec::new();
-        let status =
-            |key: &ObjKey, health: ObjectHealth, reason: &str, message: String| ObjectStatus {
-                api_version: key.api_version.clone(),
-                kind: key.kind.clone(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                health: health.into(),
-                reason: reason.into(),
-                message,
-                drifted_fields: self
-                    .drift
-                    .get(key)
-                    .map(|(p, _)| p.clone())
-                    .unwrap_or_default(),
-            };
-        for o in self.objs() {
-            if let Some(e) = self.apply_errors.get(&o.key) {
-                rows.push((
-                    0,
-                    status(&o.key, ObjectHealth::Failed, e.reason(), e.to_string()),
-                ));
-            } else if let Some(a) = self.health.get(&o.key)
-                && a.health != ObjectHealth::Current
-            {
-                let rank = match a.health {
-                    ObjectHealth::Failed => 0,
-                    ObjectHealth::Unknown => 2,
-                    _ => 1,
-                };
-                rows.push((rank, status(&o.key, a.health, &a.reason, a.message.clone())));
-            } else if let Some((paths, healed)) = self.drift.get(&o.key) {
-                let (reason, message) = if *healed {
-                    ("DriftHealed", format!("re-applied: {}", paths.join(", ")))
-                } else {
-                    (
-                        "Drifted",
-                        format!("differs from the bundle: {}", paths.join(", ")),
-                    )
-                };
-                rows.push((3, status(&o.key, ObjectHealth::Current, reason, message)));
-            }
-        }
-        rows.sort_by_key(|(rank, _)| *rank);
-        rows.into_iter().take(MAX_WORST).map(|(_, s)| s).collect()
-    }
-
-    fn message(&self, backend: &str) -> String {
-        if let Err(e) = &self.objects {
-            return format!("bundle unreadable: {e}");
-        }
-        if let Some(b) = &self.blocked {
-            return b.clone();
-        }
-        if let Some(w) = &self.waiting {
-            return w.clone();
-        }
-        let total = self.objs().len();
-        if !self.applied_current() {
-            return format!("applying {total} objects");
-        }
-        let worst = self.worst();
-        let first = worst
-            .iter()
-            .find(|w| w.health() != ObjectHealth::Current)
-            .map(|w| {
-                let key = ObjKey {
-                    api_version: w.api_version.clone(),
-                    kind: w.kind.clone(),
-                    namespace: w.namespace.clone(),
-                    name: w.name.clone(),
-                };
-                format!("{key}: {}: {}", w.reason, w.message)
-            })
-            .unwrap_or_default();
-        let mut msg = if !self.apply_errors.is_empty() {
-            format!(
-                "{} of {total} objects failed to apply; {first}",
-                self.apply_errors.len()
-            )
-        } else if self.timed_out {
-            let timeout = Duration::from_millis(self.opts().health_timeout_ms);
-            format!(
-                "not healthy within {}: {first}",
-                humantime::format_duration(timeout)
-            )
-        } else {
-            match self.app_health() {
-                Health::Healthy => {
-                    format!("{total} objects applied and current ({backend} cluster)")
-                }
-                Health::Degraded => format!("degraded: {first}"),
-                _ => format!("waiting for {total} objects to become current: {first}"),
-            }
-        };
-        let drifted = self.drift.values().filter(|(_, healed)| !healed).count();
-        let healed = self.drift.values().filter(|(_, healed)| *healed).count();
-        if drifted > 0 {
-            msg.push_str(&format!(
-                "; {drifted} objects drifted from the bundle (self-heal off)"
-            ));
-        }
-        if healed > 0 {
-            msg.push_str(&format!("; self-heal re-applied {healed} drifted objects"));
-        }
-        for n in &self.notes {
-            msg.push_str("; ");
-            msg.push_str(n);
-        }
-        msg
-    }
-
-    fn report(&self, backend: &str) -> AppStatus {
-        AppStatus {
-            app: self.desired.app.clone(),
-            revision: self.desired.revision.clone(),
-            bundle_digest: self.desired.bundle_digest.clone(),
-            phase: self.phase().into(),
-            message: self.message(backend),
-            observed_unix_ms: unix_ms(SystemTime::now()),
-            health: self.app_health().into(),
-            objects: Some(self.counts()),
-            drifted: self.drift.values().filter(|(_, healed)| !healed).count() as u32,
-            worst: self.worst(),
-            healed: self.healed,
-        }
     }
 }
 

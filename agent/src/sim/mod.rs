@@ -26,6 +26,7 @@
 //! each a sleep plus one locked update, holding the cluster weakly.
 
 mod api;
+mod config;
 mod delete;
 mod fields;
 mod kubelet;
@@ -48,7 +49,7 @@ use http_body::Body as _;
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::cluster::SimConfig;
+pub use config::SimConfig;
 pub use kubelet::SIMULATE_ANNOTATION;
 use store::{PendingSettle, State};
 

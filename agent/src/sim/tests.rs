@@ -12,8 +12,7 @@ use kube::discovery::{self, Discovery, Scope};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use super::SimCluster;
-use crate::cluster::SimConfig;
+use super::{SimCluster, SimConfig};
 
 const DELAY: Duration = Duration::from_secs(2);
 

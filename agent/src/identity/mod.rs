@@ -3,6 +3,8 @@
 //! together so a renewal swaps both atomically; `ca.crt`; `agent.yaml`) in an [`IdentityStore`]:
 //! a state dir (files, mode 0600) or a Kubernetes Secret ([`SecretState`]).
 
+mod secret_state;
+
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,7 +16,7 @@ use flotilla_proto::tls::{TlsError, certs_from_pem, mtls_client_config};
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-pub use crate::secret_state::SecretState;
+pub use secret_state::SecretState;
 
 /// Name of the agent state item (file or Secret key).
 pub const AGENT_YAML: &str = "agent.yaml";
@@ -343,7 +345,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Splits `identity.pem` into (certificate PEM blocks, key PEM block).
-pub(crate) fn split_identity(text: &str) -> Option<(String, String)> {
+fn split_identity(text: &str) -> Option<(String, String)> {
     let key_start = text
         .find("-----BEGIN PRIVATE KEY-----")
         .or_else(|| text.find("-----BEGIN EC PRIVATE KEY-----"))?;

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-use crate::identity::{
+use super::{
     AGENT_YAML, AgentState, CA_CRT, Credentials, IDENTITY_PEM, IdentityError, split_identity,
 };
 
@@ -210,9 +210,8 @@ fn labels() -> BTreeMap<String, String> {
 #[cfg(all(test, feature = "simulated"))]
 mod tests {
     use super::*;
-    use crate::cluster::SimConfig;
     use crate::identity::new_key_and_csr;
-    use crate::sim::SimCluster;
+    use crate::sim::{SimCluster, SimConfig};
 
     /// A simulated cluster with the namespace `flotilla`, holding `secrets`.
     async fn fake_with(secrets: &[Secret]) -> kube::Client {
