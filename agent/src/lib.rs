@@ -1,6 +1,14 @@
 //! `flotilla-agent`: the agent that runs in each cluster. It joins the hub with a one-line
 //! token, keeps its own key, holds a mutual-TLS session to the hub (dialing out only), renews
 //! its certificate over that session, and reconnects with jittered backoff.
+//!
+//! Layers, lowest first; a module imports only from its own layer or those below, and no two
+//! modules import each other (`tests/tests/layers.rs` checks it):
+//! 0. [`backoff`], [`metrics`], [`sim`] (the simulated cluster), [`bundles`] (the bundle cache);
+//! 1. [`http`] (metrics and health port), [`cluster`] (the backends), [`identity`] (key,
+//!    certificate and their storage);
+//! 2. [`join`], [`reconcile`];
+//! 3. [`session`] — and the crate root, which wires them into an [`Agent`].
 
 pub mod backoff;
 pub mod bundles;

@@ -18,10 +18,9 @@ const HUB: &[&[&str]] = &[
 
 /// The agent's layers, lowest first (see `agent/src/lib.rs`).
 const AGENT: &[&[&str]] = &[
-    &["backoff", "metrics", "http"],
-    &["sim"],
-    &["cluster", "secret_state", "identity", "bundles"],
-    &["reconcile", "join"],
+    &["backoff", "metrics", "sim", "bundles"],
+    &["http", "cluster", "identity"],
+    &["join", "reconcile"],
     &["session"],
 ];
 
