@@ -125,7 +125,7 @@ impl From<&Cluster> for ClusterOut {
             labels: c.labels.clone().into_iter().collect(),
             state: c.state.clone(),
             last_seen: rfc3339_ms(c.last_seen_unix_ms),
-            agent_version: (!c.agent_version.is_empty()).then(|| c.agent_version.clone()),
+            agent_version: non_empty(&c.agent_version),
             cert_expires: rfc3339_ms(c.cert_expires_unix_ms),
             identity: c.identity.clone(),
             created: rfc3339_ms(c.created_unix_ms),
@@ -307,10 +307,7 @@ impl From<&Source> for SourceOut {
             url: s.url.clone(),
             reference: s.r#ref.clone(),
             path: s.path.clone(),
-            interval: humantime::format_duration(std::time::Duration::from_secs(
-                s.interval_seconds,
-            ))
-            .to_string(),
+            interval: seconds(s.interval_seconds),
             commit: non_empty(&s.commit),
             last_fetch: rfc3339_ms(s.last_fetch_unix_ms),
             error: non_empty(&s.error),
