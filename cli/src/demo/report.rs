@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use super::fleet::{APP, CLUSTERS};
@@ -120,26 +119,27 @@ pub fn render(out: &DemoOut, fmt: Format, keep: bool) -> String {
 }
 
 fn stages_table(r: &RolloutOut) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(["STAGE", "STATE", "UPDATED", "CLUSTERS"]);
-    for st in &r.stages {
-        let clusters: Vec<String> = st
-            .clusters
-            .iter()
-            .map(|c| match st.failures.contains_key(c) {
-                true => format!("{c} (failed)"),
-                false => c.clone(),
-            })
-            .collect();
-        t.add_row([
-            st.name.clone(),
-            st.state.clone(),
-            format!("{}/{}", st.updated.len(), st.clusters.len()),
-            clusters.join(", "),
-        ]);
-    }
-    format!("{t}\n")
+    output::columns_table(
+        &r.stages,
+        &[
+            ("STAGE", |st| st.name.clone()),
+            ("STATE", |st| st.state.clone()),
+            ("UPDATED", |st| {
+                format!("{}/{}", st.updated.len(), st.clusters.len())
+            }),
+            ("CLUSTERS", |st| {
+                let clusters: Vec<String> = st
+                    .clusters
+                    .iter()
+                    .map(|c| match st.failures.contains_key(c) {
+                        true => format!("{c} (failed)"),
+                        false => c.clone(),
+                    })
+                    .collect();
+                clusters.join(", ")
+            }),
+        ],
+    )
 }
 
 /// The CLI commands to try on the hub.
