@@ -135,6 +135,16 @@ impl From<&Cluster> for ClusterOut {
     }
 }
 
+impl ClusterOut {
+    /// A cluster with, per app, the agent's last report (as `GetCluster` answers).
+    pub fn with_apps(c: &Cluster) -> Self {
+        Self {
+            apps: Some(c.apps.iter().map(ClusterAppOut::from).collect()),
+            ..Self::from(c)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenOut {
     pub id: String,
@@ -158,11 +168,33 @@ impl From<&Token> for TokenOut {
     }
 }
 
-pub fn structured<T: Serialize>(format: Format, v: &T) -> String {
+pub fn structured<T: Serialize + ?Sized>(format: Format, v: &T) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(v).expect("serializes") + "\n",
         _ => serde_yaml_ng::to_string(v).expect("serializes"),
     }
+}
+
+/// `v` in `format`: as `table` draws it, or as JSON or YAML. Every command chooses its output
+/// through this (or [`list`]).
+pub fn render<T: Serialize + ?Sized>(
+    format: Format,
+    v: &T,
+    table: impl FnOnce(&T) -> String,
+) -> String {
+    match format {
+        Format::Table => table(v),
+        f => structured(f, v),
+    }
+}
+
+/// Wire messages as a list of their output form `O`, rendered in `format` (see [`render`]).
+pub fn list<'a, W, O>(format: Format, items: &'a [W], table: impl FnOnce(&[O]) -> String) -> String
+where
+    O: From<&'a W> + Serialize,
+{
+    let rows: Vec<O> = items.iter().map(O::from).collect();
+    render(format, rows.as_slice(), table)
 }
 
 /// A table in the CLI's style (borders only) with `header` and a row per item of `rows`, as the
@@ -231,26 +263,13 @@ pub fn tokens_table(rows: &[TokenOut]) -> String {
     )
 }
 
-/// Renders clusters in the chosen format.
-pub fn clusters(format: Format, rows: &[ClusterOut]) -> String {
-    match format {
-        Format::Table => clusters_table(rows),
-        f => structured(f, &rows),
+/// One cluster: a single-row table followed by its apps.
+pub fn cluster_table(c: &ClusterOut) -> String {
+    let mut out = clusters_table(std::slice::from_ref(c));
+    if let Some(apps) = c.apps.as_ref().filter(|a| !a.is_empty()) {
+        out.push_str(&cluster_apps_table(apps));
     }
-}
-
-/// Renders one cluster: a single-row table followed by its apps, or an object.
-pub fn cluster(format: Format, c: &ClusterOut) -> String {
-    match format {
-        Format::Table => {
-            let mut out = clusters_table(std::slice::from_ref(c));
-            if let Some(apps) = c.apps.as_ref().filter(|a| !a.is_empty()) {
-                out.push_str(&cluster_apps_table(apps));
-            }
-            out
-        }
-        f => structured(f, c),
-    }
+    out
 }
 
 /// The apps of one cluster: revision, phase, health, object counts, drift, and the reason.

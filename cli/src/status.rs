@@ -486,13 +486,6 @@ pub async fn fetch(
     Ok((clusters, rollouts))
 }
 
-fn render(fmt: Format, s: &StatusOut) -> String {
-    match fmt {
-        Format::Table => status_table(s),
-        f => output::structured(f, s),
-    }
-}
-
 /// One `flotilla status` invocation; with `--watch` it writes the frames itself and returns an
 /// empty string at Ctrl-C.
 pub async fn run(
@@ -510,7 +503,8 @@ pub async fn run(
         }
     };
     if !args.watch {
-        return Ok(render(fmt, &snapshot(admin.clone()).await?));
+        let s = snapshot(admin.clone()).await?;
+        return Ok(output::render(fmt, &s, status_table));
     }
     let tty = std::io::stdout().is_terminal();
     let interval = args.interval;
@@ -919,7 +913,8 @@ mod tests {
             cluster("x", None, "pending", vec![]),
         ]);
         let s = summarize(&clusters, &no_rollouts(), "region", 5, NOW);
-        let v: serde_json::Value = serde_json::from_str(&render(Format::Json, &s)).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&output::structured(Format::Json, &s)).expect("json");
         assert_eq!(
             v,
             serde_json::json!({

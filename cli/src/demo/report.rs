@@ -78,9 +78,11 @@ impl RolloutOut {
 
 /// The report in `fmt`; `keep` says whether the hub is still running.
 pub fn render(out: &DemoOut, fmt: Format, keep: bool) -> String {
-    if fmt != Format::Table {
-        return output::structured(fmt, out);
-    }
+    output::render(fmt, out, |out| report_table(out, keep))
+}
+
+/// The report as tables, with what to try next.
+fn report_table(out: &DemoOut, keep: bool) -> String {
     let mut s = String::new();
     let regions = {
         let mut r: Vec<&str> = CLUSTERS.iter().map(|c| c.1).collect();
