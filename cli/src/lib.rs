@@ -139,26 +139,7 @@ pub enum RolloutCmd {
 #[derive(Debug, Subcommand)]
 pub enum SourceCmd {
     /// Track a repository (https, ssh, file:// or a local path).
-    Add {
-        name: String,
-        #[arg(long)]
-        url: String,
-        /// Branch, tag or commit.
-        #[arg(long = "ref", default_value = "main")]
-        reference: String,
-        /// Directory in the repository holding flotilla.yaml.
-        #[arg(long, default_value = "")]
-        path: String,
-        /// Polling interval.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// File on the hub with https credentials (token, or user:password).
-        #[arg(long)]
-        secret_file: Option<String>,
-        /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
-        #[arg(long)]
-        webhook_secret_file: Option<String>,
-    },
+    Add(AddSourceArgs),
     List,
     Get {
         name: String,
@@ -179,6 +160,43 @@ pub enum SourceCmd {
     Sync {
         name: String,
     },
+}
+
+/// `flotilla source add`: the source to track, as the hub's `AddSourceRequest` takes it.
+#[derive(Debug, clap::Args)]
+pub struct AddSourceArgs {
+    pub name: String,
+    #[arg(long)]
+    pub url: String,
+    /// Branch, tag or commit.
+    #[arg(long = "ref", default_value = "main")]
+    pub reference: String,
+    /// Directory in the repository holding flotilla.yaml.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Polling interval.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// File on the hub with https credentials (token, or user:password).
+    #[arg(long)]
+    pub secret_file: Option<String>,
+    /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
+    #[arg(long)]
+    pub webhook_secret_file: Option<String>,
+}
+
+impl From<AddSourceArgs> for AddSourceRequest {
+    fn from(a: AddSourceArgs) -> Self {
+        Self {
+            name: a.name,
+            url: a.url,
+            r#ref: a.reference,
+            path: a.path,
+            interval_seconds: a.interval.as_secs().max(1),
+            secret_file: a.secret_file.unwrap_or_default(),
+            webhook_secret_file: a.webhook_secret_file.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,24 +396,8 @@ async fn source_command(
 ) -> Result<String, CliError> {
     let one = |s: Source| output::render(fmt, &SourceOut::from(&s), output::source_table);
     Ok(match cmd {
-        SourceCmd::Add {
-            name,
-            url,
-            reference,
-            path,
-            interval,
-            secret_file,
-            webhook_secret_file,
-        } => one(admin
-            .add_source(AddSourceRequest {
-                name,
-                url,
-                r#ref: reference,
-                path,
-                interval_seconds: interval.as_secs().max(1),
-                secret_file: secret_file.unwrap_or_default(),
-                webhook_secret_file: webhook_secret_file.unwrap_or_default(),
-            })
+        SourceCmd::Add(args) => one(admin
+            .add_source(AddSourceRequest::from(args))
             .await?
             .into_inner()),
         SourceCmd::List => {
