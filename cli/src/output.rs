@@ -319,7 +319,8 @@ pub struct SourceAppOut {
     pub clusters: Vec<String>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+/// `s`, or `None` when it is empty (the wire's "not set").
+pub fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 

@@ -251,24 +251,19 @@ mod tests {
     #[test]
     fn the_table_report_shows_the_rollouts_and_what_to_try_next() {
         let text = render(&out(true), Format::Table, true);
-        assert!(
-            text.contains("bbbbbbbbbbbb \"bad release\": rolled_back"),
-            "{text}"
-        );
-        assert!(
-            text.contains("stage canary failed (1 of 1 clusters)"),
-            "{text}"
-        );
-        assert!(text.contains("canary-1 (failed)"), "{text}");
-        assert!(text.contains("runs aaaaaaaaaaaa"), "{text}");
-        assert!(text.contains("still running on 127.0.0.1:7443"), "{text}");
-        assert!(
-            text.contains("export FLOTILLA_CONFIG=/tmp/x/hub/admin.yaml"),
-            "{text}"
-        );
-        assert!(text.contains("flotilla rollout status web"), "{text}");
-        assert!(text.contains("flotilla status --watch"), "{text}");
-        assert!(text.contains("git -C /tmp/x/fleet commit"), "{text}");
+        for shown in [
+            "bbbbbbbbbbbb \"bad release\": rolled_back",
+            "stage canary failed (1 of 1 clusters)",
+            "canary-1 (failed)",
+            "runs aaaaaaaaaaaa",
+            "still running on 127.0.0.1:7443",
+            "export FLOTILLA_CONFIG=/tmp/x/hub/admin.yaml",
+            "flotilla rollout status web",
+            "flotilla status --watch",
+            "git -C /tmp/x/fleet commit",
+        ] {
+            assert!(text.contains(shown), "{shown:?} is missing from {text}");
+        }
 
         let text = render(&out(false), Format::Table, false);
         assert!(text.contains("flotilla demo --keep"), "{text}");
