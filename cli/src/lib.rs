@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_proto::clock::rfc3339_ms;
+use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::*;
 use serde::Serialize;
+use tonic::transport::Channel;
 
 use self::client::{CliError, admin_client, config_path, load_credential};
-use self::output::{ClusterOut, Format, TokenOut};
+use self::output::{AppOut, ClusterOut, Format, PinOut, RolloutOut, SourceOut, TokenOut};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -137,26 +139,7 @@ pub enum RolloutCmd {
 #[derive(Debug, Subcommand)]
 pub enum SourceCmd {
     /// Track a repository (https, ssh, file:// or a local path).
-    Add {
-        name: String,
-        #[arg(long)]
-        url: String,
-        /// Branch, tag or commit.
-        #[arg(long = "ref", default_value = "main")]
-        reference: String,
-        /// Directory in the repository holding flotilla.yaml.
-        #[arg(long, default_value = "")]
-        path: String,
-        /// Polling interval.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// File on the hub with https credentials (token, or user:password).
-        #[arg(long)]
-        secret_file: Option<String>,
-        /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
-        #[arg(long)]
-        webhook_secret_file: Option<String>,
-    },
+    Add(AddSourceArgs),
     List,
     Get {
         name: String,
@@ -177,6 +160,43 @@ pub enum SourceCmd {
     Sync {
         name: String,
     },
+}
+
+/// `flotilla source add`: the source to track, as the hub's `AddSourceRequest` takes it.
+#[derive(Debug, clap::Args)]
+pub struct AddSourceArgs {
+    pub name: String,
+    #[arg(long)]
+    pub url: String,
+    /// Branch, tag or commit.
+    #[arg(long = "ref", default_value = "main")]
+    pub reference: String,
+    /// Directory in the repository holding flotilla.yaml.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Polling interval.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// File on the hub with https credentials (token, or user:password).
+    #[arg(long)]
+    pub secret_file: Option<String>,
+    /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
+    #[arg(long)]
+    pub webhook_secret_file: Option<String>,
+}
+
+impl From<AddSourceArgs> for AddSourceRequest {
+    fn from(a: AddSourceArgs) -> Self {
+        Self {
+            name: a.name,
+            url: a.url,
+            r#ref: a.reference,
+            path: a.path,
+            interval_seconds: a.interval.as_secs().max(1),
+            secret_file: a.secret_file.unwrap_or_default(),
+            webhook_secret_file: a.webhook_secret_file.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,8 +263,8 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 expires_at: rfc3339_ms(t.expires_unix_ms),
                 labels: c.labels.into_iter().collect(),
             };
-            match fmt {
-                Format::Table => format!(
+            output::render(fmt, &out, |out| {
+                format!(
                     "cluster {} added; join token (expires {}{}):\n{}\n\nstart the agent in the cluster with:\n  flotilla-agent --join '{}'\n",
                     out.name,
                     out.expires_at.clone().unwrap_or_default(),
@@ -255,26 +275,19 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     },
                     out.token,
                     out.token
-                ),
-                f => output::structured(f, &out),
-            }
+                )
+            })
         }
         Command::Cluster(ClusterCmd::List) => {
-            let resp = admin
-                .list_clusters(ListClustersRequest::default())
-                .await?
-                .into_inner();
-            let rows: Vec<ClusterOut> = resp.clusters.iter().map(ClusterOut::from).collect();
-            output::clusters(fmt, &rows)
+            let resp = admin.list_clusters(ListClustersRequest::default()).await?;
+            output::list(fmt, &resp.into_inner().clusters, output::clusters_table)
         }
         Command::Cluster(ClusterCmd::Get { name }) => {
             let c = admin
                 .get_cluster(GetClusterRequest { name })
                 .await?
                 .into_inner();
-            let mut out = ClusterOut::from(&c);
-            out.apps = Some(c.apps.iter().map(output::ClusterAppOut::from).collect());
-            output::cluster(fmt, &out)
+            output::render(fmt, &ClusterOut::with_apps(&c), output::cluster_table)
         }
         Command::Cluster(ClusterCmd::Label { name, changes }) => {
             let mut set = HashMap::new();
@@ -294,38 +307,32 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .label_cluster(LabelClusterRequest { name, set, remove })
                 .await?
                 .into_inner();
-            output::cluster(fmt, &ClusterOut::from(&c))
+            output::render(fmt, &ClusterOut::from(&c), output::cluster_table)
         }
         Command::Cluster(ClusterCmd::Remove { name }) => {
             let c = admin
                 .remove_cluster(RemoveClusterRequest { name })
                 .await?
                 .into_inner();
-            match fmt {
-                Format::Table => format!(
+            output::render(fmt, &ClusterOut::from(&c), |c| {
+                format!(
                     "cluster {} removed: its certificates and tokens are revoked\n",
                     c.name
-                ),
-                f => output::structured(f, &ClusterOut::from(&c)),
-            }
+                )
+            })
         }
         Command::Token(TokenCmd::List) => {
-            let resp = admin.list_tokens(ListTokensRequest {}).await?.into_inner();
-            let rows: Vec<TokenOut> = resp.tokens.iter().map(TokenOut::from).collect();
-            match fmt {
-                Format::Table => output::tokens_table(&rows),
-                f => output::structured(f, &rows),
-            }
+            let resp = admin.list_tokens(ListTokensRequest {}).await?;
+            output::list(fmt, &resp.into_inner().tokens, output::tokens_table)
         }
         Command::Token(TokenCmd::Revoke { id }) => {
             let t = admin
                 .revoke_token(RevokeTokenRequest { id })
                 .await?
                 .into_inner();
-            match fmt {
-                Format::Table => format!("token {} revoked\n", t.id),
-                f => output::structured(f, &TokenOut::from(&t)),
-            }
+            output::render(fmt, &TokenOut::from(&t), |t| {
+                format!("token {} revoked\n", t.id)
+            })
         }
         Command::Cluster(ClusterCmd::Pin {
             name,
@@ -340,58 +347,42 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 })
                 .await?
                 .into_inner();
-            match fmt {
-                Format::Table => format!(
+            output::render(fmt, &PinOut::from(&p), |p| {
+                format!(
                     "cluster {c} pinned to {a} {}; rollouts skip it until `flotilla cluster unpin {c} {a}`\n",
                     p.revision,
                     c = p.cluster,
                     a = p.app,
-                ),
-                f => output::structured(f, &output::PinOut::from(&p)),
-            }
+                )
+            })
         }
         Command::Cluster(ClusterCmd::Unpin { name, app }) => {
             let p = admin
                 .unpin_cluster(UnpinClusterRequest { cluster: name, app })
                 .await?
                 .into_inner();
-            match fmt {
-                Format::Table => format!(
+            output::render(fmt, &PinOut::from(&p), |p| {
+                format!(
                     "cluster {} unpinned from {} {}; it follows the app's rollouts again\n",
                     p.cluster, p.app, p.revision
-                ),
-                f => output::structured(f, &output::PinOut::from(&p)),
-            }
+                )
+            })
         }
         Command::Source(cmd) => source_command(&mut admin, cmd, fmt).await?,
         Command::Rollout(cmd) => rollout_command(&mut admin, cmd, fmt).await?,
         Command::Audit { limit } => {
-            let entries = admin
-                .list_audit(ListAuditRequest { limit })
-                .await?
-                .into_inner()
-                .entries;
-            let rows: Vec<_> = entries.iter().map(output::AuditOut::from).collect();
-            match fmt {
-                Format::Table => output::audit_table(&rows),
-                f => output::structured(f, &rows),
-            }
+            let resp = admin.list_audit(ListAuditRequest { limit }).await?;
+            output::list(fmt, &resp.into_inner().entries, output::audit_table)
         }
         Command::App(AppCmd::List) => {
-            let apps = admin.list_apps(ListAppsRequest {}).await?.into_inner().apps;
-            let rows: Vec<_> = apps.iter().map(output::AppOut::from).collect();
-            match fmt {
-                Format::Table => output::apps_table(&rows),
-                f => output::structured(f, &rows),
-            }
+            let resp = admin.list_apps(ListAppsRequest {}).await?;
+            output::list(fmt, &resp.into_inner().apps, output::apps_table)
         }
         Command::App(AppCmd::Get { name }) => {
             let app = admin.get_app(GetAppRequest { name }).await?.into_inner();
-            let row = output::AppOut::from(&app);
-            match fmt {
-                Format::Table => output::apps_table(std::slice::from_ref(&row)),
-                f => output::structured(f, &row),
-            }
+            output::render(fmt, &AppOut::from(&app), |a| {
+                output::apps_table(std::slice::from_ref(a))
+            })
         }
         Command::Status(args) => status::run(&mut admin, &args, fmt).await?,
         Command::Demo(_) => unreachable!("handled above"),
@@ -399,49 +390,19 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
 }
 
 async fn source_command(
-    admin: &mut flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    admin: &mut AdminClient<Channel>,
     cmd: SourceCmd,
     fmt: Format,
 ) -> Result<String, CliError> {
-    let one = |s: Source| {
-        let row = output::SourceOut::from(&s);
-        match fmt {
-            Format::Table => output::source_table(&row),
-            f => output::structured(f, &row),
-        }
-    };
+    let one = |s: Source| output::render(fmt, &SourceOut::from(&s), output::source_table);
     Ok(match cmd {
-        SourceCmd::Add {
-            name,
-            url,
-            reference,
-            path,
-            interval,
-            secret_file,
-            webhook_secret_file,
-        } => one(admin
-            .add_source(AddSourceRequest {
-                name,
-                url,
-                r#ref: reference,
-                path,
-                interval_seconds: interval.as_secs().max(1),
-                secret_file: secret_file.unwrap_or_default(),
-                webhook_secret_file: webhook_secret_file.unwrap_or_default(),
-            })
+        SourceCmd::Add(args) => one(admin
+            .add_source(AddSourceRequest::from(args))
             .await?
             .into_inner()),
         SourceCmd::List => {
-            let list = admin
-                .list_sources(ListSourcesRequest {})
-                .await?
-                .into_inner()
-                .sources;
-            let rows: Vec<_> = list.iter().map(output::SourceOut::from).collect();
-            match fmt {
-                Format::Table => output::sources_table(&rows),
-                f => output::structured(f, &rows),
-            }
+            let resp = admin.list_sources(ListSourcesRequest {}).await?;
+            output::list(fmt, &resp.into_inner().sources, output::sources_table)
         }
         SourceCmd::Get { name } => one(admin
             .get_source(GetSourceRequest { name })
@@ -472,13 +433,12 @@ async fn source_command(
                 })
                 .await?
                 .into_inner();
-            match fmt {
-                Format::Table => format!(
+            output::render(fmt, &SourceOut::from(&done), |_| {
+                format!(
                     "{}source {name} removed; follow each app with `flotilla rollout status APP`\n",
                     if yes { summary } else { String::new() }
-                ),
-                _ => one(done),
-            }
+                )
+            })
         }
         SourceCmd::Sync { name } => one(admin
             .sync_source(SyncSourceRequest { name })
@@ -516,30 +476,20 @@ fn confirm(summary: &str, question: &str) -> Result<(), CliError> {
 }
 
 async fn rollout_command(
-    admin: &mut flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    admin: &mut AdminClient<Channel>,
     cmd: RolloutCmd,
     fmt: Format,
 ) -> Result<String, CliError> {
     // An action prints what it did, then the rollout as it stands.
     let one = |done: String, r: Rollout| {
-        let row = output::RolloutOut::from(&r);
-        match fmt {
-            Format::Table => done + &output::rollout_table(&row),
-            f => output::structured(f, &row),
-        }
+        output::render(fmt, &RolloutOut::from(&r), |row| {
+            done + &output::rollout_table(row)
+        })
     };
     Ok(match cmd {
         RolloutCmd::List => {
-            let list = admin
-                .list_rollouts(ListRolloutsRequest {})
-                .await?
-                .into_inner()
-                .rollouts;
-            let rows: Vec<_> = list.iter().map(output::RolloutOut::from).collect();
-            match fmt {
-                Format::Table => output::rollouts_table(&rows),
-                f => output::structured(f, &rows),
-            }
+            let resp = admin.list_rollouts(ListRolloutsRequest {}).await?;
+            output::list(fmt, &resp.into_inner().rollouts, output::rollouts_table)
         }
         RolloutCmd::Status { app } => one(
             String::new(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use comfy_table::{Row, Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
 use flotilla_proto::state::{Phase, RolloutState, StageState};
 use flotilla_proto::v1::{
@@ -125,12 +125,22 @@ impl From<&Cluster> for ClusterOut {
             labels: c.labels.clone().into_iter().collect(),
             state: c.state.clone(),
             last_seen: rfc3339_ms(c.last_seen_unix_ms),
-            agent_version: (!c.agent_version.is_empty()).then(|| c.agent_version.clone()),
+            agent_version: non_empty(&c.agent_version),
             cert_expires: rfc3339_ms(c.cert_expires_unix_ms),
             identity: c.identity.clone(),
             created: rfc3339_ms(c.created_unix_ms),
             backend: non_empty(&c.cluster_backend),
             apps: None,
+        }
+    }
+}
+
+impl ClusterOut {
+    /// A cluster with, per app, the agent's last report (as `GetCluster` answers).
+    pub fn with_apps(c: &Cluster) -> Self {
+        Self {
+            apps: Some(c.apps.iter().map(ClusterAppOut::from).collect()),
+            ..Self::from(c)
         }
     }
 }
@@ -158,11 +168,60 @@ impl From<&Token> for TokenOut {
     }
 }
 
-pub fn structured<T: Serialize>(format: Format, v: &T) -> String {
+pub fn structured<T: Serialize + ?Sized>(format: Format, v: &T) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(v).expect("serializes") + "\n",
         _ => serde_yaml_ng::to_string(v).expect("serializes"),
     }
+}
+
+/// `v` in `format`: as `table` draws it, or as JSON or YAML. Every command chooses its output
+/// through this (or [`list`]).
+pub fn render<T: Serialize + ?Sized>(
+    format: Format,
+    v: &T,
+    table: impl FnOnce(&T) -> String,
+) -> String {
+    match format {
+        Format::Table => table(v),
+        f => structured(f, v),
+    }
+}
+
+/// Wire messages as a list of their output form `O`, rendered in `format` (see [`render`]).
+pub fn list<'a, W, O>(format: Format, items: &'a [W], table: impl FnOnce(&[O]) -> String) -> String
+where
+    O: From<&'a W> + Serialize,
+{
+    let rows: Vec<O> = items.iter().map(O::from).collect();
+    render(format, rows.as_slice(), table)
+}
+
+/// A table in the CLI's style (borders only) with `header` and a row per item of `rows`, as the
+/// text to print (with a final newline).
+pub fn table<R: Into<Row>>(header: impl Into<Row>, rows: impl IntoIterator<Item = R>) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header);
+    t.add_rows(rows);
+    format!("{t}\n")
+}
+
+/// A column of a [`columns_table`]: its header, and what a row shows in it.
+pub type Column<T> = (&'static str, fn(&T) -> String);
+
+/// `rows` as a [`table`] with one column per entry of `columns`.
+pub fn columns_table<T>(rows: &[T], columns: &[Column<T>]) -> String {
+    table(
+        columns.iter().map(|(header, _)| *header),
+        rows.iter()
+            .map(|r| columns.iter().map(|(_, cell)| cell(r)).collect::<Vec<_>>()),
+    )
+}
+
+/// `value`, or `absent` when there is none.
+fn text_or(value: &Option<String>, absent: &str) -> String {
+    value.clone().unwrap_or_else(|| absent.into())
 }
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {
@@ -173,97 +232,61 @@ fn labels_text(l: &BTreeMap<String, String>) -> String {
 }
 
 pub fn clusters_table(rows: &[ClusterOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "NAME",
-        "LABELS",
-        "STATE",
-        "LAST SEEN",
-        "AGENT",
-        "CERT EXPIRES",
-    ]);
-    for c in rows {
-        t.add_row([
-            c.name.clone(),
-            labels_text(&c.labels),
-            c.state.clone(),
-            c.last_seen.clone().unwrap_or_else(|| "never".into()),
-            match (&c.agent_version, &c.backend) {
+    columns_table(
+        rows,
+        &[
+            ("NAME", |c| c.name.clone()),
+            ("LABELS", |c| labels_text(&c.labels)),
+            ("STATE", |c| c.state.clone()),
+            ("LAST SEEN", |c| text_or(&c.last_seen, "never")),
+            ("AGENT", |c| match (&c.agent_version, &c.backend) {
                 (Some(v), Some(b)) => format!("{v} ({b})"),
                 (Some(v), None) => v.clone(),
                 _ => "-".into(),
-            },
-            c.cert_expires.clone().unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    format!("{t}\n")
+            }),
+            ("CERT EXPIRES", |c| text_or(&c.cert_expires, "-")),
+        ],
+    )
 }
 
 pub fn tokens_table(rows: &[TokenOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(["ID", "CLUSTER", "STATE", "REUSABLE", "USES", "EXPIRES"]);
-    for r in rows {
-        t.add_row([
-            r.id.clone(),
-            r.cluster.clone(),
-            r.state.clone(),
-            r.reusable.to_string(),
-            r.uses.to_string(),
-            r.expires_at.clone().unwrap_or_default(),
-        ]);
-    }
-    format!("{t}\n")
+    columns_table(
+        rows,
+        &[
+            ("ID", |t| t.id.clone()),
+            ("CLUSTER", |t| t.cluster.clone()),
+            ("STATE", |t| t.state.clone()),
+            ("REUSABLE", |t| t.reusable.to_string()),
+            ("USES", |t| t.uses.to_string()),
+            ("EXPIRES", |t| text_or(&t.expires_at, "")),
+        ],
+    )
 }
 
-/// Renders clusters in the chosen format.
-pub fn clusters(format: Format, rows: &[ClusterOut]) -> String {
-    match format {
-        Format::Table => clusters_table(rows),
-        f => structured(f, &rows),
+/// One cluster: a single-row table followed by its apps.
+pub fn cluster_table(c: &ClusterOut) -> String {
+    let mut out = clusters_table(std::slice::from_ref(c));
+    if let Some(apps) = c.apps.as_ref().filter(|a| !a.is_empty()) {
+        out.push_str(&cluster_apps_table(apps));
     }
-}
-
-/// Renders one cluster: a single-row table followed by its apps, or an object.
-pub fn cluster(format: Format, c: &ClusterOut) -> String {
-    match format {
-        Format::Table => {
-            let mut out = clusters_table(std::slice::from_ref(c));
-            if let Some(apps) = c.apps.as_ref().filter(|a| !a.is_empty()) {
-                out.push_str(&cluster_apps_table(apps));
-            }
-            out
-        }
-        f => structured(f, c),
-    }
+    out
 }
 
 /// The apps of one cluster: revision, phase, health, object counts, drift, and the reason.
 pub fn cluster_apps_table(apps: &[ClusterAppOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "APP", "REVISION", "PHASE", "HEALTH", "OBJECTS", "DRIFTED", "MESSAGE",
-    ]);
-    for a in apps {
-        let o = &a.objects;
-        t.add_row([
-            a.name.clone(),
-            a.revision
-                .as_deref()
-                .map(short)
-                .unwrap_or_else(|| "-".into()),
-            a.phase.clone().unwrap_or_else(|| "-".into()),
-            a.health.clone(),
-            format!("{}/{} current", o.current, o.total),
-            a.drifted.to_string(),
-            a.message.clone(),
-        ]);
-    }
-    format!(
-        "{t}
-"
+    columns_table(
+        apps,
+        &[
+            ("APP", |a| a.name.clone()),
+            ("REVISION", |a| opt_short(a.revision.as_deref())),
+            ("PHASE", |a| text_or(&a.phase, "-")),
+            ("HEALTH", |a| a.health.clone()),
+            ("OBJECTS", |a| {
+                format!("{}/{} current", a.objects.current, a.objects.total)
+            }),
+            ("DRIFTED", |a| a.drifted.to_string()),
+            ("MESSAGE", |a| a.message.clone()),
+        ],
     )
 }
 
@@ -296,7 +319,8 @@ pub struct SourceAppOut {
     pub clusters: Vec<String>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+/// `s`, or `None` when it is empty (the wire's "not set").
+pub fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
@@ -307,10 +331,7 @@ impl From<&Source> for SourceOut {
             url: s.url.clone(),
             reference: s.r#ref.clone(),
             path: s.path.clone(),
-            interval: humantime::format_duration(std::time::Duration::from_secs(
-                s.interval_seconds,
-            ))
-            .to_string(),
+            interval: seconds(s.interval_seconds),
             commit: non_empty(&s.commit),
             last_fetch: rfc3339_ms(s.last_fetch_unix_ms),
             error: non_empty(&s.error),
@@ -373,23 +394,17 @@ pub fn removal_summary(source: &Source, keep_resources: bool) -> String {
 }
 
 pub fn sources_table(rows: &[SourceOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(["NAME", "URL", "REF", "COMMIT", "LAST FETCH", "ERROR"]);
-    for r in rows {
-        t.add_row([
-            r.name.clone(),
-            r.url.clone(),
-            r.reference.clone(),
-            r.commit
-                .as_deref()
-                .map(|c| c[..c.len().min(12)].to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.last_fetch.clone().unwrap_or_else(|| "never".into()),
-            r.error.clone().unwrap_or_default(),
-        ]);
-    }
-    format!("{t}\n")
+    columns_table(
+        rows,
+        &[
+            ("NAME", |s| s.name.clone()),
+            ("URL", |s| s.url.clone()),
+            ("REF", |s| s.reference.clone()),
+            ("COMMIT", |s| opt_short(s.commit.as_deref())),
+            ("LAST FETCH", |s| text_or(&s.last_fetch, "never")),
+            ("ERROR", |s| text_or(&s.error, "")),
+        ],
+    )
 }
 
 /// An app as the CLI shows it.
@@ -446,17 +461,15 @@ impl From<&App> for AppOut {
     }
 }
 
+/// A row per app and cluster (one for an app on no cluster), then each app's removal and
+/// conflicts.
 pub fn apps_table(rows: &[AppOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "HEALTH", "BUNDLE", "ERROR",
-    ]);
+    let mut lines = Vec::new();
     for a in rows {
-        let commit = a.commit.as_deref().map(short).unwrap_or_else(|| "-".into());
-        let error = a.error.clone().unwrap_or_default();
+        let commit = opt_short(a.commit.as_deref());
+        let error = text_or(&a.error, "");
         if a.clusters.is_empty() {
-            t.add_row([
+            lines.push([
                 a.name.clone(),
                 a.source.clone(),
                 commit.clone(),
@@ -469,23 +482,25 @@ pub fn apps_table(rows: &[AppOut]) -> String {
             ]);
         }
         for c in &a.clusters {
-            t.add_row([
+            lines.push([
                 a.name.clone(),
                 a.source.clone(),
                 commit.clone(),
                 c.name.clone(),
                 short(&c.desired_revision),
-                c.applied_revision
-                    .as_deref()
-                    .map(short)
-                    .unwrap_or_else(|| "-".into()),
-                c.health.clone().unwrap_or_else(|| "-".into()),
+                opt_short(c.applied_revision.as_deref()),
+                text_or(&c.health, "-"),
                 short(c.bundle_digest.trim_start_matches("sha256:")),
                 error.clone(),
             ]);
         }
     }
-    let mut out = format!("{t}\n");
+    let mut out = table(
+        [
+            "APP", "SOURCE", "COMMIT", "CLUSTER", "DESIRED", "APPLIED", "HEALTH", "BUNDLE", "ERROR",
+        ],
+        lines,
+    );
     for a in rows {
         if let Some(r) = &a.removal {
             out += &format!("app {}: {r}\n", a.name);
@@ -661,52 +676,43 @@ fn seconds(s: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
 }
 
-fn opt_short(rev: Option<&str>) -> String {
+/// A revision cut short, or `-` when there is none.
+pub fn opt_short(rev: Option<&str>) -> String {
     rev.map(short).unwrap_or_else(|| "-".into())
 }
 
 impl RolloutOut {
-    fn stage(&self, name: &str) -> Option<&RolloutStageOut> {
+    /// The stage in progress (the last one when all are done).
+    pub fn current(&self) -> Option<&RolloutStageOut> {
+        let name = self.current_stage.as_deref()?;
         self.stages.iter().find(|s| s.name == name)
     }
 }
 
 pub fn rollouts_table(rows: &[RolloutOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "APP",
-        "PIPELINE",
-        "REVISION",
-        "STATE",
-        "STAGE",
-        "UPDATED",
-        "LAST GOOD",
-        "REMOVAL",
-    ]);
-    for r in rows {
-        let stage = r
-            .current_stage
-            .as_deref()
-            .and_then(|n| r.stage(n))
-            .map(|s| format!("{} ({})", s.name, s.state))
-            .unwrap_or_else(|| "-".into());
-        t.add_row([
-            r.app.clone(),
-            r.pipeline.clone().unwrap_or_else(|| "-".into()),
-            opt_short(r.revision.as_deref()),
-            r.state.clone(),
-            stage,
-            format!("{}/{}", r.updated, r.total),
-            opt_short(r.last_good_revision.as_deref()),
-            r.removal
-                .as_ref()
-                .filter(|rm| rm.state != "succeeded")
-                .map(|rm| format!("{} ({} clusters)", rm.state, rm.clusters.len()))
-                .unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    format!("{t}\n")
+    columns_table(
+        rows,
+        &[
+            ("APP", |r| r.app.clone()),
+            ("PIPELINE", |r| text_or(&r.pipeline, "-")),
+            ("REVISION", |r| opt_short(r.revision.as_deref())),
+            ("STATE", |r| r.state.clone()),
+            ("STAGE", |r| {
+                r.current()
+                    .map(|s| format!("{} ({})", s.name, s.state))
+                    .unwrap_or_else(|| "-".into())
+            }),
+            ("UPDATED", |r| format!("{}/{}", r.updated, r.total)),
+            ("LAST GOOD", |r| opt_short(r.last_good_revision.as_deref())),
+            ("REMOVAL", |r| {
+                r.removal
+                    .as_ref()
+                    .filter(|rm| rm.state != "succeeded")
+                    .map(|rm| format!("{} ({} clusters)", rm.state, rm.clusters.len()))
+                    .unwrap_or_else(|| "-".into())
+            }),
+        ],
+    )
 }
 
 /// One rollout: a summary, then a row per stage.
@@ -751,38 +757,35 @@ pub fn rollout_table(r: &RolloutOut) -> String {
 
 /// A row per stage: state, clusters, progress, batch, soak, approval, failures.
 fn stages_table(stages: &[RolloutStageOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "STAGE", "STATE", "CLUSTERS", "UPDATED", "BATCH", "SOAK", "APPROVAL", "FAILURES",
-    ]);
-    for s in stages {
-        let soak = match s.soak_remaining_seconds {
-            Some(left) => format!("{} ({} left)", s.soak, seconds(left)),
-            None => s.soak.clone(),
-        };
-        let approval = match (&s.approved_by, s.approval.as_str()) {
-            (Some(who), _) => format!("approved by {who}"),
-            (None, "manual") => "manual".into(),
-            _ => "-".into(),
-        };
-        let failures: Vec<String> = s
-            .failures
-            .iter()
-            .map(|(c, why)| format!("{c}: {why}"))
-            .collect();
-        t.add_row([
-            s.name.clone(),
-            s.state.clone(),
-            s.clusters.join(","),
-            format!("{}/{}", s.updated, s.clusters.len()),
-            s.batch.join(","),
-            soak,
-            approval,
-            failures.join("; "),
-        ]);
-    }
-    format!("{t}\n")
+    columns_table(
+        stages,
+        &[
+            ("STAGE", |s| s.name.clone()),
+            ("STATE", |s| s.state.clone()),
+            ("CLUSTERS", |s| s.clusters.join(",")),
+            ("UPDATED", |s| format!("{}/{}", s.updated, s.clusters.len())),
+            ("BATCH", |s| s.batch.join(",")),
+            ("SOAK", |s| match s.soak_remaining_seconds {
+                Some(left) => format!("{} ({} left)", s.soak, seconds(left)),
+                None => s.soak.clone(),
+            }),
+            ("APPROVAL", |s| {
+                match (&s.approved_by, s.approval.as_str()) {
+                    (Some(who), _) => format!("approved by {who}"),
+                    (None, "manual") => "manual".into(),
+                    _ => "-".into(),
+                }
+            }),
+            ("FAILURES", |s| {
+                let failures: Vec<String> = s
+                    .failures
+                    .iter()
+                    .map(|(c, why)| format!("{c}: {why}"))
+                    .collect();
+                failures.join("; ")
+            }),
+        ],
+    )
 }
 
 /// A pin or unpin as the CLI shows it.
@@ -834,23 +837,17 @@ impl From<&AuditEntry> for AuditOut {
 }
 
 pub fn audit_table(rows: &[AuditOut]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header([
-        "TIME", "WHO", "ACTION", "APP", "CLUSTER", "STAGE", "REVISION", "DETAIL",
-    ]);
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    for e in rows {
-        t.add_row([
-            dash(&e.at),
-            e.who.clone(),
-            e.action.clone(),
-            e.app.clone(),
-            dash(&e.cluster),
-            dash(&e.stage),
-            opt_short(e.revision.as_deref()),
-            e.detail.clone().unwrap_or_default(),
-        ]);
-    }
-    format!("{t}\n")
+    columns_table(
+        rows,
+        &[
+            ("TIME", |e| text_or(&e.at, "-")),
+            ("WHO", |e| e.who.clone()),
+            ("ACTION", |e| e.action.clone()),
+            ("APP", |e| e.app.clone()),
+            ("CLUSTER", |e| text_or(&e.cluster, "-")),
+            ("STAGE", |e| text_or(&e.stage, "-")),
+            ("REVISION", |e| opt_short(e.revision.as_deref())),
+            ("DETAIL", |e| text_or(&e.detail, "")),
+        ],
+    )
 }

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::{rfc3339, unix_ms};
 use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1::admin_client::AdminClient;
@@ -289,10 +288,7 @@ fn rollouts(resp: &ListRolloutsResponse) -> Vec<RolloutSummary> {
         .filter(|r| r.state().in_flight())
         .map(|r| {
             let o = RolloutOut::from(r);
-            let stage = o
-                .current_stage
-                .as_deref()
-                .and_then(|n| o.stages.iter().find(|s| s.name == n));
+            let stage = o.current();
             RolloutSummary {
                 app: o.app.clone(),
                 revision: o.revision.clone(),
@@ -390,26 +386,12 @@ pub fn summarize(
     }
 }
 
-fn table() -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t
-}
-
 /// The table output: the groups with a total row, the rollouts in flight, the worst clusters.
 pub fn status_table(s: &StatusOut) -> String {
     let mut out = String::new();
     if s.regions.is_empty() {
         out.push_str("no clusters\n");
     } else {
-        let mut t = table();
-        t.set_header([
-            s.group_by.to_uppercase(),
-            "CLUSTERS".into(),
-            "APPS HEALTHY".into(),
-            "PROGRESSING".into(),
-            "DEGRADED".into(),
-        ]);
         let row = |name: &str, c: &ClusterCounts, a: &AppCounts| {
             [
                 name.to_string(),
@@ -419,62 +401,65 @@ pub fn status_table(s: &StatusOut) -> String {
                 a.degraded.to_string(),
             ]
         };
-        for r in &s.regions {
-            t.add_row(row(
+        let regions = s.regions.iter().map(|r| {
+            row(
                 r.region.as_deref().unwrap_or(NO_LABEL),
                 &r.clusters,
                 &r.apps,
-            ));
-        }
-        if s.regions.len() > 1 {
-            t.add_row(row("total", &s.totals.clusters, &s.totals.apps));
-        }
-        out.push_str(&format!("{t}\n"));
+            )
+        });
+        let total = (s.regions.len() > 1).then(|| row("total", &s.totals.clusters, &s.totals.apps));
+        out.push_str(&output::table(
+            [
+                s.group_by.to_uppercase(),
+                "CLUSTERS".into(),
+                "APPS HEALTHY".into(),
+                "PROGRESSING".into(),
+                "DEGRADED".into(),
+            ],
+            regions.chain(total),
+        ));
     }
     if s.rollouts.is_empty() {
         out.push_str("no rollouts in progress\n");
     } else {
-        let mut t = table();
-        t.set_header(["ROLLOUT", "REVISION", "STATE", "STAGE", "PROGRESS"]);
-        for r in &s.rollouts {
-            let stage = match (&r.stage, &r.stage_state) {
-                (Some(n), Some(st)) => format!("{n} ({st})"),
-                (Some(n), None) => n.clone(),
-                _ => "-".into(),
-            };
-            t.add_row([
-                r.app.clone(),
-                r.revision
-                    .as_deref()
-                    .map(short)
-                    .unwrap_or_else(|| "-".into()),
-                r.state.clone(),
-                stage,
-                format!(
-                    "{}/{} in stage, {}/{} overall",
-                    r.stage_updated, r.stage_total, r.updated, r.total
-                ),
-            ]);
-        }
-        out.push_str(&format!("{t}\n"));
+        out.push_str(&output::columns_table(
+            &s.rollouts,
+            &[
+                ("ROLLOUT", |r| r.app.clone()),
+                ("REVISION", |r| output::opt_short(r.revision.as_deref())),
+                ("STATE", |r| r.state.clone()),
+                ("STAGE", |r| match (&r.stage, &r.stage_state) {
+                    (Some(n), Some(st)) => format!("{n} ({st})"),
+                    (Some(n), None) => n.clone(),
+                    _ => "-".into(),
+                }),
+                ("PROGRESS", |r| {
+                    format!(
+                        "{}/{} in stage, {}/{} overall",
+                        r.stage_updated, r.stage_total, r.updated, r.total
+                    )
+                }),
+            ],
+        ));
     }
     if s.worst.is_empty() {
         out.push_str("no cluster has a problem\n");
     } else {
-        let mut t = table();
-        t.set_header([
-            "WORST CLUSTERS".to_string(),
-            s.group_by.to_uppercase(),
-            "REASONS".into(),
-        ]);
-        for w in &s.worst {
-            t.add_row([
-                w.cluster.clone(),
-                w.region.clone().unwrap_or_else(|| NO_LABEL.into()),
-                w.reasons.join("\n"),
-            ]);
-        }
-        out.push_str(&format!("{t}\n"));
+        out.push_str(&output::table(
+            [
+                "WORST CLUSTERS".to_string(),
+                s.group_by.to_uppercase(),
+                "REASONS".into(),
+            ],
+            s.worst.iter().map(|w| {
+                [
+                    w.cluster.clone(),
+                    w.region.clone().unwrap_or_else(|| NO_LABEL.into()),
+                    w.reasons.join("\n"),
+                ]
+            }),
+        ));
         let more = s.totals.clusters_with_problems - s.worst.len();
         if more > 0 {
             out.push_str(&format!(
@@ -501,13 +486,6 @@ pub async fn fetch(
     Ok((clusters, rollouts))
 }
 
-fn render(fmt: Format, s: &StatusOut) -> String {
-    match fmt {
-        Format::Table => status_table(s),
-        f => output::structured(f, s),
-    }
-}
-
 /// One `flotilla status` invocation; with `--watch` it writes the frames itself and returns an
 /// empty string at Ctrl-C.
 pub async fn run(
@@ -525,7 +503,8 @@ pub async fn run(
         }
     };
     if !args.watch {
-        return Ok(render(fmt, &snapshot(admin.clone()).await?));
+        let s = snapshot(admin.clone()).await?;
+        return Ok(output::render(fmt, &s, status_table));
     }
     let tty = std::io::stdout().is_terminal();
     let interval = args.interval;
@@ -934,7 +913,8 @@ mod tests {
             cluster("x", None, "pending", vec![]),
         ]);
         let s = summarize(&clusters, &no_rollouts(), "region", 5, NOW);
-        let v: serde_json::Value = serde_json::from_str(&render(Format::Json, &s)).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_str(&output::structured(Format::Json, &s)).expect("json");
         assert_eq!(
             v,
             serde_json::json!({

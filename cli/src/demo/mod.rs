@@ -144,30 +144,18 @@ impl Demo {
             eprintln!("{}", view::LEGEND);
         }
         sync(&mut admin, &good).await?;
-        let promoted = self.follow(&mut admin, &good, false).await?;
-        if promoted.state() != RolloutState::Succeeded {
-            return Err(CliError(format!(
-                "the promotion of {} ended {}: {}",
-                short(&good.id),
-                promoted.state(),
-                promoted.message
-            )));
-        }
+        let promoted = self
+            .follow(&mut admin, &good, RolloutState::Succeeded)
+            .await?;
 
         let bad = repo
             .commit_bad_release()
             .map_err(|e| CliError(format!("demo fleet repository: {e}")))?;
         eprintln!("\ndemo: commit {} {:?}", short(&bad.id), bad.subject);
         sync(&mut admin, &bad).await?;
-        let failed = self.follow(&mut admin, &bad, true).await?;
-        if failed.state() != RolloutState::RolledBack {
-            return Err(CliError(format!(
-                "the bad release {} was not rolled back: it ended {} {}",
-                short(&bad.id),
-                failed.state(),
-                failed.message
-            )));
-        }
+        let failed = self
+            .follow(&mut admin, &bad, RolloutState::RolledBack)
+            .await?;
         eprintln!(
             "\ndemo: {} failed in the canary stage and was rolled back automatically;\ndemo: the later stages never started, and every cluster runs {} again",
             short(&bad.id),
@@ -191,7 +179,7 @@ impl Demo {
                 RolloutOut::of(&promoted, &good.subject),
                 RolloutOut::of(&failed, &bad.subject),
             ],
-            last_good: Some(failed.last_good_revision.clone()).filter(|r| !r.is_empty()),
+            last_good: output::non_empty(&failed.last_good_revision),
             apps: apps.iter().map(output::AppOut::from).collect(),
         };
         Ok(report::render(&out, fmt, keep))
@@ -283,15 +271,17 @@ impl Demo {
         }
     }
 
-    /// Shows the rollout of `commit` until it ends (and, when it was rolled back and `restored`
-    /// is set, until every cluster runs the last good revision again, healthy); returns the
-    /// rollout then. Fails when that takes longer than the timeout.
+    /// Shows the rollout of `commit` until it ends (and, when `expected` is rolled back, until
+    /// every cluster runs the last good revision again, healthy); returns the rollout then.
+    /// Fails when it ended otherwise than `expected` (succeeded for the promotion, rolled back
+    /// for the bad release), or when that takes longer than the timeout.
     async fn follow(
         &mut self,
         admin: &mut AdminClient<Channel>,
         commit: &Commit,
-        restored: bool,
+        expected: RolloutState,
     ) -> Result<Rollout, CliError> {
+        let restored = expected == RolloutState::RolledBack;
         let deadline = Instant::now() + self.timeout;
         let mut view = View::new(self.live);
         loop {
@@ -314,7 +304,7 @@ impl Demo {
                     && (s.state != RolloutState::RolledBack || !restored || back());
                 if done {
                     view.finish();
-                    return Ok(rollout);
+                    return ended_as(rollout, commit, expected);
                 }
             }
             if let Some(e) = self.procs.exited() {
@@ -335,6 +325,25 @@ impl Demo {
             tokio::time::sleep(REFRESH).await;
         }
     }
+}
+
+/// `rollout` when it ended `expected`; otherwise what went wrong with the promotion or the bad
+/// release.
+fn ended_as(
+    rollout: Rollout,
+    commit: &Commit,
+    expected: RolloutState,
+) -> Result<Rollout, CliError> {
+    if rollout.state() == expected {
+        return Ok(rollout);
+    }
+    let (rev, state, message) = (short(&commit.id), rollout.state(), &rollout.message);
+    Err(CliError(match expected {
+        RolloutState::RolledBack => {
+            format!("the bad release {rev} was not rolled back: it ended {state} {message}")
+        }
+        _ => format!("the promotion of {rev} ended {state}: {message}"),
+    }))
 }
 
 /// Has the hub fetch and render the source now; fails when the commit was not taken.

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
 use super::fleet::{APP, CLUSTERS};
@@ -79,9 +78,11 @@ impl RolloutOut {
 
 /// The report in `fmt`; `keep` says whether the hub is still running.
 pub fn render(out: &DemoOut, fmt: Format, keep: bool) -> String {
-    if fmt != Format::Table {
-        return output::structured(fmt, out);
-    }
+    output::render(fmt, out, |out| report_table(out, keep))
+}
+
+/// The report as tables, with what to try next.
+fn report_table(out: &DemoOut, keep: bool) -> String {
     let mut s = String::new();
     let regions = {
         let mut r: Vec<&str> = CLUSTERS.iter().map(|c| c.1).collect();
@@ -120,26 +121,27 @@ pub fn render(out: &DemoOut, fmt: Format, keep: bool) -> String {
 }
 
 fn stages_table(r: &RolloutOut) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(["STAGE", "STATE", "UPDATED", "CLUSTERS"]);
-    for st in &r.stages {
-        let clusters: Vec<String> = st
-            .clusters
-            .iter()
-            .map(|c| match st.failures.contains_key(c) {
-                true => format!("{c} (failed)"),
-                false => c.clone(),
-            })
-            .collect();
-        t.add_row([
-            st.name.clone(),
-            st.state.clone(),
-            format!("{}/{}", st.updated.len(), st.clusters.len()),
-            clusters.join(", "),
-        ]);
-    }
-    format!("{t}\n")
+    output::columns_table(
+        &r.stages,
+        &[
+            ("STAGE", |st| st.name.clone()),
+            ("STATE", |st| st.state.clone()),
+            ("UPDATED", |st| {
+                format!("{}/{}", st.updated.len(), st.clusters.len())
+            }),
+            ("CLUSTERS", |st| {
+                let clusters: Vec<String> = st
+                    .clusters
+                    .iter()
+                    .map(|c| match st.failures.contains_key(c) {
+                        true => format!("{c} (failed)"),
+                        false => c.clone(),
+                    })
+                    .collect();
+                clusters.join(", ")
+            }),
+        ],
+    )
 }
 
 /// The CLI commands to try on the hub.
@@ -249,24 +251,19 @@ mod tests {
     #[test]
     fn the_table_report_shows_the_rollouts_and_what_to_try_next() {
         let text = render(&out(true), Format::Table, true);
-        assert!(
-            text.contains("bbbbbbbbbbbb \"bad release\": rolled_back"),
-            "{text}"
-        );
-        assert!(
-            text.contains("stage canary failed (1 of 1 clusters)"),
-            "{text}"
-        );
-        assert!(text.contains("canary-1 (failed)"), "{text}");
-        assert!(text.contains("runs aaaaaaaaaaaa"), "{text}");
-        assert!(text.contains("still running on 127.0.0.1:7443"), "{text}");
-        assert!(
-            text.contains("export FLOTILLA_CONFIG=/tmp/x/hub/admin.yaml"),
-            "{text}"
-        );
-        assert!(text.contains("flotilla rollout status web"), "{text}");
-        assert!(text.contains("flotilla status --watch"), "{text}");
-        assert!(text.contains("git -C /tmp/x/fleet commit"), "{text}");
+        for shown in [
+            "bbbbbbbbbbbb \"bad release\": rolled_back",
+            "stage canary failed (1 of 1 clusters)",
+            "canary-1 (failed)",
+            "runs aaaaaaaaaaaa",
+            "still running on 127.0.0.1:7443",
+            "export FLOTILLA_CONFIG=/tmp/x/hub/admin.yaml",
+            "flotilla rollout status web",
+            "flotilla status --watch",
+            "git -C /tmp/x/fleet commit",
+        ] {
+            assert!(text.contains(shown), "{shown:?} is missing from {text}");
+        }
 
         let text = render(&out(false), Format::Table, false);
         assert!(text.contains("flotilla demo --keep"), "{text}");
