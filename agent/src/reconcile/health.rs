@@ -157,11 +157,8 @@ fn deployment(obj: &Value) -> Read<Assessment> {
     let updated = status_int(obj, "updatedReplicas")?;
     let ready = status_int(obj, "readyReplicas")?;
     let available = status_int(obj, "availableReplicas")?;
-    if updated < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotUpdated",
-            format!("{updated} of {spec} replicas updated"),
-        ));
+    if let Some(a) = fewer(updated, spec, "ReplicasNotUpdated", "replicas updated") {
+        return Ok(a);
     }
     if replicas > updated {
         return Ok(Assessment::in_progress(
@@ -172,26 +169,19 @@ fn deployment(obj: &Value) -> Read<Assessment> {
             ),
         ));
     }
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
-    if ready < updated {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotReady",
-            format!("{ready} of {updated} replicas ready"),
-        ));
+    if let Some(a) = fewer(ready, updated, "ReplicasNotReady", "replicas ready") {
+        return Ok(a);
     }
-    if available < updated {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotAvailable",
-            format!("{available} of {updated} replicas available"),
-        ));
+    if let Some(a) = fewer(
+        available,
+        updated,
+        "ReplicasNotAvailable",
+        "replicas available",
+    ) {
+        return Ok(a);
     }
     if let Some(c) = conditions.find("Available")
         && c.status == "False"
@@ -216,11 +206,8 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
     let strategy = string(obj, &["spec", "updateStrategy", "type"])?.unwrap_or("RollingUpdate");
     let spec = int(obj, &["spec", "replicas"])?.unwrap_or(1);
     let ready = status_int(obj, "readyReplicas")?;
-    if ready < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotReady",
-            format!("{ready} of {spec} replicas ready"),
-        ));
+    if let Some(a) = fewer(ready, spec, "ReplicasNotReady", "replicas ready") {
+        return Ok(a);
     }
     if strategy == "OnDelete" {
         return Ok(Assessment::current(format!(
@@ -228,14 +215,8 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
         )));
     }
     let replicas = status_int(obj, "replicas")?;
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
     let updated = status_int(obj, "updatedReplicas")?;
     let partition = int(
@@ -255,18 +236,17 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
             "{ready} of {spec} replicas ready; partition {partition} rolled out"
         )));
     }
-    if updated < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotUpdated",
-            format!("{updated} of {spec} replicas updated"),
-        ));
+    if let Some(a) = fewer(updated, spec, "ReplicasNotUpdated", "replicas updated") {
+        return Ok(a);
     }
     let current = status_int(obj, "currentReplicas")?;
-    if current < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotCurrent",
-            format!("{current} of {spec} replicas at the current revision"),
-        ));
+    if let Some(a) = fewer(
+        current,
+        spec,
+        "ReplicasNotCurrent",
+        "replicas at the current revision",
+    ) {
+        return Ok(a);
     }
     let current_revision = string(obj, &["status", "currentRevision"])?;
     let update_revision = string(obj, &["status", "updateRevision"])?;
@@ -306,25 +286,18 @@ fn daemon_set(obj: &Value) -> Read<Assessment> {
     };
     let strategy = string(obj, &["spec", "updateStrategy", "type"])?.unwrap_or("RollingUpdate");
     let updated = status_int(obj, "updatedNumberScheduled")?;
-    if strategy != "OnDelete" && updated < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotUpdated",
-            format!("{updated} of {desired} pods updated"),
-        ));
+    if strategy != "OnDelete"
+        && let Some(a) = fewer(updated, desired, "PodsNotUpdated", "pods updated")
+    {
+        return Ok(a);
     }
     let ready = status_int(obj, "numberReady")?;
-    if ready < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotReady",
-            format!("{ready} of {desired} pods ready"),
-        ));
+    if let Some(a) = fewer(ready, desired, "PodsNotReady", "pods ready") {
+        return Ok(a);
     }
     let available = status_int(obj, "numberAvailable")?;
-    if available < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotAvailable",
-            format!("{available} of {desired} pods available"),
-        ));
+    if let Some(a) = fewer(available, desired, "PodsNotAvailable", "pods available") {
+        return Ok(a);
     }
     Ok(Assessment::current(format!(
         "{available} of {desired} pods available"
@@ -344,27 +317,25 @@ fn replica_set(obj: &Value) -> Read<Assessment> {
     }
     let spec = int(obj, &["spec", "replicas"])?.unwrap_or(1);
     for (field, reason, what) in [
-        ("fullyLabeledReplicas", "ReplicasNotLabeled", "labeled"),
-        ("readyReplicas", "ReplicasNotReady", "ready"),
-        ("availableReplicas", "ReplicasNotAvailable", "available"),
+        (
+            "fullyLabeledReplicas",
+            "ReplicasNotLabeled",
+            "replicas labeled",
+        ),
+        ("readyReplicas", "ReplicasNotReady", "replicas ready"),
+        (
+            "availableReplicas",
+            "ReplicasNotAvailable",
+            "replicas available",
+        ),
     ] {
-        let n = status_int(obj, field)?;
-        if n < spec {
-            return Ok(Assessment::in_progress(
-                reason,
-                format!("{n} of {spec} replicas {what}"),
-            ));
+        if let Some(a) = fewer(status_int(obj, field)?, spec, reason, what) {
+            return Ok(a);
         }
     }
     let replicas = status_int(obj, "replicas")?;
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
     Ok(Assessment::current(format!(
         "{spec} of {spec} replicas available"
@@ -749,6 +720,25 @@ fn conditions(obj: &Value) -> Read<Conditions<'_>> {
         });
     }
     Ok(Conditions(out))
+}
+
+/// InProgress `reason` while only `n` of the `want` pods are as they should be; the message
+/// reads "`n` of `want` `what`" (e.g. "1 of 3 replicas ready").
+fn fewer(n: i64, want: i64, reason: &str, what: &str) -> Option<Assessment> {
+    (n < want).then(|| Assessment::in_progress(reason, format!("{n} of {want} {what}")))
+}
+
+/// InProgress `ExtraReplicas` while more replicas run than `spec` asks for (a scale-down).
+fn extra_replicas(replicas: i64, spec: i64) -> Option<Assessment> {
+    (replicas > spec).then(|| {
+        Assessment::in_progress(
+            "ExtraReplicas",
+            format!(
+                "{} pending termination",
+                count(replicas - spec, "extra replica")
+            ),
+        )
+    })
 }
 
 /// `n` and the noun, pluralized: "1 old replica", "2 old replicas".
