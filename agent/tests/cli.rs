@@ -21,13 +21,28 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs the agent with `args` in a fresh home, asserts that it exits with `code`, and returns
+/// its stderr.
+fn agent_exits(code: i32, args: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let o = agent(args, home.path());
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    err
+}
+
+/// Asserts that `text` contains each of `parts`.
+fn assert_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
 #[test]
 fn bad_state_secret_exits_64_naming_the_flag() {
-    let home = tempfile::tempdir().unwrap();
     for bad in ["no-slash", "a/b/c", "UPPER/x", "ns/"] {
-        let o = agent(&["--state-secret", bad], home.path());
-        assert_eq!(o.status.code(), Some(64), "{bad}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--state-secret"), "{}", stderr(&o));
+        let err = agent_exits(64, &["--state-secret", bad]);
+        assert_contains(&err, &["--state-secret"]);
     }
 }
 
@@ -40,10 +55,7 @@ fn state_dir_and_state_secret_conflict() {
     );
     assert!(!o.status.success());
     let err = stderr(&o);
-    assert!(
-        err.contains("--state-dir") && err.contains("--state-secret"),
-        "{err}"
-    );
+    assert_contains(&err, &["--state-dir", "--state-secret"]);
 }
 
 #[test]
@@ -63,12 +75,9 @@ fn missing_kubeconfig_is_a_clear_error_before_anything_else() {
         ],
         home.path(),
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(
-        err.contains("--kubeconfig /nonexistent/kubeconfig"),
-        "{err}"
-    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_contains(&err, &["--kubeconfig /nonexistent/kubeconfig"]);
     // It stopped before the token was even decoded, and wrote nothing.
     assert!(!err.contains("join token"), "{err}");
     assert!(!state.exists());
@@ -76,51 +85,36 @@ fn missing_kubeconfig_is_a_clear_error_before_anything_else() {
 
 #[test]
 fn kube_without_any_config_says_so() {
-    let home = tempfile::tempdir().unwrap();
-    let o = agent(
-        &["--cluster", "kube", "--state-secret", "ns/x"],
-        home.path(),
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no in-cluster config and no --kubeconfig"),
-        "{}",
-        stderr(&o)
-    );
+    let err = agent_exits(1, &["--cluster", "kube", "--state-secret", "ns/x"]);
+    assert_contains(&err, &["no in-cluster config and no --kubeconfig"]);
 }
 
 #[test]
 fn simulated_secret_state_is_labelled_and_not_joined() {
-    let home = tempfile::tempdir().unwrap();
-    let o = agent(
+    let err = agent_exits(
+        1,
         &["--cluster", "simulated", "--state-secret", "flotilla/agent"],
-        home.path(),
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("cluster backend: simulated (in-memory, not a real Kubernetes API)"),
-        "{err}"
-    );
-    assert!(err.contains("lost when the process exits"), "{err}");
-    assert!(
-        err.contains("no identity in Secret flotilla/agent and no --join token given"),
-        "{err}"
+    assert_contains(
+        &err,
+        &[
+            "cluster backend: simulated (in-memory, not a real Kubernetes API)",
+            "lost when the process exits",
+            "no identity in Secret flotilla/agent and no --join token given",
+        ],
     );
 }
 
 #[test]
 fn bad_reconcile_flags_exit_64_naming_the_flag() {
+    let err = agent_exits(64, &["--namespace", "Not_A_Namespace"]);
+    assert_contains(&err, &["--namespace"]);
+    let err = agent_exits(64, &["--drift-interval", "0s"]);
+    assert_contains(&err, &["--drift-interval"]);
     let home = tempfile::tempdir().unwrap();
-    let o = agent(&["--namespace", "Not_A_Namespace"], home.path());
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--namespace"), "{}", stderr(&o));
-    let o = agent(&["--drift-interval", "0s"], home.path());
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--drift-interval"), "{}", stderr(&o));
     let o = agent(&["--drift-interval", "soon"], home.path());
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("--drift-interval"), "{}", stderr(&o));
+    assert_contains(&stderr(&o), &["--drift-interval"]);
 }
 
 #[test]

@@ -7,9 +7,11 @@ use std::time::Duration;
 use flotilla_agent::AgentStatus;
 use flotilla_agent::bundles::BundleStore;
 use flotilla_agent::cluster::SimConfig;
-use flotilla_agent::kube::Api;
+use flotilla_agent::k8s_openapi::api::apps::v1::Deployment;
+use flotilla_agent::k8s_openapi::api::core::v1::ConfigMap;
 use flotilla_agent::kube::api::{DynamicObject, Patch, PatchParams};
 use flotilla_agent::kube::discovery::ApiResource;
+use flotilla_agent::kube::{Api, Resource};
 use flotilla_agent::reconcile::status::StatusBoard;
 use flotilla_agent::reconcile::{ReconcileConfig, Reconciler};
 use flotilla_agent::sim::SimCluster;
@@ -41,6 +43,14 @@ fn app(name: &'static str, revision: &'static str, objects: Vec<Value>) -> App {
     }
 }
 
+impl App {
+    /// This app with its options set by `set`.
+    fn with_options(mut self, set: impl FnOnce(&mut AppOptions)) -> Self {
+        set(&mut self.options);
+        self
+    }
+}
+
 struct Harness {
     sim: SimCluster,
     bundles: BundleStore,
@@ -61,13 +71,30 @@ fn config() -> ReconcileConfig {
 }
 
 impl Harness {
-    async fn new(sim_cfg: SimConfig, cfg: ReconcileConfig) -> Self {
+    /// A reconciler with the default settings on a default simulated cluster.
+    async fn plain() -> Self {
+        Self::new(SimConfig::default()).await
+    }
+
+    /// The same on a simulated cluster where workloads become ready `delay` after they are
+    /// applied.
+    async fn with_ready_delay(delay: Duration) -> Self {
+        Self::new(SimConfig {
+            ready_delay: delay,
+            ..SimConfig::default()
+        })
+        .await
+    }
+
+    /// A reconciler with the default settings on a simulated cluster configured by `sim_cfg`
+    /// (recording every request).
+    async fn new(sim_cfg: SimConfig) -> Self {
         let sim = SimCluster::new(SimConfig {
             record_requests: 100_000,
             ..sim_cfg
         });
         let dir = tempfile::tempdir().unwrap();
-        Self::start(sim, BundleStore::new(dir.path()), dir, cfg, None).await
+        Self::start(sim, BundleStore::new(dir.path()), dir, config(), None).await
     }
 
     async fn start(
@@ -163,6 +190,20 @@ impl Harness {
     fn live(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<Value> {
         self.sim.object(api_version, kind, ns, name)
     }
+
+    /// Patches the `K` `ns/name` in the cluster behind the agent's back, as another tool or a
+    /// person would.
+    async fn patch_by_hand<K: Resource<DynamicType = ()>>(
+        &self,
+        ns: &str,
+        name: &str,
+        params: &PatchParams,
+        patch: Patch<Value>,
+    ) {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.sim.client(), ns, &ApiResource::erase::<K>(&()));
+        api.patch(name, params, &patch).await.unwrap();
+    }
 }
 
 fn namespace(name: &str) -> Value {
@@ -210,7 +251,7 @@ fn managers(obj: &Value) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn applies_in_order_and_reports_health() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     h.set(&[app(
         "shop",
         "r1",
@@ -270,11 +311,7 @@ fn widget(ns: &str, name: &str) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_crd_and_its_resources_apply_in_one_bundle() {
-    let sim = SimConfig {
-        ready_delay: Duration::from_secs(2),
-        ..SimConfig::default()
-    };
-    let mut h = Harness::new(sim, config()).await;
+    let mut h = Harness::with_ready_delay(Duration::from_secs(2)).await;
     h.set(&[app(
         "widgets",
         "r1",
@@ -315,7 +352,7 @@ async fn a_crd_and_its_resources_apply_in_one_bundle() {
 
 #[tokio::test(start_paused = true)]
 async fn removed_objects_are_pruned_and_opt_outs_are_kept() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     let mut keep = configmap("p", "keep-me", json!({"a": "1"}));
     keep["metadata"]["annotations"] = json!({"flotilla.io/prune": "disabled"});
     h.set(&[app(
@@ -330,19 +367,13 @@ async fn removed_objects_are_pruned_and_opt_outs_are_kept() {
     )]);
     h.wait("p", "healthy", healthy).await;
     // Something the agent never applied, in the same namespace: never touched.
-    let other: Api<DynamicObject> = Api::namespaced_with(
-        h.sim.client(),
+    h.patch_by_hand::<ConfigMap>(
         "p",
-        &ApiResource::erase::<flotilla_agent::k8s_openapi::api::core::v1::ConfigMap>(&()),
-    );
-    other
-        .patch(
-            "not-ours",
-            &PatchParams::apply("someone-else"),
-            &Patch::Apply(configmap("p", "not-ours", json!({}))),
-        )
-        .await
-        .unwrap();
+        "not-ours",
+        &PatchParams::apply("someone-else"),
+        Patch::Apply(configmap("p", "not-ours", json!({}))),
+    )
+    .await;
 
     h.set(&[app(
         "p",
@@ -377,9 +408,7 @@ async fn removed_objects_are_pruned_and_opt_outs_are_kept() {
     assert_eq!(body["propagationPolicy"], "Background");
 
     // `prune: false` on the app: objects leaving the bundle stay.
-    let mut r3 = app("p", "r3", vec![namespace("p")]);
-    r3.options.disable_prune = true;
-    h.set(&[r3]);
+    h.set(&[app("p", "r3", vec![namespace("p")]).with_options(|o| o.disable_prune = true)]);
     let s = h
         .wait("p", "healthy at r3", |s| s.revision == "r3" && healthy(s))
         .await;
@@ -390,7 +419,7 @@ async fn removed_objects_are_pruned_and_opt_outs_are_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn pruning_survives_a_restart_with_an_empty_state_dir() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     h.set(&[
         app(
             "one",
@@ -439,14 +468,9 @@ async fn pruning_survives_a_restart_with_an_empty_state_dir() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_workload_degrades_then_fails_at_its_health_timeout() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
-    let mut a = app(
-        "bad",
-        "r1",
-        vec![namespace("bad"), failing(deployment("bad", "web", 2))],
-    );
-    a.options.health_timeout_ms = 300_000;
-    h.set(&[a]);
+    let mut h = Harness::plain().await;
+    let objects = vec![namespace("bad"), failing(deployment("bad", "web", 2))];
+    h.set(&[app("bad", "r1", objects).with_options(|o| o.health_timeout_ms = 300_000)]);
     let s = h
         .wait("bad", "degraded", |s| {
             s.health() == Health::Degraded && s.phase() == Phase::Applied
@@ -463,7 +487,7 @@ async fn a_failing_workload_degrades_then_fails_at_its_health_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn drift_is_healed_and_reported() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     h.set(&[app(
         "d",
         "r1",
@@ -471,21 +495,16 @@ async fn drift_is_healed_and_reported() {
     )]);
     h.wait("d", "healthy", healthy).await;
     // Someone scales it by hand (an Update: the field changes owner).
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        h.sim.client(),
+    h.patch_by_hand::<Deployment>(
         "d",
-        &ApiResource::erase::<flotilla_agent::k8s_openapi::api::apps::v1::Deployment>(&()),
-    );
-    api.patch(
         "web",
         &PatchParams {
             field_manager: Some("kubectl-edit".into()),
             ..Default::default()
         },
-        &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        Patch::Merge(json!({"spec": {"replicas": 7}})),
     )
-    .await
-    .unwrap();
+    .await;
     let s = h.wait("d", "healed", |s| s.healed == 1 && healthy(s)).await;
     assert_eq!(s.drifted, 0);
     let w = s.worst.iter().find(|w| w.name == "web").expect("named");
@@ -502,27 +521,17 @@ async fn drift_is_healed_and_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn with_self_heal_off_drift_is_reported_not_fixed() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
-    let mut a = app(
-        "d",
-        "r1",
-        vec![namespace("d"), configmap("d", "c", json!({"k": "v"}))],
-    );
-    a.options.disable_self_heal = true;
-    h.set(&[a]);
+    let mut h = Harness::plain().await;
+    let objects = vec![namespace("d"), configmap("d", "c", json!({"k": "v"}))];
+    h.set(&[app("d", "r1", objects).with_options(|o| o.disable_self_heal = true)]);
     h.wait("d", "healthy", healthy).await;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        h.sim.client(),
+    h.patch_by_hand::<ConfigMap>(
         "d",
-        &ApiResource::erase::<flotilla_agent::k8s_openapi::api::core::v1::ConfigMap>(&()),
-    );
-    api.patch(
         "c",
         &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"k": "changed"}})),
+        Patch::Merge(json!({"data": {"k": "changed"}})),
     )
-    .await
-    .unwrap();
+    .await;
     let s = h.wait("d", "drifted", |s| s.drifted == 1).await;
     assert_eq!(s.healed, 0);
     assert_eq!(s.worst[0].drifted_fields, [".data.k"]);
@@ -534,11 +543,7 @@ async fn with_self_heal_off_drift_is_reported_not_fixed() {
 
 #[tokio::test(start_paused = true)]
 async fn an_app_waits_for_the_apps_it_depends_on() {
-    let sim = SimConfig {
-        ready_delay: Duration::from_secs(30),
-        ..SimConfig::default()
-    };
-    let mut h = Harness::new(sim, config()).await;
+    let mut h = Harness::with_ready_delay(Duration::from_secs(30)).await;
     let infra = app(
         "infra",
         "r1",
@@ -571,20 +576,15 @@ async fn an_app_waits_for_the_apps_it_depends_on() {
 
 #[tokio::test(start_paused = true)]
 async fn conflicts_fail_without_force_and_are_taken_with_it() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     // Another tool applied the object first, with a different value.
-    let cm: Api<DynamicObject> = Api::namespaced_with(
-        h.sim.client(),
+    h.patch_by_hand::<ConfigMap>(
         "default",
-        &ApiResource::erase::<flotilla_agent::k8s_openapi::api::core::v1::ConfigMap>(&()),
-    );
-    cm.patch(
         "shared",
         &PatchParams::apply("other-tool"),
-        &Patch::Apply(configmap("default", "shared", json!({"owner": "other"}))),
+        Patch::Apply(configmap("default", "shared", json!({"owner": "other"}))),
     )
-    .await
-    .unwrap();
+    .await;
     h.set(&[app(
         "c",
         "r1",
@@ -603,13 +603,8 @@ async fn conflicts_fail_without_force_and_are_taken_with_it() {
         s.message
     );
 
-    let mut forced = app(
-        "c",
-        "r2",
-        vec![configmap("default", "shared", json!({"owner": "flotilla"}))],
-    );
-    forced.options.force_conflicts = true;
-    h.set(&[forced]);
+    let objects = vec![configmap("default", "shared", json!({"owner": "flotilla"}))];
+    h.set(&[app("c", "r2", objects).with_options(|o| o.force_conflicts = true)]);
     h.wait("c", "healthy", healthy).await;
     let live = h
         .live("v1", "ConfigMap", Some("default"), "shared")
@@ -631,7 +626,7 @@ async fn conflicts_fail_without_force_and_are_taken_with_it() {
 
 #[tokio::test(start_paused = true)]
 async fn one_bad_object_fails_alone() {
-    let mut h = Harness::new(SimConfig::default(), config()).await;
+    let mut h = Harness::plain().await;
     let unknown = json!({"apiVersion": "nothere.example.com/v1", "kind": "Gadget",
                          "metadata": {"name": "g", "namespace": "m"}});
     h.set(&[app(

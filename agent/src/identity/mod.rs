@@ -357,6 +357,24 @@ fn split_identity(text: &str) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
+    /// A joined agent's state and credentials: a real key, a placeholder chain and CA (for the
+    /// tests of both stores).
+    pub(super) fn fixture() -> (AgentState, Credentials) {
+        let (key_pem, _) = new_key_and_csr("x").unwrap();
+        let creds = Credentials {
+            key_pem,
+            chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nBB==\n-----END CERTIFICATE-----\n".into(),
+        };
+        let st = AgentState {
+            hub: "h:1".into(),
+            cluster_id: "c".into(),
+            identity: "spiffe://t/cluster/c".into(),
+            trust_domain: "t".into(),
+        };
+        (st, creds)
+    }
+
     #[test]
     fn csr_is_pem_and_key_stays_local() {
         let (key, csr) = new_key_and_csr("x").unwrap();
@@ -371,18 +389,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let sd = StateDir::new(d.path().join("s"));
         assert!(sd.load().unwrap().is_none());
-        let (key_pem, _) = new_key_and_csr("x").unwrap();
-        let creds = Credentials {
-            key_pem,
-            chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-            ca_pem: "ca".into(),
-        };
-        let st = AgentState {
-            hub: "h:1".into(),
-            cluster_id: "c".into(),
-            identity: "spiffe://t/cluster/c".into(),
-            trust_domain: "t".into(),
-        };
+        let (st, creds) = fixture();
         sd.save(&st, &creds).unwrap();
         let (st2, c2) = sd.load().unwrap().unwrap();
         assert_eq!(st2, st);
@@ -430,18 +437,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = IdentityStore::Dir(StateDir::new(d.path().join("s")));
         assert!(store.load().await.unwrap().is_none());
-        let (key_pem, _) = new_key_and_csr("x").unwrap();
-        let creds = Credentials {
-            key_pem,
-            chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-            ca_pem: "ca".into(),
-        };
-        let st = AgentState {
-            hub: "h:1".into(),
-            cluster_id: "c".into(),
-            identity: "spiffe://t/cluster/c".into(),
-            trust_domain: "t".into(),
-        };
+        let (st, creds) = fixture();
         store.save(&st, &creds).await.unwrap();
         let (key2, _) = new_key_and_csr("y").unwrap();
         let renewed = Credentials {

@@ -211,6 +211,7 @@ fn labels() -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::identity::new_key_and_csr;
+    use crate::identity::tests::fixture;
     use crate::sim::{SimCluster, SimConfig};
 
     /// A simulated cluster with the namespace `flotilla`, holding `secrets`.
@@ -233,20 +234,22 @@ mod tests {
         fake_with(&[]).await
     }
 
-    fn fixture() -> (AgentState, Credentials) {
-        let (key_pem, _) = new_key_and_csr("x").unwrap();
-        let creds = Credentials {
-            key_pem,
-            chain_pem: "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n".into(),
-            ca_pem: "-----BEGIN CERTIFICATE-----\nBB==\n-----END CERTIFICATE-----\n".into(),
-        };
-        let st = AgentState {
-            hub: "h:1".into(),
-            cluster_id: "c".into(),
-            identity: "spiffe://t/cluster/c".into(),
-            trust_domain: "t".into(),
-        };
-        (st, creds)
+    /// A cluster whose Secret `flotilla/agent-state` holds the [`fixture`]: its client (to read
+    /// the raw Secret), the store, and the state and credentials saved.
+    async fn saved() -> (kube::Client, SecretState, AgentState, Credentials) {
+        let client = fake().await;
+        let s = SecretState::new(client.clone(), "flotilla", "agent-state");
+        let (st, creds) = fixture();
+        s.save(&st, &creds).await.unwrap();
+        (client, s, st, creds)
+    }
+
+    /// An empty Secret `flotilla/<name>`.
+    fn secret(name: &str) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.namespace = Some("flotilla".into());
+        secret
     }
 
     async fn raw(client: &kube::Client, ns: &str, name: &str) -> Secret {
@@ -264,10 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn save_then_load_round_trips_in_one_opaque_secret() {
-        let client = fake().await;
-        let s = SecretState::new(client.clone(), "flotilla", "agent-state");
-        let (st, creds) = fixture();
-        s.save(&st, &creds).await.unwrap();
+        let (client, s, st, creds) = saved().await;
         let (st2, c2) = s.load().await.unwrap().unwrap();
         assert_eq!(st2, st);
         assert_eq!(c2.key_pem, creds.key_pem);
@@ -291,10 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn renewal_replaces_identity_pem_only() {
-        let client = fake().await;
-        let s = SecretState::new(client.clone(), "flotilla", "agent-state");
-        let (st, creds) = fixture();
-        s.save(&st, &creds).await.unwrap();
+        let (client, s, _, creds) = saved().await;
         let before = raw(&client, "flotilla", "agent-state").await.data.unwrap();
 
         let (key2, _) = new_key_and_csr("y").unwrap();
@@ -325,10 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn pre_created_empty_secret_is_not_joined_and_is_filled_in() {
-        let mut empty = Secret::default();
-        empty.metadata.name = Some("agent-state".into());
-        empty.metadata.namespace = Some("flotilla".into());
-        let client = fake_with(&[empty]).await;
+        let client = fake_with(&[secret("agent-state")]).await;
         let s = SecretState::new(client, "flotilla", "agent-state");
         assert!(s.load().await.unwrap().is_none());
         let (st, creds) = fixture();
@@ -337,9 +331,7 @@ mod tests {
     }
 
     async fn with_data(pairs: &[(&str, &[u8])]) -> SecretState {
-        let mut secret = Secret::default();
-        secret.metadata.name = Some("bad".into());
-        secret.metadata.namespace = Some("flotilla".into());
+        let mut secret = secret("bad");
         secret.data = Some(
             pairs
                 .iter()

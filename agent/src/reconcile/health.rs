@@ -157,11 +157,8 @@ fn deployment(obj: &Value) -> Read<Assessment> {
     let updated = status_int(obj, "updatedReplicas")?;
     let ready = status_int(obj, "readyReplicas")?;
     let available = status_int(obj, "availableReplicas")?;
-    if updated < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotUpdated",
-            format!("{updated} of {spec} replicas updated"),
-        ));
+    if let Some(a) = fewer(updated, spec, "ReplicasNotUpdated", "replicas updated") {
+        return Ok(a);
     }
     if replicas > updated {
         return Ok(Assessment::in_progress(
@@ -172,26 +169,19 @@ fn deployment(obj: &Value) -> Read<Assessment> {
             ),
         ));
     }
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
-    if ready < updated {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotReady",
-            format!("{ready} of {updated} replicas ready"),
-        ));
+    if let Some(a) = fewer(ready, updated, "ReplicasNotReady", "replicas ready") {
+        return Ok(a);
     }
-    if available < updated {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotAvailable",
-            format!("{available} of {updated} replicas available"),
-        ));
+    if let Some(a) = fewer(
+        available,
+        updated,
+        "ReplicasNotAvailable",
+        "replicas available",
+    ) {
+        return Ok(a);
     }
     if let Some(c) = conditions.find("Available")
         && c.status == "False"
@@ -216,11 +206,8 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
     let strategy = string(obj, &["spec", "updateStrategy", "type"])?.unwrap_or("RollingUpdate");
     let spec = int(obj, &["spec", "replicas"])?.unwrap_or(1);
     let ready = status_int(obj, "readyReplicas")?;
-    if ready < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotReady",
-            format!("{ready} of {spec} replicas ready"),
-        ));
+    if let Some(a) = fewer(ready, spec, "ReplicasNotReady", "replicas ready") {
+        return Ok(a);
     }
     if strategy == "OnDelete" {
         return Ok(Assessment::current(format!(
@@ -228,14 +215,8 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
         )));
     }
     let replicas = status_int(obj, "replicas")?;
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
     let updated = status_int(obj, "updatedReplicas")?;
     let partition = int(
@@ -255,18 +236,17 @@ fn stateful_set(obj: &Value) -> Read<Assessment> {
             "{ready} of {spec} replicas ready; partition {partition} rolled out"
         )));
     }
-    if updated < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotUpdated",
-            format!("{updated} of {spec} replicas updated"),
-        ));
+    if let Some(a) = fewer(updated, spec, "ReplicasNotUpdated", "replicas updated") {
+        return Ok(a);
     }
     let current = status_int(obj, "currentReplicas")?;
-    if current < spec {
-        return Ok(Assessment::in_progress(
-            "ReplicasNotCurrent",
-            format!("{current} of {spec} replicas at the current revision"),
-        ));
+    if let Some(a) = fewer(
+        current,
+        spec,
+        "ReplicasNotCurrent",
+        "replicas at the current revision",
+    ) {
+        return Ok(a);
     }
     let current_revision = string(obj, &["status", "currentRevision"])?;
     let update_revision = string(obj, &["status", "updateRevision"])?;
@@ -306,25 +286,18 @@ fn daemon_set(obj: &Value) -> Read<Assessment> {
     };
     let strategy = string(obj, &["spec", "updateStrategy", "type"])?.unwrap_or("RollingUpdate");
     let updated = status_int(obj, "updatedNumberScheduled")?;
-    if strategy != "OnDelete" && updated < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotUpdated",
-            format!("{updated} of {desired} pods updated"),
-        ));
+    if strategy != "OnDelete"
+        && let Some(a) = fewer(updated, desired, "PodsNotUpdated", "pods updated")
+    {
+        return Ok(a);
     }
     let ready = status_int(obj, "numberReady")?;
-    if ready < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotReady",
-            format!("{ready} of {desired} pods ready"),
-        ));
+    if let Some(a) = fewer(ready, desired, "PodsNotReady", "pods ready") {
+        return Ok(a);
     }
     let available = status_int(obj, "numberAvailable")?;
-    if available < desired {
-        return Ok(Assessment::in_progress(
-            "PodsNotAvailable",
-            format!("{available} of {desired} pods available"),
-        ));
+    if let Some(a) = fewer(available, desired, "PodsNotAvailable", "pods available") {
+        return Ok(a);
     }
     Ok(Assessment::current(format!(
         "{available} of {desired} pods available"
@@ -344,27 +317,25 @@ fn replica_set(obj: &Value) -> Read<Assessment> {
     }
     let spec = int(obj, &["spec", "replicas"])?.unwrap_or(1);
     for (field, reason, what) in [
-        ("fullyLabeledReplicas", "ReplicasNotLabeled", "labeled"),
-        ("readyReplicas", "ReplicasNotReady", "ready"),
-        ("availableReplicas", "ReplicasNotAvailable", "available"),
+        (
+            "fullyLabeledReplicas",
+            "ReplicasNotLabeled",
+            "replicas labeled",
+        ),
+        ("readyReplicas", "ReplicasNotReady", "replicas ready"),
+        (
+            "availableReplicas",
+            "ReplicasNotAvailable",
+            "replicas available",
+        ),
     ] {
-        let n = status_int(obj, field)?;
-        if n < spec {
-            return Ok(Assessment::in_progress(
-                reason,
-                format!("{n} of {spec} replicas {what}"),
-            ));
+        if let Some(a) = fewer(status_int(obj, field)?, spec, reason, what) {
+            return Ok(a);
         }
     }
     let replicas = status_int(obj, "replicas")?;
-    if replicas > spec {
-        return Ok(Assessment::in_progress(
-            "ExtraReplicas",
-            format!(
-                "{} pending termination",
-                count(replicas - spec, "extra replica")
-            ),
-        ));
+    if let Some(a) = extra_replicas(replicas, spec) {
+        return Ok(a);
     }
     Ok(Assessment::current(format!(
         "{spec} of {spec} replicas available"
@@ -751,6 +722,25 @@ fn conditions(obj: &Value) -> Read<Conditions<'_>> {
     Ok(Conditions(out))
 }
 
+/// InProgress `reason` while only `n` of the `want` pods are as they should be; the message
+/// reads "`n` of `want` `what`" (e.g. "1 of 3 replicas ready").
+fn fewer(n: i64, want: i64, reason: &str, what: &str) -> Option<Assessment> {
+    (n < want).then(|| Assessment::in_progress(reason, format!("{n} of {want} {what}")))
+}
+
+/// InProgress `ExtraReplicas` while more replicas run than `spec` asks for (a scale-down).
+fn extra_replicas(replicas: i64, spec: i64) -> Option<Assessment> {
+    (replicas > spec).then(|| {
+        Assessment::in_progress(
+            "ExtraReplicas",
+            format!(
+                "{} pending termination",
+                count(replicas - spec, "extra replica")
+            ),
+        )
+    })
+}
+
 /// `n` and the noun, pluralized: "1 old replica", "2 old replicas".
 fn count(n: i64, noun: &str) -> String {
     if n == 1 {
@@ -770,6 +760,11 @@ mod tests {
         let a = assess(obj);
         assert_eq!((a.health, a.reason.as_str()), (health, reason), "{a:?}");
         a
+    }
+
+    /// [`assert_health`], and the message is `message`.
+    fn assert_message(obj: &Value, health: Health, reason: &str, message: &str) {
+        assert_eq!(assert_health(obj, health, reason).message, message);
     }
 
     // ---- Health and generic rules ----
@@ -813,10 +808,11 @@ mod tests {
             "metadata": {"generation": 3},
             "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]},
         });
-        let a = assert_health(&obj, Health::InProgress, "ObservedGenerationStale");
-        assert_eq!(
-            a.message,
-            "the controller has not observed generation 3 yet"
+        assert_message(
+            &obj,
+            Health::InProgress,
+            "ObservedGenerationStale",
+            "the controller has not observed generation 3 yet",
         );
         obj["status"]["observedGeneration"] = json!(3);
         assert_health(&obj, Health::Current, "Current");
@@ -907,58 +903,39 @@ mod tests {
                  "message": "ReplicaSet \"web-1\" has timed out progressing."},
             ]}),
         );
-        let a = assert_health(&obj, Health::Failed, "ProgressDeadlineExceeded");
-        assert_eq!(a.message, "ReplicaSet \"web-1\" has timed out progressing.");
+        assert_message(
+            &obj,
+            Health::Failed,
+            "ProgressDeadlineExceeded",
+            "ReplicaSet \"web-1\" has timed out progressing.",
+        );
     }
 
     #[test]
     fn deployment_rollout_steps_are_in_progress() {
-        let a = assert_health(
-            &deployment(3, json!({"replicas": 3, "updatedReplicas": 1})),
-            Health::InProgress,
-            "ReplicasNotUpdated",
-        );
-        assert_eq!(a.message, "1 of 3 replicas updated");
-        let a = assert_health(
-            &deployment(
-                3,
-                json!({"replicas": 4, "updatedReplicas": 3, "readyReplicas": 4,
-                       "availableReplicas": 4}),
-            ),
-            Health::InProgress,
-            "OldReplicasPending",
-        );
-        assert_eq!(a.message, "1 old replica pending termination");
-        let a = assert_health(
-            &deployment(
-                3,
-                json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 1,
-                       "availableReplicas": 1}),
-            ),
-            Health::InProgress,
-            "ReplicasNotReady",
-        );
-        assert_eq!(a.message, "1 of 3 replicas ready");
-        let a = assert_health(
-            &deployment(
-                3,
-                json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 3,
-                       "availableReplicas": 2}),
-            ),
-            Health::InProgress,
-            "ReplicasNotAvailable",
-        );
-        assert_eq!(a.message, "2 of 3 replicas available");
-        // Scaling down: the new replica set still runs more than wanted.
-        assert_health(
-            &deployment(
-                2,
-                json!({"replicas": 3, "updatedReplicas": 3, "readyReplicas": 3,
-                       "availableReplicas": 3}),
-            ),
-            Health::InProgress,
-            "ExtraReplicas",
-        );
+        let counts = |replicas: i64, updated: i64, ready: i64, available: i64| {
+            json!({"replicas": replicas, "updatedReplicas": updated, "readyReplicas": ready,
+                   "availableReplicas": available})
+        };
+        let not_updated = json!({"replicas": 3, "updatedReplicas": 1});
+        // spec.replicas, status, then the reason and message it is in progress with.
+        #[rustfmt::skip]
+        let cases = [
+            (3, not_updated, "ReplicasNotUpdated", "1 of 3 replicas updated"),
+            (3, counts(4, 3, 4, 4), "OldReplicasPending", "1 old replica pending termination"),
+            (3, counts(3, 3, 1, 1), "ReplicasNotReady", "1 of 3 replicas ready"),
+            (3, counts(3, 3, 3, 2), "ReplicasNotAvailable", "2 of 3 replicas available"),
+            // Scaling down: the new replica set still runs more than wanted.
+            (2, counts(3, 3, 3, 3), "ExtraReplicas", "1 extra replica pending termination"),
+        ];
+        for (spec, status, reason, message) in cases {
+            assert_message(
+                &deployment(spec, status),
+                Health::InProgress,
+                reason,
+                message,
+            );
+        }
     }
 
     #[test]
@@ -971,8 +948,12 @@ mod tests {
                  "message": "Deployment does not have minimum availability."},
             ]}),
         );
-        let a = assert_health(&obj, Health::InProgress, "Unavailable");
-        assert_eq!(a.message, "Deployment does not have minimum availability.");
+        assert_message(
+            &obj,
+            Health::InProgress,
+            "Unavailable",
+            "Deployment does not have minimum availability.",
+        );
     }
 
     #[test]
@@ -985,8 +966,12 @@ mod tests {
                 {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
             ]}),
         );
-        let a = assert_health(&obj, Health::Current, "Current");
-        assert_eq!(a.message, "3 of 3 replicas updated and available");
+        assert_message(
+            &obj,
+            Health::Current,
+            "Current",
+            "3 of 3 replicas updated and available",
+        );
         // Scaled to zero with nothing left running.
         assert_health(&deployment(0, json!({})), Health::Current, "Current");
     }
@@ -1027,51 +1012,25 @@ mod tests {
             Health::Current,
             "Current",
         );
-
-        let mut s = done.clone();
-        s["readyReplicas"] = json!(2);
-        let a = assert_health(
-            &stateful_set(json!({"replicas": 3}), s),
-            Health::InProgress,
-            "ReplicasNotReady",
-        );
-        assert_eq!(a.message, "2 of 3 replicas ready");
-
-        let mut s = done.clone();
-        s["updatedReplicas"] = json!(1);
-        assert_health(
-            &stateful_set(json!({"replicas": 3}), s),
-            Health::InProgress,
-            "ReplicasNotUpdated",
-        );
-
-        let mut s = done.clone();
-        s["currentReplicas"] = json!(2);
-        assert_health(
-            &stateful_set(json!({"replicas": 3}), s),
-            Health::InProgress,
-            "ReplicasNotCurrent",
-        );
-
-        let mut s = done.clone();
-        s["updateRevision"] = json!("db-3");
-        let a = assert_health(
-            &stateful_set(json!({"replicas": 3}), s),
-            Health::InProgress,
-            "RevisionMismatch",
-        );
-        assert!(
-            a.message.contains("db-2") && a.message.contains("db-3"),
-            "{a:?}"
-        );
-
-        let mut s = done.clone();
-        s["replicas"] = json!(4);
-        assert_health(
-            &stateful_set(json!({"replicas": 3}), s),
-            Health::InProgress,
-            "ExtraReplicas",
-        );
+        // One status field off at a time: the field, its value, then the reason and message.
+        #[rustfmt::skip]
+        let cases = [
+            ("readyReplicas", json!(2), "ReplicasNotReady", "2 of 3 replicas ready"),
+            ("updatedReplicas", json!(1), "ReplicasNotUpdated", "1 of 3 replicas updated"),
+            ("currentReplicas", json!(2), "ReplicasNotCurrent", "2 of 3 replicas at the current revision"),
+            ("updateRevision", json!("db-3"), "RevisionMismatch", "current revision db-2 is not the update revision db-3"),
+            ("replicas", json!(4), "ExtraReplicas", "1 extra replica pending termination"),
+        ];
+        for (field, value, reason, message) in cases {
+            let mut s = done.clone();
+            s[field] = value;
+            assert_message(
+                &stateful_set(json!({"replicas": 3}), s),
+                Health::InProgress,
+                reason,
+                message,
+            );
+        }
 
         // Default spec.replicas is 1.
         assert_health(
@@ -1089,38 +1048,36 @@ mod tests {
         let status = json!({"replicas": 4, "readyReplicas": 4, "currentReplicas": 3,
                             "updatedReplicas": 1, "currentRevision": "db-1",
                             "updateRevision": "db-2"});
-        let a = assert_health(
+        assert_message(
             &stateful_set(spec.clone(), status.clone()),
             Health::InProgress,
             "PartitionRollout",
+            "1 of 2 replicas at or above partition 2 updated",
         );
-        assert_eq!(a.message, "1 of 2 replicas at or above partition 2 updated");
-        // Both updated: the partitioned rollout is done although revisions differ.
-        let mut done = status.clone();
-        done["updatedReplicas"] = json!(2);
-        done["currentReplicas"] = json!(2);
-        assert_health(
-            &stateful_set(spec.clone(), done),
-            Health::Current,
-            "Current",
-        );
-        // A partition at or above replicas asks for no updates at all.
-        let mut high = spec.clone();
-        high["updateStrategy"]["rollingUpdate"]["partition"] = json!(10);
-        let mut none = status.clone();
-        none["updatedReplicas"] = json!(0);
-        assert_health(&stateful_set(high, none), Health::Current, "Current");
-        // Partition 0 is the ordinary rolling update: the revision must match.
-        let mut zero = spec.clone();
-        zero["updateStrategy"]["rollingUpdate"]["partition"] = json!(0);
-        let mut s = status;
-        s["updatedReplicas"] = json!(4);
-        s["currentReplicas"] = json!(4);
-        assert_health(
-            &stateful_set(zero, s),
-            Health::InProgress,
-            "RevisionMismatch",
-        );
+        let partition = |p: i64| {
+            let mut s = spec.clone();
+            s["updateStrategy"]["rollingUpdate"]["partition"] = json!(p);
+            s
+        };
+        let counts = |updated: i64, current: i64| {
+            let mut s = status.clone();
+            s["updatedReplicas"] = json!(updated);
+            s["currentReplicas"] = json!(current);
+            s
+        };
+        // spec, status (updated, current), then the health and reason they are assessed with.
+        #[rustfmt::skip]
+        let cases = [
+            // Both updated: the partitioned rollout is done although revisions differ.
+            (partition(2), counts(2, 2), Health::Current, "Current"),
+            // A partition at or above replicas asks for no updates at all.
+            (partition(10), counts(0, 3), Health::Current, "Current"),
+            // Partition 0 is the ordinary rolling update: the revision must match.
+            (partition(0), counts(4, 4), Health::InProgress, "RevisionMismatch"),
+        ];
+        for (spec, status, health, reason) in cases {
+            assert_health(&stateful_set(spec, status), health, reason);
+        }
     }
 
     #[test]
@@ -1129,18 +1086,14 @@ mod tests {
         let status = json!({"replicas": 3, "readyReplicas": 3, "currentReplicas": 3,
                             "updatedReplicas": 0, "currentRevision": "db-1",
                             "updateRevision": "db-2"});
-        assert_health(
-            &stateful_set(spec.clone(), status.clone()),
-            Health::Current,
-            "Current",
-        );
-        let mut s = status;
-        s["readyReplicas"] = json!(1);
-        assert_health(
-            &stateful_set(spec, s),
-            Health::InProgress,
-            "ReplicasNotReady",
-        );
+        // Only the ready count matters.
+        let ready = |n: i64| {
+            let mut s = status.clone();
+            s["readyReplicas"] = json!(n);
+            stateful_set(spec.clone(), s)
+        };
+        assert_health(&ready(3), Health::Current, "Current");
+        assert_health(&ready(1), Health::InProgress, "ReplicasNotReady");
     }
 
     // ---- DaemonSet ----
@@ -1155,8 +1108,12 @@ mod tests {
         let done = json!({"observedGeneration": 1, "desiredNumberScheduled": 3,
                           "currentNumberScheduled": 3, "updatedNumberScheduled": 3,
                           "numberReady": 3, "numberAvailable": 3});
-        let a = assert_health(&daemon_set(done.clone()), Health::Current, "Current");
-        assert_eq!(a.message, "3 of 3 pods available");
+        assert_message(
+            &daemon_set(done.clone()),
+            Health::Current,
+            "Current",
+            "3 of 3 pods available",
+        );
         for (field, reason) in [
             ("updatedNumberScheduled", "PodsNotUpdated"),
             ("numberReady", "PodsNotReady"),
@@ -1257,8 +1214,12 @@ mod tests {
                  "message": "Job has reached the specified backoff limit"},
             ]}),
         );
-        let a = assert_health(&failed, Health::Failed, "BackoffLimitExceeded");
-        assert_eq!(a.message, "Job has reached the specified backoff limit");
+        assert_message(
+            &failed,
+            Health::Failed,
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        );
 
         let complete = job(
             json!({}),
@@ -1275,8 +1236,12 @@ mod tests {
         assert_health(&resumed, Health::InProgress, "JobRunning");
 
         let running = job(json!({}), json!({"active": 2, "succeeded": 1}));
-        let a = assert_health(&running, Health::InProgress, "JobRunning");
-        assert_eq!(a.message, "2 active, 1 succeeded");
+        assert_message(
+            &running,
+            Health::InProgress,
+            "JobRunning",
+            "2 active, 1 succeeded",
+        );
         // A Failed condition that is False is not a failure.
         let not_failed = job(
             json!({}),
@@ -1303,15 +1268,15 @@ mod tests {
             Health::Current,
             "Succeeded",
         );
-        let a = assert_health(
+        assert_message(
             &pod(
                 json!({}),
                 json!({"phase": "Failed", "reason": "Evicted", "message": "low on memory"}),
             ),
             Health::Failed,
             "Evicted",
+            "low on memory",
         );
-        assert_eq!(a.message, "low on memory");
         assert_health(
             &pod(json!({}), json!({"phase": "Failed"})),
             Health::Failed,
@@ -1322,7 +1287,7 @@ mod tests {
             Health::Unknown,
             "PodPhaseUnknown",
         );
-        let a = assert_health(
+        assert_message(
             &pod(
                 json!({}),
                 json!({"phase": "Pending", "conditions": [
@@ -1332,8 +1297,8 @@ mod tests {
             ),
             Health::InProgress,
             "PodPending",
+            "0/3 nodes are available",
         );
-        assert_eq!(a.message, "0/3 nodes are available");
         assert_health(&pod(json!({}), json!({})), Health::InProgress, "PodPending");
     }
 
@@ -1425,8 +1390,12 @@ mod tests {
         let pvc = |phase: Value| json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "status": {"phase": phase}});
         assert_health(&pvc(json!("Bound")), Health::Current, "Current");
         assert_health(&pvc(json!("Lost")), Health::Failed, "ClaimLost");
-        let a = assert_health(&pvc(json!("Pending")), Health::InProgress, "NotBound");
-        assert_eq!(a.message, "the claim is Pending");
+        assert_message(
+            &pvc(json!("Pending")),
+            Health::InProgress,
+            "NotBound",
+            "the claim is Pending",
+        );
         assert_health(&pvc(json!(null)), Health::InProgress, "NotBound");
     }
 
@@ -1508,92 +1477,62 @@ mod tests {
                "status": {"conditions": conditions}})
     }
 
+    /// Asserts how a custom resource with each case's conditions is assessed: its health,
+    /// reason and message.
+    fn assert_custom(cases: Vec<(Value, Health, &str, &str)>) {
+        for (conditions, health, reason, message) in cases {
+            let a = assert_health(&custom(conditions.clone()), health, reason);
+            assert_eq!(a.message, message, "{conditions}");
+        }
+    }
+
     #[test]
     fn generic_ready_and_available() {
-        let a = assert_health(
-            &custom(json!([{"type": "Ready", "status": "True", "message": "all good"}])),
-            Health::Current,
-            "Current",
-        );
-        assert_eq!(a.message, "all good");
-        let a = assert_health(
-            &custom(
-                json!([{"type": "Ready", "status": "False", "reason": "DependencyNotReady",
-                            "message": "waiting for the database"}]),
-            ),
-            Health::InProgress,
-            "DependencyNotReady",
-        );
-        assert_eq!(a.message, "waiting for the database");
-        assert_health(
-            &custom(json!([{"type": "Ready", "status": "False"}])),
-            Health::InProgress,
-            "NotReady",
-        );
-        assert_health(
-            &custom(json!([{"type": "Ready", "status": "Unknown"}])),
-            Health::InProgress,
-            "ReadyUnknown",
-        );
-        assert_health(
-            &custom(json!([{"type": "Available", "status": "False"}])),
-            Health::InProgress,
-            "NotAvailable",
-        );
-        assert_health(
-            &custom(json!([{"type": "Available", "status": "True"}])),
-            Health::Current,
-            "Current",
-        );
-        // Both present: either one not True holds it back.
-        assert_health(
-            &custom(json!([{"type": "Ready", "status": "True"},
-                           {"type": "Available", "status": "False"}])),
-            Health::InProgress,
-            "NotAvailable",
-        );
+        use Health::*;
+        #[rustfmt::skip]
+        let cases = vec![
+            (json!([{"type": "Ready", "status": "True", "message": "all good"}]),
+             Current, "Current", "all good"),
+            (json!([{"type": "Ready", "status": "False", "reason": "DependencyNotReady",
+                     "message": "waiting for the database"}]),
+             InProgress, "DependencyNotReady", "waiting for the database"),
+            (json!([{"type": "Ready", "status": "False"}]),
+             InProgress, "NotReady", "the Ready condition is False"),
+            (json!([{"type": "Ready", "status": "Unknown"}]),
+             InProgress, "ReadyUnknown", "the Ready condition is Unknown"),
+            (json!([{"type": "Available", "status": "False"}]),
+             InProgress, "NotAvailable", "the Available condition is False"),
+            (json!([{"type": "Available", "status": "True"}]),
+             Current, "Current", "the Available condition is True"),
+            // Both present: either one not True holds it back.
+            (json!([{"type": "Ready", "status": "True"}, {"type": "Available", "status": "False"}]),
+             InProgress, "NotAvailable", "the Available condition is False"),
+        ];
+        assert_custom(cases);
     }
 
     #[test]
     fn generic_stalled_failed_and_reconciling() {
-        let a = assert_health(
-            &custom(
-                json!([{"type": "Stalled", "status": "True", "reason": "InvalidSpec",
-                            "message": "spec.size must be positive"},
-                           {"type": "Ready", "status": "False"}]),
-            ),
-            Health::Failed,
-            "InvalidSpec",
-        );
-        assert_eq!(a.message, "spec.size must be positive");
-        assert_health(
-            &custom(json!([{"type": "Stalled", "status": "True"}])),
-            Health::Failed,
-            "Stalled",
-        );
-        assert_health(
-            &custom(json!([{"type": "Failed", "status": "True"},
-                           {"type": "Ready", "status": "True"}])),
-            Health::Failed,
-            "Failed",
-        );
-        assert_health(
-            &custom(
-                json!([{"type": "Reconciling", "status": "True", "reason": "Progressing"},
-                           {"type": "Ready", "status": "True"}]),
-            ),
-            Health::InProgress,
-            "Progressing",
-        );
-        // The same conditions False change nothing.
-        assert_health(
-            &custom(json!([{"type": "Stalled", "status": "False"},
-                           {"type": "Failed", "status": "False"},
-                           {"type": "Reconciling", "status": "False"},
-                           {"type": "Ready", "status": "True"}])),
-            Health::Current,
-            "Current",
-        );
+        use Health::*;
+        #[rustfmt::skip]
+        let cases = vec![
+            (json!([{"type": "Stalled", "status": "True", "reason": "InvalidSpec",
+                     "message": "spec.size must be positive"},
+                    {"type": "Ready", "status": "False"}]),
+             Failed, "InvalidSpec", "spec.size must be positive"),
+            (json!([{"type": "Stalled", "status": "True"}]),
+             Failed, "Stalled", "the Stalled condition is True"),
+            (json!([{"type": "Failed", "status": "True"}, {"type": "Ready", "status": "True"}]),
+             Failed, "Failed", "the Failed condition is True"),
+            (json!([{"type": "Reconciling", "status": "True", "reason": "Progressing"},
+                    {"type": "Ready", "status": "True"}]),
+             InProgress, "Progressing", "the controller is reconciling the object"),
+            // The same conditions False change nothing.
+            (json!([{"type": "Stalled", "status": "False"}, {"type": "Failed", "status": "False"},
+                    {"type": "Reconciling", "status": "False"}, {"type": "Ready", "status": "True"}]),
+             Current, "Current", "the Ready condition is True"),
+        ];
+        assert_custom(cases);
     }
 
     #[test]

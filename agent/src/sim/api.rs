@@ -83,13 +83,22 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
+    /// An error about the object `name` of `rt`, with the details a real server gives: its
+    /// name, group and resource.
+    fn on_object(
+        code: u16,
+        reason: &'static str,
+        rt: &ResourceType,
+        name: &str,
+        message: String,
+    ) -> Self {
+        Self::new(code, reason, message)
+            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+    }
+
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} {name:?} not found", rt.qualified_resource()),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        let message = format!("{} {name:?} not found", rt.qualified_resource());
+        Self::on_object(404, "NotFound", rt, name, message)
     }
 
     pub fn namespace_not_found(ns: &str) -> Self {
@@ -104,25 +113,17 @@ impl ApiError {
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} {name:?} already exists", rt.qualified_resource()),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        let message = format!("{} {name:?} already exists", rt.qualified_resource());
+        Self::on_object(409, "AlreadyExists", rt, name, message)
     }
 
     /// A failed precondition (a stale resourceVersion, another uid).
     pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: {why}",
-                rt.qualified_resource()
-            ),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        let message = format!(
+            "Operation cannot be fulfilled on {} {name:?}: {why}",
+            rt.qualified_resource()
+        );
+        Self::on_object(409, "Conflict", rt, name, message)
     }
 
     /// 422: a field value the server rejects.
@@ -145,12 +146,8 @@ impl ApiError {
     }
 
     pub fn forbidden(rt: &ResourceType, name: &str, why: &str) -> Self {
-        Self::new(
-            403,
-            "Forbidden",
-            format!("{} {name:?} is forbidden: {why}", rt.qualified_resource()),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        let message = format!("{} {name:?} is forbidden: {why}", rt.qualified_resource());
+        Self::on_object(403, "Forbidden", rt, name, message)
     }
 
     pub fn method_not_allowed(method: &http::Method) -> Self {

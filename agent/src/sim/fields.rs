@@ -562,27 +562,13 @@ mod tests {
 
     #[test]
     fn dropped_fields_are_removed_unless_someone_else_owns_them() {
-        let m = Managers::default();
+        let apply_as = |live: &Value, m: &Managers, cfg: Value, manager: &str| {
+            apply(live, m, &cfg, &who(manager), Scope::All, false).unwrap()
+        };
         let cfg1 = json!({"data": {"a": "1", "b": "2"}, "x": {"y": 1}});
-        let (obj, m) = apply(&Value::Null, &m, &cfg1, &who("a"), Scope::All, false).unwrap();
-        let (obj, m) = apply(
-            &obj,
-            &m,
-            &json!({"data": {"b": "2"}}),
-            &who("other"),
-            Scope::All,
-            false,
-        )
-        .unwrap();
-        let (obj, _) = apply(
-            &obj,
-            &m,
-            &json!({"data": {"c": "3"}}),
-            &who("a"),
-            Scope::All,
-            false,
-        )
-        .unwrap();
+        let (obj, m) = apply_as(&Value::Null, &Managers::default(), cfg1, "a");
+        let (obj, m) = apply_as(&obj, &m, json!({"data": {"b": "2"}}), "other");
+        let (obj, _) = apply_as(&obj, &m, json!({"data": {"c": "3"}}), "a");
         assert_eq!(obj, json!({"data": {"b": "2", "c": "3"}}));
     }
 }

@@ -344,7 +344,23 @@ fn status_policy(t: &Target, live: Option<&Value>, new: Value) -> Value {
     }
 }
 
-fn reply_written(object: Value, created: bool) -> Reply {
+/// Stores `object` as `name` (or only works out what would be stored, on a dry run) and
+/// answers with it: 201 when that created the object, 200 when it replaced one.
+fn commit(
+    state: &mut State,
+    t: &Target,
+    name: &str,
+    object: Value,
+    managers: Managers,
+    dry_run: bool,
+) -> Reply {
+    let (object, created) = state.commit(Write {
+        rt: &t.rt,
+        key: t.key(name),
+        object,
+        managers,
+        dry_run,
+    });
     Reply {
         code: if created { 201 } else { 200 },
         body: object,
@@ -388,14 +404,7 @@ fn create(state: &mut State, req: &Req<'_>, t: &Target) -> Result<Reply, ApiErro
     let who = writer(&opts, &t.rt, &now);
     let mut managers = Managers::default();
     managers.record_update(None, &obj, &who, t.scope());
-    let (object, created) = state.commit(Write {
-        rt: &t.rt,
-        key: t.key(&name),
-        object: obj,
-        managers,
-        dry_run: opts.dry_run,
-    });
-    Ok(reply_written(object, created))
+    Ok(commit(state, t, &name, obj, managers, opts.dry_run))
 }
 
 fn writer<'a>(opts: &'a Options, rt: &ResourceType, now: &'a str) -> Writer<'a> {
@@ -435,14 +444,7 @@ fn update(
     let who = writer(opts, &t.rt, &now);
     let mut managers = live.managers.clone();
     managers.record_update(Some(&live.object), &new, &who, t.scope());
-    let (object, created) = state.commit(Write {
-        rt: &t.rt,
-        key: t.key(name),
-        object: new,
-        managers,
-        dry_run: opts.dry_run,
-    });
-    Ok(reply_written(object, created))
+    Ok(commit(state, t, name, new, managers, opts.dry_run))
 }
 
 fn patch(state: &mut State, req: &Req<'_>, t: &Target, name: &str) -> Result<Reply, ApiError> {
@@ -569,14 +571,7 @@ fn apply(
     })?;
     let new = status_policy(t, live.as_ref().map(|l| &l.object), new);
     validate_object(&t.rt, name, &new)?;
-    let (object, created) = state.commit(Write {
-        rt: &t.rt,
-        key: t.key(name),
-        object: new,
-        managers,
-        dry_run: opts.dry_run,
-    });
-    Ok(reply_written(object, created))
+    Ok(commit(state, t, name, new, managers, opts.dry_run))
 }
 
 fn random_suffix() -> String {

@@ -316,35 +316,41 @@ fn label_chars_ok(s: &str) -> bool {
 }
 
 fn dns1123_subdomain(name: &str) -> Result<(), String> {
-    if name.len() > 253 {
-        return Err("must be no more than 253 characters".into());
-    }
-    if name.split('.').all(label_chars_ok) {
-        Ok(())
-    } else {
-        Err("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into())
-    }
+    check_name(
+        name,
+        253,
+        name.split('.').all(label_chars_ok),
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+    )
 }
 
 fn dns1123_label(name: &str) -> Result<(), String> {
-    if name.len() > 63 {
-        return Err("must be no more than 63 characters".into());
-    }
-    if label_chars_ok(name) {
-        Ok(())
-    } else {
-        Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into())
-    }
+    check_name(
+        name,
+        63,
+        label_chars_ok(name),
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+    )
 }
 
 fn dns1035_label(name: &str) -> Result<(), String> {
-    if name.len() > 63 {
-        return Err("must be no more than 63 characters".into());
-    }
-    if label_chars_ok(name) && name.starts_with(|c: char| c.is_ascii_lowercase()) {
+    check_name(
+        name,
+        63,
+        label_chars_ok(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+    )
+}
+
+/// The API server's verdict on a name: too long (over `max` characters) first, then, unless
+/// it has the right form (`well_formed`), the message saying what that form is.
+fn check_name(name: &str, max: usize, well_formed: bool, form: &str) -> Result<(), String> {
+    if name.len() > max {
+        Err(format!("must be no more than {max} characters"))
+    } else if well_formed {
         Ok(())
     } else {
-        Err("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".into())
+        Err(form.into())
     }
 }
 
