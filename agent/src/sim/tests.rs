@@ -55,6 +55,14 @@ async fn apply(
     api.patch(name, pp, &Patch::Apply(body)).await
 }
 
+/// Applies Deployment `web` with `replicas` and no labels as field manager `manager`.
+async fn apply_web(api: &Api<Deployment>, replicas: i64, manager: &str) -> Deployment {
+    let body = deployment("web", replicas, json!({}));
+    apply(api, "web", &body, &apply_params(manager))
+        .await
+        .expect("apply web")
+}
+
 fn status(err: kube::Error) -> Box<Status> {
     match err {
         kube::Error::Api(s) => s,
@@ -380,14 +388,7 @@ async fn several_conflicts_are_listed() {
 async fn dry_run_changes_nothing() {
     let (sim, client) = cluster(DELAY);
     let api: Api<Deployment> = Api::namespaced(client, "default");
-    let live = apply(
-        &api,
-        "web",
-        &deployment("web", 2, json!({})),
-        &apply_params("flotilla"),
-    )
-    .await
-    .unwrap();
+    let live = apply_web(&api, 2, "flotilla").await;
 
     let dry = apply_params("other").dry_run().force();
     let answer = apply(&api, "web", &deployment("web", 7, json!({"x": "y"})), &dry)
@@ -526,14 +527,7 @@ async fn the_real_servers_rules_and_errors() {
         err.message
     );
 
-    let d = apply(
-        &api,
-        "web",
-        &deployment("web", 1, json!({})),
-        &apply_params("f"),
-    )
-    .await
-    .unwrap();
+    let d = apply_web(&api, 1, "f").await;
     let with_status = api
         .patch(
             "web",
@@ -635,23 +629,9 @@ async fn deleting_a_namespace_deletes_what_is_in_it() {
         .unwrap();
     assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
     let api: Api<Deployment> = Api::namespaced(client.clone(), "team");
-    apply(
-        &api,
-        "web",
-        &deployment("web", 1, json!({})),
-        &apply_params("f"),
-    )
-    .await
-    .unwrap();
+    apply_web(&api, 1, "f").await;
     let other: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    apply(
-        &other,
-        "web",
-        &deployment("web", 1, json!({})),
-        &apply_params("f"),
-    )
-    .await
-    .unwrap();
+    apply_web(&other, 1, "f").await;
 
     let answer = namespaces
         .delete("team", &DeleteParams::default())
@@ -704,14 +684,7 @@ async fn label_selectors_filter_lists() {
 async fn a_deployment_becomes_ready_after_the_delay() {
     let (_sim, client) = cluster(DELAY);
     let api: Api<Deployment> = Api::namespaced(client, "default");
-    let d = apply(
-        &api,
-        "web",
-        &deployment("web", 3, json!({})),
-        &apply_params("flotilla"),
-    )
-    .await
-    .unwrap();
+    let d = apply_web(&api, 3, "flotilla").await;
     let st = d.status.unwrap();
     assert_eq!(
         (st.observed_generation, st.replicas, st.ready_replicas),
@@ -762,23 +735,9 @@ async fn a_deployment_becomes_ready_after_the_delay() {
     );
 
     // A spec change starts over; a settle for an old generation does nothing.
-    apply(
-        &api,
-        "web",
-        &deployment("web", 4, json!({})),
-        &apply_params("flotilla"),
-    )
-    .await
-    .unwrap();
+    apply_web(&api, 4, "flotilla").await;
     tokio::time::sleep(DELAY / 2).await;
-    apply(
-        &api,
-        "web",
-        &deployment("web", 5, json!({})),
-        &apply_params("flotilla"),
-    )
-    .await
-    .unwrap();
+    apply_web(&api, 5, "flotilla").await;
     tokio::time::sleep(DELAY * 3 / 4).await;
     let st = api.get("web").await.unwrap().status.unwrap();
     assert_eq!(
@@ -848,14 +807,7 @@ async fn a_job_completes() {
 async fn with_no_delay_workloads_are_ready_at_once() {
     let (_sim, client) = cluster(Duration::ZERO);
     let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let d = apply(
-        &api,
-        "web",
-        &deployment("web", 2, json!({})),
-        &apply_params("flotilla"),
-    )
-    .await
-    .unwrap();
+    let d = apply_web(&api, 2, "flotilla").await;
     assert_eq!(d.status.unwrap().ready_replicas, Some(2));
     let pods: Api<DynamicObject> = Api::namespaced_with(
         client,
