@@ -174,14 +174,7 @@ impl Sources {
     }
 
     pub async fn list(&self) -> Result<Vec<SourceRecord>, HubError> {
-        Ok(self
-            .inner
-            .table
-            .list()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        self.inner.table.values().await
     }
 
     /// Adds a source (validated first: name, URL, ref, path, secret file) and starts its loop.
