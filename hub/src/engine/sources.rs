@@ -419,18 +419,13 @@ impl Sources {
         };
         let data_dir = self.inner.data_dir.clone();
         let fetch_span = tracing::info_span!("flotilla.fetch", source = %name);
-        let fetched = tokio::task::spawn_blocking(move || {
-            let _in = fetch_span.enter();
+        let fetched = blocking_in("sync", fetch_span, move || {
             let mirror = Mirror::open_or_init(&data_dir, &spec)?;
             let outcome = mirror.fetch(&spec)?;
             let tree = mirror.tree(&outcome.commit, &spec.path)?;
             Ok::<_, crate::git::GitError>((outcome, tree))
         })
-        .await
-        .map_err(|source| HubError::Task {
-            what: "sync",
-            source,
-        })?;
+        .await?;
         let (outcome, tree) = match fetched {
             Ok(x) => x,
             Err(e) => {
@@ -456,15 +451,10 @@ impl Sources {
         let bundles = self.inner.bundles.clone();
         let infos = clusters.clone();
         let render_span = tracing::info_span!("flotilla.render", source = %name, revision = %commit, clusters = clusters.len());
-        let rendered = tokio::task::spawn_blocking(move || {
-            let _in = render_span.enter();
+        let rendered = blocking_in("render", render_span, move || {
             render_all(&tree, &clusters, &limits, &bundles)
         })
-        .await
-        .map_err(|source| HubError::Task {
-            what: "render",
-            source,
-        })?;
+        .await?;
         let (per_app, config_error) = match rendered {
             Ok(x) => (x, None),
             Err(e) => (BTreeMap::new(), Some(e)),
@@ -563,6 +553,18 @@ impl Sources {
         status.error = None;
         self.save_status(name, status).await
     }
+}
+
+/// Runs the blocking `f` on the blocking pool inside `span`; a task that panicked is a
+/// [`HubError::Task`] naming `what`.
+async fn blocking_in<T: Send + 'static>(
+    what: &'static str,
+    span: tracing::Span,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HubError> {
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|source| HubError::Task { what, source })
 }
 
 /// An app rendered for its targeted clusters, with the pipeline that promotes it.
