@@ -615,11 +615,23 @@ impl Rollouts {
         self.inner.audit.record(entry).await.map(|_| ())
     }
 
+    /// An operator action on `app`: records `entry` in the audit log, then lets `act` change
+    /// the rollout; `act` returns the clusters whose desired state it changed.
+    async fn audited_update(
+        &self,
+        app: &str,
+        entry: AuditEntry,
+        act: impl FnOnce(&mut AppRollout) -> Result<Vec<String>, HubError>,
+    ) -> Result<(), HubError> {
+        self.audited(entry).await?;
+        self.update(app, None, |rec| Ok((act(rec)?, ()))).await
+    }
+
     pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
         let mut probe = rec.clone();
         let what = probe.approve(stage, who)?;
-        self.audited(AuditEntry {
+        let entry = AuditEntry {
             who: who.into(),
             action: "rollout.approve".into(),
             app: app.into(),
@@ -627,11 +639,10 @@ impl Rollouts {
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
             detail: what,
             ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+        };
+        self.audited_update(app, entry, |rec| {
             rec.approve(stage, who)?;
-            Ok((Vec::new(), ()))
+            Ok(Vec::new())
         })
         .await?;
         self.tick().await;
@@ -645,7 +656,7 @@ impl Rollouts {
         who: &str,
     ) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
-        self.audited(AuditEntry {
+        let entry = AuditEntry {
             who: who.into(),
             action: if paused {
                 "rollout.pause"
@@ -656,11 +667,10 @@ impl Rollouts {
             app: app.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
             ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+        };
+        self.audited_update(app, entry, |rec| {
             rec.paused = paused;
-            Ok((Vec::new(), ()))
+            Ok(Vec::new())
         })
         .await?;
         self.tick().await;
@@ -676,19 +686,15 @@ impl Rollouts {
         let now = self.now_ms();
         let mut probe = self.get(app).await?;
         probe.rollback(to, now)?;
-        self.audited(AuditEntry {
+        let entry = AuditEntry {
             who: who.into(),
             action: "rollout.rollback".into(),
             app: app.into(),
             revision: probe.last_good.clone().unwrap_or_default(),
             ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
-            let touched = rec.rollback(to, now)?;
-            Ok((touched, ()))
-        })
-        .await?;
+        };
+        self.audited_update(app, entry, |rec| Ok(rec.rollback(to, now)?))
+            .await?;
         self.get(app).await
     }
 
@@ -701,18 +707,17 @@ impl Rollouts {
     ) -> Result<String, HubError> {
         let mut probe = self.get(app).await?;
         let rev = probe.pin(cluster, revision)?;
-        self.audited(AuditEntry {
+        let entry = AuditEntry {
             who: who.into(),
             action: "cluster.pin".into(),
             app: app.into(),
             cluster: cluster.into(),
             revision: rev.clone(),
             ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+        };
+        self.audited_update(app, entry, |rec| {
             rec.pin(cluster, revision)?;
-            Ok((vec![cluster.to_string()], ()))
+            Ok(vec![cluster.to_string()])
         })
         .await?;
         Ok(rev)
@@ -725,18 +730,17 @@ impl Rollouts {
                 "cluster {cluster} is not pinned for app {app}"
             )));
         };
-        self.audited(AuditEntry {
+        let entry = AuditEntry {
             who: who.into(),
             action: "cluster.unpin".into(),
             app: app.into(),
             cluster: cluster.into(),
             revision: rev,
             ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+        };
+        self.audited_update(app, entry, |rec| {
             rec.pins.remove(cluster);
-            Ok((vec![cluster.to_string()], ()))
+            Ok(vec![cluster.to_string()])
         })
         .await
     }
