@@ -475,20 +475,9 @@ impl Sources {
                 Ok(r) => {
                     st.error = None;
                     st.clusters = r.entries.iter().map(|(c, _)| c.clone()).collect();
-                    let entries = r
-                        .entries
-                        .into_iter()
-                        .map(|(cluster, mut entry)| {
-                            entry.revision = commit.clone();
-                            (cluster, entry)
-                        })
-                        .collect();
                     offers.push(AppOffer {
                         app: app.clone(),
-                        render: Render {
-                            revision: commit.clone(),
-                            entries,
-                        },
+                        render: Render::stamped(&commit, r.entries),
                         pipeline_name: r.pipeline_name,
                         pipeline: r.pipeline,
                         max_removal: r.max_removal,
