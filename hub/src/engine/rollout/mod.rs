@@ -632,13 +632,10 @@ impl Rollouts {
         let mut probe = rec.clone();
         let what = probe.approve(stage, who)?;
         let entry = AuditEntry {
-            who: who.into(),
-            action: "rollout.approve".into(),
-            app: app.into(),
             stage: stage.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
             detail: what,
-            ..AuditEntry::default()
+            ..AuditEntry::new(who, "rollout.approve", app)
         };
         self.audited_update(app, entry, |rec| {
             rec.approve(stage, who)?;
@@ -656,17 +653,14 @@ impl Rollouts {
         who: &str,
     ) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
+        let action = if paused {
+            "rollout.pause"
+        } else {
+            "rollout.resume"
+        };
         let entry = AuditEntry {
-            who: who.into(),
-            action: if paused {
-                "rollout.pause"
-            } else {
-                "rollout.resume"
-            }
-            .into(),
-            app: app.into(),
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(who, action, app)
         };
         self.audited_update(app, entry, |rec| {
             rec.paused = paused;
@@ -687,11 +681,8 @@ impl Rollouts {
         let mut probe = self.get(app).await?;
         probe.rollback(to, now)?;
         let entry = AuditEntry {
-            who: who.into(),
-            action: "rollout.rollback".into(),
-            app: app.into(),
             revision: probe.last_good.clone().unwrap_or_default(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(who, "rollout.rollback", app)
         };
         self.audited_update(app, entry, |rec| Ok(rec.rollback(to, now)?))
             .await?;
@@ -708,12 +699,9 @@ impl Rollouts {
         let mut probe = self.get(app).await?;
         let rev = probe.pin(cluster, revision)?;
         let entry = AuditEntry {
-            who: who.into(),
-            action: "cluster.pin".into(),
-            app: app.into(),
             cluster: cluster.into(),
             revision: rev.clone(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(who, "cluster.pin", app)
         };
         self.audited_update(app, entry, |rec| {
             rec.pin(cluster, revision)?;
@@ -731,12 +719,9 @@ impl Rollouts {
             )));
         };
         let entry = AuditEntry {
-            who: who.into(),
-            action: "cluster.unpin".into(),
-            app: app.into(),
             cluster: cluster.into(),
             revision: rev,
-            ..AuditEntry::default()
+            ..AuditEntry::new(who, "cluster.unpin", app)
         };
         self.audited_update(app, entry, |rec| {
             rec.pins.remove(cluster);
@@ -774,31 +759,25 @@ fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry>
             plan::RolloutState::RolledBack | plan::RolloutState::Failed
         )
     {
+        let action = if r.state == plan::RolloutState::RolledBack {
+            "rollout.rollback"
+        } else {
+            "rollout.halt"
+        };
         return Some(AuditEntry {
-            who: AUTOMATIC.into(),
-            action: if r.state == plan::RolloutState::RolledBack {
-                "rollout.rollback"
-            } else {
-                "rollout.halt"
-            }
-            .into(),
-            app: rec.app.clone(),
             stage: failed_stage(&r.stages),
             revision: r.revision.clone(),
             detail: r.message.clone(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(AUTOMATIC, action, &rec.app)
         });
     }
     let rm = rec.removal.as_ref()?;
     (was(before.removal.as_ref().map(|b| b.state)) && rm.state == plan::RolloutState::Failed).then(
         || AuditEntry {
-            who: AUTOMATIC.into(),
-            action: "removal.halt".into(),
-            app: rec.app.clone(),
             stage: failed_stage(&rm.stages),
             revision: rm.revision.clone(),
             detail: rm.message.clone(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(AUTOMATIC, "removal.halt", &rec.app)
         },
     )
 }
