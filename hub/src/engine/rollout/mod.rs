@@ -627,6 +627,23 @@ impl Rollouts {
         self.update(app, None, |rec| Ok((act(rec)?, ()))).await
     }
 
+    /// An operator action that sends nothing to a cluster itself (an approval, a pause): as
+    /// [`Self::audited_update`], then the rollouts advance at once; the app's rollout afterwards.
+    async fn audited_then_advance(
+        &self,
+        app: &str,
+        entry: AuditEntry,
+        act: impl FnOnce(&mut AppRollout) -> Result<(), HubError>,
+    ) -> Result<AppRollout, HubError> {
+        self.audited_update(app, entry, |rec| {
+            act(rec)?;
+            Ok(Vec::new())
+        })
+        .await?;
+        self.tick().await;
+        self.get(app).await
+    }
+
     pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
         let mut probe = rec.clone();
@@ -637,13 +654,11 @@ impl Rollouts {
             detail: what,
             ..AuditEntry::new(who, "rollout.approve", app)
         };
-        self.audited_update(app, entry, |rec| {
+        self.audited_then_advance(app, entry, |rec| {
             rec.approve(stage, who)?;
-            Ok(Vec::new())
+            Ok(())
         })
-        .await?;
-        self.tick().await;
-        self.get(app).await
+        .await
     }
 
     pub async fn set_paused(
@@ -662,13 +677,11 @@ impl Rollouts {
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
             ..AuditEntry::new(who, action, app)
         };
-        self.audited_update(app, entry, |rec| {
+        self.audited_then_advance(app, entry, |rec| {
             rec.paused = paused;
-            Ok(Vec::new())
+            Ok(())
         })
-        .await?;
-        self.tick().await;
-        self.get(app).await
+        .await
     }
 
     pub async fn rollback(
