@@ -174,14 +174,7 @@ impl Sources {
     }
 
     pub async fn list(&self) -> Result<Vec<SourceRecord>, HubError> {
-        Ok(self
-            .inner
-            .table
-            .list()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        self.inner.table.values().await
     }
 
     /// Adds a source (validated first: name, URL, ref, path, secret file) and starts its loop.
@@ -426,18 +419,13 @@ impl Sources {
         };
         let data_dir = self.inner.data_dir.clone();
         let fetch_span = tracing::info_span!("flotilla.fetch", source = %name);
-        let fetched = tokio::task::spawn_blocking(move || {
-            let _in = fetch_span.enter();
+        let fetched = blocking_in("sync", fetch_span, move || {
             let mirror = Mirror::open_or_init(&data_dir, &spec)?;
             let outcome = mirror.fetch(&spec)?;
             let tree = mirror.tree(&outcome.commit, &spec.path)?;
             Ok::<_, crate::git::GitError>((outcome, tree))
         })
-        .await
-        .map_err(|source| HubError::Task {
-            what: "sync",
-            source,
-        })?;
+        .await?;
         let (outcome, tree) = match fetched {
             Ok(x) => x,
             Err(e) => {
@@ -463,15 +451,10 @@ impl Sources {
         let bundles = self.inner.bundles.clone();
         let infos = clusters.clone();
         let render_span = tracing::info_span!("flotilla.render", source = %name, revision = %commit, clusters = clusters.len());
-        let rendered = tokio::task::spawn_blocking(move || {
-            let _in = render_span.enter();
+        let rendered = blocking_in("render", render_span, move || {
             render_all(&tree, &clusters, &limits, &bundles)
         })
-        .await
-        .map_err(|source| HubError::Task {
-            what: "render",
-            source,
-        })?;
+        .await?;
         let (per_app, config_error) = match rendered {
             Ok(x) => (x, None),
             Err(e) => (BTreeMap::new(), Some(e)),
@@ -492,20 +475,9 @@ impl Sources {
                 Ok(r) => {
                     st.error = None;
                     st.clusters = r.entries.iter().map(|(c, _)| c.clone()).collect();
-                    let entries = r
-                        .entries
-                        .into_iter()
-                        .map(|(cluster, mut entry)| {
-                            entry.revision = commit.clone();
-                            (cluster, entry)
-                        })
-                        .collect();
                     offers.push(AppOffer {
                         app: app.clone(),
-                        render: Render {
-                            revision: commit.clone(),
-                            entries,
-                        },
+                        render: Render::stamped(&commit, r.entries),
                         pipeline_name: r.pipeline_name,
                         pipeline: r.pipeline,
                         max_removal: r.max_removal,
@@ -570,6 +542,18 @@ impl Sources {
         status.error = None;
         self.save_status(name, status).await
     }
+}
+
+/// Runs the blocking `f` on the blocking pool inside `span`; a task that panicked is a
+/// [`HubError::Task`] naming `what`.
+async fn blocking_in<T: Send + 'static>(
+    what: &'static str,
+    span: tracing::Span,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HubError> {
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|source| HubError::Task { what, source })
 }
 
 /// An app rendered for its targeted clusters, with the pipeline that promotes it.

@@ -64,6 +64,30 @@ pub enum GitError {
 }
 
 impl GitError {
+    /// [`GitError::InvalidName`]: source name `name` is refused for `reason`.
+    pub(crate) fn invalid_name(name: &str, reason: &'static str) -> GitError {
+        GitError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }
+    }
+
+    /// [`GitError::InvalidRef`]: git reference `reference` is refused for `reason`.
+    pub(crate) fn invalid_ref(reference: &str, reason: &'static str) -> GitError {
+        GitError::InvalidRef {
+            reference: reference.to_owned(),
+            reason,
+        }
+    }
+
+    /// [`GitError::InvalidPath`]: source path `path` is refused for `reason`.
+    pub(crate) fn invalid_path(path: &str, reason: &'static str) -> GitError {
+        GitError::InvalidPath {
+            path: path.to_owned(),
+            reason,
+        }
+    }
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

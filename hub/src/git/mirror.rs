@@ -175,10 +175,10 @@ impl Mirror {
     /// nothing is changed then, so [`Mirror::last_fetched`] still gives the last good commit.
     pub fn fetch(&self, spec: &SourceSpec) -> Result<FetchOutcome, GitError> {
         if spec.name != self.name {
-            return Err(GitError::InvalidName {
-                name: spec.name.clone(),
-                reason: "does not match the mirror's source",
-            });
+            return Err(GitError::invalid_name(
+                &spec.name,
+                "does not match the mirror's source",
+            ));
         }
         let url = spec.validate()?;
         let _serial = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
@@ -244,10 +244,10 @@ impl Fetch<'_> {
         let candidates = self.reference.candidates();
         for c in &candidates {
             if gix::validate::reference::name(c.as_bytes().into()).is_err() {
-                return Err(GitError::InvalidRef {
-                    reference: self.reference.to_string(),
-                    reason: "not a valid git ref name",
-                });
+                return Err(GitError::invalid_ref(
+                    &self.reference.to_string(),
+                    "not a valid git ref name",
+                ));
             }
         }
         let locals: Vec<String> = candidates.iter().map(|c| track_ref(c)).collect();
@@ -313,10 +313,7 @@ impl Fetch<'_> {
         let want = ObjectId::from_hex(hex.as_bytes())
             .ok()
             .filter(|_| hex.len() == 40)
-            .ok_or_else(|| GitError::InvalidRef {
-                reference: hex.to_owned(),
-                reason: "a commit must be given as 40 hex digits",
-            })?;
+            .ok_or_else(|| GitError::invalid_ref(hex, "a commit must be given as 40 hex digits"))?;
         let previous = commit_at(self.repo, PINNED_REF);
         let refspecs = [
             format!("+refs/heads/*:{SCAN_PREFIX}heads/*"),

@@ -100,12 +100,7 @@ impl SourceSpec {
 
 /// Checks a source name (it names a directory, so it must be one plain path component).
 pub fn validate_name(name: &str) -> Result<(), GitError> {
-    let bad = |reason| {
-        Err(GitError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(GitError::invalid_name(name, reason));
     if name.is_empty() {
         return bad("empty");
     }
@@ -127,12 +122,7 @@ pub fn validate_name(name: &str) -> Result<(), GitError> {
 /// Normalises a repository-relative directory (`""`, `a/b`, `./a/b/`): no absolute paths, no
 /// `..`, no empty components besides leading/trailing slashes.
 pub fn normalize_path(path: &str) -> Result<String, GitError> {
-    let bad = |reason| {
-        Err(GitError::InvalidPath {
-            path: path.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(GitError::invalid_path(path, reason));
     if path.starts_with('/') {
         return bad("must be relative to the repository root");
     }
@@ -169,12 +159,7 @@ impl GitRef {
     /// Parses `--ref`: a full 40-hex id is a commit; `refs/heads/X` a branch, `refs/tags/X` a
     /// tag, any other `refs/…` that ref; anything else a branch, or failing that a tag.
     pub fn parse(s: &str) -> Result<GitRef, GitError> {
-        let bad = |reason| {
-            Err(GitError::InvalidRef {
-                reference: s.to_owned(),
-                reason,
-            })
-        };
+        let bad = |reason| Err(GitError::invalid_ref(s, reason));
         if s.is_empty() {
             return bad("empty");
         }

@@ -78,6 +78,13 @@ fn new_ca(dir: &Path) -> Ca {
     Ca::load_or_create(dir, TD, None, system_clock()).unwrap()
 }
 
+/// A new CA in a fresh temporary directory, which must live as long as the CA is used.
+fn temp_ca() -> (tempfile::TempDir, Ca) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path());
+    (dir, ca)
+}
+
 fn leaf_der(chain_pem: &str) -> CertificateDer<'static> {
     let chain = certs_from_pem(chain_pem, "chain").unwrap();
     assert_eq!(chain.len(), 2, "chain is leaf + CA");
@@ -104,6 +111,14 @@ fn verify_client(ca: &Ca, chain_pem: &str, at: SystemTime) -> Result<(), rustls:
     verifier
         .verify_client_cert(&leaf_der(chain_pem), &[], unix(at))
         .map(|_| ())
+}
+
+/// Signs `csr` for `id` with a ten-minute lifetime and checks that a client verifier trusting
+/// `ca` accepts the chain now.
+fn sign_and_verify(ca: &Ca, csr: &str, id: &Identity) -> Issued {
+    let issued = ca.sign_csr(csr, id, Duration::from_secs(600)).unwrap();
+    verify_client(ca, &issued.chain_pem, SystemTime::now()).unwrap();
+    issued
 }
 
 fn sans(der: &[u8]) -> Vec<String> {
@@ -236,8 +251,7 @@ fn signed_client_cert_carries_identity_serial_and_expiry_and_verifies() {
 
 #[test]
 fn csr_requests_are_ignored_except_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -261,7 +275,7 @@ fn csr_requests_are_ignored_except_the_key() {
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
 
     let id = Identity::Cluster("eu-1".into());
-    let issued = ca.sign_csr(&csr, &id, Duration::from_secs(600)).unwrap();
+    let issued = sign_and_verify(&ca, &csr, &id);
     let leaf = leaf_der(&issued.chain_pem);
     assert_eq!(sans(&leaf), vec![format!("uri:spiffe://{TD}/cluster/eu-1")]);
     assert_eq!(PeerCert::from_der(&leaf, TD).unwrap().identity, id);
@@ -284,13 +298,11 @@ fn csr_requests_are_ignored_except_the_key() {
         );
         assert_ne!(ext.oid.to_id_string(), "1.3.6.1.4.1.99999.1");
     }
-    verify_client(&ca, &issued.chain_pem, SystemTime::now()).unwrap();
 }
 
 #[test]
 fn accepts_p384_ed25519_and_rsa_2048() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let id = Identity::Admin("ops".into());
     for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
         let key = KeyPair::generate_for(alg).unwrap();
@@ -299,41 +311,33 @@ fn accepts_p384_ed25519_and_rsa_2048() {
             .unwrap()
             .pem()
             .unwrap();
-        let issued = ca.sign_csr(&csr, &id, Duration::from_secs(600)).unwrap();
-        verify_client(&ca, &issued.chain_pem, SystemTime::now()).unwrap();
+        sign_and_verify(&ca, &csr, &id);
     }
-    let issued = ca
-        .sign_csr(RSA2048_CSR, &id, Duration::from_secs(600))
-        .unwrap();
+    let issued = sign_and_verify(&ca, RSA2048_CSR, &id);
     let leaf = leaf_der(&issued.chain_pem);
     assert_eq!(PeerCert::from_der(&leaf, TD).unwrap().identity, id);
-    verify_client(&ca, &issued.chain_pem, SystemTime::now()).unwrap();
 }
 
 #[test]
 fn refuses_weak_and_unsupported_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let id = Identity::Cluster("eu-1".into());
     let life = Duration::from_secs(600);
-    match ca.sign_csr(RSA1024_CSR, &id, life) {
-        Err(CaError::WeakKey(msg)) => assert!(msg.contains("1024 bits"), "{msg}"),
-        other => panic!("expected WeakKey, got {other:?}"),
-    }
-    match ca.sign_csr(P521_CSR, &id, life) {
-        Err(CaError::WeakKey(msg)) => assert!(msg.contains("secp521r1"), "{msg}"),
-        other => panic!("expected WeakKey, got {other:?}"),
-    }
-    match ca.sign_csr(SECP256K1_CSR, &id, life) {
-        Err(CaError::WeakKey(msg)) => assert!(msg.contains("1.3.132.0.10"), "{msg}"),
-        other => panic!("expected WeakKey, got {other:?}"),
+    for (csr, why) in [
+        (RSA1024_CSR, "1024 bits"),
+        (P521_CSR, "secp521r1"),
+        (SECP256K1_CSR, "1.3.132.0.10"),
+    ] {
+        match ca.sign_csr(csr, &id, life) {
+            Err(CaError::WeakKey(msg)) => assert!(msg.contains(why), "{msg}"),
+            other => panic!("expected WeakKey ({why}), got {other:?}"),
+        }
     }
 }
 
 #[test]
 fn refuses_garbage_oversized_and_tampered_csrs() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let id = Identity::Cluster("eu-1".into());
     let life = Duration::from_secs(600);
 
@@ -376,8 +380,7 @@ fn refuses_garbage_oversized_and_tampered_csrs() {
 
 #[test]
 fn refuses_invalid_identity_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let (_, csr) = new_key_and_csr("x").unwrap();
     let err = ca
         .sign_csr(
@@ -395,8 +398,7 @@ fn refuses_invalid_identity_names() {
 
 #[test]
 fn server_cert_has_ip_and_dns_sans_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let names = vec![
         "hub.example.com".to_string(),
         "127.0.0.1".to_string(),
@@ -448,8 +450,7 @@ fn server_cert_has_ip_and_dns_sans_and_verifies() {
 
 #[test]
 fn issue_with_key_honours_a_past_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca(dir.path());
+    let (_dir, ca) = temp_ca();
     let now = SystemTime::now();
     let id = Identity::Admin("admin".into());
     let (issued, key_pem) = ca
@@ -524,14 +525,7 @@ fn operator_ca_is_used_and_not_copied() {
     assert!(!ca_dir.join(CA_CERT_FILE).exists());
 
     let (_, csr) = new_key_and_csr("agent").unwrap();
-    let issued = ca
-        .sign_csr(
-            &csr,
-            &Identity::Cluster("eu-1".into()),
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    verify_client(&ca, &issued.chain_pem, SystemTime::now()).unwrap();
+    sign_and_verify(&ca, &csr, &Identity::Cluster("eu-1".into()));
 }
 
 /// Why `Ca::load_or_create` refuses the operator CA in `cert` and `key` (a `BadOperatorCa`).

@@ -335,6 +335,14 @@ impl DirTree {
         }
         Ok(local)
     }
+
+    /// The on-disk path of `path` (as [`Self::local`]) and its metadata; a final symlink is
+    /// not followed.
+    fn local_with_metadata(&self, path: &str) -> Result<(PathBuf, fs::Metadata), TreeError> {
+        let local = self.local(path)?;
+        let meta = fs::symlink_metadata(&local).map_err(|e| io_error(path, e))?;
+        Ok((local, meta))
+    }
 }
 
 fn io_error(path: &str, source: io::Error) -> TreeError {
@@ -352,8 +360,7 @@ fn io_error(path: &str, source: io::Error) -> TreeError {
 
 impl SourceTree for DirTree {
     fn read(&self, path: &str) -> Result<Vec<u8>, TreeError> {
-        let local = self.local(path)?;
-        let meta = fs::symlink_metadata(&local).map_err(|e| io_error(path, e))?;
+        let (local, meta) = self.local_with_metadata(path)?;
         if !meta.is_file() {
             return Err(TreeError::NotAFile {
                 path: path.to_owned(),
@@ -363,8 +370,7 @@ impl SourceTree for DirTree {
     }
 
     fn entries(&self, dir: &str) -> Result<Vec<TreeEntry>, TreeError> {
-        let local = self.local(dir)?;
-        let meta = fs::symlink_metadata(&local).map_err(|e| io_error(dir, e))?;
+        let (local, meta) = self.local_with_metadata(dir)?;
         if !meta.is_dir() {
             return Err(TreeError::NotADirectory {
                 path: dir.to_owned(),

@@ -32,6 +32,19 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl AuditEntry {
+    /// An entry of `who` taking `action` on `app`; the other fields are empty, for the caller to
+    /// fill in.
+    pub fn new(who: &str, action: &str, app: &str) -> AuditEntry {
+        AuditEntry {
+            who: who.into(),
+            action: action.into(),
+            app: app.into(),
+            ..AuditEntry::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Audit {
     table: Table<AuditEntry>,

@@ -229,13 +229,14 @@ impl Registry {
         self.revoked.clone()
     }
 
-    /// Read-modify-write of one cluster record.
+    /// Read-modify-write of the record of cluster `name` ([`HubError::UnknownCluster`] when
+    /// there is none).
     async fn update_cluster(
         &self,
         name: &str,
-        missing: impl Fn() -> HubError,
         f: impl FnMut(&mut ClusterRecord) -> Result<(), HubError>,
     ) -> Result<ClusterRecord, HubError> {
+        let missing = || HubError::UnknownCluster(name.to_string());
         Ok(self.clusters.update(name, missing, f).await?.0)
     }
 
@@ -251,13 +252,7 @@ impl Registry {
     }
 
     pub async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, HubError> {
-        Ok(self
-            .clusters
-            .list()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        self.clusters.values().await
     }
 
     /// Creates a cluster (or replaces a revoked one of the same name) and a join token for it.
@@ -324,13 +319,7 @@ impl Registry {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, HubError> {
-        Ok(self
-            .tokens
-            .list()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        self.tokens.values().await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenRecord, HubError> {
@@ -406,41 +395,33 @@ impl Registry {
         agent_version: Option<&str>,
     ) -> Result<ClusterRecord, HubError> {
         let now = self.now_ms();
-        self.update_cluster(
-            cluster,
-            || HubError::UnknownCluster(cluster.to_string()),
-            |c| {
-                if c.revoked {
-                    return Err(HubError::ClusterRevoked(cluster.to_string()));
-                }
-                c.certs.retain(|x| x.not_after_ms > now);
-                c.certs.push(IssuedCert {
-                    serial: serial.to_string(),
-                    not_after_ms: unix_ms(not_after),
-                });
-                if let Some(v) = agent_version {
-                    c.agent_version = v.to_string();
-                }
-                Ok(())
-            },
-        )
+        self.update_cluster(cluster, |c| {
+            if c.revoked {
+                return Err(HubError::ClusterRevoked(cluster.to_string()));
+            }
+            c.certs.retain(|x| x.not_after_ms > now);
+            c.certs.push(IssuedCert {
+                serial: serial.to_string(),
+                not_after_ms: unix_ms(not_after),
+            });
+            if let Some(v) = agent_version {
+                c.agent_version = v.to_string();
+            }
+            Ok(())
+        })
         .await
     }
 
     /// Records that a session opened or closed.
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
         let now = self.now_ms();
-        self.update_cluster(
-            cluster,
-            || HubError::UnknownCluster(cluster.to_string()),
-            |c| {
-                c.last_seen_ms = now;
-                if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
-                    c.agent_version = v.to_string();
-                }
-                Ok(())
-            },
-        )
+        self.update_cluster(cluster, |c| {
+            c.last_seen_ms = now;
+            if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
+                c.agent_version = v.to_string();
+            }
+            Ok(())
+        })
         .await
         .map(|_| ())
     }
@@ -454,21 +435,17 @@ impl Registry {
         for (k, v) in set {
             validate_label(k, v)?;
         }
-        self.update_cluster(
-            name,
-            || HubError::UnknownCluster(name.to_string()),
-            |c| {
-                if c.revoked {
-                    return Err(HubError::ClusterRevoked(name.to_string()));
-                }
-                for k in remove {
-                    c.labels.remove(k);
-                }
-                c.labels
-                    .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Ok(())
-            },
-        )
+        self.update_cluster(name, |c| {
+            if c.revoked {
+                return Err(HubError::ClusterRevoked(name.to_string()));
+            }
+            for k in remove {
+                c.labels.remove(k);
+            }
+            c.labels
+                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(())
+        })
         .await
     }
 
@@ -476,14 +453,10 @@ impl Registry {
     /// The caller closes its live session.
     pub async fn remove_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
         let rec = self
-            .update_cluster(
-                name,
-                || HubError::UnknownCluster(name.to_string()),
-                |c| {
-                    c.revoked = true;
-                    Ok(())
-                },
-            )
+            .update_cluster(name, |c| {
+                c.revoked = true;
+                Ok(())
+            })
             .await?;
         for cert in &rec.certs {
             let body = RevokedRecord {

@@ -90,6 +90,11 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
         items.iter().map(|kv| self.decode(kv)).collect()
     }
 
+    /// Every record's value, in key order.
+    pub async fn values(&self) -> Result<Vec<T>, HubError> {
+        Ok(self.list().await?.into_iter().map(|v| v.value).collect())
+    }
+
     /// Unconditional write.
     pub async fn put(&self, name: &str, value: &T) -> Result<Revision, HubError> {
         Ok(self.store.put(&self.key(name), Self::encode(value)).await?)

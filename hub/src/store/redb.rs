@@ -7,9 +7,9 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use ::redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use ::redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -326,17 +326,23 @@ enum LogPage {
 }
 
 impl Inner {
+    /// A write transaction, with the write lock held until the returned guard is dropped
+    /// (after the commit and the broadcast of its events).
+    fn begin_write(&self) -> Result<(MutexGuard<'_, ()>, WriteTransaction), ::redb::Error> {
+        let guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok((guard, self.db.begin_write()?))
+    }
+
     fn mutate(
         &self,
         key: &str,
         condition: Condition,
         change: Change,
     ) -> Result<Outcome, ::redb::Error> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self.db.begin_write()?;
+        let (_guard, txn) = self.begin_write()?;
         let (revision, event) = {
             let mut kv = txn.open_table(KV)?;
             let current = match kv.get(key)? {
@@ -393,11 +399,7 @@ impl Inner {
 
     /// All-or-nothing batch of compare-and-swaps in one write transaction.
     fn cas_many(&self, ops: Vec<CasOp>) -> Result<Result<Revision, String>, ::redb::Error> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self.db.begin_write()?;
+        let (_guard, txn) = self.begin_write()?;
         let (last, events) = {
             let mut kv = txn.open_table(KV)?;
             let mut meta = txn.open_table(META)?;

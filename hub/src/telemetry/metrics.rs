@@ -430,34 +430,21 @@ mod tests {
         Error::new(ErrorKind::InvalidData, e)
     }
 
+    /// A handshake that failed on the peer's certificate.
+    fn bad_cert(e: rustls::CertificateError) -> Error {
+        tls(rustls::Error::InvalidCertificate(e))
+    }
+
     #[test]
     fn handshake_failures_have_stable_reasons() {
         use rustls::CertificateError as C;
         let cases = [
-            (
-                tls(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
-                "unknown_ca",
-            ),
-            (
-                tls(rustls::Error::InvalidCertificate(C::Expired)),
-                "expired",
-            ),
-            (
-                tls(rustls::Error::InvalidCertificate(C::NotValidYet)),
-                "not_yet_valid",
-            ),
-            (
-                tls(rustls::Error::InvalidCertificate(C::Revoked)),
-                "revoked",
-            ),
-            (
-                tls(rustls::Error::InvalidCertificate(C::BadSignature)),
-                "bad_certificate",
-            ),
-            (
-                tls(rustls::Error::InvalidCertificate(C::BadEncoding)),
-                "bad_certificate",
-            ),
+            (bad_cert(C::UnknownIssuer), "unknown_ca"),
+            (bad_cert(C::Expired), "expired"),
+            (bad_cert(C::NotValidYet), "not_yet_valid"),
+            (bad_cert(C::Revoked), "revoked"),
+            (bad_cert(C::BadSignature), "bad_certificate"),
+            (bad_cert(C::BadEncoding), "bad_certificate"),
             (
                 tls(rustls::Error::NoCertificatesPresented),
                 "no_certificate",

@@ -615,27 +615,50 @@ impl Rollouts {
         self.inner.audit.record(entry).await.map(|_| ())
     }
 
-    pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
-        let rec = self.get(app).await?;
-        let mut probe = rec.clone();
-        let what = probe.approve(stage, who)?;
-        self.audited(AuditEntry {
-            who: who.into(),
-            action: "rollout.approve".into(),
-            app: app.into(),
-            stage: stage.into(),
-            revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
-            detail: what,
-            ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
-            rec.approve(stage, who)?;
-            Ok((Vec::new(), ()))
+    /// An operator action on `app`: records `entry` in the audit log, then lets `act` change
+    /// the rollout; `act` returns the clusters whose desired state it changed.
+    async fn audited_update(
+        &self,
+        app: &str,
+        entry: AuditEntry,
+        act: impl FnOnce(&mut AppRollout) -> Result<Vec<String>, HubError>,
+    ) -> Result<(), HubError> {
+        self.audited(entry).await?;
+        self.update(app, None, |rec| Ok((act(rec)?, ()))).await
+    }
+
+    /// An operator action that sends nothing to a cluster itself (an approval, a pause): as
+    /// [`Self::audited_update`], then the rollouts advance at once; the app's rollout afterwards.
+    async fn audited_then_advance(
+        &self,
+        app: &str,
+        entry: AuditEntry,
+        act: impl FnOnce(&mut AppRollout) -> Result<(), HubError>,
+    ) -> Result<AppRollout, HubError> {
+        self.audited_update(app, entry, |rec| {
+            act(rec)?;
+            Ok(Vec::new())
         })
         .await?;
         self.tick().await;
         self.get(app).await
+    }
+
+    pub async fn approve(&self, app: &str, stage: &str, who: &str) -> Result<AppRollout, HubError> {
+        let rec = self.get(app).await?;
+        let mut probe = rec.clone();
+        let what = probe.approve(stage, who)?;
+        let entry = AuditEntry {
+            stage: stage.into(),
+            revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
+            detail: what,
+            ..AuditEntry::new(who, "rollout.approve", app)
+        };
+        self.audited_then_advance(app, entry, |rec| {
+            rec.approve(stage, who)?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn set_paused(
@@ -645,26 +668,20 @@ impl Rollouts {
         who: &str,
     ) -> Result<AppRollout, HubError> {
         let rec = self.get(app).await?;
-        self.audited(AuditEntry {
-            who: who.into(),
-            action: if paused {
-                "rollout.pause"
-            } else {
-                "rollout.resume"
-            }
-            .into(),
-            app: app.into(),
+        let action = if paused {
+            "rollout.pause"
+        } else {
+            "rollout.resume"
+        };
+        let entry = AuditEntry {
             revision: rec.rollout.map(|r| r.revision).unwrap_or_default(),
-            ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+            ..AuditEntry::new(who, action, app)
+        };
+        self.audited_then_advance(app, entry, |rec| {
             rec.paused = paused;
-            Ok((Vec::new(), ()))
+            Ok(())
         })
-        .await?;
-        self.tick().await;
-        self.get(app).await
+        .await
     }
 
     pub async fn rollback(
@@ -676,19 +693,12 @@ impl Rollouts {
         let now = self.now_ms();
         let mut probe = self.get(app).await?;
         probe.rollback(to, now)?;
-        self.audited(AuditEntry {
-            who: who.into(),
-            action: "rollout.rollback".into(),
-            app: app.into(),
+        let entry = AuditEntry {
             revision: probe.last_good.clone().unwrap_or_default(),
-            ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
-            let touched = rec.rollback(to, now)?;
-            Ok((touched, ()))
-        })
-        .await?;
+            ..AuditEntry::new(who, "rollout.rollback", app)
+        };
+        self.audited_update(app, entry, |rec| Ok(rec.rollback(to, now)?))
+            .await?;
         self.get(app).await
     }
 
@@ -701,18 +711,14 @@ impl Rollouts {
     ) -> Result<String, HubError> {
         let mut probe = self.get(app).await?;
         let rev = probe.pin(cluster, revision)?;
-        self.audited(AuditEntry {
-            who: who.into(),
-            action: "cluster.pin".into(),
-            app: app.into(),
+        let entry = AuditEntry {
             cluster: cluster.into(),
             revision: rev.clone(),
-            ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+            ..AuditEntry::new(who, "cluster.pin", app)
+        };
+        self.audited_update(app, entry, |rec| {
             rec.pin(cluster, revision)?;
-            Ok((vec![cluster.to_string()], ()))
+            Ok(vec![cluster.to_string()])
         })
         .await?;
         Ok(rev)
@@ -725,18 +731,14 @@ impl Rollouts {
                 "cluster {cluster} is not pinned for app {app}"
             )));
         };
-        self.audited(AuditEntry {
-            who: who.into(),
-            action: "cluster.unpin".into(),
-            app: app.into(),
+        let entry = AuditEntry {
             cluster: cluster.into(),
             revision: rev,
-            ..AuditEntry::default()
-        })
-        .await?;
-        self.update(app, None, |rec| {
+            ..AuditEntry::new(who, "cluster.unpin", app)
+        };
+        self.audited_update(app, entry, |rec| {
             rec.pins.remove(cluster);
-            Ok((vec![cluster.to_string()], ()))
+            Ok(vec![cluster.to_string()])
         })
         .await
     }
@@ -770,31 +772,25 @@ fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry>
             plan::RolloutState::RolledBack | plan::RolloutState::Failed
         )
     {
+        let action = if r.state == plan::RolloutState::RolledBack {
+            "rollout.rollback"
+        } else {
+            "rollout.halt"
+        };
         return Some(AuditEntry {
-            who: AUTOMATIC.into(),
-            action: if r.state == plan::RolloutState::RolledBack {
-                "rollout.rollback"
-            } else {
-                "rollout.halt"
-            }
-            .into(),
-            app: rec.app.clone(),
             stage: failed_stage(&r.stages),
             revision: r.revision.clone(),
             detail: r.message.clone(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(AUTOMATIC, action, &rec.app)
         });
     }
     let rm = rec.removal.as_ref()?;
     (was(before.removal.as_ref().map(|b| b.state)) && rm.state == plan::RolloutState::Failed).then(
         || AuditEntry {
-            who: AUTOMATIC.into(),
-            action: "removal.halt".into(),
-            app: rec.app.clone(),
             stage: failed_stage(&rm.stages),
             revision: rm.revision.clone(),
             detail: rm.message.clone(),
-            ..AuditEntry::default()
+            ..AuditEntry::new(AUTOMATIC, "removal.halt", &rec.app)
         },
     )
 }

@@ -56,6 +56,24 @@ pub struct Render {
 }
 
 impl Render {
+    /// A rendering known as `revision`, each of its `entries` stamped with that revision.
+    pub fn stamped(
+        revision: &str,
+        entries: impl IntoIterator<Item = (String, AppEntry)>,
+    ) -> Render {
+        let entries = entries
+            .into_iter()
+            .map(|(cluster, mut entry)| {
+                entry.revision = revision.to_owned();
+                (cluster, entry)
+            })
+            .collect();
+        Render {
+            revision: revision.to_owned(),
+            entries,
+        }
+    }
+
     /// Whether the clusters both renderings have get the same bundles and options.
     fn same_content(&self, other: &Render) -> bool {
         self.entries.iter().all(|(c, e)| {
@@ -552,17 +570,7 @@ impl AppRollout {
         }
         if let (true, Some(base)) = (unchanged, &base) {
             // The same content: keep the revision it is known as; take new clusters.
-            let base_rev = base.revision.clone();
-            let mut merged = base.clone();
-            merged.entries = render
-                .entries
-                .into_iter()
-                .map(|(c, mut e)| {
-                    e.revision = base_rev.clone();
-                    (c, e)
-                })
-                .collect();
-            self.remember(merged);
+            self.remember(Render::stamped(&base.revision, render.entries));
             return false;
         }
         let old = self.rollout.take();

@@ -32,8 +32,7 @@ fn incremental_fetch_reports_new_commits_and_unchanged_repos() {
     let up = Upstream::new();
     let first = up.commit_file("a.yaml", "a: 1\n", "first");
     let data = DataDir::new();
-    let spec = spec("inc", &up.file_url(), "refs/heads/main");
-    let mirror = data.mirror(&spec);
+    let (spec, mirror) = data.track(&up, "inc", "refs/heads/main");
     assert_eq!(mirror.fetch(&spec).expect("fetch").commit, first);
 
     let again = mirror.fetch(&spec).expect("fetch again");
@@ -60,8 +59,7 @@ fn incremental_fetch_reports_new_commits_and_unchanged_repos() {
 
 #[test]
 fn tags_branches_and_bare_names() {
-    let up = Upstream::new();
-    let c1 = up.commit_file("f", "1", "one");
+    let (up, c1) = Upstream::with_one_commit();
     up.git(&["tag", "light"]);
     up.git(&["tag", "-a", "annotated", "-m", "release"]);
     let c2 = up.commit_file("f", "2", "two");
@@ -97,8 +95,7 @@ fn tags_branches_and_bare_names() {
 
 #[test]
 fn pinned_commits_must_exist_and_stay_reachable() {
-    let up = Upstream::new();
-    let c1 = up.commit_file("f", "1", "one");
+    let (up, c1) = Upstream::with_one_commit();
     let c2 = up.commit_file("f", "2", "two");
     let data = DataDir::new();
 
@@ -126,12 +123,10 @@ fn pinned_commits_must_exist_and_stay_reachable() {
 
 #[test]
 fn force_push_is_reported_and_keeps_the_last_good_commit_readable() {
-    let up = Upstream::new();
-    let c1 = up.commit_file("f", "1", "one");
+    let (up, c1) = Upstream::with_one_commit();
     let c2 = up.commit_file("f", "2", "two");
     let data = DataDir::new();
-    let branch = spec("rewrite", &up.file_url(), "main");
-    let mirror = data.mirror(&branch);
+    let (branch, mirror) = data.track(&up, "rewrite", "main");
     assert_eq!(mirror.fetch(&branch).expect("fetch").commit, c2);
     let pin = spec("rewrite", &up.file_url(), &c2);
     mirror
@@ -179,14 +174,12 @@ fn force_push_is_reported_and_keeps_the_last_good_commit_readable() {
 
 #[test]
 fn a_deleted_branch_is_ref_not_found_and_keeps_the_last_good_commit() {
-    let up = Upstream::new();
-    up.commit_file("f", "1", "one");
+    let (up, _) = Upstream::with_one_commit();
     up.git(&["checkout", "-q", "-b", "feature"]);
     let feature = up.commit_file("f", "2", "two");
     up.git(&["checkout", "-q", "main"]);
     let data = DataDir::new();
-    let spec = spec("deleted", &up.file_url(), "feature");
-    let mirror = data.mirror(&spec);
+    let (spec, mirror) = data.track(&up, "deleted", "feature");
     assert_eq!(mirror.fetch(&spec).expect("fetch").commit, feature);
 
     up.git(&["branch", "-q", "-D", "feature"]);
@@ -237,22 +230,19 @@ fn unreachable_remotes_fail_with_a_fetch_error() {
 #[test]
 fn secrets_never_appear_in_errors() {
     let data = DataDir::new();
+    // The refused fetch's error, shown and debugged, with the spec debugged.
+    let refused = |spec: &SourceSpec| {
+        let err = data.mirror(spec).fetch(spec).expect_err("refused");
+        format!("{err} {err:?} {spec:?}")
+    };
     let with_password = spec("creds", "https://user:s3cret@127.0.0.1:1/x.git", "main");
-    let err = data
-        .mirror(&with_password)
-        .fetch(&with_password)
-        .expect_err("refused");
-    let text = format!("{err} {err:?} {with_password:?}");
+    let text = refused(&with_password);
     assert!(!text.contains("s3cret"), "{text}");
     assert!(text.contains("https://***@127.0.0.1:1/x.git"), "{text}");
 
     let mut with_token = spec("token", "https://127.0.0.1:1/x.git", "main");
     with_token.auth = Some(Auth::Token("tok3n-secret-value".into()));
-    let err = data
-        .mirror(&with_token)
-        .fetch(&with_token)
-        .expect_err("refused");
-    let text = format!("{err} {err:?} {with_token:?}");
+    let text = refused(&with_token);
     assert!(!text.contains("tok3n-secret-value"), "{text}");
 
     let err = fetch_with_git_cli(
@@ -266,11 +256,9 @@ fn secrets_never_appear_in_errors() {
 
 #[test]
 fn git_cli_fetch_into_the_same_mirror() {
-    let up = Upstream::new();
-    let head = up.commit_file("f", "1", "one");
+    let (up, head) = Upstream::with_one_commit();
     let data = DataDir::new();
-    let spec = spec("cli", &up.file_url(), "main");
-    let mirror = data.mirror(&spec);
+    let (spec, mirror) = data.track(&up, "cli", "main");
     fetch_with_git_cli(
         mirror.dir(),
         &up.file_url(),
@@ -285,11 +273,9 @@ fn git_cli_fetch_into_the_same_mirror() {
 
 #[test]
 fn fetch_checks_the_spec_first() {
-    let up = Upstream::new();
-    up.commit_file("f", "1", "one");
+    let (up, _) = Upstream::with_one_commit();
     let data = DataDir::new();
-    let good = spec("checked", &up.file_url(), "main");
-    let mirror = data.mirror(&good);
+    let (good, mirror) = data.track(&up, "checked", "main");
 
     let other = spec("other", &up.file_url(), "main");
     assert!(matches!(
@@ -316,8 +302,7 @@ fn fetch_checks_the_spec_first() {
 
 #[test]
 fn ssh_urls_go_through_the_configured_ssh_command() {
-    let up = Upstream::new();
-    let head = up.commit_file("f", "1", "one");
+    let (up, head) = Upstream::with_one_commit();
     // A stand-in for ssh (named `ssh`, so gix passes OpenSSH-style arguments) that runs the
     // remote command locally instead of on a host.
     let bin = TempDir::new().expect("tempdir");

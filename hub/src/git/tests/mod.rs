@@ -60,6 +60,13 @@ impl Upstream {
         Upstream { dir }
     }
 
+    /// A remote whose `main` has one commit (file `f` holding `1`), and that commit.
+    fn with_one_commit() -> (Upstream, String) {
+        let up = Upstream::new();
+        let head = up.commit_file("f", "1", "one");
+        (up, head)
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -125,6 +132,14 @@ impl DataDir {
 
     fn mirror_dir(&self, name: &str) -> PathBuf {
         Mirror::dir_for(self.path(), name)
+    }
+
+    /// The spec of source `name` tracking `reference` of `up` (by `file://` URL), and its
+    /// mirror.
+    fn track(&self, up: &Upstream, name: &str, reference: &str) -> (SourceSpec, Mirror) {
+        let spec = spec(name, &up.file_url(), reference);
+        let mirror = self.mirror(&spec);
+        (spec, mirror)
     }
 }
 

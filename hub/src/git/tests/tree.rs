@@ -33,11 +33,13 @@ fn fixture() -> (Upstream, DataDir, Mirror, String) {
     ]);
     let head = up.commit_all("tree fixture");
     let data = DataDir::new();
-    let spec = spec("tree", &up.file_url(), "main");
-    let mirror = data.mirror(&spec);
+    let (spec, mirror) = data.track(&up, "tree", "main");
     assert_eq!(mirror.fetch(&spec).expect("fetch").commit, head);
     (up, data, mirror, head)
 }
+
+/// Whether an error is the one a case of a table expects.
+type Expected<E> = fn(&E) -> bool;
 
 fn sorted(mut entries: Vec<TreeEntry>) -> Vec<TreeEntry> {
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -99,36 +101,29 @@ fn reads_files_and_lists_directories_with_sizes_and_symlinks() {
 fn symlinks_and_missing_paths_are_errors_for_read() {
     let (_up, _data, mirror, head) = fixture();
     let tree = mirror.tree(&head, "").expect("tree");
-    let err = |r: Result<Vec<u8>, TreeError>| r.expect_err("must fail");
-    assert!(matches!(
-        err(tree.read("deploy/link.yaml")),
-        TreeError::NotAFile { .. }
-    ));
-    // Through a symlinked directory: the link itself is reported.
-    assert!(matches!(
-        err(tree.read("deploy/apps-link/web/deploy.yaml")),
-        TreeError::NotAFile { path } if path == "deploy/apps-link"
-    ));
-    assert!(matches!(
-        err(tree.read("deploy")),
-        TreeError::NotAFile { .. }
-    ));
-    assert!(matches!(
-        err(tree.read("nope.yaml")),
-        TreeError::NotFound { .. }
-    ));
-    assert!(matches!(
-        err(tree.read("deploy/vendored")),
-        TreeError::NotFound { .. }
-    ));
-    assert!(matches!(
-        err(tree.read("README.md/x")),
-        TreeError::NotADirectory { .. }
-    ));
-    assert!(matches!(
-        err(tree.read("../x")),
-        TreeError::InvalidPath { .. }
-    ));
+    let cases: [(&str, Expected<TreeError>); 7] = [
+        ("deploy/link.yaml", |e| {
+            matches!(e, TreeError::NotAFile { .. })
+        }),
+        // Through a symlinked directory: the link itself is reported.
+        (
+            "deploy/apps-link/web/deploy.yaml",
+            |e| matches!(e, TreeError::NotAFile { path } if path == "deploy/apps-link"),
+        ),
+        ("deploy", |e| matches!(e, TreeError::NotAFile { .. })),
+        ("nope.yaml", |e| matches!(e, TreeError::NotFound { .. })),
+        ("deploy/vendored", |e| {
+            matches!(e, TreeError::NotFound { .. })
+        }),
+        ("README.md/x", |e| {
+            matches!(e, TreeError::NotADirectory { .. })
+        }),
+        ("../x", |e| matches!(e, TreeError::InvalidPath { .. })),
+    ];
+    for (path, expected) in cases {
+        let err = tree.read(path).expect_err(path);
+        assert!(expected(&err), "{path}: {err:?}");
+    }
     assert!(matches!(
         tree.entries("README.md"),
         Err(TreeError::NotADirectory { .. })
@@ -167,31 +162,35 @@ fn a_sub_path_becomes_the_root() {
 #[test]
 fn bad_commits_and_sub_paths_are_specific_errors() {
     let (_up, _data, mirror, head) = fixture();
-    let unknown = "0123456789abcdef0123456789abcdef01234567";
-    assert!(matches!(
-        mirror.tree(unknown, ""),
-        Err(GitError::CommitNotFound { commit, .. }) if commit == unknown
-    ));
-    assert!(matches!(
-        mirror.tree("not-hex", ""),
-        Err(GitError::CommitNotFound { .. })
-    ));
-    assert!(matches!(
-        mirror.tree(&head, "missing/dir"),
-        Err(GitError::PathNotFound { path, .. }) if path == "missing/dir"
-    ));
-    assert!(matches!(
-        mirror.tree(&head, "README.md"),
-        Err(GitError::NotADirectory { .. })
-    ));
-    assert!(matches!(
-        mirror.tree(&head, "deploy/apps-link"),
-        Err(GitError::NotADirectory { .. })
-    ));
-    assert!(matches!(
-        mirror.tree(&head, "../up"),
-        Err(GitError::InvalidPath { .. })
-    ));
+    const UNKNOWN: &str = "0123456789abcdef0123456789abcdef01234567";
+    let cases: [(&str, &str, Expected<GitError>); 6] = [
+        (
+            UNKNOWN,
+            "",
+            |e| matches!(e, GitError::CommitNotFound { commit, .. } if commit == UNKNOWN),
+        ),
+        ("not-hex", "", |e| {
+            matches!(e, GitError::CommitNotFound { .. })
+        }),
+        (
+            &head,
+            "missing/dir",
+            |e| matches!(e, GitError::PathNotFound { path, .. } if path == "missing/dir"),
+        ),
+        (&head, "README.md", |e| {
+            matches!(e, GitError::NotADirectory { .. })
+        }),
+        (&head, "deploy/apps-link", |e| {
+            matches!(e, GitError::NotADirectory { .. })
+        }),
+        (&head, "../up", |e| {
+            matches!(e, GitError::InvalidPath { .. })
+        }),
+    ];
+    for (commit, sub_path, expected) in cases {
+        let err = mirror.tree(commit, sub_path).expect_err(sub_path);
+        assert!(expected(&err), "{commit} {sub_path:?}: {err:?}");
+    }
     let err = mirror.tree(&head, "missing").expect_err("missing");
     assert_eq!(
         err.to_string(),

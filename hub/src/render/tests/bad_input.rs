@@ -4,23 +4,16 @@ use super::super::{
     ConfigError, Limits, Location, RenderError, TreeError, load_config, parse_config, render_app,
 };
 use super::config::billion_laughs;
-use super::{Repo, cluster, repo};
-
-const WEB: &str = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {}\n";
+use super::{Repo, cluster, render_err, repo, web_repo, web_with};
 
 fn render_with(r: &Repo, limits: &Limits) -> Result<(), RenderError> {
     let config = load_config(&r.tree, "", &Limits::default()).expect("valid config");
     render_app(&r.tree, &config, "web", &cluster("c1", &[]), limits).map(|_| ())
 }
 
-fn render_err(r: &Repo) -> RenderError {
-    render_with(r, &Limits::default()).expect_err("expected a render error")
-}
-
 #[test]
 fn malformed_yaml_names_file_and_line() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
+    let r = web_repo(&[
         (
             "apps/web/ok.yaml",
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
@@ -45,10 +38,7 @@ fn malformed_yaml_names_file_and_line() {
 
 #[test]
 fn malformed_json_names_file_line_and_column() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
-        ("apps/web/x.json", "{\n  \"kind\": ,\n}"),
-    ]);
+    let r = web_repo(&[("apps/web/x.json", "{\n  \"kind\": ,\n}")]);
     let err = render_err(&r);
     assert!(matches!(err, RenderError::Json { line: 2, .. }), "{err}");
     assert!(err.to_string().starts_with("apps/web/x.json:2:"), "{err}");
@@ -56,10 +46,7 @@ fn malformed_json_names_file_line_and_column() {
 
 #[test]
 fn non_mapping_documents_and_tags_are_rejected() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
-        ("apps/web/x.yaml", "- just\n- a list\n"),
-    ]);
+    let r = web_repo(&[("apps/web/x.yaml", "- just\n- a list\n")]);
     assert_eq!(
         render_err(&r).to_string(),
         "apps/web/x.yaml (document 1): not a mapping; every document must be a Kubernetes object"
@@ -110,38 +97,30 @@ fn invalid_flotilla_yaml() {
 
 #[test]
 fn missing_app_path() {
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/a.yaml", "")]);
+    let r = web_repo(&[("apps/web/a.yaml", "")]);
     let config = load_config(&r.tree, "", &Limits::default()).unwrap();
     std::fs::remove_dir_all(r.path().join("apps/web")).unwrap();
-    let err = render_app(
-        &r.tree,
-        &config,
-        "web",
-        &cluster("c", &[]),
-        &Limits::default(),
-    )
-    .unwrap_err();
+    let render = |app| {
+        render_app(
+            &r.tree,
+            &config,
+            app,
+            &cluster("c", &[]),
+            &Limits::default(),
+        )
+    };
+    let err = render("web").unwrap_err();
     assert_eq!(err.to_string(), "app web: directory apps/web not found");
-    let err = render_app(
-        &r.tree,
-        &config,
-        "nope",
-        &cluster("c", &[]),
-        &Limits::default(),
-    )
-    .unwrap_err();
+    let err = render("nope").unwrap_err();
     assert!(matches!(err, RenderError::UnknownApp(_)));
 }
 
 #[test]
 fn undefined_variable_names_variable_file_and_document() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
-        (
-            "apps/web/x.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {size: '${size}'}\n",
-        ),
-    ]);
+    let r = web_repo(&[(
+        "apps/web/x.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {size: '${size}'}\n",
+    )]);
     let err = render_err(&r);
     assert!(matches!(err, RenderError::Variable { .. }));
     assert!(
@@ -159,7 +138,7 @@ fn symlink_leaving_the_repository_is_rejected() {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
     )
     .unwrap();
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/a.yaml", "")]);
+    let r = web_repo(&[("apps/web/a.yaml", "")]);
     r.symlink("apps/web/escape.yaml", "../../../secret.yaml");
     let err = render_err(&r);
     assert!(
@@ -194,7 +173,7 @@ fn symlink_leaving_the_repository_is_rejected() {
 
 #[test]
 fn symlink_loops_are_stopped() {
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/a.yaml", "")]);
+    let r = web_repo(&[("apps/web/a.yaml", "")]);
     r.symlink("apps/web/ping.yaml", "pong.yaml");
     r.symlink("apps/web/pong.yaml", "ping.yaml");
     assert!(matches!(
@@ -217,7 +196,7 @@ fn file_over_the_size_limit() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\ndata: {{x: '{}'}}\n",
         "x".repeat(200)
     );
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/big.yaml", &big)]);
+    let r = web_repo(&[("apps/web/big.yaml", &big)]);
     let limits = Limits {
         max_file_bytes: 100,
         max_bundle_bytes: 1 << 20,
@@ -240,7 +219,7 @@ fn file_over_the_size_limit() {
 #[test]
 fn bundle_over_the_size_limit() {
     // Variables can make the rendered bundle much larger than its sources.
-    let config = format!("{WEB}    vars: {{blob: {}}}\n", "z".repeat(200));
+    let config = web_with(&format!("    vars: {{blob: {}}}\n", "z".repeat(200)));
     let r = repo(&[("flotilla.yaml", &config)]);
     for i in 0..6 {
         r.write(
@@ -286,7 +265,7 @@ fn yaml_alias_bombs_fail_fast() {
         "{}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: lol}}\n",
         billion_laughs()
     );
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/bomb.yaml", &bomb)]);
+    let r = web_repo(&[("apps/web/bomb.yaml", &bomb)]);
     let err = render_err(&r);
     assert!(matches!(err, RenderError::AliasBomb { .. }), "{err}");
     assert!(err.to_string().contains("alias bomb"), "{err}");

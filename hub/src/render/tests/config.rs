@@ -51,6 +51,18 @@ fn problem_of(text: &str) -> Problem {
     }
 }
 
+/// Asserts that parsing `text` fails with a message starting with `prefix`.
+fn assert_error_starts_with(text: &str, prefix: &str) {
+    let err = error_of(text);
+    assert!(err.starts_with(prefix), "{err}");
+}
+
+/// Asserts that parsing `text` fails with a message containing `part`.
+fn assert_error_contains(text: &str, part: &str) {
+    let err = error_of(text);
+    assert!(err.contains(part), "{err}");
+}
+
 /// A minimal valid app followed by `extra` lines under `apps:`, and `pipelines` text.
 fn with_app(app_lines: &str, pipelines: &str) -> String {
     format!("apps:\n  web:\n    path: apps/web\n    targets: {{}}\n{app_lines}{pipelines}")
@@ -118,30 +130,27 @@ fn pipeline_fields_parse_with_every_form() {
 
 #[test]
 fn unknown_field_is_an_error_with_position() {
-    let err = error_of(&with_app("    pipline: regions\n", ""));
-    assert!(
-        err.starts_with("flotilla.yaml:5:5: apps.web: unknown field `pipline`"),
-        "{err}"
+    assert_error_starts_with(
+        &with_app("    pipline: regions\n", ""),
+        "flotilla.yaml:5:5: apps.web: unknown field `pipline`",
     );
 }
 
 #[test]
 fn unknown_pipeline() {
-    let err = error_of(&with_app(
-        "    pipeline: regionz\n",
-        "pipelines:\n  regions:\n    stages: [{name: a, selector: {}}]\n",
-    ));
     assert_eq!(
-        err,
+        error_of(&with_app(
+            "    pipeline: regionz\n",
+            "pipelines:\n  regions:\n    stages: [{name: a, selector: {}}]\n"
+        )),
         "flotilla.yaml:5:15: apps.web.pipeline: unknown pipeline \"regionz\""
     );
 }
 
 #[test]
 fn depends_on_unknown_app() {
-    let err = error_of(&with_app("    dependsOn: [db, cache]\n", ""));
     assert_eq!(
-        err,
+        error_of(&with_app("    dependsOn: [db, cache]\n", "")),
         "flotilla.yaml:5:17: apps.web.dependsOn[0]: unknown app \"db\""
     );
 }
@@ -175,32 +184,23 @@ fn bad_max_parallel() {
             "pipelines:\n  p:\n    stages:\n      - name: a\n        selector: {{}}\n        maxParallel: {value}\n"
         )
     };
-    let err = error_of(&pipeline("150%"));
-    assert!(
-        err.starts_with(
-            "flotilla.yaml:6:22: pipelines.p.stages[0].maxParallel: \"150%\" is over 100%"
-        ),
-        "{err}"
+    assert_error_starts_with(
+        &pipeline("150%"),
+        "flotilla.yaml:6:22: pipelines.p.stages[0].maxParallel: \"150%\" is over 100%",
     );
-    let err = error_of(&pipeline("0"));
-    assert!(
-        err.contains("6:22: pipelines.p.stages[0].maxParallel: \"0\" must be at least 1"),
-        "{err}"
+    assert_error_contains(
+        &pipeline("0"),
+        "6:22: pipelines.p.stages[0].maxParallel: \"0\" must be at least 1",
     );
-    let err = error_of(&pipeline("lots"));
-    assert!(
-        err.contains("invalid count or percentage \"lots\""),
-        "{err}"
-    );
+    assert_error_contains(&pipeline("lots"), "invalid count or percentage \"lots\"");
 }
 
 #[test]
 fn bad_duration() {
     let text = "pipelines:\n  p:\n    stages:\n      - {name: a, selector: {}, soak: 10x}\n";
-    let err = error_of(text);
-    assert!(
-        err.starts_with("flotilla.yaml:4:39: pipelines.p.stages[0].soak: invalid duration \"10x\""),
-        "{err}"
+    assert_error_starts_with(
+        text,
+        "flotilla.yaml:4:39: pipelines.p.stages[0].soak: invalid duration \"10x\"",
     );
     let zero = "pipelines:\n  p:\n    healthTimeout: 0s\n    stages: [{name: a, selector: {}}]\n";
     assert_eq!(
@@ -215,10 +215,9 @@ fn bad_selector_operator() {
         "",
         "pipelines:\n  p:\n    stages:\n      - name: a\n        selector:\n          matchExpressions:\n            - {key: geo, operator: Within, values: [eu]}\n",
     );
-    let err = error_of(&text);
-    assert!(
-        err.starts_with("flotilla.yaml:11:36: pipelines.p.stages[0].selector.matchExpressions[0].operator: unknown variant `Within`"),
-        "{err}"
+    assert_error_starts_with(
+        &text,
+        "flotilla.yaml:11:36: pipelines.p.stages[0].selector.matchExpressions[0].operator: unknown variant `Within`",
     );
     let text = "apps:\n  web:\n    path: w\n    targets:\n      matchExpressions:\n        - key: geo\n          operator: In\n";
     assert_eq!(
@@ -230,49 +229,42 @@ fn bad_selector_operator() {
 #[test]
 fn other_enum_fields_reject_unknown_values() {
     let base = "pipelines:\n  p:\n    stages: [{name: a, selector: {}}]\n";
-    let err = error_of(&format!("{base}    onFailure: explode\n"));
-    assert!(
-        err.starts_with("flotilla.yaml:4:16: pipelines.p.onFailure: unknown variant `explode`"),
-        "{err}"
+    assert_error_starts_with(
+        &format!("{base}    onFailure: explode\n"),
+        "flotilla.yaml:4:16: pipelines.p.onFailure: unknown variant `explode`",
     );
-    let err =
-        error_of("pipelines:\n  p:\n    stages: [{name: a, selector: {}, approval: maybe}]\n");
-    assert!(
-        err.contains("pipelines.p.stages[0].approval: unknown variant `maybe`"),
-        "{err}"
+    assert_error_contains(
+        "pipelines:\n  p:\n    stages: [{name: a, selector: {}, approval: maybe}]\n",
+        "pipelines.p.stages[0].approval: unknown variant `maybe`",
     );
 }
 
 #[test]
 fn names_are_dns_labels_and_unique() {
-    let err = error_of("apps:\n  Web_App: {path: w, targets: {}}\n");
-    assert!(
-        err.starts_with("flotilla.yaml:2:3: apps.Web_App: invalid name \"Web_App\""),
-        "{err}"
-    );
-    let err = error_of(
-        "pipelines:\n  p:\n    stages:\n      - {name: eu, selector: {}}\n      - {name: eu, selector: {}}\n",
+    assert_error_starts_with(
+        "apps:\n  Web_App: {path: w, targets: {}}\n",
+        "flotilla.yaml:2:3: apps.Web_App: invalid name \"Web_App\"",
     );
     assert_eq!(
-        err,
+        error_of(
+            "pipelines:\n  p:\n    stages:\n      - {name: eu, selector: {}}\n      - {name: eu, selector: {}}\n"
+        ),
         "flotilla.yaml:5:16: pipelines.p.stages[1].name: \"eu\" is listed more than once"
     );
     assert_eq!(
         problem_of("pipelines:\n  p: {stages: []}\n"),
         Problem::NoStages
     );
-    let err = error_of("apps:\n  web: {path: w, targets: {}, vars: {\"bad name\": x}}\n");
-    assert!(
-        err.contains("apps.web.vars.bad name: invalid name"),
-        "{err}"
+    assert_error_contains(
+        "apps:\n  web: {path: w, targets: {}, vars: {\"bad name\": x}}\n",
+        "apps.web.vars.bad name: invalid name",
     );
 }
 
 #[test]
 fn paths_must_stay_inside_the_source_path() {
-    let err = error_of("apps:\n  web: {path: ../elsewhere, targets: {}}\n");
     assert_eq!(
-        err,
+        error_of("apps:\n  web: {path: ../elsewhere, targets: {}}\n"),
         "flotilla.yaml:2:15: apps.web.path: invalid path \"../elsewhere\": must not contain '..'"
     );
     assert!(matches!(
@@ -283,18 +275,16 @@ fn paths_must_stay_inside_the_source_path() {
 
 #[test]
 fn missing_required_field_and_malformed_yaml() {
-    let err = error_of("apps:\n  web:\n    path: w\n");
-    assert!(
-        err.starts_with("flotilla.yaml:3:5: apps.web: missing field `targets`"),
-        "{err}"
+    assert_error_starts_with(
+        "apps:\n  web:\n    path: w\n",
+        "flotilla.yaml:3:5: apps.web: missing field `targets`",
     );
     let err = error_of("apps:\n  web:\n    path: [unclosed\n    targets: {}\n");
     assert!(err.starts_with("flotilla.yaml:"), "{err}");
     assert!(err.contains("while parsing a flow sequence"), "{err}");
-    let err = error_of("apps:\n  web: {path: w, targets: {}}\n  web: {path: v, targets: {}}\n");
-    assert!(
-        err.starts_with("flotilla.yaml:3:3: apps: duplicate key \"web\""),
-        "{err}"
+    assert_error_starts_with(
+        "apps:\n  web: {path: w, targets: {}}\n  web: {path: v, targets: {}}\n",
+        "flotilla.yaml:3:3: apps: duplicate key \"web\"",
     );
 }
 

@@ -10,7 +10,19 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use super::{ClusterInfo, DirTree, FleetConfig, Limits, load_config};
+use super::{
+    ClusterInfo, DirTree, FleetConfig, Limits, RenderError, RenderedApp, load_config, render_app,
+};
+
+/// A `flotilla.yaml` with one app, `web`: manifests in `apps/web`, namespace `web`, every
+/// cluster targeted.
+pub(super) const WEB: &str =
+    "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {}\n";
+
+/// [`WEB`] followed by `app_lines`, more fields of the `web` app.
+pub(super) fn web_with(app_lines: &str) -> String {
+    format!("{WEB}{app_lines}")
+}
 
 /// A repository in a temporary directory.
 pub(super) struct Repo {
@@ -26,6 +38,13 @@ pub(super) fn repo(files: &[(&str, &str)]) -> Repo {
     for (path, content) in files {
         repo.write(path, content);
     }
+    repo
+}
+
+/// A repository with [`WEB`] as its `flotilla.yaml` and `files`.
+pub(super) fn web_repo(files: &[(&str, &str)]) -> Repo {
+    let repo = repo(files);
+    repo.write("flotilla.yaml", WEB);
     repo
 }
 
@@ -58,4 +77,20 @@ impl Repo {
 
 pub(super) fn cluster(name: &str, labels: &[(&str, &str)]) -> ClusterInfo {
     ClusterInfo::new(name, labels.iter().copied())
+}
+
+/// Renders `web` from `r` for a cluster `c1` with `labels` (default limits).
+pub(super) fn render_web(r: &Repo, labels: &[(&str, &str)]) -> Result<RenderedApp, RenderError> {
+    render_app(
+        &r.tree,
+        &r.config(),
+        "web",
+        &cluster("c1", labels),
+        &Limits::default(),
+    )
+}
+
+/// Why rendering `web` from `r` for a cluster without labels fails.
+pub(super) fn render_err(r: &Repo) -> RenderError {
+    render_web(r, &[]).expect_err("expected a render error")
 }

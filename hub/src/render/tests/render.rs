@@ -3,35 +3,13 @@
 use serde_json::{Value, json};
 
 use super::super::{
-    AppManifests, BundleCache, Limits, RenderError, RenderedApp, digest_of, render_app,
-    targeted_clusters, walk_files,
+    AppManifests, BundleCache, Limits, RenderError, RenderedApp, digest_of, targeted_clusters,
+    walk_files,
 };
-use super::{Repo, cluster, repo};
-
-const WEB: &str = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {}\n";
+use super::{Repo, cluster, render_err, render_web, repo, web_repo, web_with};
 
 fn render(r: &Repo, labels: &[(&str, &str)]) -> RenderedApp {
-    render_app(
-        &r.tree,
-        &r.config(),
-        "web",
-        &cluster("c1", labels),
-        &Limits::default(),
-    )
-    .expect("renders")
-}
-
-fn render_err(r: &Repo) -> RenderError {
-    match render_app(
-        &r.tree,
-        &r.config(),
-        "web",
-        &cluster("c1", &[]),
-        &Limits::default(),
-    ) {
-        Ok(_) => panic!("expected a render error"),
-        Err(e) => e,
-    }
+    render_web(r, labels).expect("renders")
 }
 
 fn names(rendered: &RenderedApp) -> Vec<String> {
@@ -62,8 +40,7 @@ fn cm(name: &str) -> String {
 
 #[test]
 fn reads_multi_document_recursive_sorted_and_skips_hidden() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
+    let r = web_repo(&[
         (
             "apps/web/b.yaml",
             &format!("{}---\n---\n# only a comment\n---\n{}", cm("b1"), cm("b2")),
@@ -108,24 +85,21 @@ fn reads_multi_document_recursive_sorted_and_skips_hidden() {
 #[test]
 fn list_documents_are_expanded() {
     let list = "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: one}}\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: two}}\n";
-    let r = repo(&[("flotilla.yaml", WEB), ("apps/web/list.yaml", list)]);
+    let r = web_repo(&[("apps/web/list.yaml", list)]);
     assert_eq!(names(&render(&r, &[])), ["ConfigMap/one", "ConfigMap/two"]);
 }
 
 #[test]
 fn vars_precedence_overlay_over_app_over_cluster() {
-    let config = "apps:
-  web:
-    path: apps/web
-    namespace: web
-    targets: {}
-    vars: {replicas: 2, tier: app, color: app, cluster.name: from-app}
+    let config = web_with(
+        "    vars: {replicas: 2, tier: app, color: app, cluster.name: from-app}
     overlays:
       - when: {matchLabels: {region: eu}}
         vars: {replicas: 4, tier: eu}
       - when: {matchLabels: {ring: canary}}
         vars: {replicas: 5}
-";
+",
+    );
     let deploy = "apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -136,7 +110,7 @@ spec:
   replicas: ${replicas}
   paused: ${paused:-false}
 ";
-    let r = repo(&[("flotilla.yaml", config), ("apps/web/deploy.yaml", deploy)]);
+    let r = repo(&[("flotilla.yaml", &config), ("apps/web/deploy.yaml", deploy)]);
     let out = render(&r, &[("region", "eu"), ("ring", "canary")]);
     let d = find(&out, "Deployment", "api");
     assert_eq!(
@@ -163,19 +137,16 @@ spec:
 
 #[test]
 fn overlay_patches_apply_to_matching_clusters_in_order() {
-    let config = "apps:
-  web:
-    path: apps/web
-    namespace: web
-    targets: {}
-    vars: {size: small}
+    let config = web_with(
+        "    vars: {size: small}
     overlays:
       - when: {matchLabels: {region: eu}}
         vars: {size: large}
         patches: [apps/web/patches/eu.yaml]
       - when: {matchExpressions: [{key: ring, operator: In, values: [canary]}]}
         patches: [patches/canary.yaml]
-";
+",
+    );
     let deploy = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: api, labels: {keep: 'yes', drop: 'yes'}}
@@ -196,7 +167,7 @@ metadata: {name: api}
 spec: {replicas: 5, template: {spec: {containers: [{name: api, image: 'api:2'}]}}}
 ";
     let r = repo(&[
-        ("flotilla.yaml", config),
+        ("flotilla.yaml", &config),
         ("apps/web/deploy.yaml", deploy),
         (
             "apps/web/settings.yaml",
@@ -242,13 +213,7 @@ spec: {replicas: 5, template: {spec: {containers: [{name: api, image: 'api:2'}]}
 
 #[test]
 fn default_namespace_for_namespaced_kinds_only() {
-    let config = "apps:
-  web:
-    path: apps/web
-    namespace: web
-    targets: {}
-    clusterScopedKinds: [Widget]
-";
+    let config = web_with("    clusterScopedKinds: [Widget]\n");
     let objects = "apiVersion: apps/v1
 kind: Deployment
 metadata: {name: api}
@@ -273,7 +238,7 @@ apiVersion: example.com/v1
 kind: Gadget
 metadata: {name: local}
 ";
-    let r = repo(&[("flotilla.yaml", config), ("apps/web/all.yaml", objects)]);
+    let r = repo(&[("flotilla.yaml", &config), ("apps/web/all.yaml", objects)]);
     let out = render(&r, &[]);
     let ns = |kind, name| find(&out, kind, name)["metadata"].get("namespace").cloned();
     assert_eq!(ns("Deployment", "api"), Some(json!("web")));
@@ -328,10 +293,7 @@ fn missing_api_version_kind_or_name() {
         ),
         ("apiVersion: v1\nkind: ConfigMap\n", "metadata.name"),
     ] {
-        let r = repo(&[
-            ("flotilla.yaml", WEB),
-            ("apps/web/x.yaml", &format!("{}---\n{doc}", cm("fine"))),
-        ]);
+        let r = web_repo(&[("apps/web/x.yaml", &format!("{}---\n{doc}", cm("fine")))]);
         let err = render_err(&r);
         assert!(matches!(err, RenderError::MissingField { .. }), "{err}");
         assert_eq!(
@@ -343,8 +305,7 @@ fn missing_api_version_kind_or_name() {
 
 #[test]
 fn duplicate_objects_name_both_files() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
+    let r = web_repo(&[
         ("apps/web/a.yaml", &cm("dup")),
         (
             "apps/web/b/c.yaml",
@@ -361,8 +322,7 @@ fn duplicate_objects_name_both_files() {
         "ConfigMap web/dup is defined twice: in apps/web/a.yaml (document 1) and in apps/web/b/c.yaml (document 2)"
     );
     // Same name in another namespace, or another group, is another object.
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
+    let r = web_repo(&[
         ("apps/web/a.yaml", &cm("dup")),
         (
             "apps/web/b.yaml",
@@ -378,15 +338,11 @@ fn duplicate_objects_name_both_files() {
 
 #[test]
 fn digest_is_stable_across_key_order_and_file_layout() {
-    let one = repo(&[
-        ("flotilla.yaml", WEB),
-        (
-            "apps/web/all.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: {x: '1', y: '2'}}\ndata: {k: v}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 2}\n",
-        ),
-    ]);
-    let two = repo(&[
-        ("flotilla.yaml", WEB),
+    let one = web_repo(&[(
+        "apps/web/all.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: {x: '1', y: '2'}}\ndata: {k: v}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 2}\n",
+    )]);
+    let two = web_repo(&[
         (
             "apps/web/z/deploy.json",
             r#"{"spec": {"replicas": 2}, "metadata": {"name": "d", "namespace": "web"}, "kind": "Deployment", "apiVersion": "apps/v1"}"#,
@@ -449,9 +405,9 @@ fn identical_renders_share_one_bundle() {
 
 #[test]
 fn patch_errors_name_the_patch() {
-    let config = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {}\n    overlays:\n      - patches: [p.yaml]\n";
+    let config = web_with("    overlays:\n      - patches: [p.yaml]\n");
     let r = repo(&[
-        ("flotilla.yaml", config),
+        ("flotilla.yaml", &config),
         ("apps/web/cm.yaml", &cm("real")),
         (
             "p.yaml",
@@ -478,8 +434,7 @@ fn patch_errors_name_the_patch() {
 
 #[test]
 fn symlinks_inside_the_repository_are_followed() {
-    let r = repo(&[
-        ("flotilla.yaml", WEB),
+    let r = web_repo(&[
         ("shared/base/cm.yaml", &cm("shared")),
         ("shared/one.yaml", &cm("linked-file")),
     ]);

@@ -164,12 +164,34 @@ impl World {
         }
     }
 
+    /// `cluster` reports `rev` applied with `health`.
+    fn applied(&mut self, cluster: &str, rev: &str, health: Health) {
+        let v = self.views.get_mut(cluster).unwrap();
+        v.revision = rev.into();
+        v.phase = Phase::Applied;
+        v.health = health;
+    }
+
+    /// One pass: the agents report (as [`Self::agents_report`]), then the rollout advances;
+    /// the clusters it touched.
+    fn round(&mut self, bad: &[&str]) -> Vec<String> {
+        self.agents_report(bad);
+        self.advance()
+    }
+
+    /// Commits `rev`, sends it to the first stage, lets its clusters report it healthy and
+    /// advances once more.
+    fn first_stage_healthy(&mut self, rev: &str) {
+        self.commit(rev);
+        self.advance();
+        self.round(&[]);
+    }
+
     /// Advances and lets agents report until nothing moves; returns the rollout state.
     fn settle(&mut self, bad: &[&str]) -> RolloutState {
         for _ in 0..50 {
             let before = self.rec.clone();
-            self.agents_report(bad);
-            self.advance();
+            self.round(bad);
             if self.rec == before {
                 break;
             }
@@ -197,8 +219,14 @@ impl World {
     }
 }
 
-fn three_regions() -> (Vec<ClusterInfo>, PipelineConfig) {
-    let clusters = fleet(&[("canary", 1), ("eu", 2), ("us", 2)]);
+/// canary-1, eu-1, eu-2, us-1, us-2.
+fn three_region_fleet() -> Vec<ClusterInfo> {
+    fleet(&[("canary", 1), ("eu", 2), ("us", 2)])
+}
+
+/// The three-region fleet promoted region by region (canary, eu, us), rolling back on failure.
+/// A test that wants another pipeline changes `w.pipeline` before its first commit.
+fn three_regions() -> World {
     let p = pipeline(
         vec![
             stage("canary", "canary"),
@@ -207,21 +235,33 @@ fn three_regions() -> (Vec<ClusterInfo>, PipelineConfig) {
         ],
         OnFailure::Rollback,
     );
-    (clusters, p)
+    World::new(three_region_fleet(), p)
 }
+
+/// [`three_regions`] with `r1` rolled out everywhere.
+fn settled() -> World {
+    let mut w = three_regions();
+    w.commit("r1");
+    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
+    w
+}
+
+/// What an offer that changes nothing returns.
+const NOTHING: Offer = Offer {
+    started: false,
+    touched: Vec::new(),
+};
 
 #[test]
 fn a_revision_goes_stage_by_stage_and_becomes_the_last_good_one() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
     assert!(w.commit("r1").started);
     let touched = w.advance();
     assert_eq!(touched, ["canary-1"], "only the first stage moves first");
     assert_eq!(w.revision_of("canary-1").as_deref(), Some("r1"));
     assert_eq!(w.revision_of("eu-1"), None, "the first revision waits too");
     assert_eq!(w.stage("eu").state, StageState::Pending);
-    w.agents_report(&[]);
-    w.advance();
+    w.round(&[]);
     // canary healthy (soak 0) → succeeded; eu sent.
     assert_eq!(w.stage("canary").state, StageState::Succeeded);
     assert_eq!(w.revision_of("eu-2").as_deref(), Some("r1"));
@@ -235,13 +275,9 @@ fn a_revision_goes_stage_by_stage_and_becomes_the_last_good_one() {
 
 #[test]
 fn a_stage_soaks_healthy_before_the_next_one_starts() {
-    let (clusters, mut p) = three_regions();
-    p.stages[0].soak = Duration::from_secs(600);
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.advance();
-    w.agents_report(&[]);
-    w.advance();
+    let mut w = three_regions();
+    w.pipeline.stages[0].soak = Duration::from_secs(600);
+    w.first_stage_healthy("r1");
     let canary = w.stage("canary");
     assert_eq!(canary.state, StageState::Soaking);
     assert_eq!(canary.soak_until_ms, Some(w.now + 600_000));
@@ -256,21 +292,16 @@ fn a_stage_soaks_healthy_before_the_next_one_starts() {
 
 #[test]
 fn failing_during_the_soak_fails_the_stage() {
-    let (clusters, mut p) = three_regions();
-    p.stages[0].soak = Duration::from_secs(600);
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
+    w.pipeline.stages[0].soak = Duration::from_secs(600);
     w.commit("r0");
     w.settle(&[]);
     w.now += 600_000;
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
     // A second revision soaks in canary, then canary degrades.
-    w.commit("r1");
-    w.advance();
-    w.agents_report(&[]);
-    w.advance();
+    w.first_stage_healthy("r1");
     assert_eq!(w.stage("canary").state, StageState::Soaking);
-    w.agents_report(&["canary-1"]);
-    w.advance();
+    w.round(&["canary-1"]);
     assert_eq!(w.stage("canary").state, StageState::Failed);
     assert_eq!(w.state(), RolloutState::RolledBack);
     assert_eq!(w.revision_of("canary-1").as_deref(), Some("r0"));
@@ -290,22 +321,17 @@ fn max_parallel_paces_a_stage_in_batches() {
         "the batch is not healthy yet"
     );
     // One of the batch healthy is not enough.
-    w.views.get_mut("eu-1").unwrap().revision = "r1".into();
-    w.views.get_mut("eu-1").unwrap().phase = Phase::Applied;
-    w.views.get_mut("eu-1").unwrap().health = Health::Healthy;
+    w.applied("eu-1", "r1", Health::Healthy);
     assert!(w.advance().is_empty());
-    w.agents_report(&[]);
-    assert_eq!(w.advance(), ["eu-3", "eu-4"]);
-    w.agents_report(&[]);
-    assert_eq!(w.advance(), ["eu-5"]);
+    assert_eq!(w.round(&[]), ["eu-3", "eu-4"]);
+    assert_eq!(w.round(&[]), ["eu-5"]);
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
 }
 
 #[test]
 fn a_manual_stage_waits_for_approval() {
-    let (clusters, mut p) = three_regions();
-    p.stages[1].approval = Approval::Manual;
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
+    w.pipeline.stages[1].approval = Approval::Manual;
     w.commit("r1");
     assert_eq!(w.settle(&[]), RolloutState::WaitingApproval);
     assert_eq!(w.stage("eu").state, StageState::WaitingApproval);
@@ -328,12 +354,11 @@ fn a_manual_stage_waits_for_approval() {
 
 #[test]
 fn halt_stops_where_it_fails() {
-    let (clusters, _) = three_regions();
     let p = pipeline(
         vec![stage("canary", "canary"), stage("eu", "eu")],
         OnFailure::Halt,
     );
-    let mut w = World::new(clusters, p);
+    let mut w = World::new(three_region_fleet(), p);
     w.commit("r1");
     w.settle(&[]);
     w.commit("r2");
@@ -355,10 +380,7 @@ fn halt_stops_where_it_fails() {
 
 #[test]
 fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.settle(&[]);
+    let mut w = settled();
     w.commit("r2");
     assert_eq!(w.settle(&["eu-2"]), RolloutState::RolledBack);
     for c in ["canary-1", "eu-1", "eu-2", "us-1"] {
@@ -375,14 +397,7 @@ fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
     for e in again.entries.values_mut() {
         e.revision = "r3".into();
     }
-    let out = w.offer(again);
-    assert_eq!(
-        out,
-        Offer {
-            started: false,
-            touched: vec![]
-        }
-    );
+    assert_eq!(w.offer(again), NOTHING);
     // A new commit starts afresh.
     assert!(w.commit("r4").started);
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
@@ -391,8 +406,7 @@ fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
 
 #[test]
 fn a_failed_first_revision_rolls_back_to_nothing() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
     w.commit("r1");
     assert_eq!(w.settle(&["canary-1"]), RolloutState::RolledBack);
     assert_eq!(w.revision_of("canary-1"), None);
@@ -400,16 +414,12 @@ fn a_failed_first_revision_rolls_back_to_nothing() {
 
 #[test]
 fn not_healthy_within_the_health_timeout_fails_the_cluster() {
-    let (clusters, mut p) = three_regions();
-    p.health_timeout = Duration::from_secs(300);
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
+    w.pipeline.health_timeout = Duration::from_secs(300);
     w.commit("r1");
     w.advance();
     // canary-1 reports the revision applied but progressing, forever.
-    let v = w.views.get_mut("canary-1").unwrap();
-    v.revision = "r1".into();
-    v.phase = Phase::Applied;
-    v.health = Health::Progressing;
+    w.applied("canary-1", "r1", Health::Progressing);
     w.now += 299_000;
     w.advance();
     assert_eq!(w.state(), RolloutState::Progressing);
@@ -425,12 +435,8 @@ fn not_healthy_within_the_health_timeout_fails_the_cluster() {
 
 #[test]
 fn a_disconnected_cluster_fails_its_stage_after_the_grace_period() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.advance();
-    w.agents_report(&[]);
-    w.advance();
+    let mut w = three_regions();
+    w.first_stage_healthy("r1");
     // eu-1 goes away as the eu stage starts.
     let v = w.views.get_mut("eu-1").unwrap();
     v.connected = false;
@@ -463,8 +469,7 @@ fn a_failure_threshold_tolerates_fewer_failures() {
 
 #[test]
 fn a_paused_rollout_does_not_move_until_resumed() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
     w.commit("r1");
     w.advance();
     w.agents_report(&[]);
@@ -478,10 +483,7 @@ fn a_paused_rollout_does_not_move_until_resumed() {
 
 #[test]
 fn pinned_clusters_keep_their_revision_and_are_skipped() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.settle(&[]);
+    let mut w = settled();
     assert_eq!(w.rec.pin("eu-1", "r1").unwrap(), "r1");
     w.commit("r2");
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
@@ -503,15 +505,9 @@ fn pinned_clusters_keep_their_revision_and_are_skipped() {
 
 #[test]
 fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.settle(&[]);
-    w.commit("r2");
+    let mut w = settled();
     // r2 gets through canary and into eu.
-    w.advance();
-    w.agents_report(&[]);
-    w.advance();
+    w.first_stage_healthy("r2");
     assert_eq!(w.revision_of("eu-1").as_deref(), Some("r2"));
     // r3 arrives: it starts from canary; eu keeps r2 (no going back to r1) until r3 gets there.
     assert!(w.commit("r3").started);
@@ -538,20 +534,11 @@ fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
 
 #[test]
 fn unchanged_content_new_clusters_and_operator_rollback() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    w.settle(&[]);
+    let mut w = settled();
     // A commit that does not change this app: no rollout, the revision keeps its name.
     let mut same = render("r1", &w.clusters);
     same.revision = "r1b".into();
-    assert_eq!(
-        w.offer(same),
-        Offer {
-            started: false,
-            touched: vec![]
-        }
-    );
+    assert_eq!(w.offer(same), NOTHING);
     assert_eq!(w.rec.effective_revision(), Some("r1"));
     // A new cluster gets the current revision at once.
     w.clusters

@@ -4,15 +4,6 @@
 
 use super::*;
 
-/// Five clusters: canary-1, eu-1, eu-2, us-1, us-2, settled on r1.
-fn settled() -> World {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
-    w.commit("r1");
-    assert_eq!(w.settle(&[]), RolloutState::Succeeded);
-    w
-}
-
 impl World {
     /// Offers `rev` rendered for the clusters `keep` only (the others are no longer targeted).
     fn commit_for(&mut self, rev: &str, keep: &[&str]) -> Offer {
@@ -25,6 +16,12 @@ impl World {
         self.offer(render(rev, &targets))
     }
 
+    /// Retires the app from every cluster of the world for `cause`; the clusters touched at once.
+    fn retire(&mut self, cause: Cause<'_>) -> Vec<String> {
+        let clusters = self.clusters.clone();
+        self.rec.retire(cause, &clusters, self.now).unwrap()
+    }
+
     fn removal(&self) -> &Removal {
         self.rec.removal.as_ref().expect("a removal")
     }
@@ -35,6 +32,12 @@ impl World {
             .filter(|c| self.rec.desired_for(&c.name).is_some())
             .map(|c| c.name.clone())
             .collect()
+    }
+
+    /// Asserts that the app runs on no cluster any more and that its record is finished.
+    fn assert_gone(&self) {
+        assert_eq!(self.running(), Vec::<String>::new());
+        assert!(self.rec.finished());
     }
 }
 
@@ -119,15 +122,12 @@ fn a_removal_larger_than_max_removal_waits_for_approval_and_then_goes_stage_by_s
 #[test]
 fn an_app_that_left_flotilla_yaml_is_removed_canary_first_and_its_record_goes() {
     let mut w = settled();
-    let clusters = w.clusters.clone();
-    let touched = w
-        .rec
-        .retire(
-            cause("r2", "the app is no longer in flotilla.yaml", false, None),
-            &clusters,
-            w.now,
-        )
-        .unwrap();
+    let touched = w.retire(cause(
+        "r2",
+        "the app is no longer in flotilla.yaml",
+        false,
+        None,
+    ));
     assert!(touched.is_empty(), "nothing removed before the approval");
     assert_eq!(w.running(), ALL);
     assert!(w.removal().gated());
@@ -135,17 +135,13 @@ fn an_app_that_left_flotilla_yaml_is_removed_canary_first_and_its_record_goes() 
     assert_eq!(w.advance(), ["canary-1"], "the canary loses it first");
     assert_eq!(w.running(), ["eu-1", "eu-2", "us-1", "us-2"]);
     w.settle(&[]);
-    assert_eq!(w.running(), Vec::<String>::new());
-    assert!(w.rec.finished());
+    w.assert_gone();
 }
 
 #[test]
 fn a_cluster_that_keeps_the_app_fails_the_removal_and_the_rest_keep_it() {
     let mut w = settled();
-    let clusters = w.clusters.clone();
-    w.rec
-        .retire(cause("r2", "gone", false, Some("admin")), &clusters, w.now)
-        .unwrap();
+    w.retire(cause("r2", "gone", false, Some("admin")));
     assert_eq!(w.advance(), ["canary-1"]);
     // canary-1 still reports the app after the health timeout.
     w.now += 11 * MIN;
@@ -161,25 +157,19 @@ fn a_cluster_that_keeps_the_app_fails_the_removal_and_the_rest_keep_it() {
     let what = w.rec.approve("", "admin").unwrap();
     assert!(what.contains("retry"), "{what}");
     w.settle(&[]);
-    assert_eq!(w.running(), Vec::<String>::new());
-    assert!(w.rec.finished());
+    w.assert_gone();
 }
 
 #[test]
 fn prune_false_apps_are_dropped_at_once_because_nothing_is_deleted() {
-    let (clusters, p) = three_regions();
-    let mut w = World::new(clusters, p);
+    let mut w = three_regions();
     let mut r1 = render("r1", &w.clusters);
     for e in r1.entries.values_mut() {
         e.options.disable_prune = true;
     }
-    let clusters = w.clusters.clone();
     w.offer(r1);
     w.settle(&[]);
-    let touched = w
-        .rec
-        .retire(cause("r2", "gone", false, None), &clusters, w.now)
-        .unwrap();
+    let touched = w.retire(cause("r2", "gone", false, None));
     assert_eq!(touched, ALL);
     assert!(w.rec.removal.is_none());
     assert!(w.rec.finished());
@@ -188,14 +178,7 @@ fn prune_false_apps_are_dropped_at_once_because_nothing_is_deleted() {
 #[test]
 fn keeping_resources_tells_each_agent_to_let_go_without_deleting() {
     let mut w = settled();
-    let clusters = w.clusters.clone();
-    w.rec
-        .retire(
-            cause("", "source fleet was removed", true, Some("admin")),
-            &clusters,
-            w.now,
-        )
-        .unwrap();
+    w.retire(cause("", "source fleet was removed", true, Some("admin")));
     w.advance();
     let e = w.rec.desired_for("canary-1").unwrap();
     assert!(e.options.orphan, "an orphan entry, not a deletion");
@@ -236,10 +219,7 @@ fn a_new_revision_and_a_removal_move_side_by_side() {
 fn pinned_clusters_are_not_removed() {
     let mut w = settled();
     w.rec.pin("us-2", "r1").unwrap();
-    let clusters = w.clusters.clone();
-    w.rec
-        .retire(cause("r2", "gone", false, Some("admin")), &clusters, w.now)
-        .unwrap();
+    w.retire(cause("r2", "gone", false, Some("admin")));
     w.settle(&[]);
     assert_eq!(w.running(), ["us-2"]);
     assert!(!w.rec.finished(), "the pin keeps the record");

@@ -24,6 +24,14 @@ fn gated(on_failure: OnFailure) -> World {
     World::new(clusters, p)
 }
 
+/// [`gated`], with v1 and then v2 walked to `us` (neither has succeeded).
+fn two_unfinished(on_failure: OnFailure) -> World {
+    let mut w = gated(on_failure);
+    w.walk_to_us("v1");
+    w.walk_to_us("v2");
+    w
+}
+
 impl World {
     /// Commits `rev`, walks it to the approval of `us`, approves, and lets us1 apply it
     /// healthily; the `us` stage then soaks (the rollout has not succeeded).
@@ -41,34 +49,38 @@ impl World {
         );
     }
 
+    /// Commits v3 and lets it fail in the canary; the rollout state afterwards.
+    fn fail_v3_in_canary(&mut self) -> RolloutState {
+        assert!(self.commit("v3").started, "v3 starts a rollout");
+        self.settle(&["can1"])
+    }
+
     fn everyone(&self) -> Vec<(String, Option<String>)> {
         self.clusters
             .iter()
             .map(|c| (c.name.clone(), self.revision_of(&c.name)))
             .collect()
     }
-}
 
-fn on(pairs: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
-    pairs
-        .iter()
-        .map(|(c, r)| (c.to_string(), Some(r.to_string())))
-        .collect()
+    /// Asserts what every cluster of the world runs: `want` lists each with its revision.
+    fn assert_runs(&self, want: &[(&str, &str)], why: &str) {
+        let want: Vec<(String, Option<String>)> = want
+            .iter()
+            .map(|(c, r)| (c.to_string(), Some(r.to_string())))
+            .collect();
+        assert_eq!(self.everyone(), want, "{why}");
+    }
 }
 
 #[test]
 fn a_failed_canary_after_two_unfinished_rollouts_returns_every_cluster_to_what_it_ran() {
     // The sequence of issue 12: v1 and v2 each reach us1 but never succeed; v3 fails in canary.
-    let mut w = gated(OnFailure::Rollback);
-    w.walk_to_us("v1");
-    w.walk_to_us("v2");
-    assert!(w.commit("v3").started);
-    assert_eq!(w.settle(&["can1"]), RolloutState::RolledBack);
+    let mut w = two_unfinished(OnFailure::Rollback);
+    assert_eq!(w.fail_v3_in_canary(), RolloutState::RolledBack);
     assert_eq!(w.rec.last_good, None, "no rollout ever succeeded");
-    assert_eq!(
-        w.everyone(),
-        on(&[("can1", "v2"), ("eu1", "v2"), ("us1", "v2")]),
-        "the app stays on every cluster, on what each ran before v3"
+    w.assert_runs(
+        &[("can1", "v2"), ("eu1", "v2"), ("us1", "v2")],
+        "the app stays on every cluster, on what each ran before v3",
     );
     assert!(w.rec.failed_revisions.contains(&"v3".to_string()));
     // The record stays on them across more passes.
@@ -78,36 +90,30 @@ fn a_failed_canary_after_two_unfinished_rollouts_returns_every_cluster_to_what_i
 
 #[test]
 fn halting_instead_leaves_the_failed_canary_where_it_is() {
-    let mut w = gated(OnFailure::Halt);
-    w.walk_to_us("v1");
-    w.walk_to_us("v2");
-    w.commit("v3");
-    assert_eq!(w.settle(&["can1"]), RolloutState::Failed);
-    assert_eq!(
-        w.everyone(),
-        on(&[("can1", "v3"), ("eu1", "v2"), ("us1", "v2")])
+    let mut w = two_unfinished(OnFailure::Halt);
+    assert_eq!(w.fail_v3_in_canary(), RolloutState::Failed);
+    w.assert_runs(
+        &[("can1", "v3"), ("eu1", "v2"), ("us1", "v2")],
+        "halted: the canary keeps v3",
     );
     // An operator rollback afterwards returns the canary to what it ran before v3.
     let touched = w.rec.rollback(None, w.now).unwrap();
     assert_eq!(touched, ["can1"]);
     assert_eq!(w.state(), RolloutState::RolledBack);
-    assert_eq!(
-        w.everyone(),
-        on(&[("can1", "v2"), ("eu1", "v2"), ("us1", "v2")])
+    w.assert_runs(
+        &[("can1", "v2"), ("eu1", "v2"), ("us1", "v2")],
+        "the canary is back on v2",
     );
 }
 
 #[test]
 fn a_pinned_cluster_keeps_its_pin_through_the_rollback() {
-    let mut w = gated(OnFailure::Rollback);
-    w.walk_to_us("v1");
-    w.walk_to_us("v2");
+    let mut w = two_unfinished(OnFailure::Rollback);
     w.rec.pin("eu1", "v1").unwrap();
-    w.commit("v3");
-    assert_eq!(w.settle(&["can1"]), RolloutState::RolledBack);
-    assert_eq!(
-        w.everyone(),
-        on(&[("can1", "v2"), ("eu1", "v1"), ("us1", "v2")])
+    assert_eq!(w.fail_v3_in_canary(), RolloutState::RolledBack);
+    w.assert_runs(
+        &[("can1", "v2"), ("eu1", "v1"), ("us1", "v2")],
+        "eu1 keeps its pin",
     );
 }
 
@@ -153,20 +159,16 @@ fn a_superseded_revision_counts_only_where_it_proved_itself() {
     w.rec.approve("us", "admin").unwrap();
     w.advance();
     assert_eq!(w.revision_of("us1").as_deref(), Some("v2"));
-    let v = w.views.get_mut("us1").unwrap();
-    v.revision = "v2".into();
-    v.phase = Phase::Applied;
-    v.health = Health::Progressing;
+    w.applied("us1", "v2", Health::Progressing);
     w.advance();
     // v3 goes all the way to us1 and fails there.
     w.commit("v3");
     w.settle(&["us1"]);
     w.rec.approve("us", "admin").unwrap();
     assert_eq!(w.settle(&["us1"]), RolloutState::RolledBack);
-    assert_eq!(
-        w.everyone(),
-        on(&[("can1", "v2"), ("eu1", "v2"), ("us1", "v1")]),
-        "v2 counts on can1 and eu1 (healthy there), not on us1"
+    w.assert_runs(
+        &[("can1", "v2"), ("eu1", "v2"), ("us1", "v1")],
+        "v2 counts on can1 and eu1 (healthy there), not on us1",
     );
 }
 
