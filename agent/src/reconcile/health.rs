@@ -1098,6 +1098,25 @@ mod tests {
 
     // ---- DaemonSet ----
 
+    /// Sets each counter of `short` (field, expected reason) to `value` in the finished status
+    /// `done` and checks that `object(status)` is in progress for that reason, with a message
+    /// starting with `message`. Returns the cases, for further checks.
+    fn each_counter_short<'a>(
+        object: fn(Value) -> Value,
+        done: &Value,
+        value: i64,
+        short: &'a [(&'a str, &'a str)],
+        message: &str,
+    ) -> &'a [(&'a str, &'a str)] {
+        for (field, reason) in short {
+            let mut s = done.clone();
+            s[*field] = json!(value);
+            let a = assert_health(&object(s), Health::InProgress, reason);
+            assert!(a.message.starts_with(message), "{field}: {a:?}");
+        }
+        short
+    }
+
     fn daemon_set(status: Value) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"generation": 1},
                "spec": {}, "status": status})
@@ -1114,18 +1133,16 @@ mod tests {
             "Current",
             "3 of 3 pods available",
         );
-        for (field, reason) in [
+        let short = [
             ("updatedNumberScheduled", "PodsNotUpdated"),
             ("numberReady", "PodsNotReady"),
             ("numberAvailable", "PodsNotAvailable"),
-        ] {
-            let mut s = done.clone();
-            s[field] = json!(2);
-            let a = assert_health(&daemon_set(s.clone()), Health::InProgress, reason);
-            assert!(a.message.starts_with("2 of 3 pods"), "{a:?}");
+        ];
+        for &(field, reason) in each_counter_short(daemon_set, &done, 2, &short, "2 of 3 pods") {
             // Omitted counters are zero.
-            s.as_object_mut().unwrap().remove(field);
-            assert_health(&daemon_set(s), Health::InProgress, reason);
+            let mut status = done.clone();
+            status.as_object_mut().unwrap().remove(field);
+            assert_health(&daemon_set(status), Health::InProgress, reason);
         }
     }
 
@@ -1169,16 +1186,12 @@ mod tests {
         let done = json!({"replicas": 2, "fullyLabeledReplicas": 2, "readyReplicas": 2,
                           "availableReplicas": 2});
         assert_health(&replica_set(done.clone()), Health::Current, "Current");
-        for (field, reason) in [
+        let short = [
             ("fullyLabeledReplicas", "ReplicasNotLabeled"),
             ("readyReplicas", "ReplicasNotReady"),
             ("availableReplicas", "ReplicasNotAvailable"),
-        ] {
-            let mut s = done.clone();
-            s[field] = json!(1);
-            let a = assert_health(&replica_set(s), Health::InProgress, reason);
-            assert!(a.message.starts_with("1 of 2 replicas"), "{a:?}");
-        }
+        ];
+        each_counter_short(replica_set, &done, 1, &short, "1 of 2 replicas");
         let mut s = done;
         s["replicas"] = json!(3);
         assert_health(&replica_set(s), Health::InProgress, "ExtraReplicas");

@@ -63,6 +63,11 @@ async fn apply_web(api: &Api<Deployment>, replicas: i64, manager: &str) -> Deplo
         .expect("apply web")
 }
 
+/// The API server's refusal of a call that must fail.
+fn refused<T: std::fmt::Debug>(answer: Result<T, kube::Error>) -> Box<Status> {
+    status(answer.expect_err("the API server should refuse this"))
+}
+
 fn status(err: kube::Error) -> Box<Status> {
     match err {
         kube::Error::Api(s) => s,
@@ -189,14 +194,13 @@ async fn crd_kinds_are_served_once_established_and_go_with_the_crd() {
     );
     let mut misnamed = crd();
     misnamed["metadata"]["name"] = "widgets".into();
-    let err = status(
+    let err = refused(
         crds.patch(
             "widgets",
             &apply_params("flotilla"),
             &Patch::Apply(misnamed),
         )
-        .await
-        .unwrap_err(),
+        .await,
     );
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     crds.patch(
@@ -242,7 +246,7 @@ async fn crd_kinds_are_served_once_established_and_go_with_the_crd() {
         .await
         .unwrap();
     assert_eq!(
-        status(discovery::pinned_kind(&client, &gvk).await.unwrap_err()).code,
+        refused(discovery::pinned_kind(&client, &gvk).await).code,
         404
     );
     let err = widgets.get("w1").await.unwrap_err();
@@ -325,11 +329,7 @@ async fn an_update_takes_ownership_and_a_later_apply_conflicts_until_forced() {
     assert_eq!(generation(&edited), 2);
 
     // Re-applying the same config now conflicts on replicas only.
-    let err = status(
-        apply(&api, "web", &body, &apply_params("flotilla"))
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(apply(&api, "web", &body, &apply_params("flotilla")).await);
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     assert_eq!(
         err.message,
@@ -445,15 +445,14 @@ async fn dry_run_changes_nothing() {
 async fn the_real_servers_rules_and_errors() {
     let (_sim, client) = cluster(DELAY);
     let missing: Api<Deployment> = Api::namespaced(client.clone(), "nope");
-    let err = status(
+    let err = refused(
         apply(
             &missing,
             "web",
             &deployment("web", 1, json!({})),
             &apply_params("f"),
         )
-        .await
-        .unwrap_err(),
+        .await,
     );
     assert_eq!(
         (err.code, err.message.as_str()),
@@ -461,30 +460,25 @@ async fn the_real_servers_rules_and_errors() {
     );
 
     let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let err = status(api.get("web").await.unwrap_err());
+    let err = refused(api.get("web").await);
     assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
     assert_eq!(err.message, "deployments.apps \"web\" not found");
 
     let no_manager = PatchParams::default();
-    let err = status(
-        apply(&api, "web", &deployment("web", 1, json!({})), &no_manager)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(apply(&api, "web", &deployment("web", 1, json!({})), &no_manager).await);
     assert_eq!(
         (err.code, err.message.as_str()),
         (400, "fieldManager is required for apply requests")
     );
 
-    let err = status(
+    let err = refused(
         apply(
             &api,
             "Web",
             &deployment("Web", 1, json!({})),
             &apply_params("f"),
         )
-        .await
-        .unwrap_err(),
+        .await,
     );
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     assert!(
@@ -496,11 +490,7 @@ async fn the_real_servers_rules_and_errors() {
 
     let mut wrong = deployment("web", 1, json!({}));
     wrong["kind"] = "StatefulSet".into();
-    let err = status(
-        apply(&api, "web", &wrong, &apply_params("f"))
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(apply(&api, "web", &wrong, &apply_params("f")).await);
     assert_eq!(err.code, 400);
 
     // Create, AlreadyExists, stale replace, status subresource.
@@ -508,18 +498,14 @@ async fn the_real_servers_rules_and_errors() {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some("c".into());
     let created = cms.create(&PostParams::default(), &cm).await.unwrap();
-    let err = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    let err = refused(cms.create(&PostParams::default(), &cm).await);
     assert_eq!((err.code, err.reason.as_str()), (409, "AlreadyExists"));
     let mut changed = created.clone();
     changed.data = Some([("k".to_string(), "v".to_string())].into());
     cms.replace("c", &PostParams::default(), &changed)
         .await
         .unwrap();
-    let err = status(
-        cms.replace("c", &PostParams::default(), &changed)
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(cms.replace("c", &PostParams::default(), &changed).await);
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     assert!(
         err.message.contains("the object has been modified"),
@@ -591,7 +577,7 @@ async fn the_real_servers_rules_and_errors() {
     let unknown =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", "Gizmo"), "gizmos");
     let gizmos: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &unknown);
-    assert_eq!(status(gizmos.get("x").await.unwrap_err()).code, 404);
+    assert_eq!(refused(gizmos.get("x").await).code, 404);
 }
 
 #[tokio::test]
@@ -644,14 +630,9 @@ async fn deleting_a_namespace_deletes_what_is_in_it() {
             .is_none()
     );
     assert!(other.get_opt("web").await.unwrap().is_some());
-    let err = status(api.get("web").await.unwrap_err());
+    let err = refused(api.get("web").await);
     assert_eq!(err.code, 404);
-    let err = status(
-        namespaces
-            .delete("default", &DeleteParams::default())
-            .await
-            .unwrap_err(),
-    );
+    let err = refused(namespaces.delete("default", &DeleteParams::default()).await);
     assert_eq!(err.code, 403);
 }
 
