@@ -444,16 +444,9 @@ async fn dry_run_changes_nothing() {
 #[tokio::test]
 async fn the_real_servers_rules_and_errors() {
     let (_sim, client) = cluster(DELAY);
+    let one = |name: &str| deployment(name, 1, json!({}));
     let missing: Api<Deployment> = Api::namespaced(client.clone(), "nope");
-    let err = refused(
-        apply(
-            &missing,
-            "web",
-            &deployment("web", 1, json!({})),
-            &apply_params("f"),
-        )
-        .await,
-    );
+    let err = refused(apply(&missing, "web", &one("web"), &apply_params("f")).await);
     assert_eq!(
         (err.code, err.message.as_str()),
         (404, "namespaces \"nope\" not found")
@@ -465,21 +458,13 @@ async fn the_real_servers_rules_and_errors() {
     assert_eq!(err.message, "deployments.apps \"web\" not found");
 
     let no_manager = PatchParams::default();
-    let err = refused(apply(&api, "web", &deployment("web", 1, json!({})), &no_manager).await);
+    let err = refused(apply(&api, "web", &one("web"), &no_manager).await);
     assert_eq!(
         (err.code, err.message.as_str()),
         (400, "fieldManager is required for apply requests")
     );
 
-    let err = refused(
-        apply(
-            &api,
-            "Web",
-            &deployment("Web", 1, json!({})),
-            &apply_params("f"),
-        )
-        .await,
-    );
+    let err = refused(apply(&api, "Web", &one("Web"), &apply_params("f")).await);
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
     assert!(
         err.message
