@@ -19,6 +19,26 @@ pub fn settings(version: &str) -> String {
     )
 }
 
+/// `flotilla.yaml` for the app, promoted by pipeline `pipeline` from the `ring: canary`
+/// clusters (no soak) to the `ring: prod` ones; `prod` adds settings to the prod stage (e.g.
+/// `", approval: manual"`).
+pub fn canary_then_prod(pipeline: &str, prod: &str) -> String {
+    format!(
+        "apps:
+  web:
+    path: apps/web
+    namespace: shop
+    targets: {{}}
+    pipeline: {pipeline}
+pipelines:
+  {pipeline}:
+    stages:
+      - {{name: canary, selector: {{matchLabels: {{ring: canary}}}}, soak: 0s}}
+      - {{name: prod, selector: {{matchLabels: {{ring: prod}}}}{prod}}}
+"
+    )
+}
+
 /// A repository at `dir/repo` with `flotilla.yaml` = `fleet` and the app (with the ConfigMap at
 /// `settings`, when given) committed as `web 1`; returns it and the commit.
 pub fn repo(dir: &Path, fleet: &str, settings_version: Option<&str>) -> (TestRepo, String) {

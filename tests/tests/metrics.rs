@@ -12,19 +12,6 @@ use flotilla_tests::web_app::{self, settings};
 use flotilla_tests::*;
 use tokio::io::AsyncWriteExt;
 
-const FLEET: &str = "\
-apps:
-  web:
-    path: apps/web
-    namespace: shop
-    targets: {}
-    pipeline: rings
-pipelines:
-  rings:
-    stages:
-      - {name: canary, selector: {matchLabels: {ring: canary}}, soak: 0s}
-      - {name: prod, selector: {matchLabels: {ring: prod}}}
-";
 /// Name, region, ring.
 const CLUSTERS: [(&str, &str, &str); 3] = [
     ("eu-1", "eu", "canary"),
@@ -77,7 +64,11 @@ fn app_clusters(e: &Exposition, state: &str) -> f64 {
 #[tokio::test]
 async fn hub_and_agent_metrics_follow_the_fleet() {
     let dir = test_dir();
-    let (repo, _) = web_app::repo(dir.path(), FLEET, Some("1"));
+    let (repo, _) = web_app::repo(
+        dir.path(),
+        &web_app::canary_then_prod("rings", ""),
+        Some("1"),
+    );
     let (hub, http) = TestHub::start_with_http(TestHub::config(dir.path())).await;
 
     let first = scrape(http).await;

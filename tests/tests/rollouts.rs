@@ -12,20 +12,6 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "spiffe://flotilla.local/admin/admin";
 
-const FLEET: &str = "\
-apps:
-  web:
-    path: apps/web
-    namespace: shop
-    targets: {}
-    pipeline: regions
-pipelines:
-  regions:
-    stages:
-      - {name: canary, selector: {matchLabels: {ring: canary}}, soak: 0s}
-      - {name: prod, selector: {matchLabels: {ring: prod}}, approval: manual}
-";
-
 const CLUSTERS: [(&str, &str); 3] = [
     ("canary-1", "canary"),
     ("prod-1", "prod"),
@@ -46,7 +32,11 @@ struct Fleet {
 impl Fleet {
     async fn start() -> Self {
         let dir = test_dir();
-        let (repo, c1) = web_app::repo(dir.path(), FLEET, Some("1"));
+        let (repo, c1) = web_app::repo(
+            dir.path(),
+            &web_app::canary_then_prod("regions", ", approval: manual"),
+            Some("1"),
+        );
         let hub = TestHub::start_in(dir.path()).await;
         let mut agents = Vec::new();
         let mut sims = Vec::new();
