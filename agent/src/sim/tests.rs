@@ -164,6 +164,28 @@ async fn version_and_discovery_of_built_ins() {
     assert_eq!(status(err).code, 404);
 }
 
+/// The cluster's CustomResourceDefinitions.
+fn crds(client: &kube::Client) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    )
+}
+
+/// Applies the Widget CRD ([`crd`]) as field manager `manager`.
+async fn apply_crd(crds: &Api<DynamicObject>, manager: &str) {
+    crds.patch(
+        "widgets.example.com",
+        &apply_params(manager),
+        &Patch::Apply(crd()),
+    )
+    .await
+    .expect("apply the Widget CRD");
+}
+
 fn crd() -> Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -185,13 +207,7 @@ fn crd() -> Value {
 #[tokio::test(start_paused = true)]
 async fn crd_kinds_are_served_once_established_and_go_with_the_crd() {
     let (_sim, client) = cluster(DELAY);
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
+    let crds = crds(&client);
     let mut misnamed = crd();
     misnamed["metadata"]["name"] = "widgets".into();
     let err = refused(
@@ -203,13 +219,7 @@ async fn crd_kinds_are_served_once_established_and_go_with_the_crd() {
         .await,
     );
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
-    crds.patch(
-        "widgets.example.com",
-        &apply_params("flotilla"),
-        &Patch::Apply(crd()),
-    )
-    .await
-    .unwrap();
+    apply_crd(&crds, "flotilla").await;
     let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
     let err = discovery::pinned_kind(&client, &gvk).await.unwrap_err();
     assert_eq!(status(err).code, 404, "not served before it is Established");
@@ -852,20 +862,8 @@ async fn other_kinds_settle_as_their_controllers_would() {
     assert!(plain.is_null(), "{plain}");
 
     // CRDs are established at once without a delay; a CR annotated to fail says so.
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
-    crds.patch(
-        "widgets.example.com",
-        &apply_params("f"),
-        &Patch::Apply(crd()),
-    )
-    .await
-    .unwrap();
+    let crds = crds(&client);
+    apply_crd(&crds, "f").await;
     let widget = apply_dyn(
         &dynamic("example.com", "v1", "Widget", "widgets"),
         json!({"apiVersion": "example.com/v1", "kind": "Widget",

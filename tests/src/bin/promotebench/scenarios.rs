@@ -10,7 +10,7 @@
 //!   changes every app, t0, `SyncSource`, wait until every app's rollout has succeeded.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 use flotilla_proto::v1::{AddSourceRequest, RemoveSourceRequest};
@@ -89,26 +89,27 @@ fn print_round(r: &RoundTimes) {
 /// What one scenario promotes, where.
 struct Plan<'a> {
     source: &'a str,
-    apps: &'a [String],
+    /// The fleet repository to create, its apps and which clusters they target.
+    repo_dir: PathBuf,
+    apps: Vec<String>,
+    targets: &'a Targets,
     scope: &'a HashSet<String>,
     rounds: u32,
 }
 
-/// Promotes the first revision `c0` of the plan's source, then `rounds` commits; results go to
-/// `rep` as they come, so that a failure leaves the rounds before it.
-async fn run(
-    ctx: &mut Ctx<'_>,
-    repo: &PromoteRepo,
-    c0: &str,
-    plan: Plan<'_>,
-    rep: &mut ScenarioReport,
-) -> Result<()> {
+/// Creates the plan's repository and promotes its first revision, then `rounds` commits;
+/// results go to `rep` as they come, so that a failure leaves the rounds before it.
+async fn run(ctx: &mut Ctx<'_>, plan: Plan<'_>, rep: &mut ScenarioReport) -> Result<()> {
     let Plan {
         source,
+        repo_dir,
         apps,
+        targets,
         scope,
         rounds,
     } = plan;
+    let (repo, c0) = PromoteRepo::create(&repo_dir, apps.clone(), targets)?;
+    let (repo, c0, apps) = (&repo, c0.as_str(), apps.as_slice());
     rep.apps = apps.len();
     rep.sessions = scope.len();
     println!(
@@ -153,15 +154,15 @@ pub async fn single(
     rounds: u32,
     rep: &mut ScenarioReport,
 ) -> Result<()> {
-    let apps = vec![SINGLE_APP.to_string()];
-    let (repo, c0) = PromoteRepo::create(&dir.join("single-repo"), apps.clone(), &Targets::Staged)?;
     let plan = Plan {
         source: SINGLE_SOURCE,
-        apps: &apps,
+        repo_dir: dir.join("single-repo"),
+        apps: vec![SINGLE_APP.to_string()],
+        targets: &Targets::Staged,
         scope: &scopes.all,
         rounds,
     };
-    run(ctx, &repo, &c0, plan, rep).await
+    run(ctx, plan, rep).await
 }
 
 /// `apps` apps at once on the 100-app scenario's clusters; `after_single`: remove the
@@ -192,14 +193,13 @@ pub async fn many(
             scopes.all.len()
         );
     }
-    let names: Vec<String> = (0..apps).map(|a| format!("app-{a:03}")).collect();
-    let (repo, c0) =
-        PromoteRepo::create(&dir.join("many-repo"), names.clone(), &scopes.many_targets)?;
     let plan = Plan {
         source: MANY_SOURCE,
-        apps: &names,
+        repo_dir: dir.join("many-repo"),
+        apps: (0..apps).map(|a| format!("app-{a:03}")).collect(),
+        targets: &scopes.many_targets,
         scope: &scopes.many,
         rounds,
     };
-    run(ctx, &repo, &c0, plan, rep).await
+    run(ctx, plan, rep).await
 }
