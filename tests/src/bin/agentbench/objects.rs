@@ -41,12 +41,17 @@ impl AppShape {
 /// objects leave `metadata.namespace` unset (the app's `namespace:` in `flotilla.yaml` fills
 /// it in when the hub renders).
 pub fn app_objects(ns: &str, shape: AppShape, set_namespace: bool) -> Vec<Value> {
-    let meta = |name: &str, labels: Value| {
-        let mut m = json!({"name": name, "labels": labels});
+    // An object of `kind` named `name` with `labels`, and `body` beside its metadata.
+    let object = |api_version: &str, kind: &str, name: &str, labels: Value, body: Value| {
+        let mut o = json!({"apiVersion": api_version, "kind": kind,
+                           "metadata": {"name": name, "labels": labels}});
         if set_namespace {
-            m["namespace"] = json!(ns);
+            o["metadata"]["namespace"] = json!(ns);
         }
-        m
+        for (k, v) in body.as_object().expect("a JSON object") {
+            o[k] = v.clone();
+        }
+        o
     };
     let mut out = Vec::with_capacity(shape.objects());
     out.push(json!({
@@ -56,11 +61,12 @@ pub fn app_objects(ns: &str, shape: AppShape, set_namespace: bool) -> Vec<Value>
     }));
     for i in 0..shape.deployments {
         let name = format!("web-{i}");
-        out.push(json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta(&name, json!({"app": name})),
-            "spec": {
+        out.push(object(
+            "apps/v1",
+            "Deployment",
+            &name,
+            json!({"app": name}),
+            json!({"spec": {
                 "replicas": 2,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
@@ -73,35 +79,41 @@ pub fn app_objects(ns: &str, shape: AppShape, set_namespace: bool) -> Vec<Value>
                         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
                     }]},
                 },
-            },
-        }));
+            }}),
+        ));
     }
     for i in 0..shape.services {
         let name = format!("web-{i}");
-        out.push(json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(&name, json!({"app": name})),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {"app": name},
-                "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-            },
-        }));
+        let spec = json!({
+            "type": "ClusterIP",
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        });
+        let labels = json!({"app": name});
+        out.push(object(
+            "v1",
+            "Service",
+            &name,
+            labels,
+            json!({"spec": spec}),
+        ));
     }
     for i in 0..shape.configmaps {
         let name = format!("config-{i}");
-        out.push(json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": meta(&name, json!({"app": ns})),
-            "data": {
-                "LOG_LEVEL": "info",
-                "FEATURE_FLAGS": "a,b,c",
-                "ENDPOINT": format!("http://web-{}.{ns}.svc:80", i % shape.deployments.max(1)),
-                "INDEX": i.to_string(),
-            },
-        }));
+        let data = json!({
+            "LOG_LEVEL": "info",
+            "FEATURE_FLAGS": "a,b,c",
+            "ENDPOINT": format!("http://web-{}.{ns}.svc:80", i % shape.deployments.max(1)),
+            "INDEX": i.to_string(),
+        });
+        let labels = json!({"app": ns});
+        out.push(object(
+            "v1",
+            "ConfigMap",
+            &name,
+            labels,
+            json!({"data": data}),
+        ));
     }
     out
 }
