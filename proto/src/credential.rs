@@ -1,8 +1,6 @@
 //! The admin credential file (`DATA/admin.yaml`, mode 0600): hub address, CA, admin certificate
 //! and key. The CLI reads the same format from its config file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,30 +47,16 @@ impl AdminCredential {
         })
     }
 
-    /// Writes the file with mode 0600 (atomically: temp file, then rename).
+    /// Writes the file with mode 0600, atomically.
     pub fn save(&self, path: &Path) -> Result<(), CredentialError> {
         let werr = |source| CredentialError::Write {
             path: path.to_path_buf(),
             source,
         };
         let text = serde_yaml_ng::to_string(self).expect("credential serializes");
-        write_private(path, text.as_bytes()).map_err(werr)
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(werr)?;
+        }
+        crate::files::write_atomic(path, text.as_bytes(), 0o600).map_err(werr)
     }
-}
-
-/// Writes a file readable only by its owner (0600), atomically.
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

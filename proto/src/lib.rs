@@ -7,6 +7,7 @@ pub mod credential;
 /// Key and CSR generation (rcgen), for the hub's tests and the agent; not linked into the CLI.
 #[cfg(feature = "csr")]
 pub mod csr;
+pub mod files;
 pub mod identity;
 pub mod limits;
 pub mod revision;

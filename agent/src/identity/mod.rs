@@ -6,8 +6,6 @@
 mod secret_state;
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -192,18 +190,7 @@ impl StateDir {
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), IdentityError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let err = self.io(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(&err)?;
-        f.write_all(data).map_err(&err)?;
-        f.sync_all().map_err(&err)?;
-        std::fs::rename(&tmp, &path).map_err(&err)
+        flotilla_proto::files::write_atomic(&path, data, 0o600).map_err(self.io(&path))
     }
 }
 
