@@ -124,11 +124,6 @@ impl DesiredStates {
         }
     }
 
-    /// The agents' statuses.
-    pub fn statuses(&self) -> &Statuses {
-        &self.statuses
-    }
-
     pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {
         self.statuses.get(cluster).await
     }
