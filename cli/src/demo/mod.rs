@@ -84,9 +84,10 @@ pub async fn run(args: &DemoArgs, fmt: Format) -> Result<String, CliError> {
             Ok(String::new())
         }
         Err(e) => match demo.procs.exited() {
-            // Say why a process died rather than what that broke.
-            Some(died) => Err(CliError(format!("{e} ({died})"))),
-            None => Err(e),
+            // Say why a process died rather than only what that broke (unless the error is
+            // already that: the waits fail with it as soon as a process exits).
+            Some(died) if !e.0.contains(&died.0) => Err(CliError(format!("{e} ({died})"))),
+            _ => Err(e),
         },
         other => other,
     };
