@@ -20,12 +20,11 @@ pub enum GitError {
     InvalidPath { path: String, reason: &'static str },
     #[error("credentials are only used with https URLs, not with {url}")]
     AuthNotSupported { url: String },
-    #[error("CA file {}: {reason}", path.display())]
+    #[error("CA file {}: {source}", path.display())]
     CaFile {
         path: PathBuf,
-        reason: String,
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("secret file {}: {reason}", path.display())]
     SecretFile { path: PathBuf, reason: String },

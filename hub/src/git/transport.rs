@@ -85,18 +85,14 @@ pub(crate) fn extra_roots(
     let Some(path) = opts.ca_file.clone().or_else(configured) else {
         return Ok(Vec::new());
     };
-    let bad = |source: Option<Box<dyn std::error::Error + Send + Sync>>| GitError::CaFile {
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| GitError::CaFile {
         path: path.clone(),
-        reason: source.as_ref().map_or_else(
-            || "no PEM certificates in it".to_string(),
-            |e| e.to_string(),
-        ),
         source,
     };
-    let pem = std::fs::read(&path).map_err(|e| bad(Some(e.into())))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(Some(e.into())))?;
+    let pem = std::fs::read(&path).map_err(|e| bad(e.into()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.into()))?;
     if certs.is_empty() {
-        return Err(bad(None));
+        return Err(bad("no PEM certificates in it".into()));
     }
     Ok(certs)
 }
