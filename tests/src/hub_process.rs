@@ -13,12 +13,9 @@ use flotilla_proto::state::AppState;
 use crate::{TestRepo, bin, run_ok};
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::bench::hub::free_port().expect("a free loopback port")
 }
 
 pub struct Hub {

@@ -56,7 +56,8 @@ pub struct HubProcess {
     monitor: JoinHandle<()>,
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")
         .context("binding 127.0.0.1:0 to find a free port")?
         .local_addr()?
