@@ -346,11 +346,6 @@ pub async fn start(
         ));
     }
     tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));
-    tasks.push(tokio::spawn(
-        sessions
-            .clone()
-            .follow_desired(store.clone(), shutdown_rx.clone()),
-    ));
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
         let src = Some(sources.clone());
@@ -358,7 +353,6 @@ pub async fn start(
             registry: registry.clone(),
             sessions: sessions.clone(),
             rollouts: rollouts.clone(),
-            desired: desired.clone(),
         };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = crate::api::http::serve(l, m, s, src, Some(fleet), rx).await {

@@ -3,6 +3,9 @@
 //! back; catch-up after being offline; isolation between clusters.
 
 use flotilla_agent::bundles::{BundleError, BundleStore};
+use flotilla_hub::engine::rollout::AppOffer;
+use flotilla_hub::engine::rollout::plan::Render;
+use flotilla_hub::render::{CountOrPercent, OnFailure, PipelineConfig};
 use flotilla_hub::state::desired::AppEntry;
 use flotilla_proto::state::Phase;
 use flotilla_proto::tls::{TlsDialer, mtls_client_config};
@@ -16,24 +19,54 @@ fn bundle(name: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Puts a bundle into the hub's cache and makes it `app`'s desired revision on `cluster`.
+/// Puts a bundle into the hub's cache and offers it as `app`'s revision `revision` for
+/// `cluster` alone (no pipeline: the one implicit stage sends it at once). Returns its digest
+/// once the cluster's derived desired state holds it.
 async fn desire(hub: &TestHub, cluster: &str, app: &str, revision: &str, content: &[u8]) -> String {
     let r = hub.running().bundles.put(content).unwrap();
-    hub.running()
-        .desired
-        .set_apps(
-            cluster,
-            vec![AppEntry {
-                app: app.into(),
-                revision: revision.into(),
-                bundle_digest: r.digest.clone(),
-                bundle_size: r.size,
-                ..Default::default()
-            }],
-        )
-        .await
-        .unwrap();
+    let infos = hub.running().registry.cluster_infos();
+    let id = infos.iter().find(|c| c.name == cluster).unwrap().id;
+    let entry = AppEntry {
+        app: app.into(),
+        bundle_digest: r.digest.clone(),
+        bundle_size: r.size,
+        ..Default::default()
+    };
+    let offer = AppOffer {
+        app: app.into(),
+        render: Render::stamped(revision, [(id, entry)]),
+        pipeline_name: None,
+        pipeline: PipelineConfig {
+            stages: Vec::new(),
+            health_timeout: std::time::Duration::from_secs(600),
+            on_failure: OnFailure::Halt,
+            failure_threshold: CountOrPercent::Count(1),
+            max_removal: None,
+        },
+        max_removal: CountOrPercent::Percent(100),
+    };
+    let out = hub
+        .running()
+        .rollouts
+        .offer("test", vec![offer], &infos)
+        .await;
+    assert_eq!(out[app], Ok(()));
+    eventually("the desired state to hold the revision", || async {
+        let d = hub.running().rollouts.desired_of(cluster).await.unwrap();
+        d.wants(&r.digest).then_some(())
+    })
+    .await;
     r.digest
+}
+
+/// The generation of `cluster`'s desired state now.
+async fn generation(hub: &TestHub, cluster: &str) -> u64 {
+    hub.running()
+        .rollouts
+        .desired_of(cluster)
+        .await
+        .unwrap()
+        .generation
 }
 
 /// A session client of the hub with a cluster's `(ca, chain, key)`.
@@ -56,8 +89,9 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
     let mut agent = hub.join(dir.path(), "eu-1").await;
 
     let d1 = desire(&hub, "eu-1", "web", "c1", &bundle("one")).await;
-    let st = wait_status(&mut agent.status, "generation 1 held", |s| {
-        s.desired_generation == 1
+    let g1 = generation(&hub, "eu-1").await;
+    let st = wait_status(&mut agent.status, "the first generation held", |s| {
+        s.desired_generation == g1
     })
     .await;
     assert_eq!(st.bundles, vec![d1.clone()]);
@@ -68,7 +102,7 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
     );
     let report = eventually("the hub to record the status", || async {
         let s = hub.running().desired.status("eu-1").await.unwrap();
-        (s.generation == 1).then_some(s)
+        (s.generation == g1).then_some(s)
     })
     .await;
     assert_eq!(report.apps[0].app, "web");
@@ -79,23 +113,16 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
     // A new revision: a new digest is delivered.
     let d2 = desire(&hub, "eu-1", "web", "c2", &bundle("two")).await;
     assert_ne!(d1, d2);
-    let st = wait_status(&mut agent.status, "generation 2 held", |s| {
-        s.desired_generation == 2
+    let g2 = generation(&hub, "eu-1").await;
+    assert_ne!(g1, g2);
+    let st = wait_status(&mut agent.status, "the second generation held", |s| {
+        s.desired_generation == g2
     })
     .await;
-    assert_eq!(st.bundles, vec![d2]);
-    // Setting the same state again is not a new generation.
-    let (rec, changed) = hub
-        .running()
-        .desired
-        .set_apps(
-            "eu-1",
-            hub.running().desired.get("eu-1").await.unwrap().apps,
-        )
-        .await
-        .unwrap();
-    assert!(!changed);
-    assert_eq!(rec.generation, 2);
+    assert_eq!(st.bundles, vec![d2.clone()]);
+    // Offering the same content again is not a new generation.
+    assert_eq!(desire(&hub, "eu-1", "web", "c3", &bundle("two")).await, d2);
+    assert_eq!(generation(&hub, "eu-1").await, g2);
 }
 
 #[tokio::test]
@@ -106,16 +133,22 @@ async fn an_offline_agent_catches_up_on_reconnect_and_a_restart_keeps_what_it_ho
     let state = dir.path().join("edge");
 
     let digest = desire(&hub, "edge", "app", "r1", &bundle("offline")).await;
+    let g = generation(&hub, "edge").await;
     hub.restart().await; // the desired state survives a hub restart too
+    assert_eq!(
+        generation(&hub, "edge").await,
+        g,
+        "derived alike after a restart"
+    );
     let mut agent = TestAgent::start(&state, None);
-    let st = wait_status(&mut agent.status, "catch-up", |s| s.desired_generation == 1).await;
+    let st = wait_status(&mut agent.status, "catch-up", |s| s.desired_generation == g).await;
     assert_eq!(st.bundles, vec![digest.clone()]);
     agent.stop().await.unwrap();
 
     // Restarted, the agent reports what it holds before talking to the hub.
     let mut again = TestAgent::start(&state, None);
     let st = again.connected().await;
-    assert_eq!(st.desired_generation, 1);
+    assert_eq!(st.desired_generation, g);
     assert_eq!(st.bundles, vec![digest]);
 }
 

@@ -482,10 +482,10 @@ async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
         ],
     )
     .await;
-    let desired = &f.hub.running().desired;
+    let rollouts = &f.hub.running().rollouts;
     let mut generations = BTreeMap::new();
     for (c, _) in CLUSTERS {
-        generations.insert(c, desired.get(c).await.unwrap());
+        generations.insert(c, rollouts.desired_of(c).await.unwrap());
     }
     for _ in 0..3 {
         let b = cli_json(&f.hub, &["source", "sync", "b"]).await;
@@ -501,7 +501,7 @@ async fn a_second_source_defining_the_same_app_is_refused_and_nothing_flips() {
     }
     for (c, _) in CLUSTERS {
         assert_eq!(
-            desired.get(c).await.unwrap(),
+            rollouts.desired_of(c).await.unwrap(),
             generations[c],
             "{c}: no desired-state change"
         );

@@ -52,7 +52,8 @@ impl AdminService {
     }
 
     fn rollout_out(&self, rec: &AppRollout) -> Rollout {
-        rollout_view(rec, unix_ms(self.clock.now()))
+        let names = |c| self.rollouts.name_of(c);
+        rollout_view(rec, unix_ms(self.clock.now()), &names)
     }
 
     fn cluster_view(&self, rec: &ClusterRecord) -> Cluster {
@@ -87,7 +88,7 @@ impl AdminService {
 
     /// Per app of a cluster: desired revision and the agent's last report, by app name.
     async fn cluster_apps(&self, cluster: &str) -> Result<Vec<ClusterApp>, Status> {
-        let desired = self.desired.get(cluster).await?;
+        let desired = self.rollouts.desired_of(cluster).await?;
         let status = self.desired.status(cluster).await?;
         let mut names: Vec<&str> = desired.apps.iter().map(|a| a.app.as_str()).collect();
         names.extend(status.apps.iter().map(|a| a.app.as_str()));
@@ -118,8 +119,12 @@ impl AdminService {
             .collect())
     }
 
-    fn source_view(&self, r: &SourceRecord) -> Source {
-        Source {
+    async fn source_view(&self, r: &SourceRecord) -> Result<Source, Status> {
+        let mut clusters = std::collections::BTreeMap::new();
+        for app in r.status.apps.keys() {
+            clusters.insert(app, self.rollouts.clusters_of(app, &r.name).await?);
+        }
+        Ok(Source {
             name: r.name.clone(),
             url: crate::git::redact_url(&r.url),
             r#ref: r.reference.clone(),
@@ -140,10 +145,10 @@ impl AdminService {
                     commit: st.commit.clone().unwrap_or_default(),
                     error: st.error.clone().unwrap_or_default(),
                     removal: st.removal.clone().unwrap_or_default(),
-                    clusters: st.clusters.clone(),
+                    clusters: clusters.remove(name).unwrap_or_default(),
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Builds the view of one app: per targeted cluster the desired and the reported revision.
@@ -158,7 +163,9 @@ impl AdminService {
             source: source.name.clone(),
             commit: st.commit.clone().unwrap_or_default(),
             error: st.error.clone().unwrap_or_default(),
-            clusters: self.app_clusters(name, &st.clusters).await?,
+            clusters: self
+                .app_clusters(name, &self.rollouts.clusters_of(name, &source.name).await?)
+                .await?,
             removal: st.removal.clone().unwrap_or_default(),
             conflicts: Vec::new(),
         })
@@ -168,11 +175,10 @@ impl AdminService {
     async fn app_clusters(&self, name: &str, of: &[String]) -> Result<Vec<AppCluster>, Status> {
         let mut clusters = Vec::new();
         for cluster in of {
-            let desired = self.desired.get(cluster).await?;
-            let status = self.desired.status(cluster).await?;
-            let Some(entry) = desired.apps.iter().find(|a| a.app == name) else {
+            let Some(entry) = self.rollouts.entry_of(name, cluster).await? else {
                 continue;
             };
+            let status = self.desired.status(cluster).await?;
             let report = status.apps.iter().find(|a| a.app == name);
             let applied = report
                 .filter(|r| r.phase == Phase::Applied)
@@ -196,7 +202,8 @@ impl AdminService {
         let pending: Vec<String> = rec
             .removal
             .iter()
-            .flat_map(|rm| rm.pending().cloned())
+            .flat_map(|rm| rm.pending().iter().collect::<Vec<_>>())
+            .map(|c| self.rollouts.name_of(c))
             .collect();
         Ok(App {
             name: rec.app.clone(),
@@ -363,7 +370,7 @@ impl Admin for AdminService {
             })
             .await?;
         tracing::info!(%admin, source = %rec.name, url = %crate::git::redact_url(&rec.url), "source added");
-        Ok(Response::new(self.source_view(&rec)))
+        Ok(Response::new(self.source_view(&rec).await?))
     }
 
     async fn list_sources(
@@ -372,15 +379,17 @@ impl Admin for AdminService {
     ) -> Result<Response<ListSourcesResponse>, Status> {
         self.authorize(&req)?;
         let list = self.sources.list().await?;
-        Ok(Response::new(ListSourcesResponse {
-            sources: list.iter().map(|s| self.source_view(s)).collect(),
-        }))
+        let mut sources = Vec::with_capacity(list.len());
+        for s in &list {
+            sources.push(self.source_view(s).await?);
+        }
+        Ok(Response::new(ListSourcesResponse { sources }))
     }
 
     async fn get_source(&self, req: Request<GetSourceRequest>) -> Result<Response<Source>, Status> {
         self.authorize(&req)?;
         let rec = self.sources.get(&req.get_ref().name).await?;
-        Ok(Response::new(self.source_view(&rec)))
+        Ok(Response::new(self.source_view(&rec).await?))
     }
 
     async fn remove_source(
@@ -419,7 +428,7 @@ impl Admin for AdminService {
             tracing::info!(admin = %who, source = %rec.name, keep_resources = r.keep_resources, "source removed");
             rec
         };
-        let mut view = self.source_view(&rec);
+        let mut view = self.source_view(&rec).await?;
         view.app_states = plan
             .into_iter()
             .map(|(name, clusters)| SourceApp {
@@ -437,7 +446,7 @@ impl Admin for AdminService {
     ) -> Result<Response<Source>, Status> {
         self.authorize(&req)?;
         let rec = self.sources.sync_now(&req.get_ref().name).await?;
-        Ok(Response::new(self.source_view(&rec)))
+        Ok(Response::new(self.source_view(&rec).await?))
     }
 
     async fn list_apps(
@@ -571,13 +580,12 @@ impl Admin for AdminService {
     ) -> Result<Response<PinClusterResponse>, Status> {
         let who = self.authorize_uri(&req)?;
         let r = req.into_inner();
-        let revision = self
-            .rollouts
-            .get(&r.app)
-            .await?
+        let rec = self.rollouts.get(&r.app).await?;
+        let revision = rec
             .pins
-            .get(&r.cluster)
-            .cloned()
+            .iter()
+            .find(|(c, _)| self.rollouts.name_of(**c) == r.cluster)
+            .map(|(_, rev)| rev.clone())
             .unwrap_or_default();
         self.rollouts.unpin(&r.cluster, &r.app, &who).await?;
         Ok(Response::new(PinClusterResponse {

@@ -3,7 +3,9 @@
 
 use flotilla_proto::v1 as pb;
 
-use crate::engine::rollout::plan::{AppRollout, RolloutState, StageRun, StageState};
+use crate::engine::rollout::plan::{
+    AppRollout, ByRevision, ClusterId, ClusterSet, RolloutState, StageRun, StageState,
+};
 use crate::state::audit::AuditEntry;
 
 /// The state an operator sees: the rollout's own, except `Paused` while the app is paused and
@@ -16,8 +18,15 @@ pub fn rollout_state(rec: &AppRollout) -> RolloutState {
     }
 }
 
-/// The view of one app's record at `now_ms` (for the soak time left).
-pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
+/// A cluster's name, for the views (the records hold ids).
+pub type Names<'a> = dyn Fn(ClusterId) -> String + 'a;
+
+fn names_of(set: &ClusterSet, name: &Names<'_>) -> Vec<String> {
+    set.iter().map(name).collect()
+}
+
+/// The view of one app's record at `now_ms` (for the soak time left), clusters by `name`.
+pub fn rollout_view(rec: &AppRollout, now_ms: u64, name: &Names<'_>) -> pb::Rollout {
     let mut out = pb::Rollout {
         app: rec.app.clone(),
         source: rec.source.clone(),
@@ -25,7 +34,11 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         state: rollout_state(rec).into(),
         paused: rec.paused,
         last_good_revision: rec.last_good.clone().unwrap_or_default(),
-        pins: rec.pins.clone().into_iter().collect(),
+        pins: rec
+            .pins
+            .iter()
+            .map(|(c, r)| (name(*c), r.clone()))
+            .collect(),
         failed_revisions: rec.failed_revisions.clone(),
         ..Default::default()
     };
@@ -35,9 +48,9 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         out.current_stage = r.current as u32;
         out.started_unix_ms = r.started_ms;
         out.finished_unix_ms = r.finished_ms.unwrap_or_default();
-        let or_nothing = |m: &std::collections::BTreeMap<String, Option<String>>| {
+        let or_nothing = |m: &ByRevision| {
             m.iter()
-                .map(|(c, rev)| (c.clone(), rev.clone().unwrap_or_default()))
+                .map(|(c, rev)| (name(c), rev.unwrap_or_default().to_string()))
                 .collect()
         };
         out.held_base = r.base.clone().unwrap_or_default();
@@ -46,18 +59,18 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
         out.stages = r
             .stages
             .iter()
-            .map(|s| stage_view(s, &r.revision, now_ms))
+            .map(|s| stage_view(s, &r.revision, now_ms, name))
             .collect();
     }
     out.removal = rec.removal.as_ref().map(|rm| pb::RolloutRemoval {
         revision: rm.revision.clone(),
         reason: rm.reason.clone(),
         state: rm.state.into(),
-        clusters: rm.from.keys().cloned().collect(),
+        clusters: names_of(&rm.from.clusters(), name),
         stages: rm
             .stages
             .iter()
-            .map(|s| stage_view(s, &rm.revision, now_ms))
+            .map(|s| stage_view(s, &rm.revision, now_ms, name))
             .collect(),
         gate: rm.gate.clone().unwrap_or_default(),
         approved_by: rm.approved_by.clone().unwrap_or_default(),
@@ -70,7 +83,7 @@ pub fn rollout_view(rec: &AppRollout, now_ms: u64) -> pb::Rollout {
     out
 }
 
-fn stage_view(s: &StageRun, revision: &str, now_ms: u64) -> pb::RolloutStage {
+fn stage_view(s: &StageRun, revision: &str, now_ms: u64, name: &Names<'_>) -> pb::RolloutStage {
     let soak_remaining_ms = match (s.state, s.soak_until_ms) {
         (StageState::Soaking, Some(until)) => until.saturating_sub(now_ms),
         _ => 0,
@@ -79,10 +92,14 @@ fn stage_view(s: &StageRun, revision: &str, now_ms: u64) -> pb::RolloutStage {
         name: s.name.clone(),
         state: s.state.into(),
         revision: revision.to_string(),
-        clusters: s.clusters.clone(),
-        updated: s.updated.keys().cloned().collect(),
-        batch: s.batch.clone(),
-        failures: s.failures.clone().into_iter().collect(),
+        clusters: names_of(&s.clusters, name),
+        updated: names_of(&s.updated.all(), name),
+        batch: names_of(&s.batch, name),
+        failures: s
+            .failures
+            .iter()
+            .map(|(c, why)| (name(*c), why.clone()))
+            .collect(),
         approval: s.approval,
         approved_by: s.approved_by.clone().unwrap_or_default(),
         soak_seconds: s.soak_ms / 1000,
@@ -121,9 +138,13 @@ mod tests {
             approval: false,
             soak_ms: 90_000,
             max_parallel: CountOrPercent::Percent(50),
-            clusters: vec!["a".into(), "b".into()],
-            updated: BTreeMap::from([("a".into(), 5)]),
-            batch: vec!["a".into()],
+            clusters: [1, 2].into_iter().collect(),
+            updated: {
+                let mut sent = crate::engine::rollout::stages::Sent::default();
+                sent.add(5, &std::iter::once(1).collect());
+                sent
+            },
+            batch: std::iter::once(1).collect(),
             soak_until_ms: Some(61_500),
             approved_by: None,
             started_ms: Some(1),
@@ -147,7 +168,6 @@ mod tests {
             started_ms: 1,
             finished_ms: None,
             message: String::new(),
-            held: BTreeMap::new(),
             ..Default::default()
         });
         rec
@@ -174,7 +194,8 @@ mod tests {
 
     #[test]
     fn stages_carry_the_revision_and_the_soak_left() {
-        let v = rollout_view(&record(RolloutState::Progressing, false), 60_000);
+        let names = |c: ClusterId| ["", "a", "b"][c as usize].to_string();
+        let v = rollout_view(&record(RolloutState::Progressing, false), 60_000, &names);
         assert_eq!(v.pipeline, "regions");
         assert_eq!(v.revision, "r2");
         let canary = &v.stages[0];

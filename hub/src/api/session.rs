@@ -72,6 +72,7 @@ struct SessionGuard {
     registry: Registry,
     metrics: Arc<Metrics>,
     shared: Arc<SessionShared>,
+    rollouts: crate::engine::rollout::Rollouts,
 }
 
 impl Drop for SessionGuard {
@@ -82,12 +83,15 @@ impl Drop for SessionGuard {
         tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
         let registry = self.registry.clone();
         let cluster = self.shared.cluster.clone();
+        let rollouts = self.rollouts.clone();
         // Tracked, so hub shutdown waits for it (and for the store to be released).
         if tokio::runtime::Handle::try_current().is_ok() {
             self.tracker.spawn(async move {
                 if let Err(e) = registry.touch(&cluster, None).await {
                     tracing::debug!(cluster.id = %cluster, error = %e, "could not record last seen");
                 }
+                // Its grace period starts: rollouts it is part of look at it again.
+                rollouts.kick();
             });
         }
     }
@@ -161,6 +165,7 @@ impl AgentSession for SessionService {
         if let Err(e) = self.registry.touch(&cluster, Some(&version)).await {
             tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");
         }
+        self.rollouts.kick();
         tracing::info!(cluster.id = %cluster, session = shared.id, agent.version = %version, "session opened");
 
         let guard = SessionGuard {
@@ -168,6 +173,7 @@ impl AgentSession for SessionService {
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            rollouts: self.rollouts.clone(),
             shared: shared.clone(),
         };
         let svc = self.clone();
@@ -181,8 +187,8 @@ impl AgentSession for SessionService {
                 spans_wanted: svc.spans.is_some(),
             }));
             let mut sent_generation = hello.last_generation;
-            match svc.desired.get(&shared.cluster).await {
-                Ok(rec) if rec.generation > 0 && rec.generation != sent_generation => {
+            match svc.rollouts.desired_of(&shared.cluster).await {
+                Ok(rec) if rec.worth_sending(sent_generation) => {
                     sent_generation = rec.generation;
                     yield hub(HubMsg::Desired(rec.to_wire()));
                 }
@@ -201,8 +207,8 @@ impl AgentSession for SessionService {
                             break;
                         }
                         if shared.desired_dirty.swap(false, Ordering::AcqRel) {
-                            match svc.desired.get(&shared.cluster).await {
-                                Ok(rec) if rec.generation != sent_generation => {
+                            match svc.rollouts.desired_of(&shared.cluster).await {
+                                Ok(rec) if rec.worth_sending(sent_generation) => {
                                     sent_generation = rec.generation;
                                     tracing::debug!(cluster.id = %shared.cluster, generation = rec.generation, "sending desired state");
                                     yield hub(HubMsg::Desired(rec.to_wire()));
@@ -253,7 +259,7 @@ impl AgentSession for SessionService {
                                     if let Err(e) = svc.desired.record_status(&shared.cluster, &s).await {
                                         tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status");
                                     } else {
-                                        svc.rollouts.kick();
+                                        svc.rollouts.reported(&shared.cluster, &s);
                                     }
                                 }
                                 AgentMsg::Spans(b) => svc.relay_spans(&shared.cluster, &b),
@@ -300,7 +306,7 @@ impl AgentSession for SessionService {
             .await?;
         let FetchBundleRequest { digest, offset } = req.into_inner();
         // A cluster may only read the bundles desired for it.
-        if !self.desired.get(&cluster).await?.wants(&digest) {
+        if !self.rollouts.desired_of(&cluster).await?.wants(&digest) {
             tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
             return Err(Status::permission_denied(format!(
                 "bundle {digest} is not desired for cluster {cluster:?}"

@@ -22,8 +22,8 @@ use crate::engine::rollout::plan::{Cause, Render};
 use crate::engine::rollout::{AppOffer, Retirement, Rollouts};
 use crate::git::{Auth, GitRef, Mirror, SourceSpec};
 use crate::render::{
-    AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
-    load_config, targeted_clusters,
+    AppManifests, BundleCache, ClusterId, ClusterInfo, CountOrPercent, Limits, OnFailure,
+    PipelineConfig, load_config, targeted_clusters,
 };
 use crate::state::desired::AppEntry;
 use crate::state::error::HubError;
@@ -62,7 +62,9 @@ pub struct SourceStatus {
     pub last_fetch_ms: u64,
     /// Why the last sync did not take the fetched commit (`None` when healthy).
     pub error: Option<String>,
-    /// Per app: the commit desired now, targeted clusters, and the last render error.
+    /// Per app: the commit desired now and the last render error (which clusters it targets is
+    /// in its rollout record, not repeated here: at 10,000 clusters that list would be most of
+    /// the record).
     pub apps: BTreeMap<String, AppState>,
 }
 
@@ -70,7 +72,6 @@ pub struct SourceStatus {
 pub struct AppState {
     /// The commit whose rendering is desired (the last good one).
     pub commit: Option<String>,
-    pub clusters: Vec<String>,
     pub error: Option<String>,
     /// A removal of the app from some of its clusters that waits for approval, is under way or
     /// halted.
@@ -227,8 +228,9 @@ impl Sources {
             {
                 let running = r
                     .known_clusters()
-                    .into_iter()
-                    .filter(|c| r.desired_for(c).is_some_and(|e| !e.options.orphan))
+                    .iter()
+                    .filter(|c| r.desired_for(*c).is_some_and(|e| !e.options.orphan))
+                    .map(|c| self.inner.rollouts.name_of(c))
                     .collect();
                 plan.insert(app.clone(), running);
             }
@@ -277,15 +279,7 @@ impl Sources {
 
     /// Every cluster that is not revoked, with its labels.
     async fn cluster_infos(&self) -> Result<Vec<ClusterInfo>, HubError> {
-        Ok(self
-            .inner
-            .registry
-            .list_clusters()
-            .await?
-            .into_iter()
-            .filter(|c| !c.revoked)
-            .map(|c| ClusterInfo::new(c.name, c.labels))
-            .collect())
+        Ok(self.inner.registry.cluster_infos())
     }
 
     /// Starts the loops of every stored source (hub start).
@@ -474,7 +468,6 @@ impl Sources {
             match result {
                 Ok(r) => {
                     st.error = None;
-                    st.clusters = r.entries.iter().map(|(c, _)| c.clone()).collect();
                     offers.push(AppOffer {
                         app: app.clone(),
                         render: Render::stamped(&commit, r.entries),
@@ -510,7 +503,6 @@ impl Sources {
             self.inner.rollouts.retire(&app, why).await?;
             // Listed until every cluster has let go of it.
             if let Some(rm) = self.inner.rollouts.removal_of(&app, name).await? {
-                st.clusters = rm.pending().cloned().collect();
                 st.removal = Some(rm.note(&app));
                 st.error = None;
                 apps.insert(app, st);
@@ -530,7 +522,6 @@ impl Sources {
                         .is_some_and(|o| o != name)
                     {
                         // Another source's app: nothing of it is this source's.
-                        st.clusters.clear();
                         st.commit = None;
                     }
                     st.error = Some(e);
@@ -558,7 +549,7 @@ async fn blocking_in<T: Send + 'static>(
 
 /// An app rendered for its targeted clusters, with the pipeline that promotes it.
 struct Rendered {
-    entries: Vec<(String, AppEntry)>,
+    entries: Vec<(ClusterId, AppEntry)>,
     pipeline_name: Option<String>,
     pipeline: PipelineConfig,
     max_removal: CountOrPercent,
@@ -595,7 +586,7 @@ fn render_all(
                     .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
                 let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
                 list.push((
-                    cluster.name.clone(),
+                    cluster.id,
                     AppEntry {
                         app: app.clone(),
                         revision: String::new(),

@@ -18,6 +18,7 @@
 
 mod bundle;
 mod cache;
+mod clusters;
 mod config;
 mod error;
 mod locate;
@@ -38,6 +39,7 @@ pub use bundle::{
     targeted_clusters,
 };
 pub use cache::{BundleCache, BundleRef, CacheError};
+pub use clusters::{ClusterId, ClusterSet};
 pub use config::{
     AppConfig, Approval, CONFIG_FILE, CountOrPercent, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_REMOVAL,
     FleetConfig, OnFailure, Overlay, PipelineConfig, Stage, VarValue,

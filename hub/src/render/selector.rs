@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// What rendering and targeting know about a cluster: its name and labels.
+/// What rendering and targeting know about a cluster: its fleet-wide id, name and labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
+    /// The registry's id of the cluster (0 where no registry is involved: rendering alone).
+    #[serde(default)]
+    pub id: super::ClusterId,
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -21,12 +24,18 @@ impl ClusterInfo {
         V: Into<String>,
     {
         ClusterInfo {
+            id: 0,
             name: name.into(),
             labels: labels
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+
+    /// The same cluster with the registry's id.
+    pub fn with_id(self, id: super::ClusterId) -> Self {
+        ClusterInfo { id, ..self }
     }
 }
 

@@ -1,7 +1,8 @@
-//! Desired state per cluster, persisted in the store: `/desired/<cluster>` holds the
-//! generation-numbered list of (app, revision, bundle digest, options) the cluster should run. A
-//! change bumps the generation only when something actually changed, so agents that already hold
-//! a generation are never sent it again. The agents' statuses are beside it, in `status`.
+//! Desired state per cluster: the list of (app, revision, bundle digest, options) a cluster should
+//! run, as the agent receives it. It is not stored: the rollout engine derives it from the apps'
+//! rollout records (`Rollouts::desired_of`), and its generation is a digest of the content, so an
+//! agent that already holds a generation is never sent it again — across hub restarts too. The
+//! agents' statuses are beside it, in `status`.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use flotilla_proto::v1;
 
 pub use super::status::{AppReport, ObjectCounts, ObjectReport, STATUS, StatusRecord, Statuses};
 use crate::state::error::HubError;
-use crate::state::table::{CAS_RETRIES, Table};
+use crate::state::table::Table;
 use crate::store::SharedStore;
 
 pub const DESIRED: &str = "/desired/";
@@ -103,24 +104,80 @@ impl DesiredRecord {
         }
     }
 
+    /// The record for `apps` (sorted here by app). Its generation is a digest of everything
+    /// the agent acts on (trace contexts excluded): equal generations mean equal content.
+    pub fn of(mut apps: Vec<AppEntry>) -> Self {
+        use sha2::{Digest, Sha256};
+        apps.sort_by(|a, b| a.app.cmp(&b.app));
+        let mut h = Sha256::new();
+        for a in &apps {
+            let AppEntry {
+                app,
+                revision,
+                bundle_digest,
+                bundle_size,
+                trace_context: _,
+                depends_on,
+                options,
+            } = a;
+            for s in [app, revision, bundle_digest] {
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+            h.update(bundle_size.to_le_bytes());
+            h.update((depends_on.len() as u64).to_le_bytes());
+            for d in depends_on {
+                h.update((d.len() as u64).to_le_bytes());
+                h.update(d.as_bytes());
+            }
+            let AppOptions {
+                disable_prune,
+                disable_self_heal,
+                force_conflicts,
+                health_timeout_ms,
+                orphan,
+            } = options;
+            h.update([
+                *disable_prune as u8,
+                *disable_self_heal as u8,
+                *force_conflicts as u8,
+                *orphan as u8,
+            ]);
+            h.update(health_timeout_ms.to_le_bytes());
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        // 63 bits (safe as a signed number too), never 0 (0: the agent holds nothing yet).
+        let generation = (u64::from_le_bytes(first) >> 1).max(1);
+        DesiredRecord { generation, apps }
+    }
+
+    /// Whether an agent that holds `held` should be sent this record: it differs, unless the
+    /// agent holds nothing and there is nothing to hold.
+    pub fn worth_sending(&self, held: u64) -> bool {
+        self.generation != held && !(held == 0 && self.apps.is_empty())
+    }
+
     /// Whether `digest` is one of the bundles this cluster should hold.
     pub fn wants(&self, digest: &str) -> bool {
         self.apps.iter().any(|a| a.bundle_digest == digest)
     }
 }
 
-/// Access to desired state, and to the agents' statuses ([`Statuses`]) beside it.
+/// Access to the agents' statuses ([`Statuses`]).
 #[derive(Debug, Clone)]
 pub struct DesiredStates {
-    desired: Table<DesiredRecord>,
     statuses: Statuses,
+    /// The same statuses as a plain table, to list them all.
+    table: Table<StatusRecord>,
 }
 
 impl DesiredStates {
     pub fn new(store: SharedStore) -> Self {
         Self {
-            desired: Table::new(store.clone(), DESIRED),
-            statuses: Statuses::new(store),
+            statuses: Statuses::new(store.clone()),
+            table: Table::new(store, STATUS),
         }
     }
 
@@ -142,124 +199,14 @@ impl DesiredStates {
         self.statuses.record(cluster, report).await
     }
 
-    pub async fn get(&self, cluster: &str) -> Result<DesiredRecord, HubError> {
-        Ok(self
-            .desired
-            .get(cluster)
-            .await?
-            .map(|v| v.value)
-            .unwrap_or_default())
-    }
-
-    /// Sets the apps a cluster should run. Returns the record and whether it changed (a new
-    /// generation); an identical list keeps the generation.
-    pub async fn set_apps(
-        &self,
-        cluster: &str,
-        mut apps: Vec<AppEntry>,
-    ) -> Result<(DesiredRecord, bool), HubError> {
-        apps.sort_by(|a, b| a.app.cmp(&b.app));
-        for _ in 0..CAS_RETRIES {
-            let (old, expected) = self.desired_at(cluster).await?;
-            if old.apps == apps {
-                return Ok((old, false));
-            }
-            let new = DesiredRecord {
-                generation: old.generation + 1,
-                apps: apps.clone(),
-            };
-            if self.desired.swap(cluster, expected, &new).await?.is_some() {
-                return Ok((new, true));
-            }
-        }
-        Err(HubError::Contention(self.desired.key(cluster)))
-    }
-
-    /// A cluster's desired record with the revision it was read at (`None`: none yet).
-    async fn desired_at(
-        &self,
-        cluster: &str,
-    ) -> Result<(DesiredRecord, Option<crate::store::Revision>), HubError> {
-        Ok(match self.desired.get(cluster).await? {
-            Some(v) => (v.value, Some(v.revision)),
-            None => (DesiredRecord::default(), None),
-        })
-    }
-
-    /// Sets or removes single apps' entries on the clusters named, in one durable write; reads
-    /// only those clusters. Returns the clusters whose generation moved.
-    pub async fn set_entries(
-        &self,
-        changes: &[(String, String, Option<AppEntry>)],
-    ) -> Result<Vec<(String, u64)>, HubError> {
-        let mut by_cluster: std::collections::BTreeMap<&str, Vec<(&str, &Option<AppEntry>)>> =
-            std::collections::BTreeMap::new();
-        for (cluster, app, entry) in changes {
-            by_cluster
-                .entry(cluster.as_str())
-                .or_default()
-                .push((app.as_str(), entry));
-        }
-        for _ in 0..CAS_RETRIES {
-            let mut ops = Vec::new();
-            let mut moved = Vec::new();
-            for (cluster, edits) in &by_cluster {
-                let (old, expected) = self.desired_at(cluster).await?;
-                let mut apps = old.apps.clone();
-                for (app, entry) in edits {
-                    let kept = apps
-                        .iter()
-                        .position(|a| a.app == *app)
-                        .map(|i| apps.remove(i));
-                    if let Some(e) = entry {
-                        // Only the trace context differs (a resync after a restart has none, a
-                        // new delivery span of the same revision has another): keep the entry
-                        // as it is, so no new generation goes out for it.
-                        match kept {
-                            Some(k) if k.same_but_trace(e) => apps.push(k),
-                            _ => apps.push(e.clone()),
-                        }
-                    }
-                }
-                apps.sort_by(|a, b| a.app.cmp(&b.app));
-                if apps == old.apps {
-                    continue;
-                }
-                let new = DesiredRecord {
-                    generation: old.generation + 1,
-                    apps,
-                };
-                moved.push((cluster.to_string(), new.generation));
-                ops.push(crate::store::CasOp {
-                    key: self.desired.key(cluster),
-                    expected,
-                    value: Table::encode(&new),
-                });
-            }
-            if ops.is_empty()
-                || self
-                    .desired
-                    .store()
-                    .compare_and_swap_many(ops)
-                    .await?
-                    .is_ok()
-            {
-                return Ok(moved);
-            }
-        }
-        Err(HubError::Contention(DESIRED.to_string()))
-    }
-
-    /// Every cluster's desired state.
-    pub async fn all(&self) -> Result<std::collections::HashMap<String, DesiredRecord>, HubError> {
-        let (items, _) = self.desired.store().list(DESIRED).await?;
+    /// Every cluster's stored statuses, read from the store (once, when the engine starts).
+    pub async fn all_statuses(&self) -> Result<Vec<(String, StatusRecord)>, HubError> {
+        let (items, _) = self.table.store().list(STATUS).await?;
         items
             .iter()
             .map(|kv| {
-                Ok((
-                    kv.key[DESIRED.len()..].to_string(),
-                    self.desired.decode(kv)?.value,
-                ))
+                let name = kv.key[STATUS.len()..].to_string();
+                Ok((name, self.table.decode(kv)?.value))
             })
             .collect()
     }
@@ -268,8 +215,6 @@ impl DesiredStates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::redb::RedbStore;
-    use std::sync::Arc;
 
     fn entry(app: &str, digest: &str) -> AppEntry {
         AppEntry {
@@ -283,52 +228,38 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn generation_moves_only_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = DesiredStates::new(Arc::new(RedbStore::open(&dir.path().join("s")).unwrap()));
-        assert_eq!(d.get("c").await.unwrap().generation, 0);
-        let (r, changed) = d
-            .set_apps("c", vec![entry("b", "sha256:2"), entry("a", "sha256:1")])
-            .await
-            .unwrap();
-        assert!(changed);
-        assert_eq!(r.generation, 1);
-        assert_eq!(r.apps[0].app, "a", "apps are kept sorted");
-        let (r, changed) = d
-            .set_apps("c", vec![entry("a", "sha256:1"), entry("b", "sha256:2")])
-            .await
-            .unwrap();
-        assert!(!changed);
-        assert_eq!(r.generation, 1);
-        let (r, changed) = d.set_apps("c", vec![entry("a", "sha256:3")]).await.unwrap();
-        assert!(changed);
-        assert_eq!(r.generation, 2);
-        assert!(r.wants("sha256:3") && !r.wants("sha256:1"));
-        assert_eq!(d.get("c").await.unwrap(), r);
-        assert_eq!(d.get("other").await.unwrap().generation, 0);
+    #[test]
+    fn generation_is_the_content() {
+        let a = DesiredRecord::of(vec![entry("b", "sha256:2"), entry("a", "sha256:1")]);
+        assert_eq!(a.apps[0].app, "a", "apps are kept sorted");
+        let same = DesiredRecord::of(vec![entry("a", "sha256:1"), entry("b", "sha256:2")]);
+        assert_eq!(a.generation, same.generation);
+        let mut traced = entry("a", "sha256:1");
+        traced.trace_context = "00-abc-def-01".into();
+        let with_trace = DesiredRecord::of(vec![traced, entry("b", "sha256:2")]);
+        assert_eq!(
+            a.generation, with_trace.generation,
+            "a trace context alone never moves a generation"
+        );
+        let other = DesiredRecord::of(vec![entry("a", "sha256:3"), entry("b", "sha256:2")]);
+        assert_ne!(a.generation, other.generation);
+        let mut orphan = entry("a", "sha256:1");
+        orphan.options.orphan = true;
+        let released = DesiredRecord::of(vec![orphan, entry("b", "sha256:2")]);
+        assert_ne!(a.generation, released.generation);
+        assert!(a.wants("sha256:2") && !a.wants("sha256:3"));
 
-        // A batch of single-app edits: only the clusters whose apps change move, in one write.
-        let moved = d
-            .set_entries(&[
-                ("c".into(), "a".into(), Some(entry("a", "sha256:3"))),
-                ("x".into(), "a".into(), Some(entry("a", "sha256:4"))),
-                ("y".into(), "a".into(), Some(entry("a", "sha256:4"))),
-                ("y".into(), "b".into(), Some(entry("b", "sha256:5"))),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(moved, vec![("x".to_string(), 1), ("y".to_string(), 1)]);
-        let y = d.get("y").await.unwrap();
-        assert_eq!(y.apps.len(), 2);
-        assert_eq!(y.apps[0].bundle_digest, "sha256:4");
-        assert_eq!(d.all().await.unwrap().len(), 3);
-        // Removing one app leaves the others.
-        let moved = d
-            .set_entries(&[("y".into(), "a".into(), None)])
-            .await
-            .unwrap();
-        assert_eq!(moved, vec![("y".to_string(), 2)]);
-        assert_eq!(d.get("y").await.unwrap().apps[0].app, "b");
+        let empty = DesiredRecord::of(Vec::new());
+        assert_ne!(empty.generation, 0);
+        assert!(
+            !empty.worth_sending(0),
+            "nothing to an agent that holds nothing"
+        );
+        assert!(
+            empty.worth_sending(a.generation),
+            "an agent that held apps lets go"
+        );
+        assert!(a.worth_sending(0));
+        assert!(!a.worth_sending(same.generation));
     }
 }

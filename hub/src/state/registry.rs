@@ -3,7 +3,7 @@
 //!
 //! Keys: `/clusters/<name>`, `/tokens/<id>`, `/revoked/<serial>`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -14,11 +14,15 @@ use futures::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::HubError;
-use crate::state::table::Table;
-use crate::store::{SharedStore, WatchEvent};
+use crate::state::table::{CAS_RETRIES, Table};
+use crate::store::{CasOp, SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
+/// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
+/// to every rollout record).
+const LAST_CLUSTER_ID: &str = "/meta/last-cluster-id";
 const TOKENS: &str = "/tokens/";
 const REVOKED: &str = "/revoked/";
 
@@ -26,6 +30,10 @@ const REVOKED: &str = "/revoked/";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     pub name: String,
+    /// Fleet-wide id, how rollout records refer to the cluster (0: not assigned yet, in a
+    /// record written before ids existed; assigned when the registry opens).
+    #[serde(default)]
+    pub id: ClusterId,
     pub labels: BTreeMap<String, String>,
     pub created_ms: u64,
     /// Set once the cluster has been removed; the record stays so that `list` shows it revoked.
@@ -59,6 +67,15 @@ impl ClusterRecord {
             "disconnected"
         } else {
             "pending"
+        }
+    }
+
+    /// What rendering and rollouts know of the cluster.
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            id: self.id,
+            name: self.name.clone(),
+            labels: self.labels.clone(),
         }
     }
 
@@ -150,6 +167,23 @@ pub struct Registry {
     revocations: Table<RevokedRecord>,
     clock: SharedClock,
     revoked: Arc<RevokedSerials>,
+    /// Every cluster record, read once at open and written through on every change this
+    /// process makes (the registry is the only writer of `/clusters/`), so sessions, the TLS
+    /// path and the rollout engine never read or decode the store for a cluster.
+    cache: Arc<RwLock<ClusterCache>>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterCache {
+    by_name: HashMap<String, Arc<ClusterRecord>>,
+    names: HashMap<ClusterId, Arc<str>>,
+}
+
+impl ClusterCache {
+    fn put(&mut self, rec: ClusterRecord) {
+        self.names.insert(rec.id, Arc::from(rec.name.as_str()));
+        self.by_name.insert(rec.name.clone(), Arc::new(rec));
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -187,13 +221,108 @@ impl Registry {
         for kv in items {
             revoked.insert(kv.key[REVOKED.len()..].to_string());
         }
-        Ok(Self {
+        let registry = Self {
             clusters: Table::new(store.clone(), CLUSTERS),
             tokens: Table::new(store.clone(), TOKENS),
             revocations: Table::new(store, REVOKED),
             clock,
             revoked,
-        })
+            cache: Default::default(),
+        };
+        let mut records = registry.clusters.list().await?;
+        records.sort_by(|a, b| a.value.name.cmp(&b.value.name));
+        for v in records {
+            let rec = if v.value.id == 0 {
+                registry.assign_id(v.value, Some(v.revision)).await?
+            } else {
+                v.value
+            };
+            registry.cached().put(rec);
+        }
+        Ok(registry)
+    }
+
+    fn cached(&self) -> std::sync::RwLockWriteGuard<'_, ClusterCache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, ClusterCache> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `record` (expected at `expected`, `None`: absent) with the next cluster id, in one
+    /// transaction with the id counter. [`HubError::ClusterExists`] when the record changed.
+    async fn assign_id(
+        &self,
+        mut record: ClusterRecord,
+        expected: Option<crate::store::Revision>,
+    ) -> Result<ClusterRecord, HubError> {
+        let store = self.clusters.store();
+        for _ in 0..CAS_RETRIES {
+            let (last, at) = match store.get(LAST_CLUSTER_ID).await? {
+                Some(kv) => (
+                    serde_json::from_slice::<ClusterId>(&kv.value).map_err(|e| {
+                        HubError::Corrupt {
+                            key: LAST_CLUSTER_ID.to_string(),
+                            source: e,
+                        }
+                    })?,
+                    Some(kv.mod_revision),
+                ),
+                None => (0, None),
+            };
+            record.id = last + 1;
+            let ops = vec![
+                CasOp {
+                    key: LAST_CLUSTER_ID.to_string(),
+                    expected: at,
+                    value: serde_json::to_vec(&record.id).expect("a number serializes"),
+                },
+                CasOp {
+                    key: self.clusters.key(&record.name),
+                    expected,
+                    value: Table::encode(&record),
+                },
+            ];
+            match store.compare_and_swap_many(ops).await? {
+                Ok(_) => return Ok(record),
+                Err(key) if key == LAST_CLUSTER_ID => continue,
+                Err(_) => return Err(HubError::ClusterExists(record.name)),
+            }
+        }
+        Err(HubError::Contention(LAST_CLUSTER_ID.to_string()))
+    }
+
+    /// The clusters that can be sent anything (not revoked), as rendering and rollouts see them.
+    pub fn cluster_infos(&self) -> Vec<ClusterInfo> {
+        let mut out: Vec<ClusterInfo> = self
+            .cache_read()
+            .by_name
+            .values()
+            .filter(|c| !c.revoked)
+            .map(|c| c.info())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The name of the cluster with `id` (also of a revoked one still on record).
+    pub fn name_of(&self, id: ClusterId) -> Option<Arc<str>> {
+        self.cache_read().names.get(&id).cloned()
+    }
+
+    /// The id of the cluster named `name`, unless it is revoked or unknown.
+    pub fn id_of(&self, name: &str) -> Option<ClusterId> {
+        self.cache_read()
+            .by_name
+            .get(name)
+            .filter(|c| !c.revoked)
+            .map(|c| c.id)
+    }
+
+    /// The cluster's record as last written (from memory).
+    pub fn cluster_shared(&self, name: &str) -> Option<Arc<ClusterRecord>> {
+        self.cache_read().by_name.get(name).cloned()
     }
 
     /// Follows `/revoked/` in the store until `shutdown` fires (for serials revoked by another replica).
@@ -237,7 +366,9 @@ impl Registry {
         f: impl FnMut(&mut ClusterRecord) -> Result<(), HubError>,
     ) -> Result<ClusterRecord, HubError> {
         let missing = || HubError::UnknownCluster(name.to_string());
-        Ok(self.clusters.update(name, missing, f).await?.0)
+        let rec = self.clusters.update(name, missing, f).await?.0;
+        self.cached().put(rec.clone());
+        Ok(rec)
     }
 
     fn now_ms(&self) -> u64 {
@@ -245,14 +376,22 @@ impl Registry {
     }
 
     pub async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
-        match self.clusters.get(name).await? {
-            Some(v) => Ok(v.value),
+        match self.cluster_shared(name) {
+            Some(rec) => Ok(rec.as_ref().clone()),
             None => Err(HubError::UnknownCluster(name.to_string())),
         }
     }
 
+    /// Every cluster record (from memory), by name.
     pub async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, HubError> {
-        self.clusters.values().await
+        let mut out: Vec<ClusterRecord> = self
+            .cache_read()
+            .by_name
+            .values()
+            .map(|c| c.as_ref().clone())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Creates a cluster (or replaces a revoked one of the same name) and a join token for it.
@@ -274,6 +413,7 @@ impl Registry {
         let now = self.now_ms();
         let record = ClusterRecord {
             name: name.to_string(),
+            id: 0,
             labels,
             created_ms: now,
             revoked: false,
@@ -286,9 +426,8 @@ impl Registry {
             Some(old) if old.value.revoked => Some(old.revision),
             Some(_) => return Err(HubError::ClusterExists(name.to_string())),
         };
-        if self.clusters.swap(name, expected, &record).await?.is_none() {
-            return Err(HubError::ClusterExists(name.to_string()));
-        }
+        let record = self.assign_id(record, expected).await?;
+        self.cached().put(record.clone());
         let (token, secret) = self.create_token(name, ttl, reusable).await?;
         Ok((record, token, secret))
     }

@@ -6,10 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, watch};
-
-use crate::state::desired::DESIRED;
-use crate::store::SharedStore;
+use tokio::sync::Notify;
 
 /// A request to a live session from elsewhere in the hub.
 #[derive(Debug, Clone)]
@@ -151,47 +148,6 @@ impl Sessions {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if live.get(cluster).is_some_and(|s| s.id == id) {
             live.remove(cluster);
-        }
-    }
-
-    /// Follows `/desired/` in the store and wakes the live session of each cluster whose desired
-    /// state changed (whichever replica wrote it).
-    pub async fn follow_desired(
-        self: Arc<Self>,
-        store: SharedStore,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        use futures::StreamExt;
-        let from = match store.revision().await {
-            Ok(r) => r + 1,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch desired state");
-                return;
-            }
-        };
-        let mut events = match store.watch(DESIRED, from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch desired state");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                ev = events.next() => match ev {
-                    Some(Ok(ev)) => {
-                        if let Some(cluster) = ev.key().strip_prefix(DESIRED) {
-                            self.desired_changed(cluster);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::error!(error = %e, "desired-state watch failed");
-                        return;
-                    }
-                    None => return,
-                }
-            }
         }
     }
 }

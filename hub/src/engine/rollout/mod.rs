@@ -1,41 +1,47 @@
 //! Promotion of revisions across the fleet. Every app's record (`/rollouts/<app>`, see
 //! [`plan::AppRollout`]) is the single source of which revision each cluster should run: source
 //! syncs offer renderings, the engine advances rollouts from the clusters' reports and the clock,
-//! operators approve, pause, resume, roll back and pin. Each step is persisted before its effect
-//! (the desired state it implies) is written, and desired state is always recomputed from the
-//! record, so a restart — even `kill -9` between the two writes — resumes exactly where it was.
+//! operators approve, pause, resume, roll back and pin. A cluster's desired state is derived from
+//! the records in memory ([`Rollouts::desired_of`]) and nothing else is stored per cluster, so a
+//! step is one write (a pass saves every app that moved in one transaction) and a restart — even
+//! `kill -9` at any point — resumes exactly where the store says.
 
+pub mod groups;
 pub mod observe;
 pub mod plan;
 pub mod removal;
+pub mod reports;
 pub mod stages;
 #[cfg(test)]
 mod tests;
 mod trace;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::revision::short;
-use flotilla_proto::state::AppState;
+use flotilla_proto::v1;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
-use crate::render::{ClusterInfo, CountOrPercent, PipelineConfig};
+use crate::render::{ClusterId, ClusterInfo, ClusterSet, CountOrPercent, PipelineConfig};
 use crate::state::audit::{Audit, AuditEntry};
-use crate::state::desired::{AppEntry, DesiredStates};
+use crate::state::desired::{AppEntry, DesiredRecord, DesiredStates};
 use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::sessions::Sessions;
 use crate::state::table::Table;
-use crate::store::SharedStore;
+use crate::store::{CasOp, SharedStore};
 use crate::telemetry::metrics::Metrics;
 use plan::{AppRollout, ClusterView, Inputs, Render};
+use reports::Reports;
 
 pub const ROLLOUTS: &str = "/rollouts/";
-/// How often in-flight rollouts are re-examined when nothing wakes the engine.
+/// How often the engine wakes when nothing else wakes it (apps whose soak, health timeout or
+/// grace period ended are looked at then).
 const TICK: Duration = Duration::from_millis(500);
 
 /// A new rendering of one app, as a source sync produced it.
@@ -83,6 +89,10 @@ struct Inner {
     /// Every record with its store revision, loaded on first use; written through on save
     /// (all changes go through this engine), so a pass never re-reads and re-parses the store.
     records: std::sync::Mutex<Option<Records>>,
+    /// What the agents last reported, per app and cluster.
+    reports: Reports,
+    /// Which apps the next pass looks at.
+    pending: std::sync::Mutex<Pending>,
     /// Spans of the rollouts in flight (empty unless traces are exported).
     traces: trace::Traces,
     metrics: Arc<Metrics>,
@@ -91,6 +101,25 @@ struct Inner {
 }
 
 type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
+
+/// What the next pass looks at: apps a report, an action or an offer changed, and per app in
+/// flight when time alone moves it on next (a soak ends, a health timeout or a grace period
+/// expires).
+#[derive(Default)]
+struct Pending {
+    /// Every app in flight (a cluster connected or disconnected, the engine started).
+    all: bool,
+    apps: HashSet<String>,
+    due: HashMap<String, u64>,
+}
+
+/// One app's change in a pass, saved with the others in one transaction.
+struct Step {
+    before: Arc<AppRollout>,
+    after: AppRollout,
+    revision: u64,
+    touched: ClusterSet,
+}
 
 impl Rollouts {
     pub fn new(
@@ -116,6 +145,11 @@ impl Rollouts {
                 wake: Notify::new(),
                 lock: Mutex::new(()),
                 records: std::sync::Mutex::new(None),
+                reports: Reports::default(),
+                pending: std::sync::Mutex::new(Pending {
+                    all: true,
+                    ..Default::default()
+                }),
                 traces: trace::Traces::default(),
                 metrics,
                 started_ms,
@@ -127,8 +161,47 @@ impl Rollouts {
         &self.inner.audit
     }
 
-    /// Asks the engine to look at the rollouts now (a status report, a connect, a disconnect).
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the engine to look at every rollout in flight now (a cluster connected or
+    /// disconnected).
     pub fn kick(&self) {
+        self.pending().all = true;
+        self.inner.wake.notify_one();
+    }
+
+    /// Takes a status report the hub recorded for `cluster`: the apps it names are looked at
+    /// in the next pass (each in O(1); nothing scans the fleet per report).
+    pub fn reported(&self, cluster: &str, report: &v1::StatusReport) {
+        let Some(id) = self.inner.registry.id_of(cluster) else {
+            return;
+        };
+        let apps = self.inner.reports.record(id, report);
+        let in_flight: Vec<String> = {
+            let records = self.records();
+            match records.as_ref() {
+                Some(m) => apps
+                    .into_iter()
+                    .filter(|a| m.get(a).is_some_and(|(r, _)| r.in_flight()))
+                    .collect(),
+                None => apps,
+            }
+        };
+        if !in_flight.is_empty() {
+            self.pending().apps.extend(in_flight);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// The index of the agents' reports the engine reads.
+    pub fn reports(&self) -> &Reports {
+        &self.inner.reports
+    }
+
+    fn mark(&self, app: &str) {
+        self.pending().apps.insert(app.to_string());
         self.inner.wake.notify_one();
     }
 
@@ -140,7 +213,7 @@ impl Rollouts {
         self.inner.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads every record from the store once.
+    /// Reads every record from the store once, and the agents' stored statuses.
     async fn ensure_loaded(&self) -> Result<(), HubError> {
         if self.records().is_some() {
             return Ok(());
@@ -149,9 +222,20 @@ impl Rollouts {
         for v in self.inner.table.list().await? {
             map.insert(v.value.app.clone(), (Arc::new(v.value), v.revision));
         }
-        let mut guard = self.records();
-        if guard.is_none() {
-            *guard = Some(map);
+        let first = {
+            let mut guard = self.records();
+            let first = guard.is_none();
+            if first {
+                *guard = Some(map);
+            }
+            first
+        };
+        if first {
+            for (cluster, status) in self.inner.desired.all_statuses().await? {
+                if let Some(id) = self.inner.registry.id_of(&cluster) {
+                    self.inner.reports.load(id, &status);
+                }
+            }
         }
         Ok(())
     }
@@ -192,6 +276,118 @@ impl Rollouts {
             .ok_or_else(|| HubError::UnknownApp(app.to_string()))
     }
 
+    /// What the cluster named `cluster` should run now: every app's entry for it, derived from
+    /// the rollout records (nothing else is stored per cluster). The generation is a digest of
+    /// the content, so it moves exactly when what the agent should run changes — across
+    /// restarts too.
+    pub async fn desired_of(&self, cluster: &str) -> Result<DesiredRecord, HubError> {
+        self.ensure_loaded().await?;
+        let Some(id) = self.inner.registry.id_of(cluster) else {
+            return Ok(DesiredRecord::default());
+        };
+        let records: Vec<Arc<AppRollout>> = self
+            .records()
+            .as_ref()
+            .map(|m| m.values().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default();
+        let mut apps: Vec<AppEntry> = records.iter().filter_map(|r| r.desired_for(id)).collect();
+        for e in &mut apps {
+            e.trace_context = self.inner.traces.context_for(&e.app, id, &e.revision);
+        }
+        Ok(DesiredRecord::of(apps))
+    }
+
+    /// What the cluster named `cluster` should run of `app` (from memory).
+    pub async fn entry_of(&self, app: &str, cluster: &str) -> Result<Option<AppEntry>, HubError> {
+        let Some(id) = self.inner.registry.id_of(cluster) else {
+            return Ok(None);
+        };
+        Ok(self.peek(app, |r| r.desired_for(id)).await?.flatten())
+    }
+
+    /// The clusters `source`'s `app` covers, by name: those it targets, or while it leaves
+    /// them, those its removal has not reached yet. None when another source owns the app.
+    pub async fn clusters_of(&self, app: &str, source: &str) -> Result<Vec<String>, HubError> {
+        let set = self
+            .peek(app, |r| {
+                if r.source != source {
+                    ClusterSet::new()
+                } else if r.deleted {
+                    r.removal
+                        .as_ref()
+                        .map(|rm| rm.pending())
+                        .unwrap_or_default()
+                } else {
+                    r.targets()
+                }
+            })
+            .await?
+            .unwrap_or_default();
+        let mut names: Vec<String> = set.iter().map(|c| self.name_of(c)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The name of cluster `id` for messages and views (`#<id>` for one the hub no longer has).
+    pub fn name_of(&self, id: ClusterId) -> String {
+        match self.inner.registry.name_of(id) {
+            Some(n) => n.to_string(),
+            None => format!("#{id}"),
+        }
+    }
+
+    /// The id of the cluster named `name`, for operator actions.
+    fn id_of(&self, name: &str) -> Result<ClusterId, HubError> {
+        self.inner
+            .registry
+            .id_of(name)
+            .ok_or_else(|| HubError::UnknownCluster(name.to_string()))
+    }
+
+    /// Tells the live sessions of `clusters` that their desired state may have changed.
+    fn wake(&self, rec: &AppRollout, clusters: &ClusterSet) {
+        if clusters.is_empty() {
+            return;
+        }
+        for id in clusters {
+            if let Some(name) = self.inner.registry.name_of(id) {
+                self.inner.sessions.desired_changed(&name);
+            }
+        }
+        tracing::info!(app = %rec.app, clusters = clusters.len(), "desired state changed");
+    }
+
+    /// Saves the records of `steps` in one transaction (each a compare-and-swap at the
+    /// revision it was read at) and remembers them.
+    async fn save_all(&self, steps: &[Step]) -> Result<(), HubError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let ops = steps
+            .iter()
+            .map(|s| CasOp {
+                key: self.inner.table.key(&s.after.app),
+                expected: Some(s.revision),
+                value: Table::encode(&s.after),
+            })
+            .collect();
+        match self.inner.table.store().compare_and_swap_many(ops).await? {
+            Ok(rev) => {
+                if let Some(m) = self.records().as_mut() {
+                    for s in steps {
+                        m.insert(s.after.app.clone(), (Arc::new(s.after.clone()), rev));
+                    }
+                }
+                Ok(())
+            }
+            Err(key) => {
+                // Someone else wrote the store: forget what we hold and read it again next time.
+                *self.records() = None;
+                Err(HubError::Contention(key))
+            }
+        }
+    }
+
     async fn save(&self, rec: &AppRollout, expected: Option<u64>) -> Result<(), HubError> {
         match self.inner.table.swap(&rec.app, expected, rec).await? {
             Some(rev) => {
@@ -208,38 +404,14 @@ impl Rollouts {
         }
     }
 
-    /// Writes what `rec` implies for `clusters` into their desired state.
-    async fn apply(&self, rec: &AppRollout, clusters: &[String]) -> Result<(), HubError> {
-        if clusters.is_empty() {
-            return Ok(());
-        }
-        let changes: Vec<(String, String, Option<AppEntry>)> = clusters
-            .iter()
-            .map(|c| {
-                let mut entry = rec.desired_for(c);
-                if let Some(e) = entry.as_mut().filter(|e| e.trace_context.is_empty()) {
-                    e.trace_context = self.inner.traces.context_for(&rec.app, c, &e.revision);
-                }
-                (c.clone(), rec.app.clone(), entry)
-            })
-            .collect();
-        let moved = self.inner.desired.set_entries(&changes).await?;
-        for (cluster, generation) in &moved {
-            tracing::debug!(cluster.id = %cluster, app = %rec.app, generation, "desired state changed");
-        }
-        if !moved.is_empty() {
-            tracing::info!(app = %rec.app, clusters = moved.len(), "desired state changed");
-        }
-        Ok(())
-    }
-
     /// Changes one app's record under the lock: `f` edits it and returns the clusters whose
-    /// desired entry may have changed; the record is saved, then those entries are written.
+    /// desired entry may have changed; the record is saved, then those clusters' sessions are
+    /// told.
     async fn update<T>(
         &self,
         app: &str,
         create: Option<&str>,
-        f: impl FnOnce(&mut AppRollout) -> Result<(Vec<String>, T), HubError>,
+        f: impl FnOnce(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
     ) -> Result<T, HubError> {
         let _guard = self.inner.lock.lock().await;
         let (mut rec, rev) = match (self.load(app).await?, create) {
@@ -253,18 +425,31 @@ impl Rollouts {
         let (touched, out) = f(&mut rec)?;
         if rec != before {
             self.save(&rec, rev).await?;
+            let names = |c: ClusterId| self.cluster_info(c);
             self.inner
                 .traces
-                .observe(&rec, &BTreeMap::new(), &trace::Labels::new());
+                .observe(&rec, &|_| ClusterView::default(), &names);
             observe::observe_rollout(
                 &self.inner.metrics,
                 before.rollout.as_ref(),
                 rec.rollout.as_ref(),
             );
         }
-        self.apply(&rec, &touched).await?;
-        self.kick();
+        self.wake(&rec, &touched);
+        self.mark(app);
         Ok(out)
+    }
+
+    /// Name and labels of a cluster, for span attributes.
+    fn cluster_info(&self, id: ClusterId) -> Option<(String, BTreeMap<String, String>)> {
+        let name = self.inner.registry.name_of(id)?;
+        let labels = self
+            .inner
+            .registry
+            .cluster_shared(&name)
+            .map(|c| c.labels.clone())
+            .unwrap_or_default();
+        Some((name.to_string(), labels))
     }
 
     /// Takes a source's new renderings: per app `Ok` when taken (a rollout may start), `Err`
@@ -288,7 +473,7 @@ impl Rollouts {
                     match other_owner(rec, source) {
                         // An app its source gave up (removal under way) is taken over.
                         Some(_) if rec.deleted => rec.source = source.to_string(),
-                        Some(refusal) => return Ok((Vec::new(), Err(refusal))),
+                        Some(refusal) => return Ok((ClusterSet::new(), Err(refusal))),
                         None => {}
                     }
                     match rec.offer(
@@ -308,7 +493,7 @@ impl Rollouts {
                             // A new rollout's first batch goes out with the pass below.
                             Ok((offer.touched, Ok(())))
                         }
-                        Err(e) => Ok((Vec::new(), Err(e))),
+                        Err(e) => Ok((ClusterSet::new(), Err(e))),
                     }
                 })
                 .instrument(span.clone())
@@ -331,7 +516,7 @@ impl Rollouts {
         let done = self
             .update(app, None, |rec| {
                 if other_owner(rec, why.source).is_some() {
-                    return Ok((Vec::new(), false));
+                    return Ok((ClusterSet::new(), false));
                 }
                 let touched = rec
                     .retire(why.cause, why.clusters, now)
@@ -400,70 +585,86 @@ impl Rollouts {
         if !rec.finished() {
             return Ok(());
         }
-        let changes: Vec<(String, String, Option<AppEntry>)> = rec
-            .known_clusters()
-            .into_iter()
-            .map(|c| (c, app.to_string(), None))
-            .collect();
-        self.inner.desired.set_entries(&changes).await?;
+        let clusters = rec.known_clusters();
         self.inner.table.delete_at(app, rev).await?;
         if let Some(m) = self.records().as_mut() {
             m.remove(app);
         }
+        self.wake(&rec, &clusters);
         tracing::info!(app, "app removed from every cluster; record deleted");
         Ok(())
     }
 
-    /// What each cluster of `clusters` reports about `app`, from statuses read once per pass.
-    fn views(
-        &self,
-        app: &str,
-        clusters: &BTreeSet<String>,
-        statuses: &BTreeMap<String, Arc<crate::state::desired::StatusRecord>>,
-        seen: &BTreeMap<String, u64>,
-    ) -> BTreeMap<String, ClusterView> {
-        let mut views = BTreeMap::new();
-        for c in clusters {
-            let live = self.inner.sessions.get(c);
-            let mut v = ClusterView {
-                connected: live.is_some(),
-                last_seen_ms: live
-                    .map(|s| s.last_seen_ms())
-                    .or_else(|| seen.get(c).copied())
-                    .unwrap_or(0),
-                ..Default::default()
-            };
-            if let Some(a) = statuses
-                .get(c)
-                .and_then(|s| s.apps.iter().find(|a| a.app == app))
-            {
-                v.revision = a.revision.clone();
-                v.phase = a.phase;
-                v.health = a.health;
-                v.message = a.message.clone();
+    /// What `cluster` reports about `app` now: its last report, whether it is connected, when
+    /// it was last heard from.
+    fn view(&self, app: &str, cluster: ClusterId) -> ClusterView {
+        let mut v = ClusterView::default();
+        let Some(name) = self.inner.registry.name_of(cluster) else {
+            return v;
+        };
+        match self.inner.sessions.get(&name) {
+            Some(live) => {
+                v.connected = true;
+                v.last_seen_ms = live.last_seen_ms();
             }
-            views.insert(c.clone(), v);
+            None => {
+                v.last_seen_ms = self
+                    .inner
+                    .registry
+                    .cluster_shared(&name)
+                    .map(|c| c.last_seen_ms)
+                    .unwrap_or(0);
+            }
         }
-        views
+        if let Some(s) = self.inner.reports.get(app, cluster) {
+            v.revision = s.revision.to_string();
+            v.phase = s.phase;
+            v.health = s.health;
+            v.message = s.message.to_string();
+        }
+        v
     }
 
     /// One pass over the rollouts in flight: advance each from the clusters' reports and the
-    /// clock, persist, then write the desired state it implies.
+    /// clock, persist, then tell the sessions whose desired state it changed.
     pub async fn tick(&self) {
         if let Err(e) = self.tick_inner().await {
+            // Look at everything again next time.
+            self.pending().all = true;
             tracing::error!(error = %e, "rollout engine pass failed; will retry");
         }
+    }
+
+    /// The apps this pass looks at: those marked since the last one and those whose time came.
+    fn take_pending(&self, now_ms: u64) -> (bool, HashSet<String>) {
+        let mut p = self.pending();
+        let all = std::mem::take(&mut p.all);
+        let mut apps = std::mem::take(&mut p.apps);
+        let due: Vec<String> = p
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for a in due {
+            p.due.remove(&a);
+            apps.insert(a);
+        }
+        (all, apps)
     }
 
     async fn tick_inner(&self) -> Result<(), HubError> {
         let _guard = self.inner.lock.lock().await;
         self.ensure_loaded().await?;
+        let now_ms = self.now_ms();
+        let (all, apps) = self.take_pending(now_ms);
         let active: Vec<(Arc<AppRollout>, u64)> = self
             .records()
             .as_ref()
             .map(|m| {
                 m.values()
                     .filter(|(rec, _)| !rec.paused && rec.in_flight())
+                    .filter(|(rec, _)| all || apps.contains(&rec.app))
                     .cloned()
                     .collect()
             })
@@ -471,71 +672,68 @@ impl Rollouts {
         if active.is_empty() {
             return Ok(());
         }
-        // Each cluster's status is read once per pass, whatever the number of apps.
-        let members = |rec: &AppRollout| -> BTreeSet<String> {
-            let rollout = rec
-                .rollout
-                .iter()
-                .flat_map(|r| stages::reached_all(&r.stages));
-            let removal = rec
-                .removal
-                .iter()
-                .flat_map(|r| stages::reached_all(&r.stages));
-            rollout.chain(removal).cloned().collect()
-        };
-        let mut needed = BTreeSet::new();
-        for (rec, _) in &active {
-            needed.extend(members(rec));
-        }
-        let mut statuses = BTreeMap::new();
-        for c in &needed {
-            statuses.insert(c.clone(), self.inner.desired.status_shared(c).await?);
-        }
-        let mut labels = trace::Labels::new();
-        let mut seen = BTreeMap::new();
-        for c in self.inner.registry.list_clusters().await? {
-            if flotilla_proto::telemetry::traces::enabled() {
-                labels.insert(c.name.clone(), c.labels);
-            }
-            seen.insert(c.name, c.last_seen_ms);
-        }
-        let now_ms = self.now_ms();
-        let mut finished = Vec::new();
+        let names = |c: ClusterId| self.name_of(c);
+        let infos = |c: ClusterId| self.cluster_info(c);
+        let grace_ms = self.inner.grace.as_millis() as u64;
+        let mut steps = Vec::new();
+        let mut audits = Vec::new();
         for (shared, rev) in active {
-            let views = self.views(&shared.app, &members(&shared), &statuses, &seen);
-            self.observe_healthy_fraction(&shared, &views, now_ms);
+            let app = shared.app.clone();
+            let views = |c: ClusterId| self.view(&app, c);
+            self.observe_healthy_fraction(&shared, now_ms);
             let before = shared.as_ref();
             // Advance a copy without the renderings; they are put back only if it moved.
             let mut rec = before.without_renders();
-            let mut touched = rec.advance(&Inputs {
+            let inp = Inputs {
                 now_ms,
                 views: &views,
-                grace_ms: self.inner.grace.as_millis() as u64,
-            });
+                names: &names,
+                grace_ms,
+                due: Cell::new(u64::MAX),
+            };
+            let mut touched = rec.advance(&inp);
+            if let Some(at) = rec.next_due(inp.due.get()) {
+                self.pending().due.insert(app.clone(), at);
+            }
             if !rec.progress_differs(before) {
                 continue;
             }
             rec.renders = before.renders.clone();
             let ended = |r: &AppRollout| r.rollout.as_ref().is_some_and(|r| !r.state.in_flight());
             if ended(&rec) && !ended(before) {
-                touched.extend(rec.known_clusters());
-                touched.sort();
-                touched.dedup();
+                touched.extend_set(&rec.known_clusters());
             }
-            log_progress(before, &rec);
-            self.inner.traces.observe(&rec, &views, &labels);
+            log_progress(before, &rec, &names);
+            self.inner.traces.observe(&rec, &views, &infos);
             if let Some(entry) = automatic_action(before, &rec) {
-                self.audited(entry).await?;
+                audits.push(entry);
             }
-            self.save(&rec, Some(rev)).await?;
+            if rec.in_flight() {
+                // It moved: look again in the next pass (its new batch may be done at once).
+                self.mark(&app);
+            }
+            steps.push(Step {
+                before: shared.clone(),
+                after: rec,
+                revision: rev,
+                touched,
+            });
+        }
+        // The engine's own decisions are audited before they take effect.
+        for entry in audits {
+            self.audited(entry).await?;
+        }
+        self.save_all(&steps).await?;
+        let mut finished = Vec::new();
+        for s in &steps {
             observe::observe_rollout(
                 &self.inner.metrics,
-                before.rollout.as_ref(),
-                rec.rollout.as_ref(),
+                s.before.rollout.as_ref(),
+                s.after.rollout.as_ref(),
             );
-            self.apply(&rec, &touched).await?;
-            if rec.finished() {
-                finished.push(rec.app.clone());
+            self.wake(&s.after, &s.touched);
+            if s.after.finished() {
+                finished.push(s.after.app.clone());
             }
         }
         drop(_guard);
@@ -547,22 +745,25 @@ impl Rollouts {
 
     /// Feeds `rollout_healthy_fraction_seconds`: the share of the rollout's clusters that run
     /// its revision applied and healthy.
-    fn observe_healthy_fraction(
-        &self,
-        rec: &AppRollout,
-        views: &BTreeMap<String, ClusterView>,
-        now_ms: u64,
-    ) {
+    fn observe_healthy_fraction(&self, rec: &AppRollout, now_ms: u64) {
         let Some(r) = &rec.rollout else {
             return;
         };
         let (mut healthy, mut total) = (0, 0);
-        for c in r.stages.iter().flat_map(|s| &s.clusters) {
-            total += 1;
-            if views.get(c).is_some_and(|v| v.healthy_at(&r.revision)) {
-                healthy += 1;
+        self.inner.reports.with_app(&rec.app, |seen| {
+            for s in &r.stages {
+                total += s.clusters.len();
+                for c in s.updated.all().iter() {
+                    if seen(c).is_some_and(|v| {
+                        &*v.revision == r.revision.as_str()
+                            && v.phase == flotilla_proto::state::Phase::Applied
+                            && v.health == flotilla_proto::state::Health::Healthy
+                    }) {
+                        healthy += 1;
+                    }
+                }
             }
-        }
+        });
         observe::observe_healthy_fraction(
             &self.inner.metrics,
             &rec.app,
@@ -574,20 +775,17 @@ impl Rollouts {
         );
     }
 
-    /// Rewrites every app's desired state from its record (at start: finishes what a crash
-    /// between a record write and its desired-state write left undone).
-    /// Also deletes the records of apps that every cluster let go of before a crash.
+    /// At start: loads every record and deletes those of apps that every cluster let go of
+    /// before a crash. (Desired state is derived from the records, so nothing else can be
+    /// left half-written.)
     pub async fn resync(&self) -> Result<(), HubError> {
-        let guard = self.inner.lock.lock().await;
-        let mut finished = Vec::new();
-        for rec in self.all().await? {
-            let clusters: Vec<String> = rec.known_clusters().into_iter().collect();
-            self.apply(&rec, &clusters).await?;
-            if rec.finished() {
-                finished.push(rec.app);
-            }
-        }
-        drop(guard);
+        let finished: Vec<String> = self
+            .all()
+            .await?
+            .into_iter()
+            .filter(AppRollout::finished)
+            .map(|r| r.app)
+            .collect();
         for app in finished {
             self.forget(&app).await?;
         }
@@ -597,7 +795,7 @@ impl Rollouts {
     /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`].
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = self.resync().await {
-            tracing::error!(error = %e, "cannot resync desired state from rollouts");
+            tracing::error!(error = %e, "cannot load the rollout records");
         }
         loop {
             self.tick().await;
@@ -621,7 +819,7 @@ impl Rollouts {
         &self,
         app: &str,
         entry: AuditEntry,
-        act: impl FnOnce(&mut AppRollout) -> Result<Vec<String>, HubError>,
+        act: impl FnOnce(&mut AppRollout) -> Result<ClusterSet, HubError>,
     ) -> Result<(), HubError> {
         self.audited(entry).await?;
         self.update(app, None, |rec| Ok((act(rec)?, ()))).await
@@ -637,7 +835,7 @@ impl Rollouts {
     ) -> Result<AppRollout, HubError> {
         self.audited_update(app, entry, |rec| {
             act(rec)?;
-            Ok(Vec::new())
+            Ok(ClusterSet::new())
         })
         .await?;
         self.tick().await;
@@ -709,24 +907,26 @@ impl Rollouts {
         revision: &str,
         who: &str,
     ) -> Result<String, HubError> {
+        let id = self.id_of(cluster)?;
         let mut probe = self.get(app).await?;
-        let rev = probe.pin(cluster, revision)?;
+        let rev = probe.pin(id, cluster, revision)?;
         let entry = AuditEntry {
             cluster: cluster.into(),
             revision: rev.clone(),
             ..AuditEntry::new(who, "cluster.pin", app)
         };
         self.audited_update(app, entry, |rec| {
-            rec.pin(cluster, revision)?;
-            Ok(vec![cluster.to_string()])
+            rec.pin(id, cluster, revision)?;
+            Ok(std::iter::once(id).collect())
         })
         .await?;
         Ok(rev)
     }
 
     pub async fn unpin(&self, cluster: &str, app: &str, who: &str) -> Result<(), HubError> {
+        let id = self.id_of(cluster)?;
         let rec = self.get(app).await?;
-        let Some(rev) = rec.pins.get(cluster).cloned() else {
+        let Some(rev) = rec.pins.get(&id).cloned() else {
             return Err(HubError::Invalid(format!(
                 "cluster {cluster} is not pinned for app {app}"
             )));
@@ -737,8 +937,8 @@ impl Rollouts {
             ..AuditEntry::new(who, "cluster.unpin", app)
         };
         self.audited_update(app, entry, |rec| {
-            rec.pins.remove(cluster);
-            Ok(vec![cluster.to_string()])
+            rec.pins.remove(&id);
+            Ok(std::iter::once(id).collect())
         })
         .await
     }
@@ -798,7 +998,7 @@ fn automatic_action(before: &AppRollout, rec: &AppRollout) -> Option<AuditEntry>
 /// Who the audit log names for the engine's own decisions.
 pub const AUTOMATIC: &str = "flotilla-hub (automatic)";
 
-fn log_progress(before: &AppRollout, after: &AppRollout) {
+fn log_progress(before: &AppRollout, after: &AppRollout, names: &dyn Fn(ClusterId) -> String) {
     let (Some(b), Some(a)) = (&before.rollout, &after.rollout) else {
         return;
     };
@@ -807,7 +1007,9 @@ fn log_progress(before: &AppRollout, after: &AppRollout) {
             tracing::info!(app = %after.app, revision = %short(&a.revision), stage = %sa.name, from = sb.state.as_str(), to = sa.state.as_str(), "stage");
         }
         if sb.batch != sa.batch && !sa.batch.is_empty() {
-            tracing::info!(app = %after.app, revision = %short(&a.revision), stage = %sa.name, batch = ?sa.batch, "batch sent");
+            // Named up to a few; a batch of thousands is logged by its size.
+            let shown: Vec<String> = sa.batch.iter().take(5).map(names).collect();
+            tracing::info!(app = %after.app, revision = %short(&a.revision), stage = %sa.name, clusters = sa.batch.len(), batch = ?shown, "batch sent");
         }
     }
     if b.state != a.state {

@@ -32,10 +32,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::groups::{ByRevision, Group, Groups};
 use super::removal::default_max_removal;
 pub use super::removal::{Cause, Removal};
 use super::stages::{self, Progress, Walk};
 pub use super::stages::{ALL_STAGE, StageRun, StageState, UNSTAGED};
+pub use crate::render::{ClusterId, ClusterSet};
 use crate::render::{ClusterInfo, CountOrPercent, OnFailure, PipelineConfig};
 use crate::state::desired::AppEntry;
 pub use crate::state::error::ActionError;
@@ -48,39 +50,46 @@ pub const MAX_RENDERS: usize = 10;
 /// How many failed revisions are remembered.
 const MAX_FAILED: usize = 20;
 
-/// One revision rendered for every targeted cluster.
+/// One revision rendered for every targeted cluster: each distinct rendering once, with the
+/// clusters that get it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Render {
     pub revision: String,
-    pub entries: BTreeMap<String, AppEntry>,
+    pub entries: Groups,
 }
 
 impl Render {
     /// A rendering known as `revision`, each of its `entries` stamped with that revision.
     pub fn stamped(
         revision: &str,
-        entries: impl IntoIterator<Item = (String, AppEntry)>,
+        entries: impl IntoIterator<Item = (ClusterId, AppEntry)>,
     ) -> Render {
-        let entries = entries
-            .into_iter()
-            .map(|(cluster, mut entry)| {
-                entry.revision = revision.to_owned();
-                (cluster, entry)
-            })
-            .collect();
+        let mut entries = Groups::from_entries(entries.into_iter().map(|(cluster, mut entry)| {
+            entry.revision = revision.to_owned();
+            (cluster, entry)
+        }));
+        entries.stamp(revision);
         Render {
             revision: revision.to_owned(),
             entries,
         }
     }
 
+    /// The same rendering known as `revision`.
+    fn restamped(mut self, revision: &str) -> Render {
+        self.entries.stamp(revision);
+        self.revision = revision.to_owned();
+        self
+    }
+
     /// Whether the clusters both renderings have get the same bundles and options.
     fn same_content(&self, other: &Render) -> bool {
-        self.entries.iter().all(|(c, e)| {
-            other
-                .entries
-                .get(c)
-                .is_none_or(|o| o.bundle_digest == e.bundle_digest && o.options == e.options)
+        self.entries.groups().iter().all(|g| {
+            other.entries.groups().iter().all(|o| {
+                !g.clusters.intersects(&o.clusters)
+                    || (o.entry.bundle_digest == g.entry.bundle_digest
+                        && o.entry.options == g.entry.options)
+            })
         })
     }
 }
@@ -104,12 +113,12 @@ pub struct Rollout {
     pub base: Option<String>,
     /// The clusters that ran something else than `base` (`None`: nothing).
     #[serde(default)]
-    pub held: BTreeMap<String, Option<String>>,
+    pub held: ByRevision,
     /// Where a cluster goes back to should this rollout roll back, where that is not what it
     /// held: the newest revision it ran applied and healthy before this one (else the one it
     /// ran; `None`: it had no revision of the app before).
     #[serde(default)]
-    pub prior: BTreeMap<String, Option<String>>,
+    pub prior: ByRevision,
     /// Set by an operator's rollback to a given revision: every cluster with a rendering of it
     /// goes there.
     #[serde(default)]
@@ -117,33 +126,35 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    pub fn was_updated(&self, cluster: &str) -> bool {
+    pub fn was_updated(&self, cluster: ClusterId) -> bool {
         stages::reached(&self.stages, cluster)
     }
 
     /// What `cluster` ran when the rollout started (for clusters it has not reached).
-    pub fn held_of(&self, cluster: &str) -> Option<&str> {
+    pub fn held_of(&self, cluster: ClusterId) -> Option<&str> {
         match self.held.get(cluster) {
-            Some(h) => h.as_deref(),
+            Some(h) => h,
             None => self.base.as_deref(),
         }
     }
 
     /// Where `cluster` returns on a rollback.
-    pub fn prior_of(&self, cluster: &str) -> Option<&str> {
+    pub fn prior_of(&self, cluster: ClusterId) -> Option<&str> {
         match self.prior.get(cluster) {
-            Some(p) => p.as_deref(),
+            Some(p) => p,
             None => self.held_of(cluster),
         }
     }
 
     /// The clusters of batches not yet done (sent the revision, not yet proven healthy).
-    fn open_batches(&self) -> BTreeSet<&str> {
-        self.stages
-            .iter()
-            .filter(|s| matches!(s.state, StageState::Progressing | StageState::Failed))
-            .flat_map(|s| s.batch.iter().map(String::as_str))
-            .collect()
+    fn open_batches(&self) -> ClusterSet {
+        let mut open = ClusterSet::new();
+        for s in &self.stages {
+            if matches!(s.state, StageState::Progressing | StageState::Failed) {
+                open.extend_set(&s.batch);
+            }
+        }
+        open
     }
 
     /// What `cluster`, running `current` now, goes back to should the *next* rollout roll back:
@@ -151,9 +162,9 @@ impl Rollout {
     /// fail since); where a held revision was never replaced, that revision's own fallback.
     fn fallback_after(
         &self,
-        cluster: &str,
+        cluster: ClusterId,
         current: &str,
-        open: &BTreeSet<&str>,
+        open: &ClusterSet,
     ) -> Option<String> {
         let unproven = if self.was_updated(cluster) {
             current == self.revision
@@ -169,7 +180,7 @@ impl Rollout {
 
     /// Every revision the rollout may send a cluster back to or keep it on.
     fn revisions(&self) -> impl Iterator<Item = &String> {
-        let kept = self.held.values().chain(self.prior.values()).flatten();
+        let kept = self.held.revisions().chain(self.prior.revisions());
         std::iter::once(&self.revision)
             .chain(self.base.iter())
             .chain(kept)
@@ -209,29 +220,38 @@ impl ClusterView {
     }
 }
 
-/// The view of a cluster that never reported the app.
-static NEVER_REPORTED: ClusterView = ClusterView {
-    revision: String::new(),
-    phase: Phase::Unspecified,
-    health: Health::Unknown,
-    message: String::new(),
-    connected: false,
-    last_seen_ms: 0,
-};
-
 /// What [`AppRollout::advance`] needs to know besides the record.
 pub struct Inputs<'a> {
     pub now_ms: u64,
-    /// Per cluster of the app; a missing cluster has never reported.
-    pub views: &'a BTreeMap<String, ClusterView>,
+    /// What a cluster reports of the app (`ClusterView::default()`: it never reported).
+    pub views: &'a dyn Fn(ClusterId) -> ClusterView,
+    /// A cluster's name, for messages.
+    pub names: &'a dyn Fn(ClusterId) -> String,
     /// How long a disconnected cluster may stay away before it counts as failed.
     pub grace_ms: u64,
+    /// Set by [`AppRollout::advance`]: the earliest time at which time alone may fail a
+    /// cluster it looked at (a health timeout or a grace period ending; `u64::MAX`: none).
+    pub due: std::cell::Cell<u64>,
 }
 
 impl Inputs<'_> {
     /// What `cluster` reports (nothing, if it never reported).
-    pub fn view(&self, cluster: &str) -> &ClusterView {
-        self.views.get(cluster).unwrap_or(&NEVER_REPORTED)
+    pub fn view(&self, cluster: ClusterId) -> ClusterView {
+        (self.views)(cluster)
+    }
+
+    /// Notes that time alone may change things at `at_ms`.
+    pub fn due_at(&self, at_ms: u64) {
+        self.due.set(self.due.get().min(at_ms));
+    }
+
+    /// For a cluster sent a change at `at` that is not done with it: when its health timeout
+    /// (`timeout_ms` after `at`) ends, and when its grace period ends if it is away.
+    pub(super) fn watch(&self, v: &ClusterView, at: u64, timeout_ms: u64) {
+        self.due_at(at.saturating_add(timeout_ms));
+        if !v.connected {
+            self.due_at(v.last_seen_ms.max(at).saturating_add(self.grace_ms));
+        }
     }
 }
 
@@ -268,7 +288,7 @@ pub struct AppRollout {
     pub paused: bool,
     /// Cluster → pinned revision.
     #[serde(default)]
-    pub pins: BTreeMap<String, String>,
+    pub pins: BTreeMap<ClusterId, String>,
 }
 
 /// What an offer did.
@@ -277,7 +297,7 @@ pub struct Offer {
     /// A new rollout started.
     pub started: bool,
     /// Clusters whose desired entry changed at once.
-    pub touched: Vec<String>,
+    pub touched: ClusterSet,
 }
 
 fn refused(msg: impl Into<String>) -> ActionError {
@@ -285,7 +305,7 @@ fn refused(msg: impl Into<String>) -> ActionError {
 }
 
 /// Every cluster's desired entry at one moment.
-type Snapshot = BTreeMap<String, Option<AppEntry>>;
+type Snapshot = BTreeMap<ClusterId, Option<AppEntry>>;
 
 impl AppRollout {
     pub fn new(app: &str, source: &str) -> Self {
@@ -340,6 +360,30 @@ impl AppRollout {
             || self.failed_revisions != other.failed_revisions
     }
 
+    /// When time alone moves the app on next, after an [`AppRollout::advance`] that left
+    /// `due` in its inputs: a soak ending, a health timeout or a grace period expiring.
+    /// `None`: only a report or an action can.
+    pub fn next_due(&self, due: u64) -> Option<u64> {
+        let soak = |stages: &[StageRun], current: usize| {
+            stages
+                .get(current)
+                .filter(|s| s.state == StageState::Soaking)
+                .and_then(|s| s.soak_until_ms)
+        };
+        let mut at = due;
+        if let Some(r) = self.rollout.as_ref().filter(|r| r.state.in_flight())
+            && let Some(t) = soak(&r.stages, r.current)
+        {
+            at = at.min(t);
+        }
+        if let Some(rm) = self.removal.as_ref().filter(|rm| rm.in_flight())
+            && let Some(t) = soak(&rm.stages, rm.current)
+        {
+            at = at.min(t);
+        }
+        (at != u64::MAX && self.in_flight() && !self.paused).then_some(at)
+    }
+
     /// Whether a rollout or a removal is under way (or waits for a person).
     pub fn in_flight(&self) -> bool {
         self.rollout.as_ref().is_some_and(|r| r.state.in_flight())
@@ -355,38 +399,37 @@ impl AppRollout {
         self.renders.iter().rev().find(|r| r.revision == revision)
     }
 
-    fn entry(&self, revision: &str, cluster: &str) -> Option<AppEntry> {
+    fn entry(&self, revision: &str, cluster: ClusterId) -> Option<AppEntry> {
         self.render(revision)
             .and_then(|r| r.entries.get(cluster))
             .cloned()
     }
 
     /// The clusters the app targets now (its newest rendering; none once it is deleted).
-    pub fn targets(&self) -> BTreeSet<String> {
+    pub fn targets(&self) -> ClusterSet {
         match self.renders.last() {
-            Some(r) if !self.deleted => r.entries.keys().cloned().collect(),
-            _ => BTreeSet::new(),
+            Some(r) if !self.deleted => r.entries.clusters(),
+            _ => ClusterSet::new(),
         }
     }
 
-    fn targeted(&self, cluster: &str) -> bool {
+    fn targeted(&self, cluster: ClusterId) -> bool {
         !self.deleted
             && self
                 .renders
                 .last()
-                .is_some_and(|r| r.entries.contains_key(cluster))
+                .is_some_and(|r| r.entries.contains(cluster))
     }
 
     /// Every cluster that may hold an entry of this app.
-    pub fn known_clusters(&self) -> BTreeSet<String> {
-        let mut all: BTreeSet<String> = self
-            .renders
-            .iter()
-            .flat_map(|r| r.entries.keys().cloned())
-            .collect();
-        all.extend(self.pins.keys().cloned());
+    pub fn known_clusters(&self) -> ClusterSet {
+        let mut all = ClusterSet::new();
+        for r in &self.renders {
+            all.extend_set(&r.entries.clusters());
+        }
+        all.extend(self.pins.keys().copied());
         if let Some(rm) = &self.removal {
-            all.extend(rm.from.keys().cloned());
+            all.extend_set(&rm.from.clusters());
         }
         all
     }
@@ -402,8 +445,8 @@ impl AppRollout {
     }
 
     /// What `cluster` should run of this app (`None`: nothing).
-    pub fn desired_for(&self, cluster: &str) -> Option<AppEntry> {
-        if let Some(rev) = self.pins.get(cluster) {
+    pub fn desired_for(&self, cluster: ClusterId) -> Option<AppEntry> {
+        if let Some(rev) = self.pins.get(&cluster) {
             return self.entry(rev, cluster);
         }
         if !self.targeted(cluster) {
@@ -415,7 +458,7 @@ impl AppRollout {
     }
 
     /// The revision a targeted, unpinned `cluster` should run.
-    fn revision_for(&self, cluster: &str) -> Option<&str> {
+    fn revision_for(&self, cluster: ClusterId) -> Option<&str> {
         if let Some(r) = &self.rollout {
             match r.state {
                 // A stored rollout is never `Paused` (the operator's view of a paused app) or
@@ -450,23 +493,20 @@ impl AppRollout {
     }
 
     /// Every known cluster's desired entry now, and those of `extra`.
-    fn snapshot<'a>(&self, extra: impl IntoIterator<Item = &'a String>) -> Snapshot {
+    fn snapshot(&self, extra: &ClusterSet) -> Snapshot {
         self.known_clusters()
-            .into_iter()
-            .chain(extra.into_iter().cloned())
-            .map(|c| {
-                let d = self.desired_for(&c);
-                (c, d)
-            })
+            .union(extra)
+            .iter()
+            .map(|c| (c, self.desired_for(c)))
             .collect()
     }
 
     /// The clusters whose desired entry differs from `before`.
-    fn changed_since(&self, before: &Snapshot) -> Vec<String> {
-        let mut all: BTreeSet<String> = before.keys().cloned().collect();
-        all.extend(self.known_clusters());
-        all.into_iter()
-            .filter(|c| self.desired_for(c) != before.get(c).cloned().flatten())
+    fn changed_since(&self, before: &Snapshot) -> ClusterSet {
+        let mut all: ClusterSet = before.keys().collect();
+        all.extend_set(&self.known_clusters());
+        all.iter()
+            .filter(|c| self.desired_for(*c) != before.get(c).cloned().flatten())
             .collect()
     }
 
@@ -509,23 +549,22 @@ impl AppRollout {
         max_removal: CountOrPercent,
         now_ms: u64,
     ) -> Result<Offer, String> {
-        let unpinned = |c: &&String| !self.pins.contains_key(*c);
-        let stages =
-            stages::plan_stages(&pipeline, render.entries.keys().filter(unpinned), clusters)?;
-        let before = self.snapshot(render.entries.keys());
-        let dropped: Vec<&String> = before
+        let pinned: ClusterSet = self.pins.keys().collect();
+        let targets = render.entries.clusters();
+        let stages = stages::plan_stages(&pipeline, &targets.difference(&pinned), clusters)?;
+        let before = self.snapshot(&targets);
+        let dropped: ClusterSet = before
             .iter()
-            .filter(|(c, e)| e.is_some() && !render.entries.contains_key(*c))
-            .map(|(c, _)| c)
-            .filter(unpinned)
+            .filter(|(c, e)| e.is_some() && !targets.contains(**c) && !pinned.contains(**c))
+            .map(|(c, _)| *c)
             .collect();
-        stages::plan_stages(&pipeline, dropped, clusters)?;
+        stages::plan_stages(&pipeline, &dropped, clusters)?;
         self.pipeline_name = pipeline_name;
         self.pipeline = pipeline;
         self.max_removal = max_removal;
         self.deleted = false;
         if let Some(rm) = &mut self.removal {
-            for c in render.entries.keys() {
+            for c in &targets {
                 rm.cancel(c);
             }
         }
@@ -570,18 +609,19 @@ impl AppRollout {
         }
         if let (true, Some(base)) = (unchanged, &base) {
             // The same content: keep the revision it is known as; take new clusters.
-            self.remember(Render::stamped(&base.revision, render.entries));
+            self.remember(render.restamped(&base.revision));
             return false;
         }
         let old = self.rollout.take();
         // Per cluster of the new rollout: what it runs, and where it would go back to.
         let open = old.as_ref().map(Rollout::open_batches).unwrap_or_default();
-        let members: Vec<(&String, Option<String>, Option<String>)> = render
+        let members: Vec<(ClusterId, Option<String>, Option<String>)> = render
             .entries
-            .keys()
-            .filter(|c| !self.pins.contains_key(*c))
+            .clusters()
+            .iter()
+            .filter(|c| !self.pins.contains_key(c))
             .map(|c| {
-                let runs = before.get(c).cloned().flatten().map(|e| e.revision);
+                let runs = before.get(&c).cloned().flatten().map(|e| e.revision);
                 let back = match (&old, &runs) {
                     (Some(o), Some(rev)) => o.fallback_after(c, rev, &open),
                     _ => runs.clone(),
@@ -598,14 +638,14 @@ impl AppRollout {
             .into_iter()
             .max_by_key(|(_, n)| *n)
             .and_then(|(rev, _)| rev.cloned());
-        let mut held = BTreeMap::new();
-        let mut prior = BTreeMap::new();
+        let mut held = ByRevision::default();
+        let mut prior = ByRevision::default();
         for (c, runs, back) in members {
             if runs != base {
-                held.insert(c.clone(), runs.clone());
+                held.insert(c, runs.clone());
             }
             if back != runs {
-                prior.insert(c.clone(), back);
+                prior.insert(c, back);
             }
         }
         self.rollout = Some(Rollout {
@@ -629,42 +669,39 @@ impl AppRollout {
     fn stage_removal(
         &mut self,
         before: &Snapshot,
-        lose: impl Fn(&String) -> bool,
+        lose: impl Fn(ClusterId) -> bool,
         cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
     ) -> Result<(), String> {
         // Clusters the hub no longer has (removed, revoked) can receive nothing: they are
         // dropped at once, not staged.
-        let known: BTreeSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let running: Vec<(&String, &AppEntry)> = before
+        let known: ClusterSet = clusters.iter().map(|c| c.id).collect();
+        let running: Vec<(ClusterId, &AppEntry)> = before
             .iter()
-            .filter_map(|(c, e)| Some((c, e.as_ref()?)))
-            .filter(|(c, e)| !e.options.orphan && known.contains(c.as_str()))
+            .filter_map(|(c, e)| Some((*c, e.as_ref()?)))
+            .filter(|(c, e)| !e.options.orphan && known.contains(*c))
             .collect();
-        let from: BTreeMap<String, AppEntry> = running
-            .iter()
-            .filter(|(c, e)| lose(c) && !self.pins.contains_key(*c) && !e.options.disable_prune)
-            .map(|(c, e)| ((*c).clone(), (*e).clone()))
-            .collect();
+        let from = Groups::from_entries(
+            running
+                .iter()
+                .filter(|(c, e)| lose(*c) && !self.pins.contains_key(c) && !e.options.disable_prune)
+                .map(|(c, e)| (*c, (*e).clone())),
+        );
         if let Some(rm) = &mut self.removal
             && rm.unfinished()
             && rm.keep_resources == cause.keep_resources
         {
             // Clusters it has not reached that no longer lose the app here (targeted again, or
             // gone from the hub) leave it.
-            let leaving: Vec<String> = rm
-                .pending()
-                .filter(|c| !from.contains_key(*c))
-                .cloned()
-                .collect();
-            for c in leaving {
-                rm.cancel(&c);
+            let leaving = rm.pending().difference(&from.clusters());
+            for c in &leaving {
+                rm.cancel(c);
             }
             if rm.from.is_empty() {
                 // Nothing left of it.
                 self.removal = None;
-            } else if rm.pending().eq(from.keys()) {
+            } else if rm.pending() == from.clusters() {
                 // No new cluster: it goes on; its gate falls when it became small enough.
                 if rm.gated() && from.len() <= self.max_removal.of(running.len()) {
                     rm.gate = None;
@@ -697,10 +734,14 @@ impl AppRollout {
         cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
-    ) -> Result<Vec<String>, String> {
-        let before = self.snapshot([]);
-        let dropped = before.iter().filter(|(_, e)| e.is_some()).map(|(c, _)| c);
-        stages::plan_stages(&self.pipeline, dropped, clusters)?;
+    ) -> Result<ClusterSet, String> {
+        let before = self.snapshot(&ClusterSet::new());
+        let dropped: ClusterSet = before
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        stages::plan_stages(&self.pipeline, &dropped, clusters)?;
         self.deleted = true;
         if let Some(r) = &mut self.rollout
             && r.state.in_flight()
@@ -715,23 +756,21 @@ impl AppRollout {
 
     /// Moves the rollout and the removal on; returns the clusters whose desired entry may have
     /// changed.
-    pub fn advance(&mut self, inp: &Inputs) -> Vec<String> {
+    pub fn advance(&mut self, inp: &Inputs) -> ClusterSet {
         if self.paused {
-            return Vec::new();
+            return ClusterSet::new();
         }
         // Clusters pinned after a run started are done as far as it is concerned.
-        let pinned: BTreeSet<String> = self.pins.keys().cloned().collect();
+        let pinned: ClusterSet = self.pins.keys().collect();
         let mut touched = self.advance_rollout(inp, &pinned);
         if let Some(rm) = &mut self.removal {
-            touched.extend(rm.advance(inp, &self.pipeline, &pinned));
+            touched.extend_set(&rm.advance(inp, &self.pipeline, &pinned));
         }
-        touched.sort();
-        touched.dedup();
         touched
     }
 
-    fn advance_rollout(&mut self, inp: &Inputs, pinned: &BTreeSet<String>) -> Vec<String> {
-        let mut touched = Vec::new();
+    fn advance_rollout(&mut self, inp: &Inputs, pinned: &ClusterSet) -> ClusterSet {
+        let mut touched = ClusterSet::new();
         let timeout_ms = self.pipeline.health_timeout.as_millis() as u64;
         let on_failure = self.pipeline.on_failure;
         let Some(r) = self.rollout.as_mut() else {
@@ -745,14 +784,14 @@ impl AppRollout {
             now_ms: inp.now_ms,
             threshold: self.pipeline.failure_threshold,
             pinned,
-            done: |c: &str| healthy(inp, c, &revision),
-            failure: |c: &str, at: u64| failure(inp, c, &revision, at, timeout_ms),
+            done: |c: ClusterId| healthy(inp, c, &revision),
+            failure: |c: ClusterId, at: u64| failure(inp, c, &revision, at, timeout_ms),
         };
         match stages::walk(&mut r.stages, &mut r.current, &walk, &mut touched) {
             Progress::Moving => r.state = RolloutState::Progressing,
             Progress::WaitingApproval => r.state = RolloutState::WaitingApproval,
             Progress::Failed(i) => {
-                r.message = stages::failure_message(&r.stages[i]);
+                r.message = stages::failure_message(&r.stages[i], inp.names);
                 r.finished_ms = Some(inp.now_ms);
                 // A rollback sends each cluster it reached back to its prior (see
                 // `revision_for`); a halt leaves them on this revision.
@@ -760,7 +799,7 @@ impl AppRollout {
                     OnFailure::Rollback => RolloutState::RolledBack,
                     OnFailure::Halt => RolloutState::Failed,
                 };
-                touched.extend(stages::reached_all(&r.stages).cloned());
+                touched.extend_set(&stages::reached_all(&r.stages));
                 self.mark_failed(&revision);
             }
             Progress::Done => {
@@ -769,7 +808,7 @@ impl AppRollout {
                 r.message = String::new();
                 self.last_good = Some(revision);
                 // Every target now runs the revision (including clusters unpinned meanwhile).
-                touched.extend(self.known_clusters());
+                touched.extend_set(&self.known_clusters());
             }
         }
         touched
@@ -875,16 +914,18 @@ impl AppRollout {
     /// rendering for the cluster); without, a rollout in flight or halted is undone cluster by
     /// cluster (each back on what it ran before), and a settled app goes to its last good
     /// revision.
-    pub fn rollback(&mut self, to: Option<&str>, now_ms: u64) -> Result<Vec<String>, ActionError> {
+    pub fn rollback(&mut self, to: Option<&str>, now_ms: u64) -> Result<ClusterSet, ActionError> {
         let undo_in_place = to.is_none()
             && self
                 .rollout
                 .as_ref()
                 .is_some_and(|r| r.state.in_flight() || r.state == RolloutState::Failed);
-        let before = self.snapshot([]);
+        let before = self.snapshot(&ClusterSet::new());
         let nothing_before = self.rollout.as_ref().is_some_and(|r| {
             self.last_good.is_none()
-                && stages::reached_all(&r.stages).all(|c| r.prior_of(c).is_none())
+                && stages::reached_all(&r.stages)
+                    .iter()
+                    .all(|c| r.prior_of(c).is_none())
         });
         if undo_in_place && nothing_before {
             // A first release: undoing it would only take the app off the clusters.
@@ -941,8 +982,14 @@ impl AppRollout {
         Ok(self.changed_since(&before))
     }
 
-    /// Pins `cluster` to `revision` (a kept rendering that includes the cluster).
-    pub fn pin(&mut self, cluster: &str, revision: &str) -> Result<String, ActionError> {
+    /// Pins `cluster` (named `name`) to `revision` (a kept rendering that includes the
+    /// cluster).
+    pub fn pin(
+        &mut self,
+        cluster: ClusterId,
+        name: &str,
+        revision: &str,
+    ) -> Result<String, ActionError> {
         let render = self
             .renders
             .iter()
@@ -954,31 +1001,33 @@ impl AppRollout {
                     self.app
                 ))
             })?;
-        if !render.entries.contains_key(cluster) {
+        if !render.entries.contains(cluster) {
             return Err(refused(format!(
-                "revision {} of {} has no rendering for cluster {cluster}",
+                "revision {} of {} has no rendering for cluster {name}",
                 short(&render.revision),
                 self.app
             )));
         }
         let rev = render.revision.clone();
-        self.pins.insert(cluster.to_string(), rev.clone());
+        self.pins.insert(cluster, rev.clone());
         Ok(rev)
     }
 }
 
 /// Whether `cluster` runs `revision` applied and healthy (and is not gone).
-fn healthy(inp: &Inputs, cluster: &str, revision: &str) -> bool {
-    inp.views.get(cluster).is_some_and(|v| {
-        v.healthy_at(revision)
-            && (v.connected || inp.now_ms.saturating_sub(v.last_seen_ms) < inp.grace_ms)
-    })
+fn healthy(inp: &Inputs, cluster: ClusterId, revision: &str) -> bool {
+    is_healthy(inp, &inp.view(cluster), revision)
+}
+
+fn is_healthy(inp: &Inputs, v: &ClusterView, revision: &str) -> bool {
+    v.healthy_at(revision)
+        && (v.connected || inp.now_ms.saturating_sub(v.last_seen_ms) < inp.grace_ms)
 }
 
 /// Why `cluster`, updated at `at`, fails `revision` (`None`: it does not, yet).
 fn failure(
     inp: &Inputs,
-    cluster: &str,
+    cluster: ClusterId,
     revision: &str,
     at: u64,
     timeout_ms: u64,
@@ -990,7 +1039,15 @@ fn failure(
     if v.revision == revision && v.phase == Phase::Failed {
         return Some(format!("failed: {}", v.message));
     }
-    if inp.now_ms.saturating_sub(at) >= timeout_ms && !healthy(inp, cluster, revision) {
+    let healthy = is_healthy(inp, &v, revision);
+    if healthy && !v.connected {
+        // Healthy until its grace period ends.
+        inp.due_at(v.last_seen_ms.saturating_add(inp.grace_ms));
+    }
+    if !healthy {
+        inp.watch(&v, at, timeout_ms);
+    }
+    if inp.now_ms.saturating_sub(at) >= timeout_ms && !healthy {
         let what = if v.revision == revision {
             format!("{}, {}", v.phase, v.health)
         } else {

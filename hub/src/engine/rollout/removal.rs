@@ -6,13 +6,14 @@
 //! period or still reports the app after `healthTimeout`. A failed removal halts: the clusters it
 //! has not reached keep the app. Pure: the engine persists it like the rest of the record.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::{Deserialize, Serialize};
 
+use super::groups::Groups;
 use super::plan::{ClusterView, Inputs, RolloutState};
 use super::stages::{self, Progress, StageRun, StageState, Walk};
-use crate::render::{ClusterInfo, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig};
+use crate::render::{
+    ClusterId, ClusterInfo, ClusterSet, CountOrPercent, DEFAULT_MAX_REMOVAL, PipelineConfig,
+};
 use crate::state::desired::AppEntry;
 use flotilla_proto::state::Phase;
 
@@ -46,7 +47,7 @@ pub struct Removal {
     /// Index of the stage in progress (`stages.len()` when all are done).
     pub current: usize,
     /// What each cluster runs until the removal reaches it.
-    pub from: BTreeMap<String, AppEntry>,
+    pub from: Groups,
     /// Stop managing the app but leave its objects in the clusters.
     #[serde(default)]
     pub keep_resources: bool,
@@ -69,7 +70,7 @@ impl Removal {
     #[allow(clippy::too_many_arguments)]
     pub fn plan(
         app: &str,
-        from: BTreeMap<String, AppEntry>,
+        from: Groups,
         total: usize,
         cause: Cause<'_>,
         pipeline: &PipelineConfig,
@@ -77,7 +78,7 @@ impl Removal {
         clusters: &[ClusterInfo],
         now_ms: u64,
     ) -> Result<Removal, String> {
-        let stages = stages::plan_stages(pipeline, from.keys(), clusters)?;
+        let stages = stages::plan_stages(pipeline, &from.clusters(), clusters)?;
         let allowed = max_removal.of(total);
         let gate = (from.len() > allowed).then(|| {
             format!(
@@ -120,16 +121,16 @@ impl Removal {
     }
 
     /// Clusters that still run the app until the removal reaches them.
-    pub fn pending(&self) -> impl Iterator<Item = &String> {
+    pub fn pending(&self) -> ClusterSet {
         self.from
-            .keys()
-            .filter(|c| !stages::reached(&self.stages, c))
+            .clusters()
+            .difference(&stages::reached_all(&self.stages))
     }
 
     /// What `cluster` should run while it is part of this removal: its old entry until the
     /// removal reaches it; then nothing, or (keeping resources) an entry that tells the agent
     /// to let go of the app without deleting it.
-    pub fn desired_for(&self, cluster: &str) -> Option<Option<AppEntry>> {
+    pub fn desired_for(&self, cluster: ClusterId) -> Option<Option<AppEntry>> {
         let entry = self.from.get(cluster)?;
         if !stages::reached(&self.stages, cluster) {
             return Some(Some(entry.clone()));
@@ -143,15 +144,15 @@ impl Removal {
     }
 
     /// Takes `cluster` out of the removal (it is targeted again).
-    pub fn cancel(&mut self, cluster: &str) {
+    pub fn cancel(&mut self, cluster: ClusterId) {
         if self.from.remove(cluster).is_none() {
             return;
         }
         for s in &mut self.stages {
-            s.clusters.retain(|c| c != cluster);
-            s.batch.retain(|c| c != cluster);
+            s.clusters.remove(cluster);
+            s.batch.remove(cluster);
             s.updated.remove(cluster);
-            s.failures.remove(cluster);
+            s.failures.remove(&cluster);
         }
     }
 
@@ -189,9 +190,9 @@ impl Removal {
         &mut self,
         inp: &Inputs,
         pipeline: &PipelineConfig,
-        pinned: &BTreeSet<String>,
-    ) -> Vec<String> {
-        let mut touched = Vec::new();
+        pinned: &ClusterSet,
+    ) -> ClusterSet {
+        let mut touched = ClusterSet::new();
         if !self.in_flight() {
             return touched;
         }
@@ -200,16 +201,19 @@ impl Removal {
             return touched;
         }
         let timeout_ms = pipeline.health_timeout.as_millis() as u64;
-        let done = |c: &str| inp.view(c).absent();
+        let done = |c: ClusterId| inp.view(c).absent();
         let walk = Walk {
             now_ms: inp.now_ms,
             threshold: pipeline.failure_threshold,
             pinned,
             done,
-            failure: |c: &str, at: u64| {
+            failure: |c: ClusterId, at: u64| {
                 let v = inp.view(c);
                 if let Some(why) = v.away_too_long(at, inp) {
                     return Some(why);
+                }
+                if !v.absent() || !v.connected {
+                    inp.watch(&v, at, timeout_ms);
                 }
                 if inp.now_ms.saturating_sub(at) >= timeout_ms && !v.absent() {
                     return Some(format!(
@@ -231,7 +235,7 @@ impl Removal {
                 self.finished_ms = Some(inp.now_ms);
                 self.message = format!(
                     "removal halted: {}; clusters not reached keep the app",
-                    stages::failure_message(&self.stages[i])
+                    stages::failure_message(&self.stages[i], inp.names)
                 );
             }
             Progress::Done => {
@@ -247,9 +251,9 @@ impl Removal {
         let total = self.from.len();
         let done = self
             .from
-            .keys()
-            .filter(|c| stages::reached(&self.stages, c))
-            .count();
+            .clusters()
+            .intersection(&stages::reached_all(&self.stages))
+            .len();
         let what = if self.keep_resources {
             "release (objects kept)"
         } else {

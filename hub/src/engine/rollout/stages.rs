@@ -4,11 +4,11 @@
 //! "done" and "failed" mean for a cluster is the caller's (healthy at the revision for a
 //! release, the app gone for a removal). Pure: no clocks, no I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::render::{Approval, ClusterInfo, CountOrPercent, PipelineConfig};
+use crate::render::{Approval, ClusterId, ClusterInfo, ClusterSet, CountOrPercent, PipelineConfig};
 pub use flotilla_proto::state::StageState;
 
 /// The stage of an app without a pipeline.
@@ -25,14 +25,14 @@ pub struct StageRun {
     pub approval: bool,
     pub soak_ms: u64,
     pub max_parallel: CountOrPercent,
-    /// The clusters of this stage, in the order they are updated.
-    pub clusters: Vec<String>,
-    /// Clusters that received the change, with when.
+    /// The clusters of this stage (updated in id order).
+    pub clusters: ClusterSet,
+    /// Clusters that received the change, by when.
     #[serde(default)]
-    pub updated: BTreeMap<String, u64>,
+    pub updated: Sent,
     /// The batch in flight.
     #[serde(default)]
-    pub batch: Vec<String>,
+    pub batch: ClusterSet,
     #[serde(default)]
     pub soak_until_ms: Option<u64>,
     #[serde(default)]
@@ -41,9 +41,72 @@ pub struct StageRun {
     pub started_ms: Option<u64>,
     #[serde(default)]
     pub finished_ms: Option<u64>,
-    /// Failed clusters with the reason.
+    /// Failed clusters with the reason (reasons past the first [`MAX_REASONS`] are left empty,
+    /// so a stage of 10,000 failed clusters stays small).
     #[serde(default)]
-    pub failures: BTreeMap<String, String>,
+    pub failures: BTreeMap<ClusterId, String>,
+}
+
+/// How many failure reasons a stage keeps in full.
+pub const MAX_REASONS: usize = 50;
+
+/// Clusters that received a change, one set per moment (a batch): compact, and what the
+/// health timeout of each cluster counts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sent(Vec<(u64, ClusterSet)>);
+
+impl Sent {
+    pub fn contains(&self, cluster: ClusterId) -> bool {
+        self.0.iter().any(|(_, s)| s.contains(cluster))
+    }
+
+    /// When `cluster` received the change.
+    pub fn at(&self, cluster: ClusterId) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(_, s)| s.contains(cluster))
+            .map(|(at, _)| *at)
+    }
+
+    /// Records that `clusters` received the change at `at_ms`.
+    pub fn add(&mut self, at_ms: u64, clusters: &ClusterSet) {
+        match self.0.last_mut() {
+            Some((at, s)) if *at == at_ms => s.extend_set(clusters),
+            _ => self.0.push((at_ms, clusters.clone())),
+        }
+    }
+
+    pub fn remove(&mut self, cluster: ClusterId) {
+        for (_, s) in &mut self.0 {
+            s.remove(cluster);
+        }
+        self.0.retain(|(_, s)| !s.is_empty());
+    }
+
+    /// Every cluster with when it received the change.
+    pub fn iter(&self) -> impl Iterator<Item = (ClusterId, u64)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(at, s)| s.iter().map(move |c| (c, *at)))
+    }
+
+    /// Every cluster that received the change.
+    pub fn all(&self) -> ClusterSet {
+        let mut all = ClusterSet::new();
+        for (_, s) in &self.0 {
+            all.extend_set(s);
+        }
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|(_, s)| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl StageRun {
@@ -52,7 +115,7 @@ impl StageRun {
         approval: bool,
         soak_ms: u64,
         max_parallel: CountOrPercent,
-        clusters: Vec<String>,
+        clusters: ClusterSet,
     ) -> Self {
         StageRun {
             name: name.to_string(),
@@ -61,8 +124,8 @@ impl StageRun {
             soak_ms,
             max_parallel,
             clusters,
-            updated: BTreeMap::new(),
-            batch: Vec::new(),
+            updated: Sent::default(),
+            batch: ClusterSet::new(),
             soak_until_ms: None,
             approved_by: None,
             started_ms: None,
@@ -73,18 +136,22 @@ impl StageRun {
 }
 
 /// Whether any stage sent its change to `cluster`.
-pub fn reached(stages: &[StageRun], cluster: &str) -> bool {
-    stages.iter().any(|s| s.updated.contains_key(cluster))
+pub fn reached(stages: &[StageRun], cluster: ClusterId) -> bool {
+    stages.iter().any(|s| s.updated.contains(cluster))
 }
 
 /// Whether `cluster` failed in any stage.
-pub fn failed_in(stages: &[StageRun], cluster: &str) -> bool {
-    stages.iter().any(|s| s.failures.contains_key(cluster))
+pub fn failed_in(stages: &[StageRun], cluster: ClusterId) -> bool {
+    stages.iter().any(|s| s.failures.contains_key(&cluster))
 }
 
 /// Every cluster the stages sent their change to.
-pub fn reached_all(stages: &[StageRun]) -> impl Iterator<Item = &String> {
-    stages.iter().flat_map(|s| s.updated.keys())
+pub fn reached_all(stages: &[StageRun]) -> ClusterSet {
+    let mut all = ClusterSet::new();
+    for s in stages {
+        all.extend_set(&s.updated.all());
+    }
+    all
 }
 
 /// Where a walk over the stages stopped.
@@ -105,24 +172,24 @@ pub struct Walk<'a, D, F> {
     pub now_ms: u64,
     pub threshold: CountOrPercent,
     /// Clusters pinned since the run started: done as far as it is concerned.
-    pub pinned: &'a BTreeSet<String>,
+    pub pinned: &'a ClusterSet,
     /// Whether a cluster that received the change is done with it.
     pub done: D,
     /// Why a cluster that received the change at the given time fails it (`None`: not yet).
     pub failure: F,
 }
 
-/// Moves the stages on from `*current`; returns where it stopped, and pushes the clusters that
-/// were sent the change onto `touched`.
+/// Moves the stages on from `*current`; returns where it stopped, and adds the clusters that
+/// were sent the change to `touched`.
 pub fn walk<D, F>(
     stages: &mut [StageRun],
     current: &mut usize,
     w: &Walk<'_, D, F>,
-    touched: &mut Vec<String>,
+    touched: &mut ClusterSet,
 ) -> Progress
 where
-    D: Fn(&str) -> bool,
-    F: Fn(&str, u64) -> Option<String>,
+    D: Fn(ClusterId) -> bool,
+    F: Fn(ClusterId, u64) -> Option<String>,
 {
     while *current < stages.len() {
         let stage = &mut stages[*current];
@@ -143,12 +210,17 @@ where
             }
             StageState::WaitingApproval => return Progress::WaitingApproval,
             StageState::Progressing | StageState::Soaking => {
-                for (c, at) in &stage.updated {
-                    if w.pinned.contains(c) {
+                for (c, at) in stage.updated.iter() {
+                    if w.pinned.contains(c) || stage.failures.contains_key(&c) {
                         continue;
                     }
-                    if let Some(why) = (w.failure)(c, *at) {
-                        stage.failures.entry(c.clone()).or_insert(why);
+                    if let Some(why) = (w.failure)(c, at) {
+                        let why = if stage.failures.len() < MAX_REASONS {
+                            why
+                        } else {
+                            String::new()
+                        };
+                        stage.failures.insert(c, why);
                     }
                 }
                 if !stage.failures.is_empty()
@@ -167,19 +239,16 @@ where
                     }
                     return Progress::Moving;
                 }
-                let batch_done = stage
-                    .batch
-                    .iter()
-                    .all(|c| w.pinned.contains(c) || stage.failures.contains_key(c) || (w.done)(c));
+                let batch_done = stage.batch.iter().all(|c| {
+                    w.pinned.contains(c) || stage.failures.contains_key(&c) || (w.done)(c)
+                });
                 if !batch_done {
                     return Progress::Moving;
                 }
-                let remaining: Vec<String> = stage
+                let remaining = stage
                     .clusters
-                    .iter()
-                    .filter(|c| !stage.updated.contains_key(*c) && !w.pinned.contains(*c))
-                    .cloned()
-                    .collect();
+                    .difference(&stage.updated.all())
+                    .difference(w.pinned);
                 if remaining.is_empty() {
                     stage.batch.clear();
                     stage.state = StageState::Soaking;
@@ -187,11 +256,9 @@ where
                     continue;
                 }
                 let n = stage.max_parallel.of(stage.clusters.len()).max(1);
-                stage.batch = remaining.into_iter().take(n).collect();
-                for c in &stage.batch {
-                    stage.updated.insert(c.clone(), w.now_ms);
-                    touched.push(c.clone());
-                }
+                stage.batch = remaining.iter().take(n).collect();
+                stage.updated.add(w.now_ms, &stage.batch);
+                touched.extend_set(&stage.batch);
                 return Progress::Moving;
             }
             StageState::Succeeded => *current += 1,
@@ -201,18 +268,20 @@ where
     Progress::Done
 }
 
-/// The message of a run that failed in `stage`.
-pub fn failure_message(stage: &StageRun) -> String {
+/// The message of a run that failed in `stage`, naming clusters with `name`.
+pub fn failure_message(stage: &StageRun, name: &dyn Fn(ClusterId) -> String) -> String {
     let (c, why) = stage
         .failures
         .iter()
-        .next()
+        .find(|(_, why)| !why.is_empty())
+        .or_else(|| stage.failures.iter().next())
         .expect("a failed stage has a failure");
     format!(
-        "stage {} failed ({} of {} clusters): {c}: {why}",
+        "stage {} failed ({} of {} clusters): {}: {why}",
         stage.name,
         stage.failures.len(),
-        stage.clusters.len()
+        stage.clusters.len(),
+        name(*c)
     )
 }
 
@@ -241,32 +310,28 @@ pub fn approve(stage: &mut StageRun, who: &str) -> Result<(), String> {
 /// The stages of a new run over `members`: each pipeline stage takes the members its selector
 /// matches, in name order; members no stage selects go last (`unstaged`, or `all` when the
 /// pipeline has no stages). `Err` when two stages select one cluster.
-pub fn plan_stages<'a>(
+pub fn plan_stages(
     pipeline: &PipelineConfig,
-    members: impl IntoIterator<Item = &'a String>,
+    members: &ClusterSet,
     clusters: &[ClusterInfo],
 ) -> Result<Vec<StageRun>, String> {
-    let labels: BTreeMap<&str, &BTreeMap<String, String>> = clusters
-        .iter()
-        .map(|c| (c.name.as_str(), &c.labels))
-        .collect();
-    let members: Vec<&String> = members.into_iter().collect();
-    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    let known: HashMap<ClusterId, &ClusterInfo> = clusters.iter().map(|c| (c.id, c)).collect();
+    let mut taken: HashMap<ClusterId, &str> = HashMap::new();
     let mut stages = Vec::new();
     for stage in &pipeline.stages {
-        let mut picked = Vec::new();
-        for c in &members {
-            let Some(l) = labels.get(c.as_str()) else {
+        let mut picked = ClusterSet::new();
+        for c in members {
+            let Some(info) = known.get(&c) else {
                 continue;
             };
-            if stage.selector.matches(l) {
-                if let Some(other) = taken.insert((*c).clone(), stage.name.clone()) {
+            if stage.selector.matches(&info.labels) {
+                if let Some(other) = taken.insert(c, &stage.name) {
                     return Err(format!(
-                        "cluster {c} is selected by two stages of the pipeline: {other} and {}",
-                        stage.name
+                        "cluster {} is selected by two stages of the pipeline: {other} and {}",
+                        info.name, stage.name
                     ));
                 }
-                picked.push((*c).clone());
+                picked.insert(c);
             }
         }
         stages.push(StageRun::new(
@@ -277,11 +342,7 @@ pub fn plan_stages<'a>(
             picked,
         ));
     }
-    let rest: Vec<String> = members
-        .iter()
-        .filter(|c| !taken.contains_key(c.as_str()))
-        .map(|c| (*c).clone())
-        .collect();
+    let rest: ClusterSet = members.iter().filter(|c| !taken.contains_key(c)).collect();
     if !rest.is_empty() || stages.is_empty() {
         let name = if pipeline.stages.is_empty() {
             ALL_STAGE

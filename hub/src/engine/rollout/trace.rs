@@ -25,9 +25,10 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::plan::{AppRollout, ClusterView, StageState};
+use crate::render::ClusterId;
 
-/// Labels of each cluster, for span attributes (`cluster.label.<key>`).
-pub type Labels = BTreeMap<String, BTreeMap<String, String>>;
+/// A cluster's name and labels, for span attributes (`cluster.id`, `cluster.label.<key>`).
+pub type ClusterFacts<'a> = dyn Fn(ClusterId) -> Option<(String, BTreeMap<String, String>)> + 'a;
 
 #[derive(Default)]
 pub struct Traces {
@@ -43,7 +44,7 @@ struct State {
     /// The last stage span that ended, per app (linked from the next stage's span).
     previous: HashMap<String, (String, SpanContext)>,
     /// Deliveries in flight, per app and cluster.
-    deliveries: HashMap<String, HashMap<String, Delivery>>,
+    deliveries: HashMap<String, HashMap<ClusterId, Delivery>>,
 }
 
 struct OpenStage {
@@ -73,14 +74,14 @@ impl Traces {
     }
 
     /// The `traceparent` to send with `app` at `revision` to `cluster` ("" when none).
-    pub fn context_for(&self, app: &str, cluster: &str, revision: &str) -> String {
+    pub fn context_for(&self, app: &str, cluster: ClusterId, revision: &str) -> String {
         if !enabled() {
             return String::new();
         }
         self.state()
             .deliveries
             .get(app)
-            .and_then(|ds| ds.get(cluster))
+            .and_then(|ds| ds.get(&cluster))
             .filter(|d| d.revision == revision)
             .map(|d| d.traceparent.clone())
             .unwrap_or_default()
@@ -88,12 +89,12 @@ impl Traces {
 
     /// Brings the spans of `rec` in line with its rollout after a change: ends the stage and
     /// deliveries that are over, starts the ones that began. `views` are the clusters'
-    /// reports (empty when the change came from an operator, not from reports).
+    /// reports (none when the change came from an operator, not from reports).
     pub fn observe(
         &self,
         rec: &AppRollout,
-        views: &BTreeMap<String, ClusterView>,
-        labels: &Labels,
+        views: &dyn Fn(ClusterId) -> ClusterView,
+        facts: &ClusterFacts<'_>,
     ) {
         if !enabled() {
             return;
@@ -106,8 +107,8 @@ impl Traces {
         let revision = rollout.map(|r| r.revision.as_str()).unwrap_or("");
         let in_flight = rollout.is_some_and(|r| r.state.in_flight());
         // Whether a delivery stays open; the ones that end get their closing event first.
-        let still_open = |cluster: &String, d: &mut Delivery| {
-            if let Some(v) = views.get(cluster).filter(|v| v.revision == d.revision) {
+        let still_open = |cluster: &ClusterId, d: &mut Delivery| {
+            if let Some(v) = Some(views(*cluster)).filter(|v| v.revision == d.revision) {
                 if v.healthy_at(&d.revision) {
                     d.span.add_event("healthy", Vec::new());
                     return false;
@@ -224,25 +225,27 @@ impl Traces {
             let deliveries = st.deliveries.entry(app.to_string()).or_default();
             for cluster in &stage.batch {
                 if deliveries
-                    .get(cluster)
+                    .get(&cluster)
                     .is_some_and(|d| d.revision == r.revision)
                 {
                     continue;
                 }
+                let (name, labels) =
+                    facts(cluster).unwrap_or_else(|| (format!("#{cluster}"), BTreeMap::new()));
                 let span = tracing::info_span!(
                     parent: &parent,
                     "flotilla.deliver",
-                    cluster.id = %cluster,
+                    cluster.id = %name,
                     app = %app,
                     revision = %r.revision,
                     stage = %stage.name,
                 );
-                for (k, v) in labels.get(cluster).into_iter().flatten() {
-                    traces::attribute(&span, format!("cluster.label.{k}"), v.clone());
+                for (k, v) in labels {
+                    traces::attribute(&span, format!("cluster.label.{k}"), v);
                 }
                 let traceparent = traces::traceparent(&span);
                 deliveries.insert(
-                    cluster.clone(),
+                    cluster,
                     Delivery {
                         revision: r.revision.clone(),
                         traceparent,

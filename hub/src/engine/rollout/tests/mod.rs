@@ -6,7 +6,8 @@
 mod removal;
 mod rollback;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::plan::*;
@@ -18,6 +19,47 @@ use crate::state::desired::AppEntry;
 use flotilla_proto::state::{Health, Phase};
 
 const MIN: u64 = 60_000;
+
+/// Names of the clusters by id, for [`cname`].
+static NAMES: Mutex<Option<HashMap<ClusterId, String>>> = Mutex::new(None);
+
+/// The id a test cluster gets: the same for a name in every test, ordered like the names
+/// within one stem (`eu-1` < `eu-2`), as the registry's ids follow the order of joining.
+fn cid(name: &str) -> ClusterId {
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let n: u32 = name[stem.len()..].parse().unwrap_or(0);
+    let h = stem.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(16_777_619)
+    });
+    let id = (h % 4_000_000) * 1000 + n + 1;
+    NAMES
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(id, name.to_string());
+    id
+}
+
+fn cname(id: ClusterId) -> String {
+    NAMES
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(&id).cloned())
+        .unwrap_or_else(|| format!("#{id}"))
+}
+
+/// The names of `set`, sorted.
+fn names(set: &ClusterSet) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().map(cname).collect();
+    v.sort();
+    v
+}
+
+/// A test cluster with its labels.
+fn info(name: &str, labels: &[(&str, &str)]) -> ClusterInfo {
+    ClusterInfo::new(name, labels.iter().copied()).with_id(cid(name))
+}
 
 fn selector(key: &str, value: &str) -> LabelSelector {
     serde_json::from_value(serde_json::json!({"matchLabels": {key: value}})).unwrap()
@@ -47,31 +89,35 @@ fn pipeline(stages: Vec<Stage>, on_failure: OnFailure) -> PipelineConfig {
 fn fleet(regions: &[(&str, usize)]) -> Vec<ClusterInfo> {
     regions
         .iter()
-        .flat_map(|(r, n)| {
-            (1..=*n).map(move |i| ClusterInfo::new(format!("{r}-{i}"), [("region", *r)]))
-        })
+        .flat_map(|(r, n)| (1..=*n).map(move |i| info(&format!("{r}-{i}"), &[("region", r)])))
         .collect()
 }
 
 fn render(rev: &str, clusters: &[ClusterInfo]) -> Render {
-    Render {
-        revision: rev.into(),
-        entries: clusters
-            .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    AppEntry {
-                        app: "web".into(),
-                        revision: rev.into(),
-                        bundle_digest: format!("sha256:{rev}"),
-                        bundle_size: 1,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
-    }
+    render_content(rev, rev, clusters, |_| {})
+}
+
+/// A rendering known as `rev` with the content of `content`, each entry changed by `f`.
+fn render_content(
+    rev: &str,
+    content: &str,
+    clusters: &[ClusterInfo],
+    f: impl Fn(&mut AppEntry),
+) -> Render {
+    Render::stamped(
+        rev,
+        clusters.iter().map(|c| {
+            let mut e = AppEntry {
+                app: "web".into(),
+                revision: rev.into(),
+                bundle_digest: format!("sha256:{content}"),
+                bundle_size: 1,
+                ..Default::default()
+            };
+            f(&mut e);
+            (c.id, e)
+        }),
+    )
 }
 
 /// A rollout under test with the clusters' reports.
@@ -79,7 +125,7 @@ struct World {
     rec: AppRollout,
     clusters: Vec<ClusterInfo>,
     pipeline: PipelineConfig,
-    views: BTreeMap<String, ClusterView>,
+    views: BTreeMap<ClusterId, ClusterView>,
     now: u64,
 }
 
@@ -89,7 +135,7 @@ impl World {
             .iter()
             .map(|c| {
                 (
-                    c.name.clone(),
+                    c.id,
                     ClusterView {
                         connected: true,
                         last_seen_ms: 0,
@@ -125,17 +171,33 @@ impl World {
             .unwrap()
     }
 
-    /// Advances as the engine does: a copy without the renderings, which are put back after.
+    /// Advances as the engine does: a copy without the renderings, which are put back after;
+    /// the names of the clusters touched.
     fn advance(&mut self) -> Vec<String> {
         let mut rec = self.rec.without_renders();
+        let views = |c: ClusterId| self.views.get(&c).cloned().unwrap_or_default();
         let touched = rec.advance(&Inputs {
             now_ms: self.now,
-            views: &self.views,
+            views: &views,
+            names: &cname,
             grace_ms: MIN,
+            due: Default::default(),
         });
         rec.renders = std::mem::take(&mut self.rec.renders);
         self.rec = rec;
-        touched
+        names(&touched)
+    }
+
+    fn view_mut(&mut self, cluster: &str) -> &mut ClusterView {
+        self.views.get_mut(&cid(cluster)).unwrap()
+    }
+
+    fn desired_for(&self, cluster: &str) -> Option<AppEntry> {
+        self.rec.desired_for(cid(cluster))
+    }
+
+    fn pin(&mut self, cluster: &str, revision: &str) -> Result<String, ActionError> {
+        self.rec.pin(cid(cluster), cluster, revision)
     }
 
     /// Every cluster that desires a revision reports it applied and healthy (or as `outcome`
@@ -143,8 +205,9 @@ impl World {
     /// Clusters without an entry (or told to let go of the app) report it gone.
     fn agents_report(&mut self, bad: &[&str]) {
         for c in &self.clusters {
-            let v = self.views.get_mut(&c.name).unwrap();
-            let Some(entry) = self.rec.desired_for(&c.name).filter(|e| !e.options.orphan) else {
+            let entry = self.rec.desired_for(c.id).filter(|e| !e.options.orphan);
+            let v = self.views.get_mut(&c.id).unwrap();
+            let Some(entry) = entry else {
                 v.revision.clear();
                 v.phase = Phase::Unspecified;
                 v.health = Health::Unknown;
@@ -166,7 +229,7 @@ impl World {
 
     /// `cluster` reports `rev` applied with `health`.
     fn applied(&mut self, cluster: &str, rev: &str, health: Health) {
-        let v = self.views.get_mut(cluster).unwrap();
+        let v = self.view_mut(cluster);
         v.revision = rev.into();
         v.phase = Phase::Applied;
         v.health = health;
@@ -215,7 +278,7 @@ impl World {
     }
 
     fn revision_of(&self, cluster: &str) -> Option<String> {
-        self.rec.desired_for(cluster).map(|e| e.revision)
+        self.desired_for(cluster).map(|e| e.revision)
     }
 }
 
@@ -247,10 +310,12 @@ fn settled() -> World {
 }
 
 /// What an offer that changes nothing returns.
-const NOTHING: Offer = Offer {
-    started: false,
-    touched: Vec::new(),
-};
+fn nothing() -> Offer {
+    Offer {
+        started: false,
+        touched: ClusterSet::new(),
+    }
+}
 
 #[test]
 fn a_revision_goes_stage_by_stage_and_becomes_the_last_good_one() {
@@ -392,12 +457,8 @@ fn rollback_puts_every_updated_cluster_back_and_the_revision_is_not_retried() {
         "no later stage started"
     );
     // The same content again (another commit touching other apps) is not retried.
-    let mut again = render("r2", &w.clusters);
-    again.revision = "r3".into();
-    for e in again.entries.values_mut() {
-        e.revision = "r3".into();
-    }
-    assert_eq!(w.offer(again), NOTHING);
+    let again = render_content("r3", "r2", &w.clusters, |_| {});
+    assert_eq!(w.offer(again), nothing());
     // A new commit starts afresh.
     assert!(w.commit("r4").started);
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
@@ -426,7 +487,7 @@ fn not_healthy_within_the_health_timeout_fails_the_cluster() {
     w.now += 1_000;
     w.advance();
     assert_eq!(w.state(), RolloutState::RolledBack);
-    let f = &w.stage("canary").failures["canary-1"];
+    let f = &w.stage("canary").failures[&cid("canary-1")];
     assert!(
         f.starts_with("not healthy within 5m (applied, progressing)"),
         "{f}"
@@ -438,9 +499,10 @@ fn a_disconnected_cluster_fails_its_stage_after_the_grace_period() {
     let mut w = three_regions();
     w.first_stage_healthy("r1");
     // eu-1 goes away as the eu stage starts.
-    let v = w.views.get_mut("eu-1").unwrap();
+    let now = w.now;
+    let v = w.view_mut("eu-1");
     v.connected = false;
-    v.last_seen_ms = w.now;
+    v.last_seen_ms = now;
     w.now += MIN - 1;
     w.advance();
     assert_eq!(
@@ -451,7 +513,7 @@ fn a_disconnected_cluster_fails_its_stage_after_the_grace_period() {
     w.now += 1;
     w.advance();
     assert_eq!(w.state(), RolloutState::RolledBack);
-    assert!(w.stage("eu").failures["eu-1"].starts_with("disconnected for more than 1m"));
+    assert!(w.stage("eu").failures[&cid("eu-1")].starts_with("disconnected for more than 1m"));
 }
 
 #[test]
@@ -484,19 +546,19 @@ fn a_paused_rollout_does_not_move_until_resumed() {
 #[test]
 fn pinned_clusters_keep_their_revision_and_are_skipped() {
     let mut w = settled();
-    assert_eq!(w.rec.pin("eu-1", "r1").unwrap(), "r1");
+    assert_eq!(w.pin("eu-1", "r1").unwrap(), "r1");
     w.commit("r2");
     assert_eq!(w.settle(&[]), RolloutState::Succeeded);
-    assert!(!w.stage("eu").clusters.contains(&"eu-1".to_string()));
+    assert!(!w.stage("eu").clusters.contains(cid("eu-1")));
     assert_eq!(w.revision_of("eu-1").as_deref(), Some("r1"));
     assert_eq!(w.revision_of("eu-2").as_deref(), Some("r2"));
-    w.rec.pins.remove("eu-1");
+    w.rec.pins.remove(&cid("eu-1"));
     assert_eq!(
         w.revision_of("eu-1").as_deref(),
         Some("r2"),
         "unpinned: the current revision"
     );
-    let e = w.rec.pin("eu-1", "nope").unwrap_err();
+    let e = w.pin("eu-1", "nope").unwrap_err();
     assert!(
         e.to_string().contains("not among the kept renderings"),
         "{e}"
@@ -523,8 +585,13 @@ fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
     // Held compactly: when r3 started most clusters ran r2 (canary and eu), us ran r1.
     let r = w.rec.rollout.as_ref().unwrap();
     assert_eq!(r.base.as_deref(), Some("r2"));
+    let held: BTreeMap<String, Option<String>> = r
+        .held
+        .iter()
+        .map(|(c, rev)| (cname(c), rev.map(str::to_string)))
+        .collect();
     assert_eq!(
-        r.held,
+        held,
         BTreeMap::from([
             ("us-1".to_string(), Some("r1".to_string())),
             ("us-2".to_string(), Some("r1".to_string()))
@@ -536,38 +603,28 @@ fn a_newer_revision_supersedes_and_older_ones_are_held_until_it_arrives() {
 fn unchanged_content_new_clusters_and_operator_rollback() {
     let mut w = settled();
     // A commit that does not change this app: no rollout, the revision keeps its name.
-    let mut same = render("r1", &w.clusters);
-    same.revision = "r1b".into();
-    assert_eq!(w.offer(same), NOTHING);
+    let same = render_content("r1b", "r1", &w.clusters, |_| {});
+    assert_eq!(w.offer(same), nothing());
     assert_eq!(w.rec.effective_revision(), Some("r1"));
     // A new cluster gets the current revision at once.
-    w.clusters
-        .push(ClusterInfo::new("eu-3", [("region", "eu")]));
+    w.clusters.push(info("eu-3", &[("region", "eu")]));
     let out = w.offer(render("r1", &w.clusters.clone()));
-    assert_eq!(
-        out,
-        Offer {
-            started: false,
-            touched: vec!["eu-3".into()]
-        }
-    );
+    assert!(!out.started);
+    assert_eq!(names(&out.touched), ["eu-3"]);
     assert_eq!(w.revision_of("eu-3").as_deref(), Some("r1"));
     // Operator rollback to a kept revision.
-    w.views.insert("eu-3".into(), ClusterView::default());
+    w.views.insert(cid("eu-3"), ClusterView::default());
     w.commit("r2");
     w.settle(&[]);
     let touched = w.rec.rollback(Some("r1"), w.now).unwrap();
-    assert!(touched.contains(&"us-2".to_string()));
+    assert!(touched.contains(cid("us-2")));
     assert_eq!(w.revision_of("us-2").as_deref(), Some("r1"));
     assert!(w.rec.rollback(Some("zzz"), w.now).is_err());
 }
 
 #[test]
 fn a_cluster_in_two_stages_is_refused() {
-    let clusters = vec![ClusterInfo::new(
-        "x",
-        [("region", "eu"), ("ring", "canary")],
-    )];
+    let clusters = vec![info("x", &[("region", "eu"), ("ring", "canary")])];
     let p = pipeline(
         vec![
             Stage {

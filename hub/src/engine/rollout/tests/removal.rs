@@ -19,7 +19,7 @@ impl World {
     /// Retires the app from every cluster of the world for `cause`; the clusters touched at once.
     fn retire(&mut self, cause: Cause<'_>) -> Vec<String> {
         let clusters = self.clusters.clone();
-        self.rec.retire(cause, &clusters, self.now).unwrap()
+        names(&self.rec.retire(cause, &clusters, self.now).unwrap())
     }
 
     fn removal(&self) -> &Removal {
@@ -29,7 +29,7 @@ impl World {
     fn running(&self) -> Vec<String> {
         self.clusters
             .iter()
-            .filter(|c| self.rec.desired_for(&c.name).is_some())
+            .filter(|c| self.rec.desired_for(c.id).is_some())
             .map(|c| c.name.clone())
             .collect()
     }
@@ -63,7 +63,7 @@ fn one_cluster_relabelled_out_loses_the_app_through_its_stage() {
     // us-2 is no longer targeted (1 of 5 clusters: within maxRemoval 10%, no approval).
     let offer = w.commit_for("r1", &["canary-1", "eu-1", "eu-2", "us-1"]);
     assert_eq!(
-        offer.touched,
+        names(&offer.touched),
         Vec::<String>::new(),
         "nothing changes at once"
     );
@@ -72,7 +72,7 @@ fn one_cluster_relabelled_out_loses_the_app_through_its_stage() {
     assert_eq!(rm.state, RolloutState::Progressing);
     assert!(rm.gate.is_none());
     let us = rm.stages.iter().find(|s| s.name == "us").unwrap();
-    assert_eq!(us.clusters, ["us-2"]);
+    assert_eq!(names(&us.clusters), ["us-2"]);
     // Empty stages pass; the us stage sends the removal.
     assert_eq!(w.advance(), ["us-2"]);
     assert_eq!(w.revision_of("us-2"), None);
@@ -163,10 +163,7 @@ fn a_cluster_that_keeps_the_app_fails_the_removal_and_the_rest_keep_it() {
 #[test]
 fn prune_false_apps_are_dropped_at_once_because_nothing_is_deleted() {
     let mut w = three_regions();
-    let mut r1 = render("r1", &w.clusters);
-    for e in r1.entries.values_mut() {
-        e.options.disable_prune = true;
-    }
+    let r1 = render_content("r1", "r1", &w.clusters, |e| e.options.disable_prune = true);
     w.offer(r1);
     w.settle(&[]);
     let touched = w.retire(cause("r2", "gone", false, None));
@@ -180,9 +177,9 @@ fn keeping_resources_tells_each_agent_to_let_go_without_deleting() {
     let mut w = settled();
     w.retire(cause("", "source fleet was removed", true, Some("admin")));
     w.advance();
-    let e = w.rec.desired_for("canary-1").unwrap();
+    let e = w.desired_for("canary-1").unwrap();
     assert!(e.options.orphan, "an orphan entry, not a deletion");
-    assert!(!w.rec.desired_for("eu-1").unwrap().options.orphan);
+    assert!(!w.desired_for("eu-1").unwrap().options.orphan);
     w.settle(&[]);
     assert!(w.rec.finished());
 }
@@ -195,7 +192,7 @@ fn a_cluster_targeted_again_keeps_the_app_and_leaves_the_removal() {
     // The label is fixed before anyone approves: us-1 and us-2 are targeted again.
     w.commit_for("r1", &["canary-1", "eu-1", "us-1", "us-2"]);
     let rm = w.removal();
-    assert_eq!(rm.from.keys().collect::<Vec<_>>(), ["eu-2"]);
+    assert_eq!(names(&rm.from.clusters()), ["eu-2"]);
     assert!(!rm.gated(), "1 of 5 is within maxRemoval");
     w.settle(&[]);
     assert_eq!(w.running(), ["canary-1", "eu-1", "us-1", "us-2"]);
@@ -218,7 +215,7 @@ fn a_new_revision_and_a_removal_move_side_by_side() {
 #[test]
 fn pinned_clusters_are_not_removed() {
     let mut w = settled();
-    w.rec.pin("us-2", "r1").unwrap();
+    w.pin("us-2", "r1").unwrap();
     w.retire(cause("r2", "gone", false, Some("admin")));
     w.settle(&[]);
     assert_eq!(w.running(), ["us-2"]);
@@ -231,7 +228,7 @@ fn a_cluster_the_hub_removed_is_dropped_at_once() {
     // us-1 and us-2 were removed from the hub (revoked): they are neither targeted nor known.
     w.clusters.retain(|c| !c.name.starts_with("us-"));
     let offer = w.commit_for("r1", &["canary-1", "eu-1", "eu-2"]);
-    assert_eq!(offer.touched, ["us-1", "us-2"]);
+    assert_eq!(names(&offer.touched), ["us-1", "us-2"]);
     assert!(w.rec.removal.is_none(), "nothing to stage or approve");
 }
 

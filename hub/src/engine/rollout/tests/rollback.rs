@@ -8,9 +8,9 @@ use super::*;
 /// while the next commit arrives.
 fn gated(on_failure: OnFailure) -> World {
     let clusters = vec![
-        ClusterInfo::new("can1", [("region", "canary")]),
-        ClusterInfo::new("eu1", [("region", "eu")]),
-        ClusterInfo::new("us1", [("region", "us")]),
+        info("can1", &[("region", "canary")]),
+        info("eu1", &[("region", "eu")]),
+        info("us1", &[("region", "us")]),
     ];
     let us = Stage {
         approval: Approval::Manual,
@@ -98,7 +98,7 @@ fn halting_instead_leaves_the_failed_canary_where_it_is() {
     );
     // An operator rollback afterwards returns the canary to what it ran before v3.
     let touched = w.rec.rollback(None, w.now).unwrap();
-    assert_eq!(touched, ["can1"]);
+    assert_eq!(names(&touched), ["can1"]);
     assert_eq!(w.state(), RolloutState::RolledBack);
     w.assert_runs(
         &[("can1", "v2"), ("eu1", "v2"), ("us1", "v2")],
@@ -109,7 +109,7 @@ fn halting_instead_leaves_the_failed_canary_where_it_is() {
 #[test]
 fn a_pinned_cluster_keeps_its_pin_through_the_rollback() {
     let mut w = two_unfinished(OnFailure::Rollback);
-    w.rec.pin("eu1", "v1").unwrap();
+    w.pin("eu1", "v1").unwrap();
     assert_eq!(w.fail_v3_in_canary(), RolloutState::RolledBack);
     w.assert_runs(
         &[("can1", "v2"), ("eu1", "v1"), ("us1", "v2")],
@@ -123,10 +123,9 @@ fn a_cluster_added_mid_rollout_loses_only_what_it_never_ran_before() {
     w.walk_to_us("v1");
     // can2 joins while v2 rolls out: it runs nothing until a revision reaches it.
     w.commit("v2");
-    w.clusters
-        .push(ClusterInfo::new("can2", [("region", "canary")]));
+    w.clusters.push(info("can2", &[("region", "canary")]));
     w.views.insert(
-        "can2".into(),
+        cid("can2"),
         ClusterView {
             connected: true,
             ..Default::default()

@@ -1,0 +1,195 @@
+//! The compact shapes a rollout record keeps clusters in, so that it grows with the distinct
+//! renderings and with the clusters whose state differs, not with clusters × revisions:
+//! [`Groups`] (one entry per distinct rendering, with the clusters that get it) and
+//! [`ByRevision`] (clusters per revision they ran). Pure data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::render::{ClusterId, ClusterSet};
+use crate::state::desired::AppEntry;
+
+/// One distinct entry and the clusters that get it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub entry: AppEntry,
+    pub clusters: ClusterSet,
+}
+
+/// Entries per cluster, stored once per distinct entry (bundle digest, size, options,
+/// dependencies): at 10,000 clusters that all render alike, one entry and one range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Groups(Vec<Group>);
+
+impl Groups {
+    /// The entries of `entries` grouped by identical entry.
+    pub fn from_entries(entries: impl IntoIterator<Item = (ClusterId, AppEntry)>) -> Self {
+        let mut g = Groups::default();
+        for (c, e) in entries {
+            g.insert(c, e);
+        }
+        g
+    }
+
+    pub fn get(&self, cluster: ClusterId) -> Option<&AppEntry> {
+        self.0
+            .iter()
+            .find(|g| g.clusters.contains(cluster))
+            .map(|g| &g.entry)
+    }
+
+    pub fn contains(&self, cluster: ClusterId) -> bool {
+        self.0.iter().any(|g| g.clusters.contains(cluster))
+    }
+
+    /// Sets `cluster`'s entry (it leaves the group it was in).
+    pub fn insert(&mut self, cluster: ClusterId, entry: AppEntry) {
+        self.remove(cluster);
+        match self.0.iter_mut().find(|g| g.entry == entry) {
+            Some(g) => {
+                g.clusters.insert(cluster);
+            }
+            None => self.0.push(Group {
+                entry,
+                clusters: std::iter::once(cluster).collect(),
+            }),
+        }
+    }
+
+    /// Takes `cluster` out; its entry, if it had one.
+    pub fn remove(&mut self, cluster: ClusterId) -> Option<AppEntry> {
+        let i = self.0.iter().position(|g| g.clusters.contains(cluster))?;
+        let g = &mut self.0[i];
+        g.clusters.remove(cluster);
+        let entry = g.entry.clone();
+        if g.clusters.is_empty() {
+            self.0.remove(i);
+        }
+        Some(entry)
+    }
+
+    /// Every cluster with an entry.
+    pub fn clusters(&self) -> ClusterSet {
+        let mut all = ClusterSet::new();
+        for g in &self.0 {
+            all.extend_set(&g.clusters);
+        }
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|g| g.clusters.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The distinct entries with their clusters.
+    pub fn groups(&self) -> &[Group] {
+        &self.0
+    }
+
+    /// Every cluster with its entry, by group.
+    pub fn iter(&self) -> impl Iterator<Item = (ClusterId, &AppEntry)> {
+        self.0
+            .iter()
+            .flat_map(|g| g.clusters.iter().map(move |c| (c, &g.entry)))
+    }
+
+    /// Stamps every entry with `revision`.
+    pub fn stamp(&mut self, revision: &str) {
+        for g in &mut self.0 {
+            g.entry.revision = revision.to_owned();
+        }
+    }
+}
+
+/// Clusters per revision (`None`: no revision of the app), for the clusters whose revision
+/// differs from a rollout's common case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ByRevision(Vec<(Option<String>, ClusterSet)>);
+
+impl ByRevision {
+    /// The revision recorded for `cluster` (`None`: nothing recorded; `Some(None)`: no
+    /// revision).
+    pub fn get(&self, cluster: ClusterId) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|(_, set)| set.contains(cluster))
+            .map(|(rev, _)| rev.as_deref())
+    }
+
+    pub fn insert(&mut self, cluster: ClusterId, revision: Option<String>) {
+        for (_, set) in &mut self.0 {
+            set.remove(cluster);
+        }
+        self.0.retain(|(_, set)| !set.is_empty());
+        match self.0.iter_mut().find(|(r, _)| *r == revision) {
+            Some((_, set)) => {
+                set.insert(cluster);
+            }
+            None => self.0.push((revision, std::iter::once(cluster).collect())),
+        }
+    }
+
+    /// The revisions recorded.
+    pub fn revisions(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().filter_map(|(r, _)| r.as_ref())
+    }
+
+    /// Every cluster with its recorded revision.
+    pub fn iter(&self) -> impl Iterator<Item = (ClusterId, Option<&str>)> {
+        self.0
+            .iter()
+            .flat_map(|(r, set)| set.iter().map(move |c| (c, r.as_deref())))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(digest: &str) -> AppEntry {
+        AppEntry {
+            app: "web".into(),
+            revision: "r1".into(),
+            bundle_digest: digest.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn groups_hold_one_entry_per_distinct_rendering() {
+        let mut g = Groups::from_entries((1..=10_000).map(|c| (c, entry("sha256:a"))));
+        g.insert(7, entry("sha256:b"));
+        assert_eq!(g.groups().len(), 2);
+        assert_eq!(g.len(), 10_000);
+        assert_eq!(g.get(7).unwrap().bundle_digest, "sha256:b");
+        assert_eq!(g.get(8).unwrap().bundle_digest, "sha256:a");
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.len() < 800, "{json}");
+        assert_eq!(g.remove(7).unwrap().bundle_digest, "sha256:b");
+        assert_eq!(g.groups().len(), 1, "an empty group goes");
+        assert!(!g.contains(7));
+        let back: Groups = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back, g);
+    }
+
+    #[test]
+    fn by_revision_keeps_one_revision_per_cluster() {
+        let mut b = ByRevision::default();
+        b.insert(1, Some("r1".into()));
+        b.insert(2, None);
+        b.insert(1, Some("r2".into()));
+        assert_eq!(b.get(1), Some(Some("r2")));
+        assert_eq!(b.get(2), Some(None));
+        assert_eq!(b.get(3), None);
+        assert_eq!(b.revisions().collect::<Vec<_>>(), ["r2"]);
+    }
+}

@@ -1,0 +1,213 @@
+//! What the engine knows of the agents' reports: per app and cluster the revision, digest, phase,
+//! health and message — the few fields promotion reads — in memory, compactly (revisions and
+//! digests interned: 10,000 clusters on one revision share one string). A report updates its
+//! apps' entries in O(1) each; the full reports (object counts, worst objects) stay in the store
+//! for the Admin API. Filled from the stored statuses when the engine starts, then from each
+//! report as it is recorded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use flotilla_proto::state::{Health, Phase};
+use flotilla_proto::v1;
+
+use crate::render::ClusterId;
+use crate::state::desired::StatusRecord;
+
+/// One app's last report from one cluster.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub revision: Arc<str>,
+    pub digest: Arc<str>,
+    pub phase: Phase,
+    pub health: Health,
+    pub message: Box<str>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// App → cluster → its last report.
+    apps: HashMap<Arc<str>, HashMap<ClusterId, Seen>>,
+    /// Cluster → the apps it reported (for a `replace` report).
+    clusters: HashMap<ClusterId, HashSet<Arc<str>>>,
+    strings: HashSet<Arc<str>>,
+}
+
+impl Index {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(a.clone());
+        a
+    }
+
+    fn forget_cluster(&mut self, cluster: ClusterId) {
+        for app in self.clusters.remove(&cluster).unwrap_or_default() {
+            if let Some(per) = self.apps.get_mut(&app) {
+                per.remove(&cluster);
+            }
+        }
+    }
+
+    fn set(&mut self, cluster: ClusterId, app: &str, seen: Option<Seen>) {
+        let app = self.intern(app);
+        match seen {
+            Some(s) => {
+                self.apps.entry(app.clone()).or_default().insert(cluster, s);
+                self.clusters.entry(cluster).or_default().insert(app);
+            }
+            None => {
+                if let Some(per) = self.apps.get_mut(&app) {
+                    per.remove(&cluster);
+                }
+                if let Some(set) = self.clusters.get_mut(&cluster) {
+                    set.remove(&app);
+                }
+            }
+        }
+    }
+
+    fn seen(
+        &mut self,
+        revision: &str,
+        digest: &str,
+        phase: Phase,
+        health: Health,
+        msg: &str,
+    ) -> Seen {
+        Seen {
+            revision: self.intern(revision),
+            digest: self.intern(digest),
+            phase,
+            health,
+            message: msg.into(),
+        }
+    }
+}
+
+/// The index of reports, shared by the engine and the scrape-time fleet view.
+#[derive(Debug, Default)]
+pub struct Reports {
+    index: RwLock<Index>,
+}
+
+impl Reports {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a stored status record (at start).
+    pub fn load(&self, cluster: ClusterId, rec: &StatusRecord) {
+        let mut ix = self.write();
+        for a in &rec.apps {
+            let s = ix.seen(&a.revision, &a.bundle_digest, a.phase, a.health, &a.message);
+            ix.set(cluster, &a.app, Some(s));
+        }
+    }
+
+    /// Takes a report as it was recorded: `replace` starts the cluster from nothing, an app
+    /// reported `removed` is forgotten. Returns the apps it named.
+    pub fn record(&self, cluster: ClusterId, report: &v1::StatusReport) -> Vec<String> {
+        let mut ix = self.write();
+        if report.replace {
+            ix.forget_cluster(cluster);
+        }
+        let mut apps = Vec::with_capacity(report.apps.len());
+        for a in &report.apps {
+            let seen = (a.phase() != Phase::Removed).then(|| {
+                ix.seen(
+                    &a.revision,
+                    &a.bundle_digest,
+                    a.phase(),
+                    a.health(),
+                    &a.message,
+                )
+            });
+            ix.set(cluster, &a.app, seen);
+            apps.push(a.app.clone());
+        }
+        apps
+    }
+
+    /// Forgets a cluster (removed from the hub).
+    pub fn forget(&self, cluster: ClusterId) {
+        self.write().forget_cluster(cluster);
+    }
+
+    /// What `cluster` last reported of `app`.
+    pub fn get(&self, app: &str, cluster: ClusterId) -> Option<Seen> {
+        self.read().apps.get(app)?.get(&cluster).cloned()
+    }
+
+    /// Reads `app`'s reports in place.
+    pub fn with_app<T>(
+        &self,
+        app: &str,
+        f: impl for<'a> FnOnce(&'a dyn Fn(ClusterId) -> Option<&'a Seen>) -> T,
+    ) -> T {
+        let ix = self.read();
+        let per = ix.apps.get(app);
+        f(&|c| per.and_then(|p| p.get(&c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(app: &str, rev: &str, phase: Phase) -> v1::AppStatus {
+        let mut a = v1::AppStatus {
+            app: app.into(),
+            revision: rev.into(),
+            bundle_digest: format!("sha256:{rev}"),
+            ..Default::default()
+        };
+        a.set_phase(phase);
+        a.set_health(Health::Healthy);
+        a
+    }
+
+    #[test]
+    fn reports_replace_merge_and_forget() {
+        let r = Reports::default();
+        let report = |replace, apps| v1::StatusReport {
+            generation: 1,
+            apps,
+            replace,
+        };
+        r.record(
+            1,
+            &report(
+                true,
+                vec![
+                    status("web", "r1", Phase::Applied),
+                    status("db", "r1", Phase::Applied),
+                ],
+            ),
+        );
+        r.record(2, &report(true, vec![status("web", "r1", Phase::Applied)]));
+        assert_eq!(&*r.get("web", 1).unwrap().revision, "r1");
+        // One string for every cluster on r1.
+        assert!(Arc::ptr_eq(
+            &r.get("web", 1).unwrap().revision,
+            &r.get("web", 2).unwrap().revision
+        ));
+        r.record(1, &report(false, vec![status("web", "r2", Phase::Failed)]));
+        assert_eq!(r.get("web", 1).unwrap().phase, Phase::Failed);
+        assert!(
+            r.get("db", 1).is_some(),
+            "a partial report keeps the other apps"
+        );
+        r.record(1, &report(false, vec![status("db", "", Phase::Removed)]));
+        assert!(r.get("db", 1).is_none());
+        r.record(1, &report(true, vec![]));
+        assert!(r.get("web", 1).is_none(), "replace starts from nothing");
+        assert!(r.get("web", 2).is_some());
+    }
+}
