@@ -12,7 +12,9 @@
 //! * hub CPU in the window (cores), on the same machine as the clients.
 //!
 //! After the load stops, every cluster's statuses are read back through the Admin API and each
-//! app must hold at least the newest report the hub acknowledged for it.
+//! app must hold at least the newest report the hub acknowledged for it. `--in-process` then
+//! measures the group commit alone (`Statuses::record` on a redb store, no TLS or gRPC): the
+//! ceiling the store puts on ingest.
 //!
 //! Exit status: 0 when the run completed and met the target (≥ 50,000 reports/s), 1 when it
 //! could not complete (or an acknowledged status was missing), 2 when it missed the target.
@@ -22,6 +24,7 @@
 //! target/release/statusbench --sessions 2000 --window 4 --duration 20s
 //! ```
 
+mod in_process;
 mod report;
 
 use std::path::PathBuf;
@@ -81,6 +84,9 @@ struct Args {
     /// Joins and handshakes in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     concurrency: u64,
+    /// Also measure the group commit alone, in this process (as many callers as sessions).
+    #[arg(long)]
+    in_process: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -128,6 +134,11 @@ async fn run(args: Args) -> Result<ExitCode> {
             p.display(),
             log_path.display()
         );
+    }
+    if outcome.is_ok() && args.in_process {
+        println!("{}: measuring the group commit in process", prog());
+        rep.in_process =
+            Some(in_process::run(args.sessions, args.apps, args.warmup, args.duration).await?);
     }
     rep.finish();
     println!("{}", rep.table());

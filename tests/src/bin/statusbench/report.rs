@@ -51,6 +51,9 @@ pub struct Report {
     pub ended_early: usize,
     pub errors: Vec<String>,
 
+    /// `--in-process`: the group commit alone.
+    pub in_process: Option<crate::in_process::InProcess>,
+
     pub target: String,
     /// "PASS" or "FAIL".
     pub verdict: String,
@@ -142,6 +145,29 @@ impl Report {
             ),
         );
         row("sessions ended early", self.ended_early.to_string());
+        if let Some(p) = &self.in_process {
+            row(
+                "in process (no TLS/gRPC): reports/s",
+                format!(
+                    "{} ({} callers)",
+                    thousands_f64(p.reports_per_sec),
+                    thousands(p.callers as u64)
+                ),
+            );
+            row(
+                "in process: record p50 / p99",
+                format!("{:.1} / {:.1} ms", p.latency.p50_ms, p.latency.p99_ms),
+            );
+            row(
+                "in process: transactions, reports each",
+                format!(
+                    "{} ({:.1} ms each), {:.0}",
+                    thousands(p.transactions),
+                    p.commit_ms,
+                    p.reports_per_transaction
+                ),
+            );
+        }
         row(
             "verdict",
             format!("{} (target {})", self.verdict, self.target),
