@@ -276,6 +276,8 @@ impl SessionCtx {
                         Some(HubMsg::HeartbeatAck(_)) => {
                             self.status.send_modify(|s| s.heartbeats_acked += 1);
                         }
+                        // Persisted: the board may forget what the reports up to it carried.
+                        Some(HubMsg::StatusAck(a)) => self.board.ack(a.seq),
                         Some(HubMsg::Renew(r)) => {
                             renewing = false;
                             let key = self.pending_key.take();
@@ -339,6 +341,7 @@ impl SessionCtx {
                 generation: d.generation,
                 apps: failed,
                 replace: false,
+                seq: 0,
             })];
         }
         if let Err(e) = self.bundles.save_desired(&d) {

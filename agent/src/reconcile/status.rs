@@ -1,8 +1,11 @@
-//! The status board: the newest status of every app the agent reconciles, and which of them the
-//! hub has not heard yet. It is the agent's outbox: reconcile writes here whether or not a
-//! session is up; the session sends what changed, and everything after a reconnect, in reports
-//! of at most [`MAX_REPORT_BYTES`]. Newest wins per app, so the outbox is bounded by the number
-//! of apps.
+//! The status board: the newest status of every app the agent reconciles, which of them the hub
+//! has not been sent, and which it has been sent but not yet confirmed durable. It is the agent's
+//! outbox: reconcile writes here whether or not a session is up; the session sends what changed,
+//! and everything after a reconnect, in reports of at most [`MAX_REPORT_BYTES`], each numbered
+//! (`seq`). The hub acknowledges a report once it is persisted ([`StatusBoard::ack`]); until then
+//! the board keeps what it carried — an app reported `removed` stays on the board until that
+//! report is acknowledged —, so nothing the hub may have lost is forgotten here: a reconnect
+//! sends every app again. Newest wins per app, so the outbox is bounded by the number of apps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,11 @@ struct Board {
     apps: BTreeMap<String, AppStatus>,
     /// Apps whose newest status the hub has not been sent.
     unsent: BTreeSet<String>,
+    /// Apps whose newest status was sent but not acknowledged, with the `seq` of the report
+    /// that carried it.
+    unacked: BTreeMap<String, u64>,
+    /// The `seq` of the last report taken (0: none yet).
+    seq: u64,
 }
 
 /// Shared between the reconciler (writer) and the session (reader).
@@ -84,7 +92,8 @@ impl StatusBoard {
         }
     }
 
-    /// The app is no longer reconciled: the hub is told once (`phase: removed`), then it is gone.
+    /// The app is no longer reconciled: the hub is told once (`phase: removed`), then it is gone
+    /// (once the hub acknowledged that report, or a reconnect replaced everything).
     pub fn remove(&self, generation: u64, app: &str) {
         let mut b = self.board.lock().expect("status board lock");
         if b.apps.get(app).is_some_and(|s| s.phase() == Phase::Removed) {
@@ -129,12 +138,24 @@ impl StatusBoard {
             .cloned()
     }
 
+    /// How many apps have a status the hub has not confirmed durable (not sent, or sent and not
+    /// acknowledged).
+    pub fn unconfirmed(&self) -> usize {
+        let b = self.board.lock().expect("status board lock");
+        let sent_only = b.unacked.keys().filter(|a| !b.unsent.contains(*a)).count();
+        b.unsent.len() + sent_only
+    }
+
     /// Takes what the hub has not heard (`all`: everything, as after a reconnect; the first
-    /// report then says `replace`) as reports of at most [`MAX_REPORT_BYTES`]. Removed apps leave
-    /// the board once taken.
+    /// report then says `replace`) as reports of at most [`MAX_REPORT_BYTES`], each with the
+    /// next `seq`. What they carry stays unacknowledged until [`StatusBoard::ack`].
     pub fn take_reports(&self, all: bool) -> Vec<StatusReport> {
         let mut b = self.board.lock().expect("status board lock");
         let names: Vec<String> = if all {
+            // A replacing report supersedes every earlier one, acknowledged or not, and leaves
+            // removed apps out: the hub forgets them with it.
+            b.unacked.clear();
+            b.apps.retain(|_, s| s.phase() != Phase::Removed);
             b.apps.keys().cloned().collect()
         } else {
             b.unsent.iter().cloned().collect()
@@ -146,35 +167,58 @@ impl StatusBoard {
             generation,
             apps: Vec::new(),
             replace: all,
+            seq: 0,
         };
         for name in names {
             let Some(status) = b.apps.get(&name).cloned() else {
                 continue;
             };
-            if status.phase() == Phase::Removed {
-                b.apps.remove(&name);
-                if all {
-                    // After a reconnect the replacing report already leaves it out.
-                    continue;
-                }
-            }
             let grown = current.encoded_len() + status.encoded_len() + 8;
             if grown > MAX_REPORT_BYTES && !current.apps.is_empty() {
-                reports.push(std::mem::replace(
-                    &mut current,
-                    StatusReport {
-                        generation,
-                        apps: Vec::new(),
-                        replace: false,
-                    },
-                ));
+                let next = StatusReport {
+                    generation,
+                    apps: Vec::new(),
+                    replace: false,
+                    seq: 0,
+                };
+                reports.push(std::mem::replace(&mut current, next));
             }
             current.apps.push(status);
         }
         if !current.apps.is_empty() || current.replace {
             reports.push(current);
         }
+        for r in &mut reports {
+            b.seq += 1;
+            r.seq = b.seq;
+            for a in &r.apps {
+                b.unacked.insert(a.app.clone(), r.seq);
+            }
+        }
         reports
+    }
+
+    /// The hub persisted every report up to `seq` (it acknowledges a session's reports in
+    /// order): what they carried is confirmed, and removed apps reported there leave the board.
+    pub fn ack(&self, seq: u64) {
+        let mut b = self.board.lock().expect("status board lock");
+        let b = &mut *b;
+        let confirmed: Vec<String> = b
+            .unacked
+            .iter()
+            .filter(|(_, s)| **s <= seq)
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in confirmed {
+            b.unacked.remove(&app);
+            let removed = b
+                .apps
+                .get(&app)
+                .is_some_and(|s| s.phase() == Phase::Removed);
+            if removed && !b.unsent.contains(&app) {
+                b.apps.remove(&app);
+            }
+        }
     }
 }
 
@@ -216,15 +260,69 @@ mod tests {
     }
 
     #[test]
-    fn removed_apps_are_reported_once_then_forgotten() {
+    fn removed_apps_are_reported_once_then_forgotten_when_acknowledged() {
         let b = StatusBoard::default();
         b.set(1, status("a", Phase::Applied));
         b.take_reports(false);
         b.remove(2, "a");
+        b.remove(2, "a");
         let r = b.take_reports(false);
+        assert_eq!(r.len(), 1);
         assert_eq!(r[0].apps[0].phase(), Phase::Removed);
+        assert!(b.take_reports(false).is_empty(), "reported once");
+        assert!(b.get("a").is_some(), "kept until the hub has it");
+        b.ack(r[0].seq);
         assert!(b.get("a").is_none());
+        assert_eq!(b.unconfirmed(), 0);
         assert!(b.take_reports(true)[0].apps.is_empty());
+    }
+
+    #[test]
+    fn what_was_not_acknowledged_is_sent_again_after_a_reconnect() {
+        let b = StatusBoard::default();
+        b.set(1, status("a", Phase::Applying));
+        b.set(1, status("b", Phase::Applying));
+        let first = b.take_reports(true);
+        b.ack(first[0].seq);
+        assert_eq!(b.unconfirmed(), 0);
+
+        // Sent, never acknowledged (the hub died before persisting them).
+        b.set(1, status("a", Phase::Applied));
+        b.remove(1, "b");
+        let lost = b.take_reports(false);
+        assert!(lost[0].seq > first[0].seq, "numbered in order");
+        assert_eq!(b.unconfirmed(), 2);
+        assert!(b.get("b").is_some(), "an unacknowledged removal stays");
+
+        // The next session: everything again, the newest of each app, removed ones left out.
+        let again = b.take_reports(true);
+        assert_eq!(again.len(), 1);
+        assert!(again[0].replace && again[0].seq > lost[0].seq);
+        let apps: Vec<_> = again[0]
+            .apps
+            .iter()
+            .map(|a| (a.app.as_str(), a.phase()))
+            .collect();
+        assert_eq!(apps, [("a", Phase::Applied)]);
+        // A late ack of the lost report does not confirm the re-sent one.
+        b.ack(lost[0].seq);
+        assert_eq!(b.unconfirmed(), 1);
+        b.ack(again[0].seq);
+        assert_eq!(b.unconfirmed(), 0);
+    }
+
+    #[test]
+    fn a_change_after_sending_is_not_confirmed_by_the_older_ack() {
+        let b = StatusBoard::default();
+        b.set(1, status("a", Phase::Applying));
+        let r = b.take_reports(false);
+        b.set(1, status("a", Phase::Applied));
+        b.ack(r[0].seq);
+        assert_eq!(b.unconfirmed(), 1, "the newer status is not sent yet");
+        let r = b.take_reports(false);
+        assert_eq!(r[0].apps[0].phase(), Phase::Applied);
+        b.ack(r[0].seq);
+        assert_eq!(b.unconfirmed(), 0);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use flotilla_proto::v1::agent_session_server::AgentSession;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
     AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, HeartbeatAck, HubMessage,
-    RenewResponse, Welcome,
+    RenewResponse, StatusAck, Welcome,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -255,11 +255,28 @@ impl AgentSession for SessionService {
                                 }
                                 AgentMsg::Status(s) => {
                                     svc.metrics.count_status_report(s.apps.len());
-                                    tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), "status report");
-                                    if let Err(e) = svc.desired.record_status(&shared.cluster, &s).await {
-                                        tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status");
-                                    } else {
-                                        svc.rollouts.reported(&shared.cluster, &s);
+                                    tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), seq = s.seq, "status report");
+                                    // A replaced session's last report is superseded by what the
+                                    // newer session sends first (everything, `replace`).
+                                    if svc.sessions.get(&shared.cluster).is_none_or(|live| live.id != shared.id) {
+                                        tracing::debug!(cluster.id = %shared.cluster, session = shared.id, "status report of a replaced session dropped");
+                                        continue;
+                                    }
+                                    // Answered once the report is durable (group commit).
+                                    match svc.desired.record_status(&shared.cluster, &s).await {
+                                        Ok(()) => {
+                                            svc.rollouts.reported(&shared.cluster, &s);
+                                            if s.seq > 0 {
+                                                yield hub(HubMsg::StatusAck(StatusAck { seq: s.seq }));
+                                            }
+                                        }
+                                        Err(e) => {
+                                            // The agent keeps what is not acknowledged and sends
+                                            // everything again on its next session.
+                                            tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status; ending the session");
+                                            yield Err(Status::unavailable(format!("status report not persisted: {e}")));
+                                            break;
+                                        }
                                     }
                                 }
                                 AgentMsg::Spans(b) => svc.relay_spans(&shared.cluster, &b),

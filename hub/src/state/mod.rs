@@ -10,4 +10,5 @@ pub mod error;
 pub mod registry;
 pub mod sessions;
 pub mod status;
+pub mod status_ingest;
 pub mod table;

@@ -1,10 +1,11 @@
 //! The agents' statuses per cluster, persisted in the store: `/status/<cluster>` holds, per app,
 //! the last status its agent reported (revision, phase, health, object counts, drift, worst
-//! objects), merged from the agent's reports. Kept in memory after the first read: only this
-//! hub's sessions write them, and the rollout engine reads every in-flight cluster's on each pass.
+//! objects), merged from the agent's reports. Reports are written by group commit
+//! ([`status_ingest`](super::status_ingest)): many sessions' reports per durable write, each
+//! caller answered once its report is durable. Kept in memory: only this hub's sessions write
+//! them, and the rollout engine reads every in-flight cluster's on each pass.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,8 @@ use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1;
 
 use crate::state::error::HubError;
-use crate::state::table::Table;
+use crate::state::status_ingest::Ingest;
+pub use crate::state::status_ingest::Limits;
 use crate::store::SharedStore;
 
 pub const STATUS: &str = "/status/";
@@ -141,18 +143,43 @@ pub struct StatusRecord {
     pub apps: Vec<AppReport>,
 }
 
-/// The agents' statuses, with a cache of those read or written.
+impl StatusRecord {
+    /// Merges one report: each app it carries replaces that app's last status; an app reported
+    /// `removed` is forgotten, and a `replace` report starts from nothing.
+    pub fn merge(&mut self, report: &v1::StatusReport) {
+        if report.replace {
+            self.apps.clear();
+        }
+        self.generation = report.generation;
+        for a in &report.apps {
+            let found = self.apps.binary_search_by(|r| r.app.cmp(&a.app));
+            match (found, a.phase()) {
+                (Ok(i), Phase::Removed) => {
+                    self.apps.remove(i);
+                }
+                (Err(_), Phase::Removed) => {}
+                (Ok(i), _) => self.apps[i] = AppReport::from_wire(a),
+                (Err(i), _) => self.apps.insert(i, AppReport::from_wire(a)),
+            }
+        }
+    }
+}
+
+/// The agents' statuses: reads from memory, writes by group commit.
 #[derive(Debug, Clone)]
 pub struct Statuses {
-    table: Table<StatusRecord>,
-    cache: Arc<Mutex<HashMap<String, Arc<StatusRecord>>>>,
+    ingest: Arc<Ingest>,
 }
 
 impl Statuses {
     pub fn new(store: SharedStore) -> Self {
+        Self::with_limits(store, Limits::default())
+    }
+
+    /// With other bounds on batches and on the queue.
+    pub fn with_limits(store: SharedStore, limits: Limits) -> Self {
         Self {
-            table: Table::new(store, STATUS),
-            cache: Default::default(),
+            ingest: Arc::new(Ingest::new(store, limits)),
         }
     }
 
@@ -162,58 +189,14 @@ impl Statuses {
 
     /// The cluster's statuses without copying them (from memory after the first read).
     pub async fn get_shared(&self, cluster: &str) -> Result<Arc<StatusRecord>, HubError> {
-        if let Some(rec) = self.cached(cluster) {
-            return Ok(rec);
-        }
-        let rec = self
-            .table
-            .get(cluster)
-            .await?
-            .map(|v| v.value)
-            .unwrap_or_default();
-        let rec = Arc::new(rec);
-        self.remember(cluster, rec.clone());
-        Ok(rec)
+        self.ingest.get_shared(cluster).await
     }
 
-    fn cached(&self, cluster: &str) -> Option<Arc<StatusRecord>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(cluster)
-            .cloned()
-    }
-
-    fn remember(&self, cluster: &str, rec: Arc<StatusRecord>) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_string(), rec);
-    }
-
-    /// Persists an agent's status report: each app it carries replaces that app's last status;
-    /// an app reported `removed` is forgotten, and a `replace` report starts from nothing. Only
-    /// the cluster's own session writes its record, so a read-modify-write is enough.
+    /// Persists an agent's status report ([`StatusRecord::merge`] onto the cluster's record) and
+    /// returns once it is durable. Concurrent calls share one store write; the reports of a
+    /// cluster are merged in the order of the calls. An error means the report may not be
+    /// persisted (its whole batch failed).
     pub async fn record(&self, cluster: &str, report: &v1::StatusReport) -> Result<(), HubError> {
-        let mut rec = if report.replace {
-            StatusRecord::default()
-        } else {
-            self.get(cluster).await?
-        };
-        rec.generation = report.generation;
-        for a in &report.apps {
-            let found = rec.apps.binary_search_by(|r| r.app.cmp(&a.app));
-            match (found, a.phase()) {
-                (Ok(i), Phase::Removed) => {
-                    rec.apps.remove(i);
-                }
-                (Err(_), Phase::Removed) => {}
-                (Ok(i), _) => rec.apps[i] = AppReport::from_wire(a),
-                (Err(i), _) => rec.apps.insert(i, AppReport::from_wire(a)),
-            }
-        }
-        self.table.put(cluster, &rec).await?;
-        self.remember(cluster, Arc::new(rec));
-        Ok(())
+        self.ingest.record(cluster, report).await
     }
 }

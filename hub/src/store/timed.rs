@@ -1,6 +1,7 @@
 //! A [`Store`] decorator that times every call of the store it wraps into
 //! `flotilla_hub_store_operation_duration_seconds{op}` and counts failed calls in
-//! `flotilla_hub_store_errors_total{op}`. For `watch` only opening the stream is timed.
+//! `flotilla_hub_store_errors_total{op}`. For `watch` only opening the stream is timed. The
+//! writes of each `compare_and_swap_many` batch go into `flotilla_hub_store_batch_writes`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +61,7 @@ pub struct TimedStore {
     /// Per [`Op`], in the order of [`OPS`]: resolved once, so a call costs no label lookup.
     durations: Vec<Histogram>,
     errors: Vec<Counter>,
+    batch_writes: Histogram,
 }
 
 impl TimedStore {
@@ -81,6 +83,7 @@ impl TimedStore {
                 .iter()
                 .map(|op| metrics.store_errors.get_or_create_owned(&label(*op)))
                 .collect(),
+            batch_writes: metrics.store_batch_writes.clone(),
         }
     }
 
@@ -155,6 +158,7 @@ impl Store for TimedStore {
         &self,
         ops: Vec<CasOp>,
     ) -> Result<Result<Revision, String>, StoreError> {
+        self.batch_writes.observe(ops.len() as f64);
         self.timed(
             Op::CompareAndSwapMany,
             self.inner.compare_and_swap_many(ops),
@@ -191,6 +195,16 @@ mod tests {
         store.get("/a").await.unwrap();
         store.get("/b").await.unwrap();
         assert!(store.put("", b"x".to_vec()).await.is_err());
+        let op = |key: &str| crate::store::CasOp {
+            key: key.into(),
+            expected: None,
+            value: vec![],
+        };
+        store
+            .compare_and_swap_many(vec![op("/c"), op("/d"), op("/e")])
+            .await
+            .unwrap()
+            .unwrap();
         let text = metrics.encode();
 
         let line = |series: &str| {
@@ -216,5 +230,7 @@ mod tests {
             line("flotilla_hub_store_errors_total{op=\"get\"}"),
             Some(0.0)
         );
+        assert_eq!(line("flotilla_hub_store_batch_writes_count"), Some(1.0));
+        assert_eq!(line("flotilla_hub_store_batch_writes_sum"), Some(3.0));
     }
 }

@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Latency of every call on the store, by operation (see `store::timed`).
     pub store_operation_duration: HistogramFamily<OpLabel>,
     pub store_errors: Family<OpLabel, Counter>,
+    /// Writes per all-or-nothing store batch (`compare_and_swap_many`): how much each durable
+    /// transaction carries, e.g. status records per group commit.
+    pub store_batch_writes: Histogram,
     /// How long rollout stages took, from the stage's start (after any approval) to its end.
     pub rollout_stage_duration: HistogramFamily<StageLabels>,
     pub rollouts_started: Counter,
@@ -141,6 +144,7 @@ impl Metrics {
         let store_operation_duration =
             HistogramFamily::<OpLabel>::new_with_constructor(store_histogram as fn() -> Histogram);
         let store_errors = Family::<OpLabel, Counter>::default();
+        let store_batch_writes = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let rollout_stage_duration = HistogramFamily::<StageLabels>::new_with_constructor(
             rollout_histogram as fn() -> Histogram,
         );
@@ -208,6 +212,11 @@ impl Metrics {
             "Store calls that returned an error, by operation",
             store_errors.clone(),
         );
+        registry.register(
+            "store_batch_writes",
+            "Writes per all-or-nothing store batch (one durable transaction)",
+            store_batch_writes.clone(),
+        );
         registry.register_with_unit(
             "rollout_stage_duration",
             "Duration of finished rollout stages, from the stage's start to succeeded or failed",
@@ -266,6 +275,7 @@ impl Metrics {
             status_report_apps,
             store_operation_duration,
             store_errors,
+            store_batch_writes,
             rollout_stage_duration,
             rollouts_started,
             rollouts_finished,

@@ -1,8 +1,8 @@
 //! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`,
-//! `promotebench`): the hub under test as a child process ([`hub`]), lightweight session clients
-//! and their enrollment ([`client`], [`fleet`]), latency summaries ([`stats`]), the programs'
-//! frame (exit status, temporary directory, JSON report: [`program`]) and their tables
-//! ([`table`]).
+//! `promotebench`, `statusbench`): the hub under test as a child process ([`hub`]), lightweight
+//! session clients and their enrollment ([`client`], [`fleet`]), status reporters counting the
+//! hub's acknowledgements ([`reporter`]), latency summaries ([`stats`]), the programs' frame
+//! (exit status, temporary directory, JSON report: [`program`]) and their tables ([`table`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod hub;
 pub mod otlp;
 pub mod program;
+pub mod reporter;
 pub mod stats;
 pub mod table;
 
@@ -88,7 +89,12 @@ fn sibling_bin(name: &str) -> Result<PathBuf> {
 
 /// An Admin API client with the hub's own admin credential (`<data dir>/admin.yaml`).
 pub async fn admin_client(hub: &HubProcess) -> Result<AdminClient<Channel>> {
-    let cred = AdminCredential::load(&hub.data_dir.join("admin.yaml"))?;
+    admin_client_at(&hub.data_dir).await
+}
+
+/// An Admin API client with the admin credential the hub wrote into `data_dir`.
+pub async fn admin_client_at(data_dir: &Path) -> Result<AdminClient<Channel>> {
+    let cred = AdminCredential::load(&data_dir.join("admin.yaml"))?;
     let channel = TlsDialer::new(mtls_client_config(&cred.ca, &cred.cert, &cred.key)?)
         .channel(&cred.hub)
         .await

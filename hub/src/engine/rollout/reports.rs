@@ -180,6 +180,7 @@ mod tests {
             generation: 1,
             apps,
             replace,
+            seq: 0,
         };
         r.record(
             1,

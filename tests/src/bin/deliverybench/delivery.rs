@@ -260,6 +260,7 @@ async fn take_desired(call: DesiredCall, events: mpsc::UnboundedSender<Event>) -
             generation: desired.generation,
             replace: false,
             apps: statuses,
+            seq: 0,
         })),
     });
     DesiredOutcome {

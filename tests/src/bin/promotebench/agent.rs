@@ -219,6 +219,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
                 generation: desired.generation,
                 replace: false,
                 apps: statuses,
+                seq: 0,
             })),
         });
     }
