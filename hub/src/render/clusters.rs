@@ -4,7 +4,9 @@
 //! rendering, stages, batches, what each cluster held); as ids in bitmaps that stays a few
 //! kilobytes at 10,000 clusters, where names would be megabytes.
 //!
-//! Stored as text: ascending ids with runs folded, `"1-500,502,600-10000"`.
+//! Stored as text, whichever is shorter: ascending ids with runs folded
+//! (`"1-500,502,600-10000"`), or for scattered ids the bitmap's portable serialization in
+//! base64 behind `r:` (at most about 11 KiB for any set of ids below 65,536).
 
 use std::fmt;
 
@@ -174,16 +176,59 @@ impl std::str::FromStr for ClusterSet {
     }
 }
 
+/// The prefix of the base64 form.
+const PACKED: &str = "r:";
+
+impl ClusterSet {
+    /// The stored form: the shorter of the folded ranges and the packed bitmap.
+    pub fn to_stored(&self) -> String {
+        use base64::Engine;
+        let ranges = self.to_string();
+        if ranges.len() < 64 {
+            return ranges;
+        }
+        let mut bytes = Vec::with_capacity(self.0.serialized_size());
+        self.0
+            .serialize_into(&mut bytes)
+            .expect("writing to memory succeeds");
+        let packed = format!(
+            "{PACKED}{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+        );
+        if packed.len() < ranges.len() {
+            packed
+        } else {
+            ranges
+        }
+    }
+
+    /// Reads either stored form.
+    pub fn from_stored(s: &str) -> Result<Self, String> {
+        use base64::Engine;
+        match s.strip_prefix(PACKED) {
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(b64)
+                    .map_err(|e| format!("bad packed cluster set: {e}"))?;
+                RoaringBitmap::deserialize_from(&bytes[..])
+                    .map(ClusterSet)
+                    .map_err(|e| format!("bad packed cluster set: {e}"))
+            }
+            None => s.parse(),
+        }
+    }
+}
+
 impl Serialize for ClusterSet {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.to_stored())
     }
 }
 
 impl<'de> Deserialize<'de> for ClusterSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        ClusterSet::from_stored(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -210,8 +255,15 @@ mod tests {
         let all: ClusterSet = (1..=10_000).collect();
         assert_eq!(all.to_string(), "1-10000");
         let every_third: ClusterSet = (1..=10_000).step_by(3).collect();
-        assert!(every_third.to_string().len() < 25_000);
         assert_eq!(every_third.len(), 3334);
+        let stored = serde_json::to_string(&every_third).unwrap();
+        assert!(
+            stored.starts_with("\"r:") && stored.len() < 11 * 1024,
+            "{stored}"
+        );
+        let back: ClusterSet = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, every_third);
+        assert!(ClusterSet::from_stored("r:!!").is_err());
         assert_eq!(all.difference(&every_third).len(), 10_000 - 3334);
     }
 }

@@ -19,7 +19,7 @@ pub struct Group {
 /// dependencies): at 10,000 clusters that all render alike, one entry and one range.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Groups(Vec<Group>);
+pub struct Groups(pub(super) Vec<Group>);
 
 impl Groups {
     /// The entries of `entries` grouped by identical entry.
@@ -151,6 +151,103 @@ impl ByRevision {
     }
 }
 
+/// The stored form of an app's kept renderings: a group whose clusters are exactly those of a
+/// group of an earlier rendering refers to it (`[rendering, group]`) instead of repeating the
+/// set. Revisions of an app usually split the fleet alike (the same overlays, the same
+/// targets), so ten kept renderings cost about one set of cluster sets.
+pub mod renders {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Group, Groups};
+    use crate::engine::rollout::plan::Render;
+    use crate::render::ClusterSet;
+    use crate::state::desired::AppEntry;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Clusters {
+        Set(ClusterSet),
+        /// The same clusters as group `.1` of rendering `.0`.
+        Same(usize, usize),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct StoredGroup {
+        entry: AppEntry,
+        clusters: Clusters,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct StoredRender {
+        revision: String,
+        entries: Vec<StoredGroup>,
+    }
+
+    pub fn serialize<S: Serializer>(renders: &[Render], s: S) -> Result<S::Ok, S::Error> {
+        let mut out: Vec<StoredRender> = Vec::with_capacity(renders.len());
+        for (i, r) in renders.iter().enumerate() {
+            let entries = r
+                .entries
+                .groups()
+                .iter()
+                .map(|g| {
+                    let earlier = renders[..i].iter().enumerate().find_map(|(ri, prev)| {
+                        prev.entries
+                            .groups()
+                            .iter()
+                            .position(|pg| pg.clusters == g.clusters)
+                            .map(|gi| (ri, gi))
+                    });
+                    StoredGroup {
+                        entry: g.entry.clone(),
+                        clusters: match earlier {
+                            Some((ri, gi)) => Clusters::Same(ri, gi),
+                            None => Clusters::Set(g.clusters.clone()),
+                        },
+                    }
+                })
+                .collect();
+            out.push(StoredRender {
+                revision: r.revision.clone(),
+                entries,
+            });
+        }
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Render>, D::Error> {
+        let stored = Vec::<StoredRender>::deserialize(d)?;
+        let mut out: Vec<Render> = Vec::with_capacity(stored.len());
+        for r in stored {
+            let mut groups = Vec::with_capacity(r.entries.len());
+            for g in r.entries {
+                let clusters = match g.clusters {
+                    Clusters::Set(set) => set,
+                    Clusters::Same(ri, gi) => out
+                        .get(ri)
+                        .and_then(|prev| prev.entries.groups().get(gi))
+                        .map(|pg| pg.clusters.clone())
+                        .ok_or_else(|| {
+                            serde::de::Error::custom(format!(
+                                "rendering {} refers to a group {ri}/{gi} that comes later or does not exist",
+                                r.revision
+                            ))
+                        })?,
+                };
+                groups.push(Group {
+                    entry: g.entry,
+                    clusters,
+                });
+            }
+            out.push(Render {
+                revision: r.revision,
+                entries: Groups(groups),
+            });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +288,35 @@ mod tests {
         assert_eq!(b.get(2), Some(None));
         assert_eq!(b.get(3), None);
         assert_eq!(b.revisions().collect::<Vec<_>>(), ["r2"]);
+    }
+
+    #[test]
+    fn renderings_that_split_the_fleet_alike_store_the_split_once() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Rec {
+            #[serde(with = "renders")]
+            renders: Vec<crate::engine::rollout::plan::Render>,
+        }
+        let odd = |c: ClusterId| if c % 2 == 1 { "a" } else { "b" };
+        let rec = Rec {
+            renders: (0..10)
+                .map(|i| {
+                    crate::engine::rollout::plan::Render::stamped(
+                        &format!("r{i}"),
+                        (1..=10_000).map(|c| (c, entry(&format!("sha256:{i}{}", odd(c))))),
+                    )
+                })
+                .collect(),
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        let one_split = serde_json::to_string(&rec.renders[0]).unwrap().len();
+        assert!(
+            json.len() < one_split + 10 * 600,
+            "{} vs {one_split}",
+            json.len()
+        );
+        let back: Rec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+        assert!(serde_json::from_str::<Rec>(r#"{"renders":[{"revision":"r","entries":[{"entry":{"app":"a","revision":"r","bundle_digest":"d","bundle_size":1},"clusters":[3,0]}]}]}"#).is_err());
     }
 }

@@ -270,6 +270,7 @@ pub struct AppRollout {
     #[serde(default = "default_max_removal")]
     pub max_removal: CountOrPercent,
     /// Newest last.
+    #[serde(with = "super::groups::renders")]
     pub renders: Vec<Render>,
     #[serde(default)]
     pub last_good: Option<String>,

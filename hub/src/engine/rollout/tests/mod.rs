@@ -5,6 +5,7 @@
 
 mod removal;
 mod rollback;
+mod scale;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
