@@ -201,7 +201,6 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
         "compare_and_swap",
         "compare_and_swap_many",
         "list",
-        "put",
     ] {
         assert!(e.value(store, &[("op", op)]) > Some(0.0), "store op {op}");
     }
