@@ -1,18 +1,19 @@
-//! Authentication at the hub's TLS port: the server TLS configuration, the client-certificate
-//! verifier (chain to the hub CA, not expired, not revoked), the caller identity taken from the
-//! verified certificate only, and the per-address limiter for failed joins.
+//! Authentication at the hub's TLS port: the server TLS configuration (with session tickets),
+//! the client-certificate verifier (chain to the hub CA, not expired, not revoked), the check of
+//! a resumed session's certificate, the caller identity taken from the verified certificate
+//! only, and the per-address limiter for failed joins.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_proto::identity::{Identity, PeerCert};
 use flotilla_proto::tls::{TlsError, certs_from_pem, key_from_pem, provider};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -21,15 +22,27 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::state::registry::RevokedSerials;
 
+/// Session tickets the hub sends after each handshake. An agent holds one connection at a time
+/// and each connection brings it a fresh ticket, so one is enough; rustls' default of two
+/// doubles the ticket work of every handshake.
+const TLS13_TICKETS: usize = 1;
+
 /// Builds the hub's TLS server configuration. Client certificates are optional at the TLS
 /// layer (so `Registration.Join` works without one), but one that is presented must chain to
 /// the hub CA, be within its validity and not be revoked, or the handshake fails.
+///
+/// The hub issues stateless session tickets (AEAD-encrypted with a key held in memory only and
+/// rotated every 6 hours; a restart starts over), so a reconnecting agent resumes its session
+/// without a certificate chain to verify or a signature to make. The ticket carries the client
+/// certificate chain verified at the full handshake, which is what `caller()` reads on a resumed
+/// connection; the verifier does not run again, so the accept loop re-checks that certificate
+/// with [`PeerCheck::resumed`] (revocation, expiry). No session cache is kept: tickets cost the
+/// hub no memory per session.
 pub fn server_config(
     ca_pem: &str,
     chain_pem: &str,
     key_pem: &str,
-    trust_domain: &str,
-    revoked: Arc<RevokedSerials>,
+    check: PeerCheck,
 ) -> Result<ServerConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs_from_pem(ca_pem, "hub CA")? {
@@ -39,11 +52,7 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = HubClientVerifier {
-        inner,
-        revoked,
-        trust_domain: trust_domain.to_string(),
-    };
+    let verifier = HubClientVerifier { inner, check };
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -52,14 +61,69 @@ pub fn server_config(
             key_from_pem(key_pem, "hub key")?,
         )?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    cfg.send_tls13_tickets = TLS13_TICKETS;
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(cfg)
+}
+
+/// What the hub checks of a client certificate beyond its chain: that it names a Flotilla
+/// identity of this trust domain and that its serial is not revoked; for a resumed session, also
+/// that it has not expired since the full handshake.
+#[derive(Debug, Clone)]
+pub struct PeerCheck {
+    revoked: Arc<RevokedSerials>,
+    trust_domain: String,
+}
+
+// === impl PeerCheck ===
+
+impl PeerCheck {
+    pub fn new(revoked: Arc<RevokedSerials>, trust_domain: &str) -> Self {
+        Self {
+            revoked,
+            trust_domain: trust_domain.to_string(),
+        }
+    }
+
+    /// The identity of `end_entity`, unless it is revoked.
+    fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<PeerCert, rustls::Error> {
+        let peer = PeerCert::from_der(end_entity, &self.trust_domain).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if self.revoked.contains(&peer.serial) {
+            tracing::warn!(identity = %peer.identity, serial = %peer.serial, "refused revoked certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(peer)
+    }
+
+    /// Checks the certificate chain a resumed session carries over from its full handshake
+    /// (`None` or empty: the session had no client certificate, and neither has the caller).
+    /// The chain was verified then; what may have changed since is revocation and expiry.
+    pub fn resumed(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+        now: SystemTime,
+    ) -> Result<(), rustls::Error> {
+        let Some(end_entity) = certs.and_then(|c| c.first()) else {
+            return Ok(());
+        };
+        let peer = self.admit(end_entity)?;
+        if peer.not_after < now {
+            tracing::info!(identity = %peer.identity, serial = %peer.serial, "refused resumed session: the certificate has expired");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
 struct HubClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    revoked: Arc<RevokedSerials>,
-    trust_domain: String,
+    check: PeerCheck,
 }
 
 impl ClientCertVerifier for HubClientVerifier {
@@ -83,15 +147,7 @@ impl ClientCertVerifier for HubClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let peer = PeerCert::from_der(end_entity, &self.trust_domain).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
-        })?;
-        if self.revoked.contains(&peer.serial) {
-            tracing::warn!(identity = %peer.identity, serial = %peer.serial, "refused revoked certificate");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        self.check.admit(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
