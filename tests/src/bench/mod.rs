@@ -1,8 +1,8 @@
 //! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`,
 //! `promotebench`): the hub under test as a child process ([`hub`]), lightweight session clients
-//! and their enrollment ([`client`], [`fleet`]), latency summaries ([`stats`]), the programs'
-//! frame (exit status, temporary directory, JSON report: [`program`]) and their tables
-//! ([`table`]).
+//! and their enrollment ([`client`], [`fleet`]), the bare tokio-rustls + h2 server and clients
+//! the hub is measured against ([`floor`]), latency summaries ([`stats`]), the programs' frame
+//! (exit status, temporary directory, JSON report: [`program`]) and their tables ([`table`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod client;
 pub mod fleet;
+pub mod floor;
 pub mod hub;
 pub mod otlp;
 pub mod program;
