@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The transport constructor `connect` would clash with the `Connect` RPC; channels are
         // built by `tls::TlsDialer` anyway.
         .build_transport(false)
+        // tonic-prost's encoding with small first buffers: a session is one RPC held for days.
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 
 use crate::api::admin::AdminService;
-use crate::api::auth::{JoinLimiter, server_config};
+use crate::api::auth::{JoinLimiter, PeerCheck, server_config};
 use crate::api::registration::RegistrationService;
 use crate::api::session::{SessionConfig, SessionService};
 use crate::engine::rollout::Rollouts;
@@ -232,12 +232,12 @@ pub async fn start(
         &hub_address,
         config.clock.now(),
     )?;
+    let peer_check = PeerCheck::new(registry.revoked(), &config.trust_domain);
     let tls = server_config(
         ca.cert_pem(),
         &server_cert.chain_pem,
         &server_key,
-        &config.trust_domain,
-        registry.revoked(),
+        peer_check.clone(),
     )?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -308,6 +308,7 @@ pub async fn start(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
         conn_tx,
+        peer_check,
         metrics.clone(),
         shutdown_rx.clone(),
     )));

@@ -3,6 +3,7 @@
 //! setup), kept here so they are never written twice.
 
 pub mod clock;
+pub mod codec;
 pub mod credential;
 /// Key and CSR generation (rcgen), for the hub's tests and the agent; not linked into the CLI.
 #[cfg(feature = "csr")]

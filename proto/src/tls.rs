@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -80,7 +80,17 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+/// Hubs a client keeps session tickets for. A client talks to one hub (one server name); a few
+/// slots cover a hub reached under another name.
+const RESUMPTION_SERVERS: usize = 4;
+
 /// Client configuration for mutual TLS to the hub: trusts only `ca_pem` and presents the chain.
+///
+/// The configuration keeps the session tickets the hub sends, so a reconnect made with the same
+/// configuration (the same [`TlsDialer`]) resumes the TLS session: no certificate is sent or
+/// verified on either side and no signature is made, which makes a reconnect storm cheaper for
+/// the hub than the first connects. A new configuration (a renewed certificate) starts with no
+/// tickets, so its first connection presents the new certificate.
 pub fn mtls_client_config(
     ca_pem: &str,
     chain_pem: &str,
@@ -94,6 +104,7 @@ pub fn mtls_client_config(
         .with_root_certificates(roots(&ca)?)
         .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = Resumption::in_memory_sessions(RESUMPTION_SERVERS);
     Ok(cfg)
 }
 
@@ -213,9 +224,11 @@ impl std::fmt::Debug for TlsDialer {
 }
 
 impl TlsDialer {
-    pub fn new(config: ClientConfig) -> Self {
+    /// A dialer using `config` (owned, or shared with other dialers: dialers sharing one
+    /// configuration share its session tickets).
+    pub fn new(config: impl Into<Arc<ClientConfig>>) -> Self {
         Self {
-            config: Arc::new(RwLock::new(Arc::new(config))),
+            config: Arc::new(RwLock::new(config.into())),
             local_ip: None,
             connect_timeout: Duration::from_secs(10),
         }
@@ -234,8 +247,8 @@ impl TlsDialer {
     }
 
     /// Replaces the configuration used for new connections.
-    pub fn set_config(&self, config: ClientConfig) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    pub fn set_config(&self, config: impl Into<Arc<ClientConfig>>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config.into();
     }
 
     fn current(&self) -> Arc<ClientConfig> {

@@ -397,6 +397,17 @@ pub async fn join_raw(
         .map(|r| r.into_inner())
 }
 
+/// What [`open_session`] returns: the first hub message, the request sender (to keep the
+/// session open) and the response stream; or how the attempt failed.
+pub type OpenedSession = Result<
+    (
+        flotilla_proto::v1::HubMessage,
+        tokio::sync::mpsc::Sender<flotilla_proto::v1::AgentMessage>,
+        tonic::Streaming<flotilla_proto::v1::HubMessage>,
+    ),
+    String,
+>;
+
 /// Opens a session with the given credentials and Hello, and returns the first hub message.
 /// The request sender is returned too so the caller can keep the session open.
 pub async fn open_session(
@@ -405,17 +416,20 @@ pub async fn open_session(
     chain_pem: &str,
     key_pem: &str,
     hello: flotilla_proto::v1::Hello,
-) -> Result<
-    (
-        flotilla_proto::v1::HubMessage,
-        tokio::sync::mpsc::Sender<flotilla_proto::v1::AgentMessage>,
-        tonic::Streaming<flotilla_proto::v1::HubMessage>,
-    ),
-    String,
-> {
-    use flotilla_proto::v1::agent_message::Msg;
+) -> OpenedSession {
     let cfg = mtls_client_config(ca_pem, chain_pem, key_pem).map_err(|e| e.to_string())?;
-    let ch = TlsDialer::new(cfg)
+    open_session_with(&TlsDialer::new(cfg), addr, hello).await
+}
+
+/// [`open_session`] over a connection made by `dialer`: a dialer that connected before resumes
+/// its TLS session from the hub's ticket.
+pub async fn open_session_with(
+    dialer: &TlsDialer,
+    addr: &str,
+    hello: flotilla_proto::v1::Hello,
+) -> OpenedSession {
+    use flotilla_proto::v1::agent_message::Msg;
+    let ch = dialer
         .channel(addr)
         .await
         .map_err(|e| flotilla_proto::tls::error_chain(&e))?;

@@ -1,18 +1,20 @@
-//! Authentication at the hub's TLS port: the server TLS configuration, the client-certificate
-//! verifier (chain to the hub CA, not expired, not revoked), the caller identity taken from the
-//! verified certificate only, and the per-address limiter for failed joins.
+//! Authentication at the hub's TLS port: the server TLS configuration (with session tickets),
+//! the client-certificate verifier (chain to the hub CA, not expired, not revoked), the check of
+//! a resumed session's certificate, the caller identity taken from the verified certificate
+//! only, and the per-address limiter for failed joins.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_proto::identity::{Identity, PeerCert};
 use flotilla_proto::tls::{TlsError, certs_from_pem, key_from_pem, provider};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -21,15 +23,30 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::state::registry::RevokedSerials;
 
+/// Session tickets the hub sends after each handshake. An agent holds one connection at a time
+/// and each connection brings it a fresh ticket, so one is enough; rustls' default of two
+/// doubles the ticket work of every handshake.
+const TLS13_TICKETS: usize = 1;
+
 /// Builds the hub's TLS server configuration. Client certificates are optional at the TLS
 /// layer (so `Registration.Join` works without one), but one that is presented must chain to
 /// the hub CA, be within its validity and not be revoked, or the handshake fails.
+///
+/// The hub issues stateless session tickets (AEAD-encrypted with a key held in memory only and
+/// rotated every 6 hours; a restart starts over), so a reconnecting agent resumes its session
+/// without a certificate chain to verify or a signature to make. The ticket carries the client
+/// certificate chain verified at the full handshake, which is what `caller()` reads on a resumed
+/// connection; the verifier does not run again, so the accept loop re-checks that certificate
+/// with [`PeerCheck::resumed`] (revocation, expiry). Once it has refused one, the tickets issued
+/// until then are no longer accepted ([`EpochTicketer`]), so the refused client's next attempt
+/// is a full handshake that the verifier refuses with a `CertificateRevoked` (or
+/// `CertificateExpired`) alert, which an agent takes as final. No session cache is kept:
+/// tickets cost the hub no memory per session.
 pub fn server_config(
     ca_pem: &str,
     chain_pem: &str,
     key_pem: &str,
-    trust_domain: &str,
-    revoked: Arc<RevokedSerials>,
+    check: PeerCheck,
 ) -> Result<ServerConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs_from_pem(ca_pem, "hub CA")? {
@@ -39,11 +56,8 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = HubClientVerifier {
-        inner,
-        revoked,
-        trust_domain: trust_domain.to_string(),
-    };
+    let epoch = check.epoch.clone();
+    let verifier = HubClientVerifier { inner, check };
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -52,14 +66,119 @@ pub fn server_config(
             key_from_pem(key_pem, "hub key")?,
         )?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.ticketer = Arc::new(EpochTicketer {
+        inner: rustls::crypto::ring::Ticketer::new()?,
+        epoch,
+    });
+    cfg.send_tls13_tickets = TLS13_TICKETS;
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(cfg)
+}
+
+/// What the hub checks of a client certificate beyond its chain: that it names a Flotilla
+/// identity of this trust domain and that its serial is not revoked; for a resumed session, also
+/// that it has not expired since the full handshake.
+#[derive(Debug, Clone)]
+pub struct PeerCheck {
+    revoked: Arc<RevokedSerials>,
+    trust_domain: String,
+    /// The ticket epoch: moves when a resumed session is refused (see [`EpochTicketer`]).
+    epoch: Arc<AtomicU64>,
+}
+
+// === impl PeerCheck ===
+
+impl PeerCheck {
+    pub fn new(revoked: Arc<RevokedSerials>, trust_domain: &str) -> Self {
+        Self {
+            revoked,
+            trust_domain: trust_domain.to_string(),
+            epoch: Arc::default(),
+        }
+    }
+
+    /// The identity of `end_entity`, unless it is revoked.
+    fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<PeerCert, rustls::Error> {
+        let peer = PeerCert::from_der(end_entity, &self.trust_domain).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        if self.revoked.contains(&peer.serial) {
+            tracing::warn!(identity = %peer.identity, serial = %peer.serial, "refused revoked certificate");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(peer)
+    }
+
+    /// Checks the certificate chain a resumed session carries over from its full handshake
+    /// (`None` or empty: the session had no client certificate, and neither has the caller).
+    /// The chain was verified then; what may have changed since is revocation and expiry. A
+    /// refusal retires every ticket issued so far.
+    pub fn resumed(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+        now: SystemTime,
+    ) -> Result<(), rustls::Error> {
+        let Some(end_entity) = certs.and_then(|c| c.first()) else {
+            return Ok(());
+        };
+        let outcome = self.admit(end_entity).and_then(|peer| {
+            if peer.not_after < now {
+                tracing::info!(identity = %peer.identity, serial = %peer.serial, "refused resumed session: the certificate has expired");
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+            }
+            Ok(())
+        });
+        if outcome.is_err() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        outcome
+    }
+}
+
+/// The hub's session tickets: rustls' ring ticketer, with the ticket epoch sealed inside each
+/// ticket. A ticket from another epoch is not accepted, so the client falls back to a full
+/// handshake and its certificate meets the verifier again. The epoch moves only when a resumed
+/// session was refused (a rare event: the next reconnect of every agent is then a full
+/// handshake), so that a client whose certificate was revoked or has expired is told so in the
+/// handshake instead of resuming, being dropped and resuming again with the ticket it was just
+/// sent.
+#[derive(Debug)]
+pub struct EpochTicketer {
+    inner: Arc<dyn ProducesTickets>,
+    epoch: Arc<AtomicU64>,
+}
+
+// === impl EpochTicketer ===
+
+impl ProducesTickets for EpochTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut sealed = self.epoch.load(Ordering::SeqCst).to_be_bytes().to_vec();
+        sealed.extend_from_slice(plain);
+        self.inner.encrypt(&sealed)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let sealed = self.inner.decrypt(cipher)?;
+        let (epoch, plain) = sealed.split_at_checked(8)?;
+        (u64::from_be_bytes(epoch.try_into().ok()?) == self.epoch.load(Ordering::SeqCst))
+            .then(|| plain.to_vec())
+    }
 }
 
 #[derive(Debug)]
 struct HubClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    revoked: Arc<RevokedSerials>,
-    trust_domain: String,
+    check: PeerCheck,
 }
 
 impl ClientCertVerifier for HubClientVerifier {
@@ -83,15 +202,7 @@ impl ClientCertVerifier for HubClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let peer = PeerCert::from_der(end_entity, &self.trust_domain).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
-        })?;
-        if self.revoked.contains(&peer.serial) {
-            tracing::warn!(identity = %peer.identity, serial = %peer.serial, "refused revoked certificate");
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        self.check.admit(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -219,6 +330,69 @@ impl JoinLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::Ca;
+
+    fn check() -> PeerCheck {
+        PeerCheck::new(Arc::default(), "flotilla.local")
+    }
+
+    fn ticketer(check: &PeerCheck) -> EpochTicketer {
+        EpochTicketer {
+            inner: rustls::crypto::ring::Ticketer::new().unwrap(),
+            epoch: check.epoch.clone(),
+        }
+    }
+
+    #[test]
+    fn tickets_of_an_earlier_epoch_are_refused() {
+        let check = check();
+        let t = ticketer(&check);
+        let ticket = t.encrypt(b"session").unwrap();
+        assert_eq!(t.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        check.epoch.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(t.decrypt(&ticket), None);
+        let newer = t.encrypt(b"session").unwrap();
+        assert_eq!(t.decrypt(&newer).as_deref(), Some(&b"session"[..]));
+        assert_eq!(t.decrypt(b"not a ticket"), None);
+    }
+
+    #[test]
+    fn a_resumed_certificate_that_expired_since_is_refused_and_retires_the_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(
+            dir.path(),
+            "flotilla.local",
+            None,
+            Arc::new(flotilla_proto::clock::SystemClock),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let (issued, _) = ca
+            .issue_with_key(&Identity::Cluster("eu".into()), now - hour, now + hour)
+            .unwrap();
+        let chain = certs_from_pem(&issued.chain_pem, "chain").unwrap();
+        let check = check();
+        let t = ticketer(&check);
+        let ticket = t.encrypt(b"session").unwrap();
+
+        assert!(
+            check.resumed(None, now).is_ok(),
+            "no certificate, no identity"
+        );
+        assert!(check.resumed(Some(&chain), now).is_ok());
+        assert!(t.decrypt(&ticket).is_some());
+        let later = now + 2 * hour;
+        assert!(matches!(
+            check.resumed(Some(&chain), later),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
+        ));
+        assert_eq!(
+            t.decrypt(&ticket),
+            None,
+            "tickets issued before are retired"
+        );
+    }
 
     #[test]
     fn limiter_blocks_after_burst_and_per_address() {

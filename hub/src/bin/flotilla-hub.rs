@@ -12,6 +12,11 @@ use flotilla_proto::telemetry::{Export, LogFormat, SpanForwarder, TraceConfig};
 
 /// Exit status for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Threads the runtime's blocking pool may grow to. Store transactions and git fetches run
+/// there; redb serialises writes, so a burst of session opens would otherwise park one thread
+/// per waiting write (157 threads at 10,000 sessions), each with its stack and, under glibc, a
+/// share of the malloc arenas.
+const MAX_BLOCKING_THREADS: usize = 32;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -175,8 +180,24 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     Ok(c)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Runs [`serve`] on a runtime with one worker thread per core and a bounded blocking pool.
+fn main() -> ExitCode {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(r) => r.block_on(serve()),
+        Err(e) => {
+            eprintln!("flotilla-hub: starting the Tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => match e.kind() {

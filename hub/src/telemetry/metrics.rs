@@ -82,6 +82,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub sessions_connected: Gauge,
     pub tls_handshakes: Family<ResultLabel, Counter>,
+    /// Handshakes that resumed a session from a ticket and were admitted (a subset of
+    /// `tls_handshakes{result="ok"}`).
+    pub tls_resumed_handshakes: Counter,
     pub joins: Family<ResultLabel, Counter>,
     pub heartbeats: Counter,
     pub renewals: Counter,
@@ -133,6 +136,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flotilla_hub");
         let sessions_connected = Gauge::default();
         let tls_handshakes = Family::<ResultLabel, Counter>::default();
+        let tls_resumed_handshakes = Counter::default();
         let joins = Family::<ResultLabel, Counter>::default();
         let heartbeats = Counter::default();
         let renewals = Counter::default();
@@ -169,6 +173,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes on the gRPC port, by result",
             tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_resumed_handshakes",
+            "TLS handshakes on the gRPC port that resumed a session from a ticket (also counted as ok)",
+            tls_resumed_handshakes.clone(),
         );
         registry.register("joins", "Registration.Join calls, by result", joins.clone());
         registry.register(
@@ -265,6 +274,7 @@ impl Metrics {
             registry,
             sessions_connected,
             tls_handshakes,
+            tls_resumed_handshakes,
             joins,
             heartbeats,
             renewals,

@@ -26,6 +26,7 @@ use flotilla_proto::v1::{
     JoinRequest,
 };
 use futures::future::BoxFuture;
+use rustls::ClientConfig;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
@@ -54,13 +55,17 @@ pub fn agent_info() -> AgentInfo {
     }
 }
 
-/// What a session client needs: its own key, certificate chain and the hub CA.
+/// What a session client needs: its own key, certificate chain and the hub CA, and the TLS
+/// configuration made of them.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
     pub cluster: String,
     pub key_pem: String,
     pub chain_pem: String,
     pub ca_pem: String,
+    /// Built once and used for every connection of this cluster, as an agent does: it keeps the
+    /// hub's session tickets, so a reconnect resumes the TLS session.
+    pub tls: Arc<ClientConfig>,
 }
 
 pub fn cluster_name(i: usize) -> String {
@@ -96,11 +101,17 @@ pub async fn join(boot: Channel, name: &str, token: &JoinToken) -> Result<Enroll
     if resp.cluster_id != name {
         bail!("Join {name}: hub assigned cluster {:?}", resp.cluster_id);
     }
+    let tls = Arc::new(mtls_client_config(
+        &resp.ca_bundle_pem,
+        &resp.cert_chain_pem,
+        &key_pem,
+    )?);
     Ok(Enrolled {
         cluster: resp.cluster_id,
         key_pem,
         chain_pem: resp.cert_chain_pem,
         ca_pem: resp.ca_bundle_pem,
+        tls,
     })
 }
 
@@ -173,8 +184,9 @@ pub struct Session {
     pub task: JoinHandle<()>,
 }
 
-/// Opens one session (one full mutual-TLS handshake from `src`, Connect, Hello, Welcome) and
-/// leaves a task holding it. Returns the time from dial to Welcome.
+/// Opens one session (one mutual-TLS handshake from `src` — full the first time, resumed from
+/// the hub's ticket after that —, Connect, Hello, Welcome) and leaves a task holding it. Returns
+/// the time from dial to Welcome.
 pub async fn open_session(
     who: &Enrolled,
     hub: &str,
@@ -183,8 +195,7 @@ pub async fn open_session(
     on_desired: Option<DesiredHandler>,
 ) -> Result<(Session, Duration)> {
     let started = Instant::now();
-    let cfg = mtls_client_config(&who.ca_pem, &who.chain_pem, &who.key_pem)?;
-    let channel = TlsDialer::new(cfg)
+    let channel = TlsDialer::new(who.tls.clone())
         .with_local_ip(Some(src))
         .channel(hub)
         .await

@@ -1,6 +1,7 @@
 //! The two bulk phases every session benchmark starts with: enroll N clusters (AddCluster +
-//! Join with a fresh key and CSR each) and open N sessions (one full mutual-TLS handshake each),
-//! both with bounded concurrency, progress lines and a summary line.
+//! Join with a fresh key and CSR each) and open N sessions (one mutual-TLS handshake each: full
+//! the first time, resumed from the hub's ticket when a cluster opens again), both with bounded
+//! concurrency, progress lines and a summary line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -247,7 +248,7 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// Sessions opened per second (full handshakes).
+    /// Sessions opened per second.
     pub fn per_sec(&self) -> f64 {
         self.sessions.len() as f64 / self.took.as_secs_f64()
     }

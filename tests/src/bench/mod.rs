@@ -1,7 +1,8 @@
 //! Shared pieces of the benchmark programs (`loadgen`, `deliverybench`, `agentbench`,
 //! `promotebench`, `statusbench`): the hub under test as a child process ([`hub`]), lightweight
 //! session clients and their enrollment ([`client`], [`fleet`]), status reporters counting the
-//! hub's acknowledgements ([`reporter`]), latency summaries ([`stats`]), the programs' frame
+//! hub's acknowledgements ([`reporter`]), the bare tokio-rustls + h2 server and clients the hub
+//! is measured against ([`floor`]), latency summaries ([`stats`]), the programs' frame
 //! (exit status, temporary directory, JSON report: [`program`]) and their tables ([`table`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
@@ -10,6 +11,7 @@
 pub mod bundle;
 pub mod client;
 pub mod fleet;
+pub mod floor;
 pub mod hub;
 pub mod otlp;
 pub mod program;

@@ -4,22 +4,30 @@
 //! several loopback source addresses, holds them, and measures:
 //!
 //! * sessions held (the hub's own `flotilla_hub_sessions_connected` gauge),
-//! * hub RSS per held session (from `/proc/<pid>/status`),
-//! * full mTLS handshakes per second (dial → Welcome, no resumption),
-//! * heartbeat round-trip p50/p99/max with every session firing at once.
+//! * hub RSS per held session (from `/proc/<pid>/status`) and hub threads,
+//! * full mTLS handshakes per second (dial → Welcome) and hub CPU per handshake,
+//! * heartbeat round-trip p50/p99/max with every session firing at once,
+//! * a reconnect storm ([`storm`]): every session dropped at once and reconnected, resuming its
+//!   TLS session from the hub's ticket; time until all are re-attached, hub CPU per resumed
+//!   handshake, hub RSS after against before,
+//! * with `--floor` ([`floor`]), the same N connections held against a bare tokio-rustls + h2
+//!   server in a child process (`loadgen floor-server`, hidden): its RSS per connection and CPU
+//!   per full and resumed handshake beside the hub's.
 //!
 //! All traffic stays on loopback; every loop is bounded in count and time (`--max-duration`).
 //!
-//! Exit status: 0 when the run completed (and met the target where it is judged), 1 when it
+//! Exit status: 0 when the run completed (and met the targets where they are judged), 1 when it
 //! could not complete (hub died, more than 1% of sessions failed, timeout), 2 when it completed
-//! but missed the target of ≤ 64 KiB hub RSS per session at ≥ 10,000 sessions.
+//! but missed a target at ≥ 10,000 sessions (see [`report`]).
 //!
 //! ```text
 //! cargo build --release -p flotilla-tests --bin loadgen -p flotilla-hub --bin flotilla-hub
-//! cargo run --release -p flotilla-tests --bin loadgen -- --sessions 10000
+//! cargo run --release -p flotilla-tests --bin loadgen -- --sessions 10000 --floor
 //! ```
 
+mod floor;
 mod report;
+mod storm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,9 +36,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use flotilla_tests::bench::admin_client;
-use flotilla_tests::bench::client::{Cmd, Fleet};
+use flotilla_tests::bench::client::{Cmd, Enrolled, Fleet, Session};
 use flotilla_tests::bench::fleet::{check_ended_early, enroll, too_many_failures};
 use flotilla_tests::bench::hub::{HubProcess, metric, metrics, wait_for_gauge};
 use flotilla_tests::bench::program::{
@@ -45,6 +53,8 @@ use crate::report::Report;
 const GAUGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one heartbeat round may take before missing answers count as lost.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the allocator and the runtime are given to settle after a burst before RSS is read.
+const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,10 +63,15 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
     long_about = "Starts a flotilla-hub child process, enrolls N clusters, opens N lightweight \
                   session clients (real mutual TLS and session protocol, no reconcile) spread \
                   over loopback source addresses, and reports sessions held, hub RSS per session, \
-                  handshakes/s and heartbeat round trips.\n\nExit status: 0 ok, 1 run failed, \
-                  2 target (≤ 64 KiB hub RSS per session at ≥ 10000 sessions) missed."
+                  handshakes/s, heartbeat round trips and a reconnect storm (all sessions \
+                  dropped at once and resumed). With --floor, the same connections are held \
+                  against a bare tokio-rustls + h2 server for comparison.\n\nExit status: 0 ok, \
+                  1 run failed, 2 a target missed at ≥ 10000 sessions.",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    internal: Option<Internal>,
     /// Number of concurrent sessions to open and hold.
     #[arg(long, default_value_t = 1000)]
     sessions: usize,
@@ -84,6 +99,18 @@ struct Args {
     /// Upper bound on the whole run; it fails when exceeded.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     max_duration: Duration,
+    /// Also hold the same N connections against a bare tokio-rustls + h2 server (same
+    /// certificates and key type) and report its RSS per connection and CPU per handshake.
+    #[arg(long)]
+    floor: bool,
+}
+
+/// What loadgen runs of itself in a child process.
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// The bare tokio-rustls + h2 server of `--floor`.
+    #[command(hide = true)]
+    FloorServer(flotilla_tests::bench::floor::ServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +118,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
+    if let Some(Internal::FloorServer(server)) = args.internal {
+        rlimit::increase_nofile_limit(u64::MAX)?;
+        flotilla_tests::bench::floor::serve(server).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let nofile = raise_nofile(args.sessions)?;
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
@@ -117,8 +149,21 @@ async fn run(args: Args) -> Result<ExitCode> {
         ))
         .await;
     let log_path = hub.log_path.clone();
+    let data_dir = hub.data_dir.clone();
     hub.shutdown().await;
 
+    let outcome = match outcome {
+        Ok(enrolled) if args.floor => {
+            let dir = tmp.path().join("floor");
+            within_max_duration(
+                args.max_duration,
+                floor::phases(&args, &dir, &data_dir, &enrolled, &mut rep),
+            )
+            .await
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
     let keep = args.keep_dir || outcome.is_err();
     if keep {
         let p = tmp.keep();
@@ -146,7 +191,8 @@ async fn run(args: Args) -> Result<ExitCode> {
     Ok(verdict_status(rep.passed()))
 }
 
-async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
+/// The hub's phases; returns the enrolled clusters (for the floor).
+async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<Vec<Enrolled>> {
     let n = args.sessions;
     let sources = args.sources as usize;
     let conc = args.concurrency as usize;
@@ -178,7 +224,6 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
     let cpu_before = hub.sample()?.cpu_secs;
     let mut opened = enr.open_all(hub.addr.as_str(), &fleet, None).await;
     let cpu_after = hub.sample()?.cpu_secs;
-    drop(enr);
     rep.open_failed = opened.failed;
     rep.sessions_opened = opened.sessions.len();
     rep.handshake_secs = opened.took.as_secs_f64();
@@ -202,25 +247,61 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
         "flotilla_hub_tls_handshakes_total{result=\"failed\"}",
     );
     // Let the allocator and the runtime settle after the burst before reading RSS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     rep.hub_held = hub.sample()?;
     println!(
-        "loadgen: hub holds {} sessions; RSS {:.1} MiB ({:.1} KiB per session over baseline)",
+        "loadgen: hub holds {} sessions; RSS {:.1} MiB ({:.1} KiB per session over baseline), {} threads",
         rep.sessions_held,
         rep.hub_held.rss_kib as f64 / 1024.0,
         rep.hub_held
             .rss_kib
             .saturating_sub(rep.hub_baseline.rss_kib) as f64
-            / rep.sessions_held.max(1) as f64
+            / rep.sessions_held.max(1) as f64,
+        rep.hub_held.threads
     );
 
     // --- Heartbeat rounds: every session at once ------------------------------------------
+    heartbeat_rounds(args, &sessions, &fleet, rep).await?;
+    let text = metrics(hub).await?;
+    rep.sessions_held_end =
+        metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
+    rep.sessions_alive_client = fleet.alive.load(Ordering::SeqCst);
+    (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
+    for e in &rep.ended_examples {
+        eprintln!("loadgen:   session ended early: {e}");
+    }
+    check_ended_early(
+        rep.sessions_ended_early,
+        rep.open_failed + rep.enroll_failed,
+        n,
+        &rep.ended_examples,
+    )?;
+
+    // --- Reconnect storm: drop every session at once, reconnect every one ------------------
+    let sessions = storm::run(hub, &enr, &fleet, sessions, rep).await?;
+
+    // --- Close every session ----------------------------------------------------------------
+    flotilla_tests::bench::fleet::close_all(sessions).await;
+    let left = wait_for_gauge(hub, 0, Duration::from_secs(30)).await?;
+    println!("loadgen: hub reports {left} sessions after close");
+    let (ended, examples) = fleet.ended_early();
+    check_ended_early(ended, rep.open_failed + rep.enroll_failed, n, &examples)?;
+    Ok(enr.enrolled)
+}
+
+/// Heartbeat rounds, every session at once; fails when too many sessions ended meanwhile.
+async fn heartbeat_rounds(
+    args: &Args,
+    sessions: &[Session],
+    fleet: &Fleet,
+    rep: &mut Report,
+) -> Result<()> {
     let mut samples = Vec::new();
     for round in 0..args.heartbeat_rounds {
         let (reply_tx, mut reply_rx) = mpsc::channel(sessions.len().max(1));
         let t0 = Instant::now();
         let mut dispatched = 0usize;
-        for s in &sessions {
+        for s in sessions {
             if s.cmd.try_send(Cmd::Round(round, reply_tx.clone())).is_ok() {
                 dispatched += 1;
             }
@@ -257,34 +338,12 @@ async fn phases(args: &Args, hub: &HubProcess, rep: &mut Report) -> Result<()> {
             secs * 1000.0
         );
         let (ended, examples) = fleet.ended_early();
-        if too_many_failures(ended + rep.open_failed + rep.enroll_failed, n) {
+        if too_many_failures(ended + rep.open_failed + rep.enroll_failed, args.sessions) {
             bail!(
                 "{ended} sessions ended during the heartbeat rounds (more than 1% failed in total); first: {examples:?}"
             );
         }
     }
     rep.heartbeat = Latency::of(&mut samples);
-    if args.heartbeat_rounds > 0 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rep.hub_after_heartbeats = Some(hub.sample()?);
-    }
-    let text = metrics(hub).await?;
-    rep.sessions_held_end =
-        metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
-    rep.sessions_alive_client = fleet.alive.load(Ordering::SeqCst);
-    (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
-    for e in &rep.ended_examples {
-        eprintln!("loadgen:   session ended early: {e}");
-    }
-
-    // --- Close every session ----------------------------------------------------------------
-    flotilla_tests::bench::fleet::close_all(sessions).await;
-    let left = wait_for_gauge(hub, 0, Duration::from_secs(30)).await?;
-    println!("loadgen: hub reports {left} sessions after close");
-    check_ended_early(
-        rep.sessions_ended_early,
-        rep.open_failed + rep.enroll_failed,
-        n,
-        &rep.ended_examples,
-    )
+    Ok(())
 }

@@ -7,9 +7,71 @@ use flotilla_tests::bench::stats::Latency;
 use serde::Serialize;
 
 /// Hub memory allowed per held session at the target scale.
-pub const TARGET_KIB_PER_SESSION: f64 = 64.0;
-/// The scale at which the target is judged.
+pub const TARGET_KIB_PER_SESSION: f64 = 40.0;
+/// Hub memory per session allowed against the floor's per connection (with `--floor`).
+pub const TARGET_FLOOR_RATIO: f64 = 1.5;
+/// Hub CPU allowed per full handshake (dial → Welcome).
+pub const TARGET_CPU_MS_PER_HANDSHAKE: f64 = 0.4;
+/// How long the reconnect storm may take, from the drop until every session is re-attached.
+pub const TARGET_STORM_SECS: f64 = 30.0;
+/// Hub RSS after the storm, against before it, that still counts as "back to its level".
+pub const TARGET_STORM_RSS_RATIO: f64 = 1.10;
+/// The scale at which the targets are judged.
 pub const TARGET_SESSIONS: usize = 10_000;
+
+/// The reconnect storm (see `storm.rs`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Storm {
+    pub dropped: usize,
+    /// From the drop until the hub's gauge read 0.
+    pub close_secs: f64,
+    /// Hub CPU from the drop until it was idle again, per session closed.
+    pub hub_cpu_ms_per_close: f64,
+    /// From the first reconnect until the hub's gauge counted them all.
+    pub reopen_secs: f64,
+    /// `close_secs` + `reopen_secs` (the hub is let finish the closes in between).
+    pub total_secs: f64,
+    pub reopened: usize,
+    pub failed: usize,
+    /// The hub's gauge at the end.
+    pub reattached: usize,
+    /// Reconnects the hub admitted as resumed TLS sessions.
+    pub resumed: usize,
+    /// Dial to Welcome, per reconnect.
+    pub open_latency: Latency,
+    pub hub_cpu_ms_per_handshake: f64,
+    pub hub_before: ProcSample,
+    pub hub_after: ProcSample,
+}
+
+/// The floor (`--floor`, see `floor.rs`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Floor {
+    pub connections: usize,
+    pub failed: usize,
+    pub handshakes_per_sec: f64,
+    pub open_latency: Latency,
+    pub cpu_ms_per_handshake: f64,
+    pub baseline: ProcSample,
+    pub held: ProcSample,
+    /// (held − baseline) / connections.
+    pub rss_per_connection_kib: f64,
+    pub storm_reopened: usize,
+    pub storm_failed: usize,
+    pub storm_resumed: usize,
+    pub storm_reopen_secs: f64,
+    pub storm_open_latency: Latency,
+    pub cpu_ms_per_resumed_handshake: f64,
+    pub after_storm: ProcSample,
+}
+
+/// One target and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -61,9 +123,18 @@ pub struct Report {
     pub heartbeat_lost: usize,
     pub heartbeat_round_secs: Vec<f64>,
 
-    /// "PASS", "FAIL" or "n/a (needs ≥ 10000 sessions)".
+    pub storm: Storm,
+    pub floor: Option<Floor>,
+    /// Hub RSS per session / floor RSS per connection.
+    pub floor_rss_ratio: Option<f64>,
+    /// Hub CPU per full handshake / the floor's.
+    pub floor_cpu_ratio: Option<f64>,
+    /// Hub CPU per resumed handshake / the floor's.
+    pub floor_resumed_cpu_ratio: Option<f64>,
+
+    pub targets: Vec<Target>,
+    /// "PASS", "FAIL" or "n/a (judged at ≥ 10000 sessions)".
     pub verdict: String,
-    pub target: String,
 }
 
 fn mib(kib: u64) -> String {
@@ -71,7 +142,7 @@ fn mib(kib: u64) -> String {
 }
 
 impl Report {
-    /// Fills in the derived numbers and the verdict.
+    /// Fills in the derived numbers, the targets and the verdict.
     pub fn finish(&mut self) {
         let held = self.sessions_held.max(1) as f64;
         let top = self
@@ -82,22 +153,77 @@ impl Report {
         self.rss_per_session_kib = top.saturating_sub(self.hub_baseline.rss_kib) as f64 / held;
         self.rss_per_session_sessions_only_kib =
             top.saturating_sub(self.hub_enrolled.rss_kib) as f64 / held;
-        self.target = format!(
-            "≤ {TARGET_KIB_PER_SESSION:.0} KiB hub RSS per session at {TARGET_SESSIONS} sessions"
-        );
-        self.verdict = if self.sessions_requested >= TARGET_SESSIONS {
-            if self.sessions_held >= TARGET_SESSIONS
-                && self.rss_per_session_kib <= TARGET_KIB_PER_SESSION
-            {
-                "PASS".into()
-            } else {
-                "FAIL".into()
-            }
+        if let Some(f) = &self.floor {
+            let ratio = |hub: f64, floor: f64| (floor > 0.0).then(|| hub / floor);
+            self.floor_rss_ratio = ratio(self.rss_per_session_kib, f.rss_per_connection_kib);
+            self.floor_cpu_ratio = ratio(self.hub_cpu_ms_per_handshake, f.cpu_ms_per_handshake);
+            self.floor_resumed_cpu_ratio = ratio(
+                self.storm.hub_cpu_ms_per_handshake,
+                f.cpu_ms_per_resumed_handshake,
+            );
+        }
+        self.targets = self.judge();
+        self.verdict = if self.sessions_requested < TARGET_SESSIONS {
+            format!("n/a (targets judged at ≥ {TARGET_SESSIONS} sessions)")
+        } else if self.sessions_held >= TARGET_SESSIONS && self.targets.iter().all(|t| t.met) {
+            "PASS".into()
         } else {
-            format!(
-                "n/a (target: ≤ {TARGET_KIB_PER_SESSION:.0} KiB/session, judged at ≥ {TARGET_SESSIONS} sessions)"
-            )
+            "FAIL".into()
         };
+    }
+
+    /// The targets of issue 14 against this run's figures.
+    fn judge(&self) -> Vec<Target> {
+        let storm = &self.storm;
+        let mut t = vec![
+            Target {
+                what: format!("hub RSS per idle session ≤ {TARGET_KIB_PER_SESSION:.0} KiB"),
+                measured: format!("{:.1} KiB", self.rss_per_session_kib),
+                met: self.rss_per_session_kib <= TARGET_KIB_PER_SESSION,
+            },
+            Target {
+                what: format!("hub CPU per full handshake ≤ {TARGET_CPU_MS_PER_HANDSHAKE} ms"),
+                measured: format!("{:.2} ms", self.hub_cpu_ms_per_handshake),
+                met: self.hub_cpu_ms_per_handshake <= TARGET_CPU_MS_PER_HANDSHAKE,
+            },
+            Target {
+                what: "hub CPU per resumed handshake < per full handshake".into(),
+                measured: format!(
+                    "{:.2} ms ({} of {} resumed)",
+                    storm.hub_cpu_ms_per_handshake, storm.resumed, storm.reopened
+                ),
+                met: storm.resumed > 0
+                    && storm.hub_cpu_ms_per_handshake < self.hub_cpu_ms_per_handshake,
+            },
+            Target {
+                what: format!("reconnect storm: all re-attached within {TARGET_STORM_SECS:.0} s"),
+                measured: format!(
+                    "{}/{} in {:.1} s",
+                    storm.reattached, storm.dropped, storm.total_secs
+                ),
+                met: storm.dropped > 0
+                    && storm.reattached >= storm.dropped
+                    && storm.total_secs <= TARGET_STORM_SECS,
+            },
+            Target {
+                what: format!("hub RSS after the storm ≤ {TARGET_STORM_RSS_RATIO:.2}× before it"),
+                measured: format!(
+                    "{} → {} MiB",
+                    mib(storm.hub_before.rss_kib),
+                    mib(storm.hub_after.rss_kib)
+                ),
+                met: storm.hub_after.rss_kib as f64
+                    <= storm.hub_before.rss_kib as f64 * TARGET_STORM_RSS_RATIO,
+            },
+        ];
+        if let Some(r) = self.floor_rss_ratio {
+            t.push(Target {
+                what: format!("hub RSS per session ≤ {TARGET_FLOOR_RATIO}× the floor's"),
+                measured: format!("{r:.2}×"),
+                met: r <= TARGET_FLOOR_RATIO,
+            });
+        }
+        t
     }
 
     pub fn passed(&self) -> bool {
@@ -208,7 +334,105 @@ impl Report {
                     .join(", ")
             },
         );
-        row("target", self.target.clone());
+        let storm = &self.storm;
+        row(
+            "storm: re-attached / total time",
+            format!(
+                "{}/{} in {:.1} s (close {:.1} s, reopen {:.1} s)",
+                storm.reattached,
+                storm.dropped,
+                storm.total_secs,
+                storm.close_secs,
+                storm.reopen_secs
+            ),
+        );
+        row(
+            "storm: resumed TLS sessions / failed",
+            format!("{} / {}", storm.resumed, storm.failed),
+        );
+        row(
+            "storm: reconnect latency p50 / p99",
+            format!(
+                "{:.1} / {:.1} ms",
+                storm.open_latency.p50_ms, storm.open_latency.p99_ms
+            ),
+        );
+        row(
+            "hub CPU per resumed handshake / per close",
+            format!(
+                "{:.2} ms / {:.2} ms",
+                storm.hub_cpu_ms_per_handshake, storm.hub_cpu_ms_per_close
+            ),
+        );
+        row(
+            "hub RSS before / after storm (MiB)",
+            format!(
+                "{} / {} ({} threads after)",
+                mib(storm.hub_before.rss_kib),
+                mib(storm.hub_after.rss_kib),
+                storm.hub_after.threads
+            ),
+        );
+        if let Some(f) = &self.floor {
+            let x = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}×"));
+            row(
+                "floor: connections held / failed",
+                format!("{} / {}", f.connections, f.failed),
+            );
+            row(
+                "floor: RSS per connection (hub/floor)",
+                format!(
+                    "{:.1} KiB ({})",
+                    f.rss_per_connection_kib,
+                    x(self.floor_rss_ratio)
+                ),
+            );
+            row(
+                "floor: CPU per full handshake (hub/floor)",
+                format!(
+                    "{:.2} ms ({})",
+                    f.cpu_ms_per_handshake,
+                    x(self.floor_cpu_ratio)
+                ),
+            );
+            row(
+                "floor: CPU per resumed handshake (hub/floor)",
+                format!(
+                    "{:.2} ms ({}; {} of {} resumed)",
+                    f.cpu_ms_per_resumed_handshake,
+                    x(self.floor_resumed_cpu_ratio),
+                    f.storm_resumed,
+                    f.storm_reopened
+                ),
+            );
+            row(
+                "floor: handshakes/s full, open p50 / p99",
+                format!(
+                    "{:.0} /s, {:.1} / {:.1} ms",
+                    f.handshakes_per_sec, f.open_latency.p50_ms, f.open_latency.p99_ms
+                ),
+            );
+            row(
+                "floor: RSS baseline / held / after storm (MiB)",
+                format!(
+                    "{} / {} / {} ({} threads)",
+                    mib(f.baseline.rss_kib),
+                    mib(f.held.rss_kib),
+                    mib(f.after_storm.rss_kib),
+                    f.held.threads
+                ),
+            );
+        }
+        for target in &self.targets {
+            row(
+                &format!("target: {}", target.what),
+                format!(
+                    "{} — {}",
+                    target.measured,
+                    if target.met { "met" } else { "missed" }
+                ),
+            );
+        }
         row("verdict", self.verdict.clone());
         if let Some(col) = t.column_mut(1) {
             col.set_cell_alignment(CellAlignment::Left);
@@ -223,22 +447,74 @@ mod tests {
 
     // The percentiles are `Latency::of`'s, tested with it in `flotilla_tests::bench::stats`.
 
-    #[test]
-    fn verdict_only_at_scale() {
+    /// A 10,000-session run that meets every target.
+    fn good_run() -> Report {
         let mut r = Report {
             sessions_requested: 10_000,
             sessions_held: 10_000,
+            hub_cpu_ms_per_handshake: 0.3,
             ..Default::default()
         };
         r.hub_baseline.rss_kib = 10_000;
-        r.hub_held.rss_kib = 10_000 + 10_000 * 60;
+        r.hub_held.rss_kib = 10_000 + 10_000 * 35;
+        r.storm = Storm {
+            dropped: 10_000,
+            reopened: 10_000,
+            reattached: 10_000,
+            resumed: 10_000,
+            total_secs: 20.0,
+            hub_cpu_ms_per_handshake: 0.2,
+            ..Default::default()
+        };
+        r.storm.hub_before.rss_kib = r.hub_held.rss_kib;
+        r.storm.hub_after.rss_kib = r.hub_held.rss_kib;
+        r
+    }
+
+    #[test]
+    fn verdict_only_at_scale() {
+        let mut r = good_run();
         r.finish();
-        assert_eq!(r.verdict, "PASS");
-        r.hub_held.rss_kib = 10_000 + 10_000 * 70;
+        assert_eq!(r.verdict, "PASS", "{:?}", r.targets);
+        r.hub_held.rss_kib = 10_000 + 10_000 * 45;
         r.finish();
         assert_eq!(r.verdict, "FAIL");
         r.sessions_requested = 100;
         r.finish();
         assert!(r.verdict.starts_with("n/a"));
+    }
+
+    #[test]
+    fn every_target_counts() {
+        let misses: [fn(&mut Report); 5] = [
+            |r| r.hub_cpu_ms_per_handshake = 0.5,
+            |r| r.storm.hub_cpu_ms_per_handshake = 0.3,
+            |r| r.storm.resumed = 0,
+            |r| r.storm.total_secs = 31.0,
+            |r| r.storm.hub_after.rss_kib = r.storm.hub_before.rss_kib * 2,
+        ];
+        for miss in misses {
+            let mut r = good_run();
+            miss(&mut r);
+            r.finish();
+            assert_eq!(r.verdict, "FAIL", "{:?}", r.targets);
+        }
+    }
+
+    #[test]
+    fn the_floor_ratio_is_a_target_with_the_floor() {
+        let mut r = good_run();
+        r.floor = Some(Floor {
+            rss_per_connection_kib: 20.0,
+            cpu_ms_per_handshake: 0.25,
+            cpu_ms_per_resumed_handshake: 0.1,
+            ..Default::default()
+        });
+        r.finish();
+        assert_eq!(r.floor_rss_ratio, Some(35.0 / 20.0));
+        assert_eq!(r.verdict, "FAIL", "35 KiB is 1.75× a 20 KiB floor");
+        r.floor.as_mut().unwrap().rss_per_connection_kib = 25.0;
+        r.finish();
+        assert_eq!(r.verdict, "PASS", "{:?}", r.targets);
     }
 }
