@@ -196,12 +196,7 @@ async fn hub_and_agent_metrics_follow_the_fleet() {
     assert!(reports > reports_before, "{reports} > {reports_before}");
     assert!(e.value("flotilla_hub_status_report_apps_total", &[]) >= Some(3.0));
     let store = "flotilla_hub_store_operation_duration_seconds_count";
-    for op in [
-        "get",
-        "compare_and_swap",
-        "compare_and_swap_many",
-        "list",
-    ] {
+    for op in ["get", "compare_and_swap", "compare_and_swap_many", "list"] {
         assert!(e.value(store, &[("op", op)]) > Some(0.0), "store op {op}");
     }
 
