@@ -297,7 +297,7 @@ mod tests {
             #[serde(with = "renders")]
             renders: Vec<crate::engine::rollout::plan::Render>,
         }
-        let odd = |c: ClusterId| if c % 2 == 1 { "a" } else { "b" };
+        let odd = |c: ClusterId| if c.is_multiple_of(2) { "b" } else { "a" };
         let rec = Rec {
             renders: (0..10)
                 .map(|i| {

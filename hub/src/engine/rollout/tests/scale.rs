@@ -140,10 +140,14 @@ fn history() -> AppRollout {
     settle(&mut rec, &mut views, now, &none, 3);
     offer(&mut rec, regional("r11", &clusters), &clusters, now);
     // r11 fails on about 700 clusters of eu (a threshold of 100% lets them all fail).
-    let bad = |c: ClusterId| c > 30 && c % 7 == 0;
+    let bad = |c: ClusterId| c > 30 && c.is_multiple_of(7);
     settle(&mut rec, &mut views, now, &bad, 8);
     // A fifth of the fleet is relabelled out: a staged removal waiting for approval.
-    let kept: Vec<ClusterInfo> = clusters.iter().filter(|c| c.id % 5 != 0).cloned().collect();
+    let kept: Vec<ClusterInfo> = clusters
+        .iter()
+        .filter(|c| !c.id.is_multiple_of(5))
+        .cloned()
+        .collect();
     offer(&mut rec, regional("r11", &kept), &clusters, now);
     // A few pins.
     for c in [31, 32, 33] {
