@@ -37,10 +37,8 @@ pub async fn run_all(store: SharedStore) {
 /// A batch of compare-and-swaps is all-or-nothing, one revision per key, and watched in order.
 pub async fn check_cas_many(store: SharedStore) {
     use super::CasOp;
-    let op = |key: &str, expected: Option<Revision>, value: &str| CasOp {
-        key: key.to_string(),
-        expected,
-        value: value.as_bytes().to_vec(),
+    let op = |key: &str, expected: Option<Revision>, value: &str| {
+        CasOp::put(key, expected, value.as_bytes().to_vec())
     };
     let start = store.revision().await.unwrap();
     assert_eq!(
@@ -91,6 +89,46 @@ pub async fn check_cas_many(store: SharedStore) {
     let a2 = store.get("/conformance/many/a").await.unwrap().unwrap();
     assert_eq!(a2.create_revision, a.create_revision);
     assert_eq!(a2.value, b"11".to_vec());
+
+    // Deletes in a batch: conditional like the writes, one revision each, watched in order.
+    let stale = store
+        .compare_and_swap_many(vec![
+            op("/conformance/many/c", None, "3"),
+            CasOp::delete("/conformance/many/b", a2.mod_revision),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(stale, Err("/conformance/many/b".to_string()));
+    assert!(store.get("/conformance/many/c").await.unwrap().is_none());
+    let at = store.revision().await.unwrap();
+    let last = store
+        .compare_and_swap_many(vec![
+            op("/conformance/many/c", None, "3"),
+            CasOp::delete("/conformance/many/b", b.mod_revision),
+        ])
+        .await
+        .unwrap()
+        .expect("both conditions hold");
+    assert_eq!(last, at + 2);
+    assert!(store.get("/conformance/many/b").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .get("/conformance/many/c")
+            .await
+            .unwrap()
+            .unwrap()
+            .mod_revision,
+        at + 1
+    );
+    assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/a");
+    assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/c");
+    assert_eq!(
+        next_event(&mut watch).await,
+        super::WatchEvent::Delete {
+            key: "/conformance/many/b".to_string(),
+            mod_revision: at + 2
+        }
+    );
 }
 
 /// Waits for the next watch event, failing on timeout, stream end or error.

@@ -120,9 +120,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// item is `Err(StoreError::Compacted { .. })`.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
 
-    /// Several compare-and-swaps applied atomically in one durable write: either every
-    /// condition holds and every value is written (each key gets the next revision, in order),
-    /// or nothing is written. `Ok(Ok(last revision))` on success; `Ok(Err(key))` names the first
+    /// Several compare-and-swaps (and compare-and-deletes) applied atomically in one durable
+    /// write: either every condition holds and every value is written or deleted (each op gets
+    /// the next revision, in order; a delete's is the revision of its event), or nothing is
+    /// written. `Ok(Ok(last revision))` on success; `Ok(Err(key))` names the first
     /// key whose condition failed. An empty batch writes nothing and returns the current revision.
     async fn compare_and_swap_many(
         &self,
@@ -136,7 +137,28 @@ pub struct CasOp {
     pub key: String,
     /// As in [`Store::compare_and_swap`]: `None` = the key must not exist.
     pub expected: Option<Revision>,
-    pub value: Vec<u8>,
+    /// The new value; `None` deletes the key (which must then exist at `expected`).
+    pub value: Option<Vec<u8>>,
+}
+
+impl CasOp {
+    /// Writes `value` if the key is at `expected` (`None`: absent).
+    pub fn put(key: impl Into<String>, expected: Option<Revision>, value: Vec<u8>) -> Self {
+        Self {
+            key: key.into(),
+            expected,
+            value: Some(value),
+        }
+    }
+
+    /// Deletes the key if it is at `expected`.
+    pub fn delete(key: impl Into<String>, expected: Revision) -> Self {
+        Self {
+            key: key.into(),
+            expected: Some(expected),
+            value: None,
+        }
+    }
 }
 
 /// A store shared between components.

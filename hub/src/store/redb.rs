@@ -427,17 +427,28 @@ impl Inner {
                     return Ok(Err(op.key));
                 }
                 revision += 1;
-                let create_revision = current.map_or(revision, |c| c.create_revision);
-                kv.insert(
-                    op.key.as_str(),
-                    encode_kv(create_revision, revision, &op.value).as_slice(),
-                )?;
-                let event = WatchEvent::Put(KeyValue {
-                    key: op.key,
-                    value: op.value,
-                    create_revision,
-                    mod_revision: revision,
-                });
+                let event = match (op.value, current) {
+                    (Some(value), current) => {
+                        let create_revision = current.map_or(revision, |c| c.create_revision);
+                        kv.insert(
+                            op.key.as_str(),
+                            encode_kv(create_revision, revision, &value).as_slice(),
+                        )?;
+                        WatchEvent::Put(KeyValue {
+                            key: op.key,
+                            value,
+                            create_revision,
+                            mod_revision: revision,
+                        })
+                    }
+                    (None, _) => {
+                        kv.remove(op.key.as_str())?;
+                        WatchEvent::Delete {
+                            key: op.key,
+                            mod_revision: revision,
+                        }
+                    }
+                };
                 log.insert(revision, encode_event(&event).as_slice())?;
                 events.push(event);
             }

@@ -195,11 +195,7 @@ mod tests {
         store.get("/a").await.unwrap();
         store.get("/b").await.unwrap();
         assert!(store.put("", b"x".to_vec()).await.is_err());
-        let op = |key: &str| crate::store::CasOp {
-            key: key.into(),
-            expected: None,
-            value: vec![],
-        };
+        let op = |key: &str| crate::store::CasOp::put(key, None, vec![]);
         store
             .compare_and_swap_many(vec![op("/c"), op("/d"), op("/e")])
             .await

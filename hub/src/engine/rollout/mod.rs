@@ -365,17 +365,24 @@ impl Rollouts {
         }
         let ops = steps
             .iter()
-            .map(|s| CasOp {
-                key: self.inner.table.key(&s.after.app),
-                expected: Some(s.revision),
-                value: Table::encode(&s.after),
+            .map(|s| {
+                CasOp::put(
+                    self.inner.table.key(&s.after.app),
+                    Some(s.revision),
+                    Table::encode(&s.after),
+                )
             })
             .collect();
         match self.inner.table.store().compare_and_swap_many(ops).await? {
-            Ok(rev) => {
+            Ok(last) => {
+                // Each record of the batch got the next revision, in order.
+                let first = last + 1 - steps.len() as u64;
                 if let Some(m) = self.records().as_mut() {
-                    for s in steps {
-                        m.insert(s.after.app.clone(), (Arc::new(s.after.clone()), rev));
+                    for (i, s) in steps.iter().enumerate() {
+                        m.insert(
+                            s.after.app.clone(),
+                            (Arc::new(s.after.clone()), first + i as u64),
+                        );
                     }
                 }
                 Ok(())
