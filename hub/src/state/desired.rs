@@ -12,7 +12,6 @@ use flotilla_proto::v1;
 
 pub use super::status::{AppReport, ObjectCounts, ObjectReport, STATUS, StatusRecord, Statuses};
 use crate::state::error::HubError;
-use crate::state::table::Table;
 use crate::store::SharedStore;
 
 pub const DESIRED: &str = "/desired/";
@@ -169,15 +168,12 @@ impl DesiredRecord {
 #[derive(Debug, Clone)]
 pub struct DesiredStates {
     statuses: Statuses,
-    /// The same statuses as a plain table, to list them all.
-    table: Table<StatusRecord>,
 }
 
 impl DesiredStates {
     pub fn new(store: SharedStore) -> Self {
         Self {
-            statuses: Statuses::new(store.clone()),
-            table: Table::new(store, STATUS),
+            statuses: Statuses::new(store),
         }
     }
 
@@ -199,16 +195,9 @@ impl DesiredStates {
         self.statuses.record(cluster, report).await
     }
 
-    /// Every cluster's stored statuses, read from the store (once, when the engine starts).
-    pub async fn all_statuses(&self) -> Result<Vec<(String, StatusRecord)>, HubError> {
-        let (items, _) = self.table.store().list(STATUS).await?;
-        items
-            .iter()
-            .map(|kv| {
-                let name = kv.key[STATUS.len()..].to_string();
-                Ok((name, self.table.decode(kv)?.value))
-            })
-            .collect()
+    /// Every cluster's statuses (read from the store once, when the engine starts).
+    pub async fn all_statuses(&self) -> Result<Vec<(String, Arc<StatusRecord>)>, HubError> {
+        self.statuses.all().await
     }
 }
 

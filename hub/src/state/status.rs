@@ -1,6 +1,7 @@
 //! The agents' statuses per cluster, persisted in the store: `/status/<cluster>` holds, per app,
 //! the last status its agent reported (revision, phase, health, object counts, drift, worst
-//! objects), merged from the agent's reports. Reports are written by group commit
+//! objects), merged from the agent's reports, and the status journal (`/status-log/`) the
+//! reports since the last checkpoint. Reports are written by group commit
 //! ([`status_ingest`](super::status_ingest)): many sessions' reports per durable write, each
 //! caller answered once its report is durable. Kept in memory: only this hub's sessions write
 //! them, and the rollout engine reads every in-flight cluster's on each pass.
@@ -190,6 +191,11 @@ impl Statuses {
     /// The cluster's statuses without copying them (from memory after the first read).
     pub async fn get_shared(&self, cluster: &str) -> Result<Arc<StatusRecord>, HubError> {
         self.ingest.get_shared(cluster).await
+    }
+
+    /// Every cluster's statuses (from memory after the first read), by cluster name.
+    pub async fn all(&self) -> Result<Vec<(String, Arc<StatusRecord>)>, HubError> {
+        self.ingest.all().await
     }
 
     /// Persists an agent's status report ([`StatusRecord::merge`] onto the cluster's record) and

@@ -1,24 +1,38 @@
 //! Group commit of the agents' status reports. Every [`Statuses::record`] call queues its report
 //! and waits. One writer task at a time (started by the call that finds none, ended when the
 //! queue is empty) takes what is queued — at most [`Limits::batch_reports`] reports and
-//! [`Limits::batch_bytes`] bytes of them —, merges each cluster's reports onto its record in the
-//! order they were queued, and writes every record it changed in one all-or-nothing store batch
-//! (one durable transaction; a compare-and-swap on each record's revision). Only then is every
-//! caller of the batch answered; a failed write fails them all, so nothing is acknowledged that
-//! is not durable. While one batch is written the next one gathers.
+//! [`Limits::batch_bytes`] bytes of them —, merges each cluster's reports onto its record in
+//! memory in the order they were queued, and appends the batch's reports, as they came, to the
+//! **status journal**: one store key (`/status-log/<seq>`) per batch, one durable write, however
+//! many clusters the batch touched. Only then is every caller of the batch answered; a failed
+//! write fails them all, so nothing is acknowledged that is not durable. While one batch is
+//! written the next one gathers.
+//!
+//! The journal is folded into the records (`/status/<cluster>`) by a **checkpoint** once it holds
+//! [`Limits::checkpoint_entries`] batches or [`Limits::checkpoint_bytes`]: every record changed
+//! since the last checkpoint is written (a compare-and-swap on its revision, in chunks of at most
+//! [`Limits::batch_bytes`]), and the journal's keys are deleted in the last chunk. A report thus
+//! costs its share of one journal write, and a record is rewritten once per checkpoint however
+//! many reports changed it, instead of once per report.
+//!
+//! Reading back (the first read or write after the hub starts) is: the records, then the
+//! journal's batches in order merged onto them. Merging a batch again onto a record that already
+//! holds it changes nothing (a report's apps replace theirs, a `replace` starts from nothing), so
+//! a crash between a checkpoint's record writes and its journal deletes loses nothing and
+//! duplicates nothing. A journal batch that does not decode is skipped with an error in the log
+//! (and deleted by the next checkpoint); the records keep their last good state.
 //!
 //! The queue holds at most [`Limits::queue_bytes`] of reports (those being written included);
 //! beyond that callers wait, in the order of their calls, and their sessions read nothing more
 //! meanwhile — backpressure onto the agents' streams instead of memory.
 //!
-//! The records are kept in memory: the writer reads the whole table once, at its first batch,
-//! and the cache follows every write, because only this hub writes `/status/`. Should another
-//! writer have moved a record on anyway, the batch's compare-and-swap fails on it; the record is
-//! read again and the batch merged and written again.
+//! The records are kept in memory (only this hub writes `/status/`). Should another writer have
+//! moved a record on anyway, the checkpoint's compare-and-swap fails on it; the record is read
+//! again and this hub's journal merged onto it, as at a restart.
 //!
 //! [`Statuses::record`]: super::status::Statuses::record
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flotilla_proto::v1;
@@ -30,24 +44,56 @@ use crate::state::status::{STATUS, StatusRecord};
 use crate::state::table::{CAS_RETRIES, Table};
 use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError};
 
-/// Bounds of the group commit.
+/// The status journal: one key per batch of reports, `/status-log/<seq>` (zero-padded, so that
+/// key order is batch order).
+pub const STATUS_LOG: &str = "/status-log/";
+
+fn log_key(seq: u64) -> String {
+    format!("{STATUS_LOG}{seq:020}")
+}
+
+/// One batch of the journal, as stored (protobuf).
+#[derive(Clone, PartialEq, prost::Message)]
+struct JournalBatch {
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<JournalEntry>,
+}
+
+/// One report of a journal batch.
+#[derive(Clone, PartialEq, prost::Message)]
+struct JournalEntry {
+    #[prost(string, tag = "1")]
+    cluster: String,
+    #[prost(message, optional, tag = "2")]
+    report: Option<v1::StatusReport>,
+}
+
+/// Bounds of the group commit and of the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Most reports merged into one store write.
     pub batch_reports: usize,
-    /// Most bytes of (encoded) reports merged into one store write; a larger report goes alone.
+    /// Most bytes of (encoded) reports merged into one store write (a larger report goes
+    /// alone), and of records per checkpoint write.
     pub batch_bytes: usize,
     /// Most bytes of reports queued or being written; further callers wait. A larger report
     /// counts as this much.
     pub queue_bytes: usize,
+    /// Journal batches that start a checkpoint.
+    pub checkpoint_entries: usize,
+    /// Journal bytes that start a checkpoint.
+    pub checkpoint_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             batch_reports: 4096,
-            batch_bytes: 8 << 20,
+            // Under etcd's request limit (1.5 MiB).
+            batch_bytes: 1 << 20,
             queue_bytes: 64 << 20,
+            checkpoint_entries: 32,
+            checkpoint_bytes: 16 << 20,
         }
     }
 }
@@ -60,7 +106,8 @@ enum Slot {
     Corrupt(KeyValue),
 }
 
-/// A cluster's record as cached, with its store revision (`None`: nothing stored).
+/// A cluster's record as cached, with the store revision of the stored record (`None`: nothing
+/// stored). The cached record is ahead of the stored one by the journal.
 #[derive(Debug, Clone)]
 struct Cached {
     revision: Option<Revision>,
@@ -76,11 +123,27 @@ impl Cached {
     }
 }
 
+/// A journal batch not yet folded into the records.
+#[derive(Debug, Clone)]
+struct Logged {
+    key: String,
+    revision: Revision,
+    bytes: usize,
+}
+
 #[derive(Debug, Default)]
 struct Cache {
     records: HashMap<String, Cached>,
-    /// Every stored record was read: a cluster that is not in `records` has none.
+    /// Every stored record was read and the journal merged: a cluster that is not in `records`
+    /// has none.
     complete: bool,
+    /// Clusters whose cached record is ahead of the stored one.
+    dirty: BTreeSet<String>,
+    /// The journal, oldest first.
+    journal: Vec<Logged>,
+    journal_bytes: usize,
+    /// The sequence number of the next journal batch.
+    next_seq: u64,
 }
 
 /// A queued report and its caller.
@@ -100,11 +163,14 @@ struct Queue {
     writing: bool,
 }
 
-/// The group commit of the status table, and its cache.
+/// The group commit of the status table, its journal and its cache.
 pub(crate) struct Ingest {
     table: Table<StatusRecord>,
     limits: Limits,
     cache: Mutex<Cache>,
+    /// Held by whoever reads the store into the cache (once) and by the writer, so that the two
+    /// never interleave.
+    loading: tokio::sync::Mutex<()>,
     queue: Arc<Mutex<Queue>>,
     /// Taken while waiting for room, so that reports are queued in the order of the calls.
     turn: tokio::sync::Mutex<()>,
@@ -172,17 +238,32 @@ fn answer(batch: Vec<Pending>, outcomes: Vec<Result<(), HubError>>) {
     }
 }
 
+/// `record` with `report` merged; `None` when the record is unreadable and the report does not
+/// replace it.
+fn merge_onto(slot: &Slot, report: &v1::StatusReport) -> Option<StatusRecord> {
+    let mut record = match (slot, report.replace) {
+        (_, true) => StatusRecord::default(),
+        (Slot::Record(r), false) => r.as_ref().clone(),
+        (Slot::Corrupt(_), false) => return None,
+    };
+    record.merge(report);
+    Some(record)
+}
+
 impl Ingest {
     pub(crate) fn new(store: SharedStore, limits: Limits) -> Self {
         let limits = Limits {
             batch_reports: limits.batch_reports.max(1),
             batch_bytes: limits.batch_bytes.max(1),
             queue_bytes: limits.queue_bytes.clamp(1, u32::MAX as usize),
+            checkpoint_entries: limits.checkpoint_entries.max(1),
+            checkpoint_bytes: limits.checkpoint_bytes.max(1),
         };
         Self {
             table: Table::new(store, STATUS),
             limits,
             cache: Mutex::default(),
+            loading: tokio::sync::Mutex::new(()),
             queue: Arc::default(),
             turn: tokio::sync::Mutex::new(()),
             room: Arc::new(Semaphore::new(limits.queue_bytes)),
@@ -240,7 +321,17 @@ impl Ingest {
             if batch.is_empty() {
                 break;
             }
-            let outcomes = self.commit(&batch).await;
+            let outcomes = {
+                let _loading = self.loading.lock().await;
+                let outcomes = self.commit(&batch).await;
+                if self.checkpoint_due() {
+                    if let Err(e) = self.checkpoint().await {
+                        // The journal keeps the reports; the next checkpoint tries again.
+                        tracing::warn!(error = %e, "status checkpoint failed");
+                    }
+                }
+                outcomes
+            };
             if !self.more_queued() {
                 drop(self);
                 answer(batch, outcomes);
@@ -278,131 +369,240 @@ impl Ingest {
         batch
     }
 
-    /// Merges and writes one batch; the outcome of each of its reports, in order.
+    /// Merges one batch and appends it to the journal; the outcome of each of its reports, in
+    /// order.
     async fn commit(&self, batch: &[Pending]) -> Vec<Result<(), HubError>> {
-        let mut outcomes: Vec<Option<Result<(), HubError>>> = batch.iter().map(|_| None).collect();
-        // Each cluster's reports, in queue order.
-        let mut clusters: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, p) in batch.iter().enumerate() {
-            clusters.entry(p.cluster.as_str()).or_default().push(i);
-        }
-        let fail_all = |outcomes: &mut [Option<Result<(), HubError>>], e: HubError| {
+        let fail_all = |e: HubError| {
             let cause = Arc::new(e);
-            for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *o = Some(Err(batch_error(&cause, batch.len())));
-            }
+            batch
+                .iter()
+                .map(|_| Err(batch_error(&cause, batch.len())))
+                .collect()
         };
-        if let Err(e) = self.load_all().await {
-            fail_all(&mut outcomes, e);
-            return outcomes.into_iter().map(|o| o.expect("answered")).collect();
+        if let Err(e) = self.load_locked().await {
+            return fail_all(e);
         }
-        let mut attempts = 0;
-        loop {
-            let mut ops = Vec::with_capacity(clusters.len());
-            let mut written = Vec::with_capacity(clusters.len());
-            for (cluster, reports) in &clusters {
-                if outcomes[reports[0]].is_some() {
-                    continue;
-                }
-                match self.merged(cluster, reports.iter().map(|i| &batch[*i].report)) {
-                    Ok((expected, record)) => {
-                        ops.push(CasOp {
-                            key: self.table.key(cluster),
-                            expected,
-                            value: Table::encode(&record),
+        // Each report merged onto what the ones before it left, without touching the cache
+        // until the batch is durable.
+        let mut outcomes: Vec<Result<(), HubError>> = Vec::with_capacity(batch.len());
+        let mut merged: BTreeMap<&str, Slot> = BTreeMap::new();
+        let mut journal = JournalBatch::default();
+        {
+            let cache = lock(&self.cache);
+            for p in batch {
+                let slot = merged.entry(p.cluster.as_str()).or_insert_with(|| {
+                    cache
+                        .records
+                        .get(&p.cluster)
+                        .map_or_else(|| Cached::absent().slot, |c| c.slot.clone())
+                });
+                match merge_onto(slot, &p.report) {
+                    Some(record) => {
+                        *slot = Slot::Record(Arc::new(record));
+                        journal.entries.push(JournalEntry {
+                            cluster: p.cluster.clone(),
+                            report: Some(p.report.clone()),
                         });
-                        written.push((*cluster, record));
+                        outcomes.push(Ok(()));
                     }
-                    Err(unreadable) => {
-                        for i in reports {
-                            outcomes[*i] = Some(Err(self.corrupt(&unreadable)));
-                        }
+                    None => {
+                        let Slot::Corrupt(kv) = &*slot else {
+                            unreachable!("only an unreadable record refuses a merge")
+                        };
+                        outcomes.push(Err(self.corrupt(kv)));
                     }
-                }
-            }
-            if ops.is_empty() {
-                break;
-            }
-            let n = ops.len();
-            match self.table.store().compare_and_swap_many(ops).await {
-                Ok(Ok(last)) => {
-                    // Each key of the batch got the next revision, in order.
-                    let first = last + 1 - n as u64;
-                    let mut cache = lock(&self.cache);
-                    for (i, (cluster, record)) in written.into_iter().enumerate() {
-                        cache.records.insert(
-                            cluster.to_string(),
-                            Cached {
-                                revision: Some(first + i as u64),
-                                slot: Slot::Record(Arc::new(record)),
-                            },
-                        );
-                    }
-                    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-                        *o = Some(Ok(()));
-                    }
-                    break;
-                }
-                Ok(Err(key)) => {
-                    attempts += 1;
-                    let cluster = key.strip_prefix(STATUS).unwrap_or(&key).to_string();
-                    tracing::warn!(cluster.id = %cluster, "status record changed behind the hub's back; merging again");
-                    if attempts >= CAS_RETRIES {
-                        fail_all(&mut outcomes, HubError::Contention(key));
-                        break;
-                    }
-                    if let Err(e) = self.reload(&cluster).await {
-                        fail_all(&mut outcomes, e);
-                        break;
-                    }
-                }
-                Err(e) => {
-                    fail_all(&mut outcomes, e.into());
-                    break;
                 }
             }
         }
-        tracing::debug!(
-            reports = batch.len(),
-            clusters = clusters.len(),
-            "status batch written"
-        );
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(HubError::Store(StoreError::Inconsistent(
-                        "a status report of a batch was left unanswered".into(),
-                    )))
-                })
-            })
-            .collect()
+        if journal.entries.is_empty() {
+            return outcomes;
+        }
+        let value = journal.encode_to_vec();
+        let bytes = value.len();
+        for _ in 0..CAS_RETRIES {
+            let seq = lock(&self.cache).next_seq;
+            let key = log_key(seq);
+            let op = CasOp::put(key.clone(), None, value.clone());
+            match self.table.store().compare_and_swap_many(vec![op]).await {
+                Ok(Ok(revision)) => {
+                    let mut cache = lock(&self.cache);
+                    cache.next_seq = seq + 1;
+                    cache.journal.push(Logged {
+                        key,
+                        revision,
+                        bytes,
+                    });
+                    cache.journal_bytes += bytes;
+                    for (cluster, slot) in merged {
+                        if matches!(slot, Slot::Corrupt(_)) {
+                            continue;
+                        }
+                        let entry = cache
+                            .records
+                            .entry(cluster.to_string())
+                            .or_insert_with(Cached::absent);
+                        entry.slot = slot;
+                        cache.dirty.insert(cluster.to_string());
+                    }
+                    tracing::debug!(reports = batch.len(), bytes, seq, "status batch journaled");
+                    return outcomes;
+                }
+                Ok(Err(_)) => {
+                    // Another writer took the sequence number: continue after the journal's end.
+                    tracing::warn!(key = %key, "status journal key taken; continuing after it");
+                    match self.journal_end().await {
+                        Ok(next) => lock(&self.cache).next_seq = next.max(seq + 1),
+                        Err(e) => return fail_all(e),
+                    }
+                }
+                Err(e) => return fail_all(e.into()),
+            }
+        }
+        fail_all(HubError::Contention(STATUS_LOG.to_string()))
     }
 
-    /// The cluster's record with `reports` merged in order, and the revision it must still be
-    /// at for the write; the stored record when it is unreadable and the reports do not start
-    /// by replacing it.
-    fn merged<'r>(
-        &self,
-        cluster: &str,
-        mut reports: impl Iterator<Item = &'r v1::StatusReport>,
-    ) -> Result<(Option<Revision>, StatusRecord), KeyValue> {
-        let base = lock(&self.cache)
-            .records
-            .get(cluster)
-            .cloned()
-            .unwrap_or_else(Cached::absent);
-        let first = reports.next().expect("a cluster of the batch has reports");
-        let mut record = match (&base.slot, first.replace) {
-            (_, true) => StatusRecord::default(),
-            (Slot::Record(r), false) => r.as_ref().clone(),
-            (Slot::Corrupt(kv), false) => return Err(kv.clone()),
-        };
-        record.merge(first);
-        for r in reports {
-            record.merge(r);
+    /// The sequence number after the last stored journal batch.
+    async fn journal_end(&self) -> Result<u64, HubError> {
+        let (items, _) = self.table.store().list(STATUS_LOG).await?;
+        Ok(items
+            .iter()
+            .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
+            .max()
+            .map_or(0, |s| s + 1))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let cache = lock(&self.cache);
+        cache.journal.len() >= self.limits.checkpoint_entries
+            || cache.journal_bytes >= self.limits.checkpoint_bytes
+    }
+
+    /// Folds the journal into the records: writes every record changed since the last
+    /// checkpoint, then deletes the journal's keys (in the last write). Called by the writer
+    /// (holding `loading`), so nothing changes the cache meanwhile.
+    async fn checkpoint(&self) -> Result<(), HubError> {
+        let mut attempts = 0;
+        loop {
+            let (mut ops, mut clusters) = (Vec::new(), Vec::new());
+            let journal = {
+                let cache = lock(&self.cache);
+                for cluster in &cache.dirty {
+                    let Some(c) = cache.records.get(cluster) else {
+                        continue;
+                    };
+                    if let Slot::Record(r) = &c.slot {
+                        ops.push(CasOp::put(
+                            self.table.key(cluster),
+                            c.revision,
+                            Table::encode(r.as_ref()),
+                        ));
+                        clusters.push(cluster.clone());
+                    }
+                }
+                cache.journal.clone()
+            };
+            let mut deletes: Vec<CasOp> = journal
+                .iter()
+                .map(|l| CasOp::delete(l.key.clone(), l.revision))
+                .collect();
+            // Chunks of at most `batch_bytes` of records; the deletes go with the last one.
+            let mut done = 0;
+            let mut conflict = None;
+            while done < ops.len() || !deletes.is_empty() {
+                let mut bytes = 0;
+                let mut end = done;
+                while end < ops.len() {
+                    let len = ops[end].value.as_ref().map_or(0, Vec::len);
+                    if end > done && bytes + len > self.limits.batch_bytes {
+                        break;
+                    }
+                    bytes += len;
+                    end += 1;
+                }
+                let mut chunk: Vec<CasOp> = ops[done..end].to_vec();
+                let last_chunk = end == ops.len();
+                if last_chunk {
+                    chunk.append(&mut deletes);
+                }
+                let n = chunk.len() as u64;
+                match self.table.store().compare_and_swap_many(chunk).await? {
+                    Ok(last) => {
+                        let first = last + 1 - n;
+                        let mut cache = lock(&self.cache);
+                        for (i, cluster) in clusters[done..end].iter().enumerate() {
+                            if let Some(c) = cache.records.get_mut(cluster) {
+                                c.revision = Some(first + i as u64);
+                            }
+                            cache.dirty.remove(cluster);
+                        }
+                        if last_chunk {
+                            cache.journal.clear();
+                            cache.journal_bytes = 0;
+                        }
+                        done = end;
+                    }
+                    Err(key) => {
+                        conflict = Some(key);
+                        break;
+                    }
+                }
+            }
+            let Some(key) = conflict else {
+                return Ok(());
+            };
+            attempts += 1;
+            if attempts >= CAS_RETRIES {
+                return Err(HubError::Contention(key));
+            }
+            match key.strip_prefix(STATUS) {
+                Some(cluster) => {
+                    tracing::warn!(cluster.id = %cluster, "status record changed behind the hub's back; merging the journal onto it again");
+                    self.reread(cluster).await?;
+                }
+                // A journal key changed behind the hub's back: read the journal again.
+                None => self.reread_journal().await?,
+            }
         }
-        Ok((base.revision, record))
+    }
+
+    /// Reads one cluster's record again and merges this hub's journal onto it, as at a restart.
+    async fn reread(&self, cluster: &str) -> Result<(), HubError> {
+        let mut entry = match self.table.store().get(&self.table.key(cluster)).await? {
+            Some(kv) => self.entry(kv),
+            None => Cached::absent(),
+        };
+        let (items, _) = self.table.store().list(STATUS_LOG).await?;
+        for kv in &items {
+            if let Some(batch) = decode_batch(kv) {
+                for e in batch.entries.iter().filter(|e| e.cluster == cluster) {
+                    if let Some(r) = e.report.as_ref()
+                        && let Some(record) = merge_onto(&entry.slot, r)
+                    {
+                        entry.slot = Slot::Record(Arc::new(record));
+                    }
+                }
+            }
+        }
+        let mut cache = lock(&self.cache);
+        cache.records.insert(cluster.to_string(), entry);
+        cache.dirty.insert(cluster.to_string());
+        Ok(())
+    }
+
+    /// Reads the list of journal keys again (their revisions), keeping the merged records.
+    async fn reread_journal(&self) -> Result<(), HubError> {
+        let (items, _) = self.table.store().list(STATUS_LOG).await?;
+        let mut cache = lock(&self.cache);
+        cache.journal = items
+            .iter()
+            .map(|kv| Logged {
+                key: kv.key.clone(),
+                revision: kv.mod_revision,
+                bytes: kv.value.len(),
+            })
+            .collect();
+        cache.journal_bytes = cache.journal.iter().map(|l| l.bytes).sum();
+        Ok(())
     }
 
     /// The decode error of an unreadable record (made again for each caller).
@@ -416,29 +616,69 @@ impl Ingest {
         }
     }
 
-    /// Reads every stored record into the cache, once.
-    async fn load_all(&self) -> Result<(), HubError> {
+    /// Reads every stored record into the cache and merges the journal onto them, once.
+    async fn load(&self) -> Result<(), HubError> {
         if lock(&self.cache).complete {
             return Ok(());
         }
-        let (items, _) = self.table.store().list(STATUS).await?;
-        let mut cache = lock(&self.cache);
-        for kv in items {
-            let cluster = kv.key[STATUS.len()..].to_string();
-            let entry = self.entry(kv);
-            remember(&mut cache, cluster, entry);
-        }
-        cache.complete = true;
-        Ok(())
+        let _loading = self.loading.lock().await;
+        self.load_locked().await
     }
 
-    /// Reads one cluster's record again, whatever the cache holds.
-    async fn reload(&self, cluster: &str) -> Result<(), HubError> {
-        let entry = match self.table.store().get(&self.table.key(cluster)).await? {
-            Some(kv) => self.entry(kv),
-            None => Cached::absent(),
-        };
-        lock(&self.cache).records.insert(cluster.to_string(), entry);
+    /// [`Self::load`] by a caller that holds `loading`.
+    async fn load_locked(&self) -> Result<(), HubError> {
+        if lock(&self.cache).complete {
+            return Ok(());
+        }
+        let store = self.table.store();
+        let (records, _) = store.list(STATUS).await?;
+        let (journal, _) = store.list(STATUS_LOG).await?;
+        let mut cache = lock(&self.cache);
+        for kv in records {
+            let cluster = kv.key[STATUS.len()..].to_string();
+            let entry = self.entry(kv);
+            cache.records.insert(cluster, entry);
+        }
+        let mut replayed = 0usize;
+        for kv in &journal {
+            if let Some(batch) = decode_batch(kv) {
+                for e in batch.entries {
+                    let Some(report) = e.report else { continue };
+                    let entry = cache
+                        .records
+                        .entry(e.cluster.clone())
+                        .or_insert_with(Cached::absent);
+                    match merge_onto(&entry.slot, &report) {
+                        Some(record) => entry.slot = Slot::Record(Arc::new(record)),
+                        None => {
+                            tracing::warn!(cluster.id = %e.cluster, "a journaled status report does not apply to the unreadable stored record; skipped");
+                            continue;
+                        }
+                    }
+                    cache.dirty.insert(e.cluster);
+                    replayed += 1;
+                }
+            }
+            cache.journal.push(Logged {
+                key: kv.key.clone(),
+                revision: kv.mod_revision,
+                bytes: kv.value.len(),
+            });
+            cache.journal_bytes += kv.value.len();
+        }
+        cache.next_seq = journal
+            .iter()
+            .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
+            .max()
+            .map_or(0, |s| s + 1);
+        cache.complete = true;
+        if !journal.is_empty() {
+            tracing::info!(
+                batches = journal.len(),
+                reports = replayed,
+                "status journal merged onto the stored records"
+            );
+        }
         Ok(())
     }
 
@@ -458,28 +698,34 @@ impl Ingest {
 
     /// The cluster's record (from memory after the first read).
     pub(crate) async fn get_shared(&self, cluster: &str) -> Result<Arc<StatusRecord>, HubError> {
-        let cached = {
-            let cache = lock(&self.cache);
-            match cache.records.get(cluster) {
-                Some(c) => Some(c.clone()),
-                None if cache.complete => Some(Cached::absent()),
-                None => None,
-            }
-        };
-        let cached = match cached {
-            Some(c) => c,
-            None => {
-                let entry = match self.table.store().get(&self.table.key(cluster)).await? {
-                    Some(kv) => self.entry(kv),
-                    None => Cached::absent(),
-                };
-                remember(&mut lock(&self.cache), cluster.to_string(), entry)
-            }
-        };
+        self.load().await?;
+        let cached = lock(&self.cache)
+            .records
+            .get(cluster)
+            .cloned()
+            .unwrap_or_else(Cached::absent);
         match cached.slot {
             Slot::Record(r) => Ok(r),
             Slot::Corrupt(kv) => Err(self.corrupt(&kv)),
         }
+    }
+
+    /// Every cluster's record, by name; an unreadable one is an error naming its key.
+    pub(crate) async fn all(&self) -> Result<Vec<(String, Arc<StatusRecord>)>, HubError> {
+        self.load().await?;
+        let cache = lock(&self.cache);
+        let mut out = Vec::with_capacity(cache.records.len());
+        for (cluster, c) in &cache.records {
+            match &c.slot {
+                Slot::Record(r) if c.revision.is_some() || !r.apps.is_empty() => {
+                    out.push((cluster.clone(), r.clone()))
+                }
+                Slot::Record(_) => {}
+                Slot::Corrupt(kv) => return Err(self.corrupt(kv)),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Reports queued and not yet taken by the writer.
@@ -487,16 +733,21 @@ impl Ingest {
     fn queued(&self) -> usize {
         lock(&self.queue).items.len()
     }
+
+    /// Journal batches not yet folded into the records.
+    #[cfg(test)]
+    fn journaled(&self) -> usize {
+        lock(&self.cache).journal.len()
+    }
 }
 
-/// Caches `entry` unless the cache already holds the record at the same or a later revision (a
-/// read that raced with a write must not bring back the older record); returns what is cached.
-fn remember(cache: &mut Cache, cluster: String, entry: Cached) -> Cached {
-    match cache.records.get(&cluster) {
-        Some(have) if have.revision >= entry.revision => have.clone(),
-        _ => {
-            cache.records.insert(cluster, entry.clone());
-            entry
+/// A journal batch; `None` (with an error in the log) when it does not decode.
+fn decode_batch(kv: &KeyValue) -> Option<JournalBatch> {
+    match JournalBatch::decode(kv.value.as_slice()) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(key = %kv.key, error = %e, "unreadable status journal batch skipped");
+            None
         }
     }
 }

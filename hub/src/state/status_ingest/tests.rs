@@ -13,12 +13,14 @@ use crate::store::{Store, WatchStream};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A redb store whose `compare_and_swap_many` calls are recorded (writes per call), wait for a
-/// permit of `gate`, and fail while `fail` is set.
+/// A redb store whose `compare_and_swap_many` calls are recorded (the reports of each journal
+/// batch in `batches`, the writes of each checkpoint in `checkpoints`), wait for a permit of
+/// `gate`, and fail while `fail` is set.
 #[derive(Debug)]
 struct TestStore {
     inner: RedbStore,
     batches: Mutex<Vec<usize>>,
+    checkpoints: Mutex<Vec<usize>>,
     gate: Semaphore,
     fail: AtomicBool,
 }
@@ -29,6 +31,7 @@ impl TestStore {
         Arc::new(Self {
             inner: RedbStore::open(&dir.path().join("s.redb")).unwrap(),
             batches: Mutex::default(),
+            checkpoints: Mutex::default(),
             gate: Semaphore::new(0),
             fail: AtomicBool::new(false),
         })
@@ -40,6 +43,10 @@ impl TestStore {
 
     fn batches(&self) -> Vec<usize> {
         lock(&self.batches).clone()
+    }
+
+    fn checkpoints(&self) -> Vec<usize> {
+        lock(&self.checkpoints).clone()
     }
 }
 
@@ -78,7 +85,14 @@ impl Store for TestStore {
         &self,
         ops: Vec<CasOp>,
     ) -> Result<Result<Revision, String>, StoreError> {
-        lock(&self.batches).push(ops.len());
+        match &ops[..] {
+            [op] if op.key.starts_with(STATUS_LOG) => {
+                let value = op.value.as_deref().unwrap_or_default();
+                let batch = JournalBatch::decode(value).expect("a journal batch decodes");
+                lock(&self.batches).push(batch.entries.len());
+            }
+            _ => lock(&self.checkpoints).push(ops.len()),
+        }
         self.gate.acquire().await.unwrap().forget();
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Backend {
@@ -121,17 +135,77 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// What the store holds for `cluster`: (app, phase) in order, and the generation.
+/// What a hub reading the store afresh finds for `cluster` (the records and the journal):
+/// (app, phase) in order, and the generation.
 async fn stored(store: &TestStore, cluster: &str) -> (Vec<(String, Phase)>, u64) {
+    let store: SharedStore = Arc::new(ReadOnly(store.inner.clone()));
+    let fresh = Ingest::new(store, Limits::default());
+    let rec = fresh.get_shared(cluster).await.unwrap();
+    assert!(
+        rec.generation > 0,
+        "no record for {cluster}, neither stored nor journaled"
+    );
+    let apps = rec.apps.iter().map(|a| (a.app.clone(), a.phase)).collect();
+    (apps, rec.generation)
+}
+
+/// What the store holds under `/status/<cluster>` itself (`None`: nothing).
+async fn record_key(store: &TestStore, cluster: &str) -> Option<StatusRecord> {
     let kv = store
         .inner
         .get(&format!("{STATUS}{cluster}"))
         .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("no record for {cluster}"));
-    let rec: StatusRecord = serde_json::from_slice(&kv.value).unwrap();
-    let apps = rec.apps.into_iter().map(|a| (a.app, a.phase)).collect();
-    (apps, rec.generation)
+        .unwrap()?;
+    Some(serde_json::from_slice(&kv.value).unwrap())
+}
+
+/// Journal batches stored.
+async fn journal_keys(store: &TestStore) -> usize {
+    store.inner.list(STATUS_LOG).await.unwrap().0.len()
+}
+
+/// A store that reads through and refuses writes (to read what a restarted hub reads without
+/// touching the store).
+#[derive(Debug)]
+struct ReadOnly(RedbStore);
+
+#[async_trait::async_trait]
+impl Store for ReadOnly {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, _: &str, _: Vec<u8>) -> Result<Revision, StoreError> {
+        unreachable!("read only")
+    }
+    async fn compare_and_swap(
+        &self,
+        _: &str,
+        _: Option<Revision>,
+        _: Vec<u8>,
+    ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
+        unreachable!("read only")
+    }
+    async fn delete(&self, _: &str) -> Result<Option<Revision>, StoreError> {
+        unreachable!("read only")
+    }
+    async fn compare_and_delete(&self, _: &str, _: Revision) -> Result<bool, StoreError> {
+        unreachable!("read only")
+    }
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        self.0.list(prefix).await
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.0.revision().await
+    }
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
+        self.0.watch(prefix, from).await
+    }
+    async fn compare_and_swap_many(
+        &self,
+        _: Vec<CasOp>,
+    ) -> Result<Result<Revision, String>, StoreError> {
+        unreachable!("read only")
+    }
 }
 
 /// Starts a record of `cluster` that the writer takes at once and holds at the closed gate, so
@@ -239,6 +313,7 @@ async fn a_failed_write_fails_every_caller_of_its_batch_and_acknowledges_nothing
     assert_eq!(store.batches(), [1, 20]);
     let (items, _) = store.inner.list(STATUS).await.unwrap();
     assert!(items.is_empty(), "nothing was written");
+    assert_eq!(journal_keys(&store).await, 0, "nor journaled");
     assert!(
         ingest.get_shared("c-03").await.unwrap().apps.is_empty(),
         "nor cached"
@@ -285,7 +360,11 @@ async fn a_clusters_reports_are_merged_in_call_order_within_and_across_batches()
     store.open_gate();
     first.await.unwrap().unwrap();
     calls.await.unwrap();
-    assert_eq!(store.batches(), [1, 2], "one write of both clusters");
+    assert_eq!(
+        store.batches(),
+        [1, 8],
+        "one write of both clusters' reports"
+    );
     let a = stored(&store, "a").await;
     assert_eq!(
         a,
@@ -378,7 +457,14 @@ async fn a_record_moved_on_behind_the_cache_is_read_again_and_merged() {
     let dir = tempfile::tempdir().unwrap();
     let store = TestStore::closed(&dir);
     store.open_gate();
-    let ingest = ingest(&store, Limits::default());
+    // A checkpoint after every batch.
+    let ingest = ingest(
+        &store,
+        Limits {
+            checkpoint_entries: 1,
+            ..Limits::default()
+        },
+    );
     ingest
         .record("a", &report(1, false, &[("x", Phase::Applying)]))
         .await
@@ -402,7 +488,18 @@ async fn a_record_moved_on_behind_the_cache_is_read_again_and_merged() {
             6
         )
     );
-    assert_eq!(store.batches(), [1, 1, 1], "one conflict, one retry");
+    assert_eq!(
+        record_key(&store, "a").await.map(|r| r.generation),
+        Some(6),
+        "the checkpoint wrote the merged record"
+    );
+    assert_eq!(store.batches(), [1, 1]);
+    assert_eq!(
+        store.checkpoints(),
+        [2, 2, 2],
+        "record and journal delete; one conflict, one retry"
+    );
+    assert_eq!(journal_keys(&store).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,4 +523,150 @@ async fn records_written_before_a_restart_are_read_back() {
         .await
         .unwrap();
     assert_eq!(stored(&store, "a").await.0.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_folded_into_the_records_by_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::closed(&dir);
+    store.open_gate();
+    let ingest = ingest(
+        &store,
+        Limits {
+            checkpoint_entries: 3,
+            ..Limits::default()
+        },
+    );
+    use Phase::*;
+    for (g, cluster, phase) in [(1, "a", Applying), (2, "b", Applied)] {
+        ingest
+            .record(cluster, &report(g, false, &[("x", phase)]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(journal_keys(&store).await, 2);
+    assert!(store.checkpoints().is_empty(), "no checkpoint yet");
+    assert!(
+        record_key(&store, "a").await.is_none(),
+        "the reports are in the journal only"
+    );
+    assert_eq!(stored(&store, "a").await, (vec![("x".into(), Applying)], 1));
+
+    ingest
+        .record("a", &report(3, false, &[("y", Applied)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoints(),
+        [2 + 3],
+        "both records and three deletes"
+    );
+    assert_eq!(journal_keys(&store).await, 0);
+    assert_eq!(ingest.journaled(), 0);
+    let a = record_key(&store, "a").await.unwrap();
+    assert_eq!((a.apps.len(), a.generation), (2, 3));
+    assert_eq!(record_key(&store, "b").await.unwrap().generation, 2);
+
+    // The next batches journal again, onto the checkpointed records.
+    ingest
+        .record("b", &report(4, false, &[("z", Failed)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(&store, "b").await,
+        (vec![("x".into(), Applied), ("z".into(), Failed)], 4)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_merged_again_onto_records_that_hold_it_changes_nothing() {
+    // A crash between a checkpoint's record writes and its journal deletes leaves both.
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::closed(&dir);
+    store.open_gate();
+    use Phase::*;
+    let reports = [
+        ("a", report(1, false, &[("x", Applying), ("y", Applied)])),
+        ("a", report(2, true, &[("z", Applied)])),
+        ("a", report(3, false, &[("x", Failed)])),
+        ("a", report(4, false, &[("z", Removed)])),
+    ];
+    let mut record = StatusRecord::default();
+    let mut batch = JournalBatch::default();
+    for (cluster, r) in &reports {
+        record.merge(r);
+        batch.entries.push(JournalEntry {
+            cluster: cluster.to_string(),
+            report: Some(r.clone()),
+        });
+    }
+    store
+        .inner
+        .put(&format!("{STATUS}a"), serde_json::to_vec(&record).unwrap())
+        .await
+        .unwrap();
+    store
+        .inner
+        .put(&log_key(7), batch.encode_to_vec())
+        .await
+        .unwrap();
+    assert_eq!(stored(&store, "a").await, (vec![("x".into(), Failed)], 4));
+
+    // The next batch continues the sequence and the next checkpoint deletes the old batch.
+    let ingest = ingest(
+        &store,
+        Limits {
+            checkpoint_entries: 2,
+            ..Limits::default()
+        },
+    );
+    ingest
+        .record("a", &report(5, false, &[("w", Applied)]))
+        .await
+        .unwrap();
+    assert_eq!(journal_keys(&store).await, 0);
+    let a = record_key(&store, "a").await.unwrap();
+    assert_eq!((a.apps.len(), a.generation), (2, 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_journal_batch_is_skipped_and_the_records_keep_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::closed(&dir);
+    store.open_gate();
+    {
+        let ingest = ingest(&store, Limits::default());
+        ingest
+            .record("a", &report(1, false, &[("x", Phase::Applied)]))
+            .await
+            .unwrap();
+    }
+    // Garbage after the good batch.
+    store
+        .inner
+        .put(&log_key(1), b"\xff\xff not protobuf".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(&store, "a").await,
+        (vec![("x".into(), Phase::Applied)], 1)
+    );
+
+    let ingest = ingest(
+        &store,
+        Limits {
+            checkpoint_entries: 3,
+            ..Limits::default()
+        },
+    );
+    ingest
+        .record("a", &report(2, false, &[("y", Phase::Applied)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        journal_keys(&store).await,
+        0,
+        "the garbage went with the checkpoint"
+    );
+    assert_eq!(record_key(&store, "a").await.unwrap().apps.len(), 2);
 }
