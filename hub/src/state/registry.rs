@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::HubError;
 use crate::state::table::{CAS_RETRIES, Table};
-use crate::store::{CasOp, SharedStore, WatchEvent};
+use crate::store::{CasOp, Revision, SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
 /// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
@@ -171,19 +171,143 @@ pub struct Registry {
     /// process makes (the registry is the only writer of `/clusters/`), so sessions, the TLS
     /// path and the rollout engine never read or decode the store for a cluster.
     cache: Arc<RwLock<ClusterCache>>,
+    /// Sessions' opens and closes waiting to be written ([`Registry::touch`]).
+    seen: Arc<std::sync::Mutex<Seen>>,
+}
+
+/// Last-seen times and agent versions to be written, group-committed: every session open or
+/// close queued while one write runs goes into the next, one durable transaction for all.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Cluster → (last seen, agent version reported, if any).
+    pending: HashMap<String, (u64, Option<String>)>,
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), Arc<HubError>>>>,
+    /// A writer task is running (and will take what is pending).
+    writing: bool,
 }
 
 #[derive(Debug, Default)]
 struct ClusterCache {
     by_name: HashMap<String, Arc<ClusterRecord>>,
     names: HashMap<ClusterId, Arc<str>>,
+    revisions: HashMap<String, Revision>,
 }
 
 impl ClusterCache {
-    fn put(&mut self, rec: ClusterRecord) {
+    /// Caches `rec` as stored at `revision`, unless a later revision of it is cached already
+    /// (writes that finish out of order must not bring back an older record).
+    fn put(&mut self, rec: ClusterRecord, revision: Revision) {
+        let at = self.revisions.entry(rec.name.clone()).or_default();
+        if *at > revision {
+            return;
+        }
+        *at = revision;
         self.names.insert(rec.id, Arc::from(rec.name.as_str()));
         self.by_name.insert(rec.name.clone(), Arc::new(rec));
     }
+
+    /// The store revision of the cached record.
+    fn revision(&self, name: &str) -> Revision {
+        self.revisions.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// One error shared by every caller of a failed batch.
+#[derive(Debug)]
+struct SharedError(Arc<HubError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// The writer of [`Registry::touch`]: writes what is pending, one store batch at a time, until
+/// nothing is. It lets go of the store before it answers the last batch, so that once every
+/// caller has its answer nothing holds the store.
+async fn write_seen(
+    seen: Arc<std::sync::Mutex<Seen>>,
+    clusters: Table<ClusterRecord>,
+    cache: Arc<RwLock<ClusterCache>>,
+) {
+    let lock = || seen.lock().unwrap_or_else(|e| e.into_inner());
+    let mut clusters = Some(clusters);
+    loop {
+        let (pending, waiters) = {
+            let mut s = lock();
+            (
+                std::mem::take(&mut s.pending),
+                std::mem::take(&mut s.waiters),
+            )
+        };
+        let table = clusters.as_ref().expect("held until the last batch");
+        let outcome = write_seen_batch(table, &cache, pending)
+            .await
+            .map_err(Arc::new);
+        let more = {
+            let mut s = lock();
+            s.writing = !s.pending.is_empty();
+            s.writing
+        };
+        if !more {
+            clusters = None;
+        }
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+        if clusters.is_none() {
+            return;
+        }
+    }
+}
+
+/// Writes the pending last-seen times and versions onto the stored records, in one batch of
+/// compare-and-swaps (read again and retried when another write got there first). A cluster
+/// that is gone is skipped.
+async fn write_seen_batch(
+    table: &Table<ClusterRecord>,
+    cache: &RwLock<ClusterCache>,
+    pending: HashMap<String, (u64, Option<String>)>,
+) -> Result<(), HubError> {
+    for _ in 0..CAS_RETRIES {
+        let mut ops = Vec::with_capacity(pending.len());
+        let mut written = Vec::with_capacity(pending.len());
+        for (name, (at, version)) in &pending {
+            let Some(mut v) = table.get(name).await? else {
+                continue;
+            };
+            v.value.last_seen_ms = v.value.last_seen_ms.max(*at);
+            if let Some(version) = version {
+                v.value.agent_version.clone_from(version);
+            }
+            ops.push(CasOp::put(
+                table.key(name),
+                Some(v.revision),
+                Table::encode(&v.value),
+            ));
+            written.push(v.value);
+        }
+        let n = ops.len() as u64;
+        match table.store().compare_and_swap_many(ops).await? {
+            Ok(last) => {
+                // Each record of the batch got the next revision, in order.
+                let first = last + 1 - n;
+                let mut cache = cache.write().unwrap_or_else(|e| e.into_inner());
+                for (i, rec) in written.into_iter().enumerate() {
+                    cache.put(rec, first + i as u64);
+                }
+                return Ok(());
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(HubError::Contention(CLUSTERS.to_string()))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -228,16 +352,17 @@ impl Registry {
             clock,
             revoked,
             cache: Default::default(),
+            seen: Default::default(),
         };
         let mut records = registry.clusters.list().await?;
         records.sort_by(|a, b| a.value.name.cmp(&b.value.name));
         for v in records {
-            let rec = if v.value.id == 0 {
+            let (rec, at) = if v.value.id == 0 {
                 registry.assign_id(v.value, Some(v.revision)).await?
             } else {
-                v.value
+                (v.value, v.revision)
             };
-            registry.cached().put(rec);
+            registry.cached().put(rec, at);
         }
         Ok(registry)
     }
@@ -251,12 +376,13 @@ impl Registry {
     }
 
     /// Writes `record` (expected at `expected`, `None`: absent) with the next cluster id, in one
-    /// transaction with the id counter. [`HubError::ClusterExists`] when the record changed.
+    /// transaction with the id counter; the record and its revision.
+    /// [`HubError::ClusterExists`] when the record changed.
     async fn assign_id(
         &self,
         mut record: ClusterRecord,
-        expected: Option<crate::store::Revision>,
-    ) -> Result<ClusterRecord, HubError> {
+        expected: Option<Revision>,
+    ) -> Result<(ClusterRecord, Revision), HubError> {
         let store = self.clusters.store();
         for _ in 0..CAS_RETRIES {
             let (last, at) = match store.get(LAST_CLUSTER_ID).await? {
@@ -273,19 +399,20 @@ impl Registry {
             };
             record.id = last + 1;
             let ops = vec![
-                CasOp {
-                    key: LAST_CLUSTER_ID.to_string(),
-                    expected: at,
-                    value: serde_json::to_vec(&record.id).expect("a number serializes"),
-                },
-                CasOp {
-                    key: self.clusters.key(&record.name),
+                CasOp::put(
+                    LAST_CLUSTER_ID,
+                    at,
+                    serde_json::to_vec(&record.id).expect("a number serializes"),
+                ),
+                CasOp::put(
+                    self.clusters.key(&record.name),
                     expected,
-                    value: Table::encode(&record),
-                },
+                    Table::encode(&record),
+                ),
             ];
             match store.compare_and_swap_many(ops).await? {
-                Ok(_) => return Ok(record),
+                // The record is the batch's last write.
+                Ok(last) => return Ok((record, last)),
                 Err(key) if key == LAST_CLUSTER_ID => continue,
                 Err(_) => return Err(HubError::ClusterExists(record.name)),
             }
@@ -365,10 +492,22 @@ impl Registry {
         name: &str,
         f: impl FnMut(&mut ClusterRecord) -> Result<(), HubError>,
     ) -> Result<ClusterRecord, HubError> {
-        let missing = || HubError::UnknownCluster(name.to_string());
-        let rec = self.clusters.update(name, missing, f).await?.0;
-        self.cached().put(rec.clone());
-        Ok(rec)
+        let mut f = f;
+        for _ in 0..CAS_RETRIES {
+            let Some(crate::state::table::Versioned {
+                mut value,
+                revision,
+            }) = self.clusters.get(name).await?
+            else {
+                return Err(HubError::UnknownCluster(name.to_string()));
+            };
+            f(&mut value)?;
+            if let Some(at) = self.clusters.swap(name, Some(revision), &value).await? {
+                self.cached().put(value.clone(), at);
+                return Ok(value);
+            }
+        }
+        Err(HubError::Contention(self.clusters.key(name)))
     }
 
     fn now_ms(&self) -> u64 {
@@ -426,8 +565,8 @@ impl Registry {
             Some(old) if old.value.revoked => Some(old.revision),
             Some(_) => return Err(HubError::ClusterExists(name.to_string())),
         };
-        let record = self.assign_id(record, expected).await?;
-        self.cached().put(record.clone());
+        let (record, at) = self.assign_id(record, expected).await?;
+        self.cached().put(record.clone(), at);
         let (token, secret) = self.create_token(name, ttl, reusable).await?;
         Ok((record, token, secret))
     }
@@ -552,17 +691,52 @@ impl Registry {
     }
 
     /// Records that a session opened or closed.
+    /// Records that a session of `cluster` opened or closed (and the agent version it reported):
+    /// at once in memory, and durably in one write shared with every other open and close
+    /// queued meanwhile (a reconnect storm is a few transactions, not one per session). Returns
+    /// once written; an error is the batch's.
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
         let now = self.now_ms();
-        self.update_cluster(cluster, |c| {
-            c.last_seen_ms = now;
-            if let Some(v) = agent_version.filter(|v| !v.is_empty()) {
-                c.agent_version = v.to_string();
+        let version = agent_version.filter(|v| !v.is_empty()).map(str::to_string);
+        {
+            let mut cache = self.cached();
+            let Some(rec) = cache.by_name.get(cluster) else {
+                return Err(HubError::UnknownCluster(cluster.to_string()));
+            };
+            let mut rec = rec.as_ref().clone();
+            rec.last_seen_ms = rec.last_seen_ms.max(now);
+            if let Some(v) = &version {
+                rec.agent_version = v.clone();
             }
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+            let at = cache.revision(cluster);
+            cache.put(rec, at);
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = seen.pending.entry(cluster.to_string()).or_default();
+            slot.0 = slot.0.max(now);
+            if version.is_some() {
+                slot.1 = version;
+            }
+            seen.waiters.push(done);
+            !std::mem::replace(&mut seen.writing, true)
+        };
+        if start {
+            tokio::spawn(write_seen(
+                self.seen.clone(),
+                self.clusters.clone(),
+                self.cache.clone(),
+            ));
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(cause)) => Err(HubError::Store(crate::store::StoreError::Backend {
+                what: format!("recording that cluster {cluster} was seen"),
+                source: Box::new(SharedError(cause)),
+            })),
+            Err(_) => Err(HubError::Store(crate::store::StoreError::Closed)),
+        }
     }
 
     pub async fn label_cluster(
@@ -619,11 +793,13 @@ impl Registry {
         &self,
         cluster: &str,
         serial: &str,
-    ) -> Result<ClusterRecord, HubError> {
+    ) -> Result<Arc<ClusterRecord>, HubError> {
         if self.revoked.contains(serial) {
             return Err(HubError::ClusterRevoked(cluster.to_string()));
         }
-        let rec = self.get_cluster(cluster).await?;
+        let rec = self
+            .cluster_shared(cluster)
+            .ok_or_else(|| HubError::UnknownCluster(cluster.to_string()))?;
         if rec.revoked {
             return Err(HubError::ClusterRevoked(cluster.to_string()));
         }
@@ -633,5 +809,163 @@ impl Registry {
     /// The identity for a cluster name.
     pub fn cluster_identity(name: &str) -> Identity {
         Identity::Cluster(name.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+    use crate::store::{KeyValue, Store, StoreError, WatchStream};
+    use flotilla_proto::clock::ManualClock;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    use tokio::sync::Semaphore;
+
+    /// A redb store whose batch writes are counted and wait for a permit of `gate`.
+    #[derive(Debug)]
+    struct Gated {
+        inner: RedbStore,
+        batches: Mutex<Vec<usize>>,
+        gate: Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Gated {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+            self.inner.put(key, value).await
+        }
+        async fn compare_and_swap(
+            &self,
+            key: &str,
+            expected: Option<Revision>,
+            value: Vec<u8>,
+        ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
+            self.inner.compare_and_swap(key, expected, value).await
+        }
+        async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn compare_and_delete(
+            &self,
+            key: &str,
+            expected: Revision,
+        ) -> Result<bool, StoreError> {
+            self.inner.compare_and_delete(key, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn revision(&self) -> Result<Revision, StoreError> {
+            self.inner.revision().await
+        }
+        async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
+            self.inner.watch(prefix, from).await
+        }
+        async fn compare_and_swap_many(
+            &self,
+            ops: Vec<CasOp>,
+        ) -> Result<Result<Revision, String>, StoreError> {
+            self.batches.lock().unwrap().push(ops.len());
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.compare_and_swap_many(ops).await
+        }
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn session_opens_and_closes_share_one_write_and_never_lose_another_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Gated {
+            inner: RedbStore::open(&dir.path().join("s.redb")).unwrap(),
+            batches: Mutex::default(),
+            gate: Semaphore::new(Semaphore::MAX_PERMITS / 2),
+        });
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let registry = Registry::open(store.clone(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        let names: Vec<String> = (0..50).map(|i| format!("c-{i:02}")).collect();
+        for n in &names {
+            registry
+                .add_cluster(n, BTreeMap::new(), Duration::from_secs(60), false)
+                .await
+                .unwrap();
+        }
+        // Hold the next batch write at the gate.
+        store.gate.forget_permits(usize::MAX);
+        let before = store.batches.lock().unwrap().len();
+        clock.advance(Duration::from_secs(5));
+        let first = {
+            let r = registry.clone();
+            tokio::spawn(async move { r.touch("c-00", Some("v1")).await })
+        };
+        until("the first write to reach the store", || {
+            store.batches.lock().unwrap().len() == before + 1
+        })
+        .await;
+        // Every other session opens meanwhile; one cluster is relabelled too.
+        let others: Vec<_> = names[1..]
+            .iter()
+            .map(|n| {
+                let (r, n) = (registry.clone(), n.clone());
+                tokio::spawn(async move { r.touch(&n, Some("v2")).await })
+            })
+            .collect();
+        let seen = registry.seen.clone();
+        until("every open to be queued", || {
+            seen.lock().unwrap().waiters.len() == names.len() - 1
+        })
+        .await;
+        assert!(
+            registry
+                .cluster_shared("c-07")
+                .is_some_and(|c| c.agent_version == "v2"),
+            "visible in memory before it is written"
+        );
+        store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        first.await.unwrap().unwrap();
+        for o in others {
+            o.await.unwrap().unwrap();
+        }
+        let batches = store.batches.lock().unwrap()[before..].to_vec();
+        assert_eq!(batches, [1, 49], "49 opens in one write");
+
+        // A label change and a close race: neither is lost, in the store or in memory.
+        clock.advance(Duration::from_secs(5));
+        let mut labels = BTreeMap::new();
+        labels.insert("region".to_string(), "eu".to_string());
+        let (touched, labelled) = tokio::join!(
+            registry.touch("c-03", None),
+            registry.label_cluster("c-03", &labels, &[])
+        );
+        touched.unwrap();
+        labelled.unwrap();
+        let stored = registry.clusters.get("c-03").await.unwrap().unwrap().value;
+        assert_eq!(stored.labels.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(stored.last_seen_ms, 1_000_010_000);
+        assert_eq!(stored.agent_version, "v2", "a close keeps the version");
+        assert_eq!(*registry.cluster_shared("c-03").unwrap(), stored);
+        let reopened = Registry::open(store.clone(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened.cluster_shared("c-00").unwrap().last_seen_ms,
+            1_000_005_000
+        );
+        assert!(matches!(
+            registry.touch("nope", None).await,
+            Err(HubError::UnknownCluster(_))
+        ));
     }
 }
