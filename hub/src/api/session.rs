@@ -3,6 +3,7 @@
 //! heartbeats, signs renewals, watches liveness and certificate expiry, and obeys control
 //! requests such as "disconnect, the cluster was revoked".
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,8 @@ use flotilla_proto::v1::{
     AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, HeartbeatAck, HubMessage,
     RenewResponse, StatusAck, Welcome,
 };
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::task::TaskTracker;
@@ -28,6 +30,7 @@ use crate::api::auth::caller;
 use crate::pki::Ca;
 use crate::render::BundleCache;
 use crate::state::desired::DesiredStates;
+use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::sessions::{Control, SessionShared, Sessions};
 use crate::telemetry::metrics::Metrics;
@@ -95,6 +98,28 @@ impl Drop for SessionGuard {
             });
         }
     }
+}
+
+/// Status reports a session has queued and not yet acknowledged, at most; beyond, it reads no
+/// further message until the oldest is durable.
+const MAX_UNACKED_REPORTS: usize = 64;
+
+/// A queued status report: its outcome once durable, and its sequence number.
+type PendingAck = Pin<Box<dyn Future<Output = (Result<(), HubError>, u64)> + Send>>;
+
+/// Takes, after `first`, every queued report already durable, in order: the sequence number
+/// to acknowledge (the last one's), or the first failure.
+fn durable_prefix(
+    first: (Result<(), HubError>, u64),
+    acks: &mut FuturesOrdered<PendingAck>,
+) -> Result<u64, HubError> {
+    let (outcome, mut seq) = first;
+    outcome?;
+    while let Some(Some((outcome, next))) = acks.next().now_or_never() {
+        outcome?;
+        seq = seq.max(next);
+    }
+    Ok(seq)
 }
 
 fn hub(msg: HubMsg) -> Result<HubMessage, Status> {
@@ -196,6 +221,8 @@ impl AgentSession for SessionService {
                 Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
             }
             let mut liveness = Instant::now() + interval * 3;
+            // Status reports queued and not yet durable, oldest first.
+            let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
             let mut cert_deadline = deadline_for(&svc.clock, cert_not_after);
             loop {
                 tokio::select! {
@@ -233,11 +260,27 @@ impl AgentSession for SessionService {
                         }));
                         break;
                     }
+                    Some(first) = acks.next(), if !acks.is_empty() => match durable_prefix(first, &mut acks) {
+                        Ok(seq) => {
+                            // One acknowledgement for every report durable by now (it covers
+                            // those before it).
+                            if seq > 0 {
+                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            }
+                        }
+                        Err(e) => {
+                            // The agent keeps what is not acknowledged and sends everything
+                            // again on its next session.
+                            tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status; ending the session");
+                            yield Err(Status::unavailable(format!("status report not persisted: {e}")));
+                            break;
+                        }
+                    },
                     _ = sleep_until(liveness) => {
                         tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
                         break;
                     }
-                    msg = inbound.message() => match msg {
+                    msg = inbound.message(), if acks.len() < MAX_UNACKED_REPORTS => match msg {
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
                             liveness = Instant::now() + interval * 3;
                             shared.last_seen_ms.store(unix_ms(svc.clock.now()), Ordering::Relaxed);
@@ -262,22 +305,12 @@ impl AgentSession for SessionService {
                                         tracing::debug!(cluster.id = %shared.cluster, session = shared.id, "status report of a replaced session dropped");
                                         continue;
                                     }
-                                    // Answered once the report is durable (group commit).
-                                    match svc.desired.record_status(&shared.cluster, &s).await {
-                                        Ok(()) => {
-                                            svc.rollouts.reported(&shared.cluster, &s);
-                                            if s.seq > 0 {
-                                                yield hub(HubMsg::StatusAck(StatusAck { seq: s.seq }));
-                                            }
-                                        }
-                                        Err(e) => {
-                                            // The agent keeps what is not acknowledged and sends
-                                            // everything again on its next session.
-                                            tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot record status; ending the session");
-                                            yield Err(Status::unavailable(format!("status report not persisted: {e}")));
-                                            break;
-                                        }
-                                    }
+                                    // Queued in order (waiting only while the hub's queue is
+                                    // full) and acknowledged once durable (group commit), while
+                                    // the next reports are read.
+                                    let durable = svc.desired.submit_status(&shared.cluster, &s).await;
+                                    let seq = s.seq;
+                                    acks.push_back(Box::pin(async move { (durable.await, seq) }));
                                 }
                                 AgentMsg::Spans(b) => svc.relay_spans(&shared.cluster, &b),
                                 AgentMsg::Ack(a) => {

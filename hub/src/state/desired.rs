@@ -195,6 +195,21 @@ impl DesiredStates {
         self.statuses.record(cluster, report).await
     }
 
+    /// Queues an agent's status report; the returned future ends once it is durable (see
+    /// [`Statuses::submit`]).
+    pub async fn submit_status(
+        &self,
+        cluster: &str,
+        report: &v1::StatusReport,
+    ) -> impl std::future::Future<Output = Result<(), HubError>> + Send + 'static {
+        self.statuses.submit(cluster, report).await
+    }
+
+    /// Has `f` called with every report once it is durable (see [`Statuses::on_durable`]).
+    pub fn on_durable(&self, f: crate::state::status::OnDurable) {
+        self.statuses.on_durable(f);
+    }
+
     /// Every cluster's statuses (read from the store once, when the engine starts).
     pub async fn all_statuses(&self) -> Result<Vec<(String, Arc<StatusRecord>)>, HubError> {
         self.statuses.all().await

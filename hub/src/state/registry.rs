@@ -173,6 +173,9 @@ pub struct Registry {
     cache: Arc<RwLock<ClusterCache>>,
     /// Sessions' opens and closes waiting to be written ([`Registry::touch`]).
     seen: Arc<std::sync::Mutex<Seen>>,
+    /// Held while a cluster id is assigned: this process's additions take their turn instead of
+    /// racing each other on the id counter (other replicas still meet its compare-and-swap).
+    assigning: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Last-seen times and agent versions to be written, group-committed: every session open or
@@ -353,6 +356,7 @@ impl Registry {
             revoked,
             cache: Default::default(),
             seen: Default::default(),
+            assigning: Default::default(),
         };
         let mut records = registry.clusters.list().await?;
         records.sort_by(|a, b| a.value.name.cmp(&b.value.name));
@@ -383,6 +387,7 @@ impl Registry {
         mut record: ClusterRecord,
         expected: Option<Revision>,
     ) -> Result<(ClusterRecord, Revision), HubError> {
+        let _turn = self.assigning.lock().await;
         let store = self.clusters.store();
         for _ in 0..CAS_RETRIES {
             let (last, at) = match store.get(LAST_CLUSTER_ID).await? {

@@ -20,6 +20,9 @@ use crate::store::SharedStore;
 
 pub const STATUS: &str = "/status/";
 
+/// Told of each status report once it is durable: (cluster, report).
+pub type OnDurable = Box<dyn Fn(&str, &v1::StatusReport) + Send + Sync>;
+
 /// One app's status as last reported by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppReport {
@@ -196,6 +199,24 @@ impl Statuses {
     /// Every cluster's statuses (from memory after the first read), by cluster name.
     pub async fn all(&self) -> Result<Vec<(String, Arc<StatusRecord>)>, HubError> {
         self.ingest.all().await
+    }
+
+    /// Queues an agent's status report (waiting only while the queue is full) and returns a
+    /// future that ends once it is durable: a session queues its reports in order and
+    /// acknowledges each when its future ends, without waiting for one before reading the next.
+    pub async fn submit(
+        &self,
+        cluster: &str,
+        report: &v1::StatusReport,
+    ) -> impl std::future::Future<Output = Result<(), HubError>> + Send + 'static {
+        self.ingest.submit(cluster, report).await
+    }
+
+    /// Has `f` called with each report once it is durable, in the order the reports were
+    /// queued, before its caller is answered (the rollout engine learns of reports this way).
+    /// Set once; later calls are ignored.
+    pub fn on_durable(&self, f: OnDurable) {
+        self.ingest.on_durable(f);
     }
 
     /// Persists an agent's status report ([`StatusRecord::merge`] onto the cluster's record) and

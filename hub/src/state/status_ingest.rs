@@ -40,7 +40,7 @@ use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::state::error::HubError;
-use crate::state::status::{STATUS, StatusRecord};
+use crate::state::status::{OnDurable, STATUS, StatusRecord};
 use crate::state::table::{CAS_RETRIES, Table};
 use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError};
 
@@ -176,6 +176,8 @@ pub(crate) struct Ingest {
     turn: tokio::sync::Mutex<()>,
     /// Bytes of queue left.
     room: Arc<Semaphore>,
+    /// Told of each durable report ([`Ingest::on_durable`]).
+    observer: std::sync::OnceLock<OnDurable>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -267,6 +269,7 @@ impl Ingest {
             queue: Arc::default(),
             turn: tokio::sync::Mutex::new(()),
             room: Arc::new(Semaphore::new(limits.queue_bytes)),
+            observer: std::sync::OnceLock::new(),
         }
     }
 
@@ -276,6 +279,19 @@ impl Ingest {
         cluster: &str,
         report: &v1::StatusReport,
     ) -> Result<(), HubError> {
+        self.submit(cluster, report).await.await
+    }
+
+    pub(crate) fn on_durable(&self, f: OnDurable) {
+        let _ = self.observer.set(f);
+    }
+
+    /// Queues `report` (waiting for room) and returns what ends once it is durable.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        cluster: &str,
+        report: &v1::StatusReport,
+    ) -> impl std::future::Future<Output = Result<(), HubError>> + Send + 'static {
         let bytes = report.encoded_len();
         let cost = bytes.clamp(1, self.limits.queue_bytes) as u32;
         let answer = {
@@ -304,9 +320,11 @@ impl Ingest {
             }
             answer
         };
-        answer
-            .await
-            .unwrap_or(Err(HubError::Store(StoreError::Closed)))
+        async move {
+            answer
+                .await
+                .unwrap_or(Err(HubError::Store(StoreError::Closed)))
+        }
     }
 
     /// The writer: batches until the queue is empty. It lets go of the store before it answers
@@ -332,6 +350,13 @@ impl Ingest {
                 }
                 outcomes
             };
+            if let Some(observe) = self.observer.get() {
+                for (p, outcome) in batch.iter().zip(&outcomes) {
+                    if outcome.is_ok() {
+                        observe(&p.cluster, &p.report);
+                    }
+                }
+            }
             if !self.more_queued() {
                 drop(self);
                 answer(batch, outcomes);
@@ -386,7 +411,7 @@ impl Ingest {
         // until the batch is durable.
         let mut outcomes: Vec<Result<(), HubError>> = Vec::with_capacity(batch.len());
         let mut merged: BTreeMap<&str, Slot> = BTreeMap::new();
-        let mut journal = JournalBatch::default();
+        let mut journal = Vec::new();
         {
             let cache = lock(&self.cache);
             for p in batch {
@@ -396,28 +421,28 @@ impl Ingest {
                         .get(&p.cluster)
                         .map_or_else(|| Cached::absent().slot, |c| c.slot.clone())
                 });
-                match merge_onto(slot, &p.report) {
-                    Some(record) => {
+                match (&mut *slot, p.report.replace) {
+                    (_, true) => {
+                        let mut record = StatusRecord::default();
+                        record.merge(&p.report);
                         *slot = Slot::Record(Arc::new(record));
-                        journal.entries.push(JournalEntry {
-                            cluster: p.cluster.clone(),
-                            report: Some(p.report.clone()),
-                        });
-                        outcomes.push(Ok(()));
                     }
-                    None => {
-                        let Slot::Corrupt(kv) = &*slot else {
-                            unreachable!("only an unreadable record refuses a merge")
-                        };
+                    // Copied once per cluster and batch (the cache holds the original), then
+                    // merged in place.
+                    (Slot::Record(r), false) => Arc::make_mut(r).merge(&p.report),
+                    (Slot::Corrupt(kv), false) => {
                         outcomes.push(Err(self.corrupt(kv)));
+                        continue;
                     }
                 }
+                journal_entry(&mut journal, &p.cluster, &p.report);
+                outcomes.push(Ok(()));
             }
         }
-        if journal.entries.is_empty() {
+        if journal.is_empty() {
             return outcomes;
         }
-        let value = journal.encode_to_vec();
+        let value = journal;
         let bytes = value.len();
         for _ in 0..CAS_RETRIES {
             let seq = lock(&self.cache).next_seq;
@@ -739,6 +764,22 @@ impl Ingest {
     fn journaled(&self) -> usize {
         lock(&self.cache).journal.len()
     }
+}
+
+/// Appends one entry to an encoded [`JournalBatch`] (as `JournalEntry { cluster, report }` would
+/// encode, without copying the report into one).
+fn journal_entry(buf: &mut Vec<u8>, cluster: &str, report: &v1::StatusReport) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let entry_len = key_len(1)
+        + encoded_len_varint(cluster.len() as u64)
+        + cluster.len()
+        + prost::encoding::message::encoded_len(2, report);
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(entry_len as u64, buf);
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(cluster.len() as u64, buf);
+    buf.extend_from_slice(cluster.as_bytes());
+    prost::encoding::message::encode(2, report, buf);
 }
 
 /// A journal batch; `None` (with an error in the log) when it does not decode.

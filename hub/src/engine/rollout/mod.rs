@@ -133,7 +133,8 @@ impl Rollouts {
     ) -> Self {
         let audit = Audit::new(store.clone(), clock.clone());
         let started_ms = unix_ms(clock.now());
-        Self {
+        let observed = desired.clone();
+        let this = Self {
             inner: Arc::new(Inner {
                 table: Table::new(store, ROLLOUTS),
                 desired,
@@ -154,7 +155,16 @@ impl Rollouts {
                 metrics,
                 started_ms,
             }),
-        }
+        };
+        // Told of every status report once it is durable, in the order they were recorded,
+        // whatever became of the session that sent it.
+        let engine = Arc::downgrade(&this.inner);
+        observed.on_durable(Box::new(move |cluster, report| {
+            if let Some(inner) = engine.upgrade() {
+                Rollouts { inner }.reported(cluster, report);
+            }
+        }));
+        this
     }
 
     pub fn audit(&self) -> &Audit {
@@ -172,8 +182,9 @@ impl Rollouts {
         self.inner.wake.notify_one();
     }
 
-    /// Takes a status report the hub recorded for `cluster`: the apps it names are looked at
-    /// in the next pass (each in O(1); nothing scans the fleet per report).
+    /// Takes a status report the hub recorded durably for `cluster` (the status ingest calls
+    /// it): the apps it names are looked at in the next pass (each in O(1); nothing scans the
+    /// fleet per report).
     pub fn reported(&self, cluster: &str, report: &v1::StatusReport) {
         let Some(id) = self.inner.registry.id_of(cluster) else {
             return;

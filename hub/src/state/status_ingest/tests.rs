@@ -670,3 +670,22 @@ async fn an_unreadable_journal_batch_is_skipped_and_the_records_keep_their_state
     );
     assert_eq!(record_key(&store, "a").await.unwrap().apps.len(), 2);
 }
+
+#[test]
+fn journal_entries_encode_as_the_batch_message_does() {
+    let reports = [
+        ("a", report(1, true, &[("x", Phase::Applied)])),
+        ("cluster-b", report(9, false, &[])),
+    ];
+    let mut buf = Vec::new();
+    let mut batch = JournalBatch::default();
+    for (c, r) in &reports {
+        journal_entry(&mut buf, c, r);
+        batch.entries.push(JournalEntry {
+            cluster: c.to_string(),
+            report: Some(r.clone()),
+        });
+    }
+    assert_eq!(buf, batch.encode_to_vec());
+    assert_eq!(JournalBatch::decode(buf.as_slice()).unwrap(), batch);
+}
