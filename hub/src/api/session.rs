@@ -356,7 +356,7 @@ impl AgentSession for SessionService {
             .await?;
         let FetchBundleRequest { digest, offset } = req.into_inner();
         // A cluster may only read the bundles desired for it.
-        if !self.rollouts.desired_of(&cluster).await?.wants(&digest) {
+        if !self.rollouts.wants(&cluster, &digest).await? {
             tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
             return Err(Status::permission_denied(format!(
                 "bundle {digest} is not desired for cluster {cluster:?}"

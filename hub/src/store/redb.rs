@@ -26,6 +26,14 @@ const META_COMPACTED: &str = "compacted";
 
 /// Number of events kept in the log by [`RedbStore::open`].
 pub const DEFAULT_HISTORY: u64 = 100_000;
+/// Bytes of events kept in the log by [`RedbStore::open`], whatever their number: a log of
+/// large records (rollout records are tens of KiB) is bounded by this, not by its count.
+pub const DEFAULT_HISTORY_BYTES: u64 = 64 << 20;
+/// Memory redb may use to cache pages (its default, 1 GiB, would be most of a hub's memory;
+/// the hub keeps what it reads often in memory itself).
+const CACHE_BYTES: usize = 128 << 20;
+/// `meta` entry: bytes of the events in the log.
+const META_LOG_BYTES: &str = "log_bytes";
 /// Live events buffered per watcher before it lags and has to re-read the log.
 const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Events read from the log per blocking call while a watcher catches up.
@@ -44,7 +52,7 @@ pub struct RedbStore {
 struct Inner {
     db: Database,
     path: PathBuf,
-    history: u64,
+    history: History,
     /// Held across commit and broadcast so live events are sent in revision order.
     write_lock: Mutex<()>,
     events: broadcast::Sender<Arc<WatchEvent>>,
@@ -54,7 +62,7 @@ impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
             .field("path", &self.inner.path)
-            .field("history", &self.inner.history)
+            .field("history", &self.inner.history.events)
             .finish_non_exhaustive()
     }
 }
@@ -68,13 +76,19 @@ impl RedbStore {
 
     /// Like [`RedbStore::open`], keeping the last `history` events (at least 1) for watch replay.
     pub fn open_with_history(path: &Path, history: u64) -> Result<RedbStore, StoreError> {
-        Self::open_with_options(path, history, DEFAULT_CHANNEL_CAPACITY)
+        Self::open_with_options(
+            path,
+            history,
+            DEFAULT_CHANNEL_CAPACITY,
+            DEFAULT_HISTORY_BYTES,
+        )
     }
 
     fn open_with_options(
         path: &Path,
         history: u64,
         channel_capacity: usize,
+        history_bytes: u64,
     ) -> Result<RedbStore, StoreError> {
         let fail =
             |what: String, source: Box<dyn std::error::Error + Send + Sync>| StoreError::Backend {
@@ -87,8 +101,14 @@ impl RedbStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| fail(format!(": creating {}", parent.display()), e.into()))?;
         }
-        let db = Database::create(path).map_err(|e| fail(String::new(), e.into()))?;
-        let history = history.max(1);
+        let db = ::redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| fail(String::new(), e.into()))?;
+        let history = History {
+            events: history.max(1),
+            bytes: history_bytes.max(1),
+        };
         init_tables(&db, history).map_err(|e| fail(String::new(), e.into()))?;
         let (events, _) = broadcast::channel(channel_capacity.max(1));
         Ok(RedbStore {
@@ -157,18 +177,44 @@ async fn run_blocking<T: Send + 'static>(
     }
 }
 
-/// Creates the tables (so read transactions never find them missing) and trims the log in case
-/// the file was written with a longer history.
-fn init_tables(db: &Database, history: u64) -> Result<(), ::redb::Error> {
+/// How much of the event log is kept: at most `events` events and `bytes` bytes of them.
+#[derive(Debug, Clone, Copy)]
+struct History {
+    events: u64,
+    bytes: u64,
+}
+
+/// Creates the tables (so read transactions never find them missing), counts the log's bytes
+/// and trims it in case the file was written with a longer history.
+fn init_tables(db: &Database, history: History) -> Result<(), ::redb::Error> {
     let txn = db.begin_write()?;
     {
         txn.open_table(KV)?;
         let mut meta = txn.open_table(META)?;
         let mut log = txn.open_table(EVENT_LOG)?;
+        let mut bytes = 0u64;
+        for entry in log.iter()? {
+            bytes += entry?.1.value().len() as u64;
+        }
+        meta.insert(META_LOG_BYTES, bytes)?;
         let revision = read_meta(&meta, META_REVISION)?;
         trim_log(&mut log, &mut meta, revision, history)?;
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Appends the event written at `revision` to the log.
+fn log_event(
+    log: &mut Table<u64, &[u8]>,
+    meta: &mut Table<&str, u64>,
+    revision: Revision,
+    event: &WatchEvent,
+) -> Result<(), ::redb::Error> {
+    let encoded = encode_event(event);
+    log.insert(revision, encoded.as_slice())?;
+    let bytes = read_meta(meta, META_LOG_BYTES)? + encoded.len() as u64;
+    meta.insert(META_LOG_BYTES, bytes)?;
     Ok(())
 }
 
@@ -179,18 +225,43 @@ fn read_meta(
     Ok(meta.get(name)?.map_or(0, |v| v.value()))
 }
 
-/// Drops log entries so that at most `history` revisions up to `current` remain.
+/// Drops log entries so that at most `history.events` revisions up to `current` remain, and
+/// when the log holds more than `history.bytes`, the oldest until it holds a quarter less (so
+/// that a log of large events is not trimmed on every write). The newest event always stays.
 fn trim_log(
     log: &mut Table<u64, &[u8]>,
     meta: &mut Table<&str, u64>,
     current: Revision,
-    history: u64,
+    history: History,
 ) -> Result<(), ::redb::Error> {
     let compacted = read_meta(meta, META_COMPACTED)?;
-    let drop_through = current.saturating_sub(history);
+    let mut bytes = read_meta(meta, META_LOG_BYTES)?;
+    let mut drop_through = current.saturating_sub(history.events).max(compacted);
+    if bytes > history.bytes {
+        let target = history.bytes - history.bytes / 4;
+        let mut left = bytes;
+        for entry in log.iter()? {
+            let (k, v) = entry?;
+            let k = k.value();
+            if k >= current {
+                break;
+            }
+            if k > drop_through && left <= target {
+                break;
+            }
+            left = left.saturating_sub(v.value().len() as u64);
+            drop_through = drop_through.max(k);
+        }
+    }
     if drop_through > compacted {
-        log.retain_in(..=drop_through, |_, _| false)?;
+        let mut dropped = 0u64;
+        log.retain_in(..=drop_through, |_, v| {
+            dropped += v.len() as u64;
+            false
+        })?;
+        bytes = bytes.saturating_sub(dropped);
         meta.insert(META_COMPACTED, drop_through)?;
+        meta.insert(META_LOG_BYTES, bytes)?;
     }
     Ok(())
 }
@@ -387,7 +458,7 @@ impl Inner {
             };
             meta.insert(META_REVISION, revision)?;
             let mut log = txn.open_table(EVENT_LOG)?;
-            log.insert(revision, encode_event(&event).as_slice())?;
+            log_event(&mut log, &mut meta, revision, &event)?;
             trim_log(&mut log, &mut meta, revision, self.history)?;
             (revision, event)
         };
@@ -449,7 +520,7 @@ impl Inner {
                         }
                     }
                 };
-                log.insert(revision, encode_event(&event).as_slice())?;
+                log_event(&mut log, &mut meta, revision, &event)?;
                 events.push(event);
             }
             meta.insert(META_REVISION, revision)?;
@@ -843,6 +914,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_log_is_bounded_by_bytes_too_and_keeps_the_newest_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        // Room for about ten 1 KiB events.
+        let store = RedbStore::open_with_options(&path, 1000, 16, 10 * 1024).expect("open");
+        for i in 0..40u32 {
+            store.put("/t/k", vec![b'x'; 1024]).await.expect("put");
+            assert!(store.get("/t/k").await.unwrap().is_some(), "{i}");
+        }
+        let oldest_kept = |store: &RedbStore| {
+            let txn = store.inner.db.begin_read().unwrap();
+            let log = txn.open_table(EVENT_LOG).unwrap();
+            let meta = txn.open_table(META).unwrap();
+            let first = log.first().unwrap().map(|(k, _)| k.value());
+            (first, read_meta(&meta, META_LOG_BYTES).unwrap())
+        };
+        let (first, bytes) = oldest_kept(&store);
+        let first = first.expect("the newest event stays");
+        assert!(
+            (30..=40).contains(&first),
+            "old events dropped by size: {first}"
+        );
+        assert!(bytes <= 10 * 1024, "{bytes}");
+        match store.watch("/t/", 2).await {
+            Err(StoreError::Compacted { oldest, .. }) => assert_eq!(oldest, first),
+            other => panic!("expected compacted, got {:?}", other.map(|_| "stream")),
+        }
+        let mut watch = store.watch("/t/", first).await.expect("watch");
+        let event = next_item(&mut watch).await.expect("item").expect("event");
+        assert_eq!(event.revision(), first);
+        // Reopened, the byte count is read again from the log.
+        drop((watch, store));
+        let store = RedbStore::open_with_options(&path, 1000, 16, 10 * 1024).expect("reopen");
+        assert_eq!(oldest_kept(&store), (Some(first), bytes));
+
+        // One event larger than the bound stays (it is the newest).
+        store.put("/t/big", vec![b'y'; 20 * 1024]).await.unwrap();
+        let (first, _) = oldest_kept(&store);
+        assert_eq!(first, Some(store.revision().await.unwrap()));
+    }
+
+    #[tokio::test]
     async fn reopening_with_shorter_history_trims_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
@@ -870,8 +983,13 @@ mod tests {
     #[tokio::test]
     async fn lagged_watcher_recovers_from_log() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            RedbStore::open_with_options(&dir.path().join("s.redb"), 1000, 4).expect("open");
+        let store = RedbStore::open_with_options(
+            &dir.path().join("s.redb"),
+            1000,
+            4,
+            DEFAULT_HISTORY_BYTES,
+        )
+        .expect("open");
         let mut watch = store.watch("/lag/", 0).await.expect("watch");
         let mut written = Vec::new();
         // Far more writes than the channel holds while nobody polls the stream.
@@ -902,7 +1020,9 @@ mod tests {
     #[tokio::test]
     async fn lagged_watcher_past_history_reports_compacted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RedbStore::open_with_options(&dir.path().join("s.redb"), 5, 2).expect("open");
+        let store =
+            RedbStore::open_with_options(&dir.path().join("s.redb"), 5, 2, DEFAULT_HISTORY_BYTES)
+                .expect("open");
         let mut watch = store.watch("/lc/", 0).await.expect("watch");
         for i in 0..20u32 {
             store

@@ -22,6 +22,11 @@ pub struct Group {
 pub struct Groups(pub(super) Vec<Group>);
 
 impl Groups {
+    /// Whether some cluster gets bundle `digest`.
+    pub fn has_digest(&self, digest: &str) -> bool {
+        self.0.iter().any(|g| g.entry.bundle_digest == digest)
+    }
+
     /// The entries of `entries` grouped by identical entry.
     pub fn from_entries(entries: impl IntoIterator<Item = (ClusterId, AppEntry)>) -> Self {
         let mut g = Groups::default();

@@ -308,6 +308,21 @@ impl Rollouts {
         Ok(DesiredRecord::of(apps))
     }
 
+    /// Whether bundle `digest` is desired for the cluster named `cluster` now (what its
+    /// [`Self::desired_of`] would name), looking only at the apps that render that bundle.
+    pub async fn wants(&self, cluster: &str, digest: &str) -> Result<bool, HubError> {
+        self.ensure_loaded().await?;
+        let Some(id) = self.inner.registry.id_of(cluster) else {
+            return Ok(false);
+        };
+        Ok(self.records().as_ref().is_some_and(|m| {
+            m.values().any(|(r, _)| {
+                r.mentions_digest(digest)
+                    && r.desired_for(id).is_some_and(|e| e.bundle_digest == digest)
+            })
+        }))
+    }
+
     /// What the cluster named `cluster` should run of `app` (from memory).
     pub async fn entry_of(&self, app: &str, cluster: &str) -> Result<Option<AppEntry>, HubError> {
         let Some(id) = self.inner.registry.id_of(cluster) else {

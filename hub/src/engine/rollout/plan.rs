@@ -446,6 +446,16 @@ impl AppRollout {
     }
 
     /// What `cluster` should run of this app (`None`: nothing).
+    /// Whether bundle `digest` is one of the app's renderings (or what a removal leaves until
+    /// it reaches a cluster): a cheap test before [`Self::desired_for`].
+    pub fn mentions_digest(&self, digest: &str) -> bool {
+        self.renders.iter().any(|r| r.entries.has_digest(digest))
+            || self
+                .removal
+                .as_ref()
+                .is_some_and(|rm| rm.from.has_digest(digest))
+    }
+
     pub fn desired_for(&self, cluster: ClusterId) -> Option<AppEntry> {
         if let Some(rev) = self.pins.get(&cluster) {
             return self.entry(rev, cluster);
