@@ -580,11 +580,25 @@ fn render_all(
             let manifests =
                 AppManifests::load(tree, &config, app, limits).map_err(|e| e.to_string())?;
             let mut list = Vec::new();
+            // Clusters whose rendering depends on the same things share it: rendered and
+            // stored once per distinct key, not once per cluster.
+            let mut rendered: HashMap<Vec<usize>, crate::render::BundleRef> = HashMap::new();
             for cluster in targeted_clusters(&config, app, clusters) {
-                let r = manifests
-                    .render(cluster)
-                    .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
-                let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
+                let key = manifests.render_key(cluster);
+                let known = key.as_ref().and_then(|k| rendered.get(k)).cloned();
+                let b = match known {
+                    Some(b) => b,
+                    None => {
+                        let r = manifests
+                            .render(cluster)
+                            .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+                        let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
+                        if let Some(k) = key {
+                            rendered.insert(k, b.clone());
+                        }
+                        b
+                    }
+                };
                 list.push((
                     cluster.id,
                     AppEntry {

@@ -71,6 +71,20 @@ pub struct AppManifests {
     docs: Vec<SourceDoc>,
     /// Per overlay, the documents of its patch files in order.
     patches: Vec<Vec<SourceDoc>>,
+    /// No manifest or patch refers to a cluster built-in (`${cluster.…}`): the rendering
+    /// depends on the cluster only through the overlays that match it.
+    cluster_free: bool,
+}
+
+/// Whether a string value of `value` refers to a cluster built-in (or might: a literal
+/// `$${cluster.` counts too).
+fn mentions_cluster(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains("${cluster."),
+        Value::Array(items) => items.iter().any(mentions_cluster),
+        Value::Object(map) => map.values().any(mentions_cluster),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 impl AppManifests {
@@ -127,12 +141,17 @@ impl AppManifests {
                 &budget,
             )?);
         }
+        let cluster_free = !docs
+            .iter()
+            .chain(patches.iter().flatten())
+            .any(|d| mentions_cluster(&d.value));
         Ok(AppManifests {
             app: app.to_owned(),
             config: app_config.clone(),
             limits: *limits,
             docs,
             patches,
+            cluster_free,
         })
     }
 
@@ -141,11 +160,22 @@ impl AppManifests {
         &self.app
     }
 
+    /// What the rendering for `cluster` depends on, when that is less than the cluster itself:
+    /// the overlays that match it, unless the manifests refer to cluster built-ins. Clusters
+    /// with the same key render alike, so a fleet renders once per distinct key.
+    pub fn render_key(&self, cluster: &ClusterInfo) -> Option<Vec<usize>> {
+        self.cluster_free.then(|| self.matching(cluster))
+    }
+
+    fn matching(&self, cluster: &ClusterInfo) -> Vec<usize> {
+        (0..self.config.overlays.len())
+            .filter(|&i| self.config.overlays[i].when.matches(&cluster.labels))
+            .collect()
+    }
+
     /// Renders the app for `cluster` (whether the app targets it is the caller's business).
     pub fn render(&self, cluster: &ClusterInfo) -> Result<RenderedApp, RenderError> {
-        let matching: Vec<usize> = (0..self.config.overlays.len())
-            .filter(|&i| self.config.overlays[i].when.matches(&cluster.labels))
-            .collect();
+        let matching = self.matching(cluster);
         let mut scope = Scope::new(cluster);
         for &i in matching.iter().rev() {
             scope = scope.with_layer(&self.config.overlays[i].vars);

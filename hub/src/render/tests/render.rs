@@ -404,6 +404,60 @@ fn identical_renders_share_one_bundle() {
 }
 
 #[test]
+fn clusters_matching_the_same_overlays_share_a_render_key_unless_manifests_name_the_cluster() {
+    let config = "apps:\n  web:\n    path: apps/web\n    namespace: web\n    targets: {}\n    overlays:\n      - when: {matchLabels: {region: eu}}\n        vars: {mode: eu}\n        patches: [p.yaml]\n";
+    let patch = "kind: ConfigMap\nmetadata: {name: m}\ndata: {patched: '${mode}'}\n";
+    let plain =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m}\ndata: {mode: '${mode:-default}'}\n";
+    let clusters = [
+        cluster("eu-1", &[("region", "eu"), ("tier", "a")]),
+        cluster("eu-2", &[("region", "eu"), ("tier", "b")]),
+        cluster("us-1", &[("region", "us")]),
+    ];
+    let r = repo(&[
+        ("flotilla.yaml", config),
+        ("apps/web/cm.yaml", plain),
+        ("p.yaml", patch),
+    ]);
+    let app = AppManifests::load(&r.tree, &r.config(), "web", &Limits::default()).unwrap();
+    let keys: Vec<_> = clusters.iter().map(|c| app.render_key(c)).collect();
+    assert_eq!(keys[0], Some(vec![0]));
+    assert_eq!(keys[0], keys[1], "other labels do not matter");
+    assert_eq!(keys[2], Some(vec![]));
+    // Same key, same bundle: what makes rendering once per key safe.
+    let digests: Vec<_> = clusters
+        .iter()
+        .map(|c| app.render(c).unwrap().digest)
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+    assert_ne!(digests[0], digests[2]);
+
+    // A manifest, or a patch, that names a cluster built-in: every cluster renders on its own.
+    for (manifest, patch) in [
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m}\ndata: {tier: '${cluster.labels.tier}'}\n",
+            patch,
+        ),
+        (
+            plain,
+            "kind: ConfigMap\nmetadata: {name: m}\ndata: {who: 'x-${cluster.name}'}\n",
+        ),
+    ] {
+        let r = repo(&[
+            ("flotilla.yaml", config),
+            ("apps/web/cm.yaml", manifest),
+            ("p.yaml", patch),
+        ]);
+        let app = AppManifests::load(&r.tree, &r.config(), "web", &Limits::default()).unwrap();
+        assert!(clusters.iter().all(|c| app.render_key(c).is_none()));
+        assert_ne!(
+            app.render(&clusters[0]).unwrap().digest,
+            app.render(&clusters[1]).unwrap().digest
+        );
+    }
+}
+
+#[test]
 fn patch_errors_name_the_patch() {
     let config = web_with("    overlays:\n      - patches: [p.yaml]\n");
     let r = repo(&[
