@@ -276,10 +276,6 @@ impl AgentSession for SessionService {
                             break;
                         }
                     },
-                    _ = sleep_until(liveness) => {
-                        tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
-                        break;
-                    }
                     msg = inbound.message(), if acks.len() < MAX_UNACKED_REPORTS => match msg {
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
                             liveness = Instant::now() + interval * 3;
@@ -337,6 +333,12 @@ impl AgentSession for SessionService {
                             yield Err(s);
                             break;
                         }
+                    },
+                    // After the inbound arm: a session whose messages wait to be read (its
+                    // stream was held back) is alive, however long since the last one was read.
+                    _ = sleep_until(liveness) => {
+                        tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
+                        break;
                     }
                 }
             }

@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use flotilla_hub::server::{HubConfig, start};
 use flotilla_proto::telemetry::{Export, LogFormat, SpanForwarder, TraceConfig};
 
+/// jemalloc: with 100 apps on 1,000 sessions the hub peaked at 459 MiB with it, 692 MiB with
+/// glibc's allocator (and 819 MiB with mimalloc), at the same speed; its background threads
+/// give freed memory back to the system (glibc kept what 10,000 closed connections had held).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Threads the runtime's blocking pool may grow to. Store transactions and git fetches run

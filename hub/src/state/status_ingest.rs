@@ -92,8 +92,10 @@ impl Default for Limits {
             // Under etcd's request limit (1.5 MiB).
             batch_bytes: 1 << 20,
             queue_bytes: 64 << 20,
-            checkpoint_entries: 32,
-            checkpoint_bytes: 16 << 20,
+            // A checkpoint rewrites every record changed since the last one (a record holds
+            // every app of its cluster): rare enough that many reports per record go into it.
+            checkpoint_entries: 256,
+            checkpoint_bytes: 64 << 20,
         }
     }
 }
@@ -508,23 +510,22 @@ impl Ingest {
     async fn checkpoint(&self) -> Result<(), HubError> {
         let mut attempts = 0;
         loop {
-            let (mut ops, mut clusters) = (Vec::new(), Vec::new());
-            let journal = {
+            // What to write, without encoding it yet: each chunk is encoded as it is written,
+            // so a checkpoint of the whole fleet never holds every record encoded at once.
+            let (dirty, journal) = {
                 let cache = lock(&self.cache);
-                for cluster in &cache.dirty {
-                    let Some(c) = cache.records.get(cluster) else {
-                        continue;
-                    };
-                    if let Slot::Record(r) = &c.slot {
-                        ops.push(CasOp::put(
-                            self.table.key(cluster),
-                            c.revision,
-                            Table::encode(r.as_ref()),
-                        ));
-                        clusters.push(cluster.clone());
-                    }
-                }
-                cache.journal.clone()
+                let dirty: Vec<(String, Option<Revision>, Arc<StatusRecord>)> = cache
+                    .dirty
+                    .iter()
+                    .filter_map(|cluster| match cache.records.get(cluster) {
+                        Some(Cached {
+                            revision,
+                            slot: Slot::Record(r),
+                        }) => Some((cluster.clone(), *revision, r.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                (dirty, cache.journal.clone())
             };
             let mut deletes: Vec<CasOp> = journal
                 .iter()
@@ -533,19 +534,21 @@ impl Ingest {
             // Chunks of at most `batch_bytes` of records; the deletes go with the last one.
             let mut done = 0;
             let mut conflict = None;
-            while done < ops.len() || !deletes.is_empty() {
+            while done < dirty.len() || !deletes.is_empty() {
                 let mut bytes = 0;
+                let mut chunk = Vec::new();
                 let mut end = done;
-                while end < ops.len() {
-                    let len = ops[end].value.as_ref().map_or(0, Vec::len);
-                    if end > done && bytes + len > self.limits.batch_bytes {
+                while end < dirty.len() {
+                    let (cluster, revision, record) = &dirty[end];
+                    let value = Table::encode(record.as_ref());
+                    bytes += value.len();
+                    chunk.push(CasOp::put(self.table.key(cluster), *revision, value));
+                    end += 1;
+                    if bytes >= self.limits.batch_bytes {
                         break;
                     }
-                    bytes += len;
-                    end += 1;
                 }
-                let mut chunk: Vec<CasOp> = ops[done..end].to_vec();
-                let last_chunk = end == ops.len();
+                let last_chunk = end == dirty.len();
                 if last_chunk {
                     chunk.append(&mut deletes);
                 }
@@ -554,11 +557,14 @@ impl Ingest {
                     Ok(last) => {
                         let first = last + 1 - n;
                         let mut cache = lock(&self.cache);
-                        for (i, cluster) in clusters[done..end].iter().enumerate() {
+                        for (i, (cluster, _, record)) in dirty[done..end].iter().enumerate() {
                             if let Some(c) = cache.records.get_mut(cluster) {
                                 c.revision = Some(first + i as u64);
+                                // Still what was written: nothing merged since.
+                                if matches!(&c.slot, Slot::Record(r) if Arc::ptr_eq(r, record)) {
+                                    cache.dirty.remove(cluster);
+                                }
                             }
-                            cache.dirty.remove(cluster);
                         }
                         if last_chunk {
                             cache.journal.clear();

@@ -14,9 +14,25 @@ use crate::setup::SetupReport;
 
 /// A single-app 3-stage promotion completes this soon after the commit is synced (median of
 /// rounds)…
-pub const TARGET_SECS: f64 = 60.0;
+pub const TARGET_SECS: f64 = 10.0;
+/// …and every one of [`TARGET_APPS`] apps promoted at once this soon (median of the measured
+/// commits, the first revision not counted)…
+pub const TARGET_MANY_SECS: f64 = 60.0;
+pub const TARGET_APPS: usize = 100;
+/// …with the hub's peak RSS at most this…
+pub const TARGET_RSS_KIB: u64 = 1024 * 1024;
 /// …at this many sessions.
 pub const TARGET_SESSIONS: usize = 10_000;
+
+/// One judged target.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Judged {
+    pub measure: String,
+    pub target: String,
+    pub value: String,
+    /// "PASS", "FAIL" or "n/a (why)".
+    pub verdict: String,
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -31,8 +47,8 @@ pub struct Report {
     /// With `--otlp`: the spans the hub exported, by name.
     pub spans: Option<BTreeMap<String, u64>>,
     pub wall_secs: f64,
-    pub target: String,
-    /// "PASS", "FAIL", "n/a …" or "INCOMPLETE …".
+    pub judged: Vec<Judged>,
+    /// "PASS", "FAIL" (a judged target missed), "n/a …" or "INCOMPLETE …".
     pub verdict: String,
 }
 
@@ -68,25 +84,92 @@ impl Report {
         Some(median_of(&s.rounds, |r| r.done_ms))
     }
 
-    /// Sets the verdict from the single-app rounds.
+    /// The median over the measured commits of the many-app completion time (every app
+    /// succeeded).
+    pub fn many_median_ms(&self) -> Option<f64> {
+        let m = self.many.as_ref()?;
+        if m.rounds.is_empty() {
+            return None;
+        }
+        Some(median_of(&m.rounds, |r| r.done_ms))
+    }
+
+    /// Judges the targets the run measured, and sets the overall verdict.
     pub fn finish(&mut self) {
-        self.target = format!(
-            "one app, 3 stages, no soak: commit synced → rollout succeeded in ≤ {TARGET_SECS:.0} s \
-             (median of rounds) at {} sessions",
-            thousands(TARGET_SESSIONS)
-        );
-        let sessions = self.single.as_ref().map_or(0, |s| s.sessions);
-        self.verdict = match self.single_median_ms() {
-            None => "n/a (single-app rounds not measured)".into(),
-            Some(m) if sessions < TARGET_SESSIONS => format!(
-                "n/a (judged at {} sessions; here {} sessions, median {})",
-                thousands(TARGET_SESSIONS),
-                thousands(sessions),
-                secs(m)
-            ),
-            Some(m) if m <= TARGET_SECS * 1000.0 => "PASS".into(),
-            Some(_) => "FAIL".into(),
+        let at_scale = |sessions: usize| sessions >= TARGET_SESSIONS;
+        let judge =
+            |value: Option<f64>, limit: f64, sessions: usize, show: &dyn Fn(f64) -> String| {
+                match value {
+                    None => ("—".to_string(), "n/a (not measured)".to_string()),
+                    Some(v) if !at_scale(sessions) => (
+                        show(v),
+                        format!(
+                            "n/a (judged at {} sessions; here {})",
+                            thousands(TARGET_SESSIONS),
+                            thousands(sessions)
+                        ),
+                    ),
+                    Some(v) if v <= limit => (show(v), "PASS".to_string()),
+                    Some(v) => (show(v), "FAIL".to_string()),
+                }
+            };
+        let single_sessions = self.single.as_ref().map_or(0, |s| s.sessions);
+        let (many_apps, many_sessions) =
+            self.many.as_ref().map_or((0, 0), |m| (m.apps, m.sessions));
+        let many_sessions = if many_apps >= TARGET_APPS {
+            many_sessions
+        } else {
+            0
         };
+        let mut judged = Vec::new();
+        let (value, verdict) = judge(
+            self.single_median_ms(),
+            TARGET_SECS * 1000.0,
+            single_sessions,
+            &secs,
+        );
+        judged.push(Judged {
+            measure: "one app: median of rounds".into(),
+            target: format!("≤ {TARGET_SECS:.0} s: one app, 3 stages, no soak, commit synced → rollout succeeded, at {} sessions", thousands(TARGET_SESSIONS)),
+            value,
+            verdict,
+        });
+        let (value, verdict) = judge(
+            self.many_median_ms(),
+            TARGET_MANY_SECS * 1000.0,
+            many_sessions,
+            &secs,
+        );
+        judged.push(Judged {
+            measure: format!("{TARGET_APPS} apps: every app succeeded"),
+            target: format!("≤ {TARGET_MANY_SECS:.0} s: {TARGET_APPS} apps at once, median of the commits after the first, at {} sessions", thousands(TARGET_SESSIONS)),
+            value,
+            verdict,
+        });
+        let rss = self.many.as_ref().map(|_| self.hub_end.hwm_kib as f64);
+        let (value, verdict) = judge(
+            rss,
+            TARGET_RSS_KIB as f64,
+            many_sessions,
+            &|k| mib(k as u64),
+        );
+        judged.push(Judged {
+            measure: "hub peak RSS".into(),
+            target: format!(
+                "≤ 1 GiB with {} sessions and {TARGET_APPS} apps",
+                thousands(TARGET_SESSIONS)
+            ),
+            value,
+            verdict,
+        });
+        self.verdict = if judged.iter().any(|j| j.verdict == "FAIL") {
+            "FAIL".into()
+        } else if judged.iter().any(|j| j.verdict == "PASS") {
+            "PASS".into()
+        } else {
+            "n/a (no target measured at full scale)".into()
+        };
+        self.judged = judged;
     }
 
     pub fn passed(&self) -> bool {
@@ -215,23 +298,24 @@ impl Report {
     }
 
     fn verdict_table(&self) -> Table {
-        let mut t = new_table(vec!["measure", "value", "notes"]);
-        let median = self
-            .single_median_ms()
-            .map_or_else(|| "—".to_string(), secs);
-        t.add_row(vec![
-            "target".to_string(),
-            format!("≤ {TARGET_SECS:.0} s"),
-            self.target.clone(),
-        ]);
-        t.add_row(vec![
-            "one app: median of rounds".to_string(),
-            median,
-            "KubeFleet: ~2 min for 100 clusters".to_string(),
-        ]);
+        let mut t = new_table(vec!["measure", "value", "verdict", "target"]);
+        for j in &self.judged {
+            let (verdict, why) = verdict_cells(&j.verdict);
+            let verdict = if why.is_empty() {
+                verdict
+            } else {
+                format!("{verdict} ({why})")
+            };
+            t.add_row(vec![
+                j.measure.clone(),
+                j.value.clone(),
+                verdict,
+                j.target.clone(),
+            ]);
+        }
         let (verdict, why) = verdict_cells(&self.verdict);
-        t.add_row(vec!["verdict".to_string(), verdict, why]);
-        align(&mut t, 3);
+        t.add_row(vec!["overall".to_string(), String::new(), verdict, why]);
+        align(&mut t, 4);
         t
     }
 }
@@ -435,17 +519,40 @@ mod tests {
                 apps: 1,
                 sessions: TARGET_SESSIONS,
                 initial: None,
-                rounds: vec![round(70_000.0), round(50_000.0), round(55_000.0)],
+                rounds: vec![round(17_000.0), round(5_000.0), round(9_000.0)],
             }),
             ..Default::default()
         };
         rep.finish();
         assert_eq!(rep.verdict, "PASS");
-        assert_eq!(rep.single_median_ms(), Some(55_000.0));
+        assert_eq!(rep.judged[0].verdict, "PASS");
+        assert!(
+            rep.judged[1].verdict.starts_with("n/a"),
+            "many not measured"
+        );
+        assert_eq!(rep.single_median_ms(), Some(9_000.0));
         rep.single.as_mut().unwrap().sessions = 1000;
         rep.finish();
         assert!(rep.verdict.starts_with("n/a"));
         assert!(rep.passed());
+
+        // 100 apps at full scale: slower than the target fails the run, and so does memory.
+        rep.many = Some(ScenarioReport {
+            apps: TARGET_APPS,
+            sessions: TARGET_SESSIONS,
+            initial: Some(round(10_000.0)),
+            rounds: vec![round(70_000.0)],
+        });
+        rep.hub_end.hwm_kib = 900 * 1024;
+        rep.finish();
+        assert_eq!(rep.judged[1].verdict, "FAIL");
+        assert_eq!(rep.judged[2].verdict, "PASS");
+        assert!(!rep.passed());
+        rep.many.as_mut().unwrap().rounds = vec![round(50_000.0)];
+        rep.hub_end.hwm_kib = 2 * 1024 * 1024;
+        rep.finish();
+        assert_eq!(rep.judged[1].verdict, "PASS");
+        assert_eq!(rep.judged[2].verdict, "FAIL");
         assert_eq!(thousands(1234567), "1,234,567");
     }
 }
