@@ -146,8 +146,8 @@ pub struct DesiredOutcome {
     pub complete: bool,
 }
 
-/// Handles a session's new desired states; the session waits for it before reading on, as an
-/// agent does.
+/// Handles a session's new desired states, one at a time beside the session (which keeps
+/// heartbeating and reading), as an agent does.
 pub type DesiredHandler =
     Arc<dyn Fn(DesiredCall) -> BoxFuture<'static, DesiredOutcome> + Send + Sync>;
 
@@ -284,6 +284,22 @@ fn heartbeat(seq: u64) -> AgentMessage {
 }
 
 impl Held {
+    /// Handles desired state `d` in a task of its own; the outcome comes back on `done`.
+    fn handle(&self, d: DesiredState, done: mpsc::Sender<(u64, DesiredOutcome)>) {
+        let handler = self.on_desired.clone().expect("only called with a handler");
+        let generation = d.generation;
+        let call = DesiredCall {
+            cluster: self.cluster.clone(),
+            client: self.client.clone(),
+            desired: d,
+            cached: self.cached.clone(),
+        };
+        tokio::spawn(async move {
+            let outcome = handler(call).await;
+            let _ = done.send((generation, outcome)).await;
+        });
+    }
+
     /// Runs until the coordinator drops its command sender (`None`) or the session ends early
     /// (`Some((cluster, why))`).
     async fn run(mut self) -> Option<(String, String)> {
@@ -295,8 +311,29 @@ impl Held {
         let mut bg_seq = BACKGROUND_SEQ;
         // The round in flight: its heartbeat sequence, when it was sent, where to report.
         let mut pending: Option<(u64, Instant, mpsc::Sender<RoundReply>)> = None;
+        // A desired state being handled (fetching bundles takes a while on a busy hub; an agent
+        // does that beside its session, which keeps heartbeating), and the newest one waiting.
+        let (done_tx, mut done_rx) = mpsc::channel::<(u64, DesiredOutcome)>(1);
+        let mut busy = false;
+        let mut waiting: Option<DesiredState> = None;
         loop {
             tokio::select! {
+                Some((generation, outcome)) = done_rx.recv() => {
+                    self.cached.extend(outcome.holds);
+                    if outcome.complete {
+                        self.last_generation = generation;
+                    }
+                    for m in outcome.messages {
+                        if self.tx.send(m).await.is_err() {
+                            return ended("outbound stream closed".into());
+                        }
+                    }
+                    busy = false;
+                    if let Some(d) = waiting.take().filter(|d| d.generation != self.last_generation) {
+                        busy = true;
+                        self.handle(d, done_tx.clone());
+                    }
+                }
                 cmd = self.cmds.recv() => match cmd {
                     None => return None,
                     Some(Cmd::Round(round, reply)) => {
@@ -330,23 +367,12 @@ impl Held {
                         if d.generation == self.last_generation {
                             continue;
                         }
-                        let handler = self.on_desired.clone().expect("checked");
-                        let generation = d.generation;
-                        let outcome = handler(DesiredCall {
-                            cluster: self.cluster.clone(),
-                            client: self.client.clone(),
-                            desired: d,
-                            cached: self.cached.clone(),
-                        })
-                        .await;
-                        self.cached.extend(outcome.holds);
-                        if outcome.complete {
-                            self.last_generation = generation;
-                        }
-                        for m in outcome.messages {
-                            if self.tx.send(m).await.is_err() {
-                                return ended("outbound stream closed".into());
-                            }
+                        // One at a time, the newest waiting; heartbeats go on meanwhile.
+                        if busy {
+                            waiting = Some(d);
+                        } else {
+                            busy = true;
+                            self.handle(d, done_tx.clone());
                         }
                     }
                     Ok(Some(HubMessage { msg: Some(HubMsg::Disconnect(d)) })) => {
