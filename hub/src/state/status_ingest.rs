@@ -344,11 +344,11 @@ impl Ingest {
             let outcomes = {
                 let _loading = self.loading.lock().await;
                 let outcomes = self.commit(&batch).await;
-                if self.checkpoint_due() {
-                    if let Err(e) = self.checkpoint().await {
-                        // The journal keeps the reports; the next checkpoint tries again.
-                        tracing::warn!(error = %e, "status checkpoint failed");
-                    }
+                // A failed checkpoint leaves the journal as it is; the next one tries again.
+                if self.checkpoint_due()
+                    && let Err(e) = self.checkpoint().await
+                {
+                    tracing::warn!(error = %e, "status checkpoint failed");
                 }
                 outcomes
             };
