@@ -820,65 +820,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::redb::RedbStore;
-    use crate::store::{KeyValue, Store, StoreError, WatchStream};
+    use crate::store::testing::GatedStore;
     use flotilla_proto::clock::ManualClock;
-    use std::sync::Mutex;
     use std::time::Instant;
-    use tokio::sync::Semaphore;
-
-    /// A redb store whose batch writes are counted and wait for a permit of `gate`.
-    #[derive(Debug)]
-    struct Gated {
-        inner: RedbStore,
-        batches: Mutex<Vec<usize>>,
-        gate: Semaphore,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Gated {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value).await
-        }
-        async fn compare_and_swap(
-            &self,
-            key: &str,
-            expected: Option<Revision>,
-            value: Vec<u8>,
-        ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
-            self.inner.compare_and_swap(key, expected, value).await
-        }
-        async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn compare_and_delete(
-            &self,
-            key: &str,
-            expected: Revision,
-        ) -> Result<bool, StoreError> {
-            self.inner.compare_and_delete(key, expected).await
-        }
-        async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn revision(&self) -> Result<Revision, StoreError> {
-            self.inner.revision().await
-        }
-        async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
-            self.inner.watch(prefix, from).await
-        }
-        async fn compare_and_swap_many(
-            &self,
-            ops: Vec<CasOp>,
-        ) -> Result<Result<Revision, String>, StoreError> {
-            self.batches.lock().unwrap().push(ops.len());
-            self.gate.acquire().await.unwrap().forget();
-            self.inner.compare_and_swap_many(ops).await
-        }
-    }
 
     async fn until(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -891,11 +835,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn session_opens_and_closes_share_one_write_and_never_lose_another_change() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Gated {
-            inner: RedbStore::open(&dir.path().join("s.redb")).unwrap(),
-            batches: Mutex::default(),
-            gate: Semaphore::new(Semaphore::MAX_PERMITS / 2),
-        });
+        let store = GatedStore::closed(&dir);
+        store.open_gate();
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
         let registry = Registry::open(store.clone(), Arc::new(clock.clone()))
             .await
@@ -908,15 +849,15 @@ mod tests {
                 .unwrap();
         }
         // Hold the next batch write at the gate.
-        store.gate.forget_permits(usize::MAX);
-        let before = store.batches.lock().unwrap().len();
+        store.close_gate();
+        let before = store.writes().len();
         clock.advance(Duration::from_secs(5));
         let first = {
             let r = registry.clone();
             tokio::spawn(async move { r.touch("c-00", Some("v1")).await })
         };
         until("the first write to reach the store", || {
-            store.batches.lock().unwrap().len() == before + 1
+            store.writes().len() == before + 1
         })
         .await;
         // Every other session opens meanwhile; one cluster is relabelled too.
@@ -938,12 +879,12 @@ mod tests {
                 .is_some_and(|c| c.agent_version == "v2"),
             "visible in memory before it is written"
         );
-        store.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        store.open_gate();
         first.await.unwrap().unwrap();
         for o in others {
             o.await.unwrap().unwrap();
         }
-        let batches = store.batches.lock().unwrap()[before..].to_vec();
+        let batches: Vec<usize> = store.writes()[before..].iter().map(Vec::len).collect();
         assert_eq!(batches, [1, 49], "49 opens in one write");
 
         // A label change and a close race: neither is lost, in the store or in memory.

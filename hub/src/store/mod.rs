@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 pub mod conformance;
 pub mod redb;
+#[cfg(test)]
+pub mod testing;
 pub mod timed;
 
 /// A store-wide revision. 0 means "nothing written yet".

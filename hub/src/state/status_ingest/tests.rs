@@ -1,106 +1,50 @@
 //! The group commit against a store that counts, holds and fails its batch writes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flotilla_proto::state::Phase;
 use futures::future::join_all;
-use tokio::sync::Semaphore;
 
 use super::*;
 use crate::store::redb::RedbStore;
+use crate::store::testing::GatedStore;
 use crate::store::{Store, WatchStream};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A redb store whose `compare_and_swap_many` calls are recorded (the reports of each journal
-/// batch in `batches`, the writes of each checkpoint in `checkpoints`), wait for a permit of
-/// `gate`, and fail while `fail` is set.
-#[derive(Debug)]
-struct TestStore {
-    inner: RedbStore,
-    batches: Mutex<Vec<usize>>,
-    checkpoints: Mutex<Vec<usize>>,
-    gate: Semaphore,
-    fail: AtomicBool,
+/// The gated store of [`crate::store::testing`]; its batch writes are read here as journal
+/// batches (reports in each) and checkpoints (writes in each).
+type TestStore = GatedStore;
+
+trait Journaled {
+    /// Reports per journal batch written, in order.
+    fn batches(&self) -> Vec<usize>;
+    /// Writes per checkpoint batch, in order.
+    fn checkpoints(&self) -> Vec<usize>;
 }
 
-impl TestStore {
-    /// Batch writes pass only once the test opens the gate.
-    fn closed(dir: &tempfile::TempDir) -> Arc<Self> {
-        Arc::new(Self {
-            inner: RedbStore::open(&dir.path().join("s.redb")).unwrap(),
-            batches: Mutex::default(),
-            checkpoints: Mutex::default(),
-            gate: Semaphore::new(0),
-            fail: AtomicBool::new(false),
-        })
-    }
-
-    fn open_gate(&self) {
-        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    }
-
+impl Journaled for GatedStore {
     fn batches(&self) -> Vec<usize> {
-        lock(&self.batches).clone()
+        self.writes()
+            .iter()
+            .filter_map(|ops| match &ops[..] {
+                [op] if op.key.starts_with(STATUS_LOG) => {
+                    let value = op.value.as_deref().unwrap_or_default();
+                    let batch = JournalBatch::decode(value).expect("a journal batch decodes");
+                    Some(batch.entries.len())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn checkpoints(&self) -> Vec<usize> {
-        lock(&self.checkpoints).clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for TestStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        self.inner.put(key, value).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-    ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
-        self.inner.compare_and_swap(key, expected, value).await
-    }
-    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool, StoreError> {
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.inner.revision().await
-    }
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, from).await
-    }
-    async fn compare_and_swap_many(
-        &self,
-        ops: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError> {
-        match &ops[..] {
-            [op] if op.key.starts_with(STATUS_LOG) => {
-                let value = op.value.as_deref().unwrap_or_default();
-                let batch = JournalBatch::decode(value).expect("a journal batch decodes");
-                lock(&self.batches).push(batch.entries.len());
-            }
-            _ => lock(&self.checkpoints).push(ops.len()),
-        }
-        self.gate.acquire().await.unwrap().forget();
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend {
-                what: "test batch".into(),
-                source: "disk on fire".into(),
-            });
-        }
-        self.inner.compare_and_swap_many(ops).await
+        self.writes()
+            .iter()
+            .filter(|ops| !matches!(&ops[..], [op] if op.key.starts_with(STATUS_LOG)))
+            .map(Vec::len)
+            .collect()
     }
 }
 
