@@ -23,7 +23,7 @@ use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use flotilla_proto::v1::{
     AddClusterRequest, AgentInfo, AgentMessage, DesiredState, Heartbeat, Hello, HubMessage,
-    JoinRequest,
+    JoinRequest, Welcome,
 };
 use futures::future::BoxFuture;
 use rustls::ClientConfig;
@@ -187,24 +187,18 @@ pub struct Session {
 /// Opens one session (one mutual-TLS handshake from `src` — full the first time, resumed from
 /// the hub's ticket after that —, Connect, Hello, Welcome) and leaves a task holding it. Returns
 /// the time from dial to Welcome.
-pub async fn open_session(
-    who: &Enrolled,
-    hub: &str,
-    src: IpAddr,
-    fleet: Arc<Fleet>,
-    on_desired: Option<DesiredHandler>,
-) -> Result<(Session, Duration)> {
-    let started = Instant::now();
-    let channel = TlsDialer::new(who.tls.clone())
-        .with_local_ip(Some(src))
-        .channel(hub)
-        .await
-        .map_err(|e| anyhow!("dial from {src}: {}", error_chain(&e)))?;
-    let mut client = AgentSessionClient::new(channel);
-    let (tx, rx) = mpsc::channel::<AgentMessage>(4);
+/// Opens `Connect` on `client` (outbound messages buffered `buffer` deep), says Hello as
+/// `cluster` holding nothing, and waits up to 30 s for the Welcome: the outbound sender, the
+/// inbound stream and the Welcome.
+pub async fn hello_welcome(
+    client: &mut AgentSessionClient<Channel>,
+    cluster: &str,
+    buffer: usize,
+) -> Result<(mpsc::Sender<AgentMessage>, Streaming<HubMessage>, Welcome)> {
+    let (tx, rx) = mpsc::channel::<AgentMessage>(buffer);
     tx.send(AgentMessage {
         msg: Some(AgentMsg::Hello(Hello {
-            cluster_id: who.cluster.clone(),
+            cluster_id: cluster.to_string(),
             last_generation: 0,
             cached_bundles: vec![],
             agent: Some(agent_info()),
@@ -221,13 +215,31 @@ pub async fn open_session(
         .await
         .map_err(|_| anyhow!("no Welcome within 30s"))?
         .map_err(|s| anyhow!("waiting for Welcome: {}: {}", s.code(), s.message()))?;
-    let interval = match first {
+    match first {
         Some(HubMessage {
             msg: Some(HubMsg::Welcome(w)),
-        }) => Duration::from_millis(u64::from(w.heartbeat_interval_ms)),
+        }) => Ok((tx, inbound, w)),
         Some(other) => bail!("first hub message is not Welcome: {other:?}"),
         None => bail!("stream closed before Welcome"),
-    };
+    }
+}
+
+pub async fn open_session(
+    who: &Enrolled,
+    hub: &str,
+    src: IpAddr,
+    fleet: Arc<Fleet>,
+    on_desired: Option<DesiredHandler>,
+) -> Result<(Session, Duration)> {
+    let started = Instant::now();
+    let channel = TlsDialer::new(who.tls.clone())
+        .with_local_ip(Some(src))
+        .channel(hub)
+        .await
+        .map_err(|e| anyhow!("dial from {src}: {}", error_chain(&e)))?;
+    let mut client = AgentSessionClient::new(channel);
+    let (tx, inbound, welcome) = hello_welcome(&mut client, &who.cluster, 4).await?;
+    let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms));
     let took = started.elapsed();
     let keepalive = if interval.is_zero() {
         KEEPALIVE_MAX

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use flotilla_proto::clock::unix_ms;
 use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::tls::{TlsDialer, error_chain, mtls_client_config};
@@ -19,14 +19,13 @@ use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
-    AgentMessage, AppStatus, Heartbeat, Hello, HubMessage, ObjectCounts, StatusReport,
+    AgentMessage, AppStatus, Heartbeat, HubMessage, ObjectCounts, StatusReport,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use super::client::{Enrolled, agent_info};
+use super::client::{Enrolled, hello_welcome};
 
 /// How long a stopping reporter waits for the acknowledgements of what it has in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -126,30 +125,7 @@ impl Reporter {
             .await
             .map_err(|e| anyhow!("dial {hub}: {}", error_chain(&e)))?;
         let mut client = AgentSessionClient::new(channel);
-        let (tx, rx) = mpsc::channel::<AgentMessage>(64);
-        tx.send(msg(AgentMsg::Hello(Hello {
-            cluster_id: who.cluster.clone(),
-            agent: Some(agent_info()),
-            ..Default::default()
-        })))
-        .await
-        .map_err(|_| anyhow!("outbound stream closed"))?;
-        let mut inbound = client
-            .connect(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| anyhow!("Connect: {}: {}", s.code(), s.message()))?
-            .into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
-            .await
-            .map_err(|_| anyhow!("no Welcome within 30s"))?
-            .map_err(|s| anyhow!("waiting for Welcome: {}: {}", s.code(), s.message()))?;
-        match first {
-            Some(HubMessage {
-                msg: Some(HubMsg::Welcome(_)),
-            }) => {}
-            Some(other) => bail!("first hub message is not Welcome: {other:?}"),
-            None => bail!("stream closed before Welcome"),
-        }
+        let (tx, inbound, _) = hello_welcome(&mut client, &who.cluster, 64).await?;
         Ok(Self {
             cluster: who.cluster.clone(),
             _client: client,
