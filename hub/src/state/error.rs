@@ -135,6 +135,23 @@ impl From<HubError> for tonic::Status {
     }
 }
 
+/// One error shared by every caller of a failed batch write (group commits answer each caller
+/// with its own error carrying the same cause).
+#[derive(Debug)]
+pub struct SharedError(pub std::sync::Arc<HubError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::render::{ClusterId, ClusterInfo};
-use crate::state::error::HubError;
+use crate::state::error::{HubError, SharedError};
 use crate::state::table::{CAS_RETRIES, Table};
-use crate::store::{CasOp, Revision, SharedStore, WatchEvent};
+use crate::store::{CasOp, Revision, SharedStore, WatchEvent, batch_revisions};
 
 const CLUSTERS: &str = "/clusters/";
 /// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
@@ -215,22 +215,6 @@ impl ClusterCache {
     }
 }
 
-/// One error shared by every caller of a failed batch.
-#[derive(Debug)]
-struct SharedError(Arc<HubError>);
-
-impl std::fmt::Display for SharedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SharedError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
 /// The writer of [`Registry::touch`]: writes what is pending, one store batch at a time, until
 /// nothing is. It lets go of the store before it answers the last batch, so that once every
 /// caller has its answer nothing holds the store.
@@ -296,14 +280,12 @@ async fn write_seen_batch(
             ));
             written.push(v.value);
         }
-        let n = ops.len() as u64;
+        let n = ops.len();
         match table.store().compare_and_swap_many(ops).await? {
             Ok(last) => {
-                // Each record of the batch got the next revision, in order.
-                let first = last + 1 - n;
                 let mut cache = cache.write().unwrap_or_else(|e| e.into_inner());
-                for (i, rec) in written.into_iter().enumerate() {
-                    cache.put(rec, first + i as u64);
+                for (rec, revision) in written.into_iter().zip(batch_revisions(last, n)) {
+                    cache.put(rec, revision);
                 }
                 return Ok(());
             }

@@ -39,10 +39,10 @@ use flotilla_proto::v1;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::state::error::HubError;
+use crate::state::error::{HubError, SharedError};
 use crate::state::status::{OnDurable, STATUS, StatusRecord};
 use crate::state::table::{CAS_RETRIES, Table};
-use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError};
+use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError, batch_revisions};
 
 /// The status journal: one key per batch of reports, `/status-log/<seq>` (zero-padded, so that
 /// key order is batch order).
@@ -133,6 +133,25 @@ struct Logged {
     bytes: usize,
 }
 
+impl Logged {
+    fn of(kv: &KeyValue) -> Self {
+        Self {
+            key: kv.key.clone(),
+            revision: kv.mod_revision,
+            bytes: kv.value.len(),
+        }
+    }
+}
+
+/// The sequence number after the last of the journal batches `items`.
+fn next_seq(items: &[KeyValue]) -> u64 {
+    items
+        .iter()
+        .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
+        .max()
+        .map_or(0, |s| s + 1)
+}
+
 #[derive(Debug, Default)]
 struct Cache {
     records: HashMap<String, Cached>,
@@ -194,26 +213,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One error per caller of a failed batch: the same cause, shared.
-#[derive(Debug)]
-struct SharedCause(Arc<HubError>);
-
-impl std::fmt::Display for SharedCause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SharedCause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
 fn batch_error(cause: &Arc<HubError>, reports: usize) -> HubError {
     HubError::Store(StoreError::Backend {
         what: format!("writing a batch of {reports} status reports"),
-        source: Box::new(SharedCause(cause.clone())),
+        source: Box::new(SharedError(cause.clone())),
     })
 }
 
@@ -491,11 +494,7 @@ impl Ingest {
     /// The sequence number after the last stored journal batch.
     async fn journal_end(&self) -> Result<u64, HubError> {
         let (items, _) = self.table.store().list(STATUS_LOG).await?;
-        Ok(items
-            .iter()
-            .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
-            .max()
-            .map_or(0, |s| s + 1))
+        Ok(next_seq(&items))
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -552,14 +551,16 @@ impl Ingest {
                 if last_chunk {
                     chunk.append(&mut deletes);
                 }
-                let n = chunk.len() as u64;
+                let n = chunk.len();
                 match self.table.store().compare_and_swap_many(chunk).await? {
                     Ok(last) => {
-                        let first = last + 1 - n;
                         let mut cache = lock(&self.cache);
-                        for (i, (cluster, _, record)) in dirty[done..end].iter().enumerate() {
+                        let revisions = batch_revisions(last, n);
+                        for ((cluster, _, record), revision) in
+                            dirty[done..end].iter().zip(revisions)
+                        {
                             if let Some(c) = cache.records.get_mut(cluster) {
-                                c.revision = Some(first + i as u64);
+                                c.revision = Some(revision);
                                 // Still what was written: nothing merged since.
                                 if matches!(&c.slot, Slot::Record(r) if Arc::ptr_eq(r, record)) {
                                     cache.dirty.remove(cluster);
@@ -624,14 +625,7 @@ impl Ingest {
     async fn reread_journal(&self) -> Result<(), HubError> {
         let (items, _) = self.table.store().list(STATUS_LOG).await?;
         let mut cache = lock(&self.cache);
-        cache.journal = items
-            .iter()
-            .map(|kv| Logged {
-                key: kv.key.clone(),
-                revision: kv.mod_revision,
-                bytes: kv.value.len(),
-            })
-            .collect();
+        cache.journal = items.iter().map(Logged::of).collect();
         cache.journal_bytes = cache.journal.iter().map(|l| l.bytes).sum();
         Ok(())
     }
@@ -690,18 +684,10 @@ impl Ingest {
                     replayed += 1;
                 }
             }
-            cache.journal.push(Logged {
-                key: kv.key.clone(),
-                revision: kv.mod_revision,
-                bytes: kv.value.len(),
-            });
+            cache.journal.push(Logged::of(kv));
             cache.journal_bytes += kv.value.len();
         }
-        cache.next_seq = journal
-            .iter()
-            .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
-            .max()
-            .map_or(0, |s| s + 1);
+        cache.next_seq = next_seq(&journal);
         cache.complete = true;
         if !journal.is_empty() {
             tracing::info!(

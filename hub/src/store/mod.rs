@@ -163,6 +163,12 @@ impl CasOp {
     }
 }
 
+/// The revision each op of a successful [`Store::compare_and_swap_many`] batch of `ops` ops got,
+/// in order, from the batch's last revision (each op gets the next one).
+pub fn batch_revisions(last: Revision, ops: usize) -> impl Iterator<Item = Revision> {
+    (last + 1 - ops as u64)..=last
+}
+
 /// A store shared between components.
 pub type SharedStore = Arc<dyn Store>;
 

@@ -401,14 +401,10 @@ impl Rollouts {
             .collect();
         match self.inner.table.store().compare_and_swap_many(ops).await? {
             Ok(last) => {
-                // Each record of the batch got the next revision, in order.
-                let first = last + 1 - steps.len() as u64;
                 if let Some(m) = self.records().as_mut() {
-                    for (i, s) in steps.iter().enumerate() {
-                        m.insert(
-                            s.after.app.clone(),
-                            (Arc::new(s.after.clone()), first + i as u64),
-                        );
+                    let revisions = crate::store::batch_revisions(last, steps.len());
+                    for (s, revision) in steps.iter().zip(revisions) {
+                        m.insert(s.after.app.clone(), (Arc::new(s.after.clone()), revision));
                     }
                 }
                 Ok(())
