@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
-use flotilla_proto::v1::{DesiredState, FetchBundleRequest};
+use flotilla_proto::v1::{DesiredState, FetchBundleRequest, FetchBundlesRequest};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -194,13 +194,26 @@ impl BundleStore {
             offset += chunk.data.len() as u64;
             total = Some(chunk.total_size);
         }
+        self.keep(digest, file, offset, total)
+    }
+
+    /// Ends the download of `digest` whose partial file `file` holds `offset` bytes of `total`
+    /// (if the hub said): verified, it becomes the bundle; a bad one is discarded.
+    fn keep(
+        &self,
+        digest: &str,
+        file: std::fs::File,
+        offset: u64,
+        total: Option<u64>,
+    ) -> Result<(), BundleError> {
+        let partial = self.path(digest, "partial")?;
         file.sync_all().map_err(Self::io(digest, &partial))?;
         drop(file);
         if total.is_some_and(|t| t != offset) {
-            return Err(fetch_err(format!(
-                "stream ended at {offset} of {} bytes",
-                total.unwrap_or(0)
-            )));
+            return Err(BundleError::Fetch {
+                digest: digest.to_string(),
+                message: format!("stream ended at {offset} of {} bytes", total.unwrap_or(0)),
+            });
         }
         let check = std::fs::File::open(&partial)
             .map_err(Self::io(digest, &partial))
@@ -211,6 +224,120 @@ impl BundleStore {
         }
         let done = self.path(digest, "gz")?;
         std::fs::rename(&partial, &done).map_err(Self::io(digest, &done))
+    }
+
+    /// Fetches the bundles of `digests` not held yet in one `FetchBundles` call, each from
+    /// where an earlier attempt stopped, verifying each before keeping it. Stops at the first
+    /// error: the bundles taken by then are kept, [`Self::fetch`] takes the rest one by one.
+    /// Returns how many bundles were taken.
+    pub async fn fetch_many(
+        &self,
+        client: &mut AgentSessionClient<Channel>,
+        digests: &[&str],
+        chunk_timeout: std::time::Duration,
+    ) -> Result<usize, BundleError> {
+        let mut wanted: Vec<FetchBundleRequest> = Vec::new();
+        for d in digests {
+            hex_of(d)?;
+            if !self.has(d) && !wanted.iter().any(|w| w.digest == *d) {
+                wanted.push(FetchBundleRequest {
+                    digest: d.to_string(),
+                    offset: self.partial_len(d),
+                });
+            }
+        }
+        wanted.truncate(flotilla_proto::limits::MAX_BUNDLES_PER_FETCH);
+        let Some(first) = wanted.first().map(|w| w.digest.clone()) else {
+            return Ok(0);
+        };
+        let dir = self.dir.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(Self::io(&first, &dir))?;
+        let request = client.fetch_bundles(FetchBundlesRequest {
+            bundles: wanted.clone(),
+        });
+        let mut stream = tokio::time::timeout(chunk_timeout, request)
+            .await
+            .map_err(|_| BundleError::Stalled {
+                digest: first.clone(),
+                after: chunk_timeout,
+            })?
+            .map_err(|s| BundleError::Fetch {
+                digest: first.clone(),
+                message: s.message().to_string(),
+            })?
+            .into_inner();
+        // The bundle being written: its place in `wanted`, partial file, bytes held, size.
+        let mut current: Option<(usize, std::fs::File, u64, Option<u64>)> = None;
+        let mut taken = 0;
+        // Where in `wanted` the next bundle sent is looked for.
+        let mut next_from = 0;
+        loop {
+            let at = current
+                .as_ref()
+                .map_or(first.as_str(), |(i, ..)| wanted[*i].digest.as_str());
+            let chunk = tokio::time::timeout(chunk_timeout, stream.message())
+                .await
+                .map_err(|_| BundleError::Stalled {
+                    digest: at.to_string(),
+                    after: chunk_timeout,
+                })?
+                .map_err(|s| BundleError::Fetch {
+                    digest: at.to_string(),
+                    message: s.message().to_string(),
+                })?;
+            let next = chunk.as_ref().map(|c| c.digest.as_str());
+            if current
+                .as_ref()
+                .is_some_and(|(i, ..)| Some(wanted[*i].digest.as_str()) != next)
+            {
+                let (i, file, offset, total) = current.take().expect("checked");
+                self.keep(&wanted[i].digest, file, offset, total)?;
+                taken += 1;
+            }
+            let Some(chunk) = chunk else {
+                return Ok(taken);
+            };
+            if current.is_none() {
+                // Bundles are sent in the order asked (one already complete sends nothing).
+                let Some(i) = wanted[next_from..]
+                    .iter()
+                    .position(|w| w.digest == chunk.digest)
+                    .map(|p| next_from + p)
+                else {
+                    return Err(BundleError::Fetch {
+                        digest: chunk.digest.clone(),
+                        message: "the hub sent a bundle not asked for, or out of order".into(),
+                    });
+                };
+                let partial = self.path(&wanted[i].digest, "partial")?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&partial)
+                    .map_err(Self::io(&wanted[i].digest, &partial))?;
+                current = Some((i, file, wanted[i].offset, None));
+                next_from = i + 1;
+            }
+            let (i, file, offset, total) = current.as_mut().expect("set above");
+            let digest = wanted[*i].digest.as_str();
+            if chunk.offset != *offset {
+                return Err(BundleError::BadChunk {
+                    digest: digest.to_string(),
+                    got: chunk.offset,
+                    want: *offset,
+                });
+            }
+            if chunk.total_size > MAX_BUNDLE_BYTES {
+                return Err(BundleError::TooLarge {
+                    digest: digest.to_string(),
+                });
+            }
+            let partial = self.path(digest, "partial")?;
+            file.write_all(&chunk.data)
+                .map_err(Self::io(digest, &partial))?;
+            *offset += chunk.data.len() as u64;
+            *total = Some(chunk.total_size);
+        }
     }
 
     /// Keeps a bundle given as its canonical, uncompressed content (embedders, tests and

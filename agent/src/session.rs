@@ -421,6 +421,15 @@ async fn download_bundles(
     status: watch::Sender<AgentStatus>,
 ) -> Downloaded {
     let mut failed = Vec::new();
+    // Every missing bundle in one call; what it could not take is fetched one by one below.
+    let digests: Vec<&str> = d.apps.iter().map(|a| a.bundle_digest.as_str()).collect();
+    if digests.len() > 1
+        && let Err(e) = bundles
+            .fetch_many(&mut client, &digests, chunk_timeout)
+            .await
+    {
+        tracing::info!(error = %e, "batched bundle download incomplete; fetching the rest one by one");
+    }
     for a in &d.apps {
         let mut attempt = 1;
         let result = loop {

@@ -54,6 +54,9 @@ pub struct HubConfig {
     /// Bytes per second one bundle download may take (`None`: as fast as the link allows), so
     /// that a fleet fetching a release at once does not saturate the hub's uplink.
     pub bundle_rate: Option<u64>,
+    /// How long a desired state sent to an agent and not acknowledged holds back newer ones,
+    /// which then go together as the newest (an acknowledgement ends the hold at once).
+    pub desired_hold: Duration,
     /// How long a cluster may stay disconnected during a rollout stage before it counts as
     /// failed.
     pub disconnect_grace: Duration,
@@ -78,6 +81,7 @@ impl HubConfig {
             ca_files: None,
             heartbeat_interval: Duration::from_secs(10),
             bundle_rate: None,
+            desired_hold: Duration::from_secs(5),
             disconnect_grace: Duration::from_secs(60),
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
@@ -261,6 +265,7 @@ pub async fn start(
             heartbeat_interval: config.heartbeat_interval,
             cert_lifetime: config.cert_lifetime,
             bundle_rate: config.bundle_rate,
+            desired_hold: config.desired_hold,
         },
         shutdown: shutdown_rx.clone(),
         tracker: tracker.clone(),

@@ -8,3 +8,6 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// Size of one `BundleChunk`.
 pub const BUNDLE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The most bundles one `FetchBundles` call may ask for.
+pub const MAX_BUNDLES_PER_FETCH: usize = 1024;

@@ -105,9 +105,9 @@ async fn desired_state_is_delivered_verified_acknowledged_and_reported() {
         (s.generation == g1).then_some(s)
     })
     .await;
-    assert_eq!(report.apps[0].app, "web");
-    assert_eq!(report.apps[0].revision, "c1");
-    assert_eq!(report.apps[0].bundle_digest, d1);
+    assert_eq!(&*report.apps[0].app, "web");
+    assert_eq!(&*report.apps[0].revision, "c1");
+    assert_eq!(*report.apps[0].bundle_digest, *d1);
     assert_eq!(report.apps[0].phase, Phase::Applied);
 
     // A new revision: a new digest is delivered.
@@ -247,4 +247,191 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
         .await
         .unwrap();
     assert_eq!(other.read(&digest).unwrap(), big);
+}
+
+/// The next `DesiredState` on a raw session stream (other hub messages are skipped).
+async fn next_desired(
+    inbound: &mut tonic::Streaming<flotilla_proto::v1::HubMessage>,
+) -> flotilla_proto::v1::DesiredState {
+    use flotilla_proto::v1::hub_message::Msg;
+    loop {
+        match inbound.message().await.unwrap() {
+            Some(flotilla_proto::v1::HubMessage {
+                msg: Some(Msg::Desired(d)),
+            }) => return d,
+            Some(_) => continue,
+            None => panic!("the session ended before a desired state came"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn newer_desired_states_wait_for_the_agents_ack_and_go_together() {
+    use flotilla_proto::v1::agent_message::Msg;
+    use flotilla_proto::v1::{Ack, AgentMessage, Heartbeat, HeartbeatAck, hub_message};
+    let dir = test_dir();
+    let mut config = TestHub::config(dir.path());
+    // Long enough that only an acknowledgement can end it during this test.
+    config.desired_hold = std::time::Duration::from_secs(3600);
+    let hub = TestHub::start(config).await;
+    let (ca, chain, key) = hub.enroll(dir.path(), "held").await;
+    desire(&hub, "held", "web", "c1", &bundle("web-1")).await;
+    let g1 = generation(&hub, "held").await;
+    let (welcome, tx, mut inbound) =
+        open_session(&hub.addr(), &ca, &chain, &key, Default::default())
+            .await
+            .unwrap();
+    assert!(matches!(welcome.msg, Some(hub_message::Msg::Welcome(_))));
+    assert_eq!(next_desired(&mut inbound).await.generation, g1);
+
+    // Two changes while the first state is unacknowledged.
+    desire(&hub, "held", "web", "c2", &bundle("web-2")).await;
+    let g2 = generation(&hub, "held").await;
+    let api = desire(&hub, "held", "api", "c2", &bundle("api-2")).await;
+    let g3 = generation(&hub, "held").await;
+    assert!(g1 != g2 && g2 != g3);
+    // A heartbeat round trip: the session is alive and sent nothing new in between.
+    tx.send(AgentMessage {
+        msg: Some(Msg::Heartbeat(Heartbeat {
+            seq: 7,
+            sent_unix_ms: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    match inbound.message().await.unwrap().and_then(|m| m.msg) {
+        Some(hub_message::Msg::HeartbeatAck(HeartbeatAck { seq: 7, .. })) => {}
+        other => panic!("expected the heartbeat's ack and nothing before it, got {other:?}"),
+    }
+    // An ack of an older generation than the one sent does not end the hold.
+    tx.send(AgentMessage {
+        msg: Some(Msg::Ack(Ack { generation: g2 })),
+    })
+    .await
+    .unwrap();
+    tx.send(AgentMessage {
+        msg: Some(Msg::Heartbeat(Heartbeat {
+            seq: 8,
+            sent_unix_ms: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    match inbound.message().await.unwrap().and_then(|m| m.msg) {
+        Some(hub_message::Msg::HeartbeatAck(HeartbeatAck { seq: 8, .. })) => {}
+        other => panic!("a stale ack released the hold: got {other:?}"),
+    }
+    // Acknowledged: the newest state comes at once, both changes in it, the middle one never.
+    tx.send(AgentMessage {
+        msg: Some(Msg::Ack(Ack { generation: g1 })),
+    })
+    .await
+    .unwrap();
+    let d = next_desired(&mut inbound).await;
+    assert_eq!(d.generation, g3, "the newest state, not {g2}");
+    assert_eq!(d.apps.len(), 2);
+    assert!(d.apps.iter().any(|a| a.bundle_digest == api));
+}
+
+#[tokio::test]
+async fn several_bundles_come_in_one_call_and_only_a_clusters_own() {
+    use flotilla_proto::v1::FetchBundlesRequest;
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let credentials = hub.enroll(dir.path(), "many").await;
+    let other = hub.enroll(dir.path(), "other").await;
+    let a = desire(&hub, "many", "a", "r1", &bundle("bundle-a")).await;
+    let b = desire(&hub, "many", "b", "r1", &bundle("bundle-b")).await;
+    let not_ours = desire(&hub, "other", "c", "r1", &bundle("bundle-c")).await;
+    let mut client = session_client(&hub, &credentials).await;
+    let request = |digests: &[&str]| FetchBundlesRequest {
+        bundles: digests
+            .iter()
+            .map(|d| FetchBundleRequest {
+                digest: d.to_string(),
+                offset: 0,
+            })
+            .collect(),
+    };
+
+    // Both bundles, in the order asked, every chunk naming its bundle.
+    let mut stream = client
+        .fetch_bundles(request(&[&b, &a]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut order = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        let compressed =
+            std::fs::read(hub.running().bundles.path_of(&chunk.digest).unwrap()).unwrap();
+        assert_eq!(
+            chunk.data, compressed,
+            "one chunk holds a small bundle whole"
+        );
+        order.push(chunk.digest);
+    }
+    assert_eq!(order, vec![b.clone(), a.clone()]);
+
+    // Refused as a whole when one bundle is another cluster's.
+    let e = client
+        .fetch_bundles(request(&[&a, &not_ours]))
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        Code::PermissionDenied,
+        "not desired for cluster \"many\"",
+    );
+    let mut theirs = session_client(&hub, &other).await;
+    assert!(theirs.fetch_bundles(request(&[&not_ours])).await.is_ok());
+    // Too many at once.
+    let many: Vec<&str> = std::iter::repeat_n(
+        a.as_str(),
+        flotilla_proto::limits::MAX_BUNDLES_PER_FETCH + 1,
+    )
+    .collect();
+    let e = client.fetch_bundles(request(&many)).await.unwrap_err();
+    assert_status(&e, Code::InvalidArgument, "at most");
+
+    // The agent's store takes what it misses in one call, resuming a partial one, and keeps
+    // only verified bundles.
+    let store = BundleStore::new(dir.path().join("store"));
+    std::fs::create_dir_all(store.dir().join("sha256")).unwrap();
+    let compressed_b = std::fs::read(hub.running().bundles.path_of(&b).unwrap()).unwrap();
+    let hex = b.strip_prefix("sha256:").unwrap();
+    std::fs::write(
+        store.dir().join(format!("sha256/{hex}.partial")),
+        &compressed_b[..compressed_b.len() / 2],
+    )
+    .unwrap();
+    let taken = store
+        .fetch_many(
+            &mut client,
+            &[&a, &b, &a],
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken, 2);
+    assert_eq!(store.read(&a).unwrap(), bundle("bundle-a"));
+    assert_eq!(store.read(&b).unwrap(), bundle("bundle-b"));
+    assert_eq!(
+        store
+            .fetch_many(&mut client, &[&a, &b], std::time::Duration::from_secs(30))
+            .await
+            .unwrap(),
+        0,
+        "nothing asked for what is held"
+    );
+    // A refused call takes nothing and says why.
+    let e = store
+        .fetch_many(
+            &mut client,
+            &[&not_ours],
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not desired"), "{e}");
+    assert!(!store.has(&not_ours));
 }

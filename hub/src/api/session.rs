@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::identity::Identity;
-use flotilla_proto::limits::BUNDLE_CHUNK_BYTES;
+use flotilla_proto::limits::{BUNDLE_CHUNK_BYTES, MAX_BUNDLES_PER_FETCH};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_server::AgentSession;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
-    AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, HeartbeatAck, HubMessage,
-    RenewResponse, StatusAck, Welcome,
+    AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, FetchBundlesRequest, HeartbeatAck,
+    HubMessage, RenewResponse, StatusAck, Welcome,
 };
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::auth::caller;
 use crate::pki::Ca;
-use crate::render::BundleCache;
+use crate::render::{BundleCache, Compressed};
 use crate::state::desired::DesiredStates;
 use crate::state::error::HubError;
 use crate::state::registry::Registry;
@@ -45,6 +45,9 @@ pub struct SessionConfig {
     pub cert_lifetime: Duration,
     /// Bytes per second per bundle download (`None`: unlimited).
     pub bundle_rate: Option<u64>,
+    /// How long a desired state sent and not acknowledged holds back newer ones (which then
+    /// go as one, the newest); an acknowledgement, or a status report on it, ends the hold.
+    pub desired_hold: Duration,
 }
 
 /// The `AgentSession` gRPC service.
@@ -132,6 +135,7 @@ type HubStream = Pin<Box<dyn Stream<Item = Result<HubMessage, Status>> + Send>>;
 impl AgentSession for SessionService {
     type ConnectStream = HubStream;
     type FetchBundleStream = Pin<Box<dyn Stream<Item = Result<BundleChunk, Status>> + Send>>;
+    type FetchBundlesStream = Pin<Box<dyn Stream<Item = Result<BundleChunk, Status>> + Send>>;
 
     async fn connect(
         &self,
@@ -183,9 +187,12 @@ impl AgentSession for SessionService {
             .map(|a| a.version.clone())
             .unwrap_or_default();
         let now_ms = unix_ms(self.clock.now());
-        let shared = self
-            .sessions
-            .register(&cluster, hello.agent.as_ref(), now_ms);
+        let shared = self.sessions.register(
+            &cluster,
+            self.registry.id_of(&cluster),
+            hello.agent.as_ref(),
+            now_ms,
+        );
         self.metrics.sessions_connected.inc();
         if let Err(e) = self.registry.touch(&cluster, Some(&version)).await {
             tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");
@@ -212,19 +219,30 @@ impl AgentSession for SessionService {
                 spans_wanted: svc.spans.is_some(),
             }));
             let mut sent_generation = hello.last_generation;
-            match svc.rollouts.desired_of(&shared.cluster).await {
-                Ok(rec) if rec.worth_sending(sent_generation) => {
-                    sent_generation = rec.generation;
-                    yield hub(HubMsg::Desired(rec.to_wire()));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
-            }
+            // At most one desired state unacknowledged: changes made meanwhile wait and go
+            // together, as the newest state, once the agent acknowledges (or reports on) the
+            // one it has, or the hold runs out. `Some((generation, held until))`.
+            let mut unacked: Option<(u64, Instant)> = None;
+            // The cluster's desired state changed since it was last derived here.
+            let mut desired_pending = true;
             let mut liveness = Instant::now() + interval * 3;
             // Status reports queued and not yet durable, oldest first.
             let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
             let mut cert_deadline = deadline_for(&svc.clock, cert_not_after);
             loop {
+                if desired_pending && unacked.is_none() {
+                    desired_pending = false;
+                    match svc.rollouts.desired_of(&shared.cluster).await {
+                        Ok(rec) if rec.worth_sending(sent_generation) => {
+                            sent_generation = rec.generation;
+                            unacked = Some((rec.generation, Instant::now() + svc.config.desired_hold));
+                            tracing::debug!(cluster.id = %shared.cluster, generation = rec.generation, "sending desired state");
+                            yield hub(HubMsg::Desired(rec.to_wire()));
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
+                    }
+                }
                 tokio::select! {
                     biased;
                     _ = shared.notify.notified() => {
@@ -234,16 +252,12 @@ impl AgentSession for SessionService {
                             break;
                         }
                         if shared.desired_dirty.swap(false, Ordering::AcqRel) {
-                            match svc.rollouts.desired_of(&shared.cluster).await {
-                                Ok(rec) if rec.worth_sending(sent_generation) => {
-                                    sent_generation = rec.generation;
-                                    tracing::debug!(cluster.id = %shared.cluster, generation = rec.generation, "sending desired state");
-                                    yield hub(HubMsg::Desired(rec.to_wire()));
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
-                            }
+                            desired_pending = true;
                         }
+                    }
+                    _ = sleep_until(unacked.map_or_else(Instant::now, |(_, until)| until)), if desired_pending && unacked.is_some() => {
+                        tracing::debug!(cluster.id = %shared.cluster, "desired state not acknowledged within {:?}; sending the newest", svc.config.desired_hold);
+                        unacked = None;
                     }
                     _ = shutdown.changed() => {
                         yield hub(HubMsg::Disconnect(Disconnect {
@@ -294,6 +308,11 @@ impl AgentSession for SessionService {
                                 }
                                 AgentMsg::Status(s) => {
                                     svc.metrics.count_status_report(s.apps.len());
+                                    // An agent that could not take a desired state reports on
+                                    // it instead of acknowledging it.
+                                    if unacked.is_some_and(|(g, _)| g == s.generation) {
+                                        unacked = None;
+                                    }
                                     tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), seq = s.seq, "status report");
                                     // A replaced session's last report is superseded by what the
                                     // newer session sends first (everything, `replace`).
@@ -311,6 +330,9 @@ impl AgentSession for SessionService {
                                 AgentMsg::Spans(b) => svc.relay_spans(&shared.cluster, &b),
                                 AgentMsg::Ack(a) => {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = a.generation, "ack");
+                                    if unacked.is_some_and(|(g, _)| g == a.generation) {
+                                        unacked = None;
+                                    }
                                 }
                                 AgentMsg::Hello(_) => {
                                     svc.metrics.rejected_messages.inc();
@@ -358,52 +380,123 @@ impl AgentSession for SessionService {
             .await?;
         let FetchBundleRequest { digest, offset } = req.into_inner();
         // A cluster may only read the bundles desired for it.
-        if !self.rollouts.wants(&cluster, &digest).await? {
+        if self
+            .rollouts
+            .unwanted(&cluster, &[&digest])
+            .await?
+            .is_some()
+        {
             tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
             return Err(Status::permission_denied(format!(
                 "bundle {digest} is not desired for cluster {cluster:?}"
             )));
         }
-        let file = self
-            .bundles
-            .open_compressed(&digest)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-            .ok_or_else(|| {
-                Status::not_found(format!("bundle {digest} is not in the hub's cache"))
-            })?;
-        let mut file = tokio::fs::File::from_std(file);
-        let total = file
-            .metadata()
-            .await
-            .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?
-            .len();
+        let (file, total) = self.open_bundle(&digest).await?;
         if offset > total {
             return Err(Status::out_of_range(format!(
                 "offset {offset} is past the end of bundle {digest} ({total} bytes)"
             )));
         }
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
         let rate = self.config.bundle_rate.filter(|r| *r > 0);
+        Ok(Response::new(Box::pin(chunks_of(
+            file, digest, offset, total, rate, false,
+        ))))
+    }
+
+    async fn fetch_bundles(
+        &self,
+        req: Request<FetchBundlesRequest>,
+    ) -> Result<Response<Self::FetchBundlesStream>, Status> {
+        let c = caller(&req, self.ca.trust_domain())?;
+        let (cluster, peer) = c.cluster()?;
+        let cluster = cluster.to_string();
+        self.registry
+            .authorize_cluster_cert(&cluster, &peer.serial)
+            .await?;
+        let FetchBundlesRequest { bundles } = req.into_inner();
+        if bundles.len() > MAX_BUNDLES_PER_FETCH {
+            return Err(Status::invalid_argument(format!(
+                "{} bundles asked for in one call; at most {MAX_BUNDLES_PER_FETCH}",
+                bundles.len()
+            )));
+        }
+        // A cluster may only read the bundles desired for it: all of them, or none.
+        let digests: Vec<&str> = bundles.iter().map(|b| b.digest.as_str()).collect();
+        if let Some(digest) = self.rollouts.unwanted(&cluster, &digests).await? {
+            tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
+            return Err(Status::permission_denied(format!(
+                "bundle {digest} is not desired for cluster {cluster:?}"
+            )));
+        }
+        let svc = self.clone();
+        let rate = self.config.bundle_rate.filter(|r| *r > 0);
+        // One bundle open at a time, each opened when its turn comes.
         let stream = async_stream::try_stream! {
-            let mut at = offset;
-            while at < total {
-                let want = ((total - at) as usize).min(BUNDLE_CHUNK_BYTES);
-                let mut data = vec![0u8; want];
-                file.read_exact(&mut data)
-                    .await
-                    .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
-                yield BundleChunk { offset: at, data, total_size: total };
-                at += want as u64;
-                if let Some(rate) = rate && at < total {
-                    // Paced after each chunk, so a resumed download always gets one at once.
-                    tokio::time::sleep(Duration::from_secs_f64(want as f64 / rate as f64)).await;
+            for FetchBundleRequest { digest, offset } in bundles {
+                let (file, total) = svc.open_bundle(&digest).await?;
+                if offset > total {
+                    Err(Status::out_of_range(format!(
+                        "offset {offset} is past the end of bundle {digest} ({total} bytes)"
+                    )))?;
+                }
+                let chunks = chunks_of(file, digest, offset, total, rate, true);
+                futures::pin_mut!(chunks);
+                while let Some(chunk) = chunks.next().await {
+                    yield chunk?;
                 }
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The chunks of a compressed bundle of `total` bytes from `offset` on, paced at `rate` bytes
+/// per second if given; each names its bundle when `named`.
+fn chunks_of(
+    bundle: Compressed,
+    digest: String,
+    offset: u64,
+    total: u64,
+    rate: Option<u64>,
+    named: bool,
+) -> impl Stream<Item = Result<BundleChunk, Status>> + Send + 'static {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    async_stream::try_stream! {
+        let (memory, mut file) = match bundle {
+            Compressed::Memory(bytes) => (Some(bytes), None),
+            Compressed::File(f) => (None, Some(tokio::fs::File::from_std(f))),
+        };
+        if let Some(f) = file.as_mut() && offset > 0 {
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
+        }
+        let mut at = offset;
+        while at < total {
+            let want = ((total - at) as usize).min(BUNDLE_CHUNK_BYTES);
+            let data = match (&memory, file.as_mut()) {
+                (Some(bytes), _) => bytes[at as usize..at as usize + want].to_vec(),
+                (None, Some(f)) => {
+                    let mut data = vec![0u8; want];
+                    f.read_exact(&mut data)
+                        .await
+                        .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
+                    data
+                }
+                (None, None) => unreachable!("a bundle is in memory or in a file"),
+            };
+            yield BundleChunk {
+                offset: at,
+                data,
+                total_size: total,
+                digest: if named { digest.clone() } else { String::new() },
+            };
+            at += want as u64;
+            if let Some(rate) = rate && at < total {
+                // Paced after each chunk, so a resumed download always gets one at once.
+                tokio::time::sleep(Duration::from_secs_f64(want as f64 / rate as f64)).await;
+            }
+        }
     }
 }
 
@@ -415,6 +508,25 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 }
 
 impl SessionService {
+    /// A bundle, compressed, from the hub's cache (small ones from memory), and its size.
+    async fn open_bundle(&self, digest: &str) -> Result<(Compressed, u64), Status> {
+        let bundle = self
+            .bundles
+            .compressed(digest)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .ok_or_else(|| {
+                Status::not_found(format!("bundle {digest} is not in the hub's cache"))
+            })?;
+        let total = match &bundle {
+            Compressed::Memory(bytes) => bytes.len() as u64,
+            Compressed::File(file) => file
+                .metadata()
+                .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?
+                .len(),
+        };
+        Ok((bundle, total))
+    }
+
     /// Passes an agent's finished spans on to the collector under the session's identity. A
     /// bad batch is logged and counted; it does not end the session (spans are best effort).
     fn relay_spans(&self, cluster: &str, batch: &flotilla_proto::v1::SpanBatch) {

@@ -88,6 +88,10 @@ struct ServeArgs {
     /// Bytes per second one bundle download may take (e.g. 10MiB); unset: unlimited.
     #[arg(long, env = "FLOTILLA_BUNDLE_RATE_LIMIT", value_parser = parse_size)]
     bundle_rate_limit: Option<u64>,
+    /// How long a desired state sent to an agent and not yet acknowledged holds back newer
+    /// ones (which then go together, as the newest state).
+    #[arg(long, env = "FLOTILLA_DESIRED_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
+    desired_hold: Duration,
     /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -175,6 +179,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
     c.heartbeat_interval = a.heartbeat_interval;
     c.bundle_rate = a.bundle_rate_limit;
+    c.desired_hold = a.desired_hold;
     c.disconnect_grace = a.disconnect_grace;
     if a.max_file_size > a.max_bundle_size {
         return Err("--max-file-size must not exceed --max-bundle-size".into());

@@ -4,6 +4,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -48,11 +49,47 @@ pub enum CacheError {
     },
 }
 
-/// Content-addressed, compressed bundles on local disk.
+/// Compressed bundles up to this size are served from memory once read.
+const HOT_BUNDLE_BYTES: u64 = 1 << 20;
+/// Memory the served bundles may take, at most (the least used go first).
+const HOT_CACHE_BYTES: u64 = 64 << 20;
+
+/// Weighs a bundle kept in memory by its size.
 #[derive(Debug, Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<String, Arc<[u8]>> for ByLength {
+    fn weight(&self, _digest: &String, bytes: &Arc<[u8]>) -> u64 {
+        bytes.len() as u64 + 64
+    }
+}
+
+type Hot = quick_cache::sync::Cache<String, Arc<[u8]>, ByLength>;
+
+/// A compressed bundle to serve: its bytes from memory, or its file (too large to keep).
+#[derive(Debug)]
+pub enum Compressed {
+    Memory(Arc<[u8]>),
+    File(File),
+}
+
+/// Content-addressed, compressed bundles on local disk; the small ones served are also kept in
+/// memory, so that a fleet fetching a release reads each file once.
+#[derive(Clone)]
 pub struct BundleCache {
     dir: PathBuf,
     max_bundle_bytes: u64,
+    hot: Arc<Hot>,
+}
+
+impl std::fmt::Debug for BundleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleCache")
+            .field("dir", &self.dir)
+            .field("max_bundle_bytes", &self.max_bundle_bytes)
+            .field("in_memory", &self.hot.len())
+            .finish()
+    }
 }
 
 impl BundleCache {
@@ -62,6 +99,7 @@ impl BundleCache {
         let cache = BundleCache {
             dir: dir.into(),
             max_bundle_bytes: Limits::default().max_bundle_bytes,
+            hot: Arc::new(Hot::with_weighter(1024, HOT_CACHE_BYTES, ByLength)),
         };
         let objects = cache.dir.join("sha256");
         fs::create_dir_all(&objects).map_err(|source| CacheError::Io {
@@ -176,6 +214,38 @@ impl BundleCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(CacheError::Io { path, source }),
         }
+    }
+
+    /// The compressed bundle `digest` to serve: from memory when small (read from its file
+    /// the first time), else its file; `None` if not cached. Not verified, as
+    /// [`Self::open_compressed`].
+    pub fn compressed(&self, digest: &str) -> Result<Option<Compressed>, CacheError> {
+        if let Some(bytes) = self.hot.get(digest) {
+            return Ok(Some(Compressed::Memory(bytes)));
+        }
+        let Some(mut file) = self.open_compressed(digest)? else {
+            return Ok(None);
+        };
+        let path = || self.path_of(digest).unwrap_or_default();
+        let len = file
+            .metadata()
+            .map_err(|source| CacheError::Io {
+                path: path(),
+                source,
+            })?
+            .len();
+        if len > HOT_BUNDLE_BYTES {
+            return Ok(Some(Compressed::File(file)));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|source| CacheError::Io {
+                path: path(),
+                source,
+            })?;
+        let bytes: Arc<[u8]> = bytes.into();
+        self.hot.insert(digest.to_string(), bytes.clone());
+        Ok(Some(Compressed::Memory(bytes)))
     }
 }
 

@@ -38,7 +38,7 @@ pub use bundle::{
     AppManifests, RenderedApp, canonical_bundle, canonical_json, digest_of, render_app,
     targeted_clusters,
 };
-pub use cache::{BundleCache, BundleRef, CacheError};
+pub use cache::{BundleCache, BundleRef, CacheError, Compressed};
 pub use clusters::{ClusterId, ClusterSet};
 pub use config::{
     AppConfig, Approval, CONFIG_FILE, CountOrPercent, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_REMOVAL,

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::render::ClusterId;
+
 /// A request to a live session from elsewhere in the hub.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -19,6 +21,8 @@ pub enum Control {
 pub struct SessionShared {
     pub id: u64,
     pub cluster: String,
+    /// The cluster's fleet-wide id (`None`: not in the registry's cache when it connected).
+    pub cluster_id: Option<ClusterId>,
     pub agent_version: String,
     /// The agent's cluster backend as it says in Hello: "kube" or "simulated".
     pub cluster_backend: String,
@@ -59,6 +63,9 @@ pub struct Sessions {
     next_id: AtomicU64,
 }
 
+/// The live sessions at one moment, by cluster id (see [`Sessions::by_id`]).
+pub type LiveById = HashMap<ClusterId, Arc<SessionShared>>;
+
 impl Sessions {
     pub fn get(&self, cluster: &str) -> Option<Arc<SessionShared>> {
         self.live
@@ -74,6 +81,17 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The live sessions now, by cluster id: one lock for a whole rollout pass instead of one
+    /// per cluster it looks at.
+    pub fn by_id(&self) -> LiveById {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|s| Some((s.cluster_id?, s.clone())))
+            .collect()
     }
 
     /// Asks a cluster's live session (if any) to disconnect.
@@ -117,12 +135,14 @@ impl Sessions {
     pub(crate) fn register(
         &self,
         cluster: &str,
+        cluster_id: Option<ClusterId>,
         agent: Option<&flotilla_proto::v1::AgentInfo>,
         now_ms: u64,
     ) -> Arc<SessionShared> {
         let shared = Arc::new(SessionShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             cluster: cluster.to_string(),
+            cluster_id,
             agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
             cluster_backend: agent.map(|a| a.cluster_backend.clone()).unwrap_or_default(),
             last_seen_ms: AtomicU64::new(now_ms),

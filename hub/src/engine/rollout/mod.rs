@@ -32,7 +32,7 @@ use crate::state::audit::{Audit, AuditEntry};
 use crate::state::desired::{AppEntry, DesiredRecord, DesiredStates};
 use crate::state::error::HubError;
 use crate::state::registry::Registry;
-use crate::state::sessions::Sessions;
+use crate::state::sessions::{LiveById, Sessions};
 use crate::state::table::Table;
 use crate::store::{CasOp, SharedStore};
 use crate::telemetry::metrics::Metrics;
@@ -43,6 +43,10 @@ pub const ROLLOUTS: &str = "/rollouts/";
 /// How often the engine wakes when nothing else wakes it (apps whose soak, health timeout or
 /// grace period ended are looked at then).
 const TICK: Duration = Duration::from_millis(500);
+/// The least time between the start of two passes the engine runs by itself: reports that come
+/// meanwhile are looked at together, so that a fleet reporting at once does not have every
+/// in-flight app's batch walked once per report.
+const PASS_SPACING: Duration = Duration::from_millis(25);
 
 /// A new rendering of one app, as a source sync produced it.
 pub struct AppOffer {
@@ -308,17 +312,27 @@ impl Rollouts {
         Ok(DesiredRecord::of(apps))
     }
 
-    /// Whether bundle `digest` is desired for the cluster named `cluster` now (what its
-    /// [`Self::desired_of`] would name), looking only at the apps that render that bundle.
-    pub async fn wants(&self, cluster: &str, digest: &str) -> Result<bool, HubError> {
+    /// The first of `digests` not desired for the cluster named `cluster` now (not named by
+    /// what its [`Self::desired_of`] would be), if any; looks only at the apps that render
+    /// each bundle.
+    pub async fn unwanted<'d>(
+        &self,
+        cluster: &str,
+        digests: &[&'d str],
+    ) -> Result<Option<&'d str>, HubError> {
         self.ensure_loaded().await?;
         let Some(id) = self.inner.registry.id_of(cluster) else {
-            return Ok(false);
+            return Ok(digests.first().copied());
         };
-        Ok(self.records().as_ref().is_some_and(|m| {
-            m.values().any(|(r, _)| {
+        let records = self.records();
+        let Some(m) = records.as_ref() else {
+            return Ok(digests.first().copied());
+        };
+        Ok(digests.iter().copied().find(|digest| {
+            !m.values().any(|(r, _)| {
                 r.mentions_digest(digest)
-                    && r.desired_for(id).is_some_and(|e| e.bundle_digest == digest)
+                    && r.desired_for(id)
+                        .is_some_and(|e| e.bundle_digest == *digest)
             })
         }))
     }
@@ -625,31 +639,37 @@ impl Rollouts {
     }
 
     /// What `cluster` reports about `app` now: its last report, whether it is connected, when
-    /// it was last heard from.
-    fn view(&self, app: &str, cluster: ClusterId) -> ClusterView {
+    /// it was last heard from. `live`: the sessions at the start of the pass, by cluster id.
+    fn view(&self, app: &str, cluster: ClusterId, live: &LiveById) -> ClusterView {
         let mut v = ClusterView::default();
-        let Some(name) = self.inner.registry.name_of(cluster) else {
-            return v;
-        };
-        match self.inner.sessions.get(&name) {
-            Some(live) => {
-                v.connected = true;
-                v.last_seen_ms = live.last_seen_ms();
-            }
+        let session = match live.get(&cluster) {
+            Some(s) => Some(s.clone()),
+            // Not connected (or connected before the registry knew its id): by name.
             None => {
-                v.last_seen_ms = self
-                    .inner
-                    .registry
-                    .cluster_shared(&name)
-                    .map(|c| c.last_seen_ms)
-                    .unwrap_or(0);
+                let Some(name) = self.inner.registry.name_of(cluster) else {
+                    return v;
+                };
+                let session = self.inner.sessions.get(&name);
+                if session.is_none() {
+                    v.last_seen_ms = self
+                        .inner
+                        .registry
+                        .cluster_shared(&name)
+                        .map(|c| c.last_seen_ms)
+                        .unwrap_or(0);
+                }
+                session
             }
+        };
+        if let Some(s) = session {
+            v.connected = true;
+            v.last_seen_ms = s.last_seen_ms();
         }
         if let Some(s) = self.inner.reports.get(app, cluster) {
-            v.revision = s.revision.to_string();
+            v.revision = s.revision;
             v.phase = s.phase;
             v.health = s.health;
-            v.message = s.message.to_string();
+            v.message = s.message;
         }
         v
     }
@@ -703,12 +723,13 @@ impl Rollouts {
         }
         let names = |c: ClusterId| self.name_of(c);
         let infos = |c: ClusterId| self.cluster_info(c);
+        let live = self.inner.sessions.by_id();
         let grace_ms = self.inner.grace.as_millis() as u64;
         let mut steps = Vec::new();
         let mut audits = Vec::new();
         for (shared, rev) in active {
             let app = shared.app.clone();
-            let views = |c: ClusterId| self.view(&app, c);
+            let views = |c: ClusterId| self.view(&app, c, &live);
             self.observe_healthy_fraction(&shared, now_ms);
             let before = shared.as_ref();
             // Advance a copy without the renderings; they are put back only if it moved.
@@ -821,17 +842,23 @@ impl Rollouts {
         Ok(())
     }
 
-    /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`].
+    /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`], at most one
+    /// per [`PASS_SPACING`].
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = self.resync().await {
             tracing::error!(error = %e, "cannot load the rollout records");
         }
         loop {
+            let started = tokio::time::Instant::now();
             self.tick().await;
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until(started + PASS_SPACING) => {}
             }
         }
     }

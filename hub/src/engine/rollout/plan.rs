@@ -29,6 +29,7 @@
 //! - A pinned cluster runs its pinned revision and is skipped by rollouts and removals.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -191,10 +192,10 @@ impl Rollout {
 /// What a cluster reports about an app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    pub revision: String,
+    pub revision: Arc<str>,
     pub phase: Phase,
     pub health: Health,
-    pub message: String,
+    pub message: Arc<str>,
     pub connected: bool,
     /// Unix ms of the last word from the cluster (0: never).
     pub last_seen_ms: u64,
@@ -1047,7 +1048,7 @@ fn failure(
     if let Some(why) = v.away_too_long(at, inp) {
         return Some(why);
     }
-    if v.revision == revision && v.phase == Phase::Failed {
+    if *v.revision == *revision && v.phase == Phase::Failed {
         return Some(format!("failed: {}", v.message));
     }
     let healthy = is_healthy(inp, &v, revision);
@@ -1059,7 +1060,7 @@ fn failure(
         inp.watch(&v, at, timeout_ms);
     }
     if inp.now_ms.saturating_sub(at) >= timeout_ms && !healthy {
-        let what = if v.revision == revision {
+        let what = if *v.revision == *revision {
             format!("{}, {}", v.phase, v.health)
         } else {
             "not reported".to_string()

@@ -21,7 +21,7 @@ pub struct Seen {
     pub digest: Arc<str>,
     pub phase: Phase,
     pub health: Health,
-    pub message: Box<str>,
+    pub message: Arc<str>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +82,12 @@ impl Index {
             digest: self.intern(digest),
             phase,
             health,
-            message: msg.into(),
+            // Short messages repeat ("applied", "healthy"): one copy each.
+            message: if msg.len() <= 64 {
+                self.intern(msg)
+            } else {
+                msg.into()
+            },
         }
     }
 }

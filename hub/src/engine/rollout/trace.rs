@@ -108,7 +108,7 @@ impl Traces {
         let in_flight = rollout.is_some_and(|r| r.state.in_flight());
         // Whether a delivery stays open; the ones that end get their closing event first.
         let still_open = |cluster: &ClusterId, d: &mut Delivery| {
-            if let Some(v) = Some(views(*cluster)).filter(|v| v.revision == d.revision) {
+            if let Some(v) = Some(views(*cluster)).filter(|v| *v.revision == *d.revision) {
                 if v.healthy_at(&d.revision) {
                     d.span.add_event("healthy", Vec::new());
                     return false;

@@ -1,5 +1,5 @@
 //! What each lightweight session does with a new `DesiredState`, like an agent whose applies
-//! succeed at once: fetch every bundle it does not hold yet with `FetchBundle` (unless
+//! succeed at once: fetch every bundle it does not hold yet, all in one `FetchBundles` call (unless
 //! `--no-fetch`), check the sha256 of its gunzipped content against the digest, `Ack` the
 //! generation, and report every app whose revision or digest changed — and only those, as the
 //! real agent does — as `applied` and `healthy` (`replace: false`). Apps that left the desired
@@ -18,7 +18,7 @@ use flotilla_proto::clock::unix_ms;
 use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, StatusReport};
-use flotilla_tests::bench::bundle::fetch_verified;
+use flotilla_tests::bench::bundle::{fetch_many_verified, fetch_verified};
 use flotilla_tests::bench::client::{DesiredCall, DesiredHandler, DesiredOutcome};
 use tokio::sync::mpsc;
 
@@ -46,7 +46,7 @@ pub struct Counters {
     pub desired: AtomicU64,
     /// Status reports sent.
     pub reports: AtomicU64,
-    /// Bundles fetched.
+    /// Bundle fetch calls (`FetchBundle`, or `FetchBundles` for several bundles).
     pub fetches: AtomicU64,
 }
 
@@ -150,6 +150,29 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
     let mut statuses = Vec::new();
     let mut changed = Vec::new();
     let mut failures = Vec::new();
+    // Every bundle to fetch in one `FetchBundles` call, as the agent does; one that call did
+    // not deliver is fetched on its own below.
+    let mut batch = HashMap::new();
+    if shared.fetch {
+        let missing: Vec<&str> = desired
+            .apps
+            .iter()
+            .filter(|a| {
+                let fp = (fingerprint(&a.revision), fingerprint(&a.bundle_digest));
+                before.get(&a.app) != Some(&fp) && !held.contains(&fp.1)
+            })
+            .map(|a| a.bundle_digest.as_str())
+            .collect();
+        if missing.len() > 1 {
+            shared.counters.fetches.fetch_add(1, Ordering::Relaxed);
+            if let Ok(r) =
+                tokio::time::timeout(FETCH_TIMEOUT, fetch_many_verified(&mut client, &missing))
+                    .await
+            {
+                batch = r;
+            }
+        }
+    }
     for a in &desired.apps {
         let fp = (fingerprint(&a.revision), fingerprint(&a.bundle_digest));
         if before.get(&a.app) == Some(&fp) {
@@ -157,6 +180,8 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
             continue;
         }
         let got = if !shared.fetch || held.contains(&fp.1) {
+            Ok(())
+        } else if let Some(Ok(_size)) = batch.get(&a.bundle_digest) {
             Ok(())
         } else {
             shared.counters.fetches.fetch_add(1, Ordering::Relaxed);

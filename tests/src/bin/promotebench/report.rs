@@ -320,12 +320,14 @@ impl Report {
     }
 }
 
-/// Desired states taken and status reports sent per session during the round.
+/// Desired states taken, bundle fetch calls made and status reports sent per session during
+/// the round.
 fn per_session(r: &RoundTimes) -> String {
     let n = r.sessions.max(1) as f64;
     format!(
-        "{:.1} / {:.1}",
+        "{:.1} / {:.1} / {:.1}",
         r.sessions_did.desired as f64 / n,
+        r.sessions_did.fetches as f64 / n,
         r.sessions_did.reports as f64 / n
     )
 }
@@ -355,7 +357,7 @@ fn single_table(s: &ScenarioReport) -> Table {
         [
             "all sessions hold it",
             "rollout succeeded",
-            "per session: desired states / reports",
+            "per session: desired states / fetch calls / reports",
             "hub CPU",
             "hub RSS",
             "store file",
@@ -452,7 +454,10 @@ fn many_table(m: &ScenarioReport) -> Table {
     });
     row("every app succeeded", &|r| secs(r.done_ms));
     row("desired writes (hub log)", &|r| thousands(r.desired_writes));
-    row("per session: desired states / reports", &per_session);
+    row(
+        "per session: desired states / fetch calls / reports",
+        &per_session,
+    );
     row("hub CPU / RSS / store file", &|r| {
         format!(
             "{:.0} s / {} / {}",

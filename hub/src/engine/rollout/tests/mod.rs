@@ -209,13 +209,13 @@ impl World {
             let entry = self.rec.desired_for(c.id).filter(|e| !e.options.orphan);
             let v = self.views.get_mut(&c.id).unwrap();
             let Some(entry) = entry else {
-                v.revision.clear();
+                v.revision = "".into();
                 v.phase = Phase::Unspecified;
                 v.health = Health::Unknown;
                 v.last_seen_ms = self.now;
                 continue;
             };
-            v.revision = entry.revision.clone();
+            v.revision = entry.revision.as_str().into();
             if bad.contains(&c.name.as_str()) {
                 v.phase = Phase::Failed;
                 v.health = Health::Degraded;
