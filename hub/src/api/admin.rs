@@ -91,19 +91,21 @@ impl AdminService {
         let desired = self.rollouts.desired_of(cluster).await?;
         let status = self.desired.status(cluster).await?;
         let mut names: Vec<&str> = desired.apps.iter().map(|a| a.app.as_str()).collect();
-        names.extend(status.apps.iter().map(|a| a.app.as_str()));
+        names.extend(status.apps.iter().map(|a| &*a.app));
         names.sort_unstable();
         names.dedup();
         Ok(names
             .into_iter()
             .map(|name| {
                 let want = desired.apps.iter().find(|a| a.app == name);
-                let report = status.apps.iter().find(|a| a.app == name);
+                let report = status.apps.iter().find(|a| *a.app == *name);
                 ClusterApp {
                     name: name.to_string(),
                     desired_revision: want.map(|a| a.revision.clone()).unwrap_or_default(),
-                    revision: report.map(|r| r.revision.clone()).unwrap_or_default(),
-                    bundle_digest: report.map(|r| r.bundle_digest.clone()).unwrap_or_default(),
+                    revision: report.map(|r| r.revision.to_string()).unwrap_or_default(),
+                    bundle_digest: report
+                        .map(|r| r.bundle_digest.to_string())
+                        .unwrap_or_default(),
                     phase: report.map(|r| r.phase).unwrap_or_default().into(),
                     health: report.map(|r| r.health).unwrap_or_default().into(),
                     objects: report.map(|r| r.counts_wire()),
@@ -179,10 +181,10 @@ impl AdminService {
                 continue;
             };
             let status = self.desired.status(cluster).await?;
-            let report = status.apps.iter().find(|a| a.app == name);
+            let report = status.apps.iter().find(|a| *a.app == *name);
             let applied = report
                 .filter(|r| r.phase == Phase::Applied)
-                .map(|r| r.revision.clone())
+                .map(|r| r.revision.to_string())
                 .unwrap_or_default();
             clusters.push(AppCluster {
                 name: cluster.clone(),

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod desired;
 pub mod error;
+pub mod intern;
 pub mod registry;
 pub mod sessions;
 pub mod status;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use flotilla_proto::state::{AppState, Health, ObjectHealth, Phase};
 use flotilla_proto::v1;
 
+use super::intern::intern;
 use crate::state::error::HubError;
 use crate::state::status_ingest::Ingest;
 pub use crate::state::status_ingest::Limits;
@@ -26,9 +27,22 @@ pub type OnDurable = Box<dyn Fn(&str, &v1::StatusReport) + Send + Sync>;
 /// One app's status as last reported by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppReport {
-    pub app: String,
-    pub revision: String,
-    pub bundle_digest: String,
+    /// App, revision and digest: shared copies (see [`intern`](super::intern)).
+    #[serde(
+        serialize_with = "super::intern::serialize",
+        deserialize_with = "super::intern::deserialize"
+    )]
+    pub app: Arc<str>,
+    #[serde(
+        serialize_with = "super::intern::serialize",
+        deserialize_with = "super::intern::deserialize"
+    )]
+    pub revision: Arc<str>,
+    #[serde(
+        serialize_with = "super::intern::serialize",
+        deserialize_with = "super::intern::deserialize"
+    )]
+    pub bundle_digest: Arc<str>,
     pub phase: Phase,
     pub message: String,
     pub observed_ms: u64,
@@ -79,9 +93,9 @@ impl AppReport {
     fn from_wire(a: &v1::AppStatus) -> Self {
         let counts = a.objects.unwrap_or_default();
         Self {
-            app: a.app.clone(),
-            revision: a.revision.clone(),
-            bundle_digest: a.bundle_digest.clone(),
+            app: intern(&a.app),
+            revision: intern(&a.revision),
+            bundle_digest: intern(&a.bundle_digest),
             phase: a.phase(),
             message: a.message.clone(),
             observed_ms: a.observed_unix_ms,
@@ -143,8 +157,10 @@ impl AppReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
     pub generation: u64,
-    /// Sorted by app name.
-    pub apps: Vec<AppReport>,
+    /// Sorted by app name. Shared, so that a copy of the record (one per batch of reports
+    /// that changes it) copies pointers, not statuses.
+    #[serde(with = "shared_reports")]
+    pub apps: Vec<Arc<AppReport>>,
 }
 
 impl StatusRecord {
@@ -156,16 +172,36 @@ impl StatusRecord {
         }
         self.generation = report.generation;
         for a in &report.apps {
-            let found = self.apps.binary_search_by(|r| r.app.cmp(&a.app));
+            let found = self.apps.binary_search_by(|r| (*r.app).cmp(a.app.as_str()));
             match (found, a.phase()) {
                 (Ok(i), Phase::Removed) => {
                     self.apps.remove(i);
                 }
                 (Err(_), Phase::Removed) => {}
-                (Ok(i), _) => self.apps[i] = AppReport::from_wire(a),
-                (Err(i), _) => self.apps.insert(i, AppReport::from_wire(a)),
+                (Ok(i), _) => self.apps[i] = Arc::new(AppReport::from_wire(a)),
+                (Err(i), _) => self.apps.insert(i, Arc::new(AppReport::from_wire(a))),
             }
         }
+    }
+}
+
+/// Serde of [`StatusRecord::apps`]: a list of statuses, each kept behind an `Arc`.
+mod shared_reports {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::AppReport;
+
+    pub fn serialize<S: Serializer>(apps: &[Arc<AppReport>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(apps.iter().map(|a| &**a))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<AppReport>>, D::Error> {
+        Ok(Vec::<AppReport>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 }
 

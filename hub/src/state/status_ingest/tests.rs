@@ -89,7 +89,11 @@ async fn stored(store: &TestStore, cluster: &str) -> (Vec<(String, Phase)>, u64)
         rec.generation > 0,
         "no record for {cluster}, neither stored nor journaled"
     );
-    let apps = rec.apps.iter().map(|a| (a.app.clone(), a.phase)).collect();
+    let apps = rec
+        .apps
+        .iter()
+        .map(|a| (a.app.to_string(), a.phase))
+        .collect();
     (apps, rec.generation)
 }
 
@@ -198,7 +202,7 @@ async fn many_concurrent_callers_share_one_durable_write() {
         (vec![("web".to_string(), Phase::Applied)], 2)
     );
     let cached = ingest.get_shared("c-007").await.unwrap();
-    assert_eq!(cached.apps[0].app, "web");
+    assert_eq!(&*cached.apps[0].app, "web");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

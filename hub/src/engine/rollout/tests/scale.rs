@@ -92,7 +92,7 @@ fn history() -> AppRollout {
                 v.connected = true;
                 v.last_seen_ms = now;
                 if let Some(e) = rec.desired_for(c.id) {
-                    v.revision = e.revision;
+                    v.revision = e.revision.into();
                     let failed = bad(c.id);
                     v.phase = if failed {
                         Phase::Failed
@@ -105,9 +105,9 @@ fn history() -> AppRollout {
                         Health::Healthy
                     };
                     v.message = if failed {
-                        format!("Deployment web/web: ProgressDeadlineExceeded on {}", c.name)
+                        format!("Deployment web/web: ProgressDeadlineExceeded on {}", c.name).into()
                     } else {
-                        String::new()
+                        "".into()
                     };
                 }
             }
@@ -192,9 +192,9 @@ async fn no_stored_value_exceeds_512_kib_at_10000_clusters_and_100_apps() {
         generation: 1,
         apps: (0..APPS)
             .map(|i| AppReport {
-                app: format!("app-{i:03}"),
-                revision: "a".repeat(40),
-                bundle_digest: format!("sha256:{}", "b".repeat(64)),
+                app: format!("app-{i:03}").into(),
+                revision: "a".repeat(40).into(),
+                bundle_digest: format!("sha256:{}", "b".repeat(64)).into(),
                 phase: Phase::Applied,
                 message: "m".repeat(200),
                 observed_ms: 1,
@@ -204,6 +204,7 @@ async fn no_stored_value_exceeds_512_kib_at_10000_clusters_and_100_apps() {
                 healed: 0,
                 worst: Vec::new(),
             })
+            .map(Arc::new)
             .collect(),
     };
     statuses.put("cluster-00001", &status).await.unwrap();
