@@ -31,7 +31,7 @@ pub const DEFAULT_HISTORY: u64 = 100_000;
 pub const DEFAULT_HISTORY_BYTES: u64 = 64 << 20;
 /// Memory redb may use to cache pages (its default, 1 GiB, would be most of a hub's memory;
 /// the hub keeps what it reads often in memory itself).
-const CACHE_BYTES: usize = 64 << 20;
+const CACHE_BYTES: usize = 128 << 20;
 /// `meta` entry: bytes of the events in the log.
 const META_LOG_BYTES: &str = "log_bytes";
 /// Live events buffered per watcher before it lags and has to re-read the log.
