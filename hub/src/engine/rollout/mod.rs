@@ -457,6 +457,16 @@ impl Rollouts {
         f: impl FnOnce(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
     ) -> Result<T, HubError> {
         let _guard = self.inner.lock.lock().await;
+        self.update_locked(app, create, f).await
+    }
+
+    /// [`Self::update`] for a caller that holds the engine's lock.
+    async fn update_locked<T>(
+        &self,
+        app: &str,
+        create: Option<&str>,
+        f: impl FnOnce(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
+    ) -> Result<T, HubError> {
         let (mut rec, rev) = match (self.load(app).await?, create) {
             (Some((r, rev)), _) => (r, Some(rev)),
             (None, Some(source)) => (AppRollout::new(app, source), None),
@@ -506,13 +516,17 @@ impl Rollouts {
     ) -> BTreeMap<String, Result<(), String>> {
         let now = self.now_ms();
         let mut out = BTreeMap::new();
+        // Every offer of the sync under one hold of the engine's lock: no pass runs between
+        // two of them (each app's record is still its own transaction), and the pass below
+        // sends every new rollout's first batch.
+        let guard = self.inner.lock.lock().await;
         for o in offers {
             let app = o.app.clone();
             let revision = o.render.revision.clone();
             let span = tracing::info_span!("flotilla.offer", app = %app, revision = %revision);
             let mut started = false;
             let result = self
-                .update(&app, Some(source), |rec| {
+                .update_locked(&app, Some(source), |rec| {
                     match other_owner(rec, source) {
                         // An app its source gave up (removal under way) is taken over.
                         Some(_) if rec.deleted => rec.source = source.to_string(),
@@ -547,6 +561,7 @@ impl Rollouts {
             }
             out.insert(app, result);
         }
+        drop(guard);
         self.tick().await;
         out
     }
