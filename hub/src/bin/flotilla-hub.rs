@@ -260,6 +260,9 @@ async fn serve() -> ExitCode {
         Ok(l) => l,
         Err(e) => return config_error(format!("--http-listen {}: {e}", args.http_listen)),
     };
+    // Installed before anything is written, so that a SIGTERM during start-up (the admin
+    // credential already on disk) still ends in a clean shutdown rather than the default kill.
+    let stop = shutdown_signal();
     let hub = match start(config, listener, Some(http)).await {
         Ok(h) => h,
         Err(e) => {
@@ -277,18 +280,21 @@ async fn serve() -> ExitCode {
             hub.admin_credential_path().display()
         );
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     hub.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || tracing_guard.shutdown()).await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM handler now; the future ends on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
 }
