@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
-use flotilla_proto::v1::{DesiredState, FetchBundleRequest, FetchBundlesRequest};
+use flotilla_proto::v1::{BundleChunk, DesiredState, FetchBundleRequest, FetchBundlesRequest};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -145,85 +145,65 @@ impl BundleStore {
         if self.has(digest) {
             return Ok(());
         }
-        let partial = self.path(digest, "partial")?;
-        let dir = self.dir.join("sha256");
-        std::fs::create_dir_all(&dir).map_err(Self::io(digest, &dir))?;
-        let mut offset = self.partial_len(digest);
-        let fetch_err = |message: String| BundleError::Fetch {
-            digest: digest.to_string(),
-            message,
-        };
-        let stalled = || BundleError::Stalled {
-            digest: digest.to_string(),
-            after: chunk_timeout,
-        };
+        let mut partial = self.partial(digest)?;
         let request = client.fetch_bundle(FetchBundleRequest {
             digest: digest.to_string(),
-            offset,
+            offset: partial.offset,
         });
-        let mut stream = tokio::time::timeout(chunk_timeout, request)
-            .await
-            .map_err(|_| stalled())?
-            .map_err(|s| fetch_err(s.message().to_string()))?
-            .into_inner();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&partial)
-            .map_err(Self::io(digest, &partial))?;
-        let mut total = None;
-        while let Some(chunk) = tokio::time::timeout(chunk_timeout, stream.message())
-            .await
-            .map_err(|_| stalled())?
-            .map_err(|s| fetch_err(s.message().to_string()))?
-        {
-            if chunk.offset != offset {
-                return Err(BundleError::BadChunk {
-                    digest: digest.to_string(),
-                    got: chunk.offset,
-                    want: offset,
-                });
-            }
-            if chunk.total_size > MAX_BUNDLE_BYTES {
-                return Err(BundleError::TooLarge {
-                    digest: digest.to_string(),
-                });
-            }
-            file.write_all(&chunk.data)
-                .map_err(Self::io(digest, &partial))?;
-            offset += chunk.data.len() as u64;
-            total = Some(chunk.total_size);
+        let mut stream = within(digest, chunk_timeout, request).await?.into_inner();
+        while let Some(chunk) = within(digest, chunk_timeout, stream.message()).await? {
+            partial.append(&chunk)?;
         }
-        self.keep(digest, file, offset, total)
+        self.keep(partial)
     }
 
-    /// Ends the download of `digest` whose partial file `file` holds `offset` bytes of `total`
-    /// (if the hub said): verified, it becomes the bundle; a bad one is discarded.
-    fn keep(
-        &self,
-        digest: &str,
-        file: std::fs::File,
-        offset: u64,
-        total: Option<u64>,
-    ) -> Result<(), BundleError> {
-        let partial = self.path(digest, "partial")?;
-        file.sync_all().map_err(Self::io(digest, &partial))?;
+    /// The partial file of `digest`, opened to be continued (created, with its directory, if
+    /// there is none).
+    fn partial(&self, digest: &str) -> Result<Partial, BundleError> {
+        let path = self.path(digest, "partial")?;
+        let dir = self.dir.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(Self::io(digest, &dir))?;
+        let offset = self.partial_len(digest);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Self::io(digest, &path))?;
+        Ok(Partial {
+            digest: digest.to_string(),
+            path,
+            file,
+            offset,
+            total: None,
+        })
+    }
+
+    /// Ends a download: verified, the partial file becomes the bundle; a bad one is discarded.
+    fn keep(&self, partial: Partial) -> Result<(), BundleError> {
+        let Partial {
+            digest,
+            path,
+            file,
+            offset,
+            total,
+        } = partial;
+        file.sync_all().map_err(Self::io(&digest, &path))?;
         drop(file);
         if total.is_some_and(|t| t != offset) {
             return Err(BundleError::Fetch {
-                digest: digest.to_string(),
                 message: format!("stream ended at {offset} of {} bytes", total.unwrap_or(0)),
+                digest,
             });
         }
-        let check = std::fs::File::open(&partial)
-            .map_err(Self::io(digest, &partial))
-            .and_then(|f| verify(digest, f));
+        let check = std::fs::File::open(&path)
+            .map_err(Self::io(&digest, &path))
+            .and_then(|f| verify(&digest, f));
         if let Err(e) = check {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let done = self.path(digest, "gz")?;
-        std::fs::rename(&partial, &done).map_err(Self::io(digest, &done))
+        let done = self.path(&digest, "gz")?;
+        std::fs::rename(&path, &done).map_err(Self::io(&digest, &done))
     }
 
     /// Fetches the bundles of `digests` not held yet in one `FetchBundles` call, each from
@@ -250,93 +230,45 @@ impl BundleStore {
         let Some(first) = wanted.first().map(|w| w.digest.clone()) else {
             return Ok(0);
         };
-        let dir = self.dir.join("sha256");
-        std::fs::create_dir_all(&dir).map_err(Self::io(&first, &dir))?;
         let request = client.fetch_bundles(FetchBundlesRequest {
             bundles: wanted.clone(),
         });
-        let mut stream = tokio::time::timeout(chunk_timeout, request)
-            .await
-            .map_err(|_| BundleError::Stalled {
-                digest: first.clone(),
-                after: chunk_timeout,
-            })?
-            .map_err(|s| BundleError::Fetch {
-                digest: first.clone(),
-                message: s.message().to_string(),
-            })?
-            .into_inner();
-        // The bundle being written: its place in `wanted`, partial file, bytes held, size.
-        let mut current: Option<(usize, std::fs::File, u64, Option<u64>)> = None;
+        let mut stream = within(&first, chunk_timeout, request).await?.into_inner();
+        // The bundle being written.
+        let mut current: Option<Partial> = None;
         let mut taken = 0;
         // Where in `wanted` the next bundle sent is looked for.
         let mut next_from = 0;
         loop {
-            let at = current
-                .as_ref()
-                .map_or(first.as_str(), |(i, ..)| wanted[*i].digest.as_str());
-            let chunk = tokio::time::timeout(chunk_timeout, stream.message())
-                .await
-                .map_err(|_| BundleError::Stalled {
-                    digest: at.to_string(),
-                    after: chunk_timeout,
-                })?
-                .map_err(|s| BundleError::Fetch {
-                    digest: at.to_string(),
-                    message: s.message().to_string(),
-                })?;
+            let at = current.as_ref().map_or(first.as_str(), |p| &p.digest);
+            let chunk = within(at, chunk_timeout, stream.message()).await?;
             let next = chunk.as_ref().map(|c| c.digest.as_str());
-            if current
-                .as_ref()
-                .is_some_and(|(i, ..)| Some(wanted[*i].digest.as_str()) != next)
-            {
-                let (i, file, offset, total) = current.take().expect("checked");
-                self.keep(&wanted[i].digest, file, offset, total)?;
+            if let Some(done) = current.take_if(|p| Some(p.digest.as_str()) != next) {
+                self.keep(done)?;
                 taken += 1;
             }
             let Some(chunk) = chunk else {
                 return Ok(taken);
             };
-            if current.is_none() {
-                // Bundles are sent in the order asked (one already complete sends nothing).
-                let Some(i) = wanted[next_from..]
-                    .iter()
-                    .position(|w| w.digest == chunk.digest)
-                    .map(|p| next_from + p)
-                else {
-                    return Err(BundleError::Fetch {
-                        digest: chunk.digest.clone(),
-                        message: "the hub sent a bundle not asked for, or out of order".into(),
-                    });
-                };
-                let partial = self.path(&wanted[i].digest, "partial")?;
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&partial)
-                    .map_err(Self::io(&wanted[i].digest, &partial))?;
-                current = Some((i, file, wanted[i].offset, None));
-                next_from = i + 1;
-            }
-            let (i, file, offset, total) = current.as_mut().expect("set above");
-            let digest = wanted[*i].digest.as_str();
-            if chunk.offset != *offset {
-                return Err(BundleError::BadChunk {
-                    digest: digest.to_string(),
-                    got: chunk.offset,
-                    want: *offset,
-                });
-            }
-            if chunk.total_size > MAX_BUNDLE_BYTES {
-                return Err(BundleError::TooLarge {
-                    digest: digest.to_string(),
-                });
-            }
-            let partial = self.path(digest, "partial")?;
-            file.write_all(&chunk.data)
-                .map_err(Self::io(digest, &partial))?;
-            *offset += chunk.data.len() as u64;
-            *total = Some(chunk.total_size);
+            let partial = match current.as_mut() {
+                Some(p) => p,
+                None => {
+                    // Bundles are sent in the order asked (one already complete sends nothing).
+                    let Some(i) = wanted[next_from..]
+                        .iter()
+                        .position(|w| w.digest == chunk.digest)
+                        .map(|p| next_from + p)
+                    else {
+                        return Err(BundleError::Fetch {
+                            digest: chunk.digest.clone(),
+                            message: "the hub sent a bundle not asked for, or out of order".into(),
+                        });
+                    };
+                    next_from = i + 1;
+                    current.insert(self.partial(&wanted[i].digest)?)
+                }
+            };
+            partial.append(&chunk)?;
         }
     }
 
@@ -369,6 +301,59 @@ impl BundleStore {
         let bytes = std::fs::read(self.dir.join("desired.pb")).ok()?;
         DesiredState::decode(bytes.as_slice()).ok()
     }
+}
+
+/// A download under way: the partial file of a bundle, the bytes it holds, and the size the hub
+/// said the bundle has.
+struct Partial {
+    digest: String,
+    path: PathBuf,
+    file: std::fs::File,
+    offset: u64,
+    total: Option<u64>,
+}
+
+impl Partial {
+    /// Appends the next chunk, which must start where the file ends.
+    fn append(&mut self, chunk: &BundleChunk) -> Result<(), BundleError> {
+        if chunk.offset != self.offset {
+            return Err(BundleError::BadChunk {
+                digest: self.digest.clone(),
+                got: chunk.offset,
+                want: self.offset,
+            });
+        }
+        if chunk.total_size > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge {
+                digest: self.digest.clone(),
+            });
+        }
+        self.file
+            .write_all(&chunk.data)
+            .map_err(BundleStore::io(&self.digest, &self.path))?;
+        self.offset += chunk.data.len() as u64;
+        self.total = Some(chunk.total_size);
+        Ok(())
+    }
+}
+
+/// Awaits one step of a download of `digest` from the hub for at most `timeout`: a hub that
+/// sends nothing for that long stalled it, a refused or broken call failed it.
+async fn within<T>(
+    digest: &str,
+    timeout: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, BundleError> {
+    tokio::time::timeout(timeout, step)
+        .await
+        .map_err(|_| BundleError::Stalled {
+            digest: digest.to_string(),
+            after: timeout,
+        })?
+        .map_err(|s| BundleError::Fetch {
+            digest: digest.to_string(),
+            message: s.message().to_string(),
+        })
 }
 
 /// Decompresses and checks the sha256 of the content against `digest`.

@@ -22,3 +22,18 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("flotilla.v1");
 }
+
+impl v1::FetchBundlesRequest {
+    /// Asks for each of `digests` whole (from offset 0), in that order.
+    pub fn from_start(digests: &[&str]) -> Self {
+        Self {
+            bundles: digests
+                .iter()
+                .map(|d| v1::FetchBundleRequest {
+                    digest: d.to_string(),
+                    offset: 0,
+                })
+                .collect(),
+        }
+    }
+}

@@ -344,15 +344,7 @@ async fn several_bundles_come_in_one_call_and_only_a_clusters_own() {
     let b = desire(&hub, "many", "b", "r1", &bundle("bundle-b")).await;
     let not_ours = desire(&hub, "other", "c", "r1", &bundle("bundle-c")).await;
     let mut client = session_client(&hub, &credentials).await;
-    let request = |digests: &[&str]| FetchBundlesRequest {
-        bundles: digests
-            .iter()
-            .map(|d| FetchBundleRequest {
-                digest: d.to_string(),
-                offset: 0,
-            })
-            .collect(),
-    };
+    let request = FetchBundlesRequest::from_start;
 
     // Both bundles, in the order asked, every chunk naming its bundle.
     let mut stream = client

@@ -372,47 +372,19 @@ impl AgentSession for SessionService {
         &self,
         req: Request<FetchBundleRequest>,
     ) -> Result<Response<Self::FetchBundleStream>, Status> {
-        let c = caller(&req, self.ca.trust_domain())?;
-        let (cluster, peer) = c.cluster()?;
-        let cluster = cluster.to_string();
-        self.registry
-            .authorize_cluster_cert(&cluster, &peer.serial)
-            .await?;
+        let cluster = self.bundle_reader(&req).await?;
         let FetchBundleRequest { digest, offset } = req.into_inner();
-        // A cluster may only read the bundles desired for it.
-        if self
-            .rollouts
-            .unwanted(&cluster, &[&digest])
-            .await?
-            .is_some()
-        {
-            tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
-            return Err(Status::permission_denied(format!(
-                "bundle {digest} is not desired for cluster {cluster:?}"
-            )));
-        }
-        let (file, total) = self.open_bundle(&digest).await?;
-        if offset > total {
-            return Err(Status::out_of_range(format!(
-                "offset {offset} is past the end of bundle {digest} ({total} bytes)"
-            )));
-        }
-        let rate = self.config.bundle_rate.filter(|r| *r > 0);
-        Ok(Response::new(Box::pin(chunks_of(
-            file, digest, offset, total, rate, false,
-        ))))
+        self.refuse_unwanted(&cluster, &[&digest]).await?;
+        Ok(Response::new(Box::pin(
+            self.bundle_chunks(digest, offset, false).await?,
+        )))
     }
 
     async fn fetch_bundles(
         &self,
         req: Request<FetchBundlesRequest>,
     ) -> Result<Response<Self::FetchBundlesStream>, Status> {
-        let c = caller(&req, self.ca.trust_domain())?;
-        let (cluster, peer) = c.cluster()?;
-        let cluster = cluster.to_string();
-        self.registry
-            .authorize_cluster_cert(&cluster, &peer.serial)
-            .await?;
+        let cluster = self.bundle_reader(&req).await?;
         let FetchBundlesRequest { bundles } = req.into_inner();
         if bundles.len() > MAX_BUNDLES_PER_FETCH {
             return Err(Status::invalid_argument(format!(
@@ -420,26 +392,14 @@ impl AgentSession for SessionService {
                 bundles.len()
             )));
         }
-        // A cluster may only read the bundles desired for it: all of them, or none.
+        // All of them, or none.
         let digests: Vec<&str> = bundles.iter().map(|b| b.digest.as_str()).collect();
-        if let Some(digest) = self.rollouts.unwanted(&cluster, &digests).await? {
-            tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
-            return Err(Status::permission_denied(format!(
-                "bundle {digest} is not desired for cluster {cluster:?}"
-            )));
-        }
+        self.refuse_unwanted(&cluster, &digests).await?;
         let svc = self.clone();
-        let rate = self.config.bundle_rate.filter(|r| *r > 0);
         // One bundle open at a time, each opened when its turn comes.
         let stream = async_stream::try_stream! {
             for FetchBundleRequest { digest, offset } in bundles {
-                let (file, total) = svc.open_bundle(&digest).await?;
-                if offset > total {
-                    Err(Status::out_of_range(format!(
-                        "offset {offset} is past the end of bundle {digest} ({total} bytes)"
-                    )))?;
-                }
-                let chunks = chunks_of(file, digest, offset, total, rate, true);
+                let chunks = svc.bundle_chunks(digest, offset, true).await?;
                 futures::pin_mut!(chunks);
                 while let Some(chunk) = chunks.next().await {
                     yield chunk?;
@@ -448,6 +408,12 @@ impl AgentSession for SessionService {
         };
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Where a bundle's chunks are read from.
+enum Source {
+    Memory(Arc<[u8]>),
+    File(tokio::fs::File),
 }
 
 /// The chunks of a compressed bundle of `total` bytes from `offset` on, paced at `rate` bytes
@@ -462,11 +428,11 @@ fn chunks_of(
 ) -> impl Stream<Item = Result<BundleChunk, Status>> + Send + 'static {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     async_stream::try_stream! {
-        let (memory, mut file) = match bundle {
-            Compressed::Memory(bytes) => (Some(bytes), None),
-            Compressed::File(f) => (None, Some(tokio::fs::File::from_std(f))),
+        let mut source = match bundle {
+            Compressed::Memory(bytes) => Source::Memory(bytes),
+            Compressed::File(f) => Source::File(tokio::fs::File::from_std(f)),
         };
-        if let Some(f) = file.as_mut() && offset > 0 {
+        if let Source::File(f) = &mut source && offset > 0 {
             f.seek(std::io::SeekFrom::Start(offset))
                 .await
                 .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
@@ -474,16 +440,15 @@ fn chunks_of(
         let mut at = offset;
         while at < total {
             let want = ((total - at) as usize).min(BUNDLE_CHUNK_BYTES);
-            let data = match (&memory, file.as_mut()) {
-                (Some(bytes), _) => bytes[at as usize..at as usize + want].to_vec(),
-                (None, Some(f)) => {
+            let data = match &mut source {
+                Source::Memory(bytes) => bytes[at as usize..at as usize + want].to_vec(),
+                Source::File(f) => {
                     let mut data = vec![0u8; want];
                     f.read_exact(&mut data)
                         .await
                         .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?;
                     data
                 }
-                (None, None) => unreachable!("a bundle is in memory or in a file"),
             };
             yield BundleChunk {
                 offset: at,
@@ -508,11 +473,40 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 }
 
 impl SessionService {
-    /// A bundle, compressed, from the hub's cache (small ones from memory), and its size.
-    async fn open_bundle(&self, digest: &str) -> Result<(Compressed, u64), Status> {
+    /// The cluster calling for bundles, once its certificate is checked against the registry.
+    async fn bundle_reader<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let c = caller(req, self.ca.trust_domain())?;
+        let (cluster, peer) = c.cluster()?;
+        self.registry
+            .authorize_cluster_cert(cluster, &peer.serial)
+            .await?;
+        Ok(cluster.to_string())
+    }
+
+    /// Refuses a cluster any bundle not desired for it.
+    async fn refuse_unwanted(&self, cluster: &str, digests: &[&str]) -> Result<(), Status> {
+        match self.rollouts.unwanted(cluster, digests).await? {
+            None => Ok(()),
+            Some(digest) => {
+                tracing::warn!(cluster.id = %cluster, %digest, "refused a bundle not desired for this cluster");
+                Err(Status::permission_denied(format!(
+                    "bundle {digest} is not desired for cluster {cluster:?}"
+                )))
+            }
+        }
+    }
+
+    /// The chunks of bundle `digest` from `offset` on, from the hub's cache (small ones from
+    /// memory), paced at the configured rate; each names its bundle when `named`.
+    async fn bundle_chunks(
+        &self,
+        digest: String,
+        offset: u64,
+        named: bool,
+    ) -> Result<impl Stream<Item = Result<BundleChunk, Status>> + Send + 'static, Status> {
         let bundle = self
             .bundles
-            .compressed(digest)
+            .compressed(&digest)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .ok_or_else(|| {
                 Status::not_found(format!("bundle {digest} is not in the hub's cache"))
@@ -524,7 +518,13 @@ impl SessionService {
                 .map_err(|e| Status::internal(format!("bundle {digest}: {e}")))?
                 .len(),
         };
-        Ok((bundle, total))
+        if offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the end of bundle {digest} ({total} bytes)"
+            )));
+        }
+        let rate = self.config.bundle_rate.filter(|r| *r > 0);
+        Ok(chunks_of(bundle, digest, offset, total, rate, named))
     }
 
     /// Passes an agent's finished spans on to the collector under the session's identity. A

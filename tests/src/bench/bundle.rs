@@ -1,5 +1,6 @@
 //! Bundles as the benchmarks' session clients take them: fetched from offset 0 over
-//! `FetchBundle` (or several in one `FetchBundles` call), checked chunk by chunk, gunzipped (bounded) and compared with their digest.
+//! `FetchBundle` (or several in one `FetchBundles` call), checked chunk by chunk, gunzipped
+//! (bounded) and compared with their digest.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -7,9 +8,46 @@ use std::io::Read;
 use flate2::read::GzDecoder;
 use flotilla_agent::bundles::MAX_BUNDLE_BYTES;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
-use flotilla_proto::v1::{FetchBundleRequest, FetchBundlesRequest};
+use flotilla_proto::v1::{BundleChunk, FetchBundleRequest, FetchBundlesRequest};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
+
+/// One bundle as its chunks arrive: the bytes so far and the size the hub said.
+#[derive(Debug, Default)]
+struct Received {
+    bytes: Vec<u8>,
+    total: Option<u64>,
+}
+
+impl Received {
+    /// Appends the next chunk, which must start where the bytes so far end.
+    fn append(&mut self, chunk: &BundleChunk) -> Result<(), String> {
+        if chunk.offset != self.bytes.len() as u64 {
+            return Err(format!(
+                "the hub sent offset {}, expected {}",
+                chunk.offset,
+                self.bytes.len()
+            ));
+        }
+        if chunk.total_size > MAX_BUNDLE_BYTES {
+            return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
+        }
+        self.bytes.extend_from_slice(&chunk.data);
+        self.total = Some(chunk.total_size);
+        Ok(())
+    }
+
+    /// The whole bundle, checked against `digest`: its uncompressed size.
+    fn verified(&self, digest: &str) -> Result<u64, String> {
+        if let Some(total) = self.total.filter(|t| *t != self.bytes.len() as u64) {
+            return Err(format!(
+                "stream ended at {} of {total} bytes",
+                self.bytes.len()
+            ));
+        }
+        verify(digest, &self.bytes)
+    }
+}
 
 /// Fetches a bundle from offset 0 and checks it; returns its uncompressed size.
 pub async fn fetch_verified(
@@ -24,34 +62,15 @@ pub async fn fetch_verified(
         .await
         .map_err(|s| format!("FetchBundle: {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    let mut compressed = Vec::new();
-    let mut total = None;
+    let mut received = Received::default();
     while let Some(chunk) = stream
         .message()
         .await
         .map_err(|s| format!("FetchBundle stream: {:?}: {}", s.code(), s.message()))?
     {
-        if chunk.offset != compressed.len() as u64 {
-            return Err(format!(
-                "the hub sent offset {}, expected {}",
-                chunk.offset,
-                compressed.len()
-            ));
-        }
-        if chunk.total_size > MAX_BUNDLE_BYTES {
-            return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
-        }
-        compressed.extend_from_slice(&chunk.data);
-        total = Some(chunk.total_size);
+        received.append(&chunk)?;
     }
-    if total.is_some_and(|t| t != compressed.len() as u64) {
-        return Err(format!(
-            "stream ended at {} of {} bytes",
-            compressed.len(),
-            total.unwrap_or(0)
-        ));
-    }
-    verify(digest, &compressed)
+    received.verified(digest)
 }
 
 /// Fetches several bundles in one `FetchBundles` call and checks each: per digest asked for
@@ -64,16 +83,13 @@ pub async fn fetch_many_verified(
     let mut asked: Vec<&str> = digests.to_vec();
     asked.sort_unstable();
     asked.dedup();
-    let mut got: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
+    let mut got: HashMap<String, Received> = HashMap::new();
     let broken = fetch_into(client, &asked, &mut got).await.err();
     asked
         .iter()
         .map(|d| {
-            let result = match got.remove(*d) {
-                Some((bytes, total)) if total == bytes.len() as u64 => verify(d, &bytes),
-                Some((bytes, total)) => {
-                    Err(format!("stream ended at {} of {total} bytes", bytes.len()))
-                }
+            let result = match got.get(*d) {
+                Some(received) => received.verified(d),
                 None => Err(broken
                     .clone()
                     .unwrap_or_else(|| "the hub sent none of it".into())),
@@ -83,22 +99,14 @@ pub async fn fetch_many_verified(
         .collect()
 }
 
-/// Reads a `FetchBundles` stream into `got`: per digest, the bytes and the size the hub said.
+/// Reads a `FetchBundles` stream into `got`, per digest.
 async fn fetch_into(
     client: &mut AgentSessionClient<Channel>,
     digests: &[&str],
-    got: &mut HashMap<String, (Vec<u8>, u64)>,
+    got: &mut HashMap<String, Received>,
 ) -> Result<(), String> {
     let mut stream = client
-        .fetch_bundles(FetchBundlesRequest {
-            bundles: digests
-                .iter()
-                .map(|d| FetchBundleRequest {
-                    digest: d.to_string(),
-                    offset: 0,
-                })
-                .collect(),
-        })
+        .fetch_bundles(FetchBundlesRequest::from_start(digests))
         .await
         .map_err(|s| format!("FetchBundles: {:?}: {}", s.code(), s.message()))?
         .into_inner();
@@ -113,19 +121,9 @@ async fn fetch_into(
                 chunk.digest
             ));
         }
-        let (bytes, total) = got.entry(chunk.digest).or_default();
-        if chunk.offset != bytes.len() as u64 {
-            return Err(format!(
-                "the hub sent offset {}, expected {}",
-                chunk.offset,
-                bytes.len()
-            ));
-        }
-        if chunk.total_size > MAX_BUNDLE_BYTES {
-            return Err(format!("bundle larger than {MAX_BUNDLE_BYTES} bytes"));
-        }
-        bytes.extend_from_slice(&chunk.data);
-        *total = chunk.total_size;
+        got.entry(chunk.digest.clone())
+            .or_default()
+            .append(&chunk)?;
     }
     Ok(())
 }

@@ -659,7 +659,7 @@ impl Rollouts {
         let mut v = ClusterView::default();
         let session = match live.get(&cluster) {
             Some(s) => Some(s.clone()),
-            // Not connected (or connected before the registry knew its id): by name.
+            // Not connected when the pass began (or without an id then): by name, now.
             None => {
                 let Some(name) = self.inner.registry.name_of(cluster) else {
                     return v;

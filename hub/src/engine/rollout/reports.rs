@@ -1,7 +1,7 @@
 //! What the engine knows of the agents' reports: per app and cluster the revision, digest, phase,
 //! health and message — the few fields promotion reads — in memory, compactly (revisions and
-//! digests interned: 10,000 clusters on one revision share one string). A report updates its
-//! apps' entries in O(1) each; the full reports (object counts, worst objects) stay in the store
+//! digests shared with the status records through `state::intern`: 10,000 clusters on one
+//! revision share one string). A report updates its apps' entries in O(1) each; the full reports (object counts, worst objects) stay in the store
 //! for the Admin API. Filled from the stored statuses when the engine starts, then from each
 //! report as it is recorded.
 
@@ -13,6 +13,7 @@ use flotilla_proto::v1;
 
 use crate::render::ClusterId;
 use crate::state::desired::StatusRecord;
+use crate::state::intern::intern;
 
 /// One app's last report from one cluster.
 #[derive(Debug, Clone)]
@@ -30,19 +31,9 @@ struct Index {
     apps: HashMap<Arc<str>, HashMap<ClusterId, Seen>>,
     /// Cluster → the apps it reported (for a `replace` report).
     clusters: HashMap<ClusterId, HashSet<Arc<str>>>,
-    strings: HashSet<Arc<str>>,
 }
 
 impl Index {
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(a.clone());
-        a
-    }
-
     fn forget_cluster(&mut self, cluster: ClusterId) {
         for app in self.clusters.remove(&cluster).unwrap_or_default() {
             if let Some(per) = self.apps.get_mut(&app) {
@@ -52,7 +43,7 @@ impl Index {
     }
 
     fn set(&mut self, cluster: ClusterId, app: &str, seen: Option<Seen>) {
-        let app = self.intern(app);
+        let app = intern(app);
         match seen {
             Some(s) => {
                 self.apps.entry(app.clone()).or_default().insert(cluster, s);
@@ -68,23 +59,19 @@ impl Index {
             }
         }
     }
+}
 
-    fn seen(
-        &mut self,
-        revision: &str,
-        digest: &str,
-        phase: Phase,
-        health: Health,
-        msg: &str,
-    ) -> Seen {
+impl Seen {
+    /// A report's fields, its strings shared.
+    fn new(revision: &str, digest: &str, phase: Phase, health: Health, msg: &str) -> Seen {
         Seen {
-            revision: self.intern(revision),
-            digest: self.intern(digest),
+            revision: intern(revision),
+            digest: intern(digest),
             phase,
             health,
             // Short messages repeat ("applied", "healthy"): one copy each.
             message: if msg.len() <= 64 {
-                self.intern(msg)
+                intern(msg)
             } else {
                 msg.into()
             },
@@ -111,7 +98,7 @@ impl Reports {
     pub fn load(&self, cluster: ClusterId, rec: &StatusRecord) {
         let mut ix = self.write();
         for a in &rec.apps {
-            let s = ix.seen(&a.revision, &a.bundle_digest, a.phase, a.health, &a.message);
+            let s = Seen::new(&a.revision, &a.bundle_digest, a.phase, a.health, &a.message);
             ix.set(cluster, &a.app, Some(s));
         }
     }
@@ -126,7 +113,7 @@ impl Reports {
         let mut apps = Vec::with_capacity(report.apps.len());
         for a in &report.apps {
             let seen = (a.phase() != Phase::Removed).then(|| {
-                ix.seen(
+                Seen::new(
                     &a.revision,
                     &a.bundle_digest,
                     a.phase(),
