@@ -12,13 +12,13 @@ use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
-    Ack, AgentInfo, AgentMessage, AppStatus, DesiredState, Heartbeat, Hello, RenewRequest,
-    SpanBatch, StatusReport,
+    Ack, AgentInfo, AgentMessage, AppStatus, DesiredState, FetchDesiredStateRequest, Heartbeat,
+    Hello, RenewRequest, SpanBatch, StatusReport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::AgentStatus;
 use crate::bundles::BundleStore;
@@ -171,6 +171,7 @@ impl SessionCtx {
             last_generation: self.last_generation,
             cached_bundles: self.bundles.digests(),
             agent: Some(self.agent.clone()),
+            fetches_desired: true,
         };
         tx.send(agent_msg(AgentMsg::Hello(hello)))
             .await
@@ -195,13 +196,25 @@ impl SessionCtx {
         let mut welcomed = false;
         let relay = self.relay.clone();
         // Bundles download beside the session, so heartbeats keep flowing during a long one.
-        let (done_tx, mut done_rx) = mpsc::channel::<Downloaded>(1);
+        // Keyed by the generation announced (inline or by DesiredStateReady).
+        let (done_tx, mut done_rx) = mpsc::channel::<(u64, Result<Downloaded, Status>)>(1);
         let mut download: Option<(u64, AbortOnDrop)> = None;
+        let mut session_id = String::new();
         loop {
             tokio::select! {
-                Some(done) = done_rx.recv() => {
-                    if download.as_ref().is_some_and(|(g, _)| *g == done.desired.generation) {
+                Some((generation, done)) = done_rx.recv() => {
+                    if download.as_ref().is_some_and(|(g, _)| *g == generation) {
                         download = None;
+                        let done = match done {
+                            Ok(done) => done,
+                            // Superseded: a newer announcement is on its way.
+                            Err(s) if s.code() == Code::FailedPrecondition => {
+                                tracing::debug!(generation, error = %s.message(), "announced desired state superseded");
+                                continue;
+                            }
+                            // The hub counts it as sent: a new session gets it again.
+                            Err(s) => return Err(classify(format!("fetching desired state {generation}: {}", error_chain(&s)))),
+                        };
                         for m in self.take_desired(done) {
                             if tx.send(agent_msg(m)).await.is_err() {
                                 return Err(SessionError::Failed("session stream closed".into()));
@@ -258,6 +271,7 @@ impl SessionCtx {
                             self.event_span("connect").in_scope(|| {
                                 tracing::info!(cluster.id = %self.state.cluster_id, session = %w.session_id, reconnect, "connected to hub");
                             });
+                            session_id = w.session_id.clone();
                             self.status.send_modify(|s| {
                                 s.connected = true;
                                 s.session_id = w.session_id.clone();
@@ -295,27 +309,15 @@ impl SessionCtx {
                                 }
                             }
                         }
-                        Some(HubMsg::Desired(d))
-                            if d.generation != self.last_generation
-                                && download.as_ref().is_none_or(|(g, _)| *g != d.generation) =>
-                        {
-                            // A newer desired state replaces a download in flight (dropping
-                            // its handle aborts it; its partial files are resumed later).
+                        Some(HubMsg::Desired(d)) if self.wants(d.generation, &download) => {
                             let generation = d.generation;
-                            let job = download_bundles(
-                                self.bundles.clone(),
-                                client.clone(),
-                                d,
-                                self.chunk_timeout,
-                                self.status.clone(),
-                            );
-                            let done_tx = done_tx.clone();
-                            let handle = tokio::spawn(async move {
-                                let _ = done_tx.send(job.await).await;
-                            });
-                            download = Some((generation, AbortOnDrop(handle)));
+                            download = Some((generation, self.take_on(Announced::Inline(d), &client, &session_id, &done_tx)));
                         }
-                        Some(HubMsg::Desired(_)) => {}
+                        Some(HubMsg::DesiredReady(r)) if self.wants(r.generation, &download) => {
+                            let generation = r.generation;
+                            download = Some((generation, self.take_on(Announced::Waiting(generation), &client, &session_id, &done_tx)));
+                        }
+                        Some(HubMsg::Desired(_) | HubMsg::DesiredReady(_)) => {}
                         Some(HubMsg::Disconnect(d)) => {
                             return Ok(SessionEnd::Disconnected { reason: d.reason, message: d.message });
                         }
@@ -329,6 +331,54 @@ impl SessionCtx {
                 }
             }
         }
+    }
+
+    /// Whether an announced desired state of `generation` is new: neither held nor the one
+    /// being downloaded.
+    fn wants(&self, generation: u64, download: &Option<(u64, AbortOnDrop)>) -> bool {
+        generation != self.last_generation
+            && download.as_ref().is_none_or(|(g, _)| *g != generation)
+    }
+
+    /// Starts taking an announced desired state beside the session: fetching it if it waits at
+    /// the hub, then its bundles. The outcome comes on `done` under the generation announced.
+    /// It replaces a download in flight (dropping the returned handle aborts it; partial files
+    /// are resumed later).
+    fn take_on(
+        &self,
+        announced: Announced,
+        client: &AgentSessionClient<tonic::transport::Channel>,
+        session_id: &str,
+        done: &mpsc::Sender<(u64, Result<Downloaded, Status>)>,
+    ) -> AbortOnDrop {
+        let (bundles, mut client, status) =
+            (self.bundles.clone(), client.clone(), self.status.clone());
+        let (chunk_timeout, session_id, done) =
+            (self.chunk_timeout, session_id.to_string(), done.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let (generation, desired) = match announced {
+                Announced::Inline(d) => (d.generation, Ok(d)),
+                Announced::Waiting(generation) => {
+                    let req = FetchDesiredStateRequest {
+                        session_id,
+                        generation,
+                    };
+                    let got =
+                        tokio::time::timeout(chunk_timeout, client.fetch_desired_state(req)).await;
+                    let got = got.unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "no answer within {chunk_timeout:?}"
+                        )))
+                    });
+                    (generation, got.map(tonic::Response::into_inner))
+                }
+            };
+            let outcome = match desired {
+                Ok(d) => Ok(download_bundles(bundles, client, d, chunk_timeout, status).await),
+                Err(e) => Err(e),
+            };
+            let _ = done.send((generation, outcome)).await;
+        }))
     }
 
     /// Takes a desired state whose download ended: when every bundle is held the state is
@@ -395,6 +445,14 @@ impl SessionCtx {
 /// How many times a broken or stalled bundle download is resumed before its app is reported
 /// failed (a later desired state, or the next session, tries again).
 const DOWNLOAD_ATTEMPTS: u32 = 8;
+
+/// A desired state as the hub announced it.
+enum Announced {
+    /// Sent on the session.
+    Inline(DesiredState),
+    /// Waiting at the hub: fetched with `FetchDesiredState`.
+    Waiting(u64),
+}
 
 /// A desired state whose bundles were downloaded, with the apps whose bundle could not be.
 struct Downloaded {

@@ -323,7 +323,7 @@ pub async fn start(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .initial_connection_window_size(256 * 1024)
-        .initial_stream_window_size(128 * 1024)
+        .initial_stream_window_size(flotilla_proto::limits::INBOUND_STREAM_WINDOW)
         .add_service(
             RegistrationServer::new(registration_svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -11,3 +11,14 @@ pub const BUNDLE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// The most bundles one `FetchBundles` call may ask for.
 pub const MAX_BUNDLES_PER_FETCH: usize = 1024;
+
+/// The largest status report an agent sends in one message (more apps go in several). The hub
+/// holds one decode buffer per session for days, and it grows to the largest message read, so
+/// reports stay small; an app whose own status is larger still goes alone.
+pub const MAX_REPORT_BYTES: usize = 4 * 1024;
+
+/// The flow-control window the hub grants each stream an agent or client opens: the most a
+/// peer sends before the hub has read it, and so the largest DATA frame it sends. Frames of at
+/// most 8 KiB with their 9-byte header fit h2's first read buffer, which then never grows for
+/// the life of the connection (a 16 KiB frame makes it ~24 KiB, kept per connection).
+pub const INBOUND_STREAM_WINDOW: u32 = 8 * 1024 - 9;

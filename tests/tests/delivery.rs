@@ -427,3 +427,185 @@ async fn several_bundles_come_in_one_call_and_only_a_clusters_own() {
     assert!(e.to_string().contains("not desired"), "{e}");
     assert!(!store.has(&not_ours));
 }
+
+/// Offers `n` apps to `cluster`, each with a bundle of its own; returns their digests.
+async fn desire_many(hub: &TestHub, cluster: &str, n: usize) -> Vec<String> {
+    let mut digests = Vec::new();
+    for i in 0..n {
+        let app = format!("app-{i:02}");
+        digests.push(
+            desire(
+                hub,
+                cluster,
+                &app,
+                "c1",
+                &bundle(&format!("{cluster}-{app}")),
+            )
+            .await,
+        );
+    }
+    digests
+}
+
+#[tokio::test]
+async fn a_large_desired_state_is_announced_and_fetched_by_its_own_session_only() {
+    use flotilla_proto::codec::BUFFER_BYTES;
+    use flotilla_proto::v1::agent_message::Msg;
+    use flotilla_proto::v1::{Ack, AgentMessage, FetchDesiredStateRequest, Hello, hub_message};
+    use prost::Message;
+    let dir = test_dir();
+    let mut config = TestHub::config(dir.path());
+    config.desired_hold = std::time::Duration::from_secs(3600);
+    let hub = TestHub::start(config).await;
+    let credentials = hub.enroll(dir.path(), "big").await;
+    let other = hub.enroll(dir.path(), "other").await;
+    desire_many(&hub, "big", 12).await;
+    desire(&hub, "other", "web", "c1", &bundle("other-web")).await;
+    let g = generation(&hub, "big").await;
+    let whole = hub
+        .running()
+        .rollouts
+        .desired_of("big")
+        .await
+        .unwrap()
+        .to_wire();
+    assert!(
+        whole.encoded_len() > BUFFER_BYTES,
+        "large enough to wait at the hub"
+    );
+
+    // An agent that can fetch is told it waits, and is not sent it.
+    let (ca, chain, key) = &credentials;
+    let fetching = Hello {
+        fetches_desired: true,
+        ..Default::default()
+    };
+    let (welcome, tx, mut inbound) = open_session(&hub.addr(), ca, chain, key, fetching.clone())
+        .await
+        .unwrap();
+    let Some(hub_message::Msg::Welcome(welcome)) = welcome.msg else {
+        panic!("no Welcome")
+    };
+    match inbound.message().await.unwrap().and_then(|m| m.msg) {
+        Some(hub_message::Msg::DesiredReady(r)) => assert_eq!(r.generation, g),
+        other => panic!("expected DesiredStateReady, got {other:?}"),
+    }
+    let request = |session_id: &str, generation| FetchDesiredStateRequest {
+        session_id: session_id.to_string(),
+        generation,
+    };
+    // Not another cluster's, not another session's, not another generation's.
+    let mut theirs = session_client(&hub, &other).await;
+    let e = theirs
+        .fetch_desired_state(request(&welcome.session_id, g))
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        Code::FailedPrecondition,
+        "not cluster \"other\"'s live session",
+    );
+    let mut client = session_client(&hub, &credentials).await;
+    let e = client
+        .fetch_desired_state(request("999999", g))
+        .await
+        .unwrap_err();
+    assert_status(&e, Code::FailedPrecondition, "live session");
+    let e = client
+        .fetch_desired_state(request(&welcome.session_id, g + 1))
+        .await
+        .unwrap_err();
+    assert_status(
+        &e,
+        Code::FailedPrecondition,
+        "is not the one last announced",
+    );
+    // Its own session's: exactly the state (again if asked again).
+    for _ in 0..2 {
+        let got = client
+            .fetch_desired_state(request(&welcome.session_id, g))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got, whole);
+    }
+    // The state changes before the agent takes it: the fetch hands the newest, and the
+    // agent's ack of that one ends the hold, so the next change is announced at once.
+    desire(&hub, "big", "late", "c1", &bundle("big-late")).await;
+    let g2 = generation(&hub, "big").await;
+    let got = client
+        .fetch_desired_state(request(&welcome.session_id, g))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.generation, g2);
+    tx.send(AgentMessage {
+        msg: Some(Msg::Ack(Ack { generation: g2 })),
+    })
+    .await
+    .unwrap();
+    desire(&hub, "big", "later", "c1", &bundle("big-later")).await;
+    let g3 = generation(&hub, "big").await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), inbound.message())
+        .await
+        .expect("the next change announced without waiting for the hold")
+        .unwrap()
+        .and_then(|m| m.msg);
+    match next {
+        Some(hub_message::Msg::DesiredReady(r)) => assert_eq!(r.generation, g3),
+        other => panic!("expected DesiredStateReady for {g3}, got {other:?}"),
+    }
+
+    // An agent that does not fetch gets it inline; a small state goes inline to any agent.
+    let (_, _tx2, mut inline) = open_session(&hub.addr(), ca, chain, key, Hello::default())
+        .await
+        .unwrap();
+    let now = hub.running().rollouts.desired_of("big").await.unwrap();
+    assert_eq!(now.generation, g3);
+    assert_eq!(next_desired(&mut inline).await, now.to_wire());
+    let (ca, chain, key) = &other;
+    let (_, _tx3, mut small) = open_session(&hub.addr(), ca, chain, key, fetching)
+        .await
+        .unwrap();
+    assert_eq!(next_desired(&mut small).await.apps.len(), 1);
+}
+
+#[tokio::test]
+async fn the_agent_fetches_a_large_desired_state_and_holds_every_bundle() {
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let mut agent = hub.join(dir.path(), "many-apps").await;
+    let digests = desire_many(&hub, "many-apps", 12).await;
+    let whole = hub
+        .running()
+        .rollouts
+        .desired_of("many-apps")
+        .await
+        .unwrap();
+    assert!(
+        prost::Message::encoded_len(&whole.to_wire()) > flotilla_proto::codec::BUFFER_BYTES,
+        "large enough to wait at the hub"
+    );
+    let st = wait_status(&mut agent.status, "the large state held", |s| {
+        s.desired_generation == whole.generation
+    })
+    .await;
+    let mut held = st.bundles.clone();
+    held.sort();
+    let mut want = digests.clone();
+    want.sort();
+    assert_eq!(held, want);
+    let store = BundleStore::new(dir.path().join("many-apps").join("bundles"));
+    for d in &digests {
+        assert!(store.read(d).is_ok(), "bundle {d} held and verified");
+    }
+    let report = eventually("the hub to record every app applied", || async {
+        let s = hub.running().desired.status("many-apps").await.unwrap();
+        (s.generation == whole.generation
+            && s.apps.len() == 12
+            && s.apps.iter().all(|a| a.phase == Phase::Applied))
+        .then_some(s)
+    })
+    .await;
+    assert_eq!(report.apps.len(), 12);
+}

@@ -15,8 +15,7 @@ use flotilla_proto::v1::{AppStatus, StatusReport};
 use prost::Message;
 use tokio::sync::watch;
 
-/// The largest status report the agent sends.
-pub const MAX_REPORT_BYTES: usize = 64 << 10;
+pub use flotilla_proto::limits::MAX_REPORT_BYTES;
 /// Longest app message kept in a report.
 pub const MAX_MESSAGE: usize = 1024;
 /// Longest object message kept in a report.

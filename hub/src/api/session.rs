@@ -10,17 +10,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
+use flotilla_proto::codec::BUFFER_BYTES;
 use flotilla_proto::identity::Identity;
 use flotilla_proto::limits::{BUNDLE_CHUNK_BYTES, MAX_BUNDLES_PER_FETCH};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_server::AgentSession;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{
-    AgentMessage, BundleChunk, Disconnect, FetchBundleRequest, FetchBundlesRequest, HeartbeatAck,
-    HubMessage, RenewResponse, StatusAck, Welcome,
+    AgentMessage, BundleChunk, DesiredState, DesiredStateReady, Disconnect, FetchBundleRequest,
+    FetchBundlesRequest, FetchDesiredStateRequest, HeartbeatAck, HubMessage, RenewResponse,
+    StatusAck, Welcome,
 };
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::task::TaskTracker;
@@ -129,6 +132,22 @@ fn hub(msg: HubMsg) -> Result<HubMessage, Status> {
     Ok(HubMessage { msg: Some(msg) })
 }
 
+/// What the session sends for desired state `d`: the state itself when it fits the session's
+/// first encode buffer (tonic keeps that buffer at the largest message it ever encoded, for the
+/// session's life), else, to an agent that can fetch, an announcement of its generation, for
+/// `FetchDesiredState` (which derives the state again: nothing waits in memory meanwhile).
+fn desired_message(d: DesiredState, fetches: bool, shared: &SessionShared) -> HubMsg {
+    // The gRPC frame header (5 bytes), the field's tag and length, the state.
+    let len = d.encoded_len();
+    if !fetches || 5 + 1 + prost::length_delimiter_len(len) + len <= BUFFER_BYTES {
+        return HubMsg::Desired(d);
+    }
+    shared.announce(d.generation);
+    HubMsg::DesiredReady(DesiredStateReady {
+        generation: d.generation,
+    })
+}
+
 type HubStream = Pin<Box<dyn Stream<Item = Result<HubMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -208,6 +227,7 @@ impl AgentSession for SessionService {
             rollouts: self.rollouts.clone(),
             shared: shared.clone(),
         };
+        let fetches = hello.fetches_desired;
         let svc = self.clone();
         let stream = async_stream::stream! {
             let _guard = guard;
@@ -237,7 +257,7 @@ impl AgentSession for SessionService {
                             sent_generation = rec.generation;
                             unacked = Some((rec.generation, Instant::now() + svc.config.desired_hold));
                             tracing::debug!(cluster.id = %shared.cluster, generation = rec.generation, "sending desired state");
-                            yield hub(HubMsg::Desired(rec.to_wire()));
+                            yield hub(desired_message(rec.to_wire(), fetches, &shared));
                         }
                         Ok(_) => {}
                         Err(e) => tracing::error!(cluster.id = %shared.cluster, error = %e, "cannot read desired state"),
@@ -310,7 +330,7 @@ impl AgentSession for SessionService {
                                     svc.metrics.count_status_report(s.apps.len());
                                     // An agent that could not take a desired state reports on
                                     // it instead of acknowledging it.
-                                    if unacked.is_some_and(|(g, _)| g == s.generation) {
+                                    if unacked.is_some_and(|(g, _)| g == s.generation) || (s.generation != 0 && shared.handed() == s.generation) {
                                         unacked = None;
                                     }
                                     tracing::debug!(cluster.id = %shared.cluster, generation = s.generation, apps = s.apps.len(), seq = s.seq, "status report");
@@ -332,6 +352,11 @@ impl AgentSession for SessionService {
                                     tracing::debug!(cluster.id = %shared.cluster, generation = a.generation, "ack");
                                     if unacked.is_some_and(|(g, _)| g == a.generation) {
                                         unacked = None;
+                                    }
+                                    // A state fetched newer than announced: held now.
+                                    if a.generation != 0 && shared.handed() == a.generation {
+                                        unacked = None;
+                                        sent_generation = a.generation;
                                     }
                                 }
                                 AgentMsg::Hello(_) => {
@@ -368,11 +393,42 @@ impl AgentSession for SessionService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn fetch_desired_state(
+        &self,
+        req: Request<FetchDesiredStateRequest>,
+    ) -> Result<Response<DesiredState>, Status> {
+        let cluster = self.calling_cluster(&req).await?;
+        let FetchDesiredStateRequest {
+            session_id,
+            generation,
+        } = req.into_inner();
+        let live = self
+            .sessions
+            .get(&cluster)
+            .filter(|s| s.id.to_string() == session_id)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "session {session_id:?} is not cluster {cluster:?}'s live session"
+                ))
+            })?;
+        if live.announced() != generation {
+            return Err(Status::failed_precondition(format!(
+                "desired state {generation} is not the one last announced to cluster {cluster:?}"
+            )));
+        }
+        // The state now: newer than the one announced if it changed since (the session then
+        // counts the agent's ack of this one).
+        let desired = self.rollouts.desired_of(&cluster).await?;
+        live.hand(desired.generation);
+        tracing::debug!(cluster.id = %cluster, announced = generation, generation = desired.generation, "desired state fetched");
+        Ok(Response::new(desired.to_wire()))
+    }
+
     async fn fetch_bundle(
         &self,
         req: Request<FetchBundleRequest>,
     ) -> Result<Response<Self::FetchBundleStream>, Status> {
-        let cluster = self.bundle_reader(&req).await?;
+        let cluster = self.calling_cluster(&req).await?;
         let FetchBundleRequest { digest, offset } = req.into_inner();
         self.refuse_unwanted(&cluster, &[&digest]).await?;
         Ok(Response::new(Box::pin(
@@ -384,7 +440,7 @@ impl AgentSession for SessionService {
         &self,
         req: Request<FetchBundlesRequest>,
     ) -> Result<Response<Self::FetchBundlesStream>, Status> {
-        let cluster = self.bundle_reader(&req).await?;
+        let cluster = self.calling_cluster(&req).await?;
         let FetchBundlesRequest { bundles } = req.into_inner();
         if bundles.len() > MAX_BUNDLES_PER_FETCH {
             return Err(Status::invalid_argument(format!(
@@ -473,8 +529,8 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 }
 
 impl SessionService {
-    /// The cluster calling for bundles, once its certificate is checked against the registry.
-    async fn bundle_reader<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    /// The cluster calling, once its certificate is checked against the registry.
+    async fn calling_cluster<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let c = caller(req, self.ca.trust_domain())?;
         let (cluster, peer) = c.cluster()?;
         self.registry

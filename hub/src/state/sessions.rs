@@ -31,6 +31,11 @@ pub struct SessionShared {
     pending: Mutex<Option<Control>>,
     /// Set when the cluster's desired state changed; the session re-reads and sends it.
     pub(crate) desired_dirty: AtomicBool,
+    /// The generation last announced to the agent with `DesiredStateReady` (0: none).
+    announced: AtomicU64,
+    /// The generation of the desired state last handed to the agent by `FetchDesiredState`
+    /// (0: none); newer than the one announced when the state changed in between.
+    handed: AtomicU64,
 }
 
 impl SessionShared {
@@ -46,6 +51,22 @@ impl SessionShared {
     pub(crate) fn mark_desired(&self) {
         self.desired_dirty.store(true, Ordering::Release);
         self.notify.notify_one();
+    }
+
+    pub(crate) fn announce(&self, generation: u64) {
+        self.announced.store(generation, Ordering::Release);
+    }
+
+    pub(crate) fn announced(&self) -> u64 {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn hand(&self, generation: u64) {
+        self.handed.store(generation, Ordering::Release);
+    }
+
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Acquire)
     }
 
     pub(crate) fn take(&self) -> Option<Control> {
@@ -149,6 +170,8 @@ impl Sessions {
             notify: Notify::new(),
             pending: Mutex::new(None),
             desired_dirty: AtomicBool::new(false),
+            announced: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
         });
         let old = self
             .live

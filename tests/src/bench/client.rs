@@ -22,8 +22,8 @@ use flotilla_proto::v1::agent_session_client::AgentSessionClient;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use flotilla_proto::v1::{
-    AddClusterRequest, AgentInfo, AgentMessage, DesiredState, Heartbeat, Hello, HubMessage,
-    JoinRequest, Welcome,
+    AddClusterRequest, AgentInfo, AgentMessage, DesiredState, FetchDesiredStateRequest, Heartbeat,
+    Hello, HubMessage, JoinRequest, Welcome,
 };
 use futures::future::BoxFuture;
 use rustls::ClientConfig;
@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 use tonic::transport::Channel;
+use tonic::{Status, Streaming};
 
 use super::prog;
 
@@ -202,6 +202,7 @@ pub async fn hello_welcome(
             last_generation: 0,
             cached_bundles: vec![],
             agent: Some(agent_info()),
+            fetches_desired: true,
         })),
     })
     .await
@@ -258,6 +259,7 @@ pub async fn open_session(
             cmds: cmd_rx,
             keepalive,
             on_desired,
+            session_id: welcome.session_id,
             last_generation: 0,
             cached: BTreeSet::new(),
         };
@@ -280,6 +282,8 @@ struct Held {
     cmds: mpsc::Receiver<Cmd>,
     keepalive: Duration,
     on_desired: Option<DesiredHandler>,
+    /// The Welcome's session id (named when fetching an announced desired state).
+    session_id: String,
     /// The generation of the last desired state held completely.
     last_generation: u64,
     /// Bundles held, by digest.
@@ -295,20 +299,66 @@ fn heartbeat(seq: u64) -> AgentMessage {
     }
 }
 
+/// A desired state as the hub announced it: sent inline, or waiting to be fetched.
+enum Announced {
+    Inline(DesiredState),
+    Waiting(u64),
+}
+
+impl Announced {
+    /// The announcement `m` makes, if it is one.
+    fn of(m: HubMsg) -> Option<Self> {
+        match m {
+            HubMsg::Desired(d) => Some(Self::Inline(d)),
+            HubMsg::DesiredReady(r) => Some(Self::Waiting(r.generation)),
+            _ => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            Self::Inline(d) => d.generation,
+            Self::Waiting(g) => *g,
+        }
+    }
+}
+
+/// What became of an announced desired state: handled, or not fetched (why).
+type Handled = (u64, Result<DesiredOutcome, Status>);
+
 impl Held {
-    /// Handles desired state `d` in a task of its own; the outcome comes back on `done`.
-    fn handle(&self, d: DesiredState, done: mpsc::Sender<(u64, DesiredOutcome)>) {
+    /// Handles an announced desired state in a task of its own (fetching it first if it
+    /// waits at the hub); the outcome comes back on `done`.
+    fn handle(&self, announced: Announced, done: mpsc::Sender<Handled>) {
         let handler = self.on_desired.clone().expect("only called with a handler");
-        let generation = d.generation;
-        let call = DesiredCall {
-            cluster: self.cluster.clone(),
-            client: self.client.clone(),
-            desired: d,
-            cached: self.cached.clone(),
-        };
+        let generation = announced.generation();
+        let (cluster, mut client) = (self.cluster.clone(), self.client.clone());
+        let (cached, session_id) = (self.cached.clone(), self.session_id.clone());
         tokio::spawn(async move {
+            let desired = match announced {
+                Announced::Inline(d) => d,
+                Announced::Waiting(generation) => {
+                    let req = FetchDesiredStateRequest {
+                        session_id,
+                        generation,
+                    };
+                    match client.fetch_desired_state(req).await {
+                        Ok(r) => r.into_inner(),
+                        Err(s) => {
+                            let _ = done.send((generation, Err(s))).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            let call = DesiredCall {
+                cluster,
+                client,
+                desired,
+                cached,
+            };
             let outcome = handler(call).await;
-            let _ = done.send((generation, outcome)).await;
+            let _ = done.send((generation, Ok(outcome))).await;
         });
     }
 
@@ -325,23 +375,30 @@ impl Held {
         let mut pending: Option<(u64, Instant, mpsc::Sender<RoundReply>)> = None;
         // A desired state being handled (fetching bundles takes a while on a busy hub; an agent
         // does that beside its session, which keeps heartbeating), and the newest one waiting.
-        let (done_tx, mut done_rx) = mpsc::channel::<(u64, DesiredOutcome)>(1);
+        let (done_tx, mut done_rx) = mpsc::channel::<Handled>(1);
         let mut busy = false;
-        let mut waiting: Option<DesiredState> = None;
+        let mut waiting: Option<Announced> = None;
         loop {
             tokio::select! {
                 Some((generation, outcome)) = done_rx.recv() => {
-                    self.cached.extend(outcome.holds);
-                    if outcome.complete {
-                        self.last_generation = generation;
-                    }
-                    for m in outcome.messages {
-                        if self.tx.send(m).await.is_err() {
-                            return ended("outbound stream closed".into());
+                    match outcome {
+                        Ok(outcome) => {
+                            self.cached.extend(outcome.holds);
+                            if outcome.complete {
+                                self.last_generation = generation;
+                            }
+                            for m in outcome.messages {
+                                if self.tx.send(m).await.is_err() {
+                                    return ended("outbound stream closed".into());
+                                }
+                            }
                         }
+                        // Superseded: a newer announcement is on its way.
+                        Err(s) if s.code() == tonic::Code::FailedPrecondition => {}
+                        Err(s) => return ended(format!("FetchDesiredState {generation}: {}: {}", s.code(), s.message())),
                     }
                     busy = false;
-                    if let Some(d) = waiting.take().filter(|d| d.generation != self.last_generation) {
+                    if let Some(d) = waiting.take().filter(|d| d.generation() != self.last_generation) {
                         busy = true;
                         self.handle(d, done_tx.clone());
                     }
@@ -375,8 +432,9 @@ impl Held {
                             let _ = reply.try_send(Ok(sent.elapsed()));
                         }
                     }
-                    Ok(Some(HubMessage { msg: Some(HubMsg::Desired(d)) })) if self.on_desired.is_some() => {
-                        if d.generation == self.last_generation {
+                    Ok(Some(HubMessage { msg: Some(m @ (HubMsg::Desired(_) | HubMsg::DesiredReady(_))) })) if self.on_desired.is_some() => {
+                        let d = Announced::of(m).expect("an announcement");
+                        if d.generation() == self.last_generation {
                             continue;
                         }
                         // One at a time, the newest waiting; heartbeats go on meanwhile.
