@@ -112,7 +112,7 @@ impl AdminService {
                     drifted: report.map(|r| r.drifted).unwrap_or_default(),
                     healed: report.map(|r| r.healed).unwrap_or_default(),
                     message: report
-                        .map(|r| r.message.clone())
+                        .map(|r| r.message.to_string())
                         .unwrap_or_else(|| "not reported yet".into()),
                     worst: report.map(|r| r.worst_wire()).unwrap_or_default(),
                     observed_unix_ms: report.map(|r| r.observed_ms).unwrap_or_default(),
@@ -192,7 +192,7 @@ impl AdminService {
                 applied_revision: applied,
                 bundle_digest: entry.bundle_digest.clone(),
                 phase: report.map(|r| r.phase).unwrap_or_default().into(),
-                message: report.map(|r| r.message.clone()).unwrap_or_default(),
+                message: report.map(|r| r.message.to_string()).unwrap_or_default(),
                 health: report.map(|r| r.health).unwrap_or_default().into(),
             });
         }

@@ -18,12 +18,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
+use crate::engine::rollout::groups::Groups;
 use crate::engine::rollout::plan::{Cause, Render};
 use crate::engine::rollout::{AppOffer, Retirement, Rollouts};
 use crate::git::{Auth, GitRef, Mirror, SourceSpec};
 use crate::render::{
-    AppManifests, BundleCache, ClusterId, ClusterInfo, CountOrPercent, Limits, OnFailure,
-    PipelineConfig, load_config, targeted_clusters,
+    AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
+    load_config, targeted_clusters,
 };
 use crate::state::desired::AppEntry;
 use crate::state::error::HubError;
@@ -470,7 +471,7 @@ impl Sources {
                     st.error = None;
                     offers.push(AppOffer {
                         app: app.clone(),
-                        render: Render::stamped(&commit, r.entries),
+                        render: Render::of_groups(&commit, r.entries),
                         pipeline_name: r.pipeline_name,
                         pipeline: r.pipeline,
                         max_removal: r.max_removal,
@@ -549,7 +550,7 @@ async fn blocking_in<T: Send + 'static>(
 
 /// An app rendered for its targeted clusters, with the pipeline that promotes it.
 struct Rendered {
-    entries: Vec<(ClusterId, AppEntry)>,
+    entries: Groups,
     pipeline_name: Option<String>,
     pipeline: PipelineConfig,
     max_removal: CountOrPercent,
@@ -579,38 +580,34 @@ fn render_all(
         let result = (|| {
             let manifests =
                 AppManifests::load(tree, &config, app, limits).map_err(|e| e.to_string())?;
-            let mut list = Vec::new();
             // Clusters whose rendering depends on the same things share it: rendered and
-            // stored once per distinct key, not once per cluster.
-            let mut rendered: HashMap<Vec<usize>, crate::render::BundleRef> = HashMap::new();
+            // stored once per distinct key, not once per cluster, and kept as one entry per
+            // distinct bundle with its clusters (10,000 clusters alike: one entry).
+            let mut entries = Groups::default();
+            let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
             for cluster in targeted_clusters(&config, app, clusters) {
                 let key = manifests.render_key(cluster);
-                let known = key.as_ref().and_then(|k| rendered.get(k)).cloned();
-                let b = match known {
-                    Some(b) => b,
-                    None => {
-                        let r = manifests
-                            .render(cluster)
-                            .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
-                        let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
-                        if let Some(k) = key {
-                            rendered.insert(k, b.clone());
-                        }
-                        b
-                    }
+                if let Some(&i) = key.as_ref().and_then(|k| group_of.get(k)) {
+                    entries.add_to(i, cluster.id);
+                    continue;
+                }
+                let r = manifests
+                    .render(cluster)
+                    .map_err(|e| format!("cluster {}: {e}", cluster.name))?;
+                let b = bundles.put(&r.canonical).map_err(|e| e.to_string())?;
+                let entry = AppEntry {
+                    app: app.clone(),
+                    revision: String::new(),
+                    bundle_digest: b.digest,
+                    bundle_size: b.size,
+                    trace_context: String::new(),
+                    depends_on: app_config.depends_on.clone(),
+                    options: options.clone(),
                 };
-                list.push((
-                    cluster.id,
-                    AppEntry {
-                        app: app.clone(),
-                        revision: String::new(),
-                        bundle_digest: b.digest,
-                        bundle_size: b.size,
-                        trace_context: String::new(),
-                        depends_on: app_config.depends_on.clone(),
-                        options: options.clone(),
-                    },
-                ));
+                let i = entries.add(cluster.id, entry);
+                if let Some(k) = key {
+                    group_of.insert(k, i);
+                }
             }
             let (pipeline_name, pipeline) = match &app_config.pipeline {
                 Some(name) => (Some(name.clone()), config.pipelines[name].clone()),
@@ -627,7 +624,7 @@ fn render_all(
                 ),
             };
             Ok(Rendered {
-                entries: list,
+                entries,
                 pipeline_name,
                 pipeline,
                 max_removal,

@@ -44,7 +44,12 @@ pub struct AppReport {
     )]
     pub bundle_digest: Arc<str>,
     pub phase: Phase,
-    pub message: String,
+    /// Shared when short: most are the same few words ("applied").
+    #[serde(
+        serialize_with = "super::intern::serialize",
+        deserialize_with = "super::intern::deserialize"
+    )]
+    pub message: Arc<str>,
     pub observed_ms: u64,
     #[serde(default)]
     pub health: Health,
@@ -97,7 +102,11 @@ impl AppReport {
             revision: intern(&a.revision),
             bundle_digest: intern(&a.bundle_digest),
             phase: a.phase(),
-            message: a.message.clone(),
+            message: if a.message.len() <= 64 {
+                intern(&a.message)
+            } else {
+                a.message.as_str().into()
+            },
             observed_ms: a.observed_unix_ms,
             health: a.health(),
             objects: ObjectCounts {

@@ -36,6 +36,30 @@ impl Groups {
         g
     }
 
+    /// Adds `cluster`, which has no entry yet, with `entry`: to the group with an equal entry,
+    /// or as a new group. Returns the group's index (for [`Self::add_to`]).
+    pub fn add(&mut self, cluster: ClusterId, entry: AppEntry) -> usize {
+        match self.0.iter().position(|g| g.entry == entry) {
+            Some(i) => {
+                self.0[i].clusters.insert(cluster);
+                i
+            }
+            None => {
+                self.0.push(Group {
+                    entry,
+                    clusters: std::iter::once(cluster).collect(),
+                });
+                self.0.len() - 1
+            }
+        }
+    }
+
+    /// Adds `cluster`, which has no entry yet, to group `i` (as returned by [`Self::add`], with
+    /// no removal since).
+    pub fn add_to(&mut self, i: usize, cluster: ClusterId) {
+        self.0[i].clusters.insert(cluster);
+    }
+
     pub fn get(&self, cluster: ClusterId) -> Option<&AppEntry> {
         self.0
             .iter()

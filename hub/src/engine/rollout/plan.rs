@@ -76,6 +76,15 @@ impl Render {
         }
     }
 
+    /// The rendering `entries` known as `revision` (every entry stamped with it).
+    pub fn of_groups(revision: &str, mut entries: Groups) -> Render {
+        entries.stamp(revision);
+        Render {
+            revision: revision.to_owned(),
+            entries,
+        }
+    }
+
     /// The same rendering known as `revision`.
     fn restamped(mut self, revision: &str) -> Render {
         self.entries.stamp(revision);

@@ -5,7 +5,7 @@
 //! for the Admin API. Filled from the stored statuses when the engine starts, then from each
 //! report as it is recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use flotilla_proto::state::{Health, Phase};
@@ -27,34 +27,29 @@ pub struct Seen {
 
 #[derive(Debug, Default)]
 struct Index {
-    /// App → cluster → its last report.
+    /// App → cluster → its last report. (No cluster → apps map: forgetting a cluster, once
+    /// per reconnect, looks in every app, which is cheaper than a set per cluster kept always.)
     apps: HashMap<Arc<str>, HashMap<ClusterId, Seen>>,
-    /// Cluster → the apps it reported (for a `replace` report).
-    clusters: HashMap<ClusterId, HashSet<Arc<str>>>,
 }
 
 impl Index {
     fn forget_cluster(&mut self, cluster: ClusterId) {
-        for app in self.clusters.remove(&cluster).unwrap_or_default() {
-            if let Some(per) = self.apps.get_mut(&app) {
-                per.remove(&cluster);
-            }
+        for per in self.apps.values_mut() {
+            per.remove(&cluster);
         }
     }
 
     fn set(&mut self, cluster: ClusterId, app: &str, seen: Option<Seen>) {
-        let app = intern(app);
         match seen {
             Some(s) => {
-                self.apps.entry(app.clone()).or_default().insert(cluster, s);
-                self.clusters.entry(cluster).or_default().insert(app);
+                match self.apps.get_mut(app) {
+                    Some(per) => per.insert(cluster, s),
+                    None => self.apps.entry(intern(app)).or_default().insert(cluster, s),
+                };
             }
             None => {
-                if let Some(per) = self.apps.get_mut(&app) {
+                if let Some(per) = self.apps.get_mut(app) {
                     per.remove(&cluster);
-                }
-                if let Some(set) = self.clusters.get_mut(&cluster) {
-                    set.remove(&app);
                 }
             }
         }

@@ -196,7 +196,7 @@ async fn no_stored_value_exceeds_512_kib_at_10000_clusters_and_100_apps() {
                 revision: "a".repeat(40).into(),
                 bundle_digest: format!("sha256:{}", "b".repeat(64)).into(),
                 phase: Phase::Applied,
-                message: "m".repeat(200),
+                message: "m".repeat(200).into(),
                 observed_ms: 1,
                 health: Health::Healthy,
                 objects: Default::default(),
