@@ -59,7 +59,7 @@ impl FleetSources {
                     let Some(a) = seen(cluster) else {
                         continue;
                     };
-                    if *a.revision != *entry.revision || *a.digest != *entry.bundle_digest {
+                    if *a.revision != *entry.revision || *a.bundle_digest != *entry.bundle_digest {
                         continue;
                     }
                     match a.phase {

@@ -22,7 +22,9 @@ use crate::store::SharedStore;
 pub const STATUS: &str = "/status/";
 
 /// Told of each status report once it is durable: (cluster, report).
-pub type OnDurable = Box<dyn Fn(&str, &v1::StatusReport) + Send + Sync>;
+/// Told of each status report once it is durable: (cluster, report, the cluster's record with
+/// the report merged — and any later report of the same batch).
+pub type OnDurable = Box<dyn Fn(&str, &v1::StatusReport, &StatusRecord) + Send + Sync>;
 
 /// One app's status as last reported by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +175,12 @@ pub struct StatusRecord {
 }
 
 impl StatusRecord {
+    /// The last status of `app`, if reported.
+    pub fn app(&self, app: &str) -> Option<&Arc<AppReport>> {
+        let i = self.apps.binary_search_by(|r| (*r.app).cmp(app)).ok()?;
+        Some(&self.apps[i])
+    }
+
     /// Merges one report: each app it carries replaces that app's last status; an app reported
     /// `removed` is forgotten, and a `replace` report starts from nothing.
     pub fn merge(&mut self, report: &v1::StatusReport) {

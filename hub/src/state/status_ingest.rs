@@ -357,9 +357,18 @@ impl Ingest {
             };
             if let Some(observe) = self.observer.get() {
                 for (p, outcome) in batch.iter().zip(&outcomes) {
-                    if outcome.is_ok() {
-                        observe(&p.cluster, &p.report);
+                    if outcome.is_err() {
+                        continue;
                     }
+                    // Taken out of the cache's lock before the observer runs.
+                    let rec = match lock(&self.cache).records.get(&p.cluster) {
+                        Some(Cached {
+                            slot: Slot::Record(rec),
+                            ..
+                        }) => rec.clone(),
+                        _ => continue,
+                    };
+                    observe(&p.cluster, &p.report, &rec);
                 }
             }
             if !self.more_queued() {

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use crate::render::{ClusterId, ClusterInfo, ClusterSet, CountOrPercent, PipelineConfig};
 use crate::state::audit::{Audit, AuditEntry};
-use crate::state::desired::{AppEntry, DesiredRecord, DesiredStates};
+use crate::state::desired::{AppEntry, DesiredRecord, DesiredStates, StatusRecord};
 use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::sessions::{LiveById, Sessions};
@@ -163,9 +163,9 @@ impl Rollouts {
         // Told of every status report once it is durable, in the order they were recorded,
         // whatever became of the session that sent it.
         let engine = Arc::downgrade(&this.inner);
-        observed.on_durable(Box::new(move |cluster, report| {
+        observed.on_durable(Box::new(move |cluster, report, rec| {
             if let Some(inner) = engine.upgrade() {
-                Rollouts { inner }.reported(cluster, report);
+                Rollouts { inner }.reported(cluster, report, rec);
             }
         }));
         this
@@ -189,11 +189,11 @@ impl Rollouts {
     /// Takes a status report the hub recorded durably for `cluster` (the status ingest calls
     /// it): the apps it names are looked at in the next pass (each in O(1); nothing scans the
     /// fleet per report).
-    pub fn reported(&self, cluster: &str, report: &v1::StatusReport) {
+    pub fn reported(&self, cluster: &str, report: &v1::StatusReport, rec: &StatusRecord) {
         let Some(id) = self.inner.registry.id_of(cluster) else {
             return;
         };
-        let apps = self.inner.reports.record(id, report);
+        let apps = self.inner.reports.record(id, report, rec);
         let in_flight: Vec<String> = {
             let records = self.records();
             match records.as_ref() {
@@ -681,10 +681,10 @@ impl Rollouts {
             v.last_seen_ms = s.last_seen_ms();
         }
         if let Some(s) = self.inner.reports.get(app, cluster) {
-            v.revision = s.revision;
+            v.revision = s.revision.clone();
             v.phase = s.phase;
             v.health = s.health;
-            v.message = s.message;
+            v.message = s.message.clone();
         }
         v
     }

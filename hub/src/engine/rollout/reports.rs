@@ -8,28 +8,23 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use flotilla_proto::state::{Health, Phase};
+use flotilla_proto::state::Phase;
 use flotilla_proto::v1;
 
 use crate::render::ClusterId;
 use crate::state::desired::StatusRecord;
 use crate::state::intern::intern;
+use crate::state::status::AppReport;
 
-/// One app's last report from one cluster.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub revision: Arc<str>,
-    pub digest: Arc<str>,
-    pub phase: Phase,
-    pub health: Health,
-    pub message: Arc<str>,
-}
+/// One app's last report from one cluster: the status record's own entry, shared (the index
+/// adds a pointer per app and cluster, not a copy).
+pub type Seen = AppReport;
 
 #[derive(Debug, Default)]
 struct Index {
     /// App → cluster → its last report. (No cluster → apps map: forgetting a cluster, once
     /// per reconnect, looks in every app, which is cheaper than a set per cluster kept always.)
-    apps: HashMap<Arc<str>, HashMap<ClusterId, Seen>>,
+    apps: HashMap<Arc<str>, HashMap<ClusterId, Arc<Seen>>>,
 }
 
 impl Index {
@@ -39,7 +34,7 @@ impl Index {
         }
     }
 
-    fn set(&mut self, cluster: ClusterId, app: &str, seen: Option<Seen>) {
+    fn set(&mut self, cluster: ClusterId, app: &str, seen: Option<Arc<Seen>>) {
         match seen {
             Some(s) => {
                 match self.apps.get_mut(app) {
@@ -52,24 +47,6 @@ impl Index {
                     per.remove(&cluster);
                 }
             }
-        }
-    }
-}
-
-impl Seen {
-    /// A report's fields, its strings shared.
-    fn new(revision: &str, digest: &str, phase: Phase, health: Health, msg: &str) -> Seen {
-        Seen {
-            revision: intern(revision),
-            digest: intern(digest),
-            phase,
-            health,
-            // Short messages repeat ("applied", "healthy"): one copy each.
-            message: if msg.len() <= 64 {
-                intern(msg)
-            } else {
-                msg.into()
-            },
         }
     }
 }
@@ -93,29 +70,28 @@ impl Reports {
     pub fn load(&self, cluster: ClusterId, rec: &StatusRecord) {
         let mut ix = self.write();
         for a in &rec.apps {
-            let s = Seen::new(&a.revision, &a.bundle_digest, a.phase, a.health, &a.message);
-            ix.set(cluster, &a.app, Some(s));
+            ix.set(cluster, &a.app, Some(a.clone()));
         }
     }
 
-    /// Takes a report as it was recorded: `replace` starts the cluster from nothing, an app
-    /// reported `removed` is forgotten. Returns the apps it named.
-    pub fn record(&self, cluster: ClusterId, report: &v1::StatusReport) -> Vec<String> {
+    /// Takes a report as it was recorded into `rec` (the cluster's record with it merged):
+    /// `replace` starts the cluster from nothing, an app reported `removed` is forgotten, every
+    /// other app it names now points at the record's entry. Returns the apps it named.
+    pub fn record(
+        &self,
+        cluster: ClusterId,
+        report: &v1::StatusReport,
+        rec: &StatusRecord,
+    ) -> Vec<String> {
         let mut ix = self.write();
         if report.replace {
             ix.forget_cluster(cluster);
         }
         let mut apps = Vec::with_capacity(report.apps.len());
         for a in &report.apps {
-            let seen = (a.phase() != Phase::Removed).then(|| {
-                Seen::new(
-                    &a.revision,
-                    &a.bundle_digest,
-                    a.phase(),
-                    a.health(),
-                    &a.message,
-                )
-            });
+            let seen = (a.phase() != Phase::Removed)
+                .then(|| rec.app(&a.app).cloned())
+                .flatten();
             ix.set(cluster, &a.app, seen);
             apps.push(a.app.clone());
         }
@@ -128,7 +104,7 @@ impl Reports {
     }
 
     /// What `cluster` last reported of `app`.
-    pub fn get(&self, app: &str, cluster: ClusterId) -> Option<Seen> {
+    pub fn get(&self, app: &str, cluster: ClusterId) -> Option<Arc<Seen>> {
         self.read().apps.get(app)?.get(&cluster).cloned()
     }
 
@@ -140,13 +116,15 @@ impl Reports {
     ) -> T {
         let ix = self.read();
         let per = ix.apps.get(app);
-        f(&|c| per.and_then(|p| p.get(&c)))
+        f(&|c| per.and_then(|p| p.get(&c)).map(|v| &**v))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use flotilla_proto::state::Health;
 
     fn status(app: &str, rev: &str, phase: Phase) -> v1::AppStatus {
         let mut a = v1::AppStatus {
@@ -162,40 +140,64 @@ mod tests {
 
     #[test]
     fn reports_replace_merge_and_forget() {
+        use std::collections::HashMap;
         let r = Reports::default();
-        let report = |replace, apps| v1::StatusReport {
-            generation: 1,
-            apps,
-            replace,
-            seq: 0,
+        // Each cluster's record, merged as the status ingest does before it tells the engine.
+        let mut recs: HashMap<ClusterId, StatusRecord> = HashMap::new();
+        let mut record = |cluster, replace, apps| {
+            let report = v1::StatusReport {
+                generation: 1,
+                apps,
+                replace,
+                seq: 0,
+            };
+            let rec = recs.entry(cluster).or_default();
+            rec.merge(&report);
+            r.record(cluster, &report, rec);
         };
-        r.record(
+        record(
             1,
-            &report(
-                true,
-                vec![
-                    status("web", "r1", Phase::Applied),
-                    status("db", "r1", Phase::Applied),
-                ],
-            ),
+            true,
+            vec![
+                status("web", "r1", Phase::Applied),
+                status("db", "r1", Phase::Applied),
+            ],
         );
-        r.record(2, &report(true, vec![status("web", "r1", Phase::Applied)]));
+        record(2, true, vec![status("web", "r1", Phase::Applied)]);
         assert_eq!(&*r.get("web", 1).unwrap().revision, "r1");
         // One string for every cluster on r1.
         assert!(Arc::ptr_eq(
             &r.get("web", 1).unwrap().revision,
             &r.get("web", 2).unwrap().revision
         ));
-        r.record(1, &report(false, vec![status("web", "r2", Phase::Failed)]));
+        record(1, false, vec![status("web", "r2", Phase::Failed)]);
         assert_eq!(r.get("web", 1).unwrap().phase, Phase::Failed);
         assert!(
             r.get("db", 1).is_some(),
             "a partial report keeps the other apps"
         );
-        r.record(1, &report(false, vec![status("db", "", Phase::Removed)]));
+        record(1, false, vec![status("db", "", Phase::Removed)]);
         assert!(r.get("db", 1).is_none());
-        r.record(1, &report(true, vec![]));
+        record(1, true, vec![]);
         assert!(r.get("web", 1).is_none(), "replace starts from nothing");
         assert!(r.get("web", 2).is_some());
+    }
+
+    #[test]
+    fn the_index_shares_the_records_entries() {
+        let r = Reports::default();
+        let report = v1::StatusReport {
+            generation: 1,
+            apps: vec![status("web", "r1", Phase::Applied)],
+            replace: true,
+            seq: 0,
+        };
+        let mut rec = StatusRecord::default();
+        rec.merge(&report);
+        r.record(7, &report, &rec);
+        assert!(Arc::ptr_eq(
+            &r.get("web", 7).unwrap(),
+            rec.app("web").unwrap()
+        ));
     }
 }
