@@ -1,9 +1,8 @@
-//! What the engine knows of the agents' reports: per app and cluster the revision, digest, phase,
-//! health and message — the few fields promotion reads — in memory, compactly (revisions and
-//! digests shared with the status records through `state::intern`: 10,000 clusters on one
-//! revision share one string). A report updates its apps' entries in O(1) each; the full reports (object counts, worst objects) stay in the store
-//! for the Admin API. Filled from the stored statuses when the engine starts, then from each
-//! report as it is recorded.
+//! What the engine knows of the agents' reports: per app and cluster the status record's own
+//! entry (revision, digest, phase, health and message are what promotion reads), shared with
+//! the status records rather than copied, so 1,000,000 app statuses are held once. A report
+//! updates its apps' entries in O(1) each. Filled from the stored statuses when the engine
+//! starts, then from each report as it is recorded (with the record it was merged into).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
