@@ -23,6 +23,38 @@ pub mod v1 {
     tonic::include_proto!("flotilla.v1");
 }
 
+impl v1::StatusReport {
+    /// `apps` as reports of generation `generation`, in order, each at most
+    /// [`limits::MAX_REPORT_BYTES`] (an app larger than that goes alone); the first says
+    /// `replace`, and a `replace` with no apps is still one (empty) report. `seq` is left 0.
+    pub fn split(
+        generation: u64,
+        replace: bool,
+        apps: impl IntoIterator<Item = v1::AppStatus>,
+    ) -> Vec<Self> {
+        use prost::Message;
+        let empty = |replace| Self {
+            generation,
+            apps: Vec::new(),
+            replace,
+            seq: 0,
+        };
+        let mut reports = Vec::new();
+        let mut current = empty(replace);
+        for status in apps {
+            let grown = current.encoded_len() + status.encoded_len() + 8;
+            if grown > limits::MAX_REPORT_BYTES && !current.apps.is_empty() {
+                reports.push(std::mem::replace(&mut current, empty(false)));
+            }
+            current.apps.push(status);
+        }
+        if !current.apps.is_empty() || current.replace {
+            reports.push(current);
+        }
+        reports
+    }
+}
+
 impl v1::FetchBundlesRequest {
     /// Asks for each of `digests` whole (from offset 0), in that order.
     pub fn from_start(digests: &[&str]) -> Self {

@@ -249,6 +249,14 @@ async fn a_cut_fetch_resumes_and_a_corrupt_one_is_refused() {
     assert_eq!(other.read(&digest).unwrap(), big);
 }
 
+/// A hub whose desired-state hold lasts an hour: during a test only the agent's ack (or a
+/// report on the state) ends it.
+async fn hub_holding_until_acked(dir: &std::path::Path) -> TestHub {
+    let mut config = TestHub::config(dir);
+    config.desired_hold = std::time::Duration::from_secs(3600);
+    TestHub::start(config).await
+}
+
 /// The next `DesiredState` on a raw session stream (other hub messages are skipped).
 async fn next_desired(
     inbound: &mut tonic::Streaming<flotilla_proto::v1::HubMessage>,
@@ -270,10 +278,7 @@ async fn newer_desired_states_wait_for_the_agents_ack_and_go_together() {
     use flotilla_proto::v1::agent_message::Msg;
     use flotilla_proto::v1::{Ack, AgentMessage, Heartbeat, HeartbeatAck, hub_message};
     let dir = test_dir();
-    let mut config = TestHub::config(dir.path());
-    // Long enough that only an acknowledgement can end it during this test.
-    config.desired_hold = std::time::Duration::from_secs(3600);
-    let hub = TestHub::start(config).await;
+    let hub = hub_holding_until_acked(dir.path()).await;
     let (ca, chain, key) = hub.enroll(dir.path(), "held").await;
     desire(&hub, "held", "web", "c1", &bundle("web-1")).await;
     let g1 = generation(&hub, "held").await;
@@ -454,9 +459,7 @@ async fn a_large_desired_state_is_announced_and_fetched_by_its_own_session_only(
     use flotilla_proto::v1::{Ack, AgentMessage, FetchDesiredStateRequest, Hello, hub_message};
     use prost::Message;
     let dir = test_dir();
-    let mut config = TestHub::config(dir.path());
-    config.desired_hold = std::time::Duration::from_secs(3600);
-    let hub = TestHub::start(config).await;
+    let hub = hub_holding_until_acked(dir.path()).await;
     let credentials = hub.enroll(dir.path(), "big").await;
     let other = hub.enroll(dir.path(), "other").await;
     desire_many(&hub, "big", 12).await;

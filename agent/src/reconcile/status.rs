@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use flotilla_proto::state::Phase;
 use flotilla_proto::v1::{AppStatus, StatusReport};
-use prost::Message;
 use tokio::sync::watch;
 
 pub use flotilla_proto::limits::MAX_REPORT_BYTES;
@@ -160,33 +159,11 @@ impl StatusBoard {
             b.unsent.iter().cloned().collect()
         };
         b.unsent.clear();
-        let generation = b.generation;
-        let mut reports = Vec::new();
-        let mut current = StatusReport {
-            generation,
-            apps: Vec::new(),
-            replace: all,
-            seq: 0,
-        };
-        for name in names {
-            let Some(status) = b.apps.get(&name).cloned() else {
-                continue;
-            };
-            let grown = current.encoded_len() + status.encoded_len() + 8;
-            if grown > MAX_REPORT_BYTES && !current.apps.is_empty() {
-                let next = StatusReport {
-                    generation,
-                    apps: Vec::new(),
-                    replace: false,
-                    seq: 0,
-                };
-                reports.push(std::mem::replace(&mut current, next));
-            }
-            current.apps.push(status);
-        }
-        if !current.apps.is_empty() || current.replace {
-            reports.push(current);
-        }
+        let statuses: Vec<AppStatus> = names
+            .iter()
+            .filter_map(|name| b.apps.get(name).cloned())
+            .collect();
+        let mut reports = StatusReport::split(b.generation, all, statuses);
         for r in &mut reports {
             b.seq += 1;
             r.seq = b.seq;
@@ -225,6 +202,7 @@ impl StatusBoard {
 mod tests {
     use super::*;
     use flotilla_proto::v1::ObjectStatus;
+    use prost::Message;
 
     fn status(app: &str, phase: Phase) -> AppStatus {
         AppStatus {

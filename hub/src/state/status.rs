@@ -175,10 +175,14 @@ pub struct StatusRecord {
 }
 
 impl StatusRecord {
+    /// Where `app` is in `apps` (`Err`: where it would go).
+    fn position(&self, app: &str) -> Result<usize, usize> {
+        self.apps.binary_search_by(|r| (*r.app).cmp(app))
+    }
+
     /// The last status of `app`, if reported.
     pub fn app(&self, app: &str) -> Option<&Arc<AppReport>> {
-        let i = self.apps.binary_search_by(|r| (*r.app).cmp(app)).ok()?;
-        Some(&self.apps[i])
+        Some(&self.apps[self.position(app).ok()?])
     }
 
     /// Merges one report: each app it carries replaces that app's last status; an app reported
@@ -189,7 +193,7 @@ impl StatusRecord {
         }
         self.generation = report.generation;
         for a in &report.apps {
-            let found = self.apps.binary_search_by(|r| (*r.app).cmp(a.app.as_str()));
+            let found = self.position(&a.app);
             match (found, a.phase()) {
                 (Ok(i), Phase::Removed) => {
                     self.apps.remove(i);

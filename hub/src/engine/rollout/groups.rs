@@ -74,15 +74,7 @@ impl Groups {
     /// Sets `cluster`'s entry (it leaves the group it was in).
     pub fn insert(&mut self, cluster: ClusterId, entry: AppEntry) {
         self.remove(cluster);
-        match self.0.iter_mut().find(|g| g.entry == entry) {
-            Some(g) => {
-                g.clusters.insert(cluster);
-            }
-            None => self.0.push(Group {
-                entry,
-                clusters: std::iter::once(cluster).collect(),
-            }),
-        }
+        self.add(cluster, entry);
     }
 
     /// Takes `cluster` out; its entry, if it had one.

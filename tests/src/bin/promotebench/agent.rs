@@ -15,13 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::unix_ms;
-use flotilla_proto::limits::MAX_REPORT_BYTES;
 use flotilla_proto::state::{Health, Phase};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::{Ack, AgentMessage, AppStatus, StatusReport};
 use flotilla_tests::bench::bundle::{fetch_many_verified, fetch_verified};
 use flotilla_tests::bench::client::{DesiredCall, DesiredHandler, DesiredOutcome};
-use prost::Message;
 use tokio::sync::mpsc;
 
 /// One bundle fetch may take this long.
@@ -240,25 +238,7 @@ async fn take_desired(call: DesiredCall, shared: Arc<Shared>) -> DesiredOutcome 
         });
     }
     // In reports of at most MAX_REPORT_BYTES, as the agent sends them.
-    let mut report = StatusReport {
-        generation: desired.generation,
-        ..Default::default()
-    };
-    for s in statuses {
-        if !report.apps.is_empty() && report.encoded_len() + s.encoded_len() + 8 > MAX_REPORT_BYTES
-        {
-            shared.counters.reports.fetch_add(1, Ordering::Relaxed);
-            let next = StatusReport {
-                generation: desired.generation,
-                ..Default::default()
-            };
-            messages.push(AgentMessage {
-                msg: Some(AgentMsg::Status(std::mem::replace(&mut report, next))),
-            });
-        }
-        report.apps.push(s);
-    }
-    if !report.apps.is_empty() {
+    for report in StatusReport::split(desired.generation, false, statuses) {
         shared.counters.reports.fetch_add(1, Ordering::Relaxed);
         messages.push(AgentMessage {
             msg: Some(AgentMsg::Status(report)),
