@@ -34,9 +34,16 @@ pub enum TlsError {
     Verifier(String),
 }
 
-/// The crypto provider used everywhere (ring).
+/// The crypto provider used everywhere (ring), preferring the SHA-256 suite
+/// `TLS13_AES_128_GCM_SHA256`: ring's default order starts with AES-256/SHA-384, whose key
+/// schedule hashes with SHA-384 in software, while SHA-256 runs on the CPU's SHA extensions;
+/// with it, a mutual-TLS handshake costs the hub measurably less CPU. The other suites stay
+/// acceptable, in ring's order.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// All certificates in a PEM text, in order.
@@ -352,6 +359,15 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sha256_suite_comes_first_and_the_others_stay() {
+        let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(suites[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(suites.len(), ring.cipher_suites.len());
+        assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+    }
 
     #[test]
     fn host_port() {

@@ -213,7 +213,7 @@ impl AgentSession for SessionService {
             now_ms,
         );
         self.metrics.sessions_connected.inc();
-        if let Err(e) = self.registry.touch(&cluster, Some(&version)).await {
+        if let Err(e) = self.registry.session_opened(&cluster, &version).await {
             tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");
         }
         self.rollouts.kick();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::{HubError, SharedError};
-use crate::state::table::{CAS_RETRIES, Table};
+use crate::state::table::{CAS_RETRIES, Table, Versioned};
 use crate::store::{CasOp, Revision, SharedStore, WatchEvent, batch_revisions};
 
 const CLUSTERS: &str = "/clusters/";
@@ -25,6 +25,9 @@ const CLUSTERS: &str = "/clusters/";
 const LAST_CLUSTER_ID: &str = "/meta/last-cluster-id";
 const TOKENS: &str = "/tokens/";
 const REVOKED: &str = "/revoked/";
+/// How far behind a session's open the stored last-seen time of its cluster may be: an open
+/// within this of the stored time (with the same agent version) is not written.
+pub const SEEN_GRANULARITY_MS: u64 = 60_000;
 
 /// A cluster as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,11 +265,20 @@ async fn write_seen_batch(
     cache: &RwLock<ClusterCache>,
     pending: HashMap<String, (u64, Option<String>)>,
 ) -> Result<(), HubError> {
-    for _ in 0..CAS_RETRIES {
+    for attempt in 0..CAS_RETRIES {
         let mut ops = Vec::with_capacity(pending.len());
         let mut written = Vec::with_capacity(pending.len());
         for (name, (at, version)) in &pending {
-            let Some(mut v) = table.get(name).await? else {
+            // First from memory (this process writes every record it caches, so the cached
+            // revision is normally the stored one); after a conflict, from the store.
+            let cached = (attempt == 0)
+                .then(|| cached_versioned(cache, name))
+                .flatten();
+            let current = match cached {
+                Some(v) => Some(v),
+                None => table.get(name).await?,
+            };
+            let Some(mut v) = current else {
                 continue;
             };
             v.value.last_seen_ms = v.value.last_seen_ms.max(*at);
@@ -293,6 +305,20 @@ async fn write_seen_batch(
         }
     }
     Err(HubError::Contention(CLUSTERS.to_string()))
+}
+
+/// The cached record `name` with the store revision it was cached at, if that is known.
+fn cached_versioned(
+    cache: &RwLock<ClusterCache>,
+    name: &str,
+) -> Option<Versioned<ClusterRecord>> {
+    let cache = cache.read().unwrap_or_else(|e| e.into_inner());
+    let revision = cache.revision(name);
+    let rec = cache.by_name.get(name)?;
+    (revision > 0).then(|| Versioned {
+        value: rec.as_ref().clone(),
+        revision,
+    })
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -481,7 +507,7 @@ impl Registry {
     ) -> Result<ClusterRecord, HubError> {
         let mut f = f;
         for _ in 0..CAS_RETRIES {
-            let Some(crate::state::table::Versioned {
+            let Some(Versioned {
                 mut value,
                 revision,
             }) = self.clusters.get(name).await?
@@ -665,6 +691,8 @@ impl Registry {
                 return Err(HubError::ClusterRevoked(cluster.to_string()));
             }
             c.certs.retain(|x| x.not_after_ms > now);
+            // Joining or renewing is being seen.
+            c.last_seen_ms = c.last_seen_ms.max(now);
             c.certs.push(IssuedCert {
                 serial: serial.to_string(),
                 not_after_ms: unix_ms(not_after),
@@ -677,12 +705,27 @@ impl Registry {
         .await
     }
 
-    /// Records that a session opened or closed.
-    /// Records that a session of `cluster` opened or closed (and the agent version it reported):
-    /// at once in memory, and durably in one write shared with every other open and close
-    /// queued meanwhile (a reconnect storm is a few transactions, not one per session). Returns
-    /// once written; an error is the batch's.
+    /// Records that a session of `cluster` closed: at once in memory, and durably in one write
+    /// shared with every other open and close queued meanwhile (a reconnect storm is a few
+    /// transactions, not one per session). Returns once written; an error is the batch's.
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
+        self.seen(cluster, agent_version, false).await
+    }
+
+    /// Records that a session of `cluster` opened, reporting `agent_version`: like
+    /// [`Self::touch`], except that nothing is written when the stored record already has this
+    /// version and was seen less than [`SEEN_GRANULARITY_MS`] ago (the first session after a
+    /// join or a quick reconnect): the time is kept in memory, and the session's close writes it.
+    pub async fn session_opened(&self, cluster: &str, agent_version: &str) -> Result<(), HubError> {
+        self.seen(cluster, Some(agent_version), true).await
+    }
+
+    async fn seen(
+        &self,
+        cluster: &str,
+        agent_version: Option<&str>,
+        skip_if_fresh: bool,
+    ) -> Result<(), HubError> {
         let now = self.now_ms();
         let version = agent_version.filter(|v| !v.is_empty()).map(str::to_string);
         {
@@ -690,6 +733,11 @@ impl Registry {
             let Some(rec) = cache.by_name.get(cluster) else {
                 return Err(HubError::UnknownCluster(cluster.to_string()));
             };
+            let fresh = now.saturating_sub(rec.last_seen_ms) < SEEN_GRANULARITY_MS
+                && version.as_ref().is_none_or(|v| *v == rec.agent_version);
+            if skip_if_fresh && fresh {
+                return Ok(());
+            }
             let mut rec = rec.as_ref().clone();
             rec.last_seen_ms = rec.last_seen_ms.max(now);
             if let Some(v) = &version {

@@ -29,9 +29,10 @@ pub const DEFAULT_HISTORY: u64 = 100_000;
 /// Bytes of events kept in the log by [`RedbStore::open`], whatever their number: a log of
 /// large records (rollout records are tens of KiB) is bounded by this, not by its count.
 pub const DEFAULT_HISTORY_BYTES: u64 = 64 << 20;
-/// Memory redb may use to cache pages (its default, 1 GiB, would be most of a hub's memory;
-/// the hub keeps what it reads often in memory itself).
-const CACHE_BYTES: usize = 128 << 20;
+/// Memory redb may use to cache pages. Its default, 1 GiB, would be most of a hub's memory; the
+/// hub keeps what it reads often in memory itself and the kernel's page cache holds the file,
+/// so redb's cache mostly held pages just written (with 128 MiB, 1.5 KiB per enrolled cluster).
+const CACHE_BYTES: usize = 16 << 20;
 /// `meta` entry: bytes of the events in the log.
 const META_LOG_BYTES: &str = "log_bytes";
 /// Live events buffered per watcher before it lags and has to re-read the log.
