@@ -1,16 +1,22 @@
 //! The hub's TLS accept loop: one task per connection for the handshake (bounded by
 //! [`HANDSHAKE_TIMEOUT`], outcomes counted), the certificate of a resumed session re-checked,
-//! verified connections handed to the gRPC server.
+//! the peer's identity read once, verified connections handed to the gRPC server as [`HubConn`].
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rustls::HandshakeKind;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 
-use crate::api::auth::PeerCheck;
+use crate::api::auth::{ConnInfo, PeerCheck};
 use crate::telemetry::metrics::Metrics;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -19,7 +25,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    conns: mpsc::Sender<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>>,
+    conns: mpsc::Sender<io::Result<HubConn>>,
     check: PeerCheck,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -45,7 +51,7 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                 .await
-                .map(|r| r.and_then(|tls| admit_resumed(tls, &check, &metrics)));
+                .map(|r| r.and_then(|tls| admit(tls, &check, &metrics)));
             match accepted {
                 Ok(Ok(tls)) => {
                     metrics.count_handshake("ok");
@@ -65,21 +71,80 @@ pub async fn accept_loop(
     }
 }
 
-/// Passes a connection on, unless it resumed a session whose client certificate has been revoked
-/// or has expired since the full handshake (the certificate verifier does not run on
-/// resumption). Dropping the refused connection closes it.
-fn admit_resumed(
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    check: &PeerCheck,
-    metrics: &Metrics,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+/// Passes a connection on with its peer's identity, unless it resumed a session whose client
+/// certificate has been revoked or has expired since the full handshake (the certificate
+/// verifier does not run on resumption). Dropping the refused connection closes it.
+fn admit(tls: TlsStream<TcpStream>, check: &PeerCheck, metrics: &Metrics) -> io::Result<HubConn> {
     let conn = tls.get_ref().1;
-    if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
-        return Ok(tls);
+    let peer = if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        let peer = check.resumed(conn.peer_certificates(), SystemTime::now());
+        if peer.is_ok() {
+            metrics.tls_resumed_handshakes.inc();
+        }
+        peer
+    } else {
+        check.identity(conn.peer_certificates())
     }
-    check
-        .resumed(conn.peer_certificates(), SystemTime::now())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    metrics.tls_resumed_handshakes.inc();
-    Ok(tls)
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let info = ConnInfo {
+        remote_addr: tls.get_ref().0.peer_addr().ok(),
+        peer: peer.map(Arc::new),
+    };
+    Ok(HubConn { tls, info })
+}
+
+/// A verified connection as the gRPC server holds it: the TLS stream and what the accept loop
+/// learned of the peer, which tonic hands to every request as [`ConnInfo`] (instead of a copy of
+/// the peer's certificate chain that each call would parse again).
+pub struct HubConn {
+    tls: TlsStream<TcpStream>,
+    info: ConnInfo,
+}
+
+impl Connected for HubConn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for HubConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HubConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
 }

@@ -19,7 +19,6 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::state::registry::RevokedSerials;
 
@@ -112,28 +111,40 @@ impl PeerCheck {
     }
 
     /// Checks the certificate chain a resumed session carries over from its full handshake
-    /// (`None` or empty: the session had no client certificate, and neither has the caller).
-    /// The chain was verified then; what may have changed since is revocation and expiry. A
-    /// refusal retires every ticket issued so far.
+    /// (`None` or empty: the session had no client certificate, and neither has the caller) and
+    /// returns its identity. The chain was verified then; what may have changed since is
+    /// revocation and expiry. A refusal retires every ticket issued so far.
     pub fn resumed(
         &self,
         certs: Option<&[CertificateDer<'_>]>,
         now: SystemTime,
-    ) -> Result<(), rustls::Error> {
+    ) -> Result<Option<PeerCert>, rustls::Error> {
         let Some(end_entity) = certs.and_then(|c| c.first()) else {
-            return Ok(());
+            return Ok(None);
         };
         let outcome = self.admit(end_entity).and_then(|peer| {
             if peer.not_after < now {
                 tracing::info!(identity = %peer.identity, serial = %peer.serial, "refused resumed session: the certificate has expired");
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
             }
-            Ok(())
+            Ok(peer)
         });
         if outcome.is_err() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        outcome
+        outcome.map(Some)
+    }
+
+    /// The identity of a client certificate the verifier has just admitted in a full handshake
+    /// (`None`: the client presented none).
+    pub fn identity(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+    ) -> Result<Option<PeerCert>, rustls::Error> {
+        certs
+            .and_then(|c| c.first())
+            .map(|end_entity| self.admit(end_entity))
+            .transpose()
     }
 }
 
@@ -234,22 +245,27 @@ impl ClientCertVerifier for HubClientVerifier {
 pub struct Caller {
     pub addr: Option<std::net::SocketAddr>,
     /// `None` for callers that presented no certificate.
-    pub peer: Option<PeerCert>,
+    pub peer: Option<Arc<PeerCert>>,
+}
+
+/// What the hub learned of a connection when it accepted it (`accept::HubConn`), handed by the
+/// gRPC server to every request on the connection: the identity is read from the verified
+/// client certificate once per connection, not once per call.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote_addr: Option<std::net::SocketAddr>,
+    /// `None`: the client presented no certificate.
+    pub peer: Option<Arc<PeerCert>>,
 }
 
 /// Reads the caller from the connection behind a request: the identity comes from the
 /// verified client certificate only, never from message fields.
-pub fn caller<T>(req: &tonic::Request<T>, trust_domain: &str) -> Result<Caller, tonic::Status> {
-    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-    let addr = info.and_then(|i| i.get_ref().remote_addr());
-    let peer = match info.and_then(|i| i.peer_certs()) {
-        Some(certs) if !certs.is_empty() => Some(
-            PeerCert::from_der(&certs[0], trust_domain)
-                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    Ok(Caller { addr, peer })
+pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    let info = req.extensions().get::<ConnInfo>();
+    Caller {
+        addr: info.and_then(|i| i.remote_addr),
+        peer: info.and_then(|i| i.peer.clone()),
+    }
 }
 
 impl Caller {
@@ -257,7 +273,7 @@ impl Caller {
     pub fn cluster(&self) -> Result<(&str, &PeerCert), tonic::Status> {
         match &self.peer {
             Some(p) => match &p.identity {
-                Identity::Cluster(n) => Ok((n, p)),
+                Identity::Cluster(n) => Ok((n, p.as_ref())),
                 Identity::Admin(n) => Err(tonic::Status::permission_denied(format!(
                     "admin/{n} cannot open a cluster session: a cluster certificate is required"
                 ))),
@@ -377,10 +393,15 @@ mod tests {
         let ticket = t.encrypt(b"session").unwrap();
 
         assert!(
-            check.resumed(None, now).is_ok(),
+            matches!(check.resumed(None, now), Ok(None)),
             "no certificate, no identity"
         );
-        assert!(check.resumed(Some(&chain), now).is_ok());
+        let peer = check.resumed(Some(&chain), now).unwrap().unwrap();
+        assert_eq!(peer.identity, Identity::Cluster("eu".into()));
+        assert_eq!(
+            check.identity(Some(&chain)).unwrap().unwrap().serial,
+            peer.serial
+        );
         assert!(t.decrypt(&ticket).is_some());
         let later = now + 2 * hour;
         assert!(matches!(

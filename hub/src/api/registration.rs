@@ -69,7 +69,7 @@ impl RegistrationService {
 #[tonic::async_trait]
 impl Registration for RegistrationService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let c = caller(&req, self.ca.trust_domain())?;
+        let c = caller(&req);
         let ip = c.addr.map(|a| a.ip());
         let body = req.into_inner();
         match RegistrationService::join(self, &body, ip).await {

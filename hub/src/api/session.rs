@@ -160,7 +160,7 @@ impl AgentSession for SessionService {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let c = caller(&req, self.ca.trust_domain())?;
+        let c = caller(&req);
         let (cluster, peer) = c.cluster()?;
         let cluster = cluster.to_string();
         let cert_not_after = peer.not_after;
@@ -531,7 +531,7 @@ fn deadline_for(clock: &SharedClock, not_after: std::time::SystemTime) -> Instan
 impl SessionService {
     /// The cluster calling, once its certificate is checked against the registry.
     async fn calling_cluster<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let c = caller(req, self.ca.trust_domain())?;
+        let c = caller(req);
         let (cluster, peer) = c.cluster()?;
         self.registry
             .authorize_cluster_cert(cluster, &peer.serial)

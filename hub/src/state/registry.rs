@@ -308,10 +308,7 @@ async fn write_seen_batch(
 }
 
 /// The cached record `name` with the store revision it was cached at, if that is known.
-fn cached_versioned(
-    cache: &RwLock<ClusterCache>,
-    name: &str,
-) -> Option<Versioned<ClusterRecord>> {
+fn cached_versioned(cache: &RwLock<ClusterCache>, name: &str) -> Option<Versioned<ClusterRecord>> {
     let cache = cache.read().unwrap_or_else(|e| e.into_inner());
     let revision = cache.revision(name);
     let rec = cache.by_name.get(name)?;
@@ -735,9 +732,6 @@ impl Registry {
             };
             let fresh = now.saturating_sub(rec.last_seen_ms) < SEEN_GRANULARITY_MS
                 && version.as_ref().is_none_or(|v| *v == rec.agent_version);
-            if skip_if_fresh && fresh {
-                return Ok(());
-            }
             let mut rec = rec.as_ref().clone();
             rec.last_seen_ms = rec.last_seen_ms.max(now);
             if let Some(v) = &version {
@@ -745,6 +739,9 @@ impl Registry {
             }
             let at = cache.revision(cluster);
             cache.put(rec, at);
+            if skip_if_fresh && fresh {
+                return Ok(());
+            }
         }
         let (done, answer) = tokio::sync::oneshot::channel();
         let start = {
@@ -860,6 +857,57 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_open_right_after_a_join_is_kept_in_memory_and_a_close_or_a_new_version_is_written()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GatedStore::closed(&dir);
+        store.open_gate();
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let registry = Registry::open(store.clone(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        registry
+            .add_cluster("eu", BTreeMap::new(), Duration::from_secs(60), false)
+            .await
+            .unwrap();
+        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000);
+        registry
+            .record_cert("eu", "0a", not_after, Some("v1"))
+            .await
+            .unwrap();
+        let stored = || async { registry.clusters.get("eu").await.unwrap().unwrap().value };
+        assert_eq!(
+            stored().await.last_seen_ms,
+            1_000_000_000,
+            "a join is being seen"
+        );
+
+        // The first session, seconds after the join, with the version the join recorded.
+        clock.advance(Duration::from_secs(5));
+        let writes = store.writes().len();
+        registry.session_opened("eu", "v1").await.unwrap();
+        assert_eq!(store.writes().len(), writes, "nothing new to write");
+        assert_eq!(
+            registry.cluster_shared("eu").unwrap().last_seen_ms,
+            1_000_005_000,
+            "the time is kept in memory"
+        );
+        // Its close is written, with the time of the close.
+        clock.advance(Duration::from_secs(5));
+        registry.touch("eu", None).await.unwrap();
+        assert_eq!(store.writes().len(), writes + 1);
+        assert_eq!(stored().await.last_seen_ms, 1_000_010_000);
+
+        // A new agent version is written at once; so is an open a while after the last one.
+        registry.session_opened("eu", "v2").await.unwrap();
+        assert_eq!(stored().await.agent_version, "v2");
+        clock.advance(Duration::from_millis(SEEN_GRANULARITY_MS));
+        registry.session_opened("eu", "v2").await.unwrap();
+        assert_eq!(stored().await.last_seen_ms, 1_000_070_000);
+        assert_eq!(*registry.cluster_shared("eu").unwrap(), stored().await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
