@@ -13,8 +13,9 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// What tonic allocates per RPC for encoding, and again for decoding.
-pub const BUFFER_BYTES: usize = 1024;
+/// What tonic allocates per RPC for encoding, and again for decoding: a session's heartbeats
+/// and their acknowledgements are a few dozen bytes.
+pub const BUFFER_BYTES: usize = 256;
 /// How many bytes of ready messages tonic batches into one write (its default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 

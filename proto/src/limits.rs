@@ -17,6 +17,11 @@ pub const MAX_BUNDLES_PER_FETCH: usize = 1024;
 /// reports stay small; an app whose own status is larger still goes alone.
 pub const MAX_REPORT_BYTES: usize = 4 * 1024;
 
+/// The largest desired state the hub sends inline on a session (gRPC frame included); a larger
+/// one is announced and the agent fetches it with `FetchDesiredState`, so that the session's
+/// encode buffer, which keeps the size of the largest message it encoded, stays small.
+pub const INLINE_DESIRED_BYTES: usize = 1024;
+
 /// The flow-control window the hub grants each stream an agent or client opens: the most a
 /// peer sends before the hub has read it, and so the largest DATA frame it sends. Frames of at
 /// most 8 KiB with their 9-byte header fit h2's first read buffer, which then never grows for

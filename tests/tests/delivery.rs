@@ -454,7 +454,7 @@ async fn desire_many(hub: &TestHub, cluster: &str, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_large_desired_state_is_announced_and_fetched_by_its_own_session_only() {
-    use flotilla_proto::codec::BUFFER_BYTES;
+    use flotilla_proto::limits::INLINE_DESIRED_BYTES;
     use flotilla_proto::v1::agent_message::Msg;
     use flotilla_proto::v1::{Ack, AgentMessage, FetchDesiredStateRequest, Hello, hub_message};
     use prost::Message;
@@ -473,7 +473,7 @@ async fn a_large_desired_state_is_announced_and_fetched_by_its_own_session_only(
         .unwrap()
         .to_wire();
     assert!(
-        whole.encoded_len() > BUFFER_BYTES,
+        whole.encoded_len() > INLINE_DESIRED_BYTES,
         "large enough to wait at the hub"
     );
 
@@ -586,7 +586,8 @@ async fn the_agent_fetches_a_large_desired_state_and_holds_every_bundle() {
         .await
         .unwrap();
     assert!(
-        prost::Message::encoded_len(&whole.to_wire()) > flotilla_proto::codec::BUFFER_BYTES,
+        prost::Message::encoded_len(&whole.to_wire())
+            > flotilla_proto::limits::INLINE_DESIRED_BYTES,
         "large enough to wait at the hub"
     );
     let st = wait_status(&mut agent.status, "the large state held", |s| {

@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_proto::clock::{SharedClock, unix_ms};
-use flotilla_proto::codec::BUFFER_BYTES;
 use flotilla_proto::identity::Identity;
-use flotilla_proto::limits::{BUNDLE_CHUNK_BYTES, MAX_BUNDLES_PER_FETCH};
+use flotilla_proto::limits::{BUNDLE_CHUNK_BYTES, INLINE_DESIRED_BYTES, MAX_BUNDLES_PER_FETCH};
 use flotilla_proto::v1::agent_message::Msg as AgentMsg;
 use flotilla_proto::v1::agent_session_server::AgentSession;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
@@ -132,14 +131,15 @@ fn hub(msg: HubMsg) -> Result<HubMessage, Status> {
     Ok(HubMessage { msg: Some(msg) })
 }
 
-/// What the session sends for desired state `d`: the state itself when it fits the session's
-/// first encode buffer (tonic keeps that buffer at the largest message it ever encoded, for the
-/// session's life), else, to an agent that can fetch, an announcement of its generation, for
-/// `FetchDesiredState` (which derives the state again: nothing waits in memory meanwhile).
+/// What the session sends for desired state `d`: the state itself when it is small
+/// ([`INLINE_DESIRED_BYTES`]; tonic keeps the session's encode buffer at the largest message it
+/// ever encoded, for the session's life), else, to an agent that can fetch, an announcement of
+/// its generation, for `FetchDesiredState` (which derives the state again: nothing waits in
+/// memory meanwhile).
 fn desired_message(d: DesiredState, fetches: bool, shared: &SessionShared) -> HubMsg {
     // The gRPC frame header (5 bytes), the field's tag and length, the state.
     let len = d.encoded_len();
-    if !fetches || 5 + 1 + prost::length_delimiter_len(len) + len <= BUFFER_BYTES {
+    if !fetches || 5 + 1 + prost::length_delimiter_len(len) + len <= INLINE_DESIRED_BYTES {
         return HubMsg::Desired(d);
     }
     shared.announce(d.generation);
