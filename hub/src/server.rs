@@ -236,7 +236,11 @@ pub async fn start(
         &hub_address,
         config.clock.now(),
     )?;
-    let peer_check = PeerCheck::new(registry.revoked(), &config.trust_domain);
+    let peer_check = PeerCheck::new(
+        registry.revoked(),
+        &config.trust_domain,
+        ca.known_client_certs(),
+    );
     let tls = server_config(
         ca.cert_pem(),
         &server_cert.chain_pem,

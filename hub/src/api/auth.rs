@@ -20,6 +20,7 @@ use rustls::{
     SignatureScheme,
 };
 
+use crate::pki::known::KnownCerts;
 use crate::state::registry::RevokedSerials;
 
 /// Session tickets the hub sends after each handshake. An agent holds one connection at a time
@@ -81,6 +82,8 @@ pub fn server_config(
 pub struct PeerCheck {
     revoked: Arc<RevokedSerials>,
     trust_domain: String,
+    /// Client certificates whose chain is known good (signed by this CA, or verified before).
+    known: Arc<KnownCerts>,
     /// The ticket epoch: moves when a resumed session is refused (see [`EpochTicketer`]).
     epoch: Arc<AtomicU64>,
 }
@@ -88,10 +91,11 @@ pub struct PeerCheck {
 // === impl PeerCheck ===
 
 impl PeerCheck {
-    pub fn new(revoked: Arc<RevokedSerials>, trust_domain: &str) -> Self {
+    pub fn new(revoked: Arc<RevokedSerials>, trust_domain: &str, known: Arc<KnownCerts>) -> Self {
         Self {
             revoked,
             trust_domain: trust_domain.to_string(),
+            known,
             epoch: Arc::default(),
         }
     }
@@ -211,9 +215,18 @@ impl ClientCertVerifier for HubClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        self.check.admit(end_entity)?;
+        // A certificate of this CA known good (see `KnownCerts`) skips the chain's signature
+        // check; everything else about it is checked below and in the handshake.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let known = self.check.known.is_valid(end_entity, at);
+        if !known {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?;
+        }
+        let peer = self.check.admit(end_entity)?;
+        if !known && self.check.known.direct(intermediates) {
+            self.check.known.insert(end_entity, at, peer.not_after);
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -349,7 +362,7 @@ mod tests {
     use crate::pki::Ca;
 
     fn check() -> PeerCheck {
-        PeerCheck::new(Arc::default(), "flotilla.local")
+        PeerCheck::new(Arc::default(), "flotilla.local", Arc::default())
     }
 
     fn ticketer(check: &PeerCheck) -> EpochTicketer {
@@ -357,6 +370,162 @@ mod tests {
             inner: rustls::crypto::ring::Ticketer::new().unwrap(),
             epoch: check.epoch.clone(),
         }
+    }
+
+    /// The webpki verifier, counting the chains it checks.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ClientCertVerifier>,
+        chains: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.inner.root_hint_subjects()
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<ClientCertVerified, rustls::Error> {
+            self.chains.fetch_add(1, Ordering::SeqCst);
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    fn new_ca(dir: &std::path::Path) -> Ca {
+        Ca::load_or_create(
+            dir,
+            "flotilla.local",
+            None,
+            Arc::new(flotilla_proto::clock::SystemClock),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_certificate_this_ca_signed_or_verified_skips_the_chain_check_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca(&dir.path().join("ca"));
+        let other = new_ca(&dir.path().join("other"));
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca.cert_der().to_vec()))
+            .unwrap();
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+        let counting = Arc::new(Counting {
+            inner: webpki,
+            chains: Default::default(),
+        });
+        let revoked = Arc::new(RevokedSerials::default());
+        let verifier = HubClientVerifier {
+            inner: counting.clone(),
+            check: PeerCheck::new(revoked.clone(), "flotilla.local", ca.known_client_certs()),
+        };
+        let chains = || counting.chains.load(Ordering::SeqCst);
+        let leaf = |pem: &str| certs_from_pem(pem, "chain").unwrap().remove(0);
+        // Clients send the CA certificate after their own.
+        let anchor = [CertificateDer::from(ca.cert_der().to_vec())];
+        let now = SystemTime::now();
+        let at = |t: SystemTime| {
+            UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+        };
+        let hour = Duration::from_secs(3600);
+        let cluster = Identity::Cluster("eu".into());
+
+        // Signed here: admitted without checking the chain again.
+        let (issued, _) = ca.issue_with_key(&cluster, now - hour, now + hour).unwrap();
+        let mine = leaf(&issued.chain_pem);
+        verifier
+            .verify_client_cert(&mine, &anchor, at(now))
+            .unwrap();
+        assert_eq!(chains(), 0);
+        // Not once it has expired: then the chain check runs, and refuses it.
+        assert!(
+            verifier
+                .verify_client_cert(&mine, &[], at(now + 2 * hour))
+                .is_err()
+        );
+        assert_eq!(chains(), 1);
+        // Revocation is checked every time.
+        revoked.insert(issued.serial.clone());
+        assert!(matches!(
+            verifier.verify_client_cert(&mine, &[], at(now)),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        ));
+
+        // The same identity from another CA, and a signed certificate with one byte changed,
+        // are strangers: checked in full and refused.
+        let (forged, _) = other
+            .issue_with_key(&cluster, now - hour, now + hour)
+            .unwrap();
+        assert!(
+            verifier
+                .verify_client_cert(&leaf(&forged.chain_pem), &[], at(now))
+                .is_err()
+        );
+        assert_eq!(chains(), 2);
+        let (issued, _) = ca.issue_with_key(&cluster, now - hour, now + hour).unwrap();
+        let mut tampered = leaf(&issued.chain_pem).to_vec();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(
+            verifier
+                .verify_client_cert(&CertificateDer::from(tampered), &[], at(now))
+                .is_err()
+        );
+        assert_eq!(chains(), 3);
+
+        // A good certificate this process did not sign (signed before a restart) is checked in
+        // full once, then known.
+        let fresh = || HubClientVerifier {
+            inner: counting.clone(),
+            check: PeerCheck::new(
+                Arc::default(),
+                "flotilla.local",
+                Arc::new(KnownCerts::new(ca.cert_der().to_vec())),
+            ),
+        };
+        let restarted = fresh();
+        let before_restart = leaf(&issued.chain_pem);
+        for _ in 0..2 {
+            restarted
+                .verify_client_cert(&before_restart, &anchor, at(now))
+                .unwrap();
+        }
+        assert_eq!(chains(), 4);
+        // One verified along with another certificate than the CA's is not learned.
+        let restarted = fresh();
+        let via = [CertificateDer::from(other.cert_der().to_vec())];
+        for _ in 0..2 {
+            restarted
+                .verify_client_cert(&before_restart, &via, at(now))
+                .unwrap();
+        }
+        assert_eq!(chains(), 6);
     }
 
     #[test]

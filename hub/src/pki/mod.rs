@@ -9,6 +9,7 @@ pub mod admin;
 mod cert;
 mod csr;
 mod files;
+pub mod known;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flotilla_proto::clock::SharedClock;
@@ -111,6 +113,8 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     trust_domain: String,
     clock: SharedClock,
+    /// Every client certificate signed here (the TLS verifier knows their chain is good).
+    issued: Arc<known::KnownCerts>,
 }
 
 impl fmt::Debug for Ca {
@@ -274,13 +278,21 @@ impl Ca {
             .map_err(|e| source.err(format!("cannot use the CA certificate as issuer: {e}")))?;
 
         self_check(&issuer, clock.now(), &cert).map_err(|reason| source.err(reason))?;
+        let issued = Arc::new(known::KnownCerts::new(cert_der.clone()));
         Ok(Ca {
             cert_pem: pem_encode("CERTIFICATE", &cert_der),
             cert_der,
             issuer,
             trust_domain: trust_domain.to_string(),
             clock,
+            issued,
         })
+    }
+
+    /// The client certificates this CA signed, and (the TLS verifier adds them) those verified
+    /// in full since: see [`known::KnownCerts`].
+    pub fn known_client_certs(&self) -> Arc<known::KnownCerts> {
+        self.issued.clone()
     }
 
     /// The CA certificate, PEM.
@@ -339,7 +351,7 @@ impl Ca {
         let mut params = leaf_params("flotilla hub", sans, ExtendedKeyUsagePurpose::ServerAuth);
         set_validity(&mut params, not_before, not_after)?;
         let key = new_p256()?;
-        let issued = self.sign(&params, &key, None)?;
+        let issued = self.sign_client(&params, &key, None, not_before)?;
         Ok((issued, key.serialize_pem()))
     }
 
@@ -361,7 +373,7 @@ impl Ca {
         let mut params = self.client_params(identity)?;
         let (not_before, not_after) = self.window(lifetime)?;
         set_validity(&mut params, not_before, not_after)?;
-        self.sign(&params, &public_key, Some(public_key.spki()))
+        self.sign_client(&params, &public_key, Some(public_key.spki()), not_before)
     }
 
     /// Issues a client certificate and fresh P-256 key for `identity` with an explicit validity
@@ -376,7 +388,7 @@ impl Ca {
         let mut params = self.client_params(identity)?;
         set_validity(&mut params, not_before, not_after)?;
         let key = new_p256()?;
-        let issued = self.sign(&params, &key, None)?;
+        let issued = self.sign_client(&params, &key, None, not_before)?;
         Ok((issued, key.serialize_pem()))
     }
 
@@ -411,14 +423,29 @@ impl Ca {
         Ok((now - BACKDATE.min(lifetime / 20), not_after))
     }
 
-    /// Signs `params` for `public_key` and reads serial and expiry back from the result. With
-    /// `expect_spki`, also checks the certificate carries exactly that SubjectPublicKeyInfo.
+    /// [`Self::sign`] for a client certificate (`params` from [`Self::client_params`]), which
+    /// the TLS verifier then knows as good from `not_before` until it expires.
+    fn sign_client(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl PublicKeyData,
+        expect_spki: Option<&[u8]>,
+        not_before: SystemTime,
+    ) -> Result<Issued, CaError> {
+        let (issued, der) = self.sign(params, public_key, expect_spki)?;
+        self.issued.insert(&der, not_before, issued.not_after);
+        Ok(issued)
+    }
+
+    /// Signs `params` for `public_key` and reads serial and expiry back from the result (and
+    /// returns the certificate's DER). With `expect_spki`, also checks the certificate carries
+    /// exactly that SubjectPublicKeyInfo.
     fn sign(
         &self,
         params: &CertificateParams,
         public_key: &impl PublicKeyData,
         expect_spki: Option<&[u8]>,
-    ) -> Result<Issued, CaError> {
+    ) -> Result<(Issued, Vec<u8>), CaError> {
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|source| CaError::Signer {
@@ -441,11 +468,12 @@ impl Ca {
             chain_pem.push('\n');
         }
         chain_pem.push_str(&self.cert_pem);
-        Ok(Issued {
+        let issued = Issued {
             chain_pem,
             serial,
             not_after,
-        })
+        };
+        Ok((issued, cert.der().to_vec()))
     }
 }
 

@@ -147,7 +147,7 @@ impl RevokedSerials {
             .contains(serial)
     }
 
-    fn insert(&self, serial: String) {
+    pub(crate) fn insert(&self, serial: String) {
         self.0
             .write()
             .unwrap_or_else(|e| e.into_inner())
