@@ -859,16 +859,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_open_right_after_a_join_is_kept_in_memory_and_a_close_or_a_new_version_is_written()
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let store = GatedStore::closed(&dir);
+    /// A registry on an open gated store, its clock at 1,000,000 s.
+    async fn open_registry(dir: &tempfile::TempDir) -> (Arc<GatedStore>, ManualClock, Registry) {
+        let store = GatedStore::closed(dir);
         store.open_gate();
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
         let registry = Registry::open(store.clone(), Arc::new(clock.clone()))
             .await
             .unwrap();
+        (store, clock, registry)
+    }
+
+    #[tokio::test]
+    async fn an_open_right_after_a_join_is_kept_in_memory_and_a_close_or_a_new_version_is_written()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, clock, registry) = open_registry(&dir).await;
         registry
             .add_cluster("eu", BTreeMap::new(), Duration::from_secs(60), false)
             .await
@@ -913,12 +919,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn session_opens_and_closes_share_one_write_and_never_lose_another_change() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GatedStore::closed(&dir);
-        store.open_gate();
-        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
-        let registry = Registry::open(store.clone(), Arc::new(clock.clone()))
-            .await
-            .unwrap();
+        let (store, clock, registry) = open_registry(&dir).await;
         let names: Vec<String> = (0..50).map(|i| format!("c-{i:02}")).collect();
         for n in &names {
             registry
