@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::admin::AdminService;
 use crate::api::auth::{JoinLimiter, PeerCheck, server_config};
 use crate::api::registration::RegistrationService;
-use crate::api::session::{SessionConfig, SessionService};
+use crate::api::session::{SessionConfig, SessionContext, SessionService};
 use crate::engine::rollout::Rollouts;
 use crate::engine::sources::Sources;
 use crate::pki::Ca;
@@ -57,6 +57,9 @@ pub struct HubConfig {
     /// How long a desired state sent to an agent and not acknowledged holds back newer ones,
     /// which then go together as the newest (an acknowledgement ends the hold at once).
     pub desired_hold: Duration,
+    /// How long the acknowledgement of a durable status report waits so that it covers the
+    /// reports made durable after it too (zero: every durable report is acknowledged at once).
+    pub status_ack_delay: Duration,
     /// How long a cluster may stay disconnected during a rollout stage before it counts as
     /// failed.
     pub disconnect_grace: Duration,
@@ -82,6 +85,7 @@ impl HubConfig {
             heartbeat_interval: Duration::from_secs(10),
             bundle_rate: None,
             desired_hold: Duration::from_secs(5),
+            status_ack_delay: Duration::from_millis(25),
             disconnect_grace: Duration::from_secs(60),
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
@@ -259,7 +263,7 @@ pub async fn start(
         config.disconnect_grace,
         metrics.clone(),
     );
-    let session_svc = SessionService {
+    let session_svc = SessionService::new(SessionContext {
         registry: registry.clone(),
         sessions: sessions.clone(),
         ca: ca.clone(),
@@ -270,6 +274,7 @@ pub async fn start(
             cert_lifetime: config.cert_lifetime,
             bundle_rate: config.bundle_rate,
             desired_hold: config.desired_hold,
+            status_ack_delay: config.status_ack_delay,
         },
         shutdown: shutdown_rx.clone(),
         tracker: tracker.clone(),
@@ -277,7 +282,7 @@ pub async fn start(
         bundles: bundles.clone(),
         rollouts: rollouts.clone(),
         spans: config.span_forwarder.clone(),
-    };
+    });
     let registration_svc = RegistrationService {
         registry: registry.clone(),
         ca: ca.clone(),

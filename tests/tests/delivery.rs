@@ -613,3 +613,72 @@ async fn the_agent_fetches_a_large_desired_state_and_holds_every_bundle() {
     .await;
     assert_eq!(report.apps.len(), 12);
 }
+
+/// With a status acknowledgement delay, one `StatusAck` covers every report made durable
+/// within it (an agent sending in bursts gets one answer per burst), and what it acknowledges
+/// is in the hub's records when it comes.
+#[tokio::test]
+async fn one_status_ack_covers_the_reports_durable_within_the_delay() {
+    use flotilla_proto::v1::agent_message::Msg;
+    use flotilla_proto::v1::{AgentMessage, AppStatus, ListClustersRequest, StatusReport};
+    use flotilla_proto::v1::{StatusAck, hub_message};
+    let dir = test_dir();
+    let mut config = TestHub::config(dir.path());
+    // Far longer than a group commit takes, so that both reports are durable within it.
+    config.status_ack_delay = std::time::Duration::from_secs(3);
+    let hub = TestHub::start(config).await;
+    let (ca, chain, key) = hub.enroll(dir.path(), "bursty").await;
+    let (_welcome, tx, mut inbound) =
+        open_session(&hub.addr(), &ca, &chain, &key, Default::default())
+            .await
+            .unwrap();
+    let report = |seq: u64, app: &str, replace: bool| AgentMessage {
+        msg: Some(Msg::Status(StatusReport {
+            generation: 0,
+            apps: vec![AppStatus {
+                app: app.into(),
+                phase: Phase::Applied.into(),
+                message: format!("seq {seq}"),
+                ..Default::default()
+            }],
+            replace,
+            seq,
+        })),
+    };
+    let stored = || async {
+        let clusters = hub
+            .admin()
+            .await
+            .list_clusters(ListClustersRequest { with_apps: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .clusters;
+        let c = clusters.into_iter().find(|c| c.name == "bursty").unwrap();
+        let mut apps: Vec<(String, String)> =
+            c.apps.into_iter().map(|a| (a.name, a.message)).collect();
+        apps.sort();
+        apps
+    };
+    // The second report goes once the hub holds the first: acknowledged at once, the first
+    // would have its own acknowledgement.
+    tx.send(report(1, "web", true)).await.unwrap();
+    eventually("the first report in the hub's records", || async {
+        (!stored().await.is_empty()).then_some(())
+    })
+    .await;
+    tx.send(report(2, "api", false)).await.unwrap();
+    let acked = loop {
+        match inbound.message().await.unwrap().and_then(|m| m.msg) {
+            Some(hub_message::Msg::StatusAck(StatusAck { seq })) => break seq,
+            Some(_) => continue,
+            None => panic!("the session ended before a status acknowledgement"),
+        }
+    };
+    assert_eq!(
+        acked, 2,
+        "one acknowledgement for both reports, not one each"
+    );
+    let s = |a: &str, m: &str| (a.to_string(), m.to_string());
+    assert_eq!(stored().await, [s("api", "seq 2"), s("web", "seq 1")]);
+}

@@ -187,3 +187,101 @@ async fn an_unreachable_hub_is_retried_until_it_is_back() {
     a.connected().await;
     hub.wait_state("patient", "connected").await;
 }
+
+/// Reads `inbound` until the hub disconnects the session (its `Disconnect`) or the stream ends
+/// (`None`, with or without an error status).
+async fn disconnect_or_end(
+    inbound: &mut tonic::Streaming<flotilla_proto::v1::HubMessage>,
+) -> Option<flotilla_proto::v1::Disconnect> {
+    use flotilla_proto::v1::hub_message::Msg;
+    loop {
+        match inbound.message().await {
+            Ok(Some(m)) => {
+                if let Some(Msg::Disconnect(d)) = m.msg {
+                    return Some(d);
+                }
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A session that sends nothing for three heartbeat intervals is closed; one that heartbeats,
+/// opened before it, is not.
+#[tokio::test]
+async fn a_silent_session_is_closed_and_a_heartbeating_one_stays() {
+    use flotilla_proto::v1::agent_message::Msg;
+    use flotilla_proto::v1::{AgentMessage, Heartbeat, hub_message};
+    let dir = test_dir();
+    let mut config = TestHub::config(dir.path());
+    config.heartbeat_interval = std::time::Duration::from_millis(200);
+    let hub = TestHub::start(config).await;
+    let (ca, chain, key) = hub.enroll(dir.path(), "beating").await;
+    let (_, beat_tx, mut beat_in) =
+        open_session(&hub.addr(), &ca, &chain, &key, Default::default())
+            .await
+            .unwrap();
+    let pacer = tokio::spawn({
+        let tx = beat_tx.clone();
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+            for seq in 1.. {
+                every.tick().await;
+                let hb = Heartbeat {
+                    seq,
+                    sent_unix_ms: 0,
+                };
+                let msg = AgentMessage {
+                    msg: Some(Msg::Heartbeat(hb)),
+                };
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let (ca2, chain2, key2) = hub.enroll(dir.path(), "silent").await;
+    let (_, _silent_tx, mut silent_in) =
+        open_session(&hub.addr(), &ca2, &chain2, &key2, Default::default())
+            .await
+            .unwrap();
+    // The silent one ends (without a Disconnect: nobody is there to read it).
+    let ended = tokio::time::timeout(DEADLINE, disconnect_or_end(&mut silent_in)).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the silent session was not closed: {ended:?}"
+    );
+    // The heartbeating one, older than the silent one, is still served.
+    let alive = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match beat_in.message().await {
+                Ok(Some(m)) if matches!(m.msg, Some(hub_message::Msg::HeartbeatAck(_))) => {
+                    return true;
+                }
+                Ok(Some(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(alive, Ok(true), "the heartbeating session was closed");
+    pacer.abort();
+}
+
+/// A session whose client certificate expires without renewal is told why and ended.
+#[tokio::test]
+async fn a_session_outliving_its_certificate_is_disconnected() {
+    use flotilla_proto::v1::Disconnect;
+    let dir = test_dir();
+    // Certificates live 3 s; liveness (3 × 2 s) outlasts them.
+    let hub = TestHub::start_short_lived(dir.path()).await;
+    let (ca, chain, key) = hub.enroll(dir.path(), "expiring").await;
+    let (_, _tx, mut inbound) = open_session(&hub.addr(), &ca, &chain, &key, Default::default())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, disconnect_or_end(&mut inbound)).await;
+    let Ok(Some(Disconnect { reason, .. })) = got else {
+        panic!("expected a Disconnect, got {got:?}");
+    };
+    assert_eq!(reason, "certificate_expired");
+}

@@ -50,11 +50,15 @@ pub struct SessionConfig {
     /// How long a desired state sent and not acknowledged holds back newer ones (which then
     /// go as one, the newest); an acknowledgement, or a status report on it, ends the hold.
     pub desired_hold: Duration,
+    /// How long the acknowledgement of a durable status report waits for the reports after it
+    /// to become durable too, so that one `StatusAck` covers them all (zero: each durable
+    /// report is acknowledged at once).
+    pub status_ack_delay: Duration,
 }
 
-/// The `AgentSession` gRPC service.
-#[derive(Debug, Clone)]
-pub struct SessionService {
+/// What the `AgentSession` service works with.
+#[derive(Debug)]
+pub struct SessionContext {
     pub registry: Registry,
     pub sessions: Arc<Sessions>,
     pub ca: Arc<Ca>,
@@ -72,29 +76,44 @@ pub struct SessionService {
     pub spans: Option<flotilla_proto::telemetry::SpanForwarder>,
 }
 
+/// The `AgentSession` gRPC service. A clone is one pointer: every session's stream holds one.
+#[derive(Debug, Clone)]
+pub struct SessionService(Arc<SessionContext>);
+
+impl SessionService {
+    pub fn new(context: SessionContext) -> Self {
+        Self(Arc::new(context))
+    }
+}
+
+impl std::ops::Deref for SessionService {
+    type Target = SessionContext;
+
+    fn deref(&self) -> &SessionContext {
+        &self.0
+    }
+}
+
 /// Unregisters a session however its stream ends (including the peer vanishing, which drops
 /// the stream without running it to completion).
 struct SessionGuard {
-    tracker: TaskTracker,
-    sessions: Arc<Sessions>,
-    registry: Registry,
-    metrics: Arc<Metrics>,
+    svc: SessionService,
     shared: Arc<SessionShared>,
-    rollouts: crate::engine::rollout::Rollouts,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.sessions
+        let svc = &self.svc;
+        svc.sessions
             .unregister(&self.shared.cluster, self.shared.id);
-        self.metrics.sessions_connected.dec();
+        svc.metrics.sessions_connected.dec();
         tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
-        let registry = self.registry.clone();
+        let registry = svc.registry.clone();
         let cluster = self.shared.cluster.clone();
-        let rollouts = self.rollouts.clone();
+        let rollouts = svc.rollouts.clone();
         // Tracked, so hub shutdown waits for it (and for the store to be released).
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.tracker.spawn(async move {
+            svc.tracker.spawn(async move {
                 if let Err(e) = registry.touch(&cluster, None).await {
                     tracing::debug!(cluster.id = %cluster, error = %e, "could not record last seen");
                 }
@@ -103,6 +122,41 @@ impl Drop for SessionGuard {
             });
         }
     }
+}
+
+/// A status acknowledgement waiting to be sent. It goes once the delay after the first durable
+/// report it covers has passed and none of the session's reports is still on its way to the
+/// store — so that reports the agent sent together are acknowledged together, and it then
+/// sends its next ones together too — but no later than twice the delay.
+#[derive(Debug, Clone, Copy)]
+struct AckDue {
+    /// The newest durable report.
+    seq: u64,
+    /// When it goes if nothing is on its way to the store.
+    at: Instant,
+    /// When it goes in any case.
+    latest: Instant,
+}
+
+impl AckDue {
+    fn new(now: Instant, delay: Duration) -> Self {
+        Self {
+            seq: 0,
+            at: now + delay,
+            latest: now + delay * 2,
+        }
+    }
+}
+
+/// How long a session past its liveness deadline is given for a message already on its way to
+/// be read before it is closed.
+const LIVENESS_GRACE: Duration = Duration::from_millis(50);
+
+/// When a session's timer is next due: the earliest of its certificate's expiry, its liveness
+/// deadline and its waiting acknowledgement.
+fn wake_at(cert: Instant, liveness: Instant, ack: Option<&AckDue>) -> Instant {
+    let at = cert.min(liveness);
+    ack.map_or(at, |a| at.min(a.at))
 }
 
 /// Status reports a session has queued and not yet acknowledged, at most; beyond, it reads no
@@ -220,14 +274,12 @@ impl AgentSession for SessionService {
         tracing::info!(cluster.id = %cluster, session = shared.id, agent.version = %version, "session opened");
 
         let guard = SessionGuard {
-            tracker: self.tracker.clone(),
-            sessions: self.sessions.clone(),
-            registry: self.registry.clone(),
-            metrics: self.metrics.clone(),
-            rollouts: self.rollouts.clone(),
+            svc: self.clone(),
             shared: shared.clone(),
         };
-        let fetches = hello.fetches_desired;
+        // Only what the stream needs goes into it (not the whole Hello).
+        let (fetches, last_generation) = (hello.fetches_desired, hello.last_generation);
+        drop(hello);
         let svc = self.clone();
         let stream = async_stream::stream! {
             let _guard = guard;
@@ -238,21 +290,36 @@ impl AgentSession for SessionService {
                 heartbeat_interval_ms: interval.as_millis() as u32,
                 spans_wanted: svc.spans.is_some(),
             }));
-            let mut sent_generation = hello.last_generation;
+            let mut sent_generation = last_generation;
             // At most one desired state unacknowledged: changes made meanwhile wait and go
             // together, as the newest state, once the agent acknowledges (or reports on) the
             // one it has, or the hold runs out. `Some((generation, held until))`.
             let mut unacked: Option<(u64, Instant)> = None;
             // The cluster's desired state changed since it was last derived here.
             let mut desired_pending = true;
+            // When the session counts as gone unless a message comes.
             let mut liveness = Instant::now() + interval * 3;
+            let mut liveness_grace = false;
             // Status reports queued and not yet durable, oldest first.
             let mut acks: FuturesOrdered<PendingAck> = FuturesOrdered::new();
+            // The acknowledgement of the newest durable report, while it waits (it covers every
+            // report before it).
+            let mut ack_due: Option<AckDue> = None;
+            let ack_delay = svc.config.status_ack_delay;
             let mut cert_deadline = deadline_for(&svc.clock, cert_not_after);
+            // One timer for the certificate's expiry, the waiting acknowledgement and liveness,
+            // set to the earliest; it and the wake-ups live across the loop's turns, so that a
+            // message handled costs no timer or waiter registration (a message moves `liveness`
+            // on, and the timer follows only once it fires).
+            let timer = sleep_until(wake_at(cert_deadline, liveness, ack_due.as_ref()));
+            let notified = shared.notify.notified();
+            let shutting_down = shutdown.changed();
+            tokio::pin!(timer, notified, shutting_down);
             loop {
                 if desired_pending && unacked.is_none() {
                     desired_pending = false;
-                    match svc.rollouts.desired_of(&shared.cluster).await {
+                    // Boxed, as the renewal below: not in every session's state while it waits.
+                    match Box::pin(svc.rollouts.desired_of(&shared.cluster)).await {
                         Ok(rec) if rec.worth_sending(sent_generation) => {
                             sent_generation = rec.generation;
                             unacked = Some((rec.generation, Instant::now() + svc.config.desired_hold));
@@ -265,9 +332,14 @@ impl AgentSession for SessionService {
                 }
                 tokio::select! {
                     biased;
-                    _ = shared.notify.notified() => {
+                    _ = &mut notified => {
+                        notified.set(shared.notify.notified());
                         if let Some(Control::Disconnect { reason, message }) = shared.take() {
                             tracing::info!(cluster.id = %shared.cluster, %reason, "disconnecting session");
+                            // What is durable is acknowledged before the session ends.
+                            if let Some(AckDue { seq, .. }) = ack_due.take() {
+                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            }
                             yield hub(HubMsg::Disconnect(Disconnect { reason, message }));
                             break;
                         }
@@ -279,27 +351,36 @@ impl AgentSession for SessionService {
                         tracing::debug!(cluster.id = %shared.cluster, "desired state not acknowledged within {:?}; sending the newest", svc.config.desired_hold);
                         unacked = None;
                     }
-                    _ = shutdown.changed() => {
+                    _ = &mut shutting_down => {
+                        // What is durable is acknowledged before the session ends.
+                        if let Some(AckDue { seq, .. }) = ack_due.take() {
+                            yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                        }
                         yield hub(HubMsg::Disconnect(Disconnect {
                             reason: "shutdown".into(),
                             message: "the hub is shutting down".into(),
                         }));
                         break;
                     }
-                    _ = sleep_until(cert_deadline) => {
-                        tracing::warn!(cluster.id = %shared.cluster, "client certificate expired during the session");
-                        yield hub(HubMsg::Disconnect(Disconnect {
-                            reason: "certificate_expired".into(),
-                            message: "the session's client certificate expired without renewal".into(),
-                        }));
-                        break;
-                    }
                     Some(first) = acks.next(), if !acks.is_empty() => match durable_prefix(first, &mut acks) {
                         Ok(seq) => {
                             // One acknowledgement for every report durable by now (it covers
-                            // those before it).
+                            // those before it) — or, with a delay, for every report durable
+                            // within it: see `AckDue`.
                             if seq > 0 {
-                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                                let now = Instant::now();
+                                let due = ack_due.get_or_insert_with(|| {
+                                    let due = AckDue::new(now, ack_delay);
+                                    if due.at < timer.deadline() {
+                                        timer.as_mut().reset(due.at);
+                                    }
+                                    due
+                                });
+                                due.seq = seq;
+                                if due.at <= now && acks.is_empty() {
+                                    ack_due = None;
+                                    yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                                }
                             }
                         }
                         Err(e) => {
@@ -310,6 +391,52 @@ impl AgentSession for SessionService {
                             break;
                         }
                     },
+                    // After the reports made durable (so that a waiting acknowledgement covers
+                    // them), before reading on (so that no stream of messages holds off a
+                    // certificate's expiry).
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if let Some(due) = ack_due.as_mut().filter(|d| d.at <= now) {
+                            if acks.is_empty() || due.at >= due.latest {
+                                let seq = due.seq;
+                                ack_due = None;
+                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            } else {
+                                due.at = due.latest;
+                            }
+                        }
+                        // A session held back (reading nothing until its reports are durable)
+                        // is alive.
+                        if acks.len() >= MAX_UNACKED_REPORTS {
+                            liveness = liveness.max(now + interval * 3);
+                        }
+                        if liveness <= now {
+                            // A message waiting to be read counts: it is read first, then the
+                            // session is looked at again.
+                            if !liveness_grace {
+                                liveness_grace = true;
+                                timer.as_mut().reset(now + LIVENESS_GRACE);
+                                continue;
+                            }
+                            tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
+                            break;
+                        }
+                        liveness_grace = false;
+                        if cert_deadline > now {
+                            timer.as_mut().reset(wake_at(cert_deadline, liveness, ack_due.as_ref()));
+                            continue;
+                        }
+                        tracing::warn!(cluster.id = %shared.cluster, "client certificate expired during the session");
+                        // What is durable is acknowledged before the session ends.
+                        if let Some(AckDue { seq, .. }) = ack_due.take() {
+                            yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                        }
+                        yield hub(HubMsg::Disconnect(Disconnect {
+                            reason: "certificate_expired".into(),
+                            message: "the session's client certificate expired without renewal".into(),
+                        }));
+                        break;
+                    }
                     msg = inbound.message(), if acks.len() < MAX_UNACKED_REPORTS => match msg {
                         Ok(Some(AgentMessage { msg: Some(m) })) => {
                             liveness = Instant::now() + interval * 3;
@@ -320,9 +447,12 @@ impl AgentSession for SessionService {
                                     yield hub(HubMsg::HeartbeatAck(HeartbeatAck { seq: h.seq, sent_unix_ms: h.sent_unix_ms }));
                                 }
                                 AgentMsg::Renew(r) => {
-                                    let (answer, new_deadline) = svc.renew(&shared.cluster, &r.csr_pem).await;
+                                    // Boxed: a renewal is rare, and its future would otherwise enlarge every
+                                    // session's state by its size.
+                                    let (answer, new_deadline) = Box::pin(svc.renew(&shared.cluster, &r.csr_pem)).await;
                                     if let Some(d) = new_deadline {
                                         cert_deadline = d;
+                                        timer.as_mut().reset(wake_at(cert_deadline, liveness, ack_due.as_ref()));
                                     }
                                     yield hub(HubMsg::Renew(answer));
                                 }
@@ -372,7 +502,12 @@ impl AgentSession for SessionService {
                             yield Err(Status::invalid_argument("empty AgentMessage"));
                             break;
                         }
-                        Ok(None) => break,
+                        Ok(None) => {
+                            if let Some(AckDue { seq, .. }) = ack_due.take() {
+                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            }
+                            break;
+                        }
                         Err(s) => {
                             // Garbage or oversized input: end this one session, keep serving.
                             svc.metrics.rejected_messages.inc();
@@ -381,12 +516,6 @@ impl AgentSession for SessionService {
                             break;
                         }
                     },
-                    // After the inbound arm: a session whose messages wait to be read (its
-                    // stream was held back) is alive, however long since the last one was read.
-                    _ = sleep_until(liveness) => {
-                        tracing::warn!(cluster.id = %shared.cluster, "no heartbeat for {:?}; closing session", interval * 3);
-                        break;
-                    }
                 }
             }
         };

@@ -94,6 +94,11 @@ struct ServeArgs {
     /// ones (which then go together, as the newest state).
     #[arg(long, env = "FLOTILLA_DESIRED_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
     desired_hold: Duration,
+    /// How long the acknowledgement of a durable status report waits for the agent's next
+    /// reports to become durable too, so that one acknowledgement covers them all (0s: each at
+    /// once). Agents only clear their outbox on it; nothing waits for it.
+    #[arg(long, env = "FLOTILLA_STATUS_ACK_DELAY", default_value = "25ms", value_parser = humantime::parse_duration)]
+    status_ack_delay: Duration,
     /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -182,6 +187,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.heartbeat_interval = a.heartbeat_interval;
     c.bundle_rate = a.bundle_rate_limit;
     c.desired_hold = a.desired_hold;
+    c.status_ack_delay = a.status_ack_delay;
     c.disconnect_grace = a.disconnect_grace;
     if a.max_file_size > a.max_bundle_size {
         return Err("--max-file-size must not exceed --max-bundle-size".into());

@@ -154,7 +154,9 @@ impl Reporter {
         let mut seq = load.first_seq.max(1) - 1;
         let mut stopping = *stop.borrow();
         let mut drain_until = tokio::time::Instant::now() + DRAIN;
-        let mut heartbeat_at = tokio::time::Instant::now() + HEARTBEAT_EVERY;
+        // Kept across the loop's turns, so that a report costs no timer registration.
+        let heartbeat = tokio::time::sleep(HEARTBEAT_EVERY);
+        tokio::pin!(heartbeat);
         loop {
             while !stopping && inflight.len() < load.window.max(1) {
                 seq += 1;
@@ -195,13 +197,13 @@ impl Reporter {
                     t.ended = Some(format!("{} reports not acknowledged within {DRAIN:?}", inflight.len()));
                     return t;
                 }
-                _ = tokio::time::sleep_until(heartbeat_at) => {
+                _ = &mut heartbeat => {
                     let hb = Heartbeat { seq: 0, sent_unix_ms: unix_ms(SystemTime::now()) };
                     if self.tx.send(msg(AgentMsg::Heartbeat(hb))).await.is_err() {
                         t.ended = Some("outbound stream closed".into());
                         return t;
                     }
-                    heartbeat_at = tokio::time::Instant::now() + HEARTBEAT_EVERY;
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + HEARTBEAT_EVERY);
                 }
                 m = self.inbound.message() => match m {
                     Ok(Some(HubMessage { msg: Some(HubMsg::StatusAck(a)) })) => {
