@@ -185,6 +185,18 @@ fn hub(msg: HubMsg) -> Result<HubMessage, Status> {
     Ok(HubMessage { msg: Some(msg) })
 }
 
+/// The last messages of a session that ends without an error: the waiting acknowledgement
+/// first (what is durable is acknowledged before the session ends), then why the hub ends it,
+/// if it does.
+fn last_words(
+    ack: Option<AckDue>,
+    disconnect: Option<Disconnect>,
+) -> impl Iterator<Item = Result<HubMessage, Status>> {
+    let ack = ack.map(|AckDue { seq, .. }| hub(HubMsg::StatusAck(StatusAck { seq })));
+    ack.into_iter()
+        .chain(disconnect.map(|d| hub(HubMsg::Disconnect(d))))
+}
+
 /// What the session sends for desired state `d`: the state itself when it is small
 /// ([`INLINE_DESIRED_BYTES`]; tonic keeps the session's encode buffer at the largest message it
 /// ever encoded, for the session's life), else, to an agent that can fetch, an announcement of
@@ -311,7 +323,7 @@ impl AgentSession for SessionService {
             // set to the earliest; it and the wake-ups live across the loop's turns, so that a
             // message handled costs no timer or waiter registration (a message moves `liveness`
             // on, and the timer follows only once it fires).
-            let timer = sleep_until(wake_at(cert_deadline, liveness, ack_due.as_ref()));
+            let timer = sleep_until(wake_at(cert_deadline, liveness, None));
             let notified = shared.notify.notified();
             let shutting_down = shutdown.changed();
             tokio::pin!(timer, notified, shutting_down);
@@ -336,11 +348,9 @@ impl AgentSession for SessionService {
                         notified.set(shared.notify.notified());
                         if let Some(Control::Disconnect { reason, message }) = shared.take() {
                             tracing::info!(cluster.id = %shared.cluster, %reason, "disconnecting session");
-                            // What is durable is acknowledged before the session ends.
-                            if let Some(AckDue { seq, .. }) = ack_due.take() {
-                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            for m in last_words(ack_due.take(), Some(Disconnect { reason, message })) {
+                                yield m;
                             }
-                            yield hub(HubMsg::Disconnect(Disconnect { reason, message }));
                             break;
                         }
                         if shared.desired_dirty.swap(false, Ordering::AcqRel) {
@@ -352,14 +362,13 @@ impl AgentSession for SessionService {
                         unacked = None;
                     }
                     _ = &mut shutting_down => {
-                        // What is durable is acknowledged before the session ends.
-                        if let Some(AckDue { seq, .. }) = ack_due.take() {
-                            yield hub(HubMsg::StatusAck(StatusAck { seq }));
-                        }
-                        yield hub(HubMsg::Disconnect(Disconnect {
+                        let bye = Disconnect {
                             reason: "shutdown".into(),
                             message: "the hub is shutting down".into(),
-                        }));
+                        };
+                        for m in last_words(ack_due.take(), Some(bye)) {
+                            yield m;
+                        }
                         break;
                     }
                     Some(first) = acks.next(), if !acks.is_empty() => match durable_prefix(first, &mut acks) {
@@ -427,14 +436,13 @@ impl AgentSession for SessionService {
                             continue;
                         }
                         tracing::warn!(cluster.id = %shared.cluster, "client certificate expired during the session");
-                        // What is durable is acknowledged before the session ends.
-                        if let Some(AckDue { seq, .. }) = ack_due.take() {
-                            yield hub(HubMsg::StatusAck(StatusAck { seq }));
-                        }
-                        yield hub(HubMsg::Disconnect(Disconnect {
+                        let bye = Disconnect {
                             reason: "certificate_expired".into(),
                             message: "the session's client certificate expired without renewal".into(),
-                        }));
+                        };
+                        for m in last_words(ack_due.take(), Some(bye)) {
+                            yield m;
+                        }
                         break;
                     }
                     msg = inbound.message(), if acks.len() < MAX_UNACKED_REPORTS => match msg {
@@ -503,8 +511,8 @@ impl AgentSession for SessionService {
                             break;
                         }
                         Ok(None) => {
-                            if let Some(AckDue { seq, .. }) = ack_due.take() {
-                                yield hub(HubMsg::StatusAck(StatusAck { seq }));
+                            for m in last_words(ack_due.take(), None) {
+                                yield m;
                             }
                             break;
                         }
