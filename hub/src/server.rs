@@ -72,6 +72,19 @@ pub struct HubConfig {
     /// Where agents' relayed spans go (set when the hub exports traces); `None`: agents are
     /// told not to send spans.
     pub span_forwarder: Option<flotilla_proto::telemetry::SpanForwarder>,
+    /// Where the hub's state lives: the embedded redb file in the data dir (the default), or
+    /// an etcd cluster.
+    pub store: StoreKind,
+}
+
+/// The store backend of a hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `store.redb` in the data dir.
+    #[default]
+    Redb,
+    /// An etcd cluster (the CA, admin credential and caches stay in the data dir).
+    Etcd(crate::store::etcd::EtcdConfig),
 }
 
 impl HubConfig {
@@ -92,6 +105,7 @@ impl HubConfig {
             limits: crate::render::Limits::default(),
             clock: Arc::new(flotilla_proto::clock::SystemClock),
             span_forwarder: None,
+            store: StoreKind::Redb,
         }
     }
 }
@@ -200,10 +214,11 @@ pub async fn start(
     if let Some(f) = &config.span_forwarder {
         metrics.attach_forwarder(f.clone());
     }
-    let store: SharedStore = crate::store::timed::TimedStore::shared(
-        Arc::new(RedbStore::open(&dd.join("store.redb"))?),
-        &metrics,
-    );
+    let backend: SharedStore = match &config.store {
+        StoreKind::Redb => Arc::new(RedbStore::open(&dd.join("store.redb"))?),
+        StoreKind::Etcd(cfg) => Arc::new(crate::store::etcd::EtcdStore::connect(cfg).await?),
+    };
+    let store: SharedStore = crate::store::timed::TimedStore::shared(backend, &metrics);
     let ca = Arc::new(Ca::load_or_create(
         dd,
         &config.trust_domain,

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use flotilla_hub::server::{HubConfig, start};
+use flotilla_hub::server::{HubConfig, StoreKind, start};
+use flotilla_hub::store::etcd::{EtcdConfig, EtcdTls};
 use flotilla_proto::telemetry::{Export, LogFormat, SpanForwarder, TraceConfig};
 
 /// jemalloc: with 100 apps on 1,000 sessions the hub peaked at 459 MiB with it, 692 MiB with
@@ -99,6 +100,23 @@ struct ServeArgs {
     /// once). Agents only clear their outbox on it; nothing waits for it.
     #[arg(long, env = "FLOTILLA_STATUS_ACK_DELAY", default_value = "25ms", value_parser = humantime::parse_duration)]
     status_ack_delay: Duration,
+    /// Where the hub's state lives: `redb` (a file in --data-dir, the default) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (an etcd v3 cluster, shared by several hub
+    /// replicas; keys under PREFIX).
+    #[arg(long, env = "FLOTILLA_STORE", default_value = "redb")]
+    store: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates: talk to etcd over TLS.
+    #[arg(long, env = "FLOTILLA_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key and --etcd-ca.
+    #[arg(long, env = "FLOTILLA_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client private key (PEM) for --etcd-cert.
+    #[arg(long, env = "FLOTILLA_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// The etcd members' --max-txn-ops: the most writes the hub puts into one transaction.
+    #[arg(long, env = "FLOTILLA_ETCD_MAX_TXN_OPS", default_value_t = flotilla_hub::store::etcd::DEFAULT_MAX_TXN_OPS)]
+    etcd_max_txn_ops: usize,
     /// Log as JSON lines (same as `--log-format json`).
     #[arg(long, env = "FLOTILLA_LOG_JSON")]
     log_json: bool,
@@ -196,7 +214,37 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
         max_file_bytes: a.max_file_size,
         max_bundle_bytes: a.max_bundle_size,
     };
+    c.store = store_kind(a)?;
     Ok(c)
+}
+
+/// The store named by `--store` and the etcd flags.
+fn store_kind(a: &ServeArgs) -> Result<StoreKind, String> {
+    let read = |flag: &str, p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+    };
+    if a.store == "redb" {
+        if a.etcd_ca.is_some() || a.etcd_cert.is_some() {
+            return Err("--etcd-ca and --etcd-cert need --store etcd://...".into());
+        }
+        return Ok(StoreKind::Redb);
+    }
+    let mut cfg = EtcdConfig::parse(&a.store).map_err(|e| format!("--store {e}"))?;
+    if a.etcd_max_txn_ops == 0 {
+        return Err("--etcd-max-txn-ops must be at least 1".into());
+    }
+    cfg.max_txn_ops = a.etcd_max_txn_ops;
+    if let Some(ca) = &a.etcd_ca {
+        let identity = match (&a.etcd_cert, &a.etcd_key) {
+            (Some(c), Some(k)) => Some((read("--etcd-cert", c)?, read("--etcd-key", k)?)),
+            _ => None,
+        };
+        cfg.tls = Some(EtcdTls {
+            ca_pem: read("--etcd-ca", ca)?,
+            identity,
+        });
+    }
+    Ok(StoreKind::Etcd(cfg))
 }
 
 /// Runs [`serve`] on a runtime with one worker thread per core and a bounded blocking pool.

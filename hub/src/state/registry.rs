@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::{HubError, SharedError};
 use crate::state::table::{CAS_RETRIES, Table, Versioned};
-use crate::store::{CasOp, Revision, SharedStore, WatchEvent, batch_revisions};
+use crate::store::{CasOp, Revision, SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
 /// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
@@ -265,10 +265,24 @@ async fn write_seen_batch(
     cache: &RwLock<ClusterCache>,
     pending: HashMap<String, (u64, Option<String>)>,
 ) -> Result<(), HubError> {
+    // As many records per transaction as the store takes; each stands alone.
+    let max = table.store().max_batch_ops().max(1);
+    let pending: Vec<_> = pending.into_iter().collect();
+    for chunk in pending.chunks(max) {
+        write_seen_chunk(table, cache, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn write_seen_chunk(
+    table: &Table<ClusterRecord>,
+    cache: &RwLock<ClusterCache>,
+    pending: &[(String, (u64, Option<String>))],
+) -> Result<(), HubError> {
     for attempt in 0..CAS_RETRIES {
         let mut ops = Vec::with_capacity(pending.len());
         let mut written = Vec::with_capacity(pending.len());
-        for (name, (at, version)) in &pending {
+        for (name, (at, version)) in pending {
             // First from memory (this process writes every record it caches, so the cached
             // revision is normally the stored one); after a conflict, from the store.
             let cached = (attempt == 0)
@@ -292,11 +306,10 @@ async fn write_seen_batch(
             ));
             written.push(v.value);
         }
-        let n = ops.len();
         match table.store().compare_and_swap_many(ops).await? {
-            Ok(last) => {
+            Ok(revisions) => {
                 let mut cache = cache.write().unwrap_or_else(|e| e.into_inner());
-                for (rec, revision) in written.into_iter().zip(batch_revisions(last, n)) {
+                for (rec, revision) in written.into_iter().zip(revisions) {
                     cache.put(rec, revision);
                 }
                 return Ok(());
@@ -422,7 +435,7 @@ impl Registry {
             ];
             match store.compare_and_swap_many(ops).await? {
                 // The record is the batch's last write.
-                Ok(last) => return Ok((record, last)),
+                Ok(revisions) => return Ok((record, revisions[1])),
                 Err(key) if key == LAST_CLUSTER_ID => continue,
                 Err(_) => return Err(HubError::ClusterExists(record.name)),
             }

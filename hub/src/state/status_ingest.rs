@@ -42,7 +42,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::state::error::{HubError, SharedError};
 use crate::state::status::{OnDurable, STATUS, StatusRecord};
 use crate::state::table::{CAS_RETRIES, Table};
-use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError, batch_revisions};
+use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError};
 
 /// The status journal: one key per batch of reports, `/status-log/<seq>` (zero-padded, so that
 /// key order is batch order).
@@ -463,12 +463,12 @@ impl Ingest {
             let key = log_key(seq);
             let op = CasOp::put(key.clone(), None, value.clone());
             match self.table.store().compare_and_swap_many(vec![op]).await {
-                Ok(Ok(revision)) => {
+                Ok(Ok(revisions)) => {
                     let mut cache = lock(&self.cache);
                     cache.next_seq = seq + 1;
                     cache.journal.push(Logged {
                         key,
-                        revision,
+                        revision: revisions[0],
                         bytes,
                     });
                     cache.journal_bytes += bytes;
@@ -513,7 +513,7 @@ impl Ingest {
     }
 
     /// Folds the journal into the records: writes every record changed since the last
-    /// checkpoint, then deletes the journal's keys (in the last write). Called by the writer
+    /// checkpoint, then deletes the journal's keys (after the last record). Called by the writer
     /// (holding `loading`), so nothing changes the cache meanwhile.
     async fn checkpoint(&self) -> Result<(), HubError> {
         let mut attempts = 0;
@@ -539,14 +539,16 @@ impl Ingest {
                 .iter()
                 .map(|l| CasOp::delete(l.key.clone(), l.revision))
                 .collect();
-            // Chunks of at most `batch_bytes` of records; the deletes go with the last one.
+            // Chunks of at most `batch_bytes` of records and as many ops as the store takes;
+            // the deletes follow the last records (in the same chunk where they fit).
+            let max_ops = self.table.store().max_batch_ops().max(1);
             let mut done = 0;
             let mut conflict = None;
             while done < dirty.len() || !deletes.is_empty() {
                 let mut bytes = 0;
                 let mut chunk = Vec::new();
                 let mut end = done;
-                while end < dirty.len() {
+                while end < dirty.len() && chunk.len() < max_ops {
                     let (cluster, revision, record) = &dirty[end];
                     let value = Table::encode(record.as_ref());
                     bytes += value.len();
@@ -556,15 +558,14 @@ impl Ingest {
                         break;
                     }
                 }
-                let last_chunk = end == dirty.len();
-                if last_chunk {
-                    chunk.append(&mut deletes);
+                let mut deleted = 0;
+                if end == dirty.len() {
+                    deleted = deletes.len().min(max_ops - chunk.len());
+                    chunk.extend(deletes.drain(..deleted));
                 }
-                let n = chunk.len();
                 match self.table.store().compare_and_swap_many(chunk).await? {
-                    Ok(last) => {
+                    Ok(revisions) => {
                         let mut cache = lock(&self.cache);
-                        let revisions = batch_revisions(last, n);
                         for ((cluster, _, record), revision) in
                             dirty[done..end].iter().zip(revisions)
                         {
@@ -576,10 +577,9 @@ impl Ingest {
                                 }
                             }
                         }
-                        if last_chunk {
-                            cache.journal.clear();
-                            cache.journal_bytes = 0;
-                        }
+                        // The journal's oldest batches, deleted in this chunk.
+                        let gone: usize = cache.journal.drain(..deleted).map(|l| l.bytes).sum();
+                        cache.journal_bytes = cache.journal_bytes.saturating_sub(gone);
                         done = end;
                     }
                     Err(key) => {

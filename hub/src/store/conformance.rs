@@ -34,7 +34,9 @@ pub async fn run_all(store: SharedStore) {
     check_concurrent_cas_increments(store).await;
 }
 
-/// A batch of compare-and-swaps is all-or-nothing, one revision per key, and watched in order.
+/// A batch of compare-and-swaps is all-or-nothing, reports the revision each op was committed
+/// at (non-decreasing, each the key's new `mod_revision`; redb spends one per op, etcd one per
+/// batch), and is watched in order.
 pub async fn check_cas_many(store: SharedStore) {
     use super::CasOp;
     let op = |key: &str, expected: Option<Revision>, value: &str| {
@@ -43,10 +45,15 @@ pub async fn check_cas_many(store: SharedStore) {
     let start = store.revision().await.unwrap();
     assert_eq!(
         store.compare_and_swap_many(vec![]).await.unwrap(),
-        Ok(start)
+        Ok(vec![])
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        start,
+        "an empty batch writes nothing"
     );
     let mut watch = store.watch("/conformance/many/", start + 1).await.unwrap();
-    let last = store
+    let revisions = store
         .compare_and_swap_many(vec![
             op("/conformance/many/a", None, "1"),
             op("/conformance/many/b", None, "2"),
@@ -54,23 +61,33 @@ pub async fn check_cas_many(store: SharedStore) {
         .await
         .unwrap()
         .expect("both conditions hold");
-    assert_eq!(last, start + 2);
+    assert_eq!(revisions.len(), 2);
+    assert!(start < revisions[0] && revisions[0] <= revisions[1]);
+    assert_eq!(store.revision().await.unwrap(), revisions[1]);
     let a = store.get("/conformance/many/a").await.unwrap().unwrap();
     let b = store.get("/conformance/many/b").await.unwrap().unwrap();
-    assert_eq!((a.mod_revision, b.mod_revision), (start + 1, start + 2));
+    assert_eq!(
+        (a.mod_revision, b.mod_revision),
+        (revisions[0], revisions[1])
+    );
+    assert_eq!(
+        (a.create_revision, b.create_revision),
+        (revisions[0], revisions[1])
+    );
     assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/a");
     assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/b");
 
     // One failing condition: nothing is written, the revision does not move.
+    let at = store.revision().await.unwrap();
     let failed = store
         .compare_and_swap_many(vec![
             op("/conformance/many/a", Some(a.mod_revision), "10"),
-            op("/conformance/many/b", Some(a.mod_revision), "20"),
+            op("/conformance/many/b", Some(a.mod_revision - 1), "20"),
         ])
         .await
         .unwrap();
     assert_eq!(failed, Err("/conformance/many/b".to_string()));
-    assert_eq!(store.revision().await.unwrap(), start + 2);
+    assert_eq!(store.revision().await.unwrap(), at);
     assert_eq!(
         store
             .get("/conformance/many/a")
@@ -80,6 +97,17 @@ pub async fn check_cas_many(store: SharedStore) {
             .value,
         b"1".to_vec()
     );
+    // A key that must be absent but exists fails too, and is named.
+    let failed = store
+        .compare_and_swap_many(vec![
+            op("/conformance/many/new", None, "x"),
+            op("/conformance/many/a", None, "x"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(failed, Err("/conformance/many/a".to_string()));
+    assert!(store.get("/conformance/many/new").await.unwrap().is_none());
+
     // Updates keep create_revision.
     store
         .compare_and_swap_many(vec![op("/conformance/many/a", Some(a.mod_revision), "11")])
@@ -90,7 +118,7 @@ pub async fn check_cas_many(store: SharedStore) {
     assert_eq!(a2.create_revision, a.create_revision);
     assert_eq!(a2.value, b"11".to_vec());
 
-    // Deletes in a batch: conditional like the writes, one revision each, watched in order.
+    // Deletes in a batch: conditional like the writes, watched in order.
     let stale = store
         .compare_and_swap_many(vec![
             op("/conformance/many/c", None, "3"),
@@ -101,7 +129,7 @@ pub async fn check_cas_many(store: SharedStore) {
     assert_eq!(stale, Err("/conformance/many/b".to_string()));
     assert!(store.get("/conformance/many/c").await.unwrap().is_none());
     let at = store.revision().await.unwrap();
-    let last = store
+    let revisions = store
         .compare_and_swap_many(vec![
             op("/conformance/many/c", None, "3"),
             CasOp::delete("/conformance/many/b", b.mod_revision),
@@ -109,7 +137,8 @@ pub async fn check_cas_many(store: SharedStore) {
         .await
         .unwrap()
         .expect("both conditions hold");
-    assert_eq!(last, at + 2);
+    assert!(at < revisions[0] && revisions[0] <= revisions[1]);
+    assert_eq!(store.revision().await.unwrap(), revisions[1]);
     assert!(store.get("/conformance/many/b").await.unwrap().is_none());
     assert_eq!(
         store
@@ -118,7 +147,7 @@ pub async fn check_cas_many(store: SharedStore) {
             .unwrap()
             .unwrap()
             .mod_revision,
-        at + 1
+        revisions[0]
     );
     assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/a");
     assert_eq!(next_event(&mut watch).await.key(), "/conformance/many/c");
@@ -126,7 +155,7 @@ pub async fn check_cas_many(store: SharedStore) {
         next_event(&mut watch).await,
         super::WatchEvent::Delete {
             key: "/conformance/many/b".to_string(),
-            mod_revision: at + 2
+            mod_revision: revisions[1]
         }
     );
 }

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod conformance;
+pub mod etcd;
 pub mod redb;
 #[cfg(test)]
 pub mod testing;
@@ -123,14 +124,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError>;
 
     /// Several compare-and-swaps (and compare-and-deletes) applied atomically in one durable
-    /// write: either every condition holds and every value is written or deleted (each op gets
-    /// the next revision, in order; a delete's is the revision of its event), or nothing is
-    /// written. `Ok(Ok(last revision))` on success; `Ok(Err(key))` names the first
-    /// key whose condition failed. An empty batch writes nothing and returns the current revision.
+    /// write: either every condition holds and every value is written or deleted, or nothing is
+    /// written. `Ok(Ok(revisions))` on success: the revision each op was committed at, in order
+    /// (non-decreasing; a delete's is the revision of its event). Backends differ in how a batch
+    /// spends revisions — redb gives each op the next one, etcd gives the whole batch one — so
+    /// callers take each key's new `mod_revision` from this list. `Ok(Err(key))` names the first
+    /// key whose condition failed. The keys of a batch must be distinct (etcd refuses a
+    /// transaction that names a key twice), and a batch holds at most
+    /// [`Store::max_batch_ops`] ops. An empty batch writes nothing and returns no revisions.
     async fn compare_and_swap_many(
         &self,
         ops: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError>;
+    ) -> Result<Result<Vec<Revision>, String>, StoreError>;
+
+    /// The most ops one [`Store::compare_and_swap_many`] batch may hold (etcd: the server's
+    /// `--max-txn-ops`). Callers with more split them into several batches where atomicity
+    /// across the split is not needed.
+    fn max_batch_ops(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// One write of a [`Store::compare_and_swap_many`] batch.
@@ -161,12 +173,6 @@ impl CasOp {
             value: None,
         }
     }
-}
-
-/// The revision each op of a successful [`Store::compare_and_swap_many`] batch of `ops` ops got,
-/// in order, from the batch's last revision (each op gets the next one).
-pub fn batch_revisions(last: Revision, ops: usize) -> impl Iterator<Item = Revision> {
-    (last + 1 - ops as u64)..=last
 }
 
 /// A store shared between components.

@@ -470,7 +470,7 @@ impl Inner {
     }
 
     /// All-or-nothing batch of compare-and-swaps in one write transaction.
-    fn cas_many(&self, ops: Vec<CasOp>) -> Result<Result<Revision, String>, ::redb::Error> {
+    fn cas_many(&self, ops: Vec<CasOp>) -> Result<Result<Vec<Revision>, String>, ::redb::Error> {
         let (_guard, txn) = self.begin_write()?;
         let (last, events) = {
             let mut kv = txn.open_table(KV)?;
@@ -479,7 +479,7 @@ impl Inner {
             if ops.is_empty() {
                 drop((kv, meta));
                 txn.abort()?;
-                return Ok(Ok(revision));
+                return Ok(Ok(Vec::new()));
             }
             let mut log = txn.open_table(EVENT_LOG)?;
             let mut events = Vec::with_capacity(ops.len());
@@ -529,11 +529,13 @@ impl Inner {
             (revision, events)
         };
         txn.commit()?;
+        // Each op got the next revision.
+        let revisions = (last + 1 - events.len() as u64..=last).collect();
         for event in events {
             // An error only means that nobody is watching right now.
             let _ = self.events.send(Arc::new(event));
         }
-        Ok(Ok(last))
+        Ok(Ok(revisions))
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, ::redb::Error> {
@@ -765,7 +767,7 @@ impl Store for RedbStore {
     async fn compare_and_swap_many(
         &self,
         ops: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError> {
+    ) -> Result<Result<Vec<Revision>, String>, StoreError> {
         for op in &ops {
             validate_key(&op.key)?;
         }

@@ -3,7 +3,7 @@
 //! closes, and fail while `fail` is set.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Semaphore;
 
@@ -17,6 +17,9 @@ pub struct GatedStore {
     gate: Semaphore,
     /// Batch writes fail (after passing the gate) while set.
     pub fail: AtomicBool,
+    /// What [`Store::max_batch_ops`] says (as etcd's `--max-txn-ops` would); a larger batch
+    /// fails the test.
+    pub max_ops: AtomicUsize,
 }
 
 impl GatedStore {
@@ -27,6 +30,7 @@ impl GatedStore {
             writes: Mutex::default(),
             gate: Semaphore::new(0),
             fail: AtomicBool::new(false),
+            max_ops: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -80,7 +84,9 @@ impl Store for GatedStore {
     async fn compare_and_swap_many(
         &self,
         ops: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError> {
+    ) -> Result<Result<Vec<Revision>, String>, StoreError> {
+        let max = self.max_ops.load(Ordering::SeqCst);
+        assert!(ops.len() <= max, "a batch of {} ops, over {max}", ops.len());
         self.writes.lock().unwrap().push(ops.clone());
         self.gate.acquire().await.unwrap().forget();
         if self.fail.load(Ordering::SeqCst) {
@@ -90,5 +96,9 @@ impl Store for GatedStore {
             });
         }
         self.inner.compare_and_swap_many(ops).await
+    }
+
+    fn max_batch_ops(&self) -> usize {
+        self.max_ops.load(Ordering::SeqCst)
     }
 }

@@ -157,13 +157,17 @@ impl Store for TimedStore {
     async fn compare_and_swap_many(
         &self,
         ops: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError> {
+    ) -> Result<Result<Vec<Revision>, String>, StoreError> {
         self.batch_writes.observe(ops.len() as f64);
         self.timed(
             Op::CompareAndSwapMany,
             self.inner.compare_and_swap_many(ops),
         )
         .await
+    }
+
+    fn max_batch_ops(&self) -> usize {
+        self.inner.max_batch_ops()
     }
 }
 

@@ -397,12 +397,18 @@ impl Rollouts {
         tracing::info!(app = %rec.app, clusters = clusters.len(), "desired state changed");
     }
 
-    /// Saves the records of `steps` in one transaction (each a compare-and-swap at the
-    /// revision it was read at) and remembers them.
+    /// Saves the records of `steps` in as few transactions as the store allows (each record a
+    /// compare-and-swap at the revision it was read at; each app's record stands alone, so a
+    /// split loses nothing) and remembers them.
     async fn save_all(&self, steps: &[Step]) -> Result<(), HubError> {
-        if steps.is_empty() {
-            return Ok(());
+        let max = self.inner.table.store().max_batch_ops().max(1);
+        for steps in steps.chunks(max) {
+            self.save_chunk(steps).await?;
         }
+        Ok(())
+    }
+
+    async fn save_chunk(&self, steps: &[Step]) -> Result<(), HubError> {
         let ops = steps
             .iter()
             .map(|s| {
@@ -414,9 +420,8 @@ impl Rollouts {
             })
             .collect();
         match self.inner.table.store().compare_and_swap_many(ops).await? {
-            Ok(last) => {
+            Ok(revisions) => {
                 if let Some(m) = self.records().as_mut() {
-                    let revisions = crate::store::batch_revisions(last, steps.len());
                     for (s, revision) in steps.iter().zip(revisions) {
                         m.insert(s.after.app.clone(), (Arc::new(s.after.clone()), revision));
                     }

@@ -151,7 +151,7 @@ impl Store for ReadOnly {
     async fn compare_and_swap_many(
         &self,
         _: Vec<CasOp>,
-    ) -> Result<Result<Revision, String>, StoreError> {
+    ) -> Result<Result<Vec<Revision>, String>, StoreError> {
         unreachable!("read only")
     }
 }
@@ -523,6 +523,51 @@ async fn the_journal_is_folded_into_the_records_by_a_checkpoint() {
     assert_eq!(
         stored(&store, "b").await,
         (vec![("x".into(), Applied), ("z".into(), Failed)], 4)
+    );
+}
+
+/// A store that takes few ops per transaction (etcd's `--max-txn-ops`) gets the checkpoint in
+/// several writes — records first, then the journal's deletes — and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_split_to_the_stores_transaction_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::closed(&dir);
+    store.max_ops.store(2, Ordering::SeqCst);
+    store.open_gate();
+    let ingest = ingest(
+        &store,
+        Limits {
+            checkpoint_entries: 3,
+            ..Limits::default()
+        },
+    );
+    use Phase::*;
+    for (g, cluster, phase) in [(1, "a", Applying), (2, "b", Applied), (3, "c", Failed)] {
+        ingest
+            .record(cluster, &report(g, false, &[("x", phase)]))
+            .await
+            .unwrap();
+    }
+    // Three records and three journal deletes, two ops at a time.
+    assert_eq!(store.checkpoints(), [2, 2, 2]);
+    assert_eq!(journal_keys(&store).await, 0);
+    assert_eq!(ingest.journaled(), 0);
+    for (cluster, phase, g) in [("a", Applying, 1), ("b", Applied, 2), ("c", Failed, 3)] {
+        let r = record_key(&store, cluster).await.unwrap();
+        assert_eq!((r.apps.len(), r.generation), (1, g), "{cluster}");
+        assert_eq!(
+            stored(&store, cluster).await,
+            (vec![("x".into(), phase)], g)
+        );
+    }
+    // Journaling goes on after the split checkpoint; a fresh reader finds it all.
+    ingest
+        .record("a", &report(4, false, &[("y", Applied)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(&store, "a").await,
+        (vec![("x".into(), Applying), ("y".into(), Applied)], 4)
     );
 }
 
