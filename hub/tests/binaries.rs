@@ -43,6 +43,28 @@ fn bad_configuration_exits_64_and_names_the_flag() {
             &["--max-file-size", "2MiB", "--max-bundle-size", "1MiB"],
             "--max-file-size",
         ),
+        (&["--store", "etcd://"], "--store"),
+        (&["--store", "etcd://host-without-port"], "--store"),
+        (&["--store", "mongodb://db:27017"], "--store"),
+        (&["--etcd-ca", "/nonexistent.pem"], "--etcd-ca"),
+        (
+            &[
+                "--store",
+                "etcd://127.0.0.1:2379",
+                "--etcd-ca",
+                "/nonexistent.pem",
+            ],
+            "--etcd-ca",
+        ),
+        (
+            &[
+                "--store",
+                "etcd://127.0.0.1:2379",
+                "--etcd-max-txn-ops",
+                "0",
+            ],
+            "--etcd-max-txn-ops",
+        ),
     ];
     for (args, flag) in cases {
         let out = serve(args);
@@ -148,5 +170,40 @@ fn logs_have_no_colour_codes_off_a_terminal_and_log_format_json_writes_json_line
     assert!(
         err.contains("--log-format") && err.contains("text or json"),
         "{err}"
+    );
+}
+
+/// A hub whose etcd does not answer fails to start, saying which etcd, instead of serving
+/// without its state.
+#[test]
+fn a_hub_whose_etcd_cannot_be_reached_exits_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = format!("etcd://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let out = Command::new(HUB)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--store", &store])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("etcd"),
+        "names the etcd it could not reach: {stderr}"
     );
 }
