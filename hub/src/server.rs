@@ -129,7 +129,14 @@ pub enum StartError {
     AdminCredential(#[from] crate::pki::admin::AdminCredentialError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
+
+/// Why a hub on etcd needs the operator's CA: replicas share one trust root.
+pub const ETCD_NEEDS_CA: &str = "--store etcd://... needs the CA every hub replica shares \
+     (--ca-cert and --ca-key, e.g. a mounted Secret): a CA generated here would be this \
+     replica's alone, and clusters it signs would be refused by the others";
 
 /// A running hub; dropping it does not stop it — call [`RunningHub::shutdown`].
 pub struct RunningHub {
@@ -213,6 +220,9 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     if let Some(f) = &config.span_forwarder {
         metrics.attach_forwarder(f.clone());
+    }
+    if matches!(config.store, StoreKind::Etcd(_)) && config.ca_files.is_none() {
+        return Err(StartError::Config(ETCD_NEEDS_CA.into()));
     }
     let backend: SharedStore = match &config.store {
         StoreKind::Redb => Arc::new(RedbStore::open(&dd.join("store.redb"))?),
@@ -369,11 +379,18 @@ pub async fn start(
         }
     }));
     {
-        let registry = registry.clone();
+        // Clusters added, changed or removed by other replicas sharing the store; a removal
+        // ends the cluster's live session here too.
+        let (registry, live) = (registry.clone(), sessions.clone());
         let rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(
-            async move { registry.watch_revocations(rx).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            let on_revoked = |name: &str| {
+                if live.disconnect(name, "revoked", &format!("cluster {name:?} was removed")) {
+                    tracing::info!(cluster.id = %name, "cluster removed on another replica; its session here is closed");
+                }
+            };
+            registry.follow(rx, on_revoked).await
+        }));
     }
     tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));
     if let Some(l) = http_listener {

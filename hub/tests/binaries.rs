@@ -46,6 +46,10 @@ fn bad_configuration_exits_64_and_names_the_flag() {
         (&["--store", "etcd://"], "--store"),
         (&["--store", "etcd://host-without-port"], "--store"),
         (&["--store", "mongodb://db:27017"], "--store"),
+        (
+            &["--store", "etcd://127.0.0.1:2379"],
+            "--ca-cert and --ca-key",
+        ),
         (&["--etcd-ca", "/nonexistent.pem"], "--etcd-ca"),
         (
             &[
@@ -186,6 +190,10 @@ fn a_hub_whose_etcd_cannot_be_reached_exits_naming_it() {
         .port();
     let store = format!("etcd://127.0.0.1:{port}");
     let data = dir.path().join("data");
+    // Replicas on etcd share an operator CA; the store is reached (and fails) before it is read.
+    let (ca, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    std::fs::write(&ca, "unused").unwrap();
+    std::fs::write(&key, "unused").unwrap();
     let out = Command::new(HUB)
         .args([
             "serve",
@@ -195,6 +203,10 @@ fn a_hub_whose_etcd_cannot_be_reached_exits_naming_it() {
             "127.0.0.1:0",
         ])
         .args(["--store", &store])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .arg("--ca-key")
+        .arg(&key)
         .arg("--data-dir")
         .arg(&data)
         .env_remove("RUST_LOG")

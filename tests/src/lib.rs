@@ -115,6 +115,27 @@ pub async fn wait_status(
     outcome.unwrap_or_else(|why| panic!("{why} waiting for {what}: {:?}", rx.borrow()))
 }
 
+/// An operator CA made outside Flotilla, written to `dir` as `op-ca.crt` and `op-ca.key`;
+/// returns (certificate PEM, certificate path, key path). Hub replicas sharing a store are all
+/// given the same one.
+pub fn operator_ca(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp fleet CA");
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("op-ca.crt"), dir.join("op-ca.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert.pem(), cert_path, key_path)
+}
+
 /// A hub running in-process.
 pub struct TestHub {
     pub hub: Option<RunningHub>,

@@ -15,25 +15,11 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn operator_provided_ca_is_used_for_everything() {
     let dir = test_dir();
     // An operator CA made outside Flotilla.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Example Corp fleet CA");
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (dir.path().join("op-ca.crt"), dir.path().join("op-ca.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-
+    let (ca_pem, cert_path, key_path) = operator_ca(dir.path());
     let mut cfg = TestHub::config(dir.path());
     cfg.ca_files = Some((cert_path.clone(), key_path));
     let hub = TestHub::start(cfg).await;
-    let want = fingerprint(&certs_from_pem(&cert.pem(), "ca").unwrap()[0]);
+    let want = fingerprint(&certs_from_pem(&ca_pem, "ca").unwrap()[0]);
     assert_eq!(hub.running().ca.fingerprint(), want);
 
     let token = hub.add_cluster("op", &[]).await;

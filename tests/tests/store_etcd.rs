@@ -10,7 +10,7 @@ use flotilla_hub::server::StoreKind;
 use flotilla_hub::store::conformance::{self, next_event};
 use flotilla_hub::store::{CasOp, SharedStore, Store, StoreError, WatchEvent};
 use flotilla_tests::etcd::EtcdCluster;
-use flotilla_tests::{TestHub, eventually, test_dir};
+use flotilla_tests::{TestHub, eventually, operator_ca, test_dir};
 
 #[tokio::test]
 async fn the_conformance_suite_passes_on_a_real_etcd() {
@@ -159,6 +159,8 @@ async fn a_hub_on_etcd_keeps_its_clusters_across_a_restart() {
     let etcd = EtcdCluster::start(1).await;
     let mut config = TestHub::config(dir.path());
     config.store = StoreKind::Etcd(etcd.config("/flotilla"));
+    let (_, ca, key) = operator_ca(dir.path());
+    config.ca_files = Some((ca, key));
     let mut hub = TestHub::start(config).await;
     let agent_dir = dir.path().join("agent");
     let mut agent = hub.join(&agent_dir, "edge-1").await;

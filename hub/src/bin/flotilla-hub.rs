@@ -244,6 +244,9 @@ fn store_kind(a: &ServeArgs) -> Result<StoreKind, String> {
             identity,
         });
     }
+    if a.ca_cert.is_none() {
+        return Err(flotilla_hub::server::ETCD_NEEDS_CA.into());
+    }
     Ok(StoreKind::Etcd(cfg))
 }
 

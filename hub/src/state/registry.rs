@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::{HubError, SharedError};
 use crate::state::table::{CAS_RETRIES, Table, Versioned};
-use crate::store::{CasOp, Revision, SharedStore, WatchEvent};
+use crate::store::{CasOp, Revision, SharedStore, StoreError, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
 /// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
@@ -135,6 +135,10 @@ struct RevokedRecord {
     not_after_ms: u64,
 }
 
+/// First and longest wait before [`Registry::follow`] lists again after a failed watch.
+const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(100);
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Serials of revoked certificates, readable synchronously from the TLS verifier.
 #[derive(Debug, Default)]
 pub struct RevokedSerials(RwLock<HashSet<String>>);
@@ -170,15 +174,19 @@ pub struct Registry {
     revocations: Table<RevokedRecord>,
     clock: SharedClock,
     revoked: Arc<RevokedSerials>,
-    /// Every cluster record, read once at open and written through on every change this
-    /// process makes (the registry is the only writer of `/clusters/`), so sessions, the TLS
-    /// path and the rollout engine never read or decode the store for a cluster.
+    /// Every cluster record, read once at open, written through on every change this process
+    /// makes and kept current with what other hub replicas write by [`Registry::follow`], so
+    /// sessions, the TLS path and the rollout engine never read or decode the store for a
+    /// cluster.
     cache: Arc<RwLock<ClusterCache>>,
     /// Sessions' opens and closes waiting to be written ([`Registry::touch`]).
     seen: Arc<std::sync::Mutex<Seen>>,
     /// Held while a cluster id is assigned: this process's additions take their turn instead of
     /// racing each other on the id counter (other replicas still meet its compare-and-swap).
     assigning: Arc<tokio::sync::Mutex<()>>,
+    /// The store revision [`Registry::open`] read the clusters and revocations at:
+    /// [`Registry::follow`] goes on from there.
+    loaded_at: Revision,
 }
 
 /// Last-seen times and agent versions to be written, group-committed: every session open or
@@ -210,6 +218,17 @@ impl ClusterCache {
         *at = revision;
         self.names.insert(rec.id, Arc::from(rec.name.as_str()));
         self.by_name.insert(rec.name.clone(), Arc::new(rec));
+    }
+
+    /// Forgets `name`, deleted at `revision`, unless a later revision of it is cached.
+    fn remove(&mut self, name: &str, revision: Revision) {
+        if self.revision(name) > revision {
+            return;
+        }
+        self.revisions.remove(name);
+        if let Some(rec) = self.by_name.remove(name) {
+            self.names.remove(&rec.id);
+        }
     }
 
     /// The store revision of the cached record.
@@ -358,14 +377,15 @@ pub fn validate_label(k: &str, v: &str) -> Result<(), HubError> {
 }
 
 impl Registry {
-    /// Opens the registry and loads the revoked serials; `watch_revocations` keeps them in sync
-    /// with other hub replicas sharing the store.
+    /// Opens the registry: loads the revoked serials and every cluster record.
+    /// [`Registry::follow`] keeps them in step with other hub replicas sharing the store.
     pub async fn open(store: SharedStore, clock: SharedClock) -> Result<Self, HubError> {
         let revoked = Arc::new(RevokedSerials::default());
-        let (items, _) = store.list(REVOKED).await?;
+        let (items, revoked_at) = store.list(REVOKED).await?;
         for kv in items {
             revoked.insert(kv.key[REVOKED.len()..].to_string());
         }
+        let (items, clusters_at) = store.list(CLUSTERS).await?;
         let registry = Self {
             clusters: Table::new(store.clone(), CLUSTERS),
             tokens: Table::new(store.clone(), TOKENS),
@@ -375,8 +395,12 @@ impl Registry {
             cache: Default::default(),
             seen: Default::default(),
             assigning: Default::default(),
+            loaded_at: revoked_at.min(clusters_at),
         };
-        let mut records = registry.clusters.list().await?;
+        let mut records = items
+            .iter()
+            .map(|kv| registry.clusters.decode(kv))
+            .collect::<Result<Vec<_>, _>>()?;
         records.sort_by(|a, b| a.value.name.cmp(&b.value.name));
         for v in records {
             let (rec, at) = if v.value.id == 0 {
@@ -475,33 +499,133 @@ impl Registry {
         self.cache_read().by_name.get(name).cloned()
     }
 
-    /// Follows `/revoked/` in the store until `shutdown` fires (for serials revoked by another replica).
-    pub async fn watch_revocations(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let from = match self.revocations.store().revision().await {
-            Ok(r) => r + 1,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch revocations");
-                return;
-            }
-        };
-        let mut stream = match self.revocations.store().watch(REVOKED, from).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch revocations");
-                return;
-            }
-        };
+    /// Follows what other hub replicas sharing the store write to `/clusters/` and
+    /// `/revoked/`, from the revision [`Registry::open`] read them at, until `shutdown` fires:
+    /// cluster records go into the cache (never behind a revision already cached), revoked
+    /// serials into the set the TLS verifier reads, and `on_revoked` is called with the name of
+    /// each cluster whose record turns revoked, to end its live session on this replica. When a
+    /// watch fails (its start compacted away, the store unreachable) both prefixes are listed
+    /// again and followed from there.
+    pub async fn follow(
+        &self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        on_revoked: impl Fn(&str) + Send + Sync,
+    ) {
+        let store = self.clusters.store().clone();
+        let mut from = self.loaded_at + 1;
+        let mut backoff = FOLLOW_RETRY_MIN;
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                ev = stream.next() => match ev {
-                    Some(Ok(WatchEvent::Put(kv))) => self.revoked.insert(kv.key[REVOKED.len()..].to_string()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => { tracing::error!(error = %e, "revocation watch failed"); return; }
-                    None => return,
+            let watched = async {
+                let clusters = store.watch(CLUSTERS, from).await?;
+                let revoked = store.watch(REVOKED, from).await?;
+                Ok::<_, StoreError>(futures::stream::select(clusters, revoked))
+            };
+            let failure = match watched.await {
+                Ok(mut events) => loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        ev = events.next() => match ev {
+                            Some(Ok(ev)) => {
+                                self.apply(ev, &on_revoked);
+                                backoff = FOLLOW_RETRY_MIN;
+                            }
+                            Some(Err(e)) => break e.to_string(),
+                            None => break "the watch ended".to_string(),
+                        }
+                    }
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(error = %failure, "following other replicas' cluster records and revocations; listing them again");
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(FOLLOW_RETRY_MAX);
+                match self.resync(&on_revoked).await {
+                    Ok(at) => {
+                        from = at + 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing cluster records and revocations failed; retrying")
+                    }
                 }
             }
         }
+    }
+
+    /// Applies one event another replica (or this one) caused.
+    fn apply(&self, ev: WatchEvent, on_revoked: &impl Fn(&str)) {
+        match ev {
+            WatchEvent::Put(kv) if kv.key.starts_with(REVOKED) => {
+                self.revoked.insert(kv.key[REVOKED.len()..].to_string());
+            }
+            WatchEvent::Put(kv) => match self.clusters.decode(&kv) {
+                Ok(v) => self.cache_followed(v.value, v.revision, on_revoked),
+                Err(e) => {
+                    tracing::error!(error = %e, "a cluster record another replica wrote does not decode; keeping the last good one")
+                }
+            },
+            WatchEvent::Delete { key, mod_revision } => {
+                if let Some(name) = key.strip_prefix(CLUSTERS) {
+                    self.cached().remove(name, mod_revision);
+                }
+            }
+        }
+    }
+
+    /// Caches a record read from the store; `on_revoked` when it turns revoked by it.
+    fn cache_followed(&self, rec: ClusterRecord, revision: Revision, on_revoked: &impl Fn(&str)) {
+        let turned_revoked = {
+            let mut cache = self.cached();
+            if cache.revision(&rec.name) >= revision && cache.by_name.contains_key(&rec.name) {
+                return;
+            }
+            let was = cache.by_name.get(&rec.name).is_some_and(|r| r.revoked);
+            let now = rec.revoked;
+            let name = rec.name.clone();
+            cache.put(rec, revision);
+            (now && !was).then_some(name)
+        };
+        if let Some(name) = turned_revoked {
+            on_revoked(&name);
+        }
+    }
+
+    /// Lists both prefixes again and brings the cache and the revoked set up to them; returns
+    /// the revision they were read at.
+    async fn resync(&self, on_revoked: &impl Fn(&str)) -> Result<Revision, HubError> {
+        let store = self.clusters.store();
+        let (revoked, revoked_at) = store.list(REVOKED).await?;
+        for kv in revoked {
+            self.revoked.insert(kv.key[REVOKED.len()..].to_string());
+        }
+        let (items, clusters_at) = store.list(CLUSTERS).await?;
+        let mut listed = HashSet::new();
+        for kv in &items {
+            match self.clusters.decode(kv) {
+                Ok(v) => {
+                    listed.insert(v.value.name.clone());
+                    self.cache_followed(v.value, v.revision, on_revoked);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a cluster record does not decode; keeping the last good one")
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .cache_read()
+            .by_name
+            .keys()
+            .filter(|n| !listed.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.cached().remove(&name, clusters_at);
+        }
+        Ok(revoked_at.min(clusters_at))
     }
 
     pub fn revoked(&self) -> Arc<RevokedSerials> {

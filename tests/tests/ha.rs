@@ -1,0 +1,128 @@
+//! Several hub replicas on one etcd (started by the test): they share one operator CA, and what
+//! one replica writes to the registry the others follow — a cluster joined on one replica opens
+//! its session on another, a cluster added on one is listed by the other, and a cluster removed
+//! on one is revoked on every replica: its live session there is closed and its certificate
+//! refused in the handshake.
+
+use std::path::Path;
+use std::time::Instant;
+
+use flotilla_agent::AgentError;
+use flotilla_hub::server::{HubConfig, StoreKind};
+use flotilla_proto::v1::hub_message::Msg as HubMsg;
+use flotilla_proto::v1::{Hello, RemoveClusterRequest};
+use flotilla_tests::etcd::EtcdCluster;
+use flotilla_tests::*;
+
+/// Two hub replicas on `etcd` with the same operator CA, data dirs of their own.
+async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
+    let (_, ca, key) = operator_ca(dir);
+    let config = |name: &str| -> HubConfig {
+        let mut c = TestHub::config(&dir.join(name));
+        c.store = StoreKind::Etcd(etcd.config("/fleet"));
+        c.ca_files = Some((ca.clone(), key.clone()));
+        c
+    };
+    let a = TestHub::start(config("replica-a")).await;
+    let b = TestHub::start(config("replica-b")).await;
+    (a, b)
+}
+
+fn hello(cluster: &str) -> Hello {
+    Hello {
+        cluster_id: cluster.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_hub_on_etcd_without_the_shared_ca_does_not_start() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let mut config = TestHub::config(dir.path());
+    config.store = StoreKind::Etcd(etcd.config("/fleet"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(err) = flotilla_hub::server::start(config, listener, None).await else {
+        panic!("a hub on etcd without --ca-cert/--ca-key started");
+    };
+    assert_contains(&err.to_string(), "--ca-cert and --ca-key");
+}
+
+#[tokio::test]
+async fn a_cluster_joined_on_one_replica_opens_its_session_on_another() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = replicas(dir.path(), &etcd).await;
+    let (ca, chain, key) = a.enroll(dir.path(), "edge-1").await;
+
+    // Replica b learns of the cluster from etcd and welcomes its session.
+    let (first, _tx, _rx) = eventually("replica b to welcome edge-1", || {
+        let (addr, ca, chain, key) = (b.addr(), ca.clone(), chain.clone(), key.clone());
+        async move {
+            open_session(&addr, &ca, &chain, &key, hello("edge-1"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(
+        matches!(first.msg, Some(HubMsg::Welcome(_))),
+        "expected a Welcome from replica b, got {first:?}"
+    );
+    assert_eq!(b.cluster("edge-1").await.state, "connected");
+
+    // A cluster added on b is listed by a, and can join through a.
+    b.add_cluster("edge-2", &[("region", "eu")]).await;
+    let listed = eventually("replica a to list edge-2", || async {
+        a.clusters().await.into_iter().find(|c| c.name == "edge-2")
+    })
+    .await;
+    assert_eq!(listed.labels.get("region").map(String::as_str), Some("eu"));
+}
+
+#[tokio::test]
+async fn removing_a_cluster_on_one_replica_revokes_it_on_every_replica() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = replicas(dir.path(), &etcd).await;
+    let agent = a.join(dir.path(), "gone").await;
+    let state = dir.path().join("gone");
+    let (ca, chain, key) = agent_credentials(&state);
+    // Replica b knows the cluster before it is removed there.
+    eventually("replica b to know gone", || async {
+        b.clusters().await.into_iter().find(|c| c.name == "gone")
+    })
+    .await;
+
+    let removed = Instant::now();
+    b.admin()
+        .await
+        .remove_cluster(RemoveClusterRequest {
+            name: "gone".into(),
+        })
+        .await
+        .unwrap();
+    // The session held by replica a is closed as revoked...
+    let err = agent.ended().await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Disconnected { reason, .. } if reason == "revoked"),
+        "{err}"
+    );
+    // ...and replica a refuses the certificate in the handshake.
+    let refused = eventually("replica a to refuse the revoked certificate", || {
+        let (addr, ca, chain, key) = (a.addr(), ca.clone(), chain.clone(), key.clone());
+        async move {
+            open_session(&addr, &ca, &chain, &key, hello("gone"))
+                .await
+                .err()
+        }
+    })
+    .await;
+    eprintln!(
+        "revocation on replica b reached replica a's verifier after {:?}",
+        removed.elapsed()
+    );
+    assert_contains(&refused, "CertificateRevoked");
+    assert_eq!(a.cluster("gone").await.state, "revoked");
+    assert!(a.running().sessions.get("gone").is_none());
+}
