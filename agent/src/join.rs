@@ -23,13 +23,44 @@ pub enum JoinError {
     KeyGen(#[from] crate::identity::IdentityError),
 }
 
-/// Performs one join attempt.
+/// Performs one join attempt: each endpoint (`hubs`, else the token's) in turn until one
+/// answers; a refusal is final, a transient failure moves on to the next.
 pub async fn join(
     token: &JoinToken,
-    hub_override: Option<&str>,
+    hubs: &[String],
     agent: AgentInfo,
 ) -> Result<(AgentState, Credentials), JoinError> {
-    let hub = hub_override.unwrap_or(&token.hub).to_string();
+    let endpoints = if hubs.is_empty() {
+        token.endpoints()
+    } else {
+        hubs.to_vec()
+    };
+    let mut last = None;
+    for hub in &endpoints {
+        match join_at(token, hub, agent.clone()).await {
+            Ok((mut state, creds)) => {
+                if endpoints.len() > 1 {
+                    state.hubs = endpoints.clone();
+                }
+                return Ok((state, creds));
+            }
+            Err(JoinError::Transient(m)) => {
+                tracing::warn!(error = %m, "join through {hub} failed; trying the next endpoint");
+                last = Some(JoinError::Transient(m));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| JoinError::Refused("the join token names no hub".into())))
+}
+
+/// One join attempt through `hub`.
+async fn join_at(
+    token: &JoinToken,
+    hub: &str,
+    agent: AgentInfo,
+) -> Result<(AgentState, Credentials), JoinError> {
+    let hub = hub.to_string();
     let cfg = bootstrap_client_config(&token.ca)
         .map_err(|e| JoinError::Refused(format!("bad token CA fingerprint: {e}")))?;
     let channel = TlsDialer::new(cfg).channel(&hub).await.map_err(|e| {
@@ -66,6 +97,7 @@ pub async fn join(
     Ok((
         AgentState {
             hub,
+            hubs: vec![],
             cluster_id: resp.cluster_id,
             identity: resp.identity,
             trust_domain,

@@ -77,8 +77,9 @@ pub struct AgentConfig {
     pub state: StateLocation,
     /// Join token, used only when the state holds no identity yet.
     pub join_token: Option<String>,
-    /// Overrides the hub address from the token or state (`host:port` or `https://host:port`).
-    pub hub_override: Option<String>,
+    /// Overrides the hub endpoints from the token or state (`host:port` or
+    /// `https://host:port`; several: the hub's replicas, tried in turn).
+    pub hub_override: Vec<String>,
     pub cluster: ClusterBackend,
     /// Kubeconfig file for `ClusterBackend::Kube` (default: inferred, then in-cluster).
     pub kubeconfig: Option<PathBuf>,
@@ -122,7 +123,7 @@ impl AgentConfig {
         Self {
             state,
             join_token: None,
-            hub_override: None,
+            hub_override: vec![],
             cluster: ClusterBackend::Simulated,
             kubeconfig: None,
             kube_client: None,
@@ -342,7 +343,12 @@ impl Agent {
         let _metrics_port = self.serve_metrics(&shutdown).await?;
         let client = self.cluster_client().await?;
         let store = self.identity_store(&client);
-        let hub_override = self.config.hub_override.as_deref().map(normalize_hub);
+        let hub_override: Vec<String> = self
+            .config
+            .hub_override
+            .iter()
+            .map(|h| normalize_hub(h))
+            .collect();
         let mut backoff = Backoff::new(self.config.backoff_base, BACKOFF_CAP);
         let (mut state, creds) = match store.load().await? {
             Some(found) => {
@@ -359,7 +365,7 @@ impl Agent {
                     .ok_or_else(|| AgentError::NotJoined(store.to_string()))?;
                 let token = JoinToken::decode(line)?;
                 loop {
-                    match join::join(&token, hub_override.as_deref(), self.info()).await {
+                    match join::join(&token, &hub_override, self.info()).await {
                         Ok((state, creds)) => {
                             store.save(&state, &creds).await?;
                             tracing::info!(cluster.id = %state.cluster_id, identity = %state.identity, state = %store, "joined the hub");
@@ -379,8 +385,13 @@ impl Agent {
                 }
             }
         };
-        if let Some(h) = hub_override {
-            state.hub = h;
+        if let Some(first) = hub_override.first() {
+            state.hub = first.clone();
+            state.hubs = if hub_override.len() > 1 {
+                hub_override.clone()
+            } else {
+                vec![]
+            };
         }
         let leaf = creds.leaf(&state.trust_domain)?;
         self.status.send_modify(|s| {
@@ -462,6 +473,11 @@ impl Agent {
             }
             if self.status.borrow().sessions_opened > opened_before {
                 backoff.reset();
+            }
+            // Several hub replicas: the next session goes to the next one (after the backoff),
+            // so a replica that went away is not waited for.
+            if let Some(next) = ctx.next_endpoint() {
+                tracing::info!(hub = %next, "reconnecting through the next hub endpoint");
             }
             self.metrics.session_reconnects.inc();
             let d = backoff.next_delay();

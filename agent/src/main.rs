@@ -48,9 +48,10 @@ struct Args {
     /// in-cluster service account).
     #[arg(long, env = "FLOTILLA_KUBECONFIG", value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
-    /// Hub address override (`host:port` or `https://host:port`).
-    #[arg(long, env = "FLOTILLA_HUB")]
-    hub: Option<String>,
+    /// Hub address override (`host:port` or `https://host:port`); repeatable for several hub
+    /// replicas (tried in turn), replacing the endpoints from the token or the saved state.
+    #[arg(long, env = "FLOTILLA_HUB", value_delimiter = ',')]
+    hub: Vec<String>,
     /// Where fetched bundles and the last desired state are kept [default: <state dir>/bundles,
     /// or ./flotilla-agent-cache with --state-secret].
     #[arg(long, env = "FLOTILLA_CACHE_DIR", value_name = "DIR")]

@@ -140,6 +140,19 @@ impl SessionCtx {
         }
     }
 
+    /// Moves to the hub endpoint after the current one (several replicas) and returns it;
+    /// `None` with one endpoint.
+    pub fn next_endpoint(&mut self) -> Option<&str> {
+        let endpoints = self.state.endpoints();
+        if endpoints.len() < 2 {
+            return None;
+        }
+        let at = endpoints.iter().position(|h| *h == self.state.hub);
+        let next = at.map_or(0, |i| (i + 1) % endpoints.len());
+        self.state.hub.clone_from(&endpoints[next]);
+        Some(&self.state.hub)
+    }
+
     fn retry_delay(&self) -> Duration {
         let life = self
             .creds

@@ -75,6 +75,9 @@ pub struct HubConfig {
     /// Where the hub's state lives: the embedded redb file in the data dir (the default), or
     /// an etcd cluster.
     pub store: StoreKind,
+    /// Every `host:port` agents may dial (the replicas of the hub, or a load balancer's
+    /// addresses), written into join tokens in this order; empty: this hub's own address.
+    pub endpoints: Vec<String>,
 }
 
 /// The store backend of a hub.
@@ -106,6 +109,7 @@ impl HubConfig {
             clock: Arc::new(flotilla_proto::clock::SystemClock),
             span_forwarder: None,
             store: StoreKind::Redb,
+            endpoints: vec![],
         }
     }
 }
@@ -336,6 +340,7 @@ pub async fn start(
         ca: ca.clone(),
         clock: config.clock.clone(),
         hub_address: hub_address.clone(),
+        endpoints: config.endpoints.clone(),
         sources: sources.clone(),
         desired: desired.clone(),
         rollouts: rollouts.clone(),

@@ -43,6 +43,8 @@ fn bad_configuration_exits_64_and_names_the_flag() {
             &["--max-file-size", "2MiB", "--max-bundle-size", "1MiB"],
             "--max-file-size",
         ),
+        (&["--endpoint", "no-port"], "--endpoint"),
+        (&["--endpoint", "h:1,:2"], "--endpoint"),
         (&["--store", "etcd://"], "--store"),
         (&["--store", "etcd://host-without-port"], "--store"),
         (&["--store", "mongodb://db:27017"], "--store"),

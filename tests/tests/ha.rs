@@ -2,7 +2,8 @@
 //! one replica writes to the registry the others follow — a cluster joined on one replica opens
 //! its session on another, a cluster added on one is listed by the other, and a cluster removed
 //! on one is revoked on every replica: its live session there is closed and its certificate
-//! refused in the handshake.
+//! refused in the handshake — and agents given every replica's endpoint in their join token move
+//! to another replica when theirs goes away.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,17 +15,36 @@ use flotilla_proto::v1::{Hello, RemoveClusterRequest};
 use flotilla_tests::etcd::EtcdCluster;
 use flotilla_tests::*;
 
-/// Two hub replicas on `etcd` with the same operator CA, data dirs of their own.
+/// Two hub replicas on `etcd` with the same operator CA, data dirs of their own, and both
+/// endpoints in their join tokens.
 async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
     let (_, ca, key) = operator_ca(dir);
+    let listeners = [
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let ports = listeners.each_ref().map(|l| l.local_addr().unwrap().port());
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let config = |name: &str| -> HubConfig {
         let mut c = TestHub::config(&dir.join(name));
         c.store = StoreKind::Etcd(etcd.config("/fleet"));
         c.ca_files = Some((ca.clone(), key.clone()));
+        c.endpoints.clone_from(&endpoints);
         c
     };
-    let a = TestHub::start(config("replica-a")).await;
-    let b = TestHub::start(config("replica-b")).await;
+    let [la, lb] = listeners;
+    let start = |config: HubConfig, listener, port| async move {
+        let hub = flotilla_hub::server::start(config.clone(), listener, None)
+            .await
+            .expect("replica starts");
+        TestHub {
+            hub: Some(hub),
+            config,
+            port,
+        }
+    };
+    let a = start(config("replica-a"), la, ports[0]).await;
+    let b = start(config("replica-b"), lb, ports[1]).await;
     (a, b)
 }
 
@@ -125,4 +145,38 @@ async fn removing_a_cluster_on_one_replica_revokes_it_on_every_replica() {
     assert_contains(&refused, "CertificateRevoked");
     assert_eq!(a.cluster("gone").await.state, "revoked");
     assert!(a.running().sessions.get("gone").is_none());
+}
+
+#[tokio::test]
+async fn an_agent_moves_to_another_replica_when_its_own_goes_away() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (mut a, b) = replicas(dir.path(), &etcd).await;
+    let token = a.add_cluster("roamer", &[]).await;
+    let decoded = flotilla_proto::token::JoinToken::decode(&token).unwrap();
+    assert_eq!(
+        decoded.endpoints(),
+        [a.addr(), b.addr()],
+        "the token names both replicas"
+    );
+
+    let state = dir.path().join("roamer");
+    let mut agent = TestAgent::start(&state, Some(token));
+    agent.connected().await;
+    assert!(
+        a.running().sessions.get("roamer").is_some(),
+        "joined through the first"
+    );
+    // The saved state keeps both endpoints, for restarts without the token.
+    let saved = std::fs::read_to_string(state.join("agent.yaml")).unwrap();
+    assert_contains(&saved, &b.addr());
+
+    // Replica a goes away: the agent's next session is on replica b.
+    a.stop().await;
+    eventually("the agent to re-attach to replica b", || async {
+        b.running().sessions.get("roamer").map(drop)
+    })
+    .await;
+    wait_status(&mut agent.status, "connected again", |s| s.connected).await;
+    assert_eq!(b.cluster("roamer").await.state, "connected");
 }

@@ -26,8 +26,12 @@ pub const CA_CRT: &str = "ca.crt";
 /// What `agent.yaml` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
-    /// `host:port` of the hub.
+    /// `host:port` of the hub (the endpoint the agent joined through).
     pub hub: String,
+    /// Every `host:port` of the hub's replicas, tried in turn (from the join token or
+    /// `--hub`); empty: `hub` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hubs: Vec<String>,
     pub cluster_id: String,
     /// The SPIFFE URI the hub assigned.
     pub identity: String,
@@ -35,6 +39,15 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// The endpoints to dial, in order: `hubs`, or `hub` alone.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.hubs.is_empty() {
+            vec![self.hub.clone()]
+        } else {
+            self.hubs.clone()
+        }
+    }
+
     /// The `agent.yaml` item.
     pub fn to_yaml(&self) -> Result<String, IdentityError> {
         serde_yaml_ng::to_string(self).map_err(IdentityError::Serialize)
@@ -355,6 +368,7 @@ mod tests {
         };
         let st = AgentState {
             hub: "h:1".into(),
+            hubs: vec![],
             cluster_id: "c".into(),
             identity: "spiffe://t/cluster/c".into(),
             trust_domain: "t".into(),

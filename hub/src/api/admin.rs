@@ -33,6 +33,9 @@ pub struct AdminService {
     pub clock: SharedClock,
     /// `host:port` written into join tokens.
     pub hub_address: String,
+    /// Every endpoint of the hub's replicas, for join tokens (`--endpoint`); empty: this
+    /// hub's own address only.
+    pub endpoints: Vec<String>,
     pub sources: Sources,
     pub desired: DesiredStates,
     pub rollouts: crate::engine::rollout::Rollouts,
@@ -255,7 +258,8 @@ impl Admin for AdminService {
         tracing::info!(%admin, cluster.id = %rec.name, token = %token.id, "cluster added");
         self.sources.trigger_all();
         let line = JoinToken {
-            hub: self.hub_address.clone(),
+            hub: self.endpoints.first().unwrap_or(&self.hub_address).clone(),
+            hubs: self.endpoints.clone(),
             ca: self.ca.fingerprint(),
             token: secret,
         }

@@ -55,6 +55,11 @@ struct ServeArgs {
     /// Name or IP for the serving certificate (repeatable); the first is put into join tokens.
     #[arg(long, env = "FLOTILLA_ADVERTISE", value_delimiter = ',')]
     advertise: Vec<String>,
+    /// HOST:PORT agents may dial, written into join tokens in this order (repeatable; every
+    /// hub replica, or a load balancer's addresses) [default: the first --advertise name and
+    /// the --listen port].
+    #[arg(long = "endpoint", env = "FLOTILLA_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Vec<String>,
     /// Plain-HTTP side port: /healthz, /readyz, /metrics.
     #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "127.0.0.1:7480")]
     http_listen: SocketAddr,
@@ -181,6 +186,14 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
             ));
         }
     }
+    for e in &a.endpoints {
+        let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.contains(['/', ' ', '@']) && p.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!("--endpoint {e:?} is not HOST:PORT"));
+        }
+    }
     if a.listen == a.http_listen && a.listen.port() != 0 {
         return Err(format!("--listen and --http-listen are both {}", a.listen));
     }
@@ -199,6 +212,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     }
     let mut c = HubConfig::new(&a.data_dir);
     c.advertise = a.advertise.clone();
+    c.endpoints = a.endpoints.clone();
     c.cert_lifetime = a.cert_lifetime;
     c.trust_domain = a.trust_domain.clone();
     c.ca_files = a.ca_cert.clone().zip(a.ca_key.clone());
