@@ -31,6 +31,7 @@ use crate::state::desired::DesiredStates;
 use crate::state::registry::Registry;
 use crate::state::sessions::Sessions;
 use crate::store::SharedStore;
+use crate::store::election::{ReplicaInfo, Role};
 use crate::store::redb::RedbStore;
 use crate::telemetry::metrics::Metrics;
 
@@ -78,6 +79,12 @@ pub struct HubConfig {
     /// Every `host:port` agents may dial (the replicas of the hub, or a load balancer's
     /// addresses), written into join tokens in this order; empty: this hub's own address.
     pub endpoints: Vec<String>,
+    /// This replica's name among the replicas sharing an etcd store (unique); `None`: the
+    /// address written into tokens.
+    pub replica_name: Option<String>,
+    /// The lease the election among replicas is held with: the lead moves at most this long
+    /// after its holder dies.
+    pub lease_time: Duration,
 }
 
 /// The store backend of a hub.
@@ -110,6 +117,8 @@ impl HubConfig {
             span_forwarder: None,
             store: StoreKind::Redb,
             endpoints: vec![],
+            replica_name: None,
+            lease_time: crate::store::election::DEFAULT_LEASE,
         }
     }
 }
@@ -157,6 +166,9 @@ pub struct RunningHub {
     pub bundles: Arc<BundleCache>,
     pub sources: Sources,
     pub rollouts: Rollouts,
+    /// This replica's part in the election among replicas sharing an etcd store (on redb,
+    /// always the leader).
+    pub role: watch::Receiver<Role>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
@@ -228,9 +240,14 @@ pub async fn start(
     if matches!(config.store, StoreKind::Etcd(_)) && config.ca_files.is_none() {
         return Err(StartError::Config(ETCD_NEEDS_CA.into()));
     }
+    let mut etcd = None;
     let backend: SharedStore = match &config.store {
         StoreKind::Redb => Arc::new(RedbStore::open(&dd.join("store.redb"))?),
-        StoreKind::Etcd(cfg) => Arc::new(crate::store::etcd::EtcdStore::connect(cfg).await?),
+        StoreKind::Etcd(cfg) => {
+            let e = crate::store::etcd::EtcdStore::connect(cfg).await?;
+            etcd = Some(e.clone());
+            Arc::new(e)
+        }
     };
     let store: SharedStore = crate::store::timed::TimedStore::shared(backend, &metrics);
     let ca = Arc::new(Ca::load_or_create(
@@ -420,6 +437,44 @@ pub async fn start(
         ca = %ca.fingerprint(),
         "hub serving"
     );
+    let role = match etcd {
+        None => {
+            metrics.leader.set(1);
+            watch::channel(Role::Leader { term: 0 }).1
+        }
+        Some(etcd) => {
+            let me = ReplicaInfo {
+                name: config
+                    .replica_name
+                    .clone()
+                    .unwrap_or_else(|| hub_address.clone()),
+                endpoint: config
+                    .endpoints
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| hub_address.clone()),
+                started_ms: flotilla_proto::clock::unix_ms(config.clock.now()),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let (tx, rx) = watch::channel(Role::Candidate);
+            let mut seen = rx.clone();
+            let m = metrics.clone();
+            tasks.push(tokio::spawn(async move {
+                while seen.changed().await.is_ok() {
+                    let leads = seen.borrow_and_update().is_leader();
+                    m.leader.set(i64::from(leads));
+                }
+            }));
+            tasks.push(tokio::spawn(crate::store::election::run(
+                etcd,
+                me,
+                config.lease_time,
+                tx,
+                shutdown_rx.clone(),
+            )));
+            rx
+        }
+    };
     Ok(RunningHub {
         addr,
         http_addr,
@@ -433,6 +488,7 @@ pub async fn start(
         bundles,
         sources,
         rollouts,
+        role,
         shutdown_tx,
         tasks,
         tracker,

@@ -44,6 +44,7 @@ fn bad_configuration_exits_64_and_names_the_flag() {
             "--max-file-size",
         ),
         (&["--endpoint", "no-port"], "--endpoint"),
+        (&["--lease-time", "1s"], "--lease-time"),
         (&["--endpoint", "h:1,:2"], "--endpoint"),
         (&["--store", "etcd://"], "--store"),
         (&["--store", "etcd://host-without-port"], "--store"),

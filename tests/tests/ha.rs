@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use flotilla_agent::AgentError;
 use flotilla_hub::server::{HubConfig, StoreKind};
+use flotilla_hub::store::election::Role;
 use flotilla_proto::v1::hub_message::Msg as HubMsg;
 use flotilla_proto::v1::{Hello, RemoveClusterRequest};
 use flotilla_tests::etcd::EtcdCluster;
@@ -179,4 +180,104 @@ async fn an_agent_moves_to_another_replica_when_its_own_goes_away() {
     .await;
     wait_status(&mut agent.status, "connected again", |s| s.connected).await;
     assert_eq!(b.cluster("roamer").await.state, "connected");
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_clean_stop_hands_the_lead_over() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = replicas(dir.path(), &etcd).await;
+    let mut hubs = [a, b];
+    let leader = eventually("one replica to lead, the other to follow", || async {
+        let roles: Vec<Role> = hubs
+            .iter()
+            .map(|h| h.running().role.borrow().clone())
+            .collect();
+        match &roles[..] {
+            [Role::Leader { .. }, Role::Follower { .. }] => Some(0),
+            [Role::Follower { .. }, Role::Leader { .. }] => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    let other = 1 - leader;
+    assert_eq!(hubs[leader].running().metrics.leader.get(), 1);
+    assert_eq!(hubs[other].running().metrics.leader.get(), 0);
+    hubs[leader].stop().await;
+    eventually(
+        "the other replica to lead once the leader stopped",
+        || async {
+            hubs[other]
+                .running()
+                .role
+                .borrow()
+                .is_leader()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(hubs[other].running().metrics.leader.get(), 1);
+}
+
+/// `flotilla_hub_leader` of the hub whose HTTP port is `http` (`None`: no answer).
+async fn leads(http: u16) -> Option<bool> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    let (status, body) = flotilla_tests::bench::hub::http_get(addr, "/metrics")
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("flotilla_hub_leader "))?;
+    Some(line.ends_with(" 1"))
+}
+
+#[tokio::test]
+async fn the_lead_moves_within_the_lease_time_after_a_kill_9_of_the_leading_hub() {
+    use flotilla_tests::hub_process::{Hub, free_port};
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (_, ca, key) = operator_ca(dir.path());
+    let store = etcd.url("/fleet");
+    let (ca, key) = (ca.display().to_string(), key.display().to_string());
+    let start = |name: &str| {
+        let (port, http) = (free_port(), free_port());
+        let args = [
+            "--store",
+            store.as_str(),
+            "--ca-cert",
+            ca.as_str(),
+            "--ca-key",
+            key.as_str(),
+            "--replica-name",
+            name,
+            "--lease-time",
+            "3s",
+        ];
+        (
+            Hub::start_with(&dir.path().join(name), port, http, &args, &[]),
+            http,
+        )
+    };
+    let (first, first_http) = start("replica-1");
+    eventually("replica-1 to lead", || leads(first_http)).await;
+    let (_second, second_http) = start("replica-2");
+    eventually("replica-2 to answer, following", || async {
+        (!leads(second_http).await?).then_some(())
+    })
+    .await;
+    assert_eq!(leads(first_http).await, Some(true));
+
+    first.kill9();
+    let killed = Instant::now();
+    eventually("replica-2 to lead after the kill -9", || async {
+        leads(second_http).await?.then_some(())
+    })
+    .await;
+    eprintln!(
+        "the lead moved to replica-2 {:?} after a kill -9 of replica-1 (lease 3 s)",
+        killed.elapsed()
+    );
 }

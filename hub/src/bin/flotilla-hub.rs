@@ -119,6 +119,14 @@ struct ServeArgs {
     /// Client private key (PEM) for --etcd-cert.
     #[arg(long, env = "FLOTILLA_ETCD_KEY", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// This replica's name among the hub replicas sharing an etcd store (unique; shown by
+    /// `flotilla hub status`) [default: $HOSTNAME (the pod name), else the token address].
+    #[arg(long, env = "FLOTILLA_REPLICA_NAME")]
+    replica_name: Option<String>,
+    /// The lease the replicas' leader election is held with: the lead moves at most this
+    /// long after its holder dies (at once when it stops cleanly). At least 2s.
+    #[arg(long, env = "FLOTILLA_LEASE_TIME", default_value = "6s", value_parser = humantime::parse_duration)]
+    lease_time: Duration,
     /// The etcd members' --max-txn-ops: the most writes the hub puts into one transaction.
     #[arg(long, env = "FLOTILLA_ETCD_MAX_TXN_OPS", default_value_t = flotilla_hub::store::etcd::DEFAULT_MAX_TXN_OPS)]
     etcd_max_txn_ops: usize,
@@ -229,6 +237,15 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
         max_bundle_bytes: a.max_bundle_size,
     };
     c.store = store_kind(a)?;
+    if a.lease_time < Duration::from_secs(2) {
+        return Err("--lease-time must be at least 2s".into());
+    }
+    c.lease_time = a.lease_time;
+    c.replica_name = a
+        .replica_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|n| !n.is_empty());
     Ok(c)
 }
 
@@ -244,8 +261,8 @@ fn store_kind(a: &ServeArgs) -> Result<StoreKind, String> {
         return Ok(StoreKind::Redb);
     }
     let mut cfg = EtcdConfig::parse(&a.store).map_err(|e| format!("--store {e}"))?;
-    if a.etcd_max_txn_ops == 0 {
-        return Err("--etcd-max-txn-ops must be at least 1".into());
+    if a.etcd_max_txn_ops < 2 {
+        return Err("--etcd-max-txn-ops must be at least 2".into());
     }
     cfg.max_txn_ops = a.etcd_max_txn_ops;
     if let Some(ca) = &a.etcd_ca {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    Identity, KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Identity, KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -118,6 +118,17 @@ pub struct EtcdStore {
     max_txn_ops: usize,
     /// The endpoints, for messages.
     endpoints: String,
+    /// Every write also compares this (see [`EtcdStore::fenced_by`]).
+    guard: Option<Guard>,
+}
+
+/// A condition every write of a fenced store carries: a key (an election's leader key, an
+/// ownership key) still at the create revision it had when this replica took it.
+#[derive(Debug, Clone)]
+struct Guard {
+    key: Vec<u8>,
+    create_revision: i64,
+    what: String,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -125,6 +136,7 @@ impl std::fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.endpoints)
             .field("prefix", &self.prefix)
+            .field("guard", &self.guard.as_ref().map(|g| &g.what))
             .finish()
     }
 }
@@ -198,6 +210,7 @@ impl EtcdStore {
             prefix: cfg.prefix.clone(),
             max_txn_ops: cfg.max_txn_ops.max(1),
             endpoints,
+            guard: None,
         };
         store.revision().await?;
         Ok(store)
@@ -214,10 +227,157 @@ impl EtcdStore {
         .map(drop)
     }
 
-    fn kv(&self) -> KvClient {
-        self.client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODE)
+    /// The same store, with every write made conditional on `key` still being the one created
+    /// at `create_revision` (an election's leader key, held with this replica's lease): once
+    /// the lease is lost and etcd deletes the key, or another replica takes it, this store's
+    /// writes fail with [`StoreError::Fenced`] — a stale owner cannot write, whatever it still
+    /// believes. `what` names the ownership in that error.
+    pub fn fenced_by(&self, key: &str, create_revision: Revision, what: &str) -> EtcdStore {
+        EtcdStore {
+            guard: Some(Guard {
+                key: self.full(key),
+                create_revision: to_etcd(create_revision),
+                what: what.to_owned(),
+            }),
+            ..self.clone()
+        }
+    }
+
+    /// One transaction, fenced when the store is: `when` → `then`, else `reads`. A guard that
+    /// no longer holds is [`StoreError::Fenced`]; otherwise `Ok(Err(reads' responses))`.
+    async fn txn(
+        &self,
+        what: impl Fn() -> String,
+        mut when: Vec<Compare>,
+        then: Vec<TxnOp>,
+        mut reads: Vec<TxnOp>,
+    ) -> Result<Result<etcd_client::TxnResponse, Vec<TxnOpResponse>>, StoreError> {
+        if let Some(g) = &self.guard {
+            when.insert(
+                0,
+                Compare::create_revision(g.key.clone(), CompareOp::Equal, g.create_revision),
+            );
+            reads.insert(0, TxnOp::get(g.key.clone(), None));
+        }
+        let txn = Txn::new().when(when).and_then(then).or_else(reads);
+        let resp = self.kv_call(&what, txn_call(&txn)).await?;
+        if resp.succeeded() {
+            return Ok(Ok(resp));
+        }
+        let mut responses = resp.op_responses();
+        if let Some(g) = &self.guard {
+            let held = match responses.first() {
+                Some(TxnOpResponse::Get(r)) => r
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == g.create_revision),
+                _ => false,
+            };
+            if !held {
+                return Err(StoreError::Fenced {
+                    what: format!("etcd {}", what()),
+                    held: g.what.clone(),
+                });
+            }
+            responses.remove(0);
+        }
+        Ok(Err(responses))
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least one): keys written with it are deleted
+    /// by etcd once it is neither kept alive nor revoked within its time.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let resp = self
+            .client_call(
+                || format!("grant a {secs} s lease"),
+                |mut c| async move { c.lease_grant(secs, None).await },
+            )
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Renews `lease` for its full time; `false` when it had already expired.
+    pub async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        let resp = self
+            .client_call(
+                || format!("keep lease {lease:x} alive"),
+                |mut c| async move {
+                    let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    answers.message().await
+                },
+            )
+            .await?;
+        Ok(resp.is_some_and(|r| r.ttl() > 0))
+    }
+
+    /// Ends `lease` now: the keys written with it are deleted at once.
+    pub async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.client_call(
+            || format!("revoke lease {lease:x}"),
+            |mut c| async move { c.lease_revoke(lease).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes `key` with `lease` (it goes when the lease does); unconditional, not fenced.
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<Revision, StoreError> {
+        validate_key(key)?;
+        let full = self.full(key);
+        let resp = self
+            .kv_call(
+                || format!("put {key} with lease {lease:x}"),
+                |mut kv| {
+                    let (k, v) = (full.clone(), value.clone());
+                    async move {
+                        kv.put(k, v, Some(PutOptions::new().with_lease(lease)))
+                            .await
+                    }
+                },
+            )
+            .await?;
+        header_revision(resp.header(), || format!("put {key}"))
+    }
+
+    /// Creates `key` with `lease` unless it exists: `Ok(Ok(revision))` when created,
+    /// `Ok(Err(current))` with whoever holds it. Not fenced.
+    pub async fn create_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
+        validate_key(key)?;
+        let full = self.full(key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                full.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(full, None)]);
+        let resp = self
+            .kv_call(
+                || format!("create {key} with lease {lease:x}"),
+                txn_call(&txn),
+            )
+            .await?;
+        if resp.succeeded() {
+            return header_revision(resp.header(), || format!("create {key}")).map(Ok);
+        }
+        let current = match resp.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(mut g)) => g.take_kvs().into_iter().next(),
+            _ => None,
+        };
+        Ok(Err(current.map(|kv| self.key_value(kv)).transpose()?))
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -256,10 +416,26 @@ impl EtcdStore {
         F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.client_call(what, |c| {
+            op(c.kv_client().max_decoding_message_size(MAX_DECODE))
+        })
+        .await
+    }
+
+    /// [`Self::kv_call`] for any of the client's services (leases).
+    async fn client_call<T, F, Fut>(
+        &self,
+        what: impl Fn() -> String,
+        mut op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         let mut backoff = RETRY_MIN;
         loop {
-            match tokio::time::timeout_at(deadline, op(self.kv())).await {
+            match tokio::time::timeout_at(deadline, op(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if not_taken(&e) && tokio::time::Instant::now() + backoff < deadline => {
                     tracing::debug!(error = %e, "etcd {}: not taken; trying again", what());
@@ -347,6 +523,14 @@ impl Store for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
         validate_key(key)?;
+        if self.guard.is_some() {
+            let then = vec![TxnOp::put(self.full(key), value, None)];
+            let resp = self
+                .txn(|| format!("put {key}"), vec![], then, vec![])
+                .await?
+                .map_err(|_| StoreError::Inconsistent(format!("etcd put {key}: refused")))?;
+            return header_revision(resp.header(), || format!("put {key}"));
+        }
         let full = self.full(key);
         let resp = self
             .kv_call(
@@ -367,17 +551,22 @@ impl Store for EtcdStore {
         value: Vec<u8>,
     ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
         validate_key(key)?;
-        let txn = Txn::new()
-            .when([self.condition(key, expected)])
-            .and_then([TxnOp::put(self.full(key), value, None)])
-            .or_else([TxnOp::get(self.full(key), None)]);
-        let resp = self
-            .kv_call(|| format!("compare-and-swap {key}"), txn_call(&txn))
+        let outcome = self
+            .txn(
+                || format!("compare-and-swap {key}"),
+                vec![self.condition(key, expected)],
+                vec![TxnOp::put(self.full(key), value, None)],
+                vec![TxnOp::get(self.full(key), None)],
+            )
             .await?;
-        if resp.succeeded() {
-            return header_revision(resp.header(), || format!("compare-and-swap {key}")).map(Ok);
-        }
-        let current = match resp.op_responses().into_iter().next() {
+        let reads = match outcome {
+            Ok(resp) => {
+                return header_revision(resp.header(), || format!("compare-and-swap {key}"))
+                    .map(Ok);
+            }
+            Err(reads) => reads,
+        };
+        let current = match reads.into_iter().next() {
             Some(TxnOpResponse::Get(mut g)) => g.take_kvs().into_iter().next(),
             _ => None,
         };
@@ -386,6 +575,18 @@ impl Store for EtcdStore {
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         validate_key(key)?;
+        if self.guard.is_some() {
+            let then = vec![TxnOp::delete(self.full(key), None::<DeleteOptions>)];
+            let resp = self
+                .txn(|| format!("delete {key}"), vec![], then, vec![])
+                .await?
+                .map_err(|_| StoreError::Inconsistent(format!("etcd delete {key}: refused")))?;
+            let deleted = matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0);
+            if !deleted {
+                return Ok(None);
+            }
+            return header_revision(resp.header(), || format!("delete {key}")).map(Some);
+        }
         let full = self.full(key);
         let resp = self
             .kv_call(
@@ -404,13 +605,15 @@ impl Store for EtcdStore {
 
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool, StoreError> {
         validate_key(key)?;
-        let txn = Txn::new()
-            .when([self.condition(key, Some(expected))])
-            .and_then([TxnOp::delete(self.full(key), None::<DeleteOptions>)]);
-        let resp = self
-            .kv_call(|| format!("compare-and-delete {key}"), txn_call(&txn))
+        let outcome = self
+            .txn(
+                || format!("compare-and-delete {key}"),
+                vec![self.condition(key, Some(expected))],
+                vec![TxnOp::delete(self.full(key), None::<DeleteOptions>)],
+                vec![],
+            )
             .await?;
-        Ok(resp.succeeded())
+        Ok(outcome.is_ok())
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
@@ -524,11 +727,16 @@ impl Store for EtcdStore {
         if ops.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        if ops.len() > self.max_txn_ops {
+        if ops.len() > self.max_batch_ops() {
             return Err(StoreError::Inconsistent(format!(
-                "a batch of {} writes is more than etcd's --max-txn-ops ({}) allows",
+                "a batch of {} writes is more than etcd's --max-txn-ops ({}) allows{}",
                 ops.len(),
-                self.max_txn_ops
+                self.max_txn_ops,
+                if self.guard.is_some() {
+                    " beside the ownership check"
+                } else {
+                    ""
+                }
             )));
         }
         let when: Vec<Compare> = ops
@@ -547,19 +755,19 @@ impl Store for EtcdStore {
             .map(|op| TxnOp::get(self.full(&op.key), None))
             .collect();
         let first = ops[0].key.clone();
-        let txn = Txn::new().when(when).and_then(then).or_else(reads);
-        let resp = self
-            .kv_call(
-                || format!("batch of {} from {first}", ops.len()),
-                txn_call(&txn),
-            )
+        let n = ops.len();
+        let outcome = self
+            .txn(|| format!("batch of {n} from {first}"), when, then, reads)
             .await?;
-        if resp.succeeded() {
-            let r = header_revision(resp.header(), || format!("batch from {first}"))?;
-            return Ok(Ok(vec![r; ops.len()]));
-        }
+        let reads = match outcome {
+            Ok(resp) => {
+                let r = header_revision(resp.header(), || format!("batch from {first}"))?;
+                return Ok(Ok(vec![r; n]));
+            }
+            Err(reads) => reads,
+        };
         // Read back in the same transaction: the first op whose condition does not hold.
-        for (op, read) in ops.iter().zip(resp.op_responses()) {
+        for (op, read) in ops.iter().zip(reads) {
             let current = match read {
                 TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
                 _ => None,
@@ -576,7 +784,8 @@ impl Store for EtcdStore {
     }
 
     fn max_batch_ops(&self) -> usize {
-        self.max_txn_ops
+        // A fenced transaction spends one comparison and one read on its guard.
+        self.max_txn_ops - usize::from(self.guard.is_some())
     }
 }
 

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub mod conformance;
+pub mod election;
 pub mod etcd;
 pub mod redb;
 #[cfg(test)]
@@ -84,6 +85,10 @@ pub enum StoreError {
     /// The store has been shut down.
     #[error("store is closed")]
     Closed,
+    /// A write of a replica that no longer holds the ownership its writes are fenced by (its
+    /// lease expired, or another replica took over); nothing was written.
+    #[error("{what}: refused, this replica no longer holds {held}")]
+    Fenced { what: String, held: String },
 }
 
 /// A revisioned key-value store with etcd-compatible semantics.

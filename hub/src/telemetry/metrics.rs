@@ -81,6 +81,8 @@ pub const REGION_LABEL: &str = "region";
 pub struct Metrics {
     pub registry: Registry,
     pub sessions_connected: Gauge,
+    /// 1 while this replica leads the replicas sharing its store (always, on redb).
+    pub leader: Gauge,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Handshakes that resumed a session from a ticket and were admitted (a subset of
     /// `tls_handshakes{result="ok"}`).
@@ -135,6 +137,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flotilla_hub");
         let sessions_connected = Gauge::default();
+        let leader = Gauge::default();
         let tls_handshakes = Family::<ResultLabel, Counter>::default();
         let tls_resumed_handshakes = Counter::default();
         let joins = Family::<ResultLabel, Counter>::default();
@@ -168,6 +171,11 @@ impl Metrics {
             "sessions_connected",
             "Agent sessions currently open on this hub",
             sessions_connected.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads the hub replicas sharing its store (always 1 on redb)",
+            leader.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -273,6 +281,7 @@ impl Metrics {
         Self {
             registry,
             sessions_connected,
+            leader,
             tls_handshakes,
             tls_resumed_handshakes,
             joins,

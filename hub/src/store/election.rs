@@ -1,0 +1,231 @@
+//! Which hub replica leads, among replicas sharing one etcd: each replica registers itself
+//! under [`REPLICAS`] with a lease of its own and campaigns for [`LEADER_KEY`] with that lease;
+//! the replica whose key it is leads until its lease goes. The work that must happen once in
+//! the fleet is the leader's; its writes go through [`EtcdStore::fenced_by`] the leader key, so
+//! a replica that has lost the lead cannot write even before it knows.
+//!
+//! * The lease is kept alive every third of its time. A replica that has not renewed it within
+//!   two thirds of its time steps down (etcd deletes its keys one third later at the earliest),
+//!   so two replicas never both believe they lead; then it starts over with a new lease.
+//! * A follower watches the leader key and campaigns as soon as it is deleted: the lead moves
+//!   within the lease time after its holder dies (`kill -9`), at once when it stops cleanly
+//!   (its lease is revoked).
+//! * The role is published on a `watch` channel: [`Role::Leader`] carries the term (the leader
+//!   key's create revision, what the fence compares).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::etcd::EtcdStore;
+use super::{Revision, Store, StoreError, WatchEvent};
+
+/// The key the leader holds with its lease; its value is the leader's [`ReplicaInfo`].
+pub const LEADER_KEY: &str = "/election/leader";
+/// Each live replica's [`ReplicaInfo`], under its name, held with its lease.
+pub const REPLICAS: &str = "/election/replicas/";
+/// Default lease time: the lead moves this long (at most) after its holder dies.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+
+/// A replica as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// Unique among the replicas (the pod name, say).
+    pub name: String,
+    /// `host:port` agents may dial on it.
+    pub endpoint: String,
+    /// When it started (unix ms).
+    pub started_ms: u64,
+    pub version: String,
+}
+
+/// This replica's part in the election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not in the election now: starting, or its lease was lost and a new one is on its way.
+    Candidate,
+    /// Leads; `term` is the create revision of the leader key it holds.
+    Leader { term: Revision },
+    /// Another replica leads.
+    Follower { leader: String },
+}
+
+impl Role {
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Role::Leader { .. })
+    }
+}
+
+/// Runs this replica's part in the election until `shutdown` turns true (then revokes its
+/// lease, so that another replica leads at once). The role goes to `role`.
+pub async fn run(
+    store: EtcdStore,
+    me: ReplicaInfo,
+    lease_time: Duration,
+    role: watch::Sender<Role>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let lease_time = lease_time.max(Duration::from_secs(2));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        role.send_replace(Role::Candidate);
+        if *shutdown.borrow() {
+            return;
+        }
+        let lease = match store.grant_lease(lease_time).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take part in the leader election: no lease; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(lease_time);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let outcome = hold(&store, &me, lease, lease_time, &role, &mut shutdown).await;
+        match outcome {
+            Held::Shutdown => {
+                role.send_replace(Role::Candidate);
+                if let Err(e) = store.revoke_lease(lease).await {
+                    tracing::warn!(error = %e, "could not hand over the lead at shutdown; it moves when the lease expires");
+                }
+                return;
+            }
+            Held::Lost(why) => {
+                tracing::warn!(replica = %me.name, reason = %why, "lost the election lease; starting over");
+            }
+        }
+    }
+}
+
+enum Held {
+    Shutdown,
+    Lost(String),
+}
+
+/// Registers, campaigns and keeps `lease` alive until it is lost or shutdown.
+async fn hold(
+    store: &EtcdStore,
+    me: &ReplicaInfo,
+    lease: i64,
+    lease_time: Duration,
+    role: &watch::Sender<Role>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Held {
+    let info = serde_json::to_vec(me).expect("replica info serializes");
+    if let Err(e) = store
+        .put_leased(&format!("{REPLICAS}{}", me.name), info.clone(), lease)
+        .await
+    {
+        return Held::Lost(format!("registering: {e}"));
+    }
+    let renew_every = lease_time / 3;
+    // Without a renewal for this long, the lease may expire before we hear of it: step down.
+    let trust_for = lease_time * 2 / 3;
+    let mut renewed = tokio::time::Instant::now();
+    let mut next_renewal = renewed + renew_every;
+    loop {
+        // Campaign: take the leader key, or learn who holds it.
+        let leader_rev = match store.create_leased(LEADER_KEY, info.clone(), lease).await {
+            Ok(Ok(term)) => {
+                tracing::info!(replica = %me.name, term, "leading the hub replicas");
+                role.send_replace(Role::Leader { term });
+                term
+            }
+            Ok(Err(Some(holder))) => {
+                let leader = serde_json::from_slice::<ReplicaInfo>(&holder.value)
+                    .map_or_else(|_| "(unreadable)".to_string(), |r| r.name);
+                if leader == me.name {
+                    // Taken with a lease this replica lost: it goes when that lease expires.
+                    tracing::info!(replica = %me.name, "the leader key is still held with this replica's previous lease");
+                }
+                role.send_replace(Role::Follower { leader });
+                holder.mod_revision
+            }
+            Ok(Err(None)) => continue,
+            Err(e) => {
+                if renewed.elapsed() >= trust_for {
+                    return Held::Lost(format!("campaigning: {e}"));
+                }
+                tracing::warn!(error = %e, "campaigning for the lead failed; retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return Held::Shutdown,
+                    () = tokio::time::sleep(renew_every / 4) => {}
+                }
+                continue;
+            }
+        };
+        // Watch the leader key from the revision it was read at: a delete means campaign again.
+        let mut watch = match store.watch(LEADER_KEY, leader_rev + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the leader key failed; campaigning again after the next renewal");
+                None
+            }
+        };
+        loop {
+            let renewal = tokio::time::sleep_until(next_renewal);
+            let event = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return Held::Shutdown,
+                () = renewal => {
+                    // A renewal that takes until the lease may be gone counts as lost, so that
+                    // this replica stops leading before etcd can let another one lead.
+                    let started = tokio::time::Instant::now();
+                    match tokio::time::timeout_at(renewed + trust_for, store.keep_alive(lease)).await {
+                        Ok(Ok(true)) => renewed = started,
+                        Ok(Ok(false)) => {
+                            return Held::Lost("the lease expired".into());
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "renewing the election lease failed"),
+                        Err(_) => {}
+                    }
+                    if renewed.elapsed() >= trust_for {
+                        return Held::Lost(format!("not renewed for {:?}", renewed.elapsed()));
+                    }
+                    next_renewal = tokio::time::Instant::now() + renew_every.min(trust_for.saturating_sub(renewed.elapsed()));
+                    if watch.is_none() {
+                        break;
+                    }
+                }
+                ev = event => match ev {
+                    Some(Ok(WatchEvent::Delete { .. })) => {
+                        // Whoever led (this replica too) no longer does: no one leads until
+                        // the next campaign says who.
+                        role.send_replace(Role::Candidate);
+                        break;
+                    }
+                    Some(Ok(WatchEvent::Put(_))) => {}
+                    Some(Err(StoreError::Compacted { .. })) | Some(Err(_)) | None => break,
+                }
+            }
+        }
+    }
+}
+
+/// The replicas registered now (each under a live lease), by name.
+pub async fn replicas(store: &EtcdStore) -> Result<Vec<ReplicaInfo>, StoreError> {
+    let (items, _) = store.list(REPLICAS).await?;
+    Ok(items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
+}
+
+/// The replica that leads now, if any.
+pub async fn leader(store: &EtcdStore) -> Result<Option<ReplicaInfo>, StoreError> {
+    Ok(store
+        .get(LEADER_KEY)
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+}
