@@ -70,6 +70,9 @@ pub enum Command {
     /// The fleet at a glance: clusters connected and app health per region, rollouts in
     /// flight, and the worst clusters with the reasons.
     Status(status::StatusArgs),
+    /// The hub itself.
+    #[command(subcommand)]
+    Hub(HubCmd),
     /// Run a hub and six agents on simulated clusters in three regions (the flotilla-hub and
     /// flotilla-agent binaries beside this one): a release promoted
     /// stage by stage, then a bad one that fails in the canary stage and is rolled back.
@@ -197,6 +200,13 @@ impl From<AddSourceArgs> for AddSourceRequest {
             webhook_secret_file: a.webhook_secret_file.unwrap_or_default(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubCmd {
+    /// The hub's replicas (those sharing an etcd store): which one leads, each one's endpoint,
+    /// start and version, and which one answered.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,6 +395,14 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             })
         }
         Command::Status(args) => status::run(&mut admin, &args, fmt).await?,
+        Command::Hub(HubCmd::Status) => {
+            let st = admin
+                .get_hub_status(GetHubStatusRequest {})
+                .await?
+                .into_inner();
+            let out = output::HubOut::from(&st);
+            output::render(fmt, &out, output::hub_table)
+        }
         Command::Demo(_) => unreachable!("handled above"),
     })
 }

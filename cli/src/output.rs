@@ -6,7 +6,8 @@ use comfy_table::{Row, Table, presets::UTF8_BORDERS_ONLY};
 use flotilla_proto::clock::rfc3339_ms;
 use flotilla_proto::state::{Phase, RolloutState, StageState};
 use flotilla_proto::v1::{
-    App, AuditEntry, Cluster, ClusterApp, PinClusterResponse, Rollout, RolloutStage, Source, Token,
+    App, AuditEntry, Cluster, ClusterApp, HubStatus, PinClusterResponse, Rollout, RolloutStage,
+    Source, Token,
 };
 use serde::Serialize;
 
@@ -849,5 +850,64 @@ pub fn audit_table(rows: &[AuditOut]) -> String {
             ("REVISION", |e| opt_short(e.revision.as_deref())),
             ("DETAIL", |e| text_or(&e.detail, "")),
         ],
+    )
+}
+
+/// One hub replica as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaOut {
+    pub name: String,
+    pub endpoint: String,
+    /// `leader` or `follower`.
+    pub role: String,
+    pub started: Option<String>,
+    pub version: String,
+}
+
+/// The hub's replicas as the CLI shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubOut {
+    pub store: String,
+    pub answered_by: String,
+    /// The answering replica's role: `leader`, `follower` or `candidate`.
+    pub role: String,
+    pub replicas: Vec<ReplicaOut>,
+}
+
+impl From<&HubStatus> for HubOut {
+    fn from(s: &HubStatus) -> Self {
+        Self {
+            store: s.store.clone(),
+            answered_by: s.answered_by.clone(),
+            role: s.role.clone(),
+            replicas: s
+                .replicas
+                .iter()
+                .map(|r| ReplicaOut {
+                    name: r.name.clone(),
+                    endpoint: r.endpoint.clone(),
+                    role: if r.leader { "leader" } else { "follower" }.into(),
+                    started: rfc3339_ms(r.started_unix_ms),
+                    version: r.version.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn hub_table(h: &HubOut) -> String {
+    let replicas = columns_table(
+        &h.replicas,
+        &[
+            ("REPLICA", |r| r.name.clone()),
+            ("ROLE", |r| r.role.clone()),
+            ("ENDPOINT", |r| r.endpoint.clone()),
+            ("STARTED", |r| text_or(&r.started, "-")),
+            ("VERSION", |r| r.version.clone()),
+        ],
+    );
+    format!(
+        "store: {}; answered by {} ({})\n{replicas}",
+        h.store, h.answered_by, h.role
     )
 }

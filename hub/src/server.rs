@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 
-use crate::api::admin::AdminService;
+use crate::api::admin::{AdminService, HubReplicas};
 use crate::api::auth::{JoinLimiter, PeerCheck, server_config};
 use crate::api::registration::RegistrationService;
 use crate::api::session::{SessionConfig, SessionContext, SessionService};
@@ -351,6 +351,27 @@ pub async fn start(
         config.limits,
     );
     sources.start_all().await?;
+    // This replica, and its part in the election among replicas sharing an etcd store (run
+    // below, once everything serves); on redb the one hub always leads.
+    let me = ReplicaInfo {
+        name: config
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| hub_address.clone()),
+        endpoint: config
+            .endpoints
+            .first()
+            .cloned()
+            .unwrap_or_else(|| hub_address.clone()),
+        started_ms: flotilla_proto::clock::unix_ms(config.clock.now()),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let (role_tx, role) = watch::channel(match etcd {
+        None => Role::Leader { term: 0 },
+        Some(_) => Role::Candidate,
+    });
+    metrics.leader.set(i64::from(etcd.is_none()));
+    let election = etcd.clone().map(|e| (e, role_tx));
     let admin_svc = AdminService {
         registry: registry.clone(),
         sessions: sessions.clone(),
@@ -361,6 +382,11 @@ pub async fn start(
         sources: sources.clone(),
         desired: desired.clone(),
         rollouts: rollouts.clone(),
+        replicas: HubReplicas {
+            me: me.clone(),
+            role: role.clone(),
+            etcd: etcd.clone(),
+        },
     };
 
     let mut tasks = Vec::new();
@@ -437,44 +463,23 @@ pub async fn start(
         ca = %ca.fingerprint(),
         "hub serving"
     );
-    let role = match etcd {
-        None => {
-            metrics.leader.set(1);
-            watch::channel(Role::Leader { term: 0 }).1
-        }
-        Some(etcd) => {
-            let me = ReplicaInfo {
-                name: config
-                    .replica_name
-                    .clone()
-                    .unwrap_or_else(|| hub_address.clone()),
-                endpoint: config
-                    .endpoints
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| hub_address.clone()),
-                started_ms: flotilla_proto::clock::unix_ms(config.clock.now()),
-                version: env!("CARGO_PKG_VERSION").into(),
-            };
-            let (tx, rx) = watch::channel(Role::Candidate);
-            let mut seen = rx.clone();
-            let m = metrics.clone();
-            tasks.push(tokio::spawn(async move {
-                while seen.changed().await.is_ok() {
-                    let leads = seen.borrow_and_update().is_leader();
-                    m.leader.set(i64::from(leads));
-                }
-            }));
-            tasks.push(tokio::spawn(crate::store::election::run(
-                etcd,
-                me,
-                config.lease_time,
-                tx,
-                shutdown_rx.clone(),
-            )));
-            rx
-        }
-    };
+    if let Some((etcd, tx)) = election {
+        let mut seen = role.clone();
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            while seen.changed().await.is_ok() {
+                let leads = seen.borrow_and_update().is_leader();
+                m.leader.set(i64::from(leads));
+            }
+        }));
+        tasks.push(tokio::spawn(crate::store::election::run(
+            etcd,
+            me,
+            config.lease_time,
+            tx,
+            shutdown_rx.clone(),
+        )));
+    }
     Ok(RunningHub {
         addr,
         http_addr,

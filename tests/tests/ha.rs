@@ -31,6 +31,7 @@ async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
         c.store = StoreKind::Etcd(etcd.config("/fleet"));
         c.ca_files = Some((ca.clone(), key.clone()));
         c.endpoints.clone_from(&endpoints);
+        c.replica_name = Some(name.to_string());
         c
     };
     let [la, lb] = listeners;
@@ -203,6 +204,31 @@ async fn one_replica_leads_and_a_clean_stop_hands_the_lead_over() {
     let other = 1 - leader;
     assert_eq!(hubs[leader].running().metrics.leader.get(), 1);
     assert_eq!(hubs[other].running().metrics.leader.get(), 0);
+    // `flotilla hub status` asked of the follower names both, and the leader.
+    let names = ["replica-a", "replica-b"];
+    let st = cli_json(&hubs[other], &["hub", "status"]).await;
+    assert_eq!(st["store"], "etcd");
+    assert_eq!(st["answered_by"], names[other]);
+    assert_eq!(st["role"], "follower");
+    let replicas: Vec<(String, String)> = st["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().into(),
+                r["role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (names[leader].to_string(), "leader".to_string()),
+        (names[other].to_string(), "follower".to_string()),
+    ];
+    want.sort();
+    assert_eq!(replicas, want);
+    let table = cli(&hubs[other], &["hub", "status"]).await.unwrap();
+    assert_contains(&table, &format!("answered by {} (follower)", names[other]));
     hubs[leader].stop().await;
     eventually(
         "the other replica to lead once the leader stopped",
@@ -217,6 +243,25 @@ async fn one_replica_leads_and_a_clean_stop_hands_the_lead_over() {
     )
     .await;
     assert_eq!(hubs[other].running().metrics.leader.get(), 1);
+    let st = cli_json(&hubs[other], &["hub", "status"]).await;
+    assert_eq!(st["role"], "leader");
+    assert_eq!(
+        st["replicas"].as_array().unwrap().len(),
+        1,
+        "the stopped one is gone: {st}"
+    );
+}
+
+#[tokio::test]
+async fn a_single_hub_on_redb_is_its_own_leader() {
+    let dir = test_dir();
+    let hub = TestHub::start_in(dir.path()).await;
+    let st = cli_json(&hub, &["hub", "status"]).await;
+    assert_eq!(st["store"], "redb");
+    assert_eq!(st["role"], "leader");
+    assert_eq!(st["replicas"].as_array().unwrap().len(), 1);
+    assert_eq!(st["replicas"][0]["role"], "leader");
+    assert_eq!(hub.running().metrics.leader.get(), 1);
 }
 
 /// `flotilla_hub_leader` of the hub whose HTTP port is `http` (`None`: no answer).

@@ -19,6 +19,7 @@ use crate::pki::Ca;
 use crate::state::desired::DesiredStates;
 use crate::state::registry::{ClusterRecord, Registry, TokenRecord};
 use crate::state::sessions::Sessions;
+use crate::store::election::{self, ReplicaInfo, Role};
 
 /// The default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -39,6 +40,17 @@ pub struct AdminService {
     pub sources: Sources,
     pub desired: DesiredStates,
     pub rollouts: crate::engine::rollout::Rollouts,
+    pub replicas: HubReplicas,
+}
+
+/// What `GetHubStatus` reads: this replica, its part in the election, and the etcd store the
+/// replicas share.
+#[derive(Debug, Clone)]
+pub struct HubReplicas {
+    pub me: ReplicaInfo,
+    pub role: tokio::sync::watch::Receiver<Role>,
+    /// `None`: redb, one hub (always the leader).
+    pub etcd: Option<crate::store::etcd::EtcdStore>,
 }
 
 impl AdminService {
@@ -613,6 +625,49 @@ impl Admin for AdminService {
         let entries = self.rollouts.audit().list(limit).await?;
         Ok(Response::new(ListAuditResponse {
             entries: entries.iter().map(audit_view).collect(),
+        }))
+    }
+
+    async fn get_hub_status(
+        &self,
+        req: Request<GetHubStatusRequest>,
+    ) -> Result<Response<HubStatus>, Status> {
+        self.authorize(&req)?;
+        let h = &self.replicas;
+        let role = h.role.borrow().clone();
+        let view = |r: &ReplicaInfo, leader: bool| HubReplica {
+            name: r.name.clone(),
+            endpoint: r.endpoint.clone(),
+            started_unix_ms: r.started_ms,
+            version: r.version.clone(),
+            leader,
+        };
+        let (store, replicas) = match &h.etcd {
+            None => ("redb", vec![view(&h.me, true)]),
+            Some(etcd) => {
+                let unavailable = |e: crate::store::StoreError| {
+                    Status::unavailable(format!("reading the hub replicas: {e}"))
+                };
+                let leader = election::leader(etcd).await.map_err(unavailable)?;
+                let all = election::replicas(etcd).await.map_err(unavailable)?;
+                let lead = leader.map(|l| l.name);
+                let replicas = all
+                    .iter()
+                    .map(|r| view(r, lead.as_deref() == Some(r.name.as_str())))
+                    .collect();
+                ("etcd", replicas)
+            }
+        };
+        Ok(Response::new(HubStatus {
+            store: store.into(),
+            replicas,
+            answered_by: h.me.name.clone(),
+            role: match role {
+                Role::Leader { .. } => "leader",
+                Role::Follower { .. } => "follower",
+                Role::Candidate => "candidate",
+            }
+            .into(),
         }))
     }
 }
