@@ -28,6 +28,7 @@ use crate::engine::sources::Sources;
 use crate::pki::Ca;
 use crate::render::BundleCache;
 use crate::state::desired::DesiredStates;
+use crate::state::registry::Followed;
 use crate::state::registry::Registry;
 use crate::state::sessions::Sessions;
 use crate::store::SharedStore;
@@ -259,7 +260,14 @@ pub async fn start(
             .map(|(c, k)| (c.as_path(), k.as_path())),
         config.clock.clone(),
     )?);
-    let registry = Registry::open(store.clone(), config.clock.clone()).await?;
+    let replica_name = config
+        .replica_name
+        .clone()
+        .unwrap_or_else(|| hub_address.clone());
+    let mut registry = Registry::open(store.clone(), config.clock.clone()).await?;
+    if etcd.is_some() {
+        registry = registry.with_replica(&replica_name);
+    }
     let sessions = Arc::new(Sessions::default());
     let desired = DesiredStates::new(store.clone());
     let bundles =
@@ -354,10 +362,7 @@ pub async fn start(
     // This replica, and its part in the election among replicas sharing an etcd store (run
     // below, once everything serves); on redb the one hub always leads.
     let me = ReplicaInfo {
-        name: config
-            .replica_name
-            .clone()
-            .unwrap_or_else(|| hub_address.clone()),
+        name: replica_name.clone(),
         endpoint: config
             .endpoints
             .first()
@@ -432,12 +437,25 @@ pub async fn start(
         let (registry, live) = (registry.clone(), sessions.clone());
         let rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let on_revoked = |name: &str| {
-                if live.disconnect(name, "revoked", &format!("cluster {name:?} was removed")) {
-                    tracing::info!(cluster.id = %name, "cluster removed on another replica; its session here is closed");
+            let on_followed = |ev: Followed<'_>| match ev {
+                Followed::Revoked { cluster } => {
+                    if live.disconnect(cluster, "revoked", &format!("cluster {cluster:?} was removed")) {
+                        tracing::info!(cluster.id = %cluster, "cluster removed on another replica; its session here is closed");
+                    }
+                }
+                Followed::SessionElsewhere { cluster, replica, opened_ms } => {
+                    // The newer session wins: one opened here after it stays.
+                    if live.get(cluster).is_some_and(|s| s.opened_ms < opened_ms) {
+                        live.disconnect(
+                            cluster,
+                            "replaced",
+                            &format!("a newer session for this cluster was opened on hub replica {replica}"),
+                        );
+                        tracing::info!(cluster.id = %cluster, %replica, "a newer session of the cluster opened on another replica; closed the one here");
+                    }
                 }
             };
-            registry.follow(rx, on_revoked).await
+            registry.follow(rx, on_followed).await
         }));
     }
     tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));

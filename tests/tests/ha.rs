@@ -326,3 +326,50 @@ async fn the_lead_moves_within_the_lease_time_after_a_kill_9_of_the_leading_hub(
         killed.elapsed()
     );
 }
+
+#[tokio::test]
+async fn of_two_sessions_of_a_cluster_on_two_replicas_the_newer_wins() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (a, b) = replicas(dir.path(), &etcd).await;
+    let (ca, chain, key) = a.enroll(dir.path(), "split").await;
+    let (first, _tx_a, mut on_a) = open_session(&a.addr(), &ca, &chain, &key, hello("split"))
+        .await
+        .unwrap();
+    assert!(matches!(first.msg, Some(HubMsg::Welcome(_))), "{first:?}");
+    // Replica b may learn of the cluster a moment after the join: the same agent (after a
+    // partition, say) opens a second session there.
+    let (second, _tx_b, _on_b) = eventually("replica b to welcome split", || {
+        let (addr, ca, chain, key) = (b.addr(), ca.clone(), chain.clone(), key.clone());
+        async move {
+            open_session(&addr, &ca, &chain, &key, hello("split"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(matches!(second.msg, Some(HubMsg::Welcome(_))), "{second:?}");
+
+    // The older session, on replica a, is closed as replaced; the newer one stays.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match on_a.message().await {
+                Ok(Some(m)) => match m.msg {
+                    Some(HubMsg::Disconnect(d)) => return Some(d),
+                    _ => continue,
+                },
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("replica a ends its session");
+    let d = ended.expect("a Disconnect, not a bare end of stream");
+    assert_eq!(d.reason, "replaced");
+    assert_contains(&d.message, "replica-b");
+    eventually("replica a to drop the session", || async {
+        a.running().sessions.get("split").is_none().then_some(())
+    })
+    .await;
+    assert!(b.running().sessions.get("split").is_some());
+}

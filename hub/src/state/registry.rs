@@ -50,6 +50,38 @@ pub struct ClusterRecord {
     /// Serials of certificates issued to this cluster that have not expired, with their expiry.
     #[serde(default)]
     pub certs: Vec<IssuedCert>,
+    /// With several hub replicas: the replica that opened the cluster's newest session, and
+    /// when (unix ms); a replica holding an older one closes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session_replica: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub session_opened_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// What [`Registry::follow`] reports of other replicas' writes.
+#[derive(Debug, Clone, Copy)]
+pub enum Followed<'a> {
+    /// The cluster's record turned revoked.
+    Revoked { cluster: &'a str },
+    /// Another replica opened a session of the cluster at `opened_ms`.
+    SessionElsewhere {
+        cluster: &'a str,
+        replica: &'a str,
+        opened_ms: u64,
+    },
+}
+
+/// A pending last-seen write: when, the agent version reported, and the session this replica
+/// opened (with several replicas: its open time).
+#[derive(Debug, Clone, Default)]
+struct SeenWrite {
+    at: u64,
+    version: Option<String>,
+    opened: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,14 +219,16 @@ pub struct Registry {
     /// The store revision [`Registry::open`] read the clusters and revocations at:
     /// [`Registry::follow`] goes on from there.
     loaded_at: Revision,
+    /// This replica's name when several share the store ([`Registry::with_replica`]).
+    replica: Option<Arc<str>>,
 }
 
 /// Last-seen times and agent versions to be written, group-committed: every session open or
 /// close queued while one write runs goes into the next, one durable transaction for all.
 #[derive(Debug, Default)]
 struct Seen {
-    /// Cluster → (last seen, agent version reported, if any).
-    pending: HashMap<String, (u64, Option<String>)>,
+    /// Cluster → what to write.
+    pending: HashMap<String, SeenWrite>,
     waiters: Vec<tokio::sync::oneshot::Sender<Result<(), Arc<HubError>>>>,
     /// A writer task is running (and will take what is pending).
     writing: bool,
@@ -282,7 +316,7 @@ async fn write_seen(
 async fn write_seen_batch(
     table: &Table<ClusterRecord>,
     cache: &RwLock<ClusterCache>,
-    pending: HashMap<String, (u64, Option<String>)>,
+    pending: HashMap<String, SeenWrite>,
 ) -> Result<(), HubError> {
     // As many records per transaction as the store takes; each stands alone.
     let max = table.store().max_batch_ops().max(1);
@@ -296,12 +330,12 @@ async fn write_seen_batch(
 async fn write_seen_chunk(
     table: &Table<ClusterRecord>,
     cache: &RwLock<ClusterCache>,
-    pending: &[(String, (u64, Option<String>))],
+    pending: &[(String, SeenWrite)],
 ) -> Result<(), HubError> {
     for attempt in 0..CAS_RETRIES {
         let mut ops = Vec::with_capacity(pending.len());
         let mut written = Vec::with_capacity(pending.len());
-        for (name, (at, version)) in pending {
+        for (name, w) in pending {
             // First from memory (this process writes every record it caches, so the cached
             // revision is normally the stored one); after a conflict, from the store.
             let cached = (attempt == 0)
@@ -314,9 +348,15 @@ async fn write_seen_chunk(
             let Some(mut v) = current else {
                 continue;
             };
-            v.value.last_seen_ms = v.value.last_seen_ms.max(*at);
-            if let Some(version) = version {
+            v.value.last_seen_ms = v.value.last_seen_ms.max(w.at);
+            if let Some(version) = &w.version {
                 v.value.agent_version.clone_from(version);
+            }
+            if let Some((replica, opened)) = &w.opened
+                && *opened >= v.value.session_opened_ms
+            {
+                v.value.session_replica.clone_from(replica);
+                v.value.session_opened_ms = *opened;
             }
             ops.push(CasOp::put(
                 table.key(name),
@@ -396,6 +436,7 @@ impl Registry {
             seen: Default::default(),
             assigning: Default::default(),
             loaded_at: revoked_at.min(clusters_at),
+            replica: None,
         };
         let mut records = items
             .iter()
@@ -411,6 +452,14 @@ impl Registry {
             registry.cached().put(rec, at);
         }
         Ok(registry)
+    }
+
+    /// The registry of replica `name` among several sharing the store: each session open is
+    /// written with the replica's name, so that another replica holding an older session of
+    /// the cluster closes it ([`Followed::SessionElsewhere`]).
+    pub fn with_replica(mut self, name: &str) -> Self {
+        self.replica = Some(Arc::from(name));
+        self
     }
 
     fn cached(&self) -> std::sync::RwLockWriteGuard<'_, ClusterCache> {
@@ -502,14 +551,14 @@ impl Registry {
     /// Follows what other hub replicas sharing the store write to `/clusters/` and
     /// `/revoked/`, from the revision [`Registry::open`] read them at, until `shutdown` fires:
     /// cluster records go into the cache (never behind a revision already cached), revoked
-    /// serials into the set the TLS verifier reads, and `on_revoked` is called with the name of
+    /// serials into the set the TLS verifier reads, and `on_followed` is called with the name of
     /// each cluster whose record turns revoked, to end its live session on this replica. When a
     /// watch fails (its start compacted away, the store unreachable) both prefixes are listed
     /// again and followed from there.
     pub async fn follow(
         &self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-        on_revoked: impl Fn(&str) + Send + Sync,
+        on_followed: impl Fn(Followed<'_>) + Send + Sync,
     ) {
         let store = self.clusters.store().clone();
         let mut from = self.loaded_at + 1;
@@ -526,7 +575,7 @@ impl Registry {
                         _ = shutdown.changed() => return,
                         ev = events.next() => match ev {
                             Some(Ok(ev)) => {
-                                self.apply(ev, &on_revoked);
+                                self.apply(ev, &on_followed);
                                 backoff = FOLLOW_RETRY_MIN;
                             }
                             Some(Err(e)) => break e.to_string(),
@@ -543,7 +592,7 @@ impl Registry {
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(FOLLOW_RETRY_MAX);
-                match self.resync(&on_revoked).await {
+                match self.resync(&on_followed).await {
                     Ok(at) => {
                         from = at + 1;
                         break;
@@ -557,13 +606,13 @@ impl Registry {
     }
 
     /// Applies one event another replica (or this one) caused.
-    fn apply(&self, ev: WatchEvent, on_revoked: &impl Fn(&str)) {
+    fn apply(&self, ev: WatchEvent, on_followed: &impl Fn(Followed<'_>)) {
         match ev {
             WatchEvent::Put(kv) if kv.key.starts_with(REVOKED) => {
                 self.revoked.insert(kv.key[REVOKED.len()..].to_string());
             }
             WatchEvent::Put(kv) => match self.clusters.decode(&kv) {
-                Ok(v) => self.cache_followed(v.value, v.revision, on_revoked),
+                Ok(v) => self.cache_followed(v.value, v.revision, on_followed),
                 Err(e) => {
                     tracing::error!(error = %e, "a cluster record another replica wrote does not decode; keeping the last good one")
                 }
@@ -576,27 +625,46 @@ impl Registry {
         }
     }
 
-    /// Caches a record read from the store; `on_revoked` when it turns revoked by it.
-    fn cache_followed(&self, rec: ClusterRecord, revision: Revision, on_revoked: &impl Fn(&str)) {
-        let turned_revoked = {
+    /// Caches a record read from the store; `on_followed` when it turns revoked by it.
+    fn cache_followed(
+        &self,
+        rec: ClusterRecord,
+        revision: Revision,
+        on_followed: &impl Fn(Followed<'_>),
+    ) {
+        let (turned_revoked, elsewhere) = {
             let mut cache = self.cached();
             if cache.revision(&rec.name) >= revision && cache.by_name.contains_key(&rec.name) {
                 return;
             }
-            let was = cache.by_name.get(&rec.name).is_some_and(|r| r.revoked);
-            let now = rec.revoked;
+            let before = cache.by_name.get(&rec.name);
+            let was = before.is_some_and(|r| r.revoked);
+            let newer_session = rec.session_opened_ms > before.map_or(0, |r| r.session_opened_ms)
+                || before.is_none_or(|r| r.session_replica != rec.session_replica);
+            let elsewhere = (!rec.session_replica.is_empty()
+                && newer_session
+                && self.replica.as_deref() != Some(rec.session_replica.as_str()))
+            .then(|| (rec.session_replica.clone(), rec.session_opened_ms));
+            let turned = rec.revoked && !was;
             let name = rec.name.clone();
             cache.put(rec, revision);
-            (now && !was).then_some(name)
+            (turned.then(|| name.clone()), elsewhere.map(|e| (name, e)))
         };
         if let Some(name) = turned_revoked {
-            on_revoked(&name);
+            on_followed(Followed::Revoked { cluster: &name });
+        }
+        if let Some((name, (replica, opened_ms))) = elsewhere {
+            on_followed(Followed::SessionElsewhere {
+                cluster: &name,
+                replica: &replica,
+                opened_ms,
+            });
         }
     }
 
     /// Lists both prefixes again and brings the cache and the revoked set up to them; returns
     /// the revision they were read at.
-    async fn resync(&self, on_revoked: &impl Fn(&str)) -> Result<Revision, HubError> {
+    async fn resync(&self, on_followed: &impl Fn(Followed<'_>)) -> Result<Revision, HubError> {
         let store = self.clusters.store();
         let (revoked, revoked_at) = store.list(REVOKED).await?;
         for kv in revoked {
@@ -608,7 +676,7 @@ impl Registry {
             match self.clusters.decode(kv) {
                 Ok(v) => {
                     listed.insert(v.value.name.clone());
-                    self.cache_followed(v.value, v.revision, on_revoked);
+                    self.cache_followed(v.value, v.revision, on_followed);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "a cluster record does not decode; keeping the last good one")
@@ -706,6 +774,8 @@ impl Registry {
             last_seen_ms: 0,
             agent_version: String::new(),
             certs: vec![],
+            session_replica: String::new(),
+            session_opened_ms: 0,
         };
         let expected = match self.clusters.get(name).await? {
             None => None,
@@ -858,10 +928,15 @@ impl Registry {
         &self,
         cluster: &str,
         agent_version: Option<&str>,
-        skip_if_fresh: bool,
+        opened: bool,
     ) -> Result<(), HubError> {
         let now = self.now_ms();
         let version = agent_version.filter(|v| !v.is_empty()).map(str::to_string);
+        // With several replicas every open is written, naming this replica: the others close
+        // an older session of the cluster when they read it.
+        let session = opened
+            .then(|| self.replica.as_ref().map(|r| (r.to_string(), now)))
+            .flatten();
         {
             let mut cache = self.cached();
             let Some(rec) = cache.by_name.get(cluster) else {
@@ -874,9 +949,13 @@ impl Registry {
             if let Some(v) = &version {
                 rec.agent_version = v.clone();
             }
+            if let Some((replica, at)) = &session {
+                rec.session_replica.clone_from(replica);
+                rec.session_opened_ms = *at;
+            }
             let at = cache.revision(cluster);
             cache.put(rec, at);
-            if skip_if_fresh && fresh {
+            if opened && fresh && session.is_none() {
                 return Ok(());
             }
         }
@@ -884,9 +963,12 @@ impl Registry {
         let start = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let slot = seen.pending.entry(cluster.to_string()).or_default();
-            slot.0 = slot.0.max(now);
+            slot.at = slot.at.max(now);
             if version.is_some() {
-                slot.1 = version;
+                slot.version = version;
+            }
+            if session.is_some() {
+                slot.opened = session;
             }
             seen.waiters.push(done);
             !std::mem::replace(&mut seen.writing, true)

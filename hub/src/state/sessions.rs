@@ -24,6 +24,8 @@ pub struct SessionShared {
     /// The cluster's fleet-wide id (`None`: not in the registry's cache when it connected).
     pub cluster_id: Option<ClusterId>,
     pub agent_version: String,
+    /// When the session opened (unix ms).
+    pub opened_ms: u64,
     /// The agent's cluster backend as it says in Hello: "kube" or "simulated".
     pub cluster_backend: String,
     pub(crate) last_seen_ms: AtomicU64,
@@ -165,6 +167,7 @@ impl Sessions {
             cluster: cluster.to_string(),
             cluster_id,
             agent_version: agent.map(|a| a.version.clone()).unwrap_or_default(),
+            opened_ms: now_ms,
             cluster_backend: agent.map(|a| a.cluster_backend.clone()).unwrap_or_default(),
             last_seen_ms: AtomicU64::new(now_ms),
             notify: Notify::new(),
