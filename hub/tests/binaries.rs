@@ -197,23 +197,16 @@ fn a_hub_whose_etcd_cannot_be_reached_exits_naming_it() {
     let (ca, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
     std::fs::write(&ca, "unused").unwrap();
     std::fs::write(&key, "unused").unwrap();
-    let out = Command::new(HUB)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--store", &store])
-        .arg("--ca-cert")
-        .arg(&ca)
-        .arg("--ca-key")
-        .arg(&key)
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("RUST_LOG")
-        .output()
+    let args = [
+        "--store",
+        &store,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--ca-key",
+        key.to_str().unwrap(),
+    ];
+    let out = spawn_hub(&data, &args, Stdio::piped())
+        .wait_with_output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

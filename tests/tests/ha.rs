@@ -57,6 +57,32 @@ fn hello(cluster: &str) -> Hello {
     }
 }
 
+type Creds = (String, String, String);
+
+/// A session of `cluster` on `hub` with `creds`, once the replica knows the cluster (it may
+/// learn of it from etcd a moment after the join through another replica): it must be
+/// welcomed.
+async fn welcomed_on(hub: &TestHub, (ca, chain, key): &Creds, cluster: &str) -> OpenedSessionOk {
+    let opened = eventually(&format!("{} to welcome {cluster}", hub.addr()), || async {
+        open_session(&hub.addr(), ca, chain, key, hello(cluster))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        matches!(opened.0.msg, Some(HubMsg::Welcome(_))),
+        "expected a Welcome, got {:?}",
+        opened.0
+    );
+    opened
+}
+
+type OpenedSessionOk = (
+    flotilla_proto::v1::HubMessage,
+    tokio::sync::mpsc::Sender<flotilla_proto::v1::AgentMessage>,
+    tonic::Streaming<flotilla_proto::v1::HubMessage>,
+);
+
 #[tokio::test]
 async fn a_hub_on_etcd_without_the_shared_ca_does_not_start() {
     let dir = test_dir();
@@ -75,22 +101,10 @@ async fn a_cluster_joined_on_one_replica_opens_its_session_on_another() {
     let dir = test_dir();
     let etcd = EtcdCluster::start(1).await;
     let (a, b) = replicas(dir.path(), &etcd).await;
-    let (ca, chain, key) = a.enroll(dir.path(), "edge-1").await;
+    let creds = a.enroll(dir.path(), "edge-1").await;
 
     // Replica b learns of the cluster from etcd and welcomes its session.
-    let (first, _tx, _rx) = eventually("replica b to welcome edge-1", || {
-        let (addr, ca, chain, key) = (b.addr(), ca.clone(), chain.clone(), key.clone());
-        async move {
-            open_session(&addr, &ca, &chain, &key, hello("edge-1"))
-                .await
-                .ok()
-        }
-    })
-    .await;
-    assert!(
-        matches!(first.msg, Some(HubMsg::Welcome(_))),
-        "expected a Welcome from replica b, got {first:?}"
-    );
+    let _session = welcomed_on(&b, &creds, "edge-1").await;
     assert_eq!(b.cluster("edge-1").await.state, "connected");
 
     // A cluster added on b is listed by a, and can join through a.
@@ -332,23 +346,10 @@ async fn of_two_sessions_of_a_cluster_on_two_replicas_the_newer_wins() {
     let dir = test_dir();
     let etcd = EtcdCluster::start(1).await;
     let (a, b) = replicas(dir.path(), &etcd).await;
-    let (ca, chain, key) = a.enroll(dir.path(), "split").await;
-    let (first, _tx_a, mut on_a) = open_session(&a.addr(), &ca, &chain, &key, hello("split"))
-        .await
-        .unwrap();
-    assert!(matches!(first.msg, Some(HubMsg::Welcome(_))), "{first:?}");
-    // Replica b may learn of the cluster a moment after the join: the same agent (after a
-    // partition, say) opens a second session there.
-    let (second, _tx_b, _on_b) = eventually("replica b to welcome split", || {
-        let (addr, ca, chain, key) = (b.addr(), ca.clone(), chain.clone(), key.clone());
-        async move {
-            open_session(&addr, &ca, &chain, &key, hello("split"))
-                .await
-                .ok()
-        }
-    })
-    .await;
-    assert!(matches!(second.msg, Some(HubMsg::Welcome(_))), "{second:?}");
+    let creds = a.enroll(dir.path(), "split").await;
+    let (_, _tx_a, mut on_a) = welcomed_on(&a, &creds, "split").await;
+    // The same agent (after a partition, say) opens a second session on replica b.
+    let _on_b = welcomed_on(&b, &creds, "split").await;
 
     // The older session, on replica a, is closed as replaced; the newer one stays.
     let ended = tokio::time::timeout(DEADLINE, async {
