@@ -459,6 +459,11 @@ pub async fn start(
         }));
     }
     tasks.push(tokio::spawn(rollouts.clone().run(shutdown_rx.clone())));
+    if etcd.is_some() {
+        // Rollout records other replicas write: their desired-state changes reach the
+        // sessions held here.
+        tasks.push(tokio::spawn(rollouts.clone().follow(shutdown_rx.clone())));
+    }
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
         let src = Some(sources.clone());

@@ -16,37 +16,66 @@ use flotilla_proto::v1::{Hello, RemoveClusterRequest};
 use flotilla_tests::etcd::EtcdCluster;
 use flotilla_tests::*;
 
-/// Two hub replicas on `etcd` with the same operator CA, data dirs of their own, and both
-/// endpoints in their join tokens.
-async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
-    let (_, ca, key) = operator_ca(dir);
-    let listeners = [
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    ];
-    let ports = listeners.each_ref().map(|l| l.local_addr().unwrap().port());
-    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let config = |name: &str| -> HubConfig {
-        let mut c = TestHub::config(&dir.join(name));
-        c.store = StoreKind::Etcd(etcd.config("/fleet"));
-        c.ca_files = Some((ca.clone(), key.clone()));
-        c.endpoints.clone_from(&endpoints);
-        c.replica_name = Some(name.to_string());
-        c
-    };
-    let [la, lb] = listeners;
-    let start = |config: HubConfig, listener, port| async move {
+/// Hub replicas on one etcd: the same operator CA, data dirs of their own, and every
+/// replica's endpoint in their join tokens.
+struct Replicas {
+    configs: Vec<HubConfig>,
+    listeners: Vec<Option<tokio::net::TcpListener>>,
+    ports: Vec<u16>,
+}
+
+impl Replicas {
+    async fn new(dir: &Path, etcd: &EtcdCluster, names: &[&str]) -> Self {
+        let (_, ca, key) = operator_ca(dir);
+        let mut listeners = Vec::new();
+        for _ in names {
+            listeners.push(Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            ));
+        }
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.as_ref().unwrap().local_addr().unwrap().port())
+            .collect();
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let configs = names
+            .iter()
+            .map(|name| {
+                let mut c = TestHub::config(&dir.join(name));
+                c.store = StoreKind::Etcd(etcd.config("/fleet"));
+                c.ca_files = Some((ca.clone(), key.clone()));
+                c.endpoints.clone_from(&endpoints);
+                c.replica_name = Some(name.to_string());
+                c
+            })
+            .collect();
+        Self {
+            configs,
+            listeners,
+            ports,
+        }
+    }
+
+    /// Starts replica `i`.
+    async fn start(&mut self, i: usize) -> TestHub {
+        let config = self.configs[i].clone();
+        let listener = self.listeners[i].take().expect("started once");
         let hub = flotilla_hub::server::start(config.clone(), listener, None)
             .await
             .expect("replica starts");
         TestHub {
             hub: Some(hub),
             config,
-            port,
+            port: self.ports[i],
         }
-    };
-    let a = start(config("replica-a"), la, ports[0]).await;
-    let b = start(config("replica-b"), lb, ports[1]).await;
+    }
+}
+
+/// Two hub replicas on `etcd`, both started.
+async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
+    let mut r = Replicas::new(dir, etcd, &["replica-a", "replica-b"]).await;
+    let a = r.start(0).await;
+    let b = r.start(1).await;
     (a, b)
 }
 
@@ -373,4 +402,56 @@ async fn of_two_sessions_of_a_cluster_on_two_replicas_the_newer_wins() {
     })
     .await;
     assert!(b.running().sessions.get("split").is_some());
+}
+
+#[tokio::test]
+async fn a_rollback_made_on_one_replica_reaches_the_sessions_held_by_another() {
+    use flotilla_tests::web_app::{self, settings};
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (repo, c1) = web_app::repo(
+        dir.path(),
+        &web_app::canary_then_prod("regions", ""),
+        Some("1"),
+    );
+    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
+    let a = r.start(0).await;
+    add_fleet_source(&a, &repo.path).await;
+    // Replica b starts with the source stored: it renders the same commits.
+    let b = r.start(1).await;
+    let mut sims = Vec::new();
+    let mut agents = Vec::new();
+    for (name, ring) in [("canary-1", "canary"), ("prod-1", "prod")] {
+        let sim = sim_cluster(std::time::Duration::from_millis(50));
+        // Added on replica a, connected to replica b.
+        let b_addr = b.addr();
+        agents.push(
+            a.join_sim(dir.path(), name, &[("ring", ring)], &sim, |c| {
+                c.hub_override = vec![b_addr];
+            })
+            .await,
+        );
+        sims.push(sim);
+    }
+    assert!(b.running().sessions.get("canary-1").is_some());
+    for c in ["canary-1", "prod-1"] {
+        wait_runs(&b, c, "web", &c1).await;
+    }
+    repo.write("apps/web/config.yaml", &settings("2"));
+    let c2 = repo.commit("web 2");
+    cli_json(&b, &["source", "sync", "fleet"]).await;
+    for c in ["canary-1", "prod-1"] {
+        wait_runs(&b, c, "web", &c2).await;
+    }
+
+    // The rollback is written by replica a, which holds no session: replica b follows the
+    // record and sends both clusters their old revision.
+    let out = cli(&a, &["rollout", "rollback", "web", "--to", &c1[..10]])
+        .await
+        .unwrap();
+    assert_contains(&out, &format!("rolled back to {c1}"));
+    for c in ["canary-1", "prod-1"] {
+        wait_runs(&b, c, "web", &c1).await;
+    }
+    drop(agents);
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::revision::short;
 use flotilla_proto::v1;
+use futures::StreamExt;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
@@ -34,7 +35,7 @@ use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::sessions::{LiveById, Sessions};
 use crate::state::table::Table;
-use crate::store::{CasOp, SharedStore};
+use crate::store::{CasOp, SharedStore, WatchEvent};
 use crate::telemetry::metrics::Metrics;
 use plan::{AppRollout, ClusterView, Inputs, Render};
 use reports::Reports;
@@ -860,6 +861,128 @@ impl Rollouts {
             self.forget(&app).await?;
         }
         Ok(())
+    }
+
+    /// Follows what other hub replicas sharing the store write to `/rollouts/`, until
+    /// `shutdown`: a record written elsewhere replaces the one held here (never by an older
+    /// revision), the live sessions here whose desired state it changed are told, and the app
+    /// is looked at in the next pass. When the watch fails the records are read again and every
+    /// session here is told. Run only with a shared store (a single hub writes every record
+    /// itself).
+    pub async fn follow(self, mut shutdown: watch::Receiver<bool>) {
+        let store = self.inner.table.store().clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // The first load also indexes the stored statuses: let it happen as it always does,
+            // then read everything at one revision and follow from the next.
+            let listed = match self.ensure_loaded().await {
+                Ok(()) => store.list(ROLLOUTS).await,
+                Err(e) => Err(crate::store::StoreError::Backend {
+                    what: "loading the rollout records".into(),
+                    source: Box::new(e),
+                }),
+            };
+            let failure = match listed {
+                Err(e) => e.to_string(),
+                Ok((items, at)) => {
+                    self.replace_all(items);
+                    match store.watch(ROLLOUTS, at + 1).await {
+                        Err(e) => e.to_string(),
+                        Ok(mut events) => loop {
+                            tokio::select! {
+                                _ = shutdown.changed() => return,
+                                ev = events.next() => match ev {
+                                    Some(Ok(ev)) => {
+                                        self.followed(ev);
+                                        backoff = Duration::from_millis(100);
+                                    }
+                                    Some(Err(e)) => break e.to_string(),
+                                    None => break "the watch ended".to_string(),
+                                },
+                            }
+                        },
+                    }
+                }
+            };
+            tracing::warn!(error = %failure, "following other replicas' rollout records; reading them again");
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Holds `items` (a fresh list) as the records, and tells every live session here.
+    fn replace_all(&self, items: Vec<crate::store::KeyValue>) {
+        let mut map = Records::new();
+        for kv in &items {
+            match self.inner.table.decode(kv) {
+                Ok(v) => {
+                    map.insert(v.value.app.clone(), (Arc::new(v.value), v.revision));
+                }
+                Err(e) => tracing::error!(error = %e, "a rollout record does not decode; skipped"),
+            }
+        }
+        let had = self.records().replace(map).is_some();
+        if had {
+            self.inner.sessions.desired_changed_all();
+            self.kick();
+        }
+    }
+
+    /// One change another replica (or this one) made to a rollout record.
+    fn followed(&self, ev: WatchEvent) {
+        let (app, revision) = match &ev {
+            WatchEvent::Put(kv) => (kv.key[ROLLOUTS.len()..].to_string(), kv.mod_revision),
+            WatchEvent::Delete { key, mod_revision } => {
+                (key[ROLLOUTS.len()..].to_string(), *mod_revision)
+            }
+        };
+        // This replica's own writes are held already, at their revision: nothing to decode.
+        let before = {
+            let records = self.records();
+            let Some(m) = records.as_ref() else { return };
+            match m.get(&app) {
+                Some((_, held)) if *held >= revision => return,
+                other => other.map(|(r, _)| r.clone()),
+            }
+        };
+        let (after, touched) = match ev {
+            WatchEvent::Put(kv) => match self.inner.table.decode(&kv) {
+                Ok(v) => {
+                    let touched = v.value.changed_from(before.as_deref());
+                    (Some((Arc::new(v.value), v.revision)), touched)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, app, "a rollout record another replica wrote does not decode; keeping the last good one");
+                    return;
+                }
+            },
+            WatchEvent::Delete { .. } => {
+                let touched = before
+                    .as_ref()
+                    .map(|b| b.known_clusters())
+                    .unwrap_or_default();
+                (None, touched)
+            }
+        };
+        let shown = after.as_ref().map(|(r, _)| r.clone()).or(before);
+        {
+            let mut records = self.records();
+            let Some(m) = records.as_mut() else { return };
+            if m.get(&app).is_some_and(|(_, held)| *held >= revision) {
+                return;
+            }
+            match after {
+                Some(entry) => m.insert(app.clone(), entry),
+                None => m.remove(&app),
+            };
+        }
+        if let Some(rec) = shown {
+            self.wake(&rec, &touched);
+        }
+        self.mark(&app);
     }
 
     /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`], at most one

@@ -522,6 +522,18 @@ impl AppRollout {
             .collect()
     }
 
+    /// The clusters whose desired entry differs between `before` (`None`: no record) and this
+    /// record.
+    pub fn changed_from(&self, before: Option<&AppRollout>) -> ClusterSet {
+        let mut all = self.known_clusters();
+        if let Some(b) = before {
+            all.extend_set(&b.known_clusters());
+        }
+        all.iter()
+            .filter(|c| self.desired_for(*c) != before.and_then(|b| b.desired_for(*c)))
+            .collect()
+    }
+
     /// The clusters whose desired entry differs from `before`.
     fn changed_since(&self, before: &Snapshot) -> ClusterSet {
         let mut all: ClusterSet = before.keys().collect();
