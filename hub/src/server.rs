@@ -463,6 +463,8 @@ pub async fn start(
         // Rollout records other replicas write: their desired-state changes reach the
         // sessions held here.
         tasks.push(tokio::spawn(rollouts.clone().follow(shutdown_rx.clone())));
+        // Sources added or removed through other replicas are polled (or not) here too.
+        tasks.push(tokio::spawn(sources.clone().follow(shutdown_rx.clone())));
     }
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());

@@ -455,3 +455,51 @@ async fn a_rollback_made_on_one_replica_reaches_the_sessions_held_by_another() {
     }
     drop(agents);
 }
+
+#[tokio::test]
+async fn a_source_added_through_one_replica_is_rendered_by_the_other_until_removed() {
+    use flotilla_proto::v1::RemoveSourceRequest;
+    use flotilla_tests::web_app;
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (repo, _c1) = web_app::repo(
+        dir.path(),
+        &web_app::canary_then_prod("regions", ""),
+        Some("1"),
+    );
+    let (a, b) = replicas(dir.path(), &etcd).await;
+    a.add_cluster("canary-1", &[("ring", "canary")]).await;
+    add_fleet_source(&a, &repo.path).await;
+    // Replica b polls the source too, and renders the bundles its sessions would fetch.
+    eventually("replica b to poll the source added through a", || async {
+        b.running().sources.trigger("fleet").then_some(())
+    })
+    .await;
+    let digest = eventually("the app's bundle to be known", || async {
+        let app = cli(&a, &["app", "get", "web", "-o", "json"]).await.ok()?;
+        let app: serde_json::Value = serde_json::from_str(&app).ok()?;
+        app["clusters"][0]["bundle_digest"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+    })
+    .await;
+    eventually("replica b to hold the bundle", || async {
+        b.running().bundles.contains(&digest).then_some(())
+    })
+    .await;
+
+    a.admin()
+        .await
+        .remove_source(RemoveSourceRequest {
+            name: "fleet".into(),
+            keep_resources: true,
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    eventually("replica b to stop polling the removed source", || async {
+        (!b.running().sources.trigger("fleet")).then_some(())
+    })
+    .await;
+}

@@ -30,7 +30,7 @@ use crate::state::desired::AppEntry;
 use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::table::Table;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, WatchEvent};
 
 pub const SOURCES: &str = "/sources/";
 /// Default polling interval.
@@ -112,6 +112,8 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Per source: wakes its loop (webhook, `source sync`) and serialises its syncs.
     loops: Mutex<HashMap<String, Arc<LoopHandle>>>,
+    /// Sources this replica is removing: [`Sources::follow`] does not start them again.
+    removing: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +166,7 @@ impl Sources {
                 tracker,
                 shutdown,
                 loops: Mutex::new(HashMap::new()),
+                removing: Mutex::default(),
             }),
         }
     }
@@ -249,15 +252,30 @@ impl Sources {
         who: &str,
     ) -> Result<SourceRecord, HubError> {
         let rec = self.get(name).await?;
-        if let Some(h) = self
-            .inner
-            .loops
+        self.removing().insert(name.to_string());
+        self.stop(name);
+        let outcome = self.retire_all(name, &rec, keep_resources, who).await;
+        self.removing().remove(name);
+        outcome?;
+        let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
+        Ok(rec)
+    }
+
+    fn removing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .removing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
-        {
-            h.stop.notify_one();
-        }
+    }
+
+    /// Retires every app of source `name` and deletes its record.
+    async fn retire_all(
+        &self,
+        name: &str,
+        rec: &SourceRecord,
+        keep_resources: bool,
+        who: &str,
+    ) -> Result<(), HubError> {
         let clusters = self.cluster_infos().await?;
         let reason = format!("source {name} was removed");
         for app in rec.status.apps.keys() {
@@ -274,8 +292,7 @@ impl Sources {
             self.inner.rollouts.retire(app, why).await?;
         }
         self.inner.table.delete(name).await?;
-        let _ = std::fs::remove_dir_all(Mirror::dir_for(&self.inner.data_dir, name));
-        Ok(rec)
+        Ok(())
     }
 
     /// Every cluster that is not revoked, with its labels.
@@ -334,13 +351,17 @@ impl Sources {
             .cloned()
     }
 
+    /// Starts the loop of source `name`, unless it runs already.
     fn start(&self, name: &str) -> Arc<LoopHandle> {
-        let h = Arc::new(LoopHandle::default());
-        self.inner
-            .loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), h.clone());
+        let h = {
+            let mut loops = self.inner.loops.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(running) = loops.get(name) {
+                return running.clone();
+            }
+            let h = Arc::new(LoopHandle::default());
+            loops.insert(name.to_string(), h.clone());
+            h
+        };
         let this = self.clone();
         let name = name.to_string();
         let handle = h.clone();
@@ -366,6 +387,89 @@ impl Sources {
             }
         });
         h
+    }
+
+    /// Stops the loop of source `name`, if it runs; true if it did.
+    fn stop(&self, name: &str) -> bool {
+        let h = self
+            .inner
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        h.map(|h| h.stop.notify_one()).is_some()
+    }
+
+    /// Follows what other hub replicas sharing the store do to `/sources/`, until `shutdown`:
+    /// a source added through another replica gets its loop here too (so this replica renders
+    /// the bundles its sessions fetch), and one removed there stops here. A failed watch lists
+    /// the sources again. Run only with a shared store.
+    pub async fn follow(self, mut shutdown: watch::Receiver<bool>) {
+        use futures::StreamExt;
+        let store = self.inner.table.store().clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let failure = match store.list(SOURCES).await {
+                Err(e) => e.to_string(),
+                Ok((items, at)) => {
+                    let names: std::collections::HashSet<String> = items
+                        .iter()
+                        .map(|kv| kv.key[SOURCES.len()..].to_string())
+                        .collect();
+                    for name in &names {
+                        if !self.removing().contains(name) {
+                            self.start(name);
+                        }
+                    }
+                    let running: Vec<String> = self
+                        .inner
+                        .loops
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .keys()
+                        .cloned()
+                        .collect();
+                    for name in running.iter().filter(|n| !names.contains(*n)) {
+                        self.stop(name);
+                    }
+                    match store.watch(SOURCES, at + 1).await {
+                        Err(e) => e.to_string(),
+                        Ok(mut events) => loop {
+                            tokio::select! {
+                                _ = shutdown.changed() => return,
+                                ev = events.next() => match ev {
+                                    Some(Ok(WatchEvent::Put(kv))) => {
+                                        let name = &kv.key[SOURCES.len()..];
+                                        // Only a source's creation starts a loop: its status
+                                        // saves do not bring back one stopped here.
+                                        let created = kv.create_revision == kv.mod_revision;
+                                        if created && self.handle(name).is_none() && !self.removing().contains(name) {
+                                            tracing::info!(source = %name, "source added on another replica; polling it here too");
+                                            self.start(name);
+                                        }
+                                        backoff = Duration::from_millis(100);
+                                    }
+                                    Some(Ok(WatchEvent::Delete { key, .. })) => {
+                                        let name = &key[SOURCES.len()..];
+                                        if self.stop(name) {
+                                            tracing::info!(source = %name, "source removed on another replica; stopped polling it here");
+                                        }
+                                    }
+                                    Some(Err(e)) => break e.to_string(),
+                                    None => break "the watch ended".to_string(),
+                                },
+                            }
+                        },
+                    }
+                }
+            };
+            tracing::warn!(error = %failure, "following other replicas' sources; listing them again");
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// Saves the status of a source (compare-and-swap on the record).
