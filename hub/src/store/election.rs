@@ -124,6 +124,12 @@ async fn hold(
     {
         return Held::Lost(format!("registering: {e}"));
     }
+    if let Ok(all) = replicas(store).await
+        && all.len() > 1
+    {
+        let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+        tracing::warn!(replicas = ?names, "several hub replicas share this store; rollout passes are not yet led by one replica, so run one replica per store while the fleet promotes releases");
+    }
     let renew_every = lease_time / 3;
     // Without a renewal for this long, the lease may expire before we hear of it: step down.
     let trust_for = lease_time * 2 / 3;
