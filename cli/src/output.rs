@@ -34,6 +34,9 @@ pub struct ClusterOut {
     pub created: Option<String>,
     /// The agent's cluster backend while connected ("simulated" is not a real cluster).
     pub backend: Option<String>,
+    /// While connected, with several hub replicas: the replica holding its session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_replica: Option<String>,
     /// Per app, the agent's last report (only `cluster get` fills it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apps: Option<Vec<ClusterAppOut>>,
@@ -131,6 +134,7 @@ impl From<&Cluster> for ClusterOut {
             identity: c.identity.clone(),
             created: rfc3339_ms(c.created_unix_ms),
             backend: non_empty(&c.cluster_backend),
+            hub_replica: non_empty(&c.hub_replica),
             apps: None,
         }
     }

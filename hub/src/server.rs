@@ -265,8 +265,9 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| hub_address.clone());
     let mut registry = Registry::open(store.clone(), config.clock.clone()).await?;
+    let live_replicas = Arc::new(crate::store::election::LiveReplicas::default());
     if etcd.is_some() {
-        registry = registry.with_replica(&replica_name);
+        registry = registry.with_replica(&replica_name, live_replicas.clone());
     }
     let sessions = Arc::new(Sessions::default());
     let desired = DesiredStates::new(store.clone());
@@ -329,6 +330,12 @@ pub async fn start(
             bundle_rate: config.bundle_rate,
             desired_hold: config.desired_hold,
             status_ack_delay: config.status_ack_delay,
+            // Several replicas render each commit on their own syncs.
+            bundle_wait: if etcd.is_some() {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            },
         },
         shutdown: shutdown_rx.clone(),
         tracker: tracker.clone(),
@@ -434,7 +441,7 @@ pub async fn start(
     {
         // Clusters added, changed or removed by other replicas sharing the store; a removal
         // ends the cluster's live session here too.
-        let (registry, live) = (registry.clone(), sessions.clone());
+        let (registry, live, srcs) = (registry.clone(), sessions.clone(), sources.clone());
         let rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let on_followed = |ev: Followed<'_>| match ev {
@@ -443,6 +450,9 @@ pub async fn start(
                         tracing::info!(cluster.id = %cluster, "cluster removed on another replica; its session here is closed");
                     }
                 }
+                // As when an admin adds, labels or removes a cluster here: every source
+                // renders for the fleet as it now is.
+                Followed::FleetChanged { .. } => srcs.trigger_all(),
                 Followed::SessionElsewhere { cluster, replica, opened_ms } => {
                     // The newer session wins: one opened here after it stays.
                     if live.get(cluster).is_some_and(|s| s.opened_ms < opened_ms) {
@@ -465,6 +475,14 @@ pub async fn start(
         tasks.push(tokio::spawn(rollouts.clone().follow(shutdown_rx.clone())));
         // Sources added or removed through other replicas are polled (or not) here too.
         tasks.push(tokio::spawn(sources.clone().follow(shutdown_rx.clone())));
+    }
+    if let Some(etcd) = &etcd {
+        // Which replicas are registered: a session another one holds counts while it is.
+        tasks.push(tokio::spawn(crate::store::election::follow_replicas(
+            etcd.clone(),
+            live_replicas,
+            shutdown_rx.clone(),
+        )));
     }
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());

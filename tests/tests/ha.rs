@@ -446,9 +446,16 @@ async fn a_rollback_made_on_one_replica_reaches_the_sessions_held_by_another() {
 
     // The rollback is written by replica a, which holds no session: replica b follows the
     // record and sends both clusters their old revision.
-    let out = cli(&a, &["rollout", "rollback", "web", "--to", &c1[..10]])
-        .await
-        .unwrap();
+    // Both replicas' engines still make passes (not yet led by one), so the action may meet
+    // the other's write and be refused with "try again": as an operator would, try again.
+    let out = eventually("the rollback to be taken", || async {
+        match cli(&a, &["rollout", "rollback", "web", "--to", &c1[..10]]).await {
+            Ok(out) => Some(out),
+            Err(e) if e.contains("try again") => None,
+            Err(e) => panic!("rollback refused: {e}"),
+        }
+    })
+    .await;
     assert_contains(&out, &format!("rolled back to {c1}"));
     for c in ["canary-1", "prod-1"] {
         wait_runs(&b, c, "web", &c1).await;
@@ -475,17 +482,32 @@ async fn a_source_added_through_one_replica_is_rendered_by_the_other_until_remov
         b.running().sources.trigger("fleet").then_some(())
     })
     .await;
-    let digest = eventually("the app's bundle to be known", || async {
-        let app = cli(&a, &["app", "get", "web", "-o", "json"]).await.ok()?;
-        let app: serde_json::Value = serde_json::from_str(&app).ok()?;
-        app["clusters"][0]["bundle_digest"]
-            .as_str()
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
+    // The bundles replica a rendered (which of the two promoted the revision first does not
+    // matter: each renders every source itself).
+    let bundles_of = |hub: &TestHub| -> Vec<String> {
+        std::fs::read_dir(hub.running().bundles.dir().join("sha256"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".gz")
+                        .map(|h| format!("sha256:{h}"))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rendered = eventually("replica a to render the app", || async {
+        let b = bundles_of(&a);
+        (!b.is_empty()).then_some(b)
     })
     .await;
-    eventually("replica b to hold the bundle", || async {
-        b.running().bundles.contains(&digest).then_some(())
+    eventually("replica b to hold the same bundles", || async {
+        rendered
+            .iter()
+            .all(|d| b.running().bundles.contains(d))
+            .then_some(())
     })
     .await;
 
@@ -502,4 +524,56 @@ async fn a_source_added_through_one_replica_is_rendered_by_the_other_until_remov
         (!b.running().sources.trigger("fleet")).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_cluster_connected_to_one_replica_shows_connected_through_it_on_the_others() {
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
+    let a = r.start(0).await;
+    let mut b = r.start(1).await;
+    let (b_addr, state) = (b.addr(), dir.path().join("edge"));
+    let token = a.add_cluster("edge", &[]).await;
+    let mut cfg = flotilla_agent::AgentConfig::new(&state);
+    cfg.join_token = Some(token);
+    cfg.hub_override = vec![b_addr];
+    let mut agent = TestAgent::start_with(cfg);
+    agent.connected().await;
+    let on_a = eventually("replica a to show edge connected through b", || async {
+        let c = cli_json(&a, &["cluster", "get", "edge"]).await;
+        (c["state"] == "connected").then_some(c)
+    })
+    .await;
+    assert_eq!(on_a["hub_replica"], "replica-b");
+    let on_b = cli_json(&b, &["cluster", "get", "edge"]).await;
+    assert_eq!(on_b["hub_replica"], "replica-b");
+
+    // The session closes: disconnected everywhere.
+    agent.stop().await.unwrap();
+    eventually("replica a to show edge disconnected", || async {
+        let c = cli_json(&a, &["cluster", "get", "edge"]).await;
+        (c["state"] == "disconnected" && c.get("hub_replica").is_none()).then_some(())
+    })
+    .await;
+
+    // Connected again through b, then b stops: a session it held no longer counts.
+    let mut cfg = flotilla_agent::AgentConfig::new(&state);
+    cfg.hub_override = vec![b.addr()];
+    let mut agent = TestAgent::start_with(cfg);
+    agent.connected().await;
+    eventually("replica a to show edge connected again", || async {
+        (cli_json(&a, &["cluster", "get", "edge"]).await["state"] == "connected").then_some(())
+    })
+    .await;
+    b.stop().await;
+    eventually(
+        "replica a to show edge disconnected once b is gone",
+        || async {
+            (cli_json(&a, &["cluster", "get", "edge"]).await["state"] == "disconnected")
+                .then_some(())
+        },
+    )
+    .await;
+    drop(agent);
 }

@@ -73,7 +73,17 @@ impl AdminService {
 
     fn cluster_view(&self, rec: &ClusterRecord) -> Cluster {
         let live = self.sessions.get(&rec.name);
-        let state = rec.state(live.is_some());
+        // With several replicas: connected through another one, as its record says.
+        let elsewhere = match live {
+            Some(_) => None,
+            None => self.registry.connected_elsewhere(&rec.name),
+        };
+        let state = rec.state(live.is_some() || elsewhere.is_some());
+        let hub_replica = match (&live, elsewhere) {
+            (Some(_), _) if self.replicas.etcd.is_some() => self.replicas.me.name.clone(),
+            (_, Some(other)) => other,
+            _ => String::new(),
+        };
         let last_seen = live
             .as_ref()
             .map(|s| s.last_seen_ms())
@@ -98,6 +108,7 @@ impl AdminService {
                 .as_ref()
                 .map(|s| s.cluster_backend.clone())
                 .unwrap_or_default(),
+            hub_replica,
         }
     }
 

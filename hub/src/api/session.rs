@@ -54,6 +54,9 @@ pub struct SessionConfig {
     /// to become durable too, so that one `StatusAck` covers them all (zero: each durable
     /// report is acknowledged at once).
     pub status_ack_delay: Duration,
+    /// How long a desired bundle this hub has not rendered yet is waited for before the fetch
+    /// fails (several replicas: another one may have rendered it first; zero on a single hub).
+    pub bundle_wait: Duration,
 }
 
 /// What the `AgentSession` service works with.
@@ -110,11 +113,12 @@ impl Drop for SessionGuard {
         tracing::info!(cluster.id = %self.shared.cluster, session = self.shared.id, "session closed");
         let registry = svc.registry.clone();
         let cluster = self.shared.cluster.clone();
+        let opened_ms = self.shared.opened_ms;
         let rollouts = svc.rollouts.clone();
         // Tracked, so hub shutdown waits for it (and for the store to be released).
         if tokio::runtime::Handle::try_current().is_ok() {
             svc.tracker.spawn(async move {
-                if let Err(e) = registry.touch(&cluster, None).await {
+                if let Err(e) = registry.session_closed(&cluster, opened_ms).await {
                     tracing::debug!(cluster.id = %cluster, error = %e, "could not record last seen");
                 }
                 // Its grace period starts: rollouts it is part of look at it again.
@@ -279,7 +283,11 @@ impl AgentSession for SessionService {
             now_ms,
         );
         self.metrics.sessions_connected.inc();
-        if let Err(e) = self.registry.session_opened(&cluster, &version).await {
+        if let Err(e) = self
+            .registry
+            .session_opened(&cluster, &version, shared.opened_ms)
+            .await
+        {
             tracing::warn!(cluster.id = %cluster, error = %e, "could not record session start");
         }
         self.rollouts.kick();
@@ -697,6 +705,13 @@ impl SessionService {
         offset: u64,
         named: bool,
     ) -> Result<impl Stream<Item = Result<BundleChunk, Status>> + Send + 'static, Status> {
+        // With several hub replicas, one may be asked for a bundle another rendered first:
+        // it renders the same commit on its next sync; give it that long.
+        if !self.config.bundle_wait.is_zero() && !self.bundles.contains(&digest) {
+            self.bundles
+                .wait_for(&digest, self.config.bundle_wait)
+                .await;
+        }
         let bundle = self
             .bundles
             .compressed(&digest)

@@ -80,6 +80,8 @@ pub struct BundleCache {
     dir: PathBuf,
     max_bundle_bytes: u64,
     hot: Arc<Hot>,
+    /// Told of every bundle stored ([`BundleCache::wait_for`]).
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for BundleCache {
@@ -100,6 +102,7 @@ impl BundleCache {
             dir: dir.into(),
             max_bundle_bytes: Limits::default().max_bundle_bytes,
             hot: Arc::new(Hot::with_weighter(1024, HOT_CACHE_BYTES, ByLength)),
+            added: Arc::default(),
         };
         let objects = cache.dir.join("sha256");
         fs::create_dir_all(&objects).map_err(|source| CacheError::Io {
@@ -154,12 +157,31 @@ impl BundleCache {
         }
         tmp.as_file().sync_all().map_err(io_err)?;
         let file = tmp.persist(&path).map_err(|e| io_err(e.error))?;
+        self.added.notify_waiters();
         let compressed_size = file.metadata().map_err(io_err)?.len();
         Ok(BundleRef {
             digest,
             size: canonical.len() as u64,
             compressed_size,
         })
+    }
+
+    /// Waits until the cache holds `digest`, at most `within`; whether it does. For a bundle
+    /// this hub has not rendered yet while another hub replica has (it renders the same commit
+    /// when it next syncs).
+    pub async fn wait_for(&self, digest: &str, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if self.contains(digest) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return self.contains(digest);
+            }
+        }
     }
 
     /// Whether the cache holds `digest` (an invalid digest is never held).

@@ -67,12 +67,22 @@ fn is_zero(v: &u64) -> bool {
 pub enum Followed<'a> {
     /// The cluster's record turned revoked.
     Revoked { cluster: &'a str },
+    /// A cluster was added, its labels changed, or it was removed: what each source renders
+    /// for may have changed.
+    FleetChanged { cluster: &'a str },
     /// Another replica opened a session of the cluster at `opened_ms`.
     SessionElsewhere {
         cluster: &'a str,
         replica: &'a str,
         opened_ms: u64,
     },
+}
+
+/// A session's open or close (its open time), for [`Registry::seen`].
+#[derive(Debug, Clone, Copy)]
+enum Session {
+    Opened(u64),
+    Closed(u64),
 }
 
 /// A pending last-seen write: when, the agent version reported, and the session this replica
@@ -82,6 +92,29 @@ struct SeenWrite {
     at: u64,
     version: Option<String>,
     opened: Option<(String, u64)>,
+    /// The session this replica opened at that time closed: the record's session marker goes
+    /// if it is still that one.
+    closed: Option<(String, u64)>,
+}
+
+impl ClusterRecord {
+    /// Applies a session marker change: `opened` (replica, time) when newer than the one held,
+    /// `closed` (replica, time) when it is still the one held.
+    fn mark_session(&mut self, opened: Option<&(String, u64)>, closed: Option<&(String, u64)>) {
+        if let Some((replica, at)) = opened
+            && *at >= self.session_opened_ms
+        {
+            self.session_replica.clone_from(replica);
+            self.session_opened_ms = *at;
+        }
+        if let Some((replica, at)) = closed
+            && self.session_replica == *replica
+            && self.session_opened_ms == *at
+        {
+            self.session_replica.clear();
+            self.session_opened_ms = 0;
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +254,8 @@ pub struct Registry {
     loaded_at: Revision,
     /// This replica's name when several share the store ([`Registry::with_replica`]).
     replica: Option<Arc<str>>,
+    /// The replicas registered now (several sharing the store).
+    live_replicas: Option<Arc<crate::store::election::LiveReplicas>>,
 }
 
 /// Last-seen times and agent versions to be written, group-committed: every session open or
@@ -352,12 +387,7 @@ async fn write_seen_chunk(
             if let Some(version) = &w.version {
                 v.value.agent_version.clone_from(version);
             }
-            if let Some((replica, opened)) = &w.opened
-                && *opened >= v.value.session_opened_ms
-            {
-                v.value.session_replica.clone_from(replica);
-                v.value.session_opened_ms = *opened;
-            }
+            v.value.mark_session(w.opened.as_ref(), w.closed.as_ref());
             ops.push(CasOp::put(
                 table.key(name),
                 Some(v.revision),
@@ -437,6 +467,7 @@ impl Registry {
             assigning: Default::default(),
             loaded_at: revoked_at.min(clusters_at),
             replica: None,
+            live_replicas: None,
         };
         let mut records = items
             .iter()
@@ -457,9 +488,25 @@ impl Registry {
     /// The registry of replica `name` among several sharing the store: each session open is
     /// written with the replica's name, so that another replica holding an older session of
     /// the cluster closes it ([`Followed::SessionElsewhere`]).
-    pub fn with_replica(mut self, name: &str) -> Self {
+    pub fn with_replica(
+        mut self,
+        name: &str,
+        live: Arc<crate::store::election::LiveReplicas>,
+    ) -> Self {
         self.replica = Some(Arc::from(name));
+        self.live_replicas = Some(live);
         self
+    }
+
+    /// The replica (another one, still registered) that holds a session of `cluster`, as its
+    /// record says; `None` on a single hub.
+    pub fn connected_elsewhere(&self, cluster: &str) -> Option<String> {
+        let live = self.live_replicas.as_ref()?;
+        let rec = self.cluster_shared(cluster)?;
+        let elsewhere = !rec.session_replica.is_empty()
+            && self.replica.as_deref() != Some(rec.session_replica.as_str())
+            && live.contains(&rec.session_replica);
+        elsewhere.then(|| rec.session_replica.clone())
     }
 
     fn cached(&self) -> std::sync::RwLockWriteGuard<'_, ClusterCache> {
@@ -646,12 +693,20 @@ impl Registry {
                 && self.replica.as_deref() != Some(rec.session_replica.as_str()))
             .then(|| (rec.session_replica.clone(), rec.session_opened_ms));
             let turned = rec.revoked && !was;
+            let fleet_changed = before.is_none_or(|b| b.labels != rec.labels) || turned;
             let name = rec.name.clone();
             cache.put(rec, revision);
-            (turned.then(|| name.clone()), elsewhere.map(|e| (name, e)))
+            (
+                (turned, fleet_changed, name.clone()),
+                elsewhere.map(|e| (name, e)),
+            )
         };
-        if let Some(name) = turned_revoked {
+        let (turned, fleet_changed, name) = turned_revoked;
+        if turned {
             on_followed(Followed::Revoked { cluster: &name });
+        }
+        if fleet_changed {
+            on_followed(Followed::FleetChanged { cluster: &name });
         }
         if let Some((name, (replica, opened_ms))) = elsewhere {
             on_followed(Followed::SessionElsewhere {
@@ -729,9 +784,17 @@ impl Registry {
         unix_ms(self.clock.now())
     }
 
+    /// The cluster's record: from memory, else from the store (another replica may have added
+    /// it a moment ago, before this one followed the write).
     pub async fn get_cluster(&self, name: &str) -> Result<ClusterRecord, HubError> {
-        match self.cluster_shared(name) {
-            Some(rec) => Ok(rec.as_ref().clone()),
+        if let Some(rec) = self.cluster_shared(name) {
+            return Ok(rec.as_ref().clone());
+        }
+        match self.clusters.get(name).await? {
+            Some(v) => {
+                self.cached().put(v.value.clone(), v.revision);
+                Ok(v.value)
+            }
             None => Err(HubError::UnknownCluster(name.to_string())),
         }
     }
@@ -913,30 +976,52 @@ impl Registry {
     /// shared with every other open and close queued meanwhile (a reconnect storm is a few
     /// transactions, not one per session). Returns once written; an error is the batch's.
     pub async fn touch(&self, cluster: &str, agent_version: Option<&str>) -> Result<(), HubError> {
-        self.seen(cluster, agent_version, false).await
+        self.seen(cluster, agent_version, None).await
     }
 
-    /// Records that a session of `cluster` opened, reporting `agent_version`: like
-    /// [`Self::touch`], except that nothing is written when the stored record already has this
-    /// version and was seen less than [`SEEN_GRANULARITY_MS`] ago (the first session after a
-    /// join or a quick reconnect): the time is kept in memory, and the session's close writes it.
-    pub async fn session_opened(&self, cluster: &str, agent_version: &str) -> Result<(), HubError> {
-        self.seen(cluster, Some(agent_version), true).await
+    /// Records that a session of `cluster`, opened at `opened_ms`, reports `agent_version`:
+    /// like [`Self::touch`], except that nothing is written when the stored record already has
+    /// this version and was seen less than [`SEEN_GRANULARITY_MS`] ago (the first session after
+    /// a join or a quick reconnect): the time is kept in memory, and the session's close writes
+    /// it. With several replicas every open is written, naming this replica.
+    pub async fn session_opened(
+        &self,
+        cluster: &str,
+        agent_version: &str,
+        opened_ms: u64,
+    ) -> Result<(), HubError> {
+        self.seen(
+            cluster,
+            Some(agent_version),
+            Some(Session::Opened(opened_ms)),
+        )
+        .await
+    }
+
+    /// Records that the session of `cluster` opened at `opened_ms` closed (last seen; with
+    /// several replicas, the record no longer names this replica's session).
+    pub async fn session_closed(&self, cluster: &str, opened_ms: u64) -> Result<(), HubError> {
+        self.seen(cluster, None, Some(Session::Closed(opened_ms)))
+            .await
     }
 
     async fn seen(
         &self,
         cluster: &str,
         agent_version: Option<&str>,
-        opened: bool,
+        session: Option<Session>,
     ) -> Result<(), HubError> {
         let now = self.now_ms();
         let version = agent_version.filter(|v| !v.is_empty()).map(str::to_string);
         // With several replicas every open is written, naming this replica: the others close
-        // an older session of the cluster when they read it.
-        let session = opened
-            .then(|| self.replica.as_ref().map(|r| (r.to_string(), now)))
-            .flatten();
+        // an older session of the cluster when they read it; a close clears it again.
+        let marker = |at| self.replica.as_ref().map(|r| (r.to_string(), at));
+        let (opened, closed) = match session {
+            Some(Session::Opened(at)) => (marker(at), None),
+            Some(Session::Closed(at)) => (None, marker(at)),
+            None => (None, None),
+        };
+        let quick_reopen = matches!(session, Some(Session::Opened(_))) && opened.is_none();
         {
             let mut cache = self.cached();
             let Some(rec) = cache.by_name.get(cluster) else {
@@ -949,13 +1034,10 @@ impl Registry {
             if let Some(v) = &version {
                 rec.agent_version = v.clone();
             }
-            if let Some((replica, at)) = &session {
-                rec.session_replica.clone_from(replica);
-                rec.session_opened_ms = *at;
-            }
+            rec.mark_session(opened.as_ref(), closed.as_ref());
             let at = cache.revision(cluster);
             cache.put(rec, at);
-            if opened && fresh && session.is_none() {
+            if quick_reopen && fresh {
                 return Ok(());
             }
         }
@@ -967,8 +1049,12 @@ impl Registry {
             if version.is_some() {
                 slot.version = version;
             }
-            if session.is_some() {
-                slot.opened = session;
+            if opened.is_some() {
+                slot.opened = opened;
+                slot.closed = None;
+            }
+            if closed.is_some() {
+                slot.closed = closed;
             }
             seen.waiters.push(done);
             !std::mem::replace(&mut seen.writing, true)
@@ -1113,7 +1199,7 @@ mod tests {
         // The first session, seconds after the join, with the version the join recorded.
         clock.advance(Duration::from_secs(5));
         let writes = store.writes().len();
-        registry.session_opened("eu", "v1").await.unwrap();
+        registry.session_opened("eu", "v1", 1).await.unwrap();
         assert_eq!(store.writes().len(), writes, "nothing new to write");
         assert_eq!(
             registry.cluster_shared("eu").unwrap().last_seen_ms,
@@ -1127,10 +1213,10 @@ mod tests {
         assert_eq!(stored().await.last_seen_ms, 1_000_010_000);
 
         // A new agent version is written at once; so is an open a while after the last one.
-        registry.session_opened("eu", "v2").await.unwrap();
+        registry.session_opened("eu", "v2", 2).await.unwrap();
         assert_eq!(stored().await.agent_version, "v2");
         clock.advance(Duration::from_millis(SEEN_GRANULARITY_MS));
-        registry.session_opened("eu", "v2").await.unwrap();
+        registry.session_opened("eu", "v2", 2).await.unwrap();
         assert_eq!(stored().await.last_seen_ms, 1_000_070_000);
         assert_eq!(*registry.cluster_shared("eu").unwrap(), stored().await);
     }

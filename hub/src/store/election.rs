@@ -235,3 +235,77 @@ pub async fn leader(store: &EtcdStore) -> Result<Option<ReplicaInfo>, StoreError
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
+
+/// The names of the replicas registered now, kept current by [`follow_replicas`].
+#[derive(Debug, Default)]
+pub struct LiveReplicas(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl LiveReplicas {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    fn set(&self, names: std::collections::HashSet<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    fn update(&self, name: &str, live: bool) {
+        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if live {
+            set.insert(name.to_string());
+        } else {
+            set.remove(name);
+        }
+    }
+}
+
+/// Keeps `live` to the replicas registered under [`REPLICAS`] (a watch; listed again when it
+/// fails) until `shutdown`.
+pub async fn follow_replicas(
+    store: EtcdStore,
+    live: std::sync::Arc<LiveReplicas>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let failure = match store.list(REPLICAS).await {
+            Err(e) => e.to_string(),
+            Ok((items, at)) => {
+                live.set(
+                    items
+                        .iter()
+                        .map(|kv| kv.key[REPLICAS.len()..].to_string())
+                        .collect(),
+                );
+                match store.watch(REPLICAS, at + 1).await {
+                    Err(e) => e.to_string(),
+                    Ok(mut events) => loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            ev = events.next() => match ev {
+                                Some(Ok(WatchEvent::Put(kv))) => {
+                                    live.update(&kv.key[REPLICAS.len()..], true);
+                                    backoff = Duration::from_millis(100);
+                                }
+                                Some(Ok(WatchEvent::Delete { key, .. })) => {
+                                    live.update(&key[REPLICAS.len()..], false);
+                                }
+                                Some(Err(e)) => break e.to_string(),
+                                None => break "the watch ended".to_string(),
+                            },
+                        }
+                    },
+                }
+            }
+        };
+        tracing::warn!(error = %failure, "following the hub replicas' registrations; listing them again");
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

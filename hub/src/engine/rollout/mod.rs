@@ -48,8 +48,11 @@ const TICK: Duration = Duration::from_millis(500);
 /// meanwhile are looked at together, so that a fleet reporting at once does not have every
 /// in-flight app's batch walked once per report.
 const PASS_SPACING: Duration = Duration::from_millis(25);
+/// How often an offer is tried again when the record changed under it (another replica).
+const OFFER_ATTEMPTS: usize = 3;
 
 /// A new rendering of one app, as a source sync produced it.
+#[derive(Clone)]
 pub struct AppOffer {
     pub app: String,
     pub render: Render,
@@ -103,6 +106,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// When this engine started (unix ms), for the in-memory rollout metrics.
     started_ms: u64,
+    /// How often the records were read from the store (more than once: after a conflict).
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
@@ -159,6 +164,7 @@ impl Rollouts {
                 traces: trace::Traces::default(),
                 metrics,
                 started_ms,
+                reloads: Default::default(),
             }),
         };
         // Told of every status report once it is durable, in the order they were recorded,
@@ -246,6 +252,19 @@ impl Rollouts {
             }
             first
         };
+        if first
+            && self
+                .inner
+                .reloads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                > 0
+        {
+            // Read again after a conflict (another replica wrote): any record may have moved,
+            // and the change events of what was just read are skipped as already held — every
+            // session here looks at its desired state again.
+            self.inner.sessions.desired_changed_all();
+            return Ok(());
+        }
         if first {
             for (cluster, status) in self.inner.desired.all_statuses().await? {
                 if let Some(id) = self.inner.registry.id_of(&cluster) {
@@ -530,8 +549,14 @@ impl Rollouts {
             let app = o.app.clone();
             let revision = o.render.revision.clone();
             let span = tracing::info_span!("flotilla.offer", app = %app, revision = %revision);
-            let mut started = false;
-            let result = self
+            let mut started;
+            // Another hub replica sharing the store may have written the record meanwhile (it
+            // renders the same commit): read it again and offer again, a few times.
+            let mut attempts = 0;
+            let result = loop {
+                let o = o.clone();
+                started = false;
+                let attempt = self
                 .update_locked(&app, Some(source), |rec| {
                     match other_owner(rec, source) {
                         // An app its source gave up (removal under way) is taken over.
@@ -560,8 +585,12 @@ impl Rollouts {
                     }
                 })
                 .instrument(span.clone())
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .await;
+                match attempt {
+                    Err(HubError::Contention(_)) if attempts < OFFER_ATTEMPTS => attempts += 1,
+                    other => break other.unwrap_or_else(|e| Err(e.to_string())),
+                }
+            };
             if started {
                 self.inner.traces.offered(&app, &revision, &span);
             }
@@ -942,7 +971,14 @@ impl Rollouts {
         // This replica's own writes are held already, at their revision: nothing to decode.
         let before = {
             let records = self.records();
-            let Some(m) = records.as_ref() else { return };
+            let Some(m) = records.as_ref() else {
+                // Dropped after a conflict, read again on next use: what changed is not known
+                // here, so every session here looks at its desired state again.
+                drop(records);
+                self.inner.sessions.desired_changed_all();
+                self.kick();
+                return;
+            };
             match m.get(&app) {
                 Some((_, held)) if *held >= revision => return,
                 other => other.map(|(r, _)| r.clone()),
