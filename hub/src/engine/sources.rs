@@ -404,72 +404,50 @@ impl Sources {
     /// a source added through another replica gets its loop here too (so this replica renders
     /// the bundles its sessions fetch), and one removed there stops here. A failed watch lists
     /// the sources again. Run only with a shared store.
-    pub async fn follow(self, mut shutdown: watch::Receiver<bool>) {
-        use futures::StreamExt;
+    pub async fn follow(self, shutdown: watch::Receiver<bool>) {
         let store = self.inner.table.store().clone();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let failure = match store.list(SOURCES).await {
-                Err(e) => e.to_string(),
-                Ok((items, at)) => {
-                    let names: std::collections::HashSet<String> = items
-                        .iter()
-                        .map(|kv| kv.key[SOURCES.len()..].to_string())
-                        .collect();
-                    for name in &names {
-                        if !self.removing().contains(name) {
-                            self.start(name);
-                        }
-                    }
-                    let running: Vec<String> = self
-                        .inner
-                        .loops
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .keys()
-                        .cloned()
-                        .collect();
-                    for name in running.iter().filter(|n| !names.contains(*n)) {
-                        self.stop(name);
-                    }
-                    match store.watch(SOURCES, at + 1).await {
-                        Err(e) => e.to_string(),
-                        Ok(mut events) => loop {
-                            tokio::select! {
-                                _ = shutdown.changed() => return,
-                                ev = events.next() => match ev {
-                                    Some(Ok(WatchEvent::Put(kv))) => {
-                                        let name = &kv.key[SOURCES.len()..];
-                                        // Only a source's creation starts a loop: its status
-                                        // saves do not bring back one stopped here.
-                                        let created = kv.create_revision == kv.mod_revision;
-                                        if created && self.handle(name).is_none() && !self.removing().contains(name) {
-                                            tracing::info!(source = %name, "source added on another replica; polling it here too");
-                                            self.start(name);
-                                        }
-                                        backoff = Duration::from_millis(100);
-                                    }
-                                    Some(Ok(WatchEvent::Delete { key, .. })) => {
-                                        let name = &key[SOURCES.len()..];
-                                        if self.stop(name) {
-                                            tracing::info!(source = %name, "source removed on another replica; stopped polling it here");
-                                        }
-                                    }
-                                    Some(Err(e)) => break e.to_string(),
-                                    None => break "the watch ended".to_string(),
-                                },
-                            }
-                        },
-                    }
+        let on_list = |items: Vec<crate::store::KeyValue>| {
+            let names: std::collections::HashSet<String> = items
+                .iter()
+                .map(|kv| kv.key[SOURCES.len()..].to_string())
+                .collect();
+            for name in &names {
+                if !self.removing().contains(name) {
+                    self.start(name);
                 }
-            };
-            tracing::warn!(error = %failure, "following other replicas' sources; listing them again");
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+            let running: Vec<String> = self
+                .inner
+                .loops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            for name in running.iter().filter(|n| !names.contains(*n)) {
+                self.stop(name);
+            }
+        };
+        let on_event = |ev: WatchEvent| match ev {
+            WatchEvent::Put(kv) => {
+                let name = &kv.key[SOURCES.len()..];
+                // Only a source's creation starts a loop: its status saves do not bring back
+                // one stopped here.
+                let created = kv.create_revision == kv.mod_revision;
+                if created && self.handle(name).is_none() && !self.removing().contains(name) {
+                    tracing::info!(source = %name, "source added on another replica; polling it here too");
+                    self.start(name);
+                }
+            }
+            WatchEvent::Delete { key, .. } => {
+                let name = &key[SOURCES.len()..];
+                if self.stop(name) {
+                    tracing::info!(source = %name, "source removed on another replica; stopped polling it here");
+                }
+            }
+        };
+        crate::store::follow::follow(&*store, SOURCES, "the sources", shutdown, on_list, on_event)
+            .await;
     }
 
     /// Saves the status of a source (compare-and-swap on the record).

@@ -141,28 +141,24 @@ impl Sessions {
     /// Tells every live session that its desired state may have changed (each re-reads it and
     /// sends it only if it did).
     pub fn desired_changed_all(&self) {
-        let all: Vec<_> = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for s in all {
+        for s in self.all() {
             s.mark_desired();
         }
     }
 
-    /// Asks every live session to disconnect (hub shutdown).
-    pub fn disconnect_all(&self, reason: &str, message: &str) {
-        let all: Vec<_> = self
-            .live
+    /// Every live session now.
+    fn all(&self) -> Vec<Arc<SessionShared>> {
+        self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        for s in all {
+            .collect()
+    }
+
+    /// Asks every live session to disconnect (hub shutdown).
+    pub fn disconnect_all(&self, reason: &str, message: &str) {
+        for s in self.all() {
             s.send(Control::Disconnect {
                 reason: reason.into(),
                 message: message.into(),

@@ -267,45 +267,27 @@ impl LiveReplicas {
 pub async fn follow_replicas(
     store: EtcdStore,
     live: std::sync::Arc<LiveReplicas>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let failure = match store.list(REPLICAS).await {
-            Err(e) => e.to_string(),
-            Ok((items, at)) => {
-                live.set(
-                    items
-                        .iter()
-                        .map(|kv| kv.key[REPLICAS.len()..].to_string())
-                        .collect(),
-                );
-                match store.watch(REPLICAS, at + 1).await {
-                    Err(e) => e.to_string(),
-                    Ok(mut events) => loop {
-                        tokio::select! {
-                            _ = shutdown.changed() => return,
-                            ev = events.next() => match ev {
-                                Some(Ok(WatchEvent::Put(kv))) => {
-                                    live.update(&kv.key[REPLICAS.len()..], true);
-                                    backoff = Duration::from_millis(100);
-                                }
-                                Some(Ok(WatchEvent::Delete { key, .. })) => {
-                                    live.update(&key[REPLICAS.len()..], false);
-                                }
-                                Some(Err(e)) => break e.to_string(),
-                                None => break "the watch ended".to_string(),
-                            },
-                        }
-                    },
-                }
-            }
-        };
-        tracing::warn!(error = %failure, "following the hub replicas' registrations; listing them again");
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    let on_list = |items: Vec<super::KeyValue>| {
+        live.set(
+            items
+                .iter()
+                .map(|kv| kv.key[REPLICAS.len()..].to_string())
+                .collect(),
+        );
+    };
+    let on_event = |ev: WatchEvent| match ev {
+        WatchEvent::Put(kv) => live.update(&kv.key[REPLICAS.len()..], true),
+        WatchEvent::Delete { key, .. } => live.update(&key[REPLICAS.len()..], false),
+    };
+    super::follow::follow(
+        &store,
+        REPLICAS,
+        "the replicas' registrations",
+        shutdown,
+        on_list,
+        on_event,
+    )
+    .await;
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub mod conformance;
 pub mod election;
 pub mod etcd;
+pub mod follow;
 pub mod redb;
 #[cfg(test)]
 pub mod testing;

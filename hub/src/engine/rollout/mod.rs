@@ -24,7 +24,6 @@ use std::time::Duration;
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::revision::short;
 use flotilla_proto::v1;
-use futures::StreamExt;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
@@ -899,47 +898,26 @@ impl Rollouts {
     /// session here is told. Run only with a shared store (a single hub writes every record
     /// itself).
     pub async fn follow(self, mut shutdown: watch::Receiver<bool>) {
-        let store = self.inner.table.store().clone();
+        // The first load also indexes the stored statuses: let it happen as it always does.
         let mut backoff = Duration::from_millis(100);
-        loop {
-            // The first load also indexes the stored statuses: let it happen as it always does,
-            // then read everything at one revision and follow from the next.
-            let listed = match self.ensure_loaded().await {
-                Ok(()) => store.list(ROLLOUTS).await,
-                Err(e) => Err(crate::store::StoreError::Backend {
-                    what: "loading the rollout records".into(),
-                    source: Box::new(e),
-                }),
-            };
-            let failure = match listed {
-                Err(e) => e.to_string(),
-                Ok((items, at)) => {
-                    self.replace_all(items);
-                    match store.watch(ROLLOUTS, at + 1).await {
-                        Err(e) => e.to_string(),
-                        Ok(mut events) => loop {
-                            tokio::select! {
-                                _ = shutdown.changed() => return,
-                                ev = events.next() => match ev {
-                                    Some(Ok(ev)) => {
-                                        self.followed(ev);
-                                        backoff = Duration::from_millis(100);
-                                    }
-                                    Some(Err(e)) => break e.to_string(),
-                                    None => break "the watch ended".to_string(),
-                                },
-                            }
-                        },
-                    }
-                }
-            };
-            tracing::warn!(error = %failure, "following other replicas' rollout records; reading them again");
+        while let Err(e) = self.ensure_loaded().await {
+            tracing::warn!(error = %e, "loading the rollout records failed; retrying");
             tokio::select! {
                 _ = shutdown.changed() => return,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        let store = self.inner.table.store().clone();
+        crate::store::follow::follow(
+            &*store,
+            ROLLOUTS,
+            "the rollout records",
+            shutdown,
+            |items| self.replace_all(items),
+            |ev| self.followed(ev),
+        )
+        .await;
     }
 
     /// Holds `items` (a fresh list) as the records, and tells every live session here.
@@ -953,11 +931,10 @@ impl Rollouts {
                 Err(e) => tracing::error!(error = %e, "a rollout record does not decode; skipped"),
             }
         }
-        let had = self.records().replace(map).is_some();
-        if had {
-            self.inner.sessions.desired_changed_all();
-            self.kick();
-        }
+        *self.records() = Some(map);
+        // Anything may have changed since the records were read last.
+        self.inner.sessions.desired_changed_all();
+        self.kick();
     }
 
     /// One change another replica (or this one) made to a rollout record.
