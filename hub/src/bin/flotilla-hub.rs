@@ -195,9 +195,8 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
         }
     }
     for e in &a.endpoints {
-        let ok = e.rsplit_once(':').is_some_and(|(h, p)| {
-            !h.is_empty() && !h.contains(['/', ' ', '@']) && p.parse::<u16>().is_ok_and(|p| p > 0)
-        });
+        let ok = flotilla_proto::tls::split_host_port(e)
+            .is_ok_and(|(h, p)| p > 0 && !h.contains(['/', ' ', '@']));
         if !ok {
             return Err(format!("--endpoint {e:?} is not HOST:PORT"));
         }

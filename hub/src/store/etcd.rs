@@ -94,10 +94,7 @@ impl EtcdConfig {
             ));
         }
         for e in &endpoints {
-            let port_ok = e
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-            if !port_ok {
+            if flotilla_proto::tls::split_host_port(e).is_err() {
                 return Err(format!("{url:?}: endpoint {e:?} is not HOST:PORT"));
             }
         }
@@ -322,62 +319,90 @@ impl EtcdStore {
         .map(drop)
     }
 
-    /// Writes `key` with `lease` (it goes when the lease does); unconditional, not fenced.
+    /// Writes `key` with `lease` (it goes when the lease does); unconditional.
     pub async fn put_leased(
         &self,
         key: &str,
         value: Vec<u8>,
         lease: i64,
     ) -> Result<Revision, StoreError> {
-        validate_key(key)?;
-        let full = self.full(key);
-        let resp = self
-            .kv_call(
-                || format!("put {key} with lease {lease:x}"),
-                |mut kv| {
-                    let (k, v) = (full.clone(), value.clone());
-                    async move {
-                        kv.put(k, v, Some(PutOptions::new().with_lease(lease)))
-                            .await
-                    }
-                },
-            )
-            .await?;
-        header_revision(resp.header(), || format!("put {key}"))
+        self.put_with(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
     }
 
     /// Creates `key` with `lease` unless it exists: `Ok(Ok(revision))` when created,
-    /// `Ok(Err(current))` with whoever holds it. Not fenced.
+    /// `Ok(Err(current))` with whoever holds it.
     pub async fn create_leased(
         &self,
         key: &str,
         value: Vec<u8>,
         lease: i64,
     ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
+        self.swap_with(key, None, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+    }
+
+    /// [`Store::put`], with etcd's put options (a lease).
+    async fn put_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> Result<Revision, StoreError> {
         validate_key(key)?;
-        let full = self.full(key);
-        let txn = Txn::new()
-            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                full.clone(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(full, None)]);
+        let then = vec![TxnOp::put(self.full(key), value, options)];
         let resp = self
-            .kv_call(
-                || format!("create {key} with lease {lease:x}"),
-                txn_call(&txn),
+            .txn(|| format!("put {key}"), vec![], then, vec![])
+            .await?
+            .map_err(|_| StoreError::Inconsistent(format!("etcd put {key}: refused")))?;
+        header_revision(resp.header(), || format!("put {key}"))
+    }
+
+    /// [`Store::compare_and_swap`], with etcd's put options (a lease).
+    async fn swap_with(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
+        validate_key(key)?;
+        let outcome = self
+            .txn(
+                || format!("compare-and-swap {key}"),
+                vec![self.condition(key, expected)],
+                vec![TxnOp::put(self.full(key), value, options)],
+                vec![TxnOp::get(self.full(key), None)],
             )
             .await?;
-        if resp.succeeded() {
-            return header_revision(resp.header(), || format!("create {key}")).map(Ok);
+        match outcome {
+            Ok(resp) => {
+                header_revision(resp.header(), || format!("compare-and-swap {key}")).map(Ok)
+            }
+            Err(reads) => Ok(Err(self.read_back(reads.into_iter().next())?)),
         }
-        let current = match resp.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(mut g)) => g.take_kvs().into_iter().next(),
-            _ => None,
-        };
-        Ok(Err(current.map(|kv| self.key_value(kv)).transpose()?))
+    }
+
+    /// The key a transaction's failure branch read (`None`: absent).
+    fn read_back(&self, read: Option<TxnOpResponse>) -> Result<Option<KeyValue>, StoreError> {
+        match read {
+            Some(TxnOpResponse::Get(mut g)) => g
+                .take_kvs()
+                .into_iter()
+                .next()
+                .map(|kv| self.key_value(kv))
+                .transpose(),
+            _ => Ok(None),
+        }
+    }
+
+    /// The key range of `prefix` as etcd takes it: its first key (`\0`, the first key there
+    /// is, for all keys: etcd takes no empty key) and the end of the range.
+    fn range(&self, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+        let start = self.full(prefix);
+        let end = prefix_end(&start);
+        let start = if start.is_empty() { vec![0] } else { start };
+        (start, end)
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -522,26 +547,7 @@ impl Store for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        validate_key(key)?;
-        if self.guard.is_some() {
-            let then = vec![TxnOp::put(self.full(key), value, None)];
-            let resp = self
-                .txn(|| format!("put {key}"), vec![], then, vec![])
-                .await?
-                .map_err(|_| StoreError::Inconsistent(format!("etcd put {key}: refused")))?;
-            return header_revision(resp.header(), || format!("put {key}"));
-        }
-        let full = self.full(key);
-        let resp = self
-            .kv_call(
-                || format!("put {key}"),
-                |mut kv| {
-                    let (k, v) = (full.clone(), value.clone());
-                    async move { kv.put(k, v, None).await }
-                },
-            )
-            .await?;
-        header_revision(resp.header(), || format!("put {key}"))
+        self.put_with(key, value, None).await
     }
 
     async fn compare_and_swap(
@@ -550,54 +556,18 @@ impl Store for EtcdStore {
         expected: Option<Revision>,
         value: Vec<u8>,
     ) -> Result<Result<Revision, Option<KeyValue>>, StoreError> {
-        validate_key(key)?;
-        let outcome = self
-            .txn(
-                || format!("compare-and-swap {key}"),
-                vec![self.condition(key, expected)],
-                vec![TxnOp::put(self.full(key), value, None)],
-                vec![TxnOp::get(self.full(key), None)],
-            )
-            .await?;
-        let reads = match outcome {
-            Ok(resp) => {
-                return header_revision(resp.header(), || format!("compare-and-swap {key}"))
-                    .map(Ok);
-            }
-            Err(reads) => reads,
-        };
-        let current = match reads.into_iter().next() {
-            Some(TxnOpResponse::Get(mut g)) => g.take_kvs().into_iter().next(),
-            _ => None,
-        };
-        Ok(Err(current.map(|kv| self.key_value(kv)).transpose()?))
+        self.swap_with(key, expected, value, None).await
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         validate_key(key)?;
-        if self.guard.is_some() {
-            let then = vec![TxnOp::delete(self.full(key), None::<DeleteOptions>)];
-            let resp = self
-                .txn(|| format!("delete {key}"), vec![], then, vec![])
-                .await?
-                .map_err(|_| StoreError::Inconsistent(format!("etcd delete {key}: refused")))?;
-            let deleted = matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0);
-            if !deleted {
-                return Ok(None);
-            }
-            return header_revision(resp.header(), || format!("delete {key}")).map(Some);
-        }
-        let full = self.full(key);
+        let then = vec![TxnOp::delete(self.full(key), None::<DeleteOptions>)];
         let resp = self
-            .kv_call(
-                || format!("delete {key}"),
-                |mut kv| {
-                    let k = full.clone();
-                    async move { kv.delete(k, None).await }
-                },
-            )
-            .await?;
-        if resp.deleted() == 0 {
+            .txn(|| format!("delete {key}"), vec![], then, vec![])
+            .await?
+            .map_err(|_| StoreError::Inconsistent(format!("etcd delete {key}: refused")))?;
+        let deleted = matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0);
+        if !deleted {
             return Ok(None);
         }
         header_revision(resp.header(), || format!("delete {key}")).map(Some)
@@ -617,12 +587,8 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let start = self.full(prefix);
-        let end = prefix_end(&start);
-        // etcd takes no empty key; `\0` is the first key there is.
-        let start = if start.is_empty() { vec![0] } else { start };
+        let (mut from, end) = self.range(prefix);
         let mut out = Vec::new();
-        let mut from = start;
         let mut at: Option<i64> = None;
         loop {
             let mut opts = GetOptions::new()
@@ -692,7 +658,6 @@ impl Store for EtcdStore {
         let watch = Watch {
             store: self.clone(),
             prefix: prefix.to_owned(),
-            requested: from,
             next: start,
             tx,
         };
@@ -768,12 +733,7 @@ impl Store for EtcdStore {
         };
         // Read back in the same transaction: the first op whose condition does not hold.
         for (op, read) in ops.iter().zip(reads) {
-            let current = match read {
-                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            }
-            .map(|kv| self.key_value(kv))
-            .transpose()?;
+            let current = self.read_back(Some(read))?;
             if !holds(op.expected, current.as_ref()) {
                 return Ok(Err(op.key.clone()));
             }
@@ -817,9 +777,7 @@ fn header_revision(
 struct Watch {
     store: EtcdStore,
     prefix: String,
-    /// What the caller asked for (for the compacted error).
-    requested: Revision,
-    /// The next revision to deliver.
+    /// The next revision to deliver (at first, the one the caller asked for).
     next: Revision,
     tx: mpsc::Sender<Result<WatchEvent, StoreError>>,
 }
@@ -830,9 +788,7 @@ type EtcdWatch = etcd_client::WatchStream;
 impl Watch {
     /// Opens etcd's watch from `self.next`.
     async fn open(&self) -> Result<EtcdWatch, StoreError> {
-        let key = self.store.full(&self.prefix);
-        let end = prefix_end(&key);
-        let key = if key.is_empty() { vec![0] } else { key };
+        let (key, end) = self.store.range(&self.prefix);
         let opts = WatchOptions::new()
             .with_range(end)
             .with_start_revision(to_etcd(self.next));
@@ -854,7 +810,7 @@ impl Watch {
             })?;
         if first.compact_revision() > 0 {
             return Err(StoreError::Compacted {
-                requested: self.requested.max(self.next),
+                requested: self.next,
                 oldest: from_etcd(first.compact_revision()),
             });
         }
