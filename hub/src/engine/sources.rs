@@ -406,7 +406,7 @@ impl Sources {
     /// the sources again. Run only with a shared store.
     pub async fn follow(self, shutdown: watch::Receiver<bool>) {
         let store = self.inner.table.store().clone();
-        let on_list = |items: Vec<crate::store::KeyValue>| {
+        let on_list = |items: Vec<crate::store::KeyValue>, _| {
             let names: std::collections::HashSet<String> = items
                 .iter()
                 .map(|kv| kv.key[SOURCES.len()..].to_string())
@@ -446,8 +446,16 @@ impl Sources {
                 }
             }
         };
-        crate::store::follow::follow(&*store, SOURCES, "the sources", shutdown, on_list, on_event)
-            .await;
+        crate::store::follow::follow(
+            &*store,
+            SOURCES,
+            "the sources",
+            None,
+            shutdown,
+            on_list,
+            on_event,
+        )
+        .await;
     }
 
     /// Saves the status of a source (compare-and-swap on the record).

@@ -10,14 +10,13 @@ use std::time::{Duration, SystemTime};
 use flotilla_proto::clock::{SharedClock, rfc3339, unix_ms};
 use flotilla_proto::identity::{Identity, validate_name};
 use flotilla_proto::token::{hash_secret, split_secret};
-use futures::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::render::{ClusterId, ClusterInfo};
 use crate::state::error::{HubError, SharedError};
 use crate::state::table::{CAS_RETRIES, Table, Versioned};
-use crate::store::{CasOp, Revision, SharedStore, StoreError, WatchEvent};
+use crate::store::{CasOp, KeyValue, Revision, SharedStore, WatchEvent};
 
 const CLUSTERS: &str = "/clusters/";
 /// The last cluster id assigned (ids are never reused, so a name added again is a new cluster
@@ -199,10 +198,6 @@ struct RevokedRecord {
     cluster: String,
     not_after_ms: u64,
 }
-
-/// First and longest wait before [`Registry::follow`] lists again after a failed watch.
-const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(100);
-const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Serials of revoked certificates, readable synchronously from the TLS verifier.
 #[derive(Debug, Default)]
@@ -598,58 +593,39 @@ impl Registry {
     /// Follows what other hub replicas sharing the store write to `/clusters/` and
     /// `/revoked/`, from the revision [`Registry::open`] read them at, until `shutdown` fires:
     /// cluster records go into the cache (never behind a revision already cached), revoked
-    /// serials into the set the TLS verifier reads, and `on_followed` is called with the name of
-    /// each cluster whose record turns revoked, to end its live session on this replica. When a
-    /// watch fails (its start compacted away, the store unreachable) both prefixes are listed
-    /// again and followed from there.
+    /// serials into the set the TLS verifier reads, and `on_followed` tells of what the server
+    /// acts on ([`Followed`]). When a watch fails (its start compacted away, the store
+    /// unreachable) its prefix is listed again and followed from there ([`crate::store::follow`]).
     pub async fn follow(
         &self,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
         on_followed: impl Fn(Followed<'_>) + Send + Sync,
     ) {
         let store = self.clusters.store().clone();
-        let mut from = self.loaded_at + 1;
-        let mut backoff = FOLLOW_RETRY_MIN;
-        loop {
-            let watched = async {
-                let clusters = store.watch(CLUSTERS, from).await?;
-                let revoked = store.watch(REVOKED, from).await?;
-                Ok::<_, StoreError>(futures::stream::select(clusters, revoked))
-            };
-            let failure = match watched.await {
-                Ok(mut events) => loop {
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        ev = events.next() => match ev {
-                            Some(Ok(ev)) => {
-                                self.apply(ev, &on_followed);
-                                backoff = FOLLOW_RETRY_MIN;
-                            }
-                            Some(Err(e)) => break e.to_string(),
-                            None => break "the watch ended".to_string(),
-                        }
-                    }
-                },
-                Err(e) => e.to_string(),
-            };
-            tracing::warn!(error = %failure, "following other replicas' cluster records and revocations; listing them again");
-            loop {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    () = tokio::time::sleep(backoff) => {}
+        let on_event = |ev| self.apply(ev, &on_followed);
+        let clusters = crate::store::follow::follow(
+            &*store,
+            CLUSTERS,
+            "the cluster records",
+            Some(self.loaded_at),
+            shutdown.clone(),
+            |items, at| self.resync_clusters(items, at, &on_followed),
+            on_event,
+        );
+        let revoked = crate::store::follow::follow(
+            &*store,
+            REVOKED,
+            "the revoked serials",
+            Some(self.loaded_at),
+            shutdown,
+            |items, _| {
+                for kv in items {
+                    self.revoked.insert(kv.key[REVOKED.len()..].to_string());
                 }
-                backoff = (backoff * 2).min(FOLLOW_RETRY_MAX);
-                match self.resync(&on_followed).await {
-                    Ok(at) => {
-                        from = at + 1;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "listing cluster records and revocations failed; retrying")
-                    }
-                }
-            }
-        }
+            },
+            on_event,
+        );
+        tokio::join!(clusters, revoked);
     }
 
     /// Applies one event another replica (or this one) caused.
@@ -717,15 +693,14 @@ impl Registry {
         }
     }
 
-    /// Lists both prefixes again and brings the cache and the revoked set up to them; returns
-    /// the revision they were read at.
-    async fn resync(&self, on_followed: &impl Fn(Followed<'_>)) -> Result<Revision, HubError> {
-        let store = self.clusters.store();
-        let (revoked, revoked_at) = store.list(REVOKED).await?;
-        for kv in revoked {
-            self.revoked.insert(kv.key[REVOKED.len()..].to_string());
-        }
-        let (items, clusters_at) = store.list(CLUSTERS).await?;
+    /// Brings the cache up to a fresh list of `/clusters/` read at revision `at`: every record
+    /// listed is followed, and a cluster no longer listed is forgotten (unless cached after `at`).
+    fn resync_clusters(
+        &self,
+        items: Vec<KeyValue>,
+        at: Revision,
+        on_followed: &impl Fn(Followed<'_>),
+    ) {
         let mut listed = HashSet::new();
         for kv in &items {
             match self.clusters.decode(kv) {
@@ -746,9 +721,8 @@ impl Registry {
             .cloned()
             .collect();
         for name in gone {
-            self.cached().remove(&name, clusters_at);
+            self.cached().remove(&name, at);
         }
-        Ok(revoked_at.min(clusters_at))
     }
 
     pub fn revoked(&self) -> Arc<RevokedSerials> {

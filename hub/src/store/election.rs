@@ -269,7 +269,7 @@ pub async fn follow_replicas(
     live: std::sync::Arc<LiveReplicas>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let on_list = |items: Vec<super::KeyValue>| {
+    let on_list = |items: Vec<super::KeyValue>, _| {
         live.set(
             items
                 .iter()
@@ -285,6 +285,7 @@ pub async fn follow_replicas(
         &store,
         REPLICAS,
         "the replicas' registrations",
+        None,
         shutdown,
         on_list,
         on_event,

@@ -913,8 +913,9 @@ impl Rollouts {
             &*store,
             ROLLOUTS,
             "the rollout records",
+            None,
             shutdown,
-            |items| self.replace_all(items),
+            |items, _| self.replace_all(items),
             |ev| self.followed(ev),
         )
         .await;
