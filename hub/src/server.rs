@@ -33,6 +33,7 @@ use crate::state::registry::Registry;
 use crate::state::sessions::Sessions;
 use crate::store::SharedStore;
 use crate::store::election::{ReplicaInfo, Role};
+use crate::store::lead::Lead;
 use crate::store::redb::RedbStore;
 use crate::telemetry::metrics::Metrics;
 
@@ -270,7 +271,10 @@ pub async fn start(
         registry = registry.with_replica(&replica_name, live_replicas.clone());
     }
     let sessions = Arc::new(Sessions::default());
-    let desired = DesiredStates::new(store.clone());
+    let desired = match etcd {
+        None => DesiredStates::new(store.clone()),
+        Some(_) => DesiredStates::of_replica(store.clone(), &replica_name),
+    };
     let bundles =
         Arc::new(
             BundleCache::open(dd.join("bundles")).map_err(|e| StartError::DataDir {
@@ -309,8 +313,27 @@ pub async fn start(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = TaskTracker::new();
+    // This replica's part in the election among replicas sharing an etcd store (run below,
+    // once everything serves); on redb the one hub always leads.
+    let (role_tx, role) = watch::channel(match etcd {
+        None => Role::Leader { term: 0 },
+        Some(_) => Role::Candidate,
+    });
+    let lead = match &etcd {
+        None => Lead::alone(store.clone()),
+        Some(e) => {
+            let m = metrics.clone();
+            Lead::elected(
+                store.clone(),
+                e.clone(),
+                &replica_name,
+                role.clone(),
+                move |fenced| crate::store::timed::TimedStore::shared(fenced, &m),
+            )
+        }
+    };
     let rollouts = Rollouts::new(
-        store.clone(),
+        lead,
         desired.clone(),
         registry.clone(),
         sessions.clone(),
@@ -366,8 +389,7 @@ pub async fn start(
         config.limits,
     );
     sources.start_all().await?;
-    // This replica, and its part in the election among replicas sharing an etcd store (run
-    // below, once everything serves); on redb the one hub always leads.
+    // This replica as the others see it.
     let me = ReplicaInfo {
         name: replica_name.clone(),
         endpoint: config
@@ -378,10 +400,6 @@ pub async fn start(
         started_ms: flotilla_proto::clock::unix_ms(config.clock.now()),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    let (role_tx, role) = watch::channel(match etcd {
-        None => Role::Leader { term: 0 },
-        Some(_) => Role::Candidate,
-    });
     metrics.leader.set(i64::from(etcd.is_none()));
     let election = etcd.clone().map(|e| (e, role_tx));
     let admin_svc = AdminService {
@@ -442,6 +460,7 @@ pub async fn start(
         // Clusters added, changed or removed by other replicas sharing the store; a removal
         // ends the cluster's live session here too.
         let (registry, live, srcs) = (registry.clone(), sessions.clone(), sources.clone());
+        let engine = rollouts.clone();
         let rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let on_followed = |ev: Followed<'_>| match ev {
@@ -464,6 +483,9 @@ pub async fn start(
                         tracing::info!(cluster.id = %cluster, %replica, "a newer session of the cluster opened on another replica; closed the one here");
                     }
                 }
+                // Connected through another replica, or no longer: the leader's next pass
+                // looks again.
+                Followed::SessionChanged { .. } => engine.kick(),
             };
             registry.follow(rx, on_followed).await
         }));
@@ -475,14 +497,28 @@ pub async fn start(
         tasks.push(tokio::spawn(rollouts.clone().follow(shutdown_rx.clone())));
         // Sources added or removed through other replicas are polled (or not) here too.
         tasks.push(tokio::spawn(sources.clone().follow(shutdown_rx.clone())));
+        // The reports of clusters connected to other replicas: the leader moves rollouts on
+        // them, and every replica shows them.
+        let (d, rx) = (desired.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move { d.follow_statuses(rx).await }));
     }
     if let Some(etcd) = &etcd {
         // Which replicas are registered: a session another one holds counts while it is.
         tasks.push(tokio::spawn(crate::store::election::follow_replicas(
             etcd.clone(),
-            live_replicas,
+            live_replicas.clone(),
             shutdown_rx.clone(),
         )));
+        // A replica that went took its sessions with it: the leader looks again.
+        let (engine, mut rx) = (rollouts.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = rx.changed() => return,
+                    () = live_replicas.changed.notified() => engine.kick(),
+                }
+            }
+        }));
     }
     if let Some(l) = http_listener {
         let (m, s, rx) = (metrics.clone(), store.clone(), shutdown_rx.clone());
@@ -508,11 +544,17 @@ pub async fn start(
     );
     if let Some((etcd, tx)) = election {
         let mut seen = role.clone();
-        let m = metrics.clone();
+        let (m, srcs) = (metrics.clone(), sources.clone());
         tasks.push(tokio::spawn(async move {
+            let mut led = false;
             while seen.changed().await.is_ok() {
                 let leads = seen.borrow_and_update().is_leader();
                 m.leader.set(i64::from(leads));
+                if leads && !led {
+                    // What the sources render now is this replica's to offer.
+                    srcs.trigger_all();
+                }
+                led = leads;
             }
         }));
         tasks.push(tokio::spawn(crate::store::election::run(

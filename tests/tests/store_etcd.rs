@@ -138,7 +138,7 @@ async fn without_quorum_writes_fail_with_a_clear_error_and_resume_after() {
     })
     .await;
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::Backend { .. }), "{msg}");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{msg}");
     assert!(msg.contains("etcd put /q/during"), "names the call: {msg}");
     etcd.restart(1);
     etcd.restart(2);

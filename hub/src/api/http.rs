@@ -140,7 +140,7 @@ async fn git_webhook(
             result: "ok".into(),
         })
         .inc();
-    sources.trigger(&name);
+    sources.request(&name);
     tracing::info!(source = %name, "webhook accepted; fetching now");
     (
         StatusCode::ACCEPTED,

@@ -35,6 +35,8 @@ use crate::store::{SharedStore, WatchEvent};
 pub const SOURCES: &str = "/sources/";
 /// Default polling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long `source sync` through a replica that does not lead waits for the leader's sync.
+const REQUEST_WAIT: Duration = Duration::from_secs(30);
 
 /// A source as persisted: what to track, and how the last sync went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +56,14 @@ pub struct SourceRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub status: SourceStatus,
+    /// Syncs asked of the leading replica through another one (webhook, `source sync`): every
+    /// replica that sees it go up syncs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sync_requests: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +77,9 @@ pub struct SourceStatus {
     /// in its rollout record, not repeated here: at 10,000 clusters that list would be most of
     /// the record).
     pub apps: BTreeMap<String, AppState>,
+    /// The record's `sync_requests` when this sync started: a request up to it is answered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_served: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -121,6 +134,8 @@ struct LoopHandle {
     wake: Notify,
     sync: tokio::sync::Mutex<()>,
     stop: Notify,
+    /// The newest `sync_requests` of the record seen here.
+    requests_seen: std::sync::atomic::AtomicU64,
 }
 
 impl SourceRecord {
@@ -208,6 +223,7 @@ impl Sources {
             secret_file,
             webhook_secret_file,
             created_ms: unix_ms(self.inner.clock.now()),
+            sync_requests: 0,
             status: SourceStatus::default(),
         };
         crate::git::validate_name(name)?;
@@ -308,7 +324,43 @@ impl Sources {
         Ok(())
     }
 
-    /// Wakes a source's loop (webhook). Unknown names are ignored.
+    /// Asks for a sync of `name` now (webhook): its loop here wakes, and on a replica that
+    /// does not lead, the request is written to the source's record so that the leader (and
+    /// every other replica) syncs too. Unknown names are ignored.
+    pub fn request(&self, name: &str) -> bool {
+        if !self.trigger(name) {
+            return false;
+        }
+        if !self.inner.rollouts.leads() {
+            let this = self.clone();
+            let name = name.to_string();
+            self.inner.tracker.spawn(async move {
+                if let Err(e) = this.write_request(&name).await {
+                    tracing::warn!(source = %name, error = %e, "could not pass the sync request on to the leading replica");
+                }
+            });
+        }
+        true
+    }
+
+    /// Counts a sync request in the record of `name`; the count it reached.
+    async fn write_request(&self, name: &str) -> Result<u64, HubError> {
+        let rec = self
+            .inner
+            .table
+            .update(
+                name,
+                || HubError::UnknownSource(name.to_string()),
+                |rec| {
+                    rec.sync_requests += 1;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(rec.0.sync_requests)
+    }
+
+    /// Wakes a source's loop here. Unknown names are ignored.
     pub fn trigger(&self, name: &str) -> bool {
         match self.handle(name) {
             Some(h) => {
@@ -333,13 +385,31 @@ impl Sources {
         }
     }
 
-    /// Syncs a source now and returns its record afterwards.
+    /// Syncs a source now and returns its record afterwards. On a replica that does not lead,
+    /// this replica renders the commit for its own sessions and the leading replica is asked
+    /// to sync (it alone decides what the rendering starts): the answer comes once its sync
+    /// has saved the source's status, or after [`REQUEST_WAIT`] with the record as it is then.
     pub async fn sync_now(&self, name: &str) -> Result<SourceRecord, HubError> {
         self.get(name).await?;
         let h = self.handle(name).unwrap_or_else(|| self.start(name));
-        let _guard = h.sync.lock().await;
-        self.sync_once(name).await?;
-        self.get(name).await
+        if self.inner.rollouts.leads() {
+            let _guard = h.sync.lock().await;
+            self.sync_once(name).await?;
+            return self.get(name).await;
+        }
+        let asked = self.write_request(name).await?;
+        {
+            let _guard = h.sync.lock().await;
+            self.sync_once(name).await?;
+        }
+        let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+        loop {
+            let rec = self.get(name).await?;
+            if rec.status.requests_served >= asked || tokio::time::Instant::now() >= deadline {
+                return Ok(rec);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn handle(&self, name: &str) -> Option<Arc<LoopHandle>> {
@@ -438,6 +508,20 @@ impl Sources {
                     tracing::info!(source = %name, "source added on another replica; polling it here too");
                     self.start(name);
                 }
+                // A sync asked through another replica: sync here too.
+                let requests = self
+                    .inner
+                    .table
+                    .decode(&kv)
+                    .map_or(0, |v| v.value.sync_requests);
+                if let Some(h) = self.handle(name)
+                    && h.requests_seen
+                        .fetch_max(requests, std::sync::atomic::Ordering::Relaxed)
+                        < requests
+                {
+                    tracing::info!(source = %name, "sync asked through another replica");
+                    h.wake.notify_one();
+                }
             }
             WatchEvent::Delete { key, .. } => {
                 let name = &key[SOURCES.len()..];
@@ -458,8 +542,12 @@ impl Sources {
         .await;
     }
 
-    /// Saves the status of a source (compare-and-swap on the record).
+    /// Saves the status of a source (compare-and-swap on the record); only the leading replica
+    /// does (the others' syncs render, and decide nothing).
     async fn save_status(&self, name: &str, status: SourceStatus) -> Result<(), HubError> {
+        if !self.inner.rollouts.leads() {
+            return Ok(());
+        }
         let saved = self
             .inner
             .table
@@ -493,7 +581,11 @@ impl Sources {
 
     async fn sync_traced(&self, name: &str) -> Result<(), HubError> {
         let rec = self.get(name).await?;
+        // Every replica fetches and renders (each serves bundles from its own cache); only the
+        // leading one offers, retires and records how the sync went.
+        let leads = self.inner.rollouts.leads();
         let mut status = rec.status.clone();
+        status.requests_served = rec.sync_requests;
         status.last_fetch_ms = unix_ms(self.inner.clock.now());
         let spec = match rec.spec() {
             Ok(s) => s,
@@ -548,6 +640,10 @@ impl Sources {
             tracing::warn!(source = %name, %commit, error = %e, "invalid configuration; keeping the last good revision");
             status.error = Some(e);
             return self.save_status(name, status).await;
+        }
+        if !leads {
+            tracing::debug!(source = %name, %commit, "rendered for the sessions here; the leading replica offers it");
+            return Ok(());
         }
 
         // Per app: offer the new rendering to the rollout engine, or keep the last good one on

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::error::HubError;
 use crate::state::table::Table;
-use crate::store::SharedStore;
+use crate::store::{CasOp, SharedStore};
 
 pub const AUDIT: &str = "/audit/";
 
@@ -50,6 +50,8 @@ pub struct Audit {
     table: Table<AuditEntry>,
     clock: SharedClock,
     seq: std::sync::Arc<AtomicU64>,
+    /// This replica's name, with several replicas sharing the store.
+    replica: Option<String>,
 }
 
 impl Audit {
@@ -58,15 +60,41 @@ impl Audit {
             table: Table::new(store, AUDIT),
             clock,
             seq: Default::default(),
+            replica: None,
         }
     }
 
+    /// The audit log of replica `name` among several sharing the store: its keys carry the
+    /// name, so two replicas never write the same one.
+    pub fn with_replica(mut self, name: &str) -> Self {
+        self.replica = Some(name.to_string());
+        self
+    }
+
     /// Persists `entry` (its time is set here).
-    pub async fn record(&self, mut entry: AuditEntry) -> Result<AuditEntry, HubError> {
+    pub async fn record(&self, entry: AuditEntry) -> Result<AuditEntry, HubError> {
+        self.record_through(self.table.store(), entry).await
+    }
+
+    /// Persists `entry` through `store` (the leader's fenced store, for the engine's own
+    /// decisions: a replica that lost the lead records none). Created, never overwritten: the
+    /// key holds the time, this process's sequence number and, with several replicas, the
+    /// replica's name.
+    pub async fn record_through(
+        &self,
+        store: &SharedStore,
+        mut entry: AuditEntry,
+    ) -> Result<AuditEntry, HubError> {
         entry.at_ms = unix_ms(self.clock.now());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{:020}-{seq:08}", entry.at_ms);
-        self.table.put(&name, &entry).await?;
+        let key = match &self.replica {
+            Some(r) => format!("{AUDIT}{:020}-{seq:08}-{r}", entry.at_ms),
+            None => format!("{AUDIT}{:020}-{seq:08}", entry.at_ms),
+        };
+        let op = CasOp::put(key.clone(), None, Table::encode(&entry));
+        if store.compare_and_swap_many(vec![op]).await?.is_err() {
+            return Err(HubError::Contention(key));
+        }
         tracing::info!(who = %entry.who, action = %entry.action, app = %entry.app, cluster = %entry.cluster, stage = %entry.stage, revision = %entry.revision, "audit");
         Ok(entry)
     }

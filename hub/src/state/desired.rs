@@ -177,6 +177,18 @@ impl DesiredStates {
         }
     }
 
+    /// As replica `name` of several sharing the store (see [`Statuses::of_replica`]).
+    pub fn of_replica(store: SharedStore, name: &str) -> Self {
+        Self {
+            statuses: Statuses::of_replica(store, Default::default(), name),
+        }
+    }
+
+    /// Follows the reports the other replicas record, until `shutdown`.
+    pub async fn follow_statuses(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.statuses.follow(shutdown).await;
+    }
+
     pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {
         self.statuses.get(cluster).await
     }

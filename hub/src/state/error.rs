@@ -127,6 +127,10 @@ impl From<HubError> for tonic::Status {
             | HubError::Refused(_) => Status::invalid_argument(msg),
             HubError::Ca(ref c) if c.is_client_error() => Status::invalid_argument(msg),
             HubError::Contention(_) => Status::aborted(msg),
+            HubError::Store(crate::store::StoreError::Unavailable { .. })
+            | HubError::Store(crate::store::StoreError::NotLeading { .. }) => {
+                Status::unavailable(msg)
+            }
             HubError::Ca(_)
             | HubError::Store(_)
             | HubError::Corrupt { .. }

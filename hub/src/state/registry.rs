@@ -75,6 +75,9 @@ pub enum Followed<'a> {
         replica: &'a str,
         opened_ms: u64,
     },
+    /// Which replica holds the cluster's session changed (opened, moved or closed): whether it
+    /// is connected may have too.
+    SessionChanged { cluster: &'a str },
 }
 
 /// A session's open or close (its open time), for [`Registry::seen`].
@@ -504,6 +507,28 @@ impl Registry {
         elsewhere.then(|| rec.session_replica.clone())
     }
 
+    /// For the rollout engine, of a cluster with no session on this replica: whether another
+    /// replica holds one (`(true, now_ms)`), or when it was last known connected there — the
+    /// record's last-seen time, or the moment that replica's registration went if that is
+    /// later (its sessions were live until then). `None` when no other replica ever held its
+    /// newest session (single hub, or its session closed cleanly).
+    pub fn session_elsewhere(&self, cluster: &str, now_ms: u64) -> Option<(bool, u64)> {
+        let live = self.live_replicas.as_ref()?;
+        let rec = self.cluster_shared(cluster)?;
+        if rec.session_replica.is_empty()
+            || self.replica.as_deref() == Some(rec.session_replica.as_str())
+        {
+            return None;
+        }
+        if live.contains(&rec.session_replica) {
+            return Some((true, now_ms));
+        }
+        let gone = live
+            .gone_ms(&rec.session_replica)
+            .unwrap_or(rec.session_opened_ms);
+        Some((false, rec.last_seen_ms.max(gone)))
+    }
+
     fn cached(&self) -> std::sync::RwLockWriteGuard<'_, ClusterCache> {
         self.cache.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -670,14 +695,18 @@ impl Registry {
             .then(|| (rec.session_replica.clone(), rec.session_opened_ms));
             let turned = rec.revoked && !was;
             let fleet_changed = before.is_none_or(|b| b.labels != rec.labels) || turned;
+            let session_changed = before.is_none_or(|b| {
+                (&b.session_replica, b.session_opened_ms)
+                    != (&rec.session_replica, rec.session_opened_ms)
+            });
             let name = rec.name.clone();
             cache.put(rec, revision);
             (
-                (turned, fleet_changed, name.clone()),
+                (turned, fleet_changed, session_changed, name.clone()),
                 elsewhere.map(|e| (name, e)),
             )
         };
-        let (turned, fleet_changed, name) = turned_revoked;
+        let (turned, fleet_changed, session_changed, name) = turned_revoked;
         if turned {
             on_followed(Followed::Revoked { cluster: &name });
         }
@@ -690,6 +719,9 @@ impl Registry {
                 replica: &replica,
                 opened_ms,
             });
+        }
+        if session_changed {
+            on_followed(Followed::SessionChanged { cluster: &name });
         }
     }
 

@@ -172,6 +172,15 @@ pub struct StatusRecord {
     /// that changes it) copies pointers, not statuses.
     #[serde(with = "shared_reports")]
     pub apps: Vec<Arc<AppReport>>,
+    /// The store revision of the newest status journal batch merged into this record: a batch
+    /// older than it is not merged again (with several hub replicas, each journals its own
+    /// sessions' reports, and a cluster's may come through two of them while it moves).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub through: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl StatusRecord {
@@ -240,8 +249,21 @@ impl Statuses {
     /// With other bounds on batches and on the queue.
     pub fn with_limits(store: SharedStore, limits: Limits) -> Self {
         Self {
-            ingest: Arc::new(Ingest::new(store, limits)),
+            ingest: Arc::new(Ingest::new(store, limits, None)),
         }
+    }
+
+    /// The statuses as replica `name` of several sharing the store holds them: it journals
+    /// its own sessions' reports under its name, and follows the others' ([`Statuses::follow`]).
+    pub fn of_replica(store: SharedStore, limits: Limits, name: &str) -> Self {
+        Self {
+            ingest: Arc::new(Ingest::new(store, limits, Some(name))),
+        }
+    }
+
+    /// Follows the reports other replicas journal, until `shutdown` (see [`Ingest::follow`]).
+    pub async fn follow(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.ingest.clone().follow(shutdown).await;
     }
 
     pub async fn get(&self, cluster: &str) -> Result<StatusRecord, HubError> {

@@ -44,13 +44,14 @@ use crate::state::status::{OnDurable, STATUS, StatusRecord};
 use crate::state::table::{CAS_RETRIES, Table};
 use crate::store::{CasOp, KeyValue, Revision, SharedStore, StoreError};
 
-/// The status journal: one key per batch of reports, `/status-log/<seq>` (zero-padded, so that
-/// key order is batch order).
-pub const STATUS_LOG: &str = "/status-log/";
+/// How long a batch of status reports waits for an unavailable store before its callers fail
+/// (and their sessions end).
+const UNAVAILABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
 
-fn log_key(seq: u64) -> String {
-    format!("{STATUS_LOG}{seq:020}")
-}
+/// The status journal: one key per batch of reports, `/status-log/<seq>` (zero-padded, so that
+/// key order is batch order); with several replicas sharing the store, each has its own,
+/// `/status-log/<replica>/<seq>`.
+pub const STATUS_LOG: &str = "/status-log/";
 
 /// One batch of the journal, as stored (protobuf).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -143,11 +144,11 @@ impl Logged {
     }
 }
 
-/// The sequence number after the last of the journal batches `items`.
-fn next_seq(items: &[KeyValue]) -> u64 {
+/// The sequence number after the last of the journal batches `items` under `own`.
+fn next_seq(own: &str, items: &[KeyValue]) -> u64 {
     items
         .iter()
-        .filter_map(|kv| kv.key[STATUS_LOG.len()..].parse::<u64>().ok())
+        .filter_map(|kv| kv.key.strip_prefix(own)?.parse::<u64>().ok())
         .max()
         .map_or(0, |s| s + 1)
 }
@@ -165,6 +166,8 @@ struct Cache {
     journal_bytes: usize,
     /// The sequence number of the next journal batch.
     next_seq: u64,
+    /// The store revision the journal was read at when the cache was filled.
+    loaded_at: Revision,
 }
 
 /// A queued report and its caller.
@@ -188,6 +191,9 @@ struct Queue {
 pub(crate) struct Ingest {
     table: Table<StatusRecord>,
     limits: Limits,
+    /// This replica's journal: [`STATUS_LOG`] alone, or with several replicas sharing the
+    /// store its own part of it (the other parts are followed, and folded by their writers).
+    own_log: String,
     cache: Mutex<Cache>,
     /// Held by whoever reads the store into the cache (once) and by the writer, so that the two
     /// never interleave.
@@ -257,8 +263,58 @@ fn merge_onto(slot: &Slot, report: &v1::StatusReport) -> Option<StatusRecord> {
     Some(record)
 }
 
+/// Whether a journal batch stored at `revision` is merged onto `slot`: not when the record
+/// holds a newer batch already (one at the same revision merges again as a whole, which
+/// changes nothing).
+fn takes(slot: &Slot, revision: Revision) -> bool {
+    match slot {
+        Slot::Record(r) => revision >= r.through,
+        Slot::Corrupt(_) => true,
+    }
+}
+
+/// Merges the journal batch `kv` onto the records in `records` that take it; the clusters it
+/// changed, with each report and the record it was merged into.
+fn replay(
+    records: &mut HashMap<String, Cached>,
+    kv: &KeyValue,
+) -> Vec<(String, v1::StatusReport, Arc<StatusRecord>)> {
+    let mut out = Vec::new();
+    let Some(batch) = decode_batch(kv) else {
+        return out;
+    };
+    for e in batch.entries {
+        let Some(report) = e.report else { continue };
+        let entry = records
+            .entry(e.cluster.clone())
+            .or_insert_with(Cached::absent);
+        if !takes(&entry.slot, kv.mod_revision) {
+            continue;
+        }
+        match merge_onto(&entry.slot, &report) {
+            Some(mut record) => {
+                record.through = kv.mod_revision;
+                let record = Arc::new(record);
+                entry.slot = Slot::Record(record.clone());
+                out.push((e.cluster, report, record));
+            }
+            None => {
+                tracing::warn!(cluster.id = %e.cluster, "a journaled status report does not apply to the unreadable stored record; skipped");
+            }
+        }
+    }
+    out
+}
+
+/// Journal batches in the order they were stored.
+fn by_revision(mut items: Vec<KeyValue>) -> Vec<KeyValue> {
+    items.sort_by_key(|kv| kv.mod_revision);
+    items
+}
+
 impl Ingest {
-    pub(crate) fn new(store: SharedStore, limits: Limits) -> Self {
+    /// `replica`: this replica's name among several sharing the store (its journal is its own).
+    pub(crate) fn new(store: SharedStore, limits: Limits, replica: Option<&str>) -> Self {
         let limits = Limits {
             batch_reports: limits.batch_reports.max(1),
             batch_bytes: limits.batch_bytes.max(1),
@@ -269,6 +325,10 @@ impl Ingest {
         Self {
             table: Table::new(store, STATUS),
             limits,
+            own_log: match replica {
+                Some(name) => format!("{STATUS_LOG}{name}/"),
+                None => STATUS_LOG.to_string(),
+            },
             cache: Mutex::default(),
             loading: tokio::sync::Mutex::new(()),
             queue: Arc::default(),
@@ -458,12 +518,18 @@ impl Ingest {
         }
         let value = journal;
         let bytes = value.len();
-        for _ in 0..CAS_RETRIES {
+        let mut conflicts = 0;
+        let mut unavailable_since: Option<tokio::time::Instant> = None;
+        let mut backoff = std::time::Duration::from_millis(100);
+        while conflicts < CAS_RETRIES {
             let seq = lock(&self.cache).next_seq;
-            let key = log_key(seq);
+            let key = format!("{}{seq:020}", self.own_log);
             let op = CasOp::put(key.clone(), None, value.clone());
             match self.table.store().compare_and_swap_many(vec![op]).await {
                 Ok(Ok(revisions)) => {
+                    if let Some(t) = unavailable_since {
+                        tracing::info!(waited = ?t.elapsed(), reports = batch.len(), "the store answers again; the waiting status reports are written");
+                    }
                     let mut cache = lock(&self.cache);
                     cache.next_seq = seq + 1;
                     cache.journal.push(Logged {
@@ -472,10 +538,11 @@ impl Ingest {
                         bytes,
                     });
                     cache.journal_bytes += bytes;
-                    for (cluster, slot) in merged {
-                        if matches!(slot, Slot::Corrupt(_)) {
+                    for (cluster, mut slot) in merged {
+                        let Slot::Record(r) = &mut slot else {
                             continue;
-                        }
+                        };
+                        Arc::make_mut(r).through = revisions[0];
                         let entry = cache
                             .records
                             .entry(cluster.to_string())
@@ -488,11 +555,25 @@ impl Ingest {
                 }
                 Ok(Err(_)) => {
                     // Another writer took the sequence number: continue after the journal's end.
+                    conflicts += 1;
                     tracing::warn!(key = %key, "status journal key taken; continuing after it");
                     match self.journal_end().await {
                         Ok(next) => lock(&self.cache).next_seq = next.max(seq + 1),
                         Err(e) => return fail_all(e),
                     }
+                }
+                // The store cannot decide now (etcd without quorum): the batch waits for it,
+                // unacknowledged, and the sessions that sent it stay up (agents reconcile on
+                // their own meanwhile); after UNAVAILABLE_PATIENCE its callers fail.
+                Err(e @ StoreError::Unavailable { .. })
+                    if unavailable_since.is_none_or(|t| t.elapsed() < UNAVAILABLE_PATIENCE) =>
+                {
+                    if unavailable_since.is_none() {
+                        tracing::warn!(error = %e, reports = batch.len(), "the store is unavailable; status reports wait, unacknowledged, until it answers");
+                        unavailable_since = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
                 Err(e) => return fail_all(e.into()),
             }
@@ -502,8 +583,8 @@ impl Ingest {
 
     /// The sequence number after the last stored journal batch.
     async fn journal_end(&self) -> Result<u64, HubError> {
-        let (items, _) = self.table.store().list(STATUS_LOG).await?;
-        Ok(next_seq(&items))
+        let (items, _) = self.table.store().list(&self.own_log).await?;
+        Ok(next_seq(&self.own_log, &items))
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -606,24 +687,27 @@ impl Ingest {
         }
     }
 
-    /// Reads one cluster's record again and merges this hub's journal onto it, as at a restart.
+    /// Reads one cluster's record again and merges the journal onto it, as at a restart.
     async fn reread(&self, cluster: &str) -> Result<(), HubError> {
-        let mut entry = match self.table.store().get(&self.table.key(cluster)).await? {
+        let entry = match self.table.store().get(&self.table.key(cluster)).await? {
             Some(kv) => self.entry(kv),
             None => Cached::absent(),
         };
+        let mut one = HashMap::from([(cluster.to_string(), entry)]);
         let (items, _) = self.table.store().list(STATUS_LOG).await?;
-        for kv in &items {
-            if let Some(batch) = decode_batch(kv) {
-                for e in batch.entries.iter().filter(|e| e.cluster == cluster) {
-                    if let Some(r) = e.report.as_ref()
-                        && let Some(record) = merge_onto(&entry.slot, r)
-                    {
-                        entry.slot = Slot::Record(Arc::new(record));
-                    }
+        for kv in &by_revision(items) {
+            // Only this cluster's entries: the others stay as cached.
+            let mut kv = kv.clone();
+            if let Some(mut batch) = decode_batch(&kv) {
+                batch.entries.retain(|e| e.cluster == cluster);
+                if batch.entries.is_empty() {
+                    continue;
                 }
+                kv.value = batch.encode_to_vec();
+                replay(&mut one, &kv);
             }
         }
+        let entry = one.remove(cluster).unwrap_or_else(Cached::absent);
         let mut cache = lock(&self.cache);
         cache.records.insert(cluster.to_string(), entry);
         cache.dirty.insert(cluster.to_string());
@@ -632,7 +716,7 @@ impl Ingest {
 
     /// Reads the list of journal keys again (their revisions), keeping the merged records.
     async fn reread_journal(&self) -> Result<(), HubError> {
-        let (items, _) = self.table.store().list(STATUS_LOG).await?;
+        let (items, _) = self.table.store().list(&self.own_log).await?;
         let mut cache = lock(&self.cache);
         cache.journal = items.iter().map(Logged::of).collect();
         cache.journal_bytes = cache.journal.iter().map(|l| l.bytes).sum();
@@ -666,37 +750,30 @@ impl Ingest {
         }
         let store = self.table.store();
         let (records, _) = store.list(STATUS).await?;
-        let (journal, _) = store.list(STATUS_LOG).await?;
+        let (journal, loaded_at) = store.list(STATUS_LOG).await?;
+        let journal = by_revision(journal);
         let mut cache = lock(&self.cache);
         for kv in records {
             let cluster = kv.key[STATUS.len()..].to_string();
             let entry = self.entry(kv);
             cache.records.insert(cluster, entry);
         }
+        // Every replica's batches, in the order they were stored; this replica folds (and
+        // deletes) only its own.
         let mut replayed = 0usize;
         for kv in &journal {
-            if let Some(batch) = decode_batch(kv) {
-                for e in batch.entries {
-                    let Some(report) = e.report else { continue };
-                    let entry = cache
-                        .records
-                        .entry(e.cluster.clone())
-                        .or_insert_with(Cached::absent);
-                    match merge_onto(&entry.slot, &report) {
-                        Some(record) => entry.slot = Slot::Record(Arc::new(record)),
-                        None => {
-                            tracing::warn!(cluster.id = %e.cluster, "a journaled status report does not apply to the unreadable stored record; skipped");
-                            continue;
-                        }
-                    }
-                    cache.dirty.insert(e.cluster);
-                    replayed += 1;
+            let merged = replay(&mut cache.records, kv);
+            replayed += merged.len();
+            if kv.key.starts_with(&self.own_log) {
+                for (cluster, ..) in merged {
+                    cache.dirty.insert(cluster);
                 }
+                cache.journal.push(Logged::of(kv));
+                cache.journal_bytes += kv.value.len();
             }
-            cache.journal.push(Logged::of(kv));
-            cache.journal_bytes += kv.value.len();
         }
-        cache.next_seq = next_seq(&journal);
+        cache.next_seq = next_seq(&self.own_log, &journal);
+        cache.loaded_at = loaded_at;
         cache.complete = true;
         if !journal.is_empty() {
             tracing::info!(
@@ -706,6 +783,70 @@ impl Ingest {
             );
         }
         Ok(())
+    }
+
+    /// Follows the journal batches the other replicas sharing the store write, until
+    /// `shutdown`: each is merged into the cache (unless a record holds a newer batch) and the
+    /// observer is told of its reports, as of this replica's own — so the replica that leads
+    /// sees every cluster's reports, and every replica shows them. A failed watch lists the
+    /// journal again (merging a batch twice changes nothing); a batch another replica folded
+    /// and deleted while the watch was down is not seen until its cluster reports again.
+    pub(crate) async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = std::time::Duration::from_millis(100);
+        while let Err(e) = self.load().await {
+            tracing::warn!(error = %e, "reading the statuses failed; retrying");
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+        let loaded_at = lock(&self.cache).loaded_at;
+        // The watch's callbacks cannot wait for the writer's turn: batches go to a task that can.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<KeyValue>();
+        let store = self.table.store().clone();
+        let watch = async move {
+            crate::store::follow::follow(
+                &*store,
+                STATUS_LOG,
+                "the status journal",
+                Some(loaded_at),
+                shutdown,
+                |items, _| {
+                    for kv in items {
+                        let _ = tx.send(kv);
+                    }
+                },
+                |ev| {
+                    if let crate::store::WatchEvent::Put(kv) = ev {
+                        let _ = tx.send(kv);
+                    }
+                },
+            )
+            .await;
+        };
+        let apply = async {
+            while let Some(kv) = rx.recv().await {
+                self.take_followed(&kv).await;
+            }
+        };
+        tokio::join!(watch, apply);
+    }
+
+    /// Merges a journal batch another replica wrote and tells the observer.
+    async fn take_followed(&self, kv: &KeyValue) {
+        if kv.key.starts_with(&self.own_log) {
+            return;
+        }
+        let merged = {
+            let _writer = self.loading.lock().await;
+            replay(&mut lock(&self.cache).records, kv)
+        };
+        if let Some(observe) = self.observer.get() {
+            for (cluster, report, rec) in merged {
+                observe(&cluster, &report, &rec);
+            }
+        }
     }
 
     fn entry(&self, kv: KeyValue) -> Cached {

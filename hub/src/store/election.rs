@@ -124,12 +124,6 @@ async fn hold(
     {
         return Held::Lost(format!("registering: {e}"));
     }
-    if let Ok(all) = replicas(store).await
-        && all.len() > 1
-    {
-        let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
-        tracing::warn!(replicas = ?names, "several hub replicas share this store; rollout passes are not yet led by one replica, so run one replica per store while the fleet promotes releases");
-    }
     let renew_every = lease_time / 3;
     // Without a renewal for this long, the lease may expire before we hear of it: step down.
     let trust_for = lease_time * 2 / 3;
@@ -236,29 +230,70 @@ pub async fn leader(store: &EtcdStore) -> Result<Option<ReplicaInfo>, StoreError
         .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
 }
 
-/// The names of the replicas registered now, kept current by [`follow_replicas`].
+/// The names of the replicas registered now, kept current by [`follow_replicas`], and when each
+/// one that went was last seen registered.
 #[derive(Debug, Default)]
-pub struct LiveReplicas(std::sync::RwLock<std::collections::HashSet<String>>);
+pub struct LiveReplicas {
+    names: std::sync::RwLock<LiveSet>,
+    /// Told of every change of the set.
+    pub changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct LiveSet {
+    live: std::collections::HashSet<String>,
+    /// Replicas whose registration went while this one followed them: when (unix ms).
+    gone_ms: std::collections::HashMap<String, u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 impl LiveReplicas {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, LiveSet> {
+        self.names.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, LiveSet> {
+        self.names.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn contains(&self, name: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(name)
+        self.read().live.contains(name)
+    }
+
+    /// When `name`'s registration went (unix ms), if this replica saw it go.
+    pub fn gone_ms(&self, name: &str) -> Option<u64> {
+        self.read().gone_ms.get(name).copied()
     }
 
     fn set(&self, names: std::collections::HashSet<String>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = names;
+        {
+            let mut set = self.write();
+            let now = now_ms();
+            let gone: Vec<String> = set.live.difference(&names).cloned().collect();
+            for name in gone {
+                set.gone_ms.insert(name, now);
+            }
+            set.live = names;
+        }
+        self.changed.notify_one();
     }
 
     fn update(&self, name: &str, live: bool) {
-        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if live {
-            set.insert(name.to_string());
-        } else {
-            set.remove(name);
+        {
+            let mut set = self.write();
+            if live {
+                set.live.insert(name.to_string());
+                set.gone_ms.remove(name);
+            } else if set.live.remove(name) {
+                set.gone_ms.insert(name.to_string(), now_ms());
+            }
         }
+        self.changed.notify_one();
     }
 }
 

@@ -138,13 +138,29 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-fn backend(
-    what: impl Into<String>,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StoreError {
-    StoreError::Backend {
-        what: what.into(),
-        source: Box::new(e),
+/// A call's error: [`StoreError::Unavailable`] when etcd could not be reached or could not
+/// decide (unreachable member, broken connection, no leader, deadline), else `Backend`.
+fn backend(what: impl Into<String>, e: etcd_client::Error) -> StoreError {
+    let unavailable = match &e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable {
+            what: what.into(),
+            source: Box::new(e),
+        }
+    } else {
+        StoreError::Backend {
+            what: what.into(),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -423,7 +439,7 @@ impl EtcdStore {
     }
 
     fn no_answer(&self, what: impl FnOnce() -> String) -> StoreError {
-        StoreError::Backend {
+        StoreError::Unavailable {
             what: format!("etcd {} ({})", what(), self.endpoints),
             source: format!("no answer within {CALL_TIMEOUT:?}").into(),
         }

@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod election;
 pub mod etcd;
 pub mod follow;
+pub mod lead;
 pub mod redb;
 #[cfg(test)]
 pub mod testing;
@@ -80,6 +81,14 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The backend cannot be reached or cannot decide now (etcd unreachable or without
+    /// quorum); `what` names the operation and key. A write that timed out may still happen.
+    #[error("store unavailable: {what}: {source}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The backend answered what it never should (a bug), named with the operation and key.
     #[error("store backend error: {0}")]
     Inconsistent(String),
@@ -90,6 +99,9 @@ pub enum StoreError {
     /// lease expired, or another replica took over); nothing was written.
     #[error("{what}: refused, this replica no longer holds {held}")]
     Fenced { what: String, held: String },
+    /// Work only the replica leading the hub replicas does, asked of one that does not lead.
+    #[error("only the leading hub replica does this; {leader}")]
+    NotLeading { leader: String },
 }
 
 /// A revisioned key-value store with etcd-compatible semantics.

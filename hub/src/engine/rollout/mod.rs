@@ -34,6 +34,7 @@ use crate::state::error::HubError;
 use crate::state::registry::Registry;
 use crate::state::sessions::{LiveById, Sessions};
 use crate::state::table::Table;
+use crate::store::lead::Lead;
 use crate::store::{CasOp, SharedStore, WatchEvent};
 use crate::telemetry::metrics::Metrics;
 use plan::{AppRollout, ClusterView, Inputs, Render};
@@ -47,8 +48,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// meanwhile are looked at together, so that a fleet reporting at once does not have every
 /// in-flight app's batch walked once per report.
 const PASS_SPACING: Duration = Duration::from_millis(25);
-/// How often an offer is tried again when the record changed under it (another replica).
-const OFFER_ATTEMPTS: usize = 3;
+/// How often an offer or an operator action is tried again when the record changed under it
+/// (another replica wrote it).
+const ATTEMPTS: usize = 3;
 
 /// A new rendering of one app, as a source sync produced it.
 #[derive(Clone)]
@@ -83,6 +85,9 @@ impl std::fmt::Debug for Rollouts {
 
 struct Inner {
     table: Table<AppRollout>,
+    /// Whether this replica does the work that must happen once (passes, offers, a retirement
+    /// a sync decided), and the fenced store that work writes through.
+    lead: Lead,
     desired: DesiredStates,
     registry: Registry,
     sessions: Arc<Sessions>,
@@ -131,8 +136,9 @@ struct Step {
 }
 
 impl Rollouts {
+    /// The engine of a hub whose store and part among replicas is `lead`.
     pub fn new(
-        store: SharedStore,
+        lead: Lead,
         desired: DesiredStates,
         registry: Registry,
         sessions: Arc<Sessions>,
@@ -140,12 +146,17 @@ impl Rollouts {
         grace: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let audit = Audit::new(store.clone(), clock.clone());
+        let store = lead.shared().clone();
+        let mut audit = Audit::new(store.clone(), clock.clone());
+        if let Some(name) = lead.replica() {
+            audit = audit.with_replica(name);
+        }
         let started_ms = unix_ms(clock.now());
         let observed = desired.clone();
         let this = Self {
             inner: Arc::new(Inner {
                 table: Table::new(store, ROLLOUTS),
+                lead,
                 desired,
                 registry,
                 sessions,
@@ -175,6 +186,12 @@ impl Rollouts {
             }
         }));
         this
+    }
+
+    /// Whether this replica leads: only the leader offers renderings, moves rollouts and
+    /// retires what a sync dropped.
+    pub fn leads(&self) -> bool {
+        self.inner.lead.leads()
     }
 
     pub fn audit(&self) -> &Audit {
@@ -419,15 +436,15 @@ impl Rollouts {
     /// Saves the records of `steps` in as few transactions as the store allows (each record a
     /// compare-and-swap at the revision it was read at; each app's record stands alone, so a
     /// split loses nothing) and remembers them.
-    async fn save_all(&self, steps: &[Step]) -> Result<(), HubError> {
-        let max = self.inner.table.store().max_batch_ops().max(1);
+    async fn save_all(&self, store: &SharedStore, steps: &[Step]) -> Result<(), HubError> {
+        let max = store.max_batch_ops().max(1);
         for steps in steps.chunks(max) {
-            self.save_chunk(steps).await?;
+            self.save_chunk(store, steps).await?;
         }
         Ok(())
     }
 
-    async fn save_chunk(&self, steps: &[Step]) -> Result<(), HubError> {
+    async fn save_chunk(&self, store: &SharedStore, steps: &[Step]) -> Result<(), HubError> {
         let ops = steps
             .iter()
             .map(|s| {
@@ -438,7 +455,7 @@ impl Rollouts {
                 )
             })
             .collect();
-        match self.inner.table.store().compare_and_swap_many(ops).await? {
+        match store.compare_and_swap_many(ops).await? {
             Ok(revisions) => {
                 if let Some(m) = self.records().as_mut() {
                     for (s, revision) in steps.iter().zip(revisions) {
@@ -455,8 +472,19 @@ impl Rollouts {
         }
     }
 
-    async fn save(&self, rec: &AppRollout, expected: Option<u64>) -> Result<(), HubError> {
-        match self.inner.table.swap(&rec.app, expected, rec).await? {
+    async fn save(
+        &self,
+        store: &SharedStore,
+        rec: &AppRollout,
+        expected: Option<u64>,
+    ) -> Result<(), HubError> {
+        let op = CasOp::put(self.inner.table.key(&rec.app), expected, Table::encode(rec));
+        match store
+            .compare_and_swap_many(vec![op])
+            .await?
+            .ok()
+            .and_then(|r| r.first().copied())
+        {
             Some(rev) => {
                 if let Some(m) = self.records().as_mut() {
                     m.insert(rec.app.clone(), (Arc::new(rec.clone()), rev));
@@ -472,21 +500,31 @@ impl Rollouts {
     }
 
     /// Changes one app's record under the lock: `f` edits it and returns the clusters whose
-    /// desired entry may have changed; the record is saved, then those clusters' sessions are
-    /// told.
+    /// desired entry may have changed; the record is saved (through `store`: the plain one for
+    /// an operator's action, the leader's fenced one for the engine's own work), then those
+    /// clusters' sessions are told. A record another replica wrote meanwhile is read again and
+    /// `f` applied to it again, a few times.
     async fn update<T>(
         &self,
+        store: &SharedStore,
         app: &str,
         create: Option<&str>,
-        f: impl FnOnce(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
+        mut f: impl FnMut(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
     ) -> Result<T, HubError> {
         let _guard = self.inner.lock.lock().await;
-        self.update_locked(app, create, f).await
+        let mut attempts = 0;
+        loop {
+            match self.update_locked(store, app, create, &mut f).await {
+                Err(HubError::Contention(_)) if attempts < ATTEMPTS => attempts += 1,
+                other => return other,
+            }
+        }
     }
 
-    /// [`Self::update`] for a caller that holds the engine's lock.
+    /// One attempt of [`Self::update`] by a caller that holds the engine's lock.
     async fn update_locked<T>(
         &self,
+        store: &SharedStore,
         app: &str,
         create: Option<&str>,
         f: impl FnOnce(&mut AppRollout) -> Result<(ClusterSet, T), HubError>,
@@ -501,7 +539,7 @@ impl Rollouts {
         let before = rec.clone();
         let (touched, out) = f(&mut rec)?;
         if rec != before {
-            self.save(&rec, rev).await?;
+            self.save(store, &rec, rev).await?;
             let names = |c: ClusterId| self.cluster_info(c);
             self.inner
                 .traces
@@ -540,6 +578,17 @@ impl Rollouts {
     ) -> BTreeMap<String, Result<(), String>> {
         let now = self.now_ms();
         let mut out = BTreeMap::new();
+        // Only the leading replica decides what a rendering starts.
+        let store = match self.inner.lead.store() {
+            Ok(s) => s,
+            Err(e) => {
+                let e = HubError::from(e).to_string();
+                return offers
+                    .into_iter()
+                    .map(|o| (o.app, Err(e.clone())))
+                    .collect();
+            }
+        };
         // Every offer of the sync under one hold of the engine's lock: no pass runs between
         // two of them (each app's record is still its own transaction), and the pass below
         // sends every new rollout's first batch.
@@ -556,7 +605,7 @@ impl Rollouts {
                 let o = o.clone();
                 started = false;
                 let attempt = self
-                .update_locked(&app, Some(source), |rec| {
+                .update_locked(&store, &app, Some(source), |rec| {
                     match other_owner(rec, source) {
                         // An app its source gave up (removal under way) is taken over.
                         Some(_) if rec.deleted => rec.source = source.to_string(),
@@ -586,7 +635,7 @@ impl Rollouts {
                 .instrument(span.clone())
                 .await;
                 match attempt {
-                    Err(HubError::Contention(_)) if attempts < OFFER_ATTEMPTS => attempts += 1,
+                    Err(HubError::Contention(_)) if attempts < ATTEMPTS => attempts += 1,
                     other => break other.unwrap_or_else(|e| Err(e.to_string())),
                 }
             };
@@ -603,10 +652,16 @@ impl Rollouts {
     /// The app left its source: every cluster loses it through a staged removal (see
     /// [`plan::Removal`]), and its record goes once that is complete. Nothing happens to an
     /// app another source owns. Returns the removal's state, if one is under way.
+    /// A retirement an operator approved (a source's removal) is theirs and written by any
+    /// replica; one a sync decided (the app left `flotilla.yaml`) is the leader's work.
     pub async fn retire(&self, app: &str, why: Retirement<'_>) -> Result<(), HubError> {
         let now = self.now_ms();
+        let store = match why.cause.approved_by {
+            Some(_) => self.inner.table.store().clone(),
+            None => self.inner.lead.store()?,
+        };
         let done = self
-            .update(app, None, |rec| {
+            .update(&store, app, None, |rec| {
                 if other_owner(rec, why.source).is_some() {
                     return Ok((ClusterSet::new(), false));
                 }
@@ -617,7 +672,7 @@ impl Rollouts {
             })
             .await;
         match done {
-            Ok(true) => self.forget(app).await,
+            Ok(true) => self.forget(&store, app).await,
             Ok(false) | Err(HubError::UnknownApp(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -669,7 +724,7 @@ impl Rollouts {
     }
 
     /// Deletes the record of an app that left its source once every cluster let go of it.
-    async fn forget(&self, app: &str) -> Result<(), HubError> {
+    async fn forget(&self, store: &SharedStore, app: &str) -> Result<(), HubError> {
         let _guard = self.inner.lock.lock().await;
         let Some((rec, rev)) = self.load(app).await? else {
             return Ok(());
@@ -678,7 +733,14 @@ impl Rollouts {
             return Ok(());
         }
         let clusters = rec.known_clusters();
-        self.inner.table.delete_at(app, rev).await?;
+        if !store
+            .compare_and_delete(&self.inner.table.key(app), rev)
+            .await?
+        {
+            // Written meanwhile (another replica): read again next time.
+            *self.records() = None;
+            return Ok(());
+        }
         if let Some(m) = self.records().as_mut() {
             m.remove(app);
         }
@@ -689,7 +751,7 @@ impl Rollouts {
 
     /// What `cluster` reports about `app` now: its last report, whether it is connected, when
     /// it was last heard from. `live`: the sessions at the start of the pass, by cluster id.
-    fn view(&self, app: &str, cluster: ClusterId, live: &LiveById) -> ClusterView {
+    fn view(&self, app: &str, cluster: ClusterId, live: &LiveById, now_ms: u64) -> ClusterView {
         let mut v = ClusterView::default();
         let session = match live.get(&cluster) {
             Some(s) => Some(s.clone()),
@@ -700,12 +762,21 @@ impl Rollouts {
                 };
                 let session = self.inner.sessions.get(&name);
                 if session.is_none() {
-                    v.last_seen_ms = self
-                        .inner
-                        .registry
-                        .cluster_shared(&name)
-                        .map(|c| c.last_seen_ms)
-                        .unwrap_or(0);
+                    // Held by another replica (or last there)?
+                    match self.inner.registry.session_elsewhere(&name, now_ms) {
+                        Some((connected, seen)) => {
+                            v.connected = connected;
+                            v.last_seen_ms = seen;
+                        }
+                        None => {
+                            v.last_seen_ms = self
+                                .inner
+                                .registry
+                                .cluster_shared(&name)
+                                .map(|c| c.last_seen_ms)
+                                .unwrap_or(0);
+                        }
+                    }
                 }
                 session
             }
@@ -756,6 +827,10 @@ impl Rollouts {
         self.ensure_loaded().await?;
         let now_ms = self.now_ms();
         let (all, apps) = self.take_pending(now_ms);
+        // Only the leading replica moves rollouts (it looks at everything once it leads).
+        let Ok(store) = self.inner.lead.store() else {
+            return Ok(());
+        };
         let active: Vec<(Arc<AppRollout>, u64)> = self
             .records()
             .as_ref()
@@ -778,7 +853,7 @@ impl Rollouts {
         let mut audits = Vec::new();
         for (shared, rev) in active {
             let app = shared.app.clone();
-            let views = |c: ClusterId| self.view(&app, c, &live);
+            let views = |c: ClusterId| self.view(&app, c, &live, now_ms);
             self.observe_healthy_fraction(&shared, now_ms);
             let before = shared.as_ref();
             // Advance a copy without the renderings; they are put back only if it moved.
@@ -820,9 +895,9 @@ impl Rollouts {
         }
         // The engine's own decisions are audited before they take effect.
         for entry in audits {
-            self.audited(entry).await?;
+            self.inner.audit.record_through(&store, entry).await?;
         }
-        self.save_all(&steps).await?;
+        self.save_all(&store, &steps).await?;
         let mut finished = Vec::new();
         for s in &steps {
             observe::observe_rollout(
@@ -837,7 +912,7 @@ impl Rollouts {
         }
         drop(_guard);
         for app in finished {
-            self.forget(&app).await?;
+            self.forget(&store, &app).await?;
         }
         Ok(())
     }
@@ -878,6 +953,7 @@ impl Rollouts {
     /// before a crash. (Desired state is derived from the records, so nothing else can be
     /// left half-written.)
     pub async fn resync(&self) -> Result<(), HubError> {
+        let store = self.inner.lead.store()?;
         let finished: Vec<String> = self
             .all()
             .await?
@@ -886,7 +962,7 @@ impl Rollouts {
             .map(|r| r.app)
             .collect();
         for app in finished {
-            self.forget(&app).await?;
+            self.forget(&store, &app).await?;
         }
         Ok(())
     }
@@ -1002,15 +1078,25 @@ impl Rollouts {
     /// Runs the engine until `shutdown`: a pass on every kick and every [`TICK`], at most one
     /// per [`PASS_SPACING`].
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = self.resync().await {
-            tracing::error!(error = %e, "cannot load the rollout records");
-        }
+        let mut role = self.inner.lead.role();
+        let mut leads = false;
         loop {
             let started = tokio::time::Instant::now();
+            let now_leads = role.borrow_and_update().is_leader();
+            if now_leads && !leads {
+                // Taking the lead (or starting alone): finish what a crash left, and look at
+                // every rollout in flight, whoever moved it last.
+                if let Err(e) = self.resync().await {
+                    tracing::error!(error = %e, "cannot load the rollout records");
+                }
+                self.kick();
+            }
+            leads = now_leads;
             self.tick().await;
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.inner.wake.notified() => {}
+                _ = role.changed() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
             tokio::select! {
@@ -1032,10 +1118,12 @@ impl Rollouts {
         &self,
         app: &str,
         entry: AuditEntry,
-        act: impl FnOnce(&mut AppRollout) -> Result<ClusterSet, HubError>,
+        act: impl Fn(&mut AppRollout) -> Result<ClusterSet, HubError>,
     ) -> Result<(), HubError> {
         self.audited(entry).await?;
-        self.update(app, None, |rec| Ok((act(rec)?, ()))).await
+        let store = self.inner.table.store().clone();
+        self.update(&store, app, None, |rec| Ok((act(rec)?, ())))
+            .await
     }
 
     /// An operator action that sends nothing to a cluster itself (an approval, a pause): as
@@ -1044,7 +1132,7 @@ impl Rollouts {
         &self,
         app: &str,
         entry: AuditEntry,
-        act: impl FnOnce(&mut AppRollout) -> Result<(), HubError>,
+        act: impl Fn(&mut AppRollout) -> Result<(), HubError>,
     ) -> Result<AppRollout, HubError> {
         self.audited_update(app, entry, |rec| {
             act(rec)?;

@@ -49,7 +49,7 @@ impl Journaled for GatedStore {
 }
 
 fn ingest(store: &Arc<TestStore>, limits: Limits) -> Arc<Ingest> {
-    Arc::new(Ingest::new(store.clone(), limits))
+    Arc::new(Ingest::new(store.clone(), limits, None))
 }
 
 fn app(name: &str, phase: Phase) -> v1::AppStatus {
@@ -83,7 +83,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 /// (app, phase) in order, and the generation.
 async fn stored(store: &TestStore, cluster: &str) -> (Vec<(String, Phase)>, u64) {
     let store: SharedStore = Arc::new(ReadOnly(store.inner.clone()));
-    let fresh = Ingest::new(store, Limits::default());
+    let fresh = Ingest::new(store, Limits::default(), None);
     let rec = fresh.get_shared(cluster).await.unwrap();
     assert!(
         rec.generation > 0,
@@ -600,7 +600,7 @@ async fn a_journal_merged_again_onto_records_that_hold_it_changes_nothing() {
         .unwrap();
     store
         .inner
-        .put(&log_key(7), batch.encode_to_vec())
+        .put(&format!("{STATUS_LOG}{:020}", 7), batch.encode_to_vec())
         .await
         .unwrap();
     assert_eq!(stored(&store, "a").await, (vec![("x".into(), Failed)], 4));
@@ -637,7 +637,10 @@ async fn an_unreadable_journal_batch_is_skipped_and_the_records_keep_their_state
     // Garbage after the good batch.
     store
         .inner
-        .put(&log_key(1), b"\xff\xff not protobuf".to_vec())
+        .put(
+            &format!("{STATUS_LOG}{:020}", 1),
+            b"\xff\xff not protobuf".to_vec(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -681,4 +684,112 @@ fn journal_entries_encode_as_the_batch_message_does() {
     }
     assert_eq!(buf, batch.encode_to_vec());
     assert_eq!(JournalBatch::decode(buf.as_slice()).unwrap(), batch);
+}
+
+fn revision_of(rec: &StatusRecord, app: &str) -> String {
+    rec.app(app)
+        .map(|a| a.revision.to_string())
+        .unwrap_or_default()
+}
+
+fn at_revision(generation: u64, app_name: &str, revision: &str) -> v1::StatusReport {
+    let mut r = report(generation, false, &[(app_name, Phase::Applied)]);
+    r.apps[0].revision = revision.into();
+    r
+}
+
+/// Replicas sharing a store journal under their own names, follow each other's batches (and
+/// tell the engine of them), fold only their own, and a fresh reader merges every replica's
+/// batches in the order they were stored — not in key order — so a cluster that moved from
+/// one replica to another ends with what it reported last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_journal_apart_and_follow_each_other_in_store_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    // "z" sorts after "b", so key order is not store order.
+    let z = Arc::new(Ingest::new(
+        store.clone(),
+        Limits {
+            checkpoint_entries: 2,
+            ..Limits::default()
+        },
+        Some("z"),
+    ));
+    let b = Arc::new(Ingest::new(store.clone(), Limits::default(), Some("b")));
+    let told: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let t = told.clone();
+    b.on_durable(Box::new(move |cluster, report, _| {
+        lock(&t).push((cluster.to_string(), report.apps[0].revision.clone()));
+    }));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let following = tokio::spawn(b.clone().follow(rx));
+
+    // Connected to z: b sees the report, and its engine is told.
+    z.record("x", &at_revision(1, "web", "r1")).await.unwrap();
+    until("b to follow z's report", || {
+        lock(&told).contains(&("x".into(), "r1".into()))
+    })
+    .await;
+    assert_eq!(revision_of(&b.get_shared("x").await.unwrap(), "web"), "r1");
+
+    // The cluster moves to b, which journals its next report under its own name.
+    b.record("x", &at_revision(2, "web", "r2")).await.unwrap();
+    let keys: Vec<String> = store
+        .list(STATUS_LOG)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.starts_with("/status-log/b/")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with("/status-log/z/")),
+        "{keys:?}"
+    );
+
+    // A fresh reader (a replica starting) ends with r2, although z's batch sorts last.
+    let fresh = Ingest::new(store.clone(), Limits::default(), Some("c"));
+    assert_eq!(
+        revision_of(&fresh.get_shared("x").await.unwrap(), "web"),
+        "r2"
+    );
+
+    // z checkpoints (its second batch): it folds its own journal and leaves b's.
+    z.record("y", &at_revision(1, "web", "r1")).await.unwrap();
+    let keys: Vec<String> = store
+        .list(STATUS_LOG)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert!(
+        !keys.iter().any(|k| k.starts_with("/status-log/z/")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with("/status-log/b/"))
+            .count(),
+        1,
+        "{keys:?}"
+    );
+    // z's record of x (written with its older report) does not hide b's newer batch.
+    let fresh = Ingest::new(store.clone(), Limits::default(), Some("c"));
+    assert_eq!(
+        revision_of(&fresh.get_shared("x").await.unwrap(), "web"),
+        "r2"
+    );
+    assert_eq!(
+        revision_of(&fresh.get_shared("y").await.unwrap(), "web"),
+        "r1"
+    );
+
+    stop.send(true).unwrap();
+    following.await.unwrap();
 }

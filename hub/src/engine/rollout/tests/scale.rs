@@ -206,6 +206,7 @@ async fn no_stored_value_exceeds_512_kib_at_10000_clusters_and_100_apps() {
             })
             .map(Arc::new)
             .collect(),
+        through: 0,
     };
     statuses.put("cluster-00001", &status).await.unwrap();
 
