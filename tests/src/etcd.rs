@@ -60,7 +60,70 @@ impl Member {
 pub struct EtcdCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// With TLS: the members serve their client API over TLS and ask clients for a certificate.
+    pub pki: Option<EtcdPki>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// PEM files of a PKI made for a test etcd: a CA, the members' serving certificate (for
+/// `127.0.0.1` and `localhost`) and a client certificate, all signed by that CA.
+#[derive(Debug, Clone)]
+pub struct EtcdPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// Makes the PKI under `dir`.
+    pub fn create(dir: &Path) -> Self {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose as Eku, Issuer, KeyPair};
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = CertificateParams::new(vec![]).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "test etcd CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |name: &str, sans: Vec<String>, eku: Vec<Eku>| {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.extended_key_usages = eku;
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            "etcd",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            vec![Eku::ServerAuth, Eku::ClientAuth],
+        );
+        let (client_cert, client_key) = leaf("flotilla-hub", vec![], vec![Eku::ClientAuth]);
+        let pki = Self {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        };
+        for (path, pem) in [
+            (&pki.ca, ca_cert.pem()),
+            (&pki.server_cert, server_cert),
+            (&pki.server_key, server_key),
+            (&pki.client_cert, client_cert),
+            (&pki.client_key, client_key),
+        ] {
+            std::fs::write(path, pem).unwrap();
+        }
+        pki
+    }
 }
 
 impl EtcdCluster {
@@ -72,8 +135,21 @@ impl EtcdCluster {
         c
     }
 
+    /// Starts `n` members serving TLS (see [`EtcdPki`]) and requiring client certificates.
+    pub async fn start_tls(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a scratch dir for etcd");
+        let pki = EtcdPki::create(&dir.path().join("pki"));
+        let mut c = Self::start_with(dir.path(), n, Some(pki)).await;
+        c._dir = Some(dir);
+        c
+    }
+
     /// Starts `n` members with their data under `dir` and waits for a leader.
     pub async fn start_in(dir: &Path, n: usize) -> Self {
+        Self::start_with(dir, n, None).await
+    }
+
+    async fn start_with(dir: &Path, n: usize, pki: Option<EtcdPki>) -> Self {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -91,6 +167,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members,
             initial_cluster,
+            pki,
             _dir: None,
         };
         for i in 0..n {
@@ -102,8 +179,21 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let initial = self.initial_cluster.clone();
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        let mut tls: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(p) = &self.pki {
+            for (flag, path) in [
+                ("--cert-file", &p.server_cert),
+                ("--key-file", &p.server_key),
+                ("--trusted-ca-file", &p.ca),
+            ] {
+                tls.push(flag.into());
+                tls.push(path.into());
+            }
+            tls.push("--client-cert-auth".into());
+        }
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::File::create(m.dir.with_extension("log")).expect("etcd log file");
         let child = Command::new(etcd_bin())
@@ -121,6 +211,7 @@ impl EtcdCluster {
             // Quicker elections than the defaults (100 ms / 1 s), still well above loopback
             // latency: a lost leader is replaced within about a second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -137,7 +228,15 @@ impl EtcdCluster {
 
     /// The store configuration for this cluster, keys under `prefix`.
     pub fn config(&self, prefix: &str) -> EtcdConfig {
-        EtcdConfig::parse(&self.url(prefix)).expect("a valid etcd URL")
+        let mut cfg = EtcdConfig::parse(&self.url(prefix)).expect("a valid etcd URL");
+        if let Some(p) = &self.pki {
+            let read = |path: &PathBuf| std::fs::read_to_string(path).unwrap();
+            cfg.tls = Some(flotilla_hub::store::etcd::EtcdTls {
+                ca_pem: read(&p.ca),
+                identity: Some((read(&p.client_cert), read(&p.client_key))),
+            });
+        }
+        cfg
     }
 
     /// A store on this cluster, keys under `prefix`.
@@ -191,6 +290,18 @@ impl EtcdCluster {
 
     /// Waits until every running member answers and there is a leader.
     pub async fn wait_healthy(&self) {
+        if self.pki.is_some() {
+            // Through the hub's own TLS client: a write needs a leader.
+            eventually("the TLS etcd to take a write", || async {
+                let store = EtcdStore::connect(&self.config("")).await.ok()?;
+                flotilla_hub::store::Store::put(&store, "/ready", vec![1])
+                    .await
+                    .ok()
+                    .map(drop)
+            })
+            .await;
+            return;
+        }
         self.leader().await;
         for m in self.members.iter().filter(|m| m.child.is_some()) {
             let ep = format!("http://{}", m.endpoint());

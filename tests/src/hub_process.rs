@@ -95,6 +95,19 @@ impl Drop for Hub {
     }
 }
 
+/// `flotilla_hub_leader` of the hub whose HTTP port is `http` (`None`: no answer).
+pub async fn leads(http: u16) -> Option<bool> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
+    let (status, body) = crate::bench::hub::http_get(addr, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("flotilla_hub_leader "))?;
+    Some(line.ends_with(" 1"))
+}
+
 pub async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {

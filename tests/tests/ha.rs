@@ -307,24 +307,9 @@ async fn a_single_hub_on_redb_is_its_own_leader() {
     assert_eq!(hub.running().metrics.leader.get(), 1);
 }
 
-/// `flotilla_hub_leader` of the hub whose HTTP port is `http` (`None`: no answer).
-async fn leads(http: u16) -> Option<bool> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
-    let (status, body) = flotilla_tests::bench::hub::http_get(addr, "/metrics")
-        .await
-        .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let line = body
-        .lines()
-        .find(|l| l.starts_with("flotilla_hub_leader "))?;
-    Some(line.ends_with(" 1"))
-}
-
 #[tokio::test]
 async fn the_lead_moves_within_the_lease_time_after_a_kill_9_of_the_leading_hub() {
-    use flotilla_tests::hub_process::{Hub, free_port};
+    use flotilla_tests::hub_process::{Hub, free_port, leads};
     let dir = test_dir();
     let etcd = EtcdCluster::start(1).await;
     let (_, ca, key) = operator_ca(dir.path());

@@ -8,23 +8,8 @@
 use std::time::Instant;
 
 use flotilla_tests::etcd::EtcdCluster;
-use flotilla_tests::hub_process::{self as common, Hub, free_port, until, web_revision};
+use flotilla_tests::hub_process::{self as common, Hub, free_port, leads, until, web_revision};
 use flotilla_tests::{TestAgent, operator_ca};
-
-/// `flotilla_hub_leader` of the hub whose HTTP port is `http` (`None`: no answer).
-async fn leads(http: u16) -> Option<bool> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
-    let (status, body) = flotilla_tests::bench::hub::http_get(addr, "/metrics")
-        .await
-        .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let line = body
-        .lines()
-        .find(|l| l.starts_with("flotilla_hub_leader "))?;
-    Some(line.ends_with(" 1"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_finishes_after_a_kill_9_of_the_replica_leading_it() {

@@ -179,3 +179,64 @@ async fn a_hub_on_etcd_keeps_its_clusters_across_a_restart() {
         keys.iter().map(|k| &k.key).collect::<Vec<_>>()
     );
 }
+
+/// etcd serving TLS and requiring client certificates (made by the test): the store connects
+/// with the CA, certificate and key; a client without a certificate is refused with an error
+/// naming etcd; and `flotilla-hub serve` given `--etcd-ca/--etcd-cert/--etcd-key` starts on it
+/// and leads.
+#[tokio::test]
+async fn a_hub_reaches_an_etcd_that_requires_client_certificates() {
+    use flotilla_tests::hub_process::{Hub, free_port, leads};
+    let dir = test_dir();
+    let etcd = EtcdCluster::start_tls(1).await;
+    let pki = etcd.pki.clone().unwrap();
+    assert!(etcd.url("").starts_with("etcd://127.0.0.1:"));
+    let store = etcd.store("/tls").await;
+    store.put("/x", b"1".to_vec()).await.unwrap();
+    assert_eq!(store.get("/x").await.unwrap().unwrap().value, b"1");
+
+    let mut anonymous = etcd.config("/tls");
+    anonymous.tls.as_mut().unwrap().identity = None;
+    let err = match flotilla_hub::store::etcd::EtcdStore::connect(&anonymous).await {
+        Ok(s) => s
+            .get("/x")
+            .await
+            .expect_err("refused without a client certificate"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("etcd"), "{err}");
+
+    let (_, ca, key) = operator_ca(dir.path());
+    let store_url = etcd.url("/fleet");
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let (ca, key) = (path(&ca), path(&key));
+    let (etcd_ca, etcd_cert, etcd_key) =
+        (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let args = [
+        "--store",
+        store_url.as_str(),
+        "--etcd-ca",
+        etcd_ca.as_str(),
+        "--etcd-cert",
+        etcd_cert.as_str(),
+        "--etcd-key",
+        etcd_key.as_str(),
+        "--ca-cert",
+        ca.as_str(),
+        "--ca-key",
+        key.as_str(),
+        "--replica-name",
+        "tls-1",
+    ];
+    let http = free_port();
+    let hub = Hub::start_with(&dir.path().join("hub"), free_port(), http, &args, &[]);
+    eventually("the hub on TLS etcd to lead", || leads(http)).await;
+    let status = hub.cli(&["hub", "status"]);
+    assert_eq!(status["store"], "etcd");
+    assert_eq!(status["role"], "leader");
+    let (fleet, _) = etcd.store("/fleet").await.list("/election/").await.unwrap();
+    assert!(
+        fleet.iter().any(|kv| kv.key == "/election/leader"),
+        "the hub wrote through TLS"
+    );
+}
