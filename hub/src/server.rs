@@ -401,6 +401,17 @@ pub async fn start(
         version: env!("CARGO_PKG_VERSION").into(),
     };
     metrics.leader.set(i64::from(etcd.is_none()));
+    metrics.replicas.set(i64::from(etcd.is_none()));
+    if etcd.is_none() {
+        metrics.leader_terms.inc();
+    }
+    metrics
+        .replica
+        .get_or_create(&crate::telemetry::metrics::ReplicaLabels {
+            replica: replica_name.clone(),
+            store: if etcd.is_some() { "etcd" } else { "redb" }.into(),
+        })
+        .set(1);
     let election = etcd.clone().map(|e| (e, role_tx));
     let admin_svc = AdminService {
         registry: registry.clone(),
@@ -500,7 +511,10 @@ pub async fn start(
         // The reports of clusters connected to other replicas: the leader moves rollouts on
         // them, and every replica shows them.
         let (d, rx) = (desired.clone(), shutdown_rx.clone());
-        tasks.push(tokio::spawn(async move { d.follow_statuses(rx).await }));
+        let followed = metrics.followed_status_reports.clone();
+        tasks.push(tokio::spawn(async move {
+            d.follow_statuses(rx, followed).await
+        }));
     }
     if let Some(etcd) = &etcd {
         // Which replicas are registered: a session another one holds counts while it is.
@@ -510,12 +524,15 @@ pub async fn start(
             shutdown_rx.clone(),
         )));
         // A replica that went took its sessions with it: the leader looks again.
-        let (engine, mut rx) = (rollouts.clone(), shutdown_rx.clone());
+        let (engine, mut rx, m) = (rollouts.clone(), shutdown_rx.clone(), metrics.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = rx.changed() => return,
-                    () = live_replicas.changed.notified() => engine.kick(),
+                    () = live_replicas.changed.notified() => {
+                        m.replicas.set(live_replicas.len() as i64);
+                        engine.kick();
+                    }
                 }
             }
         }));
@@ -551,6 +568,7 @@ pub async fn start(
                 let leads = seen.borrow_and_update().is_leader();
                 m.leader.set(i64::from(leads));
                 if leads && !led {
+                    m.leader_terms.inc();
                     // What the sources render now is this replica's to offer.
                     srcs.trigger_all();
                 }

@@ -247,6 +247,14 @@ async fn one_replica_leads_and_a_clean_stop_hands_the_lead_over() {
     let other = 1 - leader;
     assert_eq!(hubs[leader].running().metrics.leader.get(), 1);
     assert_eq!(hubs[other].running().metrics.leader.get(), 0);
+    assert_eq!(hubs[leader].running().metrics.leader_terms.get(), 1);
+    assert_eq!(hubs[other].running().metrics.leader_terms.get(), 0);
+    eventually("each replica to count both", || async {
+        hubs.iter()
+            .all(|h| h.running().metrics.replicas.get() == 2)
+            .then_some(())
+    })
+    .await;
     // `flotilla hub status` asked of the follower names both, and the leader.
     let names = ["replica-a", "replica-b"];
     let st = cli_json(&hubs[other], &["hub", "status"]).await;
@@ -286,6 +294,7 @@ async fn one_replica_leads_and_a_clean_stop_hands_the_lead_over() {
     )
     .await;
     assert_eq!(hubs[other].running().metrics.leader.get(), 1);
+    assert_eq!(hubs[other].running().metrics.leader_terms.get(), 1);
     let st = cli_json(&hubs[other], &["hub", "status"]).await;
     assert_eq!(st["role"], "leader");
     assert_eq!(
@@ -438,6 +447,19 @@ async fn a_rollback_made_on_one_replica_reaches_the_sessions_held_by_another() {
     assert_contains(&out, &format!("rolled back to {c1}"));
     for c in ["canary-1", "prod-1"] {
         wait_runs(&b, c, "web", &c1).await;
+    }
+    // Replica a, which holds no session, learned the clusters' reports from b's journal.
+    assert!(a.running().metrics.followed_status_reports.get() > 0);
+    for c in ["canary-1", "prod-1"] {
+        eventually(
+            "replica a to show b's clusters back on the kept revision",
+            || async {
+                app_on(&a, c, "web")
+                    .await
+                    .filter(|w| w["revision"] == c1.as_str())
+            },
+        )
+        .await;
     }
     drop(agents);
 }

@@ -185,8 +185,12 @@ impl DesiredStates {
     }
 
     /// Follows the reports the other replicas record, until `shutdown`.
-    pub async fn follow_statuses(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        self.statuses.follow(shutdown).await;
+    pub async fn follow_statuses(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        followed: prometheus_client::metrics::counter::Counter,
+    ) {
+        self.statuses.follow(shutdown, followed).await;
     }
 
     pub async fn status(&self, cluster: &str) -> Result<StatusRecord, HubError> {

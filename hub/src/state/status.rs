@@ -262,8 +262,13 @@ impl Statuses {
     }
 
     /// Follows the reports other replicas journal, until `shutdown` (see [`Ingest::follow`]).
-    pub async fn follow(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        self.ingest.clone().follow(shutdown).await;
+    /// Each report learned so counts in `followed`.
+    pub async fn follow(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        followed: prometheus_client::metrics::counter::Counter,
+    ) {
+        self.ingest.clone().follow(shutdown, followed).await;
     }
 
     pub async fn get(&self, cluster: &str) -> Result<StatusRecord, HubError> {

@@ -791,7 +791,11 @@ impl Ingest {
     /// sees every cluster's reports, and every replica shows them. A failed watch lists the
     /// journal again (merging a batch twice changes nothing); a batch another replica folded
     /// and deleted while the watch was down is not seen until its cluster reports again.
-    pub(crate) async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        followed: prometheus_client::metrics::counter::Counter,
+    ) {
         let mut backoff = std::time::Duration::from_millis(100);
         while let Err(e) = self.load().await {
             tracing::warn!(error = %e, "reading the statuses failed; retrying");
@@ -827,26 +831,29 @@ impl Ingest {
         };
         let apply = async {
             while let Some(kv) = rx.recv().await {
-                self.take_followed(&kv).await;
+                followed.inc_by(self.take_followed(&kv).await as u64);
             }
         };
         tokio::join!(watch, apply);
     }
 
-    /// Merges a journal batch another replica wrote and tells the observer.
-    async fn take_followed(&self, kv: &KeyValue) {
+    /// Merges a journal batch another replica wrote and tells the observer; how many reports
+    /// it merged.
+    async fn take_followed(&self, kv: &KeyValue) -> usize {
         if kv.key.starts_with(&self.own_log) {
-            return;
+            return 0;
         }
         let merged = {
             let _writer = self.loading.lock().await;
             replay(&mut lock(&self.cache).records, kv)
         };
+        let n = merged.len();
         if let Some(observe) = self.observer.get() {
             for (cluster, report, rec) in merged {
                 observe(&cluster, &report, &rec);
             }
         }
+        n
     }
 
     fn entry(&self, kv: KeyValue) -> Cached {

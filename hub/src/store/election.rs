@@ -265,6 +265,15 @@ impl LiveReplicas {
         self.read().live.contains(name)
     }
 
+    /// How many replicas are registered.
+    pub fn len(&self) -> usize {
+        self.read().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().live.is_empty()
+    }
+
     /// When `name`'s registration went (unix ms), if this replica saw it go.
     pub fn gone_ms(&self, name: &str) -> Option<u64> {
         self.read().gone_ms.get(name).copied()

@@ -20,6 +20,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Which replica a hub process is, and on which store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+    pub store: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -83,6 +90,14 @@ pub struct Metrics {
     pub sessions_connected: Gauge,
     /// 1 while this replica leads the replicas sharing its store (always, on redb).
     pub leader: Gauge,
+    /// Always 1, labelled with this replica's name and store (set once at start).
+    pub replica: Family<ReplicaLabels, Gauge>,
+    /// Replicas registered on the shared store, as this one follows them (1 on redb).
+    pub replicas: Gauge,
+    /// Times this replica took the lead.
+    pub leader_terms: Counter,
+    /// Status reports this replica learned from the other replicas' journals.
+    pub followed_status_reports: Counter,
     pub tls_handshakes: Family<ResultLabel, Counter>,
     /// Handshakes that resumed a session from a ticket and were admitted (a subset of
     /// `tls_handshakes{result="ok"}`).
@@ -138,6 +153,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flotilla_hub");
         let sessions_connected = Gauge::default();
         let leader = Gauge::default();
+        let replica = Family::<ReplicaLabels, Gauge>::default();
+        let replicas = Gauge::default();
+        let leader_terms = Counter::default();
+        let followed_status_reports = Counter::default();
         let tls_handshakes = Family::<ResultLabel, Counter>::default();
         let tls_resumed_handshakes = Counter::default();
         let joins = Family::<ResultLabel, Counter>::default();
@@ -176,6 +195,26 @@ impl Metrics {
             "leader",
             "1 while this replica leads the hub replicas sharing its store (always 1 on redb)",
             leader.clone(),
+        );
+        registry.register(
+            "replica",
+            "1, labelled with this hub replica's name and store (redb or etcd)",
+            replica.clone(),
+        );
+        registry.register(
+            "replicas",
+            "Hub replicas registered on the shared store, as this replica sees them (1 on redb)",
+            replicas.clone(),
+        );
+        registry.register(
+            "leader_terms",
+            "Times this replica took the lead of the hub replicas",
+            leader_terms.clone(),
+        );
+        registry.register(
+            "followed_status_reports",
+            "Status reports this replica learned from other replicas' journals",
+            followed_status_reports.clone(),
         );
         registry.register(
             "tls_handshakes",
@@ -282,6 +321,10 @@ impl Metrics {
             registry,
             sessions_connected,
             leader,
+            replica,
+            replicas,
+            leader_terms,
+            followed_status_reports,
             tls_handshakes,
             tls_resumed_handshakes,
             joins,

@@ -722,7 +722,8 @@ async fn replicas_journal_apart_and_follow_each_other_in_store_order() {
         lock(&t).push((cluster.to_string(), report.apps[0].revision.clone()));
     }));
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let following = tokio::spawn(b.clone().follow(rx));
+    let followed = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let following = tokio::spawn(b.clone().follow(rx, followed.clone()));
 
     // Connected to z: b sees the report, and its engine is told.
     z.record("x", &at_revision(1, "web", "r1")).await.unwrap();
@@ -731,6 +732,7 @@ async fn replicas_journal_apart_and_follow_each_other_in_store_order() {
     })
     .await;
     assert_eq!(revision_of(&b.get_shared("x").await.unwrap(), "web"), "r1");
+    assert_eq!(followed.get(), 1);
 
     // The cluster moves to b, which journals its next report under its own name.
     b.record("x", &at_revision(2, "web", "r2")).await.unwrap();
