@@ -523,8 +523,10 @@ pub async fn start(
             live_replicas.clone(),
             shutdown_rx.clone(),
         )));
-        // A replica that went took its sessions with it: the leader looks again.
+        // A replica that went took its sessions with it: the leader looks again, and folds
+        // the status journal it left (also when it takes the lead).
         let (engine, mut rx, m) = (rollouts.clone(), shutdown_rx.clone(), metrics.clone());
+        let (d, mut lead, me) = (desired.clone(), role.clone(), replica_name.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -533,6 +535,16 @@ pub async fn start(
                         m.replicas.set(live_replicas.len() as i64);
                         engine.kick();
                     }
+                    changed = lead.changed() => if changed.is_err() { return },
+                }
+                let live = live_replicas.names();
+                // Only once this replica sees itself registered: an empty or partial view
+                // must not take a live replica's journal.
+                if lead.borrow_and_update().is_leader()
+                    && live.contains(&me)
+                    && let Err(e) = d.adopt_orphan_journals(&live).await
+                {
+                    tracing::warn!(error = %e, "folding the status journals of replicas that are gone failed; will retry on the next change");
                 }
             }
         }));

@@ -2,11 +2,12 @@
 //! with in-process agents on simulated clusters: a `kill -9` of the replica that leads an app's
 //! rollout while the rollout waits between stages, and of the one holding every agent's
 //! session. The other replica takes the lead and the sessions; the rollout finishes in the
-//! plan's order (production gets nothing before its approval), and every audit entry written
-//! before the kill is still there.
+//! plan's order (production gets nothing before its approval), every audit entry written
+//! before the kill is still there, and the status journal the killed replica left is folded.
 
 use std::time::Instant;
 
+use flotilla_hub::store::Store;
 use flotilla_tests::etcd::EtcdCluster;
 use flotilla_tests::hub_process::{self as common, Hub, free_port, leads, until, web_revision};
 use flotilla_tests::{TestAgent, operator_ca};
@@ -96,6 +97,10 @@ async fn a_rollout_finishes_after_a_kill_9_of_the_replica_leading_it() {
         .iter()
         .map(|s| s.borrow().sessions_opened)
         .collect();
+    // Replica-1 journaled its sessions' reports under its name.
+    let raw = etcd.store("/fleet").await;
+    let journal_of_first = || async { raw.list("/status-log/replica-1/").await.unwrap().0.len() };
+    assert!(journal_of_first().await > 0);
 
     first.kill9();
     let killed = Instant::now();
@@ -149,6 +154,11 @@ async fn a_rollout_finishes_after_a_kill_9_of_the_replica_leading_it() {
     assert_eq!(done["stages"][1]["updated"], 2);
     let last = actions(&second.cli(&["audit"]));
     assert_eq!(last.last().map(String::as_str), Some("rollout.approve"));
+    // The journal the killed replica left is folded by the leader once its registration went.
+    flotilla_tests::eventually("the killed replica's journal to be folded", || async {
+        (journal_of_first().await == 0).then_some(())
+    })
+    .await;
     for a in agents {
         let _ = a.stop().await;
     }

@@ -184,6 +184,14 @@ impl DesiredStates {
         }
     }
 
+    /// Folds the status journals of replicas not in `live` (the leader does, when one goes).
+    pub async fn adopt_orphan_journals(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<usize, HubError> {
+        self.statuses.adopt_orphans(live).await
+    }
+
     /// Follows the reports the other replicas record, until `shutdown`.
     pub async fn follow_statuses(
         &self,

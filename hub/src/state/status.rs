@@ -262,6 +262,14 @@ impl Statuses {
     }
 
     /// Follows the reports other replicas journal, until `shutdown` (see [`Ingest::follow`]).
+    /// Folds the journals of replicas not in `live` (see [`Ingest::adopt_orphans`]).
+    pub async fn adopt_orphans(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<usize, HubError> {
+        self.ingest.adopt_orphans(live).await
+    }
+
     /// Each report learned so counts in `followed`.
     pub async fn follow(
         &self,

@@ -837,6 +837,64 @@ impl Ingest {
         tokio::join!(watch, apply);
     }
 
+    /// Folds the journals of replicas that are gone (not in `live`, not this one), and any
+    /// journal batch written without a replica's name (by a hub alone on the store before):
+    /// their batches are merged here, taken into this replica's journal, and a checkpoint
+    /// writes the records they changed and deletes them. The leader runs it when a replica's
+    /// registration goes, so a replica that never comes back leaves no journal behind. How many
+    /// batches it took.
+    pub(crate) async fn adopt_orphans(
+        &self,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<usize, HubError> {
+        let Some(me) = self
+            .own_log
+            .strip_prefix(STATUS_LOG)
+            .and_then(|s| s.strip_suffix('/'))
+        else {
+            // Alone on the store: every batch is this hub's own already.
+            return Ok(0);
+        };
+        self.load().await?;
+        let _writer = self.loading.lock().await;
+        let (items, _) = self.table.store().list(STATUS_LOG).await?;
+        let orphans: Vec<KeyValue> = by_revision(items)
+            .into_iter()
+            .filter(|kv| match kv.key[STATUS_LOG.len()..].split_once('/') {
+                Some((replica, _)) => replica != me && !live.contains(replica),
+                None => true,
+            })
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let mut told = Vec::new();
+        {
+            let mut cache = lock(&self.cache);
+            let known: BTreeSet<String> = cache.journal.iter().map(|l| l.key.clone()).collect();
+            for kv in orphans.iter().filter(|kv| !known.contains(&kv.key)) {
+                let merged = replay(&mut cache.records, kv);
+                for (cluster, ..) in &merged {
+                    cache.dirty.insert(cluster.clone());
+                }
+                told.extend(merged);
+                cache.journal.push(Logged::of(kv));
+                cache.journal_bytes += kv.value.len();
+            }
+        }
+        tracing::info!(
+            batches = orphans.len(),
+            "folding the status journals of hub replicas that are gone"
+        );
+        self.checkpoint().await?;
+        if let Some(observe) = self.observer.get() {
+            for (cluster, report, rec) in told {
+                observe(&cluster, &report, &rec);
+            }
+        }
+        Ok(orphans.len())
+    }
+
     /// Merges a journal batch another replica wrote and tells the observer; how many reports
     /// it merged.
     async fn take_followed(&self, kv: &KeyValue) -> usize {

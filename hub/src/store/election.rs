@@ -265,6 +265,11 @@ impl LiveReplicas {
         self.read().live.contains(name)
     }
 
+    /// The names of the replicas registered now.
+    pub fn names(&self) -> std::collections::HashSet<String> {
+        self.read().live.clone()
+    }
+
     /// How many replicas are registered.
     pub fn len(&self) -> usize {
         self.read().live.len()

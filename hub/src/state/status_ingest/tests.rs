@@ -795,3 +795,64 @@ async fn replicas_journal_apart_and_follow_each_other_in_store_order() {
     stop.send(true).unwrap();
     following.await.unwrap();
 }
+
+/// The leader folds the journal a replica left behind when it went (and batches a hub alone
+/// on the store wrote without a replica's name), and no live replica's journal: the records
+/// hold what the journal held, and its keys are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_of_a_replica_that_went_is_folded_and_a_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let alone = Arc::new(Ingest::new(store.clone(), Limits::default(), None));
+    alone
+        .record("w", &at_revision(1, "web", "r0"))
+        .await
+        .unwrap();
+    let gone = Arc::new(Ingest::new(store.clone(), Limits::default(), Some("gone")));
+    gone.record("x", &at_revision(1, "web", "r1"))
+        .await
+        .unwrap();
+    let live = Arc::new(Ingest::new(store.clone(), Limits::default(), Some("live")));
+    live.record("y", &at_revision(1, "web", "r2"))
+        .await
+        .unwrap();
+    let leader = Ingest::new(store.clone(), Limits::default(), Some("leader"));
+    let keys = |prefix: &'static str| {
+        let store = store.clone();
+        async move { store.list(prefix).await.unwrap().0.len() }
+    };
+    assert_eq!(keys(STATUS_LOG).await, 3);
+
+    let names: std::collections::HashSet<String> =
+        ["leader".to_string(), "live".to_string()].into();
+    assert_eq!(leader.adopt_orphans(&names).await.unwrap(), 2);
+    let left: Vec<String> = store
+        .list(STATUS_LOG)
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("/status-log/live/"), "{left:?}");
+    for (cluster, rev) in [("w", "r0"), ("x", "r1")] {
+        let stored = record_key_in(&store, cluster)
+            .await
+            .expect("folded into the record");
+        assert_eq!(revision_of(&stored, "web"), rev);
+    }
+    // Nothing left to fold.
+    assert_eq!(leader.adopt_orphans(&names).await.unwrap(), 0);
+    let fresh = Ingest::new(store.clone(), Limits::default(), Some("c"));
+    assert_eq!(
+        revision_of(&fresh.get_shared("y").await.unwrap(), "web"),
+        "r2"
+    );
+}
+
+/// The record stored under `/status/<cluster>` itself.
+async fn record_key_in(store: &SharedStore, cluster: &str) -> Option<StatusRecord> {
+    let kv = store.get(&format!("{STATUS}{cluster}")).await.unwrap()?;
+    Some(serde_json::from_slice(&kv.value).unwrap())
+}
