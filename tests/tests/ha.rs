@@ -579,7 +579,7 @@ async fn a_cluster_connected_to_one_replica_shows_connected_through_it_on_the_ot
     drop(agent);
 }
 
-/// Without etcd's quorum: sessions stay up (heartbeats answered, nothing reconnects), the
+/// One etcd member lost (its leader): writes go on. Without etcd's quorum: sessions stay up (heartbeats answered, nothing reconnects), the
 /// agent keeps its cluster as desired (it heals a deleted object) while its report waits,
 /// unacknowledged, and writes are refused naming the store; once quorum returns, writes work
 /// again and the report that waited lands.
@@ -607,8 +607,16 @@ async fn without_etcd_quorum_sessions_stay_agents_heal_and_writes_wait_for_it() 
         .await;
     wait_runs(&b, "canary-1", "web", &c1).await;
 
-    etcd.kill(1);
-    etcd.kill(2);
+    // One member lost (etcd's leader, even): the service goes on — writes too.
+    let etcd_leader = etcd.leader().await;
+    etcd.kill(etcd_leader);
+    let out = cli(&a, &["cluster", "add", "early"])
+        .await
+        .expect("a write with one etcd member lost");
+    assert_contains(&out, "flotilla-join:");
+    // A second one: no quorum.
+    let second = (etcd_leader + 1) % 3;
+    etcd.kill(second);
     let err = eventually("a write refused without quorum", || async {
         cli(&a, &["cluster", "add", "late"]).await.err()
     })
@@ -643,8 +651,8 @@ async fn without_etcd_quorum_sessions_stay_agents_heal_and_writes_wait_for_it() 
     assert!(st.connected);
     assert_eq!(st.sessions_opened, before.sessions_opened, "no reconnect");
 
-    etcd.restart(1);
-    etcd.restart(2);
+    etcd.restart(etcd_leader);
+    etcd.restart(second);
     eventually("writes to work again with quorum back", || async {
         cli(&a, &["cluster", "add", "late"]).await.ok()
     })

@@ -520,13 +520,18 @@ impl EtcdStore {
     }
 }
 
-/// Whether etcd surely did not take the request: the member could not be reached (the request
-/// was never sent), or it has no leader (it refuses before proposing anything).
+/// Whether the request can be sent again: the member could not be reached (the request was
+/// never sent), it has no leader (it refuses before proposing anything), or its leader changed
+/// while the request waited (it may or may not have been applied: a conditional write applied
+/// twice fails its comparison the second time, an unconditional put writes the same value
+/// again, and a read is read again).
 fn not_taken(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             s.code() == tonic::Code::Unavailable
-                && (s.message().contains("connect") || s.message().contains("no leader"))
+                && ["connect", "no leader", "leader changed"]
+                    .iter()
+                    .any(|m| s.message().contains(m))
         }
         _ => false,
     }
