@@ -807,7 +807,8 @@ impl Ingest {
         }
         let loaded_at = lock(&self.cache).loaded_at;
         // The watch's callbacks cannot wait for the writer's turn: batches go to a task that can.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<KeyValue>();
+        // `None`: the journal is listed again after a failed watch.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<KeyValue>>();
         let store = self.table.store().clone();
         let watch = async move {
             crate::store::follow::follow(
@@ -817,24 +818,84 @@ impl Ingest {
                 Some(loaded_at),
                 shutdown,
                 |items, _| {
+                    let _ = tx.send(None);
                     for kv in items {
-                        let _ = tx.send(kv);
+                        let _ = tx.send(Some(kv));
                     }
                 },
                 |ev| {
                     if let crate::store::WatchEvent::Put(kv) = ev {
-                        let _ = tx.send(kv);
+                        let _ = tx.send(Some(kv));
                     }
                 },
             )
             .await;
         };
         let apply = async {
-            while let Some(kv) = rx.recv().await {
-                followed.inc_by(self.take_followed(&kv).await as u64);
+            while let Some(item) = rx.recv().await {
+                let taken = match item {
+                    Some(kv) => self.take_followed(&kv).await,
+                    None => self.resync_records().await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "reading the status records again after a failed watch failed; a cluster's next report brings it up to date");
+                        0
+                    }),
+                };
+                followed.inc_by(taken as u64);
             }
         };
         tokio::join!(watch, apply);
+    }
+
+    /// After a failed watch on the journal: batches other replicas folded into the records and
+    /// deleted meanwhile were never seen here, so the records are read again, and each one that
+    /// holds a newer batch than the cached record (and is not ahead here, unwritten) replaces
+    /// it; the observer is told of each as of a report replacing the cluster's statuses. How
+    /// many records it took.
+    pub(crate) async fn resync_records(&self) -> Result<usize, HubError> {
+        let (items, _) = self.table.store().list(STATUS).await?;
+        let mut told = Vec::new();
+        {
+            let _writer = self.loading.lock().await;
+            let mut cache = lock(&self.cache);
+            for kv in items {
+                let cluster = kv.key[STATUS.len()..].to_string();
+                if cache.dirty.contains(&cluster) {
+                    continue;
+                }
+                let fresh = self.entry(kv);
+                let Slot::Record(rec) = &fresh.slot else {
+                    continue;
+                };
+                let newer = match cache.records.get(&cluster).map(|c| &c.slot) {
+                    Some(Slot::Record(held)) => rec.through > held.through,
+                    Some(Slot::Corrupt(_)) | None => true,
+                };
+                if newer {
+                    let rec = rec.clone();
+                    cache.records.insert(cluster.clone(), fresh);
+                    told.push((cluster, rec));
+                }
+            }
+        }
+        let n = told.len();
+        if let Some(observe) = self.observer.get() {
+            for (cluster, rec) in told {
+                let report = v1::StatusReport {
+                    replace: true,
+                    apps: rec
+                        .apps
+                        .iter()
+                        .map(|a| v1::AppStatus {
+                            app: a.app.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                observe(&cluster, &report, &rec);
+            }
+        }
+        Ok(n)
     }
 
     /// Folds the journals of replicas that are gone (not in `live`, not this one), and any

@@ -856,3 +856,37 @@ async fn record_key_in(store: &SharedStore, cluster: &str) -> Option<StatusRecor
     let kv = store.get(&format!("{STATUS}{cluster}")).await.unwrap()?;
     Some(serde_json::from_slice(&kv.value).unwrap())
 }
+
+/// After a failed watch, batches another replica folded and deleted meanwhile are read back
+/// from the records: a record holding a newer batch than the cached one replaces it, and the
+/// engine is told; reading again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_folded_while_the_watch_was_down_are_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let b = Arc::new(Ingest::new(store.clone(), Limits::default(), Some("b")));
+    let told: Arc<Mutex<Vec<String>>> = Arc::default();
+    let t = told.clone();
+    b.on_durable(Box::new(move |cluster, report, _| {
+        assert!(report.replace);
+        lock(&t).push(cluster.to_string());
+    }));
+    assert!(b.get_shared("x").await.unwrap().apps.is_empty());
+    // z journals and folds at once: its batch is gone from the journal before b saw it.
+    let z = Arc::new(Ingest::new(
+        store.clone(),
+        Limits {
+            checkpoint_entries: 1,
+            ..Limits::default()
+        },
+        Some("z"),
+    ));
+    z.record("x", &at_revision(1, "web", "r1")).await.unwrap();
+    assert_eq!(store.list(STATUS_LOG).await.unwrap().0.len(), 0);
+    assert!(b.get_shared("x").await.unwrap().apps.is_empty());
+
+    assert_eq!(b.resync_records().await.unwrap(), 1);
+    assert_eq!(revision_of(&b.get_shared("x").await.unwrap(), "web"), "r1");
+    assert_eq!(*lock(&told), ["x"]);
+    assert_eq!(b.resync_records().await.unwrap(), 0);
+}
