@@ -789,8 +789,8 @@ impl Ingest {
     /// `shutdown`: each is merged into the cache (unless a record holds a newer batch) and the
     /// observer is told of its reports, as of this replica's own — so the replica that leads
     /// sees every cluster's reports, and every replica shows them. A failed watch lists the
-    /// journal again (merging a batch twice changes nothing); a batch another replica folded
-    /// and deleted while the watch was down is not seen until its cluster reports again.
+    /// journal again (merging a batch twice changes nothing) and reads the records again for
+    /// the batches other replicas folded and deleted meanwhile ([`Self::resync_records`]).
     pub(crate) async fn follow(
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
