@@ -399,6 +399,7 @@ pub async fn start(
             .unwrap_or_else(|| hub_address.clone()),
         started_ms: flotilla_proto::clock::unix_ms(config.clock.now()),
         version: env!("CARGO_PKG_VERSION").into(),
+        lease: 0,
     };
     metrics.leader.set(i64::from(etcd.is_none()));
     metrics.replicas.set(i64::from(etcd.is_none()));

@@ -29,6 +29,7 @@ fn candidate(store: &EtcdStore, name: &str) -> Candidate {
         endpoint: format!("{name}:7443"),
         started_ms: 0,
         version: "test".into(),
+        lease: 0,
     };
     let task = tokio::spawn(election::run(store.clone(), me, LEASE, role_tx, stop_rx));
     Candidate { role, stop, task }

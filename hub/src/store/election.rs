@@ -39,6 +39,14 @@ pub struct ReplicaInfo {
     /// When it started (unix ms).
     pub started_ms: u64,
     pub version: String,
+    /// The lease its keys are held with now (set by the election; tells this replica's key
+    /// held with its current lease from one held with a lease it lost).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// This replica's part in the election.
@@ -117,7 +125,11 @@ async fn hold(
     role: &watch::Sender<Role>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Held {
-    let info = serde_json::to_vec(me).expect("replica info serializes");
+    let info = serde_json::to_vec(&ReplicaInfo {
+        lease,
+        ..me.clone()
+    })
+    .expect("replica info serializes");
     if let Err(e) = store
         .put_leased(&format!("{REPLICAS}{}", me.name), info.clone(), lease)
         .await
@@ -136,6 +148,15 @@ async fn hold(
                 tracing::info!(replica = %me.name, term, "leading the hub replicas");
                 role.send_replace(Role::Leader { term });
                 term
+            }
+            // Held with this very lease: taken by a campaign whose answer was lost (a call
+            // sent again after etcd's leader changed), or campaigning again after the watch
+            // broke. Still this replica's lead.
+            Ok(Err(Some(holder))) if holder.value == info => {
+                let term = holder.create_revision;
+                tracing::info!(replica = %me.name, term, "leading the hub replicas");
+                role.send_replace(Role::Leader { term });
+                holder.mod_revision
             }
             Ok(Err(Some(holder))) => {
                 let leader = serde_json::from_slice::<ReplicaInfo>(&holder.value)
