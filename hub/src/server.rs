@@ -389,6 +389,16 @@ pub async fn start(
         config.limits,
     );
     sources.start_all().await?;
+    {
+        // A rendering another replica offered, with bundles this one has not rendered: sync
+        // the source here now rather than at its next poll (its sessions wait for them).
+        let (srcs, cache) = (sources.clone(), bundles.clone());
+        rollouts.on_offered_elsewhere(Box::new(move |source, digests| {
+            if digests.iter().any(|d| !cache.contains(d)) {
+                srcs.trigger(source);
+            }
+        }));
+    }
     // This replica as the others see it.
     let me = ReplicaInfo {
         name: replica_name.clone(),

@@ -671,3 +671,40 @@ async fn without_etcd_quorum_sessions_stay_agents_heal_and_writes_wait_for_it() 
         before.sessions_opened
     );
 }
+
+/// A commit the leader syncs by itself (its own `source sync`, no request through the store)
+/// reaches agents connected to a follower that polls only hourly: the follower renders the
+/// new bundles as soon as it follows the leader's offer, instead of at its next poll.
+#[tokio::test]
+async fn a_rendering_the_leader_offered_is_rendered_by_the_replica_holding_the_sessions() {
+    use flotilla_tests::web_app::{self, settings};
+    let dir = test_dir();
+    let etcd = EtcdCluster::start(1).await;
+    let (repo, c1) = web_app::repo(
+        dir.path(),
+        &web_app::canary_then_prod("regions", ""),
+        Some("1"),
+    );
+    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
+    let a = r.start(0).await;
+    eventually("replica a to lead", || async {
+        a.running().role.borrow().is_leader().then_some(())
+    })
+    .await;
+    add_fleet_source(&a, &repo.path).await;
+    let b = r.start(1).await;
+    let sim = sim_cluster(std::time::Duration::ZERO);
+    let b_addr = b.addr();
+    let _agent = a
+        .join_sim(dir.path(), "canary-1", &[("ring", "canary")], &sim, |c| {
+            c.hub_override = vec![b_addr];
+        })
+        .await;
+    wait_runs(&b, "canary-1", "web", &c1).await;
+
+    repo.write("apps/web/config.yaml", &settings("2"));
+    let c2 = repo.commit("web 2");
+    // The leader syncs on its own: nothing asks replica b to sync.
+    a.running().sources.sync_now("fleet").await.unwrap();
+    wait_runs(&b, "canary-1", "web", &c2).await;
+}

@@ -357,7 +357,13 @@ impl Sources {
                 },
             )
             .await?;
-        Ok(rec.0.sync_requests)
+        let count = rec.0.sync_requests;
+        // Asked here, synced here already: the watch's echo of it wakes nothing again.
+        if let Some(h) = self.handle(name) {
+            h.requests_seen
+                .fetch_max(count, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(count)
     }
 
     /// Wakes a source's loop here. Unknown names are ignored.

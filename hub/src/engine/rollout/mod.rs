@@ -112,7 +112,13 @@ struct Inner {
     started_ms: u64,
     /// How often the records were read from the store (more than once: after a conflict).
     reloads: std::sync::atomic::AtomicU64,
+    /// Told (source, bundle digests) of a new rendering another replica offered.
+    on_offered_elsewhere: std::sync::OnceLock<OfferedElsewhere>,
 }
+
+/// What a replica does when another one offered a new rendering of a source's app: render the
+/// bundles its own sessions will fetch, if it has not yet.
+pub type OfferedElsewhere = Box<dyn Fn(&str, &[&str]) + Send + Sync>;
 
 type Records = BTreeMap<String, (Arc<AppRollout>, u64)>;
 
@@ -175,6 +181,7 @@ impl Rollouts {
                 metrics,
                 started_ms,
                 reloads: Default::default(),
+                on_offered_elsewhere: std::sync::OnceLock::new(),
             }),
         };
         // Told of every status report once it is durable, in the order they were recorded,
@@ -186,6 +193,12 @@ impl Rollouts {
             }
         }));
         this
+    }
+
+    /// Has `f` called with the source and bundle digests of each new rendering another replica
+    /// offered (followed from the store). Set once.
+    pub fn on_offered_elsewhere(&self, f: OfferedElsewhere) {
+        let _ = self.inner.on_offered_elsewhere.set(f);
     }
 
     /// Whether this replica leads: only the leader offers renderings, moves rollouts and
@@ -1057,6 +1070,19 @@ impl Rollouts {
                 (None, touched)
             }
         };
+        if let (Some((rec, _)), Some(tell)) = (&after, self.inner.on_offered_elsewhere.get()) {
+            let newest = rec.renders.last();
+            let was = before.as_ref().and_then(|b| b.renders.last());
+            if let Some(render) = newest.filter(|n| was.is_none_or(|w| w.revision != n.revision)) {
+                let digests: Vec<&str> = render
+                    .entries
+                    .groups()
+                    .iter()
+                    .map(|g| g.entry.bundle_digest.as_str())
+                    .collect();
+                tell(&rec.source, &digests);
+            }
+        }
         let shown = after.as_ref().map(|(r, _)| r.clone()).or(before);
         {
             let mut records = self.records();
