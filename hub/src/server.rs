@@ -389,10 +389,11 @@ pub async fn start(
         config.limits,
     );
     sources.start_all().await?;
-    {
+    if etcd.is_some() {
         // A rendering another replica offered, with bundles this one has not rendered: sync
-        // the source here now rather than at its next poll (its sessions wait for them).
-        let (srcs, cache) = (sources.clone(), bundles.clone());
+        // the source here now rather than at its next poll (its sessions wait for them). The
+        // engine keeps the callback, and the sources keep the engine: held weakly.
+        let (srcs, cache) = (sources.downgrade(), bundles.clone());
         rollouts.on_offered_elsewhere(Box::new(move |source, digests| {
             if digests.iter().any(|d| !cache.contains(d)) {
                 srcs.trigger(source);

@@ -112,6 +112,20 @@ pub struct Sources {
     inner: Arc<Inner>,
 }
 
+/// A handle on the sources that does not keep them (nor what they hold, the store among it)
+/// alive: for callbacks of parts the sources themselves hold, such as the rollout engine.
+#[derive(Debug, Clone)]
+pub struct WeakSources(std::sync::Weak<Inner>);
+
+impl WeakSources {
+    /// [`Sources::trigger`], while the sources exist.
+    pub fn trigger(&self, name: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| Sources { inner }.trigger(name))
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     table: Table<SourceRecord>,
@@ -322,6 +336,10 @@ impl Sources {
             self.start(&s.name);
         }
         Ok(())
+    }
+
+    pub fn downgrade(&self) -> WeakSources {
+        WeakSources(Arc::downgrade(&self.inner))
     }
 
     /// Asks for a sync of `name` now (webhook): its loop here wakes, and on a replica that
