@@ -547,6 +547,7 @@ impl Registry {
     ) -> Result<(ClusterRecord, Revision), HubError> {
         let _turn = self.assigning.lock().await;
         let store = self.clusters.store();
+        let mut attempt = 0u32;
         for _ in 0..CAS_RETRIES {
             let (last, at) = match store.get(LAST_CLUSTER_ID).await? {
                 Some(kv) => (
@@ -576,7 +577,14 @@ impl Registry {
             match store.compare_and_swap_many(ops).await? {
                 // The record is the batch's last write.
                 Ok(revisions) => return Ok((record, revisions[1])),
-                Err(key) if key == LAST_CLUSTER_ID => continue,
+                Err(key) if key == LAST_CLUSTER_ID => {
+                    // Another replica took the id: wait a little (random, growing) before the
+                    // next attempt, so that replicas adding clusters at once spread out.
+                    attempt += 1;
+                    let spread = 1u64 << attempt.min(6);
+                    let wait = rand::random::<u64>() % spread + 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
                 Err(_) => return Err(HubError::ClusterExists(record.name)),
             }
         }

@@ -101,30 +101,50 @@ impl Enrollment {
         fleet: &Arc<Fleet>,
         on_desired: Option<DesiredHandler>,
     ) -> Opened {
+        self.open_spread(&[hub_addr.to_string()], fleet, on_desired)
+            .await
+    }
+
+    /// [`Enrollment::open_all`] over several hub replicas: enrolled cluster `i` opens its
+    /// session to `hubs[i % hubs.len()]` (round robin; the same replica every time, so a
+    /// reconnect resumes the TLS session from that replica's ticket). The result says which
+    /// replica each session went to.
+    pub async fn open_spread(
+        &self,
+        hubs: &[String],
+        fleet: &Arc<Fleet>,
+        on_desired: Option<DesiredHandler>,
+    ) -> Opened {
         let enrolled = &self.enrolled;
         let started = Instant::now();
         let mut sessions: Vec<Session> = Vec::with_capacity(enrolled.len());
         let mut latencies = Vec::with_capacity(enrolled.len());
+        let mut hub_of = Vec::with_capacity(enrolled.len());
+        let mut cluster_of = Vec::with_capacity(enrolled.len());
         let mut failures = Failures::default();
         {
             let on_desired = &on_desired;
             let mut s = futures::stream::iter(enrolled.iter().enumerate())
                 .map(|(i, who)| {
-                    open_session(
+                    let h = i % hubs.len();
+                    let open = open_session(
                         who,
-                        hub_addr,
+                        &hubs[h],
                         source_ip(i, self.sources),
                         fleet.clone(),
                         on_desired.clone(),
-                    )
+                    );
+                    async move { (i, h, open.await) }
                 })
                 .buffer_unordered(self.concurrency);
             let mut last = Instant::now();
-            while let Some(r) = s.next().await {
+            while let Some((i, h, r)) = s.next().await {
                 match r {
                     Ok((sess, took)) => {
                         sessions.push(sess);
                         latencies.push(took);
+                        hub_of.push(h);
+                        cluster_of.push(i);
                     }
                     Err(e) => failures.record(e),
                 }
@@ -144,6 +164,8 @@ impl Enrollment {
         let opened = Opened {
             sessions,
             latencies,
+            hub_of,
+            cluster_of,
             failed: failures.count,
             errors: failures.examples,
             took: started.elapsed(),
@@ -157,6 +179,11 @@ impl Enrollment {
         );
         opened
     }
+
+    /// The loopback source address enrolled cluster `i` connects from.
+    pub fn source_of(&self, i: usize) -> std::net::IpAddr {
+        source_ip(i, self.sources)
+    }
 }
 
 /// Enrolls clusters `cluster_name(0..n)`: `conc` AddCluster + Join in flight at once, the joins
@@ -167,23 +194,53 @@ pub async fn enroll(
     sources: usize,
     conc: usize,
 ) -> Result<Enrollment> {
+    enroll_via(&[(admin.clone(), None)], n, sources, conc).await
+}
+
+/// [`enroll`] over several hub replicas, each an Admin API client and the `host:port` it
+/// serves on: cluster `i` is added through replica `i % targets.len()` and joins over
+/// bootstrap channels to that same replica.
+pub async fn enroll_spread(
+    targets: &[(AdminClient<Channel>, String)],
+    n: usize,
+    sources: usize,
+    conc: usize,
+) -> Result<Enrollment> {
+    let targets: Vec<_> = targets
+        .iter()
+        .map(|(admin, addr)| (admin.clone(), Some(addr.clone())))
+        .collect();
+    enroll_via(&targets, n, sources, conc).await
+}
+
+/// Enrolls through `targets` in turn: each an Admin API client and the address its joins go to
+/// (`None`: the address in the first token).
+async fn enroll_via(
+    targets: &[(AdminClient<Channel>, Option<String>)],
+    n: usize,
+    sources: usize,
+    conc: usize,
+) -> Result<Enrollment> {
     println!("{}: enrolling {n} clusters (concurrency {conc})", prog());
     let started = Instant::now();
-    let first_token = add_cluster(&mut admin.clone(), &cluster_name(0)).await?;
-    let mut boot = Vec::new();
-    for j in 0..sources.min(8) {
-        let ch = TlsDialer::new(bootstrap_client_config(&first_token.ca)?)
-            .with_local_ip(Some(source_ip(j, sources)))
-            .channel(&first_token.hub)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "bootstrap connection to {}: {}",
-                    first_token.hub,
-                    error_chain(&e)
-                )
-            })?;
-        boot.push(ch);
+    let (first_admin, _) = targets
+        .first()
+        .ok_or_else(|| anyhow!("no hub to enroll through"))?;
+    let first_token = add_cluster(&mut first_admin.clone(), &cluster_name(0)).await?;
+    // Per target, one bootstrap channel per source address (up to 8).
+    let mut boot: Vec<Vec<Channel>> = Vec::new();
+    for (_, addr) in targets {
+        let addr = addr.as_deref().unwrap_or(&first_token.hub);
+        let mut channels = Vec::new();
+        for j in 0..sources.min(8) {
+            let ch = TlsDialer::new(bootstrap_client_config(&first_token.ca)?)
+                .with_local_ip(Some(source_ip(j, sources)))
+                .channel(addr)
+                .await
+                .map_err(|e| anyhow!("bootstrap connection to {addr}: {}", error_chain(&e)))?;
+            channels.push(ch);
+        }
+        boot.push(channels);
     }
     let mut enrolled: Vec<Enrolled> = Vec::with_capacity(n);
     let mut failures = Failures::default();
@@ -193,12 +250,13 @@ pub async fn enroll(
         let mut s = futures::stream::iter(0..n)
             .map(|i| async move {
                 let name = cluster_name(i);
+                let t = i % targets.len();
                 let token = if i == 0 {
                     first_token.clone()
                 } else {
-                    add_cluster(&mut admin.clone(), &name).await?
+                    add_cluster(&mut targets[t].0.clone(), &name).await?
                 };
-                join(boot[i % boot.len()].clone(), &name, &token).await
+                join(boot[t][i % boot[t].len()].clone(), &name, &token).await
             })
             .buffer_unordered(conc);
         let mut last = Instant::now();
@@ -241,6 +299,10 @@ pub struct Opened {
     pub sessions: Vec<Session>,
     /// Dial to Welcome, per opened session.
     pub latencies: Vec<Duration>,
+    /// Per opened session: the index of the hub it went to (of those given to
+    /// [`Enrollment::open_spread`]; 0 with one hub) and of its enrolled cluster.
+    pub hub_of: Vec<usize>,
+    pub cluster_of: Vec<usize>,
     pub failed: usize,
     /// The first few errors.
     pub errors: Vec<String>,

@@ -78,14 +78,34 @@ impl HubProcess {
         heartbeat_interval: &str,
         extra: &[String],
     ) -> Result<Self> {
+        Self::start_on(bin, dir, heartbeat_interval, extra, None).await
+    }
+
+    /// [`HubProcess::start_with`] on the gRPC and HTTP ports `ports` chosen beforehand (hub
+    /// replicas are told each other's endpoints before they start), tried once; `None`: free
+    /// ports, tried again on others when the hub cannot bind.
+    pub async fn start_on(
+        bin: &Path,
+        dir: &Path,
+        heartbeat_interval: &str,
+        extra: &[String],
+        ports: Option<(u16, u16)>,
+    ) -> Result<Self> {
         let data_dir = dir.join("data");
         let log_path = dir.join("hub.log");
-        for attempt in 1..=START_ATTEMPTS {
-            let grpc_port = free_port()?;
-            let mut http_port = free_port()?;
-            while http_port == grpc_port {
-                http_port = free_port()?;
-            }
+        let attempts = if ports.is_some() { 1 } else { START_ATTEMPTS };
+        for attempt in 1..=attempts {
+            let (grpc_port, http_port) = match ports {
+                Some(p) => p,
+                None => {
+                    let grpc_port = free_port()?;
+                    let mut http_port = free_port()?;
+                    while http_port == grpc_port {
+                        http_port = free_port()?;
+                    }
+                    (grpc_port, http_port)
+                }
+            };
             let addr = format!("127.0.0.1:{grpc_port}");
             let http: SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
             let log = std::fs::OpenOptions::new()
@@ -132,7 +152,7 @@ impl HubProcess {
                 let tail = log_tail(&log_path, 30);
                 if status.code() == Some(EXIT_CONFIG)
                     && tail.contains("listen")
-                    && attempt < START_ATTEMPTS
+                    && attempt < attempts
                 {
                     eprintln!(
                         "{}: hub could not bind (attempt {attempt}), retrying on other ports",
@@ -188,7 +208,7 @@ impl HubProcess {
             });
         }
         Err(anyhow!(
-            "hub could not bind free ports in {START_ATTEMPTS} attempts"
+            "hub could not bind free ports in {attempts} attempts"
         ))
     }
 
@@ -259,6 +279,14 @@ impl HubProcess {
             self.log_path.display(),
             self.log_tail(15)
         )
+    }
+
+    /// Kills the hub with SIGKILL (no clean stop: its sessions and its etcd lease are left as
+    /// a crash leaves them) and reaps it; the monitor then reports it as exited.
+    pub fn kill9(&self) -> Result<ExitStatus> {
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        c.kill().context("sending SIGKILL to the hub")?;
+        Ok(c.wait()?)
     }
 
     /// Memory, threads and CPU time from `/proc/<pid>`.

@@ -3,7 +3,9 @@
 //! session clients and their enrollment ([`client`], [`fleet`]), status reporters counting the
 //! hub's acknowledgements ([`reporter`]), the bare tokio-rustls + h2 server and clients the hub
 //! is measured against ([`floor`]), latency summaries ([`stats`]), the programs' frame
-//! (exit status, temporary directory, JSON report: [`program`]) and their tables ([`table`]).
+//! (exit status, temporary directory, JSON report: [`program`]), their tables ([`table`]), and
+//! the hub as several replicas on a 3-member etcd for the HA mode of `loadgen` and
+//! `promotebench` ([`replicas`]).
 //!
 //! Everything here talks to the hub over loopback only, and every loop is bounded in count and
 //! time. Progress and warnings are printed prefixed with the program's name ([`prog`]).
@@ -15,6 +17,7 @@ pub mod floor;
 pub mod hub;
 pub mod otlp;
 pub mod program;
+pub mod replicas;
 pub mod reporter;
 pub mod stats;
 pub mod table;

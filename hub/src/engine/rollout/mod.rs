@@ -48,6 +48,10 @@ const TICK: Duration = Duration::from_millis(500);
 /// meanwhile are looked at together, so that a fleet reporting at once does not have every
 /// in-flight app's batch walked once per report.
 const PASS_SPACING: Duration = Duration::from_millis(25);
+/// Most bytes of records one save writes in one transaction.
+const SAVE_BYTES: usize = 1 << 20;
+/// The longest pause after a failed pass before the next one.
+const FAILED_PASS_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an offer or an operator action is tried again when the record changed under it
 /// (another replica wrote it).
 const ATTEMPTS: usize = 3;
@@ -451,21 +455,38 @@ impl Rollouts {
     /// split loses nothing) and remembers them.
     async fn save_all(&self, store: &SharedStore, steps: &[Step]) -> Result<(), HubError> {
         let max = store.max_batch_ops().max(1);
-        for steps in steps.chunks(max) {
-            self.save_chunk(store, steps).await?;
+        let mut values: Vec<Vec<u8>> = steps.iter().map(|s| Table::encode(&s.after)).collect();
+        // Chunks of at most `max` writes and SAVE_BYTES (etcd refuses a request over 1.5 MiB;
+        // a record alone stays far below it).
+        let mut start = 0;
+        while start < steps.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < steps.len()
+                && end - start < max
+                && (end == start || bytes + values[end].len() <= SAVE_BYTES)
+            {
+                bytes += values[end].len();
+                end += 1;
+            }
+            let chunk: Vec<Vec<u8>> = values.drain(..end - start).collect();
+            self.save_chunk(store, &steps[start..end], chunk).await?;
+            start = end;
         }
         Ok(())
     }
 
-    async fn save_chunk(&self, store: &SharedStore, steps: &[Step]) -> Result<(), HubError> {
+    async fn save_chunk(
+        &self,
+        store: &SharedStore,
+        steps: &[Step],
+        values: Vec<Vec<u8>>,
+    ) -> Result<(), HubError> {
         let ops = steps
             .iter()
-            .map(|s| {
-                CasOp::put(
-                    self.inner.table.key(&s.after.app),
-                    Some(s.revision),
-                    Table::encode(&s.after),
-                )
+            .zip(values)
+            .map(|(s, value)| {
+                CasOp::put(self.inner.table.key(&s.after.app), Some(s.revision), value)
             })
             .collect();
         match store.compare_and_swap_many(ops).await? {
@@ -809,11 +830,15 @@ impl Rollouts {
 
     /// One pass over the rollouts in flight: advance each from the clusters' reports and the
     /// clock, persist, then tell the sessions whose desired state it changed.
-    pub async fn tick(&self) {
-        if let Err(e) = self.tick_inner().await {
-            // Look at everything again next time.
-            self.pending().all = true;
-            tracing::error!(error = %e, "rollout engine pass failed; will retry");
+    pub async fn tick(&self) -> bool {
+        match self.tick_inner().await {
+            Ok(()) => true,
+            Err(e) => {
+                // Look at everything again next time.
+                self.pending().all = true;
+                tracing::error!(error = %e, "rollout engine pass failed; will retry");
+                false
+            }
         }
     }
 
@@ -1106,6 +1131,7 @@ impl Rollouts {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut role = self.inner.lead.role();
         let mut leads = false;
+        let mut failed = Duration::ZERO;
         loop {
             let started = tokio::time::Instant::now();
             let now_leads = role.borrow_and_update().is_leader();
@@ -1118,7 +1144,20 @@ impl Rollouts {
                 self.kick();
             }
             leads = now_leads;
-            self.tick().await;
+            if self.tick().await {
+                failed = Duration::ZERO;
+            } else {
+                // A pass that fails (the store refuses or cannot be reached) is not retried
+                // at once: a pause that doubles up to FAILED_PASS_BACKOFF.
+                failed = (failed * 2)
+                    .max(Duration::from_millis(100))
+                    .min(FAILED_PASS_BACKOFF);
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(failed) => {}
+                }
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = self.inner.wake.notified() => {}

@@ -9,6 +9,11 @@
 //!   every connected session holds the new revision's bundle.
 //! * Polling rounds: the source re-added with a short interval; a random pause (so commits land
 //!   at a random phase of the polling cycle), commit, t0, wait likewise.
+//!
+//! The rounds run against [`Hubs`]: one hub in every role ([`run`]), or hub replicas on etcd
+//! (`crate::ha`), where the sessions are held by one follower and the source and the webhooks go
+//! to the other follower, so that a change crosses replicas twice (webhook replica → leader →
+//! session replica); the leader's log then shows when each hop happened.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -76,8 +81,16 @@ pub struct Rounds {
     pub all_sessions: Latency,
     /// Per round: t0 → the first session holds it (source fetch + render + first delivery).
     pub first_session: Latency,
-    /// Per round, from the hub's log: t0 → the last cluster's desired state was written.
+    /// Per round, from the log of the hub holding the sessions: t0 → its first and its last
+    /// "desired state changed" line (one hub: it wrote the rollout record; replicas: the
+    /// session replica took the leader's record from the store and woke its sessions).
+    pub hub_first_write: Latency,
     pub hub_last_write: Latency,
+    /// Replicas only, from the leading replica's log: t0 → it saw the sync request passed on
+    /// through the store (webhook rounds), and t0 → its first "desired state changed" line (it
+    /// wrote the rollout record).
+    pub leader_asked: Latency,
+    pub leader_write: Latency,
     pub rounds_detail: Vec<RoundDetail>,
 }
 
@@ -92,10 +105,14 @@ pub struct RoundDetail {
     /// Webhook rounds: how long the POST took to answer 202.
     pub webhook_ms: Option<f64>,
     /// From the hub's log: t0 → its first and last "desired state changed" line of the round,
-    /// and how many there were (one per cluster whose desired state was written).
+    /// and how many there were (one per app whose rollout record moved).
     pub hub_first_write_ms: Option<f64>,
     pub hub_last_write_ms: Option<f64>,
     pub hub_writes: usize,
+    /// Replicas only, from the leading replica's log: t0 → "sync asked through another replica"
+    /// (webhook rounds) and t0 → its first "desired state changed" line of the round.
+    pub leader_asked_ms: Option<f64>,
+    pub leader_write_ms: Option<f64>,
 }
 
 impl RoundDetail {
@@ -114,13 +131,20 @@ impl RoundDetail {
     /// The hub log's desired-state writes of the round, for its progress line (empty when the
     /// log showed none).
     fn writes_note(&self) -> String {
-        match (self.hub_first_write_ms, self.hub_last_write_ms) {
-            (Some(first), Some(last)) => format!(
-                "; hub log: {} desired-state writes from {first:.0} to {last:.0} ms",
-                self.hub_writes
-            ),
-            _ => String::new(),
+        let mut note = String::new();
+        if let Some(asked) = self.leader_asked_ms {
+            note.push_str(&format!("; leader saw the request at {asked:.0} ms"));
         }
+        if let Some(wrote) = self.leader_write_ms {
+            note.push_str(&format!("; leader wrote the rollout at {wrote:.0} ms"));
+        }
+        if let (Some(first), Some(last)) = (self.hub_first_write_ms, self.hub_last_write_ms) {
+            note.push_str(&format!(
+                "; session hub's log: {} desired-state changes from {first:.0} to {last:.0} ms",
+                self.hub_writes
+            ));
+        }
+        note
     }
 }
 
@@ -134,8 +158,11 @@ pub struct DeliveryReport {
     pub sessions_opened: usize,
     pub open_failed: usize,
     pub handshakes_per_sec: f64,
-    /// `flotilla_hub_sessions_connected` once every session was open.
+    /// `flotilla_hub_sessions_connected` of the hub holding the sessions once every session
+    /// was open.
     pub sessions_held: usize,
+    /// The same gauge of every hub (replicas in order) at that moment.
+    pub sessions_by_hub: Vec<usize>,
     /// The same gauge at the end.
     pub sessions_held_end: usize,
     pub sessions_ended_early: usize,
@@ -152,11 +179,40 @@ pub struct DeliveryReport {
     /// Poll source added → every session holds its bundle.
     pub poll_initial_ms: f64,
     pub poll: Rounds,
+    /// Of the hub holding the sessions.
     pub hub_baseline: ProcSample,
     pub hub_held: ProcSample,
     pub hub_end: ProcSample,
-    /// `flotilla_hub_webhooks_total{result="ok"}` at the end.
+    /// `flotilla_hub_webhooks_total{result="ok"}` of the hub the webhooks went to, at the end.
     pub hub_webhooks_ok: Option<f64>,
+}
+
+/// The hubs the delivery phase talks to: one hub in every role, or (replicas on etcd) one
+/// follower holding the sessions and another taking the source and the webhooks, with the
+/// leader's log for the hops in between.
+#[derive(Clone, Copy)]
+pub struct Hubs<'a> {
+    /// Enrolls the clusters and holds every session; its log's "desired state changed" lines
+    /// are when it woke them.
+    pub sessions: &'a HubProcess,
+    /// Takes AddSource, RemoveSource and the signed webhooks.
+    pub hooks: &'a HubProcess,
+    /// The leading replica, when there are replicas.
+    pub leader: Option<&'a HubProcess>,
+    /// Every hub (the replicas in order; one hub: itself), for the sessions gauge of each.
+    pub all: &'a [HubProcess],
+}
+
+impl<'a> Hubs<'a> {
+    /// One hub in every role.
+    pub fn one(hub: &'a HubProcess) -> Self {
+        Self {
+            sessions: hub,
+            hooks: hub,
+            leader: None,
+            all: std::slice::from_ref(hub),
+        }
+    }
 }
 
 /// What a session reports to the coordinator about one desired state.
@@ -398,14 +454,23 @@ fn summarise(rounds: Vec<(RoundDetail, Vec<Duration>)>) -> Rounds {
     let mut all = Vec::new();
     let mut last = Vec::new();
     let mut first = Vec::new();
+    let mut first_writes = Vec::new();
     let mut writes = Vec::new();
+    let mut asked = Vec::new();
+    let mut leader_writes = Vec::new();
     let mut detail = Vec::new();
+    let push = |to: &mut Vec<Duration>, v: Option<f64>| {
+        if let Some(v) = v {
+            to.push(Duration::from_secs_f64(v / 1000.0));
+        }
+    };
     for (d, samples) in rounds {
         last.push(samples.iter().copied().max().unwrap_or_default());
         first.push(samples.iter().copied().min().unwrap_or_default());
-        if let Some(w) = d.hub_last_write_ms {
-            writes.push(Duration::from_secs_f64(w / 1000.0));
-        }
+        push(&mut first_writes, d.hub_first_write_ms);
+        push(&mut writes, d.hub_last_write_ms);
+        push(&mut asked, d.leader_asked_ms);
+        push(&mut leader_writes, d.leader_write_ms);
         all.extend(samples);
         detail.push(d);
     }
@@ -414,22 +479,36 @@ fn summarise(rounds: Vec<(RoundDetail, Vec<Duration>)>) -> Rounds {
         per_session: Latency::of(&mut all),
         all_sessions: Latency::of(&mut last),
         first_session: Latency::of(&mut first),
+        hub_first_write: Latency::of(&mut first_writes),
         hub_last_write: Latency::of(&mut writes),
+        leader_asked: Latency::of(&mut asked),
+        leader_write: Latency::of(&mut leader_writes),
         rounds_detail: detail,
     }
 }
 
-/// The round's "desired state changed" lines in the hub's log (written once per cluster whose
-/// desired state moved), as (first, last, count) relative to `t0` (wall clock), in ms. A
-/// diagnostic: `None` when the log has no such lines in the window.
+/// The round's "desired state changed" lines in the hub's log (one per app whose rollout
+/// record moved), as (first, last, count) relative to `t0` (wall clock), in ms. A diagnostic:
+/// `None` when the log has no such lines in the window.
 fn hub_desired_writes(
     hub: &HubProcess,
     t0: SystemTime,
     end: SystemTime,
 ) -> Option<(f64, f64, usize)> {
+    log_marks(hub, "desired state changed", t0, end)
+}
+
+/// The lines of `hub`'s log containing `needle` and stamped between `t0` and `end` (wall
+/// clock), as (first, last, count) relative to `t0`, in ms; `None` when there are none.
+fn log_marks(
+    hub: &HubProcess,
+    needle: &str,
+    t0: SystemTime,
+    end: SystemTime,
+) -> Option<(f64, f64, usize)> {
     let text = std::fs::read_to_string(&hub.log_path).ok()?;
     let mut found: Option<(SystemTime, SystemTime, usize)> = None;
-    for line in text.lines().filter(|l| l.contains("desired state changed")) {
+    for line in text.lines().filter(|l| l.contains(needle)) {
         let line = strip_ansi(line);
         let Some(stamp) = line.split_whitespace().next() else {
             continue;
@@ -453,14 +532,21 @@ fn hub_desired_writes(
 /// writes since `t0_wall`; fails when the commit left the bundle digests as they were
 /// (`previous`, which becomes the round's).
 fn round_detail(
-    hub: &HubProcess,
+    hubs: Hubs<'_>,
     commit: &str,
     w: &Wait,
     webhook_ms: Option<f64>,
     t0_wall: SystemTime,
     previous: &mut BTreeSet<String>,
 ) -> Result<(RoundDetail, Vec<Duration>)> {
-    let writes = hub_desired_writes(hub, t0_wall, SystemTime::now());
+    let end = SystemTime::now();
+    let writes = hub_desired_writes(hubs.sessions, t0_wall, end);
+    let leader_asked = hubs.leader.and_then(|l| {
+        log_marks(l, "sync asked through another replica", t0_wall, end).map(|m| m.0)
+    });
+    let leader_write = hubs
+        .leader
+        .and_then(|l| hub_desired_writes(l, t0_wall, end).map(|m| m.0));
     if !w.digests.is_disjoint(previous) {
         bail!("the new commit {commit} did not change the bundle digest");
     }
@@ -478,6 +564,8 @@ fn round_detail(
         hub_first_write_ms: writes.map(|w| w.0),
         hub_last_write_ms: writes.map(|w| w.1),
         hub_writes: writes.map_or(0, |w| w.2),
+        leader_asked_ms: leader_asked,
+        leader_write_ms: leader_write,
     };
     Ok((d, samples))
 }
@@ -494,23 +582,32 @@ pub async fn run(opts: &Options, dir: &Path, rep: &mut DeliveryReport) -> Result
     )
     .await?;
     hub.announce();
-    let outcome = hub.supervise(phases(opts, dir, &hub, rep)).await;
+    let outcome = hub.supervise(phases(opts, dir, Hubs::one(&hub), rep)).await;
     hub.shutdown().await;
     outcome
 }
 
-async fn phases(
+/// The delivery phase against running hubs, with its repository and secret under `dir`:
+/// enroll and open every session through `hubs.sessions`, add the source and post the webhooks
+/// through `hubs.hooks`, run the rounds. Partial results are left in `rep` when it fails.
+pub async fn phases(
     opts: &Options,
     dir: &Path,
-    hub: &HubProcess,
+    hubs: Hubs<'_>,
     rep: &mut DeliveryReport,
 ) -> Result<()> {
+    let hub = hubs.sessions;
     let n = opts.sessions;
     rep.sessions_requested = n;
     rep.per_cluster_bundles = opts.per_cluster_bundles;
     rep.poll_interval_secs = opts.poll_interval.as_secs();
     rep.hub_baseline = hub.sample()?;
     let admin = admin_client(hub).await?;
+    let hook_admin = if std::ptr::eq(hubs.hooks, hub) {
+        admin.clone()
+    } else {
+        admin_client(hubs.hooks).await?
+    };
 
     // --- The repository and the webhook secret -------------------------------------------
     let (repo, c0) = DeliveryRepo::create(&dir.join("fleet-repo"), opts.per_cluster_bundles)?;
@@ -540,6 +637,11 @@ async fn phases(
     opened.check(rep.enroll_failed, n)?;
     let sessions = opened.sessions;
     rep.sessions_held = wait_for_gauge(hub, sessions.len(), GAUGE_TIMEOUT).await?;
+    for h in hubs.all {
+        let text = metrics(h).await?;
+        let v = metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0);
+        rep.sessions_by_hub.push(v.max(0.0) as usize);
+    }
     rep.hub_held = hub.sample()?;
     println!(
         "{}: hub holds {} sessions; RSS {:.1} MiB",
@@ -551,18 +653,20 @@ async fn phases(
     let mut co = Coordinator {
         events,
         fleet: &fleet,
-        admin: admin.clone(),
+        admin: hook_admin,
         timeout: opts.round_timeout,
         failures: 0,
         failure_examples: Vec::new(),
     };
-    let result = delivery_rounds(opts, hub, &repo, &c0, &secret_path, &mut co, rep).await;
+    let result = delivery_rounds(opts, hubs, &repo, &c0, &secret_path, &mut co, rep).await;
     rep.delivery_failures = co.failures;
     rep.failure_examples = co.failure_examples.clone();
     (rep.sessions_ended_early, rep.ended_examples) = fleet.ended_early();
     if let Ok(text) = metrics(hub).await {
         rep.sessions_held_end =
             metric(&text, "flotilla_hub_sessions_connected").unwrap_or(0.0) as usize;
+    }
+    if let Ok(text) = metrics(hubs.hooks).await {
         rep.hub_webhooks_ok = metric(&text, "flotilla_hub_webhooks_total{result=\"ok\"}");
     }
     if let Ok(s) = hub.sample() {
@@ -582,7 +686,7 @@ async fn phases(
 
 async fn delivery_rounds(
     opts: &Options,
-    hub: &HubProcess,
+    hubs: Hubs<'_>,
     repo: &DeliveryRepo,
     c0: &str,
     secret_path: &Path,
@@ -631,7 +735,7 @@ async fn delivery_rounds(
         let t0_wall = SystemTime::now();
         let t0 = Instant::now();
         let (status, answer) = http_post(
-            hub.http,
+            hubs.hooks.http,
             &format!("/hooks/git/{HOOK_SOURCE}"),
             &[
                 ("Content-Type", "application/json"),
@@ -647,8 +751,9 @@ async fn delivery_rounds(
             bail!("the webhook was answered {status}: {}", answer.trim());
         }
         let w = co.all_hold(HOOK_SOURCE, &commit, t0, t0).await?;
-        let (d, samples) = round_detail(hub, &commit, &w, Some(webhook_ms), t0_wall, &mut previous)
-            .with_context(|| format!("round {r}"))?;
+        let (d, samples) =
+            round_detail(hubs, &commit, &w, Some(webhook_ms), t0_wall, &mut previous)
+                .with_context(|| format!("round {r}"))?;
         println!(
             "{}: webhook round {r}/{}: {} (POST answered in {webhook_ms:.1} ms{})",
             prog(),
@@ -657,8 +762,9 @@ async fn delivery_rounds(
             d.writes_note()
         );
         rounds.push((d, samples));
+        // Kept up to date, so that a run failing later still reports the rounds it finished.
+        rep.webhook = summarise(rounds.clone());
     }
-    rep.webhook = summarise(rounds);
 
     // --- Polling rounds ---------------------------------------------------------------------
     if opts.poll_rounds == 0 {
@@ -710,7 +816,7 @@ async fn delivery_rounds(
         let t0_wall = SystemTime::now();
         let t0 = Instant::now();
         let w = co.all_hold(POLL_SOURCE, &commit, since, t0).await?;
-        let (d, samples) = round_detail(hub, &commit, &w, None, t0_wall, &mut previous)
+        let (d, samples) = round_detail(hubs, &commit, &w, None, t0_wall, &mut previous)
             .with_context(|| format!("poll round {r}"))?;
         println!(
             "{}: poll round {r}/{}: {}{}",
@@ -720,7 +826,7 @@ async fn delivery_rounds(
             d.writes_note()
         );
         rounds.push((d, samples));
+        rep.poll = summarise(rounds.clone());
     }
-    rep.poll = summarise(rounds);
     Ok(())
 }

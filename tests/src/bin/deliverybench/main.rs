@@ -6,6 +6,16 @@
 //!   gunzipped content against the digest, `Ack`, report "applied". A source is added over the
 //!   Admin API; then rounds of commit → signed GitHub-style webhook → every session holds the new
 //!   digest, and rounds of commit → polling fetch → every session holds it.
+//! * **Delivery across hub replicas** (`--replicas N`, N ≥ 3; default 1: only the above). After
+//!   the single hub's rounds, the same rounds against N `flotilla-hub` replicas sharing a
+//!   3-member etcd the program starts (the installed `etcd`, or `$FLOTILLA_ETCD_BIN`) under one
+//!   operator CA, each with its own data dir and `--replica-name hub-<i>`. Once exactly one
+//!   replica reports `flotilla_hub_leader 1`, every session connects to one follower, and the
+//!   source is added and the webhooks are posted through the other follower, so that each
+//!   change crosses replicas twice: the webhook replica passes the request on to the leader
+//!   through the store, the leader syncs and writes the rollout record, the session replica
+//!   follows it and wakes its sessions. A second table puts the single hub and the replicas
+//!   side by side (p50/p99 and their HA/single ratio), with the hops from the leader's log.
 //! * **Render throughput.** In-process: `load_config` + `AppManifests::load` + `render` of a
 //!   repository of N Kubernetes objects for one cluster, over a directory and over a git commit.
 //! * **gix against `git fetch`.** On the same repository (with history): an initial fetch into a
@@ -15,16 +25,23 @@
 //! `--round-timeout`).
 //!
 //! Exit status: 0 when the run completed (and met the target where it is judged), 1 when it
-//! could not complete, 2 when it completed but missed the target: after a webhook, every
-//! connected session holds the new bundle digest within 1 s (p99 of rounds) at ≥ 1000 sessions.
+//! could not complete (a hub replica exiting included; the end of every replica's log is
+//! printed), 2 when it completed but missed the target: after a webhook, every connected session
+//! holds the new bundle digest within 1 s (p99 of rounds) at ≥ 1000 sessions. With `--replicas`
+//! the target is judged for the single hub and for the replicas alike (the change made on one
+//! replica reaching sessions held by another); missing it in either gives 2.
 //!
 //! ```text
 //! cargo build --release -p flotilla-tests --bin deliverybench -p flotilla-hub --bin flotilla-hub
 //! cargo run --release -p flotilla-tests --bin deliverybench -- --sessions 1000
+//! # single hub and 3 replicas on etcd, side by side (delivery only):
+//! cargo run --release -p flotilla-tests --bin deliverybench -- --phases delivery \
+//!     --replicas 3 --sessions 1000
 //! ```
 
 mod delivery;
 mod gitfetch;
+mod ha;
 mod render;
 mod repo;
 mod report;
@@ -41,6 +58,7 @@ use flotilla_tests::bench::program::{
 };
 
 use crate::delivery::DeliveryReport;
+use crate::ha::HaReport;
 use crate::repo::LargeShape;
 use crate::report::Report;
 
@@ -62,8 +80,11 @@ enum Phase {
                   verify bundles like agents, and measures commit → every session holds the new \
                   bundle digest through a signed webhook and through polling; renders a large \
                   repository in-process (objects/s); and times gix against the git CLI fetching \
-                  that repository.\n\nExit status: 0 ok, 1 run failed, 2 target (webhook → every \
-                  session holds the new digest in ≤ 1 s p99 at ≥ 1000 sessions) missed."
+                  that repository. With --replicas N (N ≥ 3) the delivery rounds also run \
+                  against N hub replicas on a 3-member etcd, the sessions on one follower and \
+                  the webhooks on another, side by side with the single hub.\n\nExit status: 0 \
+                  ok, 1 run failed, 2 target (webhook → every session holds the new digest in \
+                  ≤ 1 s p99 at ≥ 1000 sessions) missed by the single hub or the replicas."
 )]
 struct Args {
     /// What to measure (comma-separated).
@@ -105,6 +126,11 @@ struct Args {
     /// The hub's --heartbeat-interval.
     #[arg(long, default_value = "30s")]
     hub_heartbeat_interval: String,
+    /// Also run the delivery rounds against this many hub replicas on a 3-member etcd (1: only
+    /// the single hub; otherwise at least 3: a leader and two followers, one holding the
+    /// sessions, the other taking the webhooks).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    replicas: u64,
 
     /// Kubernetes objects in the large repository (render and fetch).
     #[arg(long, default_value_t = 5000)]
@@ -155,6 +181,17 @@ fn validate(args: &Args) -> Result<()> {
             bail!("--round-timeout must be positive");
         }
     }
+    if args.replicas > 1 {
+        if !args.phases.contains(&Phase::Delivery) {
+            bail!("--replicas measures the delivery phase; add it to --phases");
+        }
+        if args.replicas < 3 {
+            bail!(
+                "--replicas must be 1 or at least 3 (a leader, a follower holding the sessions \
+                 and another taking the webhooks)"
+            );
+        }
+    }
     if (args.phases.contains(&Phase::Render) || args.phases.contains(&Phase::Fetch))
         && (args.apps == 0 || args.objects < args.apps || args.docs_per_file == 0)
     {
@@ -197,15 +234,22 @@ async fn run(args: Args) -> Result<ExitCode> {
     rep.finish();
     if let Err(e) = outcome {
         if rep.delivery.is_some() || rep.render.is_some() || rep.fetch.is_some() {
-            rep.verdict = "INCOMPLETE (the run failed; partial results)".into();
-            println!("{}", rep.table());
+            rep.incomplete();
+            print_tables(&rep);
             write_json(args.json.as_deref(), &rep)?;
         }
         return Err(e);
     }
-    println!("{}", rep.table());
+    print_tables(&rep);
     write_json(args.json.as_deref(), &rep)?;
     Ok(verdict_status(rep.passed()))
+}
+
+fn print_tables(rep: &Report) {
+    println!("{}", rep.table());
+    if let Some(t) = rep.comparison() {
+        println!("delivery, single hub vs replicas:\n{t}");
+    }
 }
 
 /// Runs the chosen phases: the in-process ones first (on a quiet machine), then delivery.
@@ -256,6 +300,17 @@ async fn measure(
         let r = delivery::run(opts, &dir.join("delivery"), &mut d).await;
         rep.delivery = Some(d);
         r?;
+        if args.replicas > 1 {
+            let n = args.replicas as usize;
+            println!(
+                "{}: the same rounds across {n} hub replicas on etcd",
+                flotilla_tests::bench::prog()
+            );
+            let mut h = HaReport::default();
+            let r = ha::run(opts, n, &dir.join("delivery-ha"), &mut h).await;
+            rep.delivery_ha = Some(h);
+            r?;
+        }
     }
     Ok(())
 }

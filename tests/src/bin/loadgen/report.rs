@@ -1,9 +1,14 @@
 //! The results: one serializable record, printed as a table and optionally written as JSON.
+//! In HA mode (`--replicas`), two of them (one hub on redb, the replicas on etcd with their
+//! figures summed), what only the replicas have ([`HaReport`]: each replica's share, etcd's
+//! own cost, the failover after a kill -9), and a table of every figure side by side with the
+//! ratio HA / redb ([`comparison_table`]).
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 use flotilla_tests::bench::hub::ProcSample;
 use flotilla_tests::bench::stats::Latency;
+use flotilla_tests::bench::table::thousands;
 use serde::Serialize;
 
 /// Hub memory allowed per held session at the target scale.
@@ -439,6 +444,397 @@ impl Report {
         }
         t
     }
+}
+
+/// One hub replica's share of an HA run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaFigures {
+    pub name: String,
+    pub pid: u32,
+    /// Whether it led (`flotilla_hub_leader`) once the sessions were held.
+    pub led: bool,
+    /// Its own `flotilla_hub_sessions_connected` once the sessions were held.
+    pub sessions_held: usize,
+    pub baseline: ProcSample,
+    pub enrolled: ProcSample,
+    pub held: ProcSample,
+    pub after_heartbeats: ProcSample,
+    /// (max(held, after heartbeats) − baseline) / its sessions held.
+    pub rss_per_session_kib: f64,
+    /// (max(held, after heartbeats) − after enrollment) / its sessions held.
+    pub rss_per_session_sessions_only_kib: f64,
+}
+
+/// The kill -9 of one replica holding its share of the sessions, and their move to the others.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Failover {
+    pub victim: String,
+    pub victim_led: bool,
+    /// Sessions held by every replica (the sum of their gauges) just before the kill.
+    pub total_before: usize,
+    /// Sessions the killed replica held (its clients, which then reconnected elsewhere).
+    pub dropped: usize,
+    pub reattached: usize,
+    pub failed: usize,
+    /// From the kill until the remaining replicas' gauges summed to the total again (less the
+    /// clients that failed); `None` when that did not happen within the deadline.
+    pub reattach_secs: Option<f64>,
+    /// From the kill until the last dropped client had its Welcome from another replica.
+    pub last_welcome_secs: f64,
+    /// From the kill until the last dropped client saw its session end.
+    pub noticed_max_secs: f64,
+    /// The reconnect's dial → Welcome, per re-attached client (its successful attempt).
+    pub reconnect_latency: Latency,
+    /// Attempts of the client that needed the most, and how many needed more than one.
+    pub attempts_max: u32,
+    pub retried: usize,
+    /// Reconnects the remaining replicas admitted as resumed TLS sessions.
+    pub resumed: usize,
+    /// The remaining replicas' CPU from the kill until every session was back, per re-attach.
+    pub survivors_cpu_ms_per_reattach: f64,
+    /// Each remaining replica: name, its gauge and its RSS once the sessions were back.
+    pub survivors: Vec<(String, usize, ProcSample)>,
+    /// Who leads after the kill.
+    pub leader_after: String,
+    /// When the killed replica led: from the kill until another one led.
+    pub lead_moved_secs: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+/// What only an HA run has: its replicas one by one, the etcd members' own cost, the failover.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HaReport {
+    pub replicas: usize,
+    pub etcd_members: usize,
+    /// etcd member processes found (and sampled) by their client port.
+    pub etcd_processes: usize,
+    pub store: String,
+    pub per_replica: Vec<ReplicaFigures>,
+    pub etcd_baseline: ProcSample,
+    pub etcd_held: ProcSample,
+    /// The etcd members' CPU during the handshake phase, per session opened.
+    pub etcd_cpu_ms_per_handshake: f64,
+    pub failover: Failover,
+}
+
+impl HaReport {
+    /// Fills in each replica's RSS per session.
+    pub fn finish(&mut self) {
+        for r in &mut self.per_replica {
+            let held = r.sessions_held.max(1) as f64;
+            let top = r.held.rss_kib.max(r.after_heartbeats.rss_kib);
+            r.rss_per_session_kib = top.saturating_sub(r.baseline.rss_kib) as f64 / held;
+            r.rss_per_session_sessions_only_kib =
+                top.saturating_sub(r.enrolled.rss_kib) as f64 / held;
+        }
+    }
+}
+
+/// An HA run as JSON: the redb run, the HA run (hub figures summed over the replicas) and what
+/// only the HA run has.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaRun<'a> {
+    pub redb: &'a Report,
+    pub ha: &'a Report,
+    pub replicas: &'a HaReport,
+}
+
+/// `ha / redb` as `1.23×`; `—` when either is missing or redb's is 0.
+fn ratio(ha: Option<f64>, redb: Option<f64>) -> String {
+    match (ha, redb) {
+        (Some(h), Some(r)) if r != 0.0 && h.is_finite() && r.is_finite() => {
+            format!("{:.2}×", h / r)
+        }
+        _ => "—".into(),
+    }
+}
+
+/// Every figure of the redb run beside the HA run's, with the ratio HA / redb, then what only
+/// the HA run has (each replica's share, etcd, the failover).
+pub fn comparison_table(redb: &Report, ha: &Report, x: &HaReport) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "measure".to_string(),
+        "redb (1 hub)".to_string(),
+        format!(
+            "HA ({} replicas, {}-member etcd)",
+            x.replicas, x.etcd_members
+        ),
+        "HA / redb".to_string(),
+    ]);
+    let n0 = |v: f64| thousands(v.round() as u64);
+    let ms = |v: f64| format!("{v:.2} ms");
+    let ms1 = |v: f64| format!("{v:.1} ms");
+    let kib = |v: f64| format!("{v:.1} KiB");
+    let mib_f = |v: f64| format!("{:.1} MiB", v / 1024.0);
+    let s1 = |v: f64| format!("{v:.1} s");
+    let per_s = |v: f64| format!("{v:.0} /s");
+    // A figure of both runs: its value in each (shown with `show`) and the ratio.
+    t.add_row(vec![
+        "sessions held (hub gauges, summed)".to_string(),
+        n0(redb.sessions_held as f64),
+        format!(
+            "{} ({})",
+            n0(ha.sessions_held as f64),
+            x.per_replica
+                .iter()
+                .map(|r| thousands(r.sessions_held as u64))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+        ratio(
+            Some(ha.sessions_held as f64),
+            Some(redb.sessions_held as f64),
+        ),
+    ]);
+    let mut both = |k: &str, r: f64, h: f64, show: &dyn Fn(f64) -> String| {
+        t.add_row(vec![
+            k.to_string(),
+            show(r),
+            show(h),
+            ratio(Some(h), Some(r)),
+        ]);
+    };
+    both(
+        "enroll (AddCluster + Join)",
+        redb.enroll_per_sec,
+        ha.enroll_per_sec,
+        &per_s,
+    );
+    both(
+        "full mTLS handshakes (dial → Welcome)",
+        redb.handshakes_per_sec,
+        ha.handshakes_per_sec,
+        &per_s,
+    );
+    both(
+        "session open latency p50",
+        redb.open_latency.p50_ms,
+        ha.open_latency.p50_ms,
+        &ms1,
+    );
+    both(
+        "session open latency p99",
+        redb.open_latency.p99_ms,
+        ha.open_latency.p99_ms,
+        &ms1,
+    );
+    both(
+        "hub CPU per full handshake (all replicas)",
+        redb.hub_cpu_ms_per_handshake,
+        ha.hub_cpu_ms_per_handshake,
+        &ms,
+    );
+    both(
+        "hub RSS per session (all replicas)",
+        redb.rss_per_session_kib,
+        ha.rss_per_session_kib,
+        &kib,
+    );
+    both(
+        "  of which sessions only (excl. enrollment)",
+        redb.rss_per_session_sessions_only_kib,
+        ha.rss_per_session_sessions_only_kib,
+        &kib,
+    );
+    for r in &x.per_replica {
+        both(
+            &format!(
+                "hub RSS per session, {}{} ({} sessions)",
+                r.name,
+                if r.led { ", leader" } else { "" },
+                thousands(r.sessions_held as u64)
+            ),
+            redb.rss_per_session_kib,
+            r.rss_per_session_kib,
+            &kib,
+        );
+    }
+    both(
+        "hub RSS baseline (all replicas)",
+        redb.hub_baseline.rss_kib as f64,
+        ha.hub_baseline.rss_kib as f64,
+        &mib_f,
+    );
+    both(
+        "hub RSS held (all replicas)",
+        redb.hub_held.rss_kib as f64,
+        ha.hub_held.rss_kib as f64,
+        &mib_f,
+    );
+    both(
+        "hub threads held (all replicas)",
+        redb.hub_held.threads as f64,
+        ha.hub_held.threads as f64,
+        &n0,
+    );
+    both(
+        "heartbeat RTT p50",
+        redb.heartbeat.p50_ms,
+        ha.heartbeat.p50_ms,
+        &ms,
+    );
+    both(
+        "heartbeat RTT p99",
+        redb.heartbeat.p99_ms,
+        ha.heartbeat.p99_ms,
+        &ms,
+    );
+    both(
+        "heartbeat RTT max",
+        redb.heartbeat.max_ms,
+        ha.heartbeat.max_ms,
+        &ms,
+    );
+    both(
+        "heartbeats lost",
+        redb.heartbeat_lost as f64,
+        ha.heartbeat_lost as f64,
+        &n0,
+    );
+    both(
+        "storm: all re-attached",
+        redb.storm.total_secs,
+        ha.storm.total_secs,
+        &s1,
+    );
+    both(
+        "storm: close",
+        redb.storm.close_secs,
+        ha.storm.close_secs,
+        &s1,
+    );
+    both(
+        "storm: reopen",
+        redb.storm.reopen_secs,
+        ha.storm.reopen_secs,
+        &s1,
+    );
+    both(
+        "storm: resumed TLS sessions",
+        redb.storm.resumed as f64,
+        ha.storm.resumed as f64,
+        &n0,
+    );
+    both(
+        "storm: hub CPU per resumed handshake",
+        redb.storm.hub_cpu_ms_per_handshake,
+        ha.storm.hub_cpu_ms_per_handshake,
+        &ms,
+    );
+    both(
+        "storm: hub CPU per close",
+        redb.storm.hub_cpu_ms_per_close,
+        ha.storm.hub_cpu_ms_per_close,
+        &ms,
+    );
+    both(
+        "hub RSS after the storm (all replicas)",
+        redb.storm.hub_after.rss_kib as f64,
+        ha.storm.hub_after.rss_kib as f64,
+        &mib_f,
+    );
+    // What only the HA run has.
+    let mut only = |k: &str, v: String| {
+        t.add_row(vec![k.to_string(), "—".to_string(), v, "—".to_string()]);
+    };
+    only(
+        "etcd CPU per full handshake (all members)",
+        format!("{:.2} ms", x.etcd_cpu_ms_per_handshake),
+    );
+    only(
+        "etcd RSS baseline / held (all members)",
+        format!(
+            "{} / {} ({} processes)",
+            mib_f(x.etcd_baseline.rss_kib as f64),
+            mib_f(x.etcd_held.rss_kib as f64),
+            x.etcd_processes
+        ),
+    );
+    let f = &x.failover;
+    only(
+        "failover: replica killed (kill -9)",
+        format!(
+            "{} ({}), holding {} of {} sessions",
+            f.victim,
+            if f.victim_led {
+                "leader"
+            } else {
+                "not leading"
+            },
+            thousands(f.dropped as u64),
+            thousands(f.total_before as u64)
+        ),
+    );
+    only(
+        "failover: dropped sessions re-attached / failed",
+        format!(
+            "{} / {}",
+            thousands(f.reattached as u64),
+            thousands(f.failed as u64)
+        ),
+    );
+    only(
+        "failover: kill → all re-attached (remaining replicas' gauges)",
+        match f.reattach_secs {
+            Some(s) => format!("{s:.2} s"),
+            None => "not within the deadline".into(),
+        },
+    );
+    only(
+        "failover: kill → last Welcome / last drop noticed (clients)",
+        format!("{:.2} s / {:.2} s", f.last_welcome_secs, f.noticed_max_secs),
+    );
+    only(
+        "failover: reconnect dial → Welcome p50 / p99",
+        format!(
+            "{:.1} / {:.1} ms",
+            f.reconnect_latency.p50_ms, f.reconnect_latency.p99_ms
+        ),
+    );
+    only(
+        "failover: attempts (max; clients needing more than one)",
+        format!("{}; {}", f.attempts_max, thousands(f.retried as u64)),
+    );
+    only(
+        "failover: remaining replicas' CPU per re-attach; resumed",
+        format!(
+            "{:.2} ms; {} resumed TLS sessions",
+            f.survivors_cpu_ms_per_reattach,
+            thousands(f.resumed as u64)
+        ),
+    );
+    only(
+        "failover: remaining replicas after (sessions, RSS)",
+        f.survivors
+            .iter()
+            .map(|(name, n, s)| {
+                format!(
+                    "{name} {} ({})",
+                    thousands(*n as u64),
+                    mib_f(s.rss_kib as f64)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    only(
+        "failover: leader after",
+        match f.lead_moved_secs {
+            Some(s) => format!("{} (lead moved {s:.2} s after the kill)", f.leader_after),
+            None => f.leader_after.clone(),
+        },
+    );
+    if let Some(col) = t.column_mut(0) {
+        col.set_cell_alignment(CellAlignment::Left);
+    }
+    for i in 1..4 {
+        if let Some(col) = t.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
 }
 
 #[cfg(test)]

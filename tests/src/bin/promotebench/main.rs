@@ -13,21 +13,43 @@
 //! * **`--apps` apps at once** on `--apps-sessions` clusters: one commit that changes every app,
 //!   until every app's rollout has succeeded.
 //!
+//! **HA mode, `--replicas N`** (N > 1; default 1, the single hub above): the same run does all
+//! of the above on one hub on its embedded redb store first, then the same fleet and scenarios
+//! against N hub replicas sharing a 3-member etcd (real `etcd` members on free loopback ports,
+//! started by the program; one operator CA for every replica, each with its own data dir, log,
+//! `--replica-name` and every replica's `--endpoint`). Clusters are enrolled, connected and
+//! labelled through the replicas in turn (each replica's gauge counts its own sessions; held =
+//! their sum); the scenarios' admin calls and source syncs go to a replica that does not lead
+//! ([`ha`]); the hub's CPU and memory are the replicas' summed, each replica's and the etcd
+//! members' given beside them. The report prints both runs' tables and one of the figures side
+//! by side with the ratio HA / redb (times, CPU, peak memory: the largest replica's and the
+//! replicas' summed). At the end, before the replicas stop, every key under the run's etcd
+//! prefix is listed through the hub's own `EtcdStore::list` and its key and value bytes summed
+//! by key family (`/clusters/`, `/rollouts/`, `/status/`, `/status-log/`, `/audit/`,
+//! `/sources/`, `/tokens/`, …): bytes per cluster for the families that grow with the fleet, per
+//! app for `/rollouts/`, the largest value (against etcd's default 1.5 MiB request limit), the
+//! total and etcd's database size; and the largest store batch (against `--max-txn-ops 128`).
+//! `--json` then holds both runs and the HA figures (`{"redb": …, "ha": …, "replicas": …}`).
+//! Needs `etcd` on the PATH (or `FLOTILLA_ETCD_BIN`); `--otlp` is for one hub only.
+//!
 //! All traffic stays on loopback; every wait is bounded (`--timeout` per round, `--max-duration`
-//! for the run).
+//! for the run, again for the replicas' run in HA mode).
 //!
 //! Exit status: 0 when the run completed (and met the targets where they are judged), 1 when
 //! it could not complete, 2 when it completed but missed a target. The targets, judged at
 //! 10,000 sessions: the single-app promotion succeeds within 10 s of the sync (median of
 //! rounds); 100 apps promoted at once all succeed within 60 s (median of the commits after the
-//! first); the hub's peak RSS with 100 apps stays within 1 GiB.
+//! first); the hub's peak RSS with 100 apps stays within 1 GiB. In HA mode the single hub's
+//! figures are judged; the replicas' are compared with them.
 //!
 //! ```text
 //! cargo build --release -p flotilla-hub --bin flotilla-hub -p flotilla-tests --bin promotebench
 //! cargo run --release -p flotilla-tests --bin promotebench -- --sessions 10000
+//! target/release/promotebench --replicas 3 --sessions 10000 --apps 100 --apps-sessions 10000
 //! ```
 
 mod agent;
+mod ha;
 mod measure;
 mod repo;
 mod report;
@@ -46,9 +68,10 @@ use flotilla_tests::bench::program::{
     self, hub_bin, keep_or_remove, raise_nofile, temp_dir, verdict_status, within_max_duration,
     write_json,
 };
+use flotilla_tests::bench::replicas::HubSet;
 use flotilla_tests::bench::{admin_client, prog};
 
-use crate::measure::Ctx;
+use crate::measure::{Backend, Ctx};
 use crate::report::Report;
 use crate::scenarios::ScenarioReport;
 
@@ -63,7 +86,9 @@ const ADMIN_MAX_MESSAGE: usize = 64 << 20;
                   and report them applied and healthy, labels the clusters into three stages \
                   (1% canary, 33% wave1, 66% wave2; no soak), and measures commit synced → \
                   rollout succeeded for one app (per stage and in total), then for many apps \
-                  changed by one commit.\n\nExit status: 0 ok, 1 run failed, 2 a target missed \
+                  changed by one commit. With --replicas N, the same against N hub replicas \
+                  sharing a 3-member etcd after the single hub, figures as ratios HA / redb, \
+                  and the bytes etcd holds by key family.\n\nExit status: 0 ok, 1 run failed, 2 a target missed \
                   (at 10,000 sessions: one app promoted in ≤ 10 s, median of rounds; 100 apps in \
                   ≤ 60 s; hub peak RSS with 100 apps ≤ 1 GiB)."
 )]
@@ -120,6 +145,12 @@ struct Args {
     /// Upper bound on the whole run; it fails when exceeded.
     #[arg(long, default_value = "3h", value_parser = humantime::parse_duration)]
     max_duration: Duration,
+    /// Hub replicas (HA mode). 1: one hub on its embedded redb store, as without this flag.
+    /// More: the same run on one hub on redb first, then on this many replicas sharing a
+    /// 3-member etcd (sessions round robin over them), each figure printed as HA / redb, and
+    /// the bytes etcd holds under the run's prefix by key family.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    replicas: u64,
 }
 
 fn main() -> ExitCode {
@@ -139,6 +170,9 @@ fn validate(args: &Args) -> Result<PathBuf> {
     if args.apps_sessions == 0 && !args.skip_many {
         bail!("--apps-sessions must be at least 1");
     }
+    if args.otlp && args.replicas > 1 {
+        bail!("--otlp measures one hub's traces; it does not go with --replicas");
+    }
     hub_bin(args.hub_bin.as_deref())
 }
 
@@ -148,39 +182,10 @@ async fn run(args: Args) -> Result<ExitCode> {
     let tmp = temp_dir()?;
     let dir = tmp.path().to_path_buf();
     println!("promotebench: working in {}", dir.display());
-    std::fs::create_dir_all(dir.join("hub"))?;
-
-    let started = Instant::now();
-    let sink = match args.otlp {
-        true => Some(SpanSink::start().await?),
-        false => None,
-    };
-    let extra: Vec<String> = sink
-        .iter()
-        .flat_map(|s| ["--otlp-endpoint".to_string(), s.endpoint()])
-        .collect();
-    let hub = HubProcess::start_with(
-        &hub_bin,
-        &dir.join("hub"),
-        &args.hub_heartbeat_interval,
-        &extra,
-    )
-    .await?;
-    hub.announce();
-    let mut rep = Report::default();
-    let outcome = hub
-        .unless_died(within_max_duration(
-            args.max_duration,
-            measure(&args, &hub, &dir, &mut rep),
-        ))
-        .await;
-    if let Ok(s) = hub.sample() {
-        rep.hub_end = s;
+    if args.replicas > 1 {
+        return ha::run(&args, &hub_bin, tmp).await;
     }
-    rep.wall_secs = started.elapsed().as_secs_f64();
-    hub.shutdown().await;
-    // The hub flushes its spans when it stops.
-    rep.spans = sink.map(|s| s.counts());
+    let (mut rep, outcome) = one_hub(&args, &hub_bin, &dir).await?;
     keep_or_remove(tmp, args.keep_dir || outcome.is_err());
 
     rep.finish();
@@ -200,11 +205,65 @@ async fn run(args: Args) -> Result<ExitCode> {
     Ok(verdict_status(rep.passed()))
 }
 
-/// Brings the fleet up and runs the scenarios; results go to `rep` as they come.
-async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) -> Result<()> {
-    let admin = admin_client(hub)
-        .await?
-        .max_decoding_message_size(ADMIN_MAX_MESSAGE);
+/// One hub on its embedded redb store (data and log in `dir/hub`, the repositories in `dir`):
+/// the fleet and every scenario; the report and how the run ended.
+async fn one_hub(args: &Args, hub_bin: &Path, dir: &Path) -> Result<(Report, Result<()>)> {
+    std::fs::create_dir_all(dir.join("hub"))?;
+    let started = Instant::now();
+    let sink = match args.otlp {
+        true => Some(SpanSink::start().await?),
+        false => None,
+    };
+    let extra: Vec<String> = sink
+        .iter()
+        .flat_map(|s| ["--otlp-endpoint".to_string(), s.endpoint()])
+        .collect();
+    let hub = HubProcess::start_with(
+        hub_bin,
+        &dir.join("hub"),
+        &args.hub_heartbeat_interval,
+        &extra,
+    )
+    .await?;
+    hub.announce();
+    let mut rep = Report::default();
+    let hubs = [&hub];
+    let backend = Backend::Redb(&hub);
+    let outcome = hub
+        .unless_died(within_max_duration(
+            args.max_duration,
+            measure(args, HubSet(&hubs), &backend, 0, dir, &mut rep),
+        ))
+        .await;
+    if let Ok(s) = hub.sample() {
+        rep.hub_end = s;
+    }
+    rep.wall_secs = started.elapsed().as_secs_f64();
+    hub.shutdown().await;
+    // The hub flushes its spans when it stops.
+    rep.spans = sink.map(|s| s.counts());
+    Ok((rep, outcome))
+}
+
+/// Brings the fleet up on `hubs` and runs the scenarios; results go to `rep` as they come. The
+/// admin calls of the scenarios (sources, syncs, rollout reads) go to `hubs.0[admin_at]` (with
+/// replicas, one that does not lead: [`ha::trigger_replica`]).
+async fn measure(
+    args: &Args,
+    hubs: HubSet<'_>,
+    backend: &Backend<'_>,
+    admin_at: usize,
+    dir: &Path,
+    rep: &mut Report,
+) -> Result<()> {
+    let mut admins = Vec::new();
+    for hub in hubs.0 {
+        admins.push(
+            admin_client(hub)
+                .await?
+                .max_decoding_message_size(ADMIN_MAX_MESSAGE),
+        );
+    }
     let opts = setup::Options {
         sessions: args.sessions,
         apps_sessions: args.apps_sessions.min(args.sessions),
@@ -218,9 +277,11 @@ async fn measure(args: &Args, hub: &HubProcess, dir: &Path, rep: &mut Report) ->
         events,
         counters,
         scopes,
-    } = setup::bring_up(&opts, hub, &admin, &mut rep.setup).await?;
+    } = setup::bring_up(&opts, hubs, &admins, &mut rep.setup).await?;
+    let admin = admins[admin_at].clone();
     let mut ctx = Ctx {
-        hub,
+        hubs,
+        backend,
         admin,
         events,
         counters,

@@ -3,7 +3,10 @@
 //! rollouts over the Admin API until each one has `succeeded`. The rollout's own timestamps
 //! (`started_unix_ms`, each stage's started/finished, `finished_unix_ms`) give the durations, so
 //! how often they are polled does not change the figures. The hub's log adds when the last
-//! desired state of each stage was written.
+//! desired state of each stage was written. With several hub replicas (`--replicas`) the hub's
+//! CPU and memory are the replicas' summed, the log read is the leading replica's (the one whose
+//! engine moves the rollouts), the store's size is etcd's database, and the etcd members' CPU is
+//! given beside the hub's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -19,6 +22,7 @@ use flotilla_proto::v1::{AddSourceRequest, GetRolloutRequest, Rollout, SyncSourc
 use flotilla_tests::bench::client::Fleet;
 use flotilla_tests::bench::hub::{HubProcess, sample_pid, strip_ansi};
 use flotilla_tests::bench::prog;
+use flotilla_tests::bench::replicas::{HubSet, Replicas};
 use flotilla_tests::bench::stats::ms;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -88,13 +92,64 @@ pub struct RoundTimes {
     pub hub_cpu_secs: f64,
     pub bench_cpu_secs: f64,
     pub hub_rss_kib: u64,
-    /// Size of the hub's store file at the end of the round.
+    /// Size of the hub's store file at the end of the round (with replicas: etcd's database).
     pub store_bytes: u64,
+    /// With replicas: CPU seconds the etcd members used during the round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cpu_secs: Option<f64>,
+}
+
+/// Where the hub under test keeps its state.
+pub enum Backend<'a> {
+    /// One hub on its embedded redb store.
+    Redb(&'a HubProcess),
+    /// Replicas sharing an etcd.
+    Etcd(&'a Replicas),
+}
+
+impl<'a> Backend<'a> {
+    /// The hub whose engine moves the rollouts (whose log says when desired states were
+    /// written): the one hub, or the leading replica (the first replica when none says so).
+    pub async fn engine_hub(&self) -> &'a HubProcess {
+        match self {
+            Self::Redb(hub) => hub,
+            Self::Etcd(r) => {
+                let lead = r
+                    .leaders()
+                    .await
+                    .into_iter()
+                    .find(|(_, l)| *l == Some(true))
+                    .map_or(0, |(i, _)| i);
+                &r.hubs[lead]
+            }
+        }
+    }
+
+    /// The size of the store: redb's file, or etcd's database (a member's).
+    pub async fn store_bytes(&self) -> u64 {
+        match self {
+            Self::Redb(hub) => {
+                std::fs::metadata(hub.data_dir.join("store.redb")).map_or(0, |m| m.len())
+            }
+            Self::Etcd(r) => r.db_size().await.0.unwrap_or(0),
+        }
+    }
+
+    /// The etcd members' CPU seconds so far.
+    pub fn etcd_cpu(&self) -> Option<f64> {
+        match self {
+            Self::Redb(_) => None,
+            Self::Etcd(r) => Some(r.etcd_sample().cpu_secs),
+        }
+    }
 }
 
 /// The coordinator's side of the scenarios: the hub, its Admin API, the sessions' events.
 pub struct Ctx<'a> {
-    pub hub: &'a HubProcess,
+    /// The hubs (one, or the replicas) whose CPU and memory are summed.
+    pub hubs: HubSet<'a>,
+    pub backend: &'a Backend<'a>,
+    /// The Admin API the triggers and rollout reads go to (with replicas: one of them).
     pub admin: AdminClient<Channel>,
     pub events: mpsc::UnboundedReceiver<Event>,
     pub counters: Arc<Counters>,
@@ -242,8 +297,10 @@ impl Ctx<'_> {
             done: HashMap::new(),
             pairs: 0,
         };
-        let log_from = std::fs::metadata(&self.hub.log_path).map_or(0, |m| m.len());
-        let hub_before = self.hub.sample()?;
+        let engine_hub = self.backend.engine_hub().await;
+        let log_from = std::fs::metadata(&engine_hub.log_path).map_or(0, |m| m.len());
+        let hub_before = self.hubs.sample()?;
+        let etcd_before = self.backend.etcd_cpu();
         let bench_before = sample_pid(std::process::id(), "benchmark")?;
         let counts_before = self.counters.snapshot();
         let deadline = Instant::now() + self.timeout;
@@ -361,7 +418,8 @@ impl Ctx<'_> {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
-        let hub_after = self.hub.sample()?;
+        let hub_after = self.hubs.sample()?;
+        let etcd_after = self.backend.etcd_cpu();
         let bench_after = sample_pid(std::process::id(), "benchmark")?;
 
         // --- the figures -----------------------------------------------------------------------
@@ -380,7 +438,7 @@ impl Ctx<'_> {
             .enumerate()
             .map(|(i, s)| (s.name.as_str(), i))
             .collect();
-        let writes = log_writes(&self.hub.log_path, log_from, t0, &stage_of, &stage_index);
+        let writes = log_writes(&engine_hub.log_path, log_from, t0, &stage_of, &stage_index);
         let mut done: Vec<f64> = finished
             .values()
             .map(|r| unix_to_ms_since(t0, r.finished_unix_ms))
@@ -421,8 +479,8 @@ impl Ctx<'_> {
             hub_cpu_secs: hub_after.cpu_secs - hub_before.cpu_secs,
             bench_cpu_secs: bench_after.cpu_secs - bench_before.cpu_secs,
             hub_rss_kib: hub_after.rss_kib,
-            store_bytes: std::fs::metadata(self.hub.data_dir.join("store.redb"))
-                .map_or(0, |m| m.len()),
+            store_bytes: self.backend.store_bytes().await,
+            etcd_cpu_secs: etcd_after.zip(etcd_before).map(|(a, b)| a - b),
         })
     }
 }

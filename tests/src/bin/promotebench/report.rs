@@ -1,10 +1,15 @@
 //! The results: one serializable record, printed as tables (the fleet, each scenario's rounds,
-//! where the time went per stage, the verdict) and optionally written as JSON.
+//! where the time went per stage, the verdict) and optionally written as JSON. In HA mode
+//! (`--replicas`), two of them (one hub on redb; the replicas on etcd, hub figures summed), what
+//! only the replicas have ([`HaExtra`]: each replica's memory and CPU, etcd's, and the bytes
+//! etcd holds by key family), a table of the figures side by side with the ratio HA / redb
+//! ([`comparison_table`]) and one of etcd's bytes ([`etcd_table`]).
 
 use std::collections::BTreeMap;
 
 use comfy_table::Table;
 use flotilla_tests::bench::hub::ProcSample;
+use flotilla_tests::bench::replicas::EtcdBytes;
 use flotilla_tests::bench::table::{self, align, mib, verdict_cells};
 use serde::Serialize;
 
@@ -503,6 +508,387 @@ fn stages_table(s: &ScenarioReport) -> Table {
         }
     }
     align(&mut t, 2);
+    t
+}
+
+/// One replica of an HA run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaEnd {
+    pub name: String,
+    pub pid: u32,
+    /// Whether it led at the end.
+    pub led: bool,
+    /// Its own sessions gauge once the fleet was up.
+    pub sessions: usize,
+    pub held: ProcSample,
+    /// At the end of the run (before the sessions closed: the peak is `hwm_kib`).
+    pub end: ProcSample,
+}
+
+/// What only an HA run has.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HaExtra {
+    pub replicas: usize,
+    pub etcd_members: usize,
+    /// etcd member processes found (and sampled) by their client port.
+    pub etcd_processes: usize,
+    pub store: String,
+    /// The replica the scenarios' admin calls (AddSource, SyncSource, GetRollout) went to.
+    pub admin_replica: String,
+    pub per_replica: Vec<ReplicaEnd>,
+    /// The etcd members at the end, summed (`hwm_kib`: their peaks summed).
+    pub etcd_end: ProcSample,
+    /// Every key under the run's prefix at the end, by family (`None`: could not be listed).
+    pub etcd: Option<EtcdBytes>,
+    pub etcd_error: Option<String>,
+    /// The most writes one store batch carried on any replica (histogram bucket bound).
+    pub largest_batch_writes: Option<f64>,
+    /// `flotilla_hub_store_errors_total`, summed over the replicas and their ops.
+    pub store_errors: f64,
+}
+
+impl HaExtra {
+    /// The largest peak RSS of one replica.
+    pub fn largest_peak_kib(&self) -> u64 {
+        self.per_replica
+            .iter()
+            .map(|r| r.end.hwm_kib)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// An HA run as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaRun<'a> {
+    pub redb: &'a Report,
+    pub ha: &'a Report,
+    pub replicas: &'a HaExtra,
+}
+
+/// `ha / redb` as `1.23×`; `—` when either is missing or redb's is 0.
+fn ratio(ha: Option<f64>, redb: Option<f64>) -> String {
+    match (ha, redb) {
+        (Some(h), Some(r)) if r != 0.0 && h.is_finite() && r.is_finite() => {
+            format!("{:.2}×", h / r)
+        }
+        _ => "—".into(),
+    }
+}
+
+/// The median over a scenario's measured rounds of `f`; `None` without rounds.
+fn rounds_median(s: Option<&ScenarioReport>, f: impl Fn(&RoundTimes) -> f64) -> Option<f64> {
+    let s = s?;
+    if s.rounds.is_empty() {
+        return None;
+    }
+    Some(median_of(&s.rounds, f))
+}
+
+/// The figures of the redb run beside the HA run's with the ratio HA / redb, then what only
+/// the HA run has.
+pub fn comparison_table(redb: &Report, ha: &Report, x: &HaExtra) -> Table {
+    let mut t = new_table(vec![
+        "measure",
+        "redb (1 hub)",
+        &format!(
+            "HA ({} replicas, {}-member etcd)",
+            x.replicas, x.etcd_members
+        ),
+        "HA / redb",
+    ]);
+    let n0 = |v: f64| thousands(v.round() as usize);
+    let per_s = |v: f64| format!("{v:.0} /s");
+    let s1 = |v: f64| format!("{v:.1} s");
+    let kib = |v: f64| mib(v as u64);
+    let (rs, hs) = (&redb.setup, &ha.setup);
+    t.add_row(vec![
+        "sessions held (hub gauges, summed)".to_string(),
+        n0(rs.held as f64),
+        format!(
+            "{} ({})",
+            n0(hs.held as f64),
+            hs.replica_sessions
+                .iter()
+                .map(|n| thousands(*n))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+        ratio(Some(hs.held as f64), Some(rs.held as f64)),
+    ]);
+    let mut both = |k: &str, r: Option<f64>, h: Option<f64>, show: &dyn Fn(f64) -> String| {
+        let cell = |v: Option<f64>| v.map_or_else(|| "—".to_string(), show);
+        t.add_row(vec![k.to_string(), cell(r), cell(h), ratio(h, r)]);
+    };
+    both(
+        "enroll (AddCluster + Join)",
+        Some(rs.enroll_per_sec),
+        Some(hs.enroll_per_sec),
+        &per_s,
+    );
+    both(
+        "full mTLS handshakes",
+        Some(rs.handshakes_per_sec),
+        Some(hs.handshakes_per_sec),
+        &per_s,
+    );
+    both(
+        "label every cluster (LabelCluster)",
+        Some(rs.label_secs),
+        Some(hs.label_secs),
+        &s1,
+    );
+    for (name, r, h) in [
+        ("one app", redb.single.as_ref(), ha.single.as_ref()),
+        ("many apps", redb.many.as_ref(), ha.many.as_ref()),
+    ] {
+        let Some(shape) = r.or(h) else { continue };
+        let name = format!(
+            "{name} ({} app{}, {} sessions)",
+            shape.apps,
+            if shape.apps == 1 { "" } else { "s" },
+            thousands(shape.sessions)
+        );
+        let initial = |s: Option<&ScenarioReport>| {
+            s.and_then(|s| s.initial.as_ref())
+                .map(|r| r.done_ms / 1000.0)
+        };
+        both(
+            &format!("{name}: first revision, every rollout succeeded"),
+            initial(r),
+            initial(h),
+            &secs_f,
+        );
+        let median = |s: Option<&ScenarioReport>, f: &dyn Fn(&RoundTimes) -> f64| {
+            rounds_median(s, f).map(|v| v / 1000.0)
+        };
+        both(
+            &format!("{name}: next commit, every rollout succeeded (median of rounds)"),
+            median(r, &|x| x.done_ms),
+            median(h, &|x| x.done_ms),
+            &secs_f,
+        );
+        both(
+            &format!("{name}: sync answered (median)"),
+            median(r, &|x| x.trigger_ms),
+            median(h, &|x| x.trigger_ms),
+            &secs_f,
+        );
+        both(
+            &format!("{name}: every session holds it (median)"),
+            median(r, &|x| x.all_hold_ms),
+            median(h, &|x| x.all_hold_ms),
+            &secs_f,
+        );
+        let stages = shape
+            .rounds
+            .first()
+            .or(shape.initial.as_ref())
+            .map(|x| x.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for (i, stage) in stages.iter().enumerate() {
+            both(
+                &format!("{name}: {stage} stage (median of rounds)"),
+                median(r, &|x| stage_ms(x, i)),
+                median(h, &|x| stage_ms(x, i)),
+                &secs_f,
+            );
+        }
+        let cpu = |s: Option<&ScenarioReport>| rounds_median(s, |x| x.hub_cpu_secs);
+        both(
+            &format!("{name}: hub CPU per round, all replicas (median)"),
+            cpu(r),
+            cpu(h),
+            &s1,
+        );
+        let per = |s: Option<&ScenarioReport>, f: &dyn Fn(&RoundTimes) -> u64| {
+            rounds_median(s, |x| f(x) as f64 / x.sessions.max(1) as f64)
+        };
+        let d2 = |v: f64| format!("{v:.2}");
+        both(
+            &format!("{name}: desired states per session and round (median)"),
+            per(r, &|x| x.sessions_did.desired),
+            per(h, &|x| x.sessions_did.desired),
+            &d2,
+        );
+        both(
+            &format!("{name}: status reports per session and round (median)"),
+            per(r, &|x| x.sessions_did.reports),
+            per(h, &|x| x.sessions_did.reports),
+            &d2,
+        );
+        if let Some(e) = rounds_median(h, |x| x.etcd_cpu_secs.unwrap_or(0.0)) {
+            both(
+                &format!("{name}: etcd CPU per round, all members (median)"),
+                None,
+                Some(e),
+                &s1,
+            );
+        }
+    }
+    both(
+        "hub RSS held (all replicas)",
+        Some(rs.hub_held.rss_kib as f64),
+        Some(hs.hub_held.rss_kib as f64),
+        &kib,
+    );
+    both(
+        "hub RSS at the end (all replicas)",
+        Some(redb.hub_end.rss_kib as f64),
+        Some(ha.hub_end.rss_kib as f64),
+        &kib,
+    );
+    both(
+        "hub peak RSS: the largest replica's",
+        Some(redb.hub_end.hwm_kib as f64),
+        Some(x.largest_peak_kib() as f64),
+        &kib,
+    );
+    both(
+        "hub peak RSS: the replicas' peaks summed",
+        Some(redb.hub_end.hwm_kib as f64),
+        Some(ha.hub_end.hwm_kib as f64),
+        &kib,
+    );
+    both(
+        "hub CPU over the whole run (all replicas)",
+        Some(redb.hub_end.cpu_secs),
+        Some(ha.hub_end.cpu_secs),
+        &s1,
+    );
+    both(
+        "wall time (setup and every scenario)",
+        Some(redb.wall_secs),
+        Some(ha.wall_secs),
+        &s1,
+    );
+    let mut only = |k: &str, v: String| {
+        t.add_row(vec![k.to_string(), "—".to_string(), v, "—".to_string()]);
+    };
+    for r in &x.per_replica {
+        only(
+            &format!(
+                "{}{}",
+                r.name,
+                if r.led { " (leader at the end)" } else { "" }
+            ),
+            format!(
+                "{} sessions; RSS held {} / end {} / peak {}; CPU {:.0} s",
+                thousands(r.sessions),
+                mib(r.held.rss_kib),
+                mib(r.end.rss_kib),
+                mib(r.end.hwm_kib),
+                r.end.cpu_secs
+            ),
+        );
+    }
+    only(
+        "etcd members (all): RSS at the end / peaks summed; CPU",
+        format!(
+            "{} / {}; {:.0} s ({} processes)",
+            mib(x.etcd_end.rss_kib),
+            mib(x.etcd_end.hwm_kib),
+            x.etcd_end.cpu_secs,
+            x.etcd_processes
+        ),
+    );
+    only(
+        "admin calls of the scenarios went to",
+        x.admin_replica.clone(),
+    );
+    only(
+        "largest store batch (writes in one transaction, any replica)",
+        x.largest_batch_writes.map_or_else(
+            || "—".into(),
+            |b| format!("≤ {b:.0} (etcd's --max-txn-ops: 128)"),
+        ),
+    );
+    only(
+        "store errors (all replicas, all ops)",
+        thousands(x.store_errors as usize),
+    );
+    align(&mut t, 1);
+    t
+}
+
+fn secs_f(v: f64) -> String {
+    format!("{v:.2} s")
+}
+
+/// What etcd holds under the run's prefix, by key family: per cluster for the families that
+/// grow with the fleet, per app (per record) for `/rollouts/`.
+pub fn etcd_table(e: &EtcdBytes, clusters: usize) -> Table {
+    let mut t = new_table(vec![
+        "key family",
+        "keys",
+        "key bytes",
+        "value bytes",
+        "key + value",
+        "per cluster",
+        "per app",
+        "largest value (key)",
+    ]);
+    let b = |v: u64| thousands(v as usize);
+    let per = |bytes: u64, n: usize| {
+        if n == 0 {
+            "—".to_string()
+        } else {
+            format!("{:.0} B", bytes as f64 / n as f64)
+        }
+    };
+    for f in &e.families {
+        let apps = f.family == "/rollouts/";
+        t.add_row(vec![
+            f.family.clone(),
+            b(f.keys),
+            b(f.key_bytes),
+            b(f.value_bytes),
+            b(f.bytes()),
+            if apps {
+                "—".into()
+            } else {
+                per(f.bytes(), clusters)
+            },
+            if apps {
+                per(f.bytes(), f.keys as usize)
+            } else {
+                "—".into()
+            },
+            format!("{} ({})", b(f.largest_value), f.largest_key),
+        ]);
+    }
+    let largest = e.families.iter().max_by_key(|f| f.largest_value);
+    t.add_row(vec![
+        "total".to_string(),
+        b(e.keys),
+        b(e.families.iter().map(|f| f.key_bytes).sum()),
+        b(e.families.iter().map(|f| f.value_bytes).sum()),
+        b(e.bytes),
+        per(e.bytes, clusters),
+        "—".into(),
+        largest.map_or_else(String::new, |f| {
+            format!(
+                "{} ({:.1}% of etcd's 1.5 MiB request limit)",
+                b(f.largest_value),
+                100.0 * f.largest_value as f64 / (1.5 * 1024.0 * 1024.0)
+            )
+        }),
+    ]);
+    t.add_row(vec![
+        "etcd database".to_string(),
+        String::new(),
+        String::new(),
+        String::new(),
+        e.db_size_bytes.map_or_else(|| "—".into(), b),
+        String::new(),
+        String::new(),
+        format!(
+            "file size (history not compacted included); in use {}; revision {}",
+            e.db_size_in_use_bytes.map_or_else(|| "—".into(), b),
+            b(e.revision)
+        ),
+    ]);
+    align(&mut t, 1);
     t
 }
 

@@ -7,6 +7,11 @@
 //! `wave2` (1% / 33% / 66%, for any multiple of 100 of the first clusters too). The first
 //! `--apps-sessions` clusters also get `many: "yes"` when the 100-app scenario runs on fewer
 //! clusters than the whole fleet.
+//!
+//! With several hub replicas (`--replicas`), cluster `i` is enrolled through replica `i % N`,
+//! opens its session there and is labelled through it; each replica's gauge counts its own
+//! sessions (held = the sum), and the labels wait until the replica asked lists every opened
+//! session's cluster connected (sessions on other replicas show through the shared registry).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -16,9 +21,10 @@ use anyhow::{Result, anyhow, bail};
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::{LabelClusterRequest, ListClustersRequest};
 use flotilla_tests::bench::client::{Fleet, Session, cluster_name};
-use flotilla_tests::bench::fleet::{PROGRESS_EVERY, enroll};
-use flotilla_tests::bench::hub::{HubProcess, ProcSample, wait_for_gauge};
+use flotilla_tests::bench::fleet::{PROGRESS_EVERY, enroll, enroll_spread};
+use flotilla_tests::bench::hub::ProcSample;
 use flotilla_tests::bench::prog;
+use flotilla_tests::bench::replicas::{HubSet, sum};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -61,6 +67,13 @@ pub struct SetupReport {
     pub fetch: bool,
     pub hub_baseline: ProcSample,
     pub hub_held: ProcSample,
+    /// With replicas: each one's gauge once every session was open, and its samples.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_sessions: Vec<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_baseline: Vec<ProcSample>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_held: Vec<ProcSample>,
 }
 
 /// The fleet: its sessions (held open until dropped), their events, and which clusters each
@@ -91,18 +104,29 @@ pub fn ring_of(i: usize) -> &'static str {
     }
 }
 
-/// Enrolls and connects the fleet and labels it; fills `rep` as it goes.
+/// Enrolls and connects the fleet and labels it; fills `rep` as it goes. `hubs` and `admins`:
+/// the hub and its Admin API, or each replica and its own.
 pub async fn bring_up(
     opts: &Options,
-    hub: &HubProcess,
-    admin: &AdminClient<Channel>,
+    hubs: HubSet<'_>,
+    admins: &[AdminClient<Channel>],
     rep: &mut SetupReport,
 ) -> Result<Setup> {
     let n = opts.sessions;
+    let replicas = hubs.0.len() > 1;
     rep.sessions_requested = n;
     rep.fetch = opts.fetch;
-    rep.hub_baseline = hub.sample()?;
-    let enr = enroll(admin, n, opts.sources, opts.concurrency).await?;
+    let each = hubs.samples()?;
+    rep.hub_baseline = sum(&each);
+    if replicas {
+        rep.replica_baseline = each;
+    }
+    let enr = if replicas {
+        let targets: Vec<_> = admins.iter().cloned().zip(hubs.addrs()).collect();
+        enroll_spread(&targets, n, opts.sources, opts.concurrency).await?
+    } else {
+        enroll(&admins[0], n, opts.sources, opts.concurrency).await?
+    };
     rep.enrolled = enr.enrolled.len();
     rep.enroll_failed = enr.failed;
     rep.enroll_per_sec = enr.per_sec();
@@ -118,8 +142,8 @@ pub async fn bring_up(
         opts.sources
     );
     let opened = enr
-        .open_all(
-            &hub.addr,
+        .open_spread(
+            &hubs.addrs(),
             &fleet,
             Some(handler(tx, opts.fetch, counters.clone())),
         )
@@ -129,21 +153,29 @@ pub async fn bring_up(
     rep.open_failed = opened.failed;
     rep.handshakes_per_sec = opened.per_sec();
     ensure_any(opened.sessions.len(), "no session opened", &opened.errors)?;
-    rep.held = wait_for_gauge(hub, opened.sessions.len(), GAUGE_TIMEOUT).await?;
-    rep.hub_held = hub.sample()?;
+    let mut want = vec![0; hubs.0.len()];
+    for h in &opened.hub_of {
+        want[*h] += 1;
+    }
+    let held = hubs.wait_for_gauges(&want, GAUGE_TIMEOUT).await?;
+    rep.held = held.iter().sum();
+    let each = hubs.samples()?;
+    rep.hub_held = sum(&each);
+    if replicas {
+        rep.replica_sessions = held;
+        rep.replica_held = each;
+    }
+    let admin = &admins[0];
 
     // --- Labels, on the clusters the hub shows connected ------------------------------------
-    let connected: HashSet<String> = admin
-        .clone()
-        .list_clusters(ListClustersRequest::default())
-        .await
-        .map_err(|s| anyhow!("ListClusters: {:?}: {}", s.code(), s.message()))?
-        .into_inner()
-        .clusters
-        .into_iter()
-        .filter(|c| c.state == "connected")
-        .map(|c| c.name)
-        .collect();
+    let mut connected = connected_clusters(admin).await?;
+    // A replica learns of the sessions the others hold through the registry it follows: wait
+    // (bounded) until it lists every opened session's cluster connected.
+    let deadline = Instant::now() + GAUGE_TIMEOUT;
+    while replicas && connected.len() < rep.opened && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        connected = connected_clusters(admin).await?;
+    }
     let partial = opts.apps_sessions < connected.len();
     let mut labels: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut many = HashSet::new();
@@ -174,9 +206,9 @@ pub async fn bring_up(
     );
     let started = Instant::now();
     let total = labels.len();
-    let mut s = futures::stream::iter(labels)
-        .map(|(name, set)| {
-            let mut admin = admin.clone();
+    let mut s = futures::stream::iter(labels.into_iter().enumerate())
+        .map(|(i, (name, set))| {
+            let mut admin = admins[i % admins.len()].clone();
             async move {
                 admin
                     .label_cluster(LabelClusterRequest {
@@ -207,7 +239,7 @@ pub async fn bring_up(
         prog(),
         rep.labelled,
         rep.label_secs,
-        hub.sample()?.rss_kib as f64 / 1024.0
+        hubs.sample()?.rss_kib as f64 / 1024.0
     );
     Ok(Setup {
         sessions: opened.sessions,
@@ -224,6 +256,21 @@ pub async fn bring_up(
             },
         },
     })
+}
+
+/// The clusters `admin`'s hub lists as connected.
+async fn connected_clusters(admin: &AdminClient<Channel>) -> Result<HashSet<String>> {
+    Ok(admin
+        .clone()
+        .list_clusters(ListClustersRequest::default())
+        .await
+        .map_err(|s| anyhow!("ListClusters: {:?}: {}", s.code(), s.message()))?
+        .into_inner()
+        .clusters
+        .into_iter()
+        .filter(|c| c.state == "connected")
+        .map(|c| c.name)
+        .collect())
 }
 
 /// Fails with `none` and the first `errors` when a bulk phase did nothing (`done` is 0).
