@@ -361,21 +361,30 @@ impl Sources {
         true
     }
 
-    /// Counts a sync request in the record of `name`; the count it reached.
-    async fn write_request(&self, name: &str) -> Result<u64, HubError> {
-        let rec = self
+    /// Changes the record of source `name` with `f` (read-modify-write); the record after.
+    async fn update(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut SourceRecord),
+    ) -> Result<SourceRecord, HubError> {
+        let missing = || HubError::UnknownSource(name.to_string());
+        let (rec, ()) = self
             .inner
             .table
-            .update(
-                name,
-                || HubError::UnknownSource(name.to_string()),
-                |rec| {
-                    rec.sync_requests += 1;
-                    Ok(())
-                },
-            )
+            .update(name, missing, |rec| {
+                f(rec);
+                Ok(())
+            })
             .await?;
-        let count = rec.0.sync_requests;
+        Ok(rec)
+    }
+
+    /// Counts a sync request in the record of `name`; the count it reached.
+    async fn write_request(&self, name: &str) -> Result<u64, HubError> {
+        let count = self
+            .update(name, |rec| rec.sync_requests += 1)
+            .await?
+            .sync_requests;
         // Asked here, synced here already: the watch's echo of it wakes nothing again.
         if let Some(h) = self.handle(name) {
             h.requests_seen
@@ -572,19 +581,7 @@ impl Sources {
         if !self.inner.rollouts.leads() {
             return Ok(());
         }
-        let saved = self
-            .inner
-            .table
-            .update(
-                name,
-                || HubError::UnknownSource(name.to_string()),
-                |rec| {
-                    rec.status = status.clone();
-                    Ok(())
-                },
-            )
-            .await;
-        match saved {
+        match self.update(name, |rec| rec.status = status.clone()).await {
             Ok(_) | Err(HubError::UnknownSource(_)) => Ok(()), // removed meanwhile
             Err(e) => Err(e),
         }

@@ -279,21 +279,30 @@ fn replay(
     records: &mut HashMap<String, Cached>,
     kv: &KeyValue,
 ) -> Vec<(String, v1::StatusReport, Arc<StatusRecord>)> {
+    match decode_batch(kv) {
+        Some(batch) => merge_entries(records, kv.mod_revision, batch.entries),
+        None => Vec::new(),
+    }
+}
+
+/// [`replay`] of the decoded `entries` of the batch stored at `revision`.
+fn merge_entries(
+    records: &mut HashMap<String, Cached>,
+    revision: Revision,
+    entries: Vec<JournalEntry>,
+) -> Vec<(String, v1::StatusReport, Arc<StatusRecord>)> {
     let mut out = Vec::new();
-    let Some(batch) = decode_batch(kv) else {
-        return out;
-    };
-    for e in batch.entries {
+    for e in entries {
         let Some(report) = e.report else { continue };
         let entry = records
             .entry(e.cluster.clone())
             .or_insert_with(Cached::absent);
-        if !takes(&entry.slot, kv.mod_revision) {
+        if !takes(&entry.slot, revision) {
             continue;
         }
         match merge_onto(&entry.slot, &report) {
             Some(mut record) => {
-                record.through = kv.mod_revision;
+                record.through = revision;
                 let record = Arc::new(record);
                 entry.slot = Slot::Record(record.clone());
                 out.push((e.cluster, report, record));
@@ -697,14 +706,9 @@ impl Ingest {
         let (items, _) = self.table.store().list(STATUS_LOG).await?;
         for kv in &by_revision(items) {
             // Only this cluster's entries: the others stay as cached.
-            let mut kv = kv.clone();
-            if let Some(mut batch) = decode_batch(&kv) {
+            if let Some(mut batch) = decode_batch(kv) {
                 batch.entries.retain(|e| e.cluster == cluster);
-                if batch.entries.is_empty() {
-                    continue;
-                }
-                kv.value = batch.encode_to_vec();
-                replay(&mut one, &kv);
+                merge_entries(&mut one, kv.mod_revision, batch.entries);
             }
         }
         let entry = one.remove(cluster).unwrap_or_else(Cached::absent);
