@@ -79,6 +79,26 @@ async fn replicas(dir: &Path, etcd: &EtcdCluster) -> (TestHub, TestHub) {
     (a, b)
 }
 
+/// The web app's repository (canary, then prod) and two replicas on `etcd`: replica a, which
+/// leads and tracks the repository as source `fleet`, and replica b, started with the source
+/// stored (it renders the same commits). Returns the repository, its first commit, a and b.
+async fn fleet_on_replicas(
+    dir: &Path,
+    etcd: &EtcdCluster,
+) -> (flotilla_tests::TestRepo, String, TestHub, TestHub) {
+    use flotilla_tests::web_app;
+    let (repo, c1) = web_app::repo(dir, &web_app::canary_then_prod("regions", ""), Some("1"));
+    let mut r = Replicas::new(dir, etcd, &["replica-a", "replica-b"]).await;
+    let a = r.start(0).await;
+    eventually("replica a to lead", || async {
+        a.running().role.borrow().is_leader().then_some(())
+    })
+    .await;
+    add_fleet_source(&a, &repo.path).await;
+    let b = r.start(1).await;
+    (repo, c1, a, b)
+}
+
 fn hello(cluster: &str) -> Hello {
     Hello {
         cluster_id: cluster.into(),
@@ -400,19 +420,10 @@ async fn of_two_sessions_of_a_cluster_on_two_replicas_the_newer_wins() {
 
 #[tokio::test]
 async fn a_rollback_made_on_one_replica_reaches_the_sessions_held_by_another() {
-    use flotilla_tests::web_app::{self, settings};
+    use flotilla_tests::web_app::settings;
     let dir = test_dir();
     let etcd = EtcdCluster::start(1).await;
-    let (repo, c1) = web_app::repo(
-        dir.path(),
-        &web_app::canary_then_prod("regions", ""),
-        Some("1"),
-    );
-    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
-    let a = r.start(0).await;
-    add_fleet_source(&a, &repo.path).await;
-    // Replica b starts with the source stored: it renders the same commits.
-    let b = r.start(1).await;
+    let (repo, c1, a, b) = fleet_on_replicas(dir.path(), &etcd).await;
     let mut sims = Vec::new();
     let mut agents = Vec::new();
     for (name, ring) in [("canary-1", "canary"), ("prod-1", "prod")] {
@@ -585,18 +596,9 @@ async fn a_cluster_connected_to_one_replica_shows_connected_through_it_on_the_ot
 /// again and the report that waited lands.
 #[tokio::test]
 async fn without_etcd_quorum_sessions_stay_agents_heal_and_writes_wait_for_it() {
-    use flotilla_tests::web_app;
     let dir = test_dir();
     let mut etcd = EtcdCluster::start(3).await;
-    let (repo, c1) = web_app::repo(
-        dir.path(),
-        &web_app::canary_then_prod("regions", ""),
-        Some("1"),
-    );
-    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
-    let a = r.start(0).await;
-    add_fleet_source(&a, &repo.path).await;
-    let b = r.start(1).await;
+    let (_repo, c1, a, b) = fleet_on_replicas(dir.path(), &etcd).await;
     let sim = sim_cluster(std::time::Duration::ZERO);
     let b_addr = b.addr();
     let mut agent = a
@@ -677,22 +679,10 @@ async fn without_etcd_quorum_sessions_stay_agents_heal_and_writes_wait_for_it() 
 /// new bundles as soon as it follows the leader's offer, instead of at its next poll.
 #[tokio::test]
 async fn a_rendering_the_leader_offered_is_rendered_by_the_replica_holding_the_sessions() {
-    use flotilla_tests::web_app::{self, settings};
+    use flotilla_tests::web_app::settings;
     let dir = test_dir();
     let etcd = EtcdCluster::start(1).await;
-    let (repo, c1) = web_app::repo(
-        dir.path(),
-        &web_app::canary_then_prod("regions", ""),
-        Some("1"),
-    );
-    let mut r = Replicas::new(dir.path(), &etcd, &["replica-a", "replica-b"]).await;
-    let a = r.start(0).await;
-    eventually("replica a to lead", || async {
-        a.running().role.borrow().is_leader().then_some(())
-    })
-    .await;
-    add_fleet_source(&a, &repo.path).await;
-    let b = r.start(1).await;
+    let (repo, c1, a, b) = fleet_on_replicas(dir.path(), &etcd).await;
     let sim = sim_cluster(std::time::Duration::ZERO);
     let b_addr = b.addr();
     let _agent = a
