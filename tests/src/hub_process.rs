@@ -58,6 +58,35 @@ impl Hub {
         hub
     }
 
+    /// Hub replica `name` (data under `dir/name`) on the etcd store `store`, with the operator
+    /// CA `ca` (certificate, key), a 3 s election lease and every replica's `endpoints`.
+    pub fn start_replica(
+        dir: &Path,
+        (port, http): (u16, u16),
+        store: &str,
+        (ca, key): (&Path, &Path),
+        name: &str,
+        endpoints: &[String],
+    ) -> Self {
+        let (ca, key) = (ca.display().to_string(), key.display().to_string());
+        let mut args = vec![
+            "--store",
+            store,
+            "--ca-cert",
+            &ca,
+            "--ca-key",
+            &key,
+            "--replica-name",
+            name,
+            "--lease-time",
+            "3s",
+        ];
+        for e in endpoints {
+            args.extend(["--endpoint", e.as_str()]);
+        }
+        Self::start_with(&dir.join(name), port, http, &args, &[])
+    }
+
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + DEADLINE;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()

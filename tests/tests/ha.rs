@@ -343,25 +343,10 @@ async fn the_lead_moves_within_the_lease_time_after_a_kill_9_of_the_leading_hub(
     let etcd = EtcdCluster::start(1).await;
     let (_, ca, key) = operator_ca(dir.path());
     let store = etcd.url("/fleet");
-    let (ca, key) = (ca.display().to_string(), key.display().to_string());
     let start = |name: &str| {
-        let (port, http) = (free_port(), free_port());
-        let args = [
-            "--store",
-            store.as_str(),
-            "--ca-cert",
-            ca.as_str(),
-            "--ca-key",
-            key.as_str(),
-            "--replica-name",
-            name,
-            "--lease-time",
-            "3s",
-        ];
-        (
-            Hub::start_with(&dir.path().join(name), port, http, &args, &[]),
-            http,
-        )
+        let ports = (free_port(), free_port());
+        let hub = Hub::start_replica(dir.path(), ports, &store, (&ca, &key), name, &[]);
+        (hub, ports.1)
     };
     let (first, first_http) = start("replica-1");
     eventually("replica-1 to lead", || leads(first_http)).await;

@@ -18,7 +18,6 @@ async fn a_rollout_finishes_after_a_kill_9_of_the_replica_leading_it() {
     let etcd = EtcdCluster::start(3).await;
     let (_, ca, key) = operator_ca(dir.path());
     let store = etcd.url("/fleet");
-    let (ca, key) = (ca.display().to_string(), key.display().to_string());
     let ports = [(free_port(), free_port()), (free_port(), free_port())];
     let endpoints: Vec<String> = ports
         .iter()
@@ -26,24 +25,7 @@ async fn a_rollout_finishes_after_a_kill_9_of_the_replica_leading_it() {
         .collect();
     let start = |i: usize| {
         let name = format!("replica-{}", i + 1);
-        let (port, http) = ports[i];
-        let args = [
-            "--store",
-            store.as_str(),
-            "--ca-cert",
-            ca.as_str(),
-            "--ca-key",
-            key.as_str(),
-            "--replica-name",
-            name.as_str(),
-            "--lease-time",
-            "3s",
-            "--endpoint",
-            endpoints[0].as_str(),
-            "--endpoint",
-            endpoints[1].as_str(),
-        ];
-        Hub::start_with(&dir.path().join(&name), port, http, &args, &[])
+        Hub::start_replica(dir.path(), ports[i], &store, (&ca, &key), &name, &endpoints)
     };
     let first = start(0);
     flotilla_tests::eventually("replica-1 to lead", || leads(ports[0].1)).await;
