@@ -171,8 +171,9 @@ pub struct AddSourceArgs {
     pub name: String,
     #[arg(long)]
     pub url: String,
-    /// Branch, tag or commit.
-    #[arg(long = "ref", default_value = "main")]
+    /// Branch, tag, commit, or `HEAD`: the remote's default branch, resolved again at every
+    /// fetch (if the remote's HEAD moves from main to trunk, the next fetch follows it).
+    #[arg(long = "ref", default_value = "HEAD")]
     pub reference: String,
     /// Directory in the repository holding flotilla.yaml.
     #[arg(long, default_value = "")]

@@ -302,6 +302,10 @@ pub struct SourceOut {
     pub url: String,
     #[serde(rename = "ref")]
     pub reference: String,
+    /// The remote ref the last successful fetch resolved `ref` to (for `HEAD`, the default
+    /// branch then: `refs/heads/main`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_ref: Option<String>,
     pub path: String,
     pub interval: String,
     pub commit: Option<String>,
@@ -335,6 +339,7 @@ impl From<&Source> for SourceOut {
             name: s.name.clone(),
             url: s.url.clone(),
             reference: s.r#ref.clone(),
+            resolved_ref: non_empty(&s.resolved_ref),
             path: s.path.clone(),
             interval: seconds(s.interval_seconds),
             commit: non_empty(&s.commit),
@@ -353,6 +358,20 @@ impl From<&Source> for SourceOut {
                     clusters: a.clusters.clone(),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl SourceOut {
+    /// The reference as given; `HEAD` with the branch it resolved to (`HEAD (main)`, or
+    /// `HEAD (detached)` for a remote whose HEAD is no branch).
+    pub fn reference_shown(&self) -> String {
+        match (self.reference.as_str(), self.resolved_ref.as_deref()) {
+            ("HEAD", Some("HEAD")) => "HEAD (detached)".into(),
+            ("HEAD", Some(to)) => {
+                format!("HEAD ({})", to.strip_prefix("refs/heads/").unwrap_or(to))
+            }
+            (given, _) => given.to_string(),
         }
     }
 }
@@ -404,7 +423,7 @@ pub fn sources_table(rows: &[SourceOut]) -> String {
         &[
             ("NAME", |s| s.name.clone()),
             ("URL", |s| s.url.clone()),
-            ("REF", |s| s.reference.clone()),
+            ("REF", SourceOut::reference_shown),
             ("COMMIT", |s| opt_short(s.commit.as_deref())),
             ("LAST FETCH", |s| text_or(&s.last_fetch, "never")),
             ("ERROR", |s| text_or(&s.error, "")),

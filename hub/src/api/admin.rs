@@ -156,6 +156,7 @@ impl AdminService {
             name: r.name.clone(),
             url: crate::git::redact_url(&r.url),
             r#ref: r.reference.clone(),
+            resolved_ref: r.status.resolved_ref.clone().unwrap_or_default(),
             path: r.path.clone(),
             interval_seconds: r.interval_ms / 1000,
             commit: r.status.commit.clone().unwrap_or_default(),

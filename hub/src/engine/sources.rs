@@ -43,7 +43,8 @@ const REQUEST_WAIT: Duration = Duration::from_secs(30);
 pub struct SourceRecord {
     pub name: String,
     pub url: String,
-    /// `--ref` as given (branch, tag, commit or `refs/…`).
+    /// `--ref` as given (branch, tag, commit or `refs/…`), or `HEAD`: the remote's default
+    /// branch, resolved again at every fetch (what an omitted `--ref` tracks).
     pub reference: String,
     pub path: String,
     pub interval_ms: u64,
@@ -70,6 +71,10 @@ fn is_zero(v: &u64) -> bool {
 pub struct SourceStatus {
     /// The commit last fetched.
     pub commit: Option<String>,
+    /// The remote ref that fetch resolved the reference to (`refs/heads/main`; for `HEAD`,
+    /// the branch it pointed to then). A failed fetch keeps it, with the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ref: Option<String>,
     pub last_fetch_ms: u64,
     /// Why the last sync did not take the fetched commit (`None` when healthy).
     pub error: Option<String>,
@@ -98,7 +103,8 @@ pub struct AppState {
 pub struct NewSource {
     pub name: String,
     pub url: String,
-    /// Branch, tag, commit or `refs/…`; empty means `main`.
+    /// Branch, tag, commit, `refs/…` or `HEAD`; empty means `HEAD` (the remote's default
+    /// branch).
     pub reference: String,
     pub path: String,
     pub interval: Duration,
@@ -228,7 +234,7 @@ impl Sources {
             name: name.to_string(),
             url: url.to_string(),
             reference: if reference.is_empty() {
-                "main".into()
+                "HEAD".into()
             } else {
                 reference.to_string()
             },
@@ -640,6 +646,10 @@ impl Sources {
                 rec.status.commit.as_deref() != Some(commit.as_str()),
             );
         status.commit = Some(commit.clone());
+        if rec.status.resolved_ref.is_some() && rec.status.resolved_ref != outcome.resolved_ref {
+            tracing::info!(source = %name, reference = %rec.reference, from = ?rec.status.resolved_ref, to = ?outcome.resolved_ref, "the reference resolves to another remote ref now (the default branch moved)");
+        }
+        status.resolved_ref = outcome.resolved_ref.clone();
         if outcome.rewritten {
             tracing::warn!(source = %name, %commit, previous = ?outcome.previous, "history was rewritten upstream");
         }

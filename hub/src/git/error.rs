@@ -46,6 +46,14 @@ pub enum GitError {
     },
     #[error("{reference} not found at {url}")]
     RefNotFound { reference: String, url: String },
+    /// The remote's `HEAD` (tracked when no ref was named) leads to no commit: it points to a
+    /// branch that does not exist (`target`: an empty repository, or a default branch that was
+    /// deleted), or the remote advertises no `HEAD` at all (`target` is `None`).
+    #[error("{url} has no default branch: {}", match target {
+        Some(t) => format!("its HEAD points to {t}, which does not exist (an empty repository?); push to it or name a branch with --ref"),
+        None => "it advertises no HEAD; name a branch with --ref".to_owned(),
+    })]
+    NoDefaultBranch { url: String, target: Option<String> },
     #[error("{reference} at {url} points to a {kind}, not a commit")]
     NotACommit {
         reference: String,
@@ -102,6 +110,7 @@ impl GitError {
             GitError::AuthFailed { .. } => "auth_failed",
             GitError::Timeout { .. } => "timeout",
             GitError::RefNotFound { .. } => "ref_not_found",
+            GitError::NoDefaultBranch { .. } => "no_default_branch",
             GitError::NotACommit { .. } => "not_a_commit",
             GitError::CommitNotFound { .. } => "commit_not_found",
             GitError::PathNotFound { .. } => "path_not_found",

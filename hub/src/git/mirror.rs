@@ -3,6 +3,8 @@
 //! Private ref namespace (nothing else is written, so a mirror never mixes with a checkout):
 //! - `refs/flotilla/track/<ref without "refs/">` — the tracked branch/tag/ref, force-updated by
 //!   each fetch (so a force-push moves it; the old objects stay until a gc, which gix never runs);
+//!   the default branch is `refs/flotilla/track/HEAD`, the commit of whichever branch the
+//!   remote's `HEAD` pointed to at the last fetch;
 //! - `refs/flotilla/scan/{heads,tags}/*` — every branch and tag, fetched only for a pinned commit
 //!   to prove it is still reachable on the remote (stale ones are pruned);
 //! - `refs/flotilla/pinned` — the last pinned commit that was verified.
@@ -67,7 +69,8 @@ pub struct FetchOutcome {
     /// tag). The fetch still succeeded; the caller decides whether to follow.
     pub rewritten: bool,
     /// The remote ref that matched (`refs/heads/main`, or `refs/tags/v1` when a bare name
-    /// fell back to a tag); `None` for a pinned commit.
+    /// fell back to a tag; for the default branch, the branch the remote's `HEAD` points to
+    /// now, or `HEAD` when it is detached); `None` for a pinned commit.
     pub resolved_ref: Option<String>,
 }
 
@@ -224,11 +227,24 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    fn not_found(&self) -> GitError {
-        GitError::RefNotFound {
-            reference: self.reference.to_string(),
-            url: self.url.display().to_owned(),
+    /// The reference is not on the remote; for the default branch, `HEAD` points to `target`,
+    /// which does not exist, or (`None`) there is no `HEAD` at all.
+    fn not_found_to(&self, target: Option<&gix::bstr::BStr>) -> GitError {
+        let url = self.url.display().to_owned();
+        match self.reference {
+            GitRef::Head => GitError::NoDefaultBranch {
+                url,
+                target: target.map(|t| t.to_string()),
+            },
+            reference => GitError::RefNotFound {
+                reference: reference.to_string(),
+                url,
+            },
         }
+    }
+
+    fn not_found(&self) -> GitError {
+        self.not_found_to(None)
     }
 
     fn repo_error(&self, err: &gix::Error) -> GitError {
@@ -274,8 +290,16 @@ impl Fetch<'_> {
         };
         let (Some(target), Some(peeled)) = (mapping.remote.as_id(), mapping.remote.peeled_id())
         else {
-            // Unborn (a symbolic ref to nothing).
-            return Err(self.not_found());
+            // Unborn (a symbolic ref to nothing: an empty repository's HEAD).
+            return Err(self.not_found_to(mapping.remote.as_target()));
+        };
+        // The default branch is the branch HEAD points to now (a detached HEAD is itself).
+        let resolved = match self.reference {
+            GitRef::Head => mapping
+                .remote
+                .as_target()
+                .map_or_else(|| name.clone(), |t| t.to_string()),
+            _ => name.clone(),
         };
         let (target, commit) = (target.to_owned(), peeled.to_owned());
         self.expect_commit(commit)?;
@@ -302,7 +326,7 @@ impl Fetch<'_> {
             previous: previous.map(|p| p.to_hex().to_string()),
             changed: previous != Some(commit),
             rewritten,
-            resolved_ref: Some(name.clone()),
+            resolved_ref: Some(resolved),
         })
     }
 
@@ -378,9 +402,12 @@ impl Fetch<'_> {
                 .with_reflog_message(gix::remote::fetch::RefLogMessage::Override {
                     message: REFLOG_MESSAGE.into(),
                 });
-            if prepare.ref_map().mappings.is_empty() {
-                // gix would fail with a generic "no refspec matched": the caller says which.
-                return Ok(Vec::new());
+            let mappings = &prepare.ref_map().mappings;
+            if mappings.iter().all(|m| m.remote.as_id().is_none()) {
+                // No refspec matched (gix would fail with a generic "no refspec matched"), or
+                // only unborn refs did (an empty repository's HEAD, which gix would write as
+                // a symbolic ref into the mirror): nothing to fetch, the caller says why.
+                return Ok(mappings.clone());
             }
             let outcome = prepare.receive(gix::progress::Discard, watchdog.flag())?;
             Ok(outcome.ref_map.mappings)

@@ -3,7 +3,8 @@
 //! [`CommitTree`], the [`crate::render::SourceTree`] over a commit that rendering reads.
 //!
 //! The pieces:
-//! - [`SourceSpec`] — what to track: a URL, a [`GitRef`], a sub-path and optional [`Auth`].
+//! - [`SourceSpec`] — what to track: a URL, a [`GitRef`] (a branch, tag, ref or commit, or the
+//!   remote's default branch, `HEAD`), a sub-path and optional [`Auth`].
 //! - [`Mirror`] — the bare repository of one source; [`Mirror::fetch`] fetches the tracked ref
 //!   into a private namespace (`refs/flotilla/track/…`) and says what changed
 //!   ([`FetchOutcome`]), including a history rewrite (force-push); [`Mirror::tree`] opens a
@@ -151,17 +152,25 @@ pub enum GitRef {
     BranchOrTag(String),
     /// Any other full ref name (`refs/pull/42/head`).
     Ref(String),
+    /// The remote's default branch: the branch its `HEAD` points to, resolved again at every
+    /// fetch (so a remote whose `HEAD` moves from `main` to `trunk` is followed). What a
+    /// source tracks when `--ref` is omitted, or `HEAD`.
+    Head,
 }
 
 // === impl GitRef ===
 
 impl GitRef {
-    /// Parses `--ref`: a full 40-hex id is a commit; `refs/heads/X` a branch, `refs/tags/X` a
-    /// tag, any other `refs/…` that ref; anything else a branch, or failing that a tag.
+    /// Parses `--ref`: `HEAD` is the remote's default branch; a full 40-hex id is a commit;
+    /// `refs/heads/X` a branch, `refs/tags/X` a tag, any other `refs/…` that ref; anything
+    /// else a branch, or failing that a tag.
     pub fn parse(s: &str) -> Result<GitRef, GitError> {
         let bad = |reason| Err(GitError::invalid_ref(s, reason));
         if s.is_empty() {
             return bad("empty");
+        }
+        if s == "HEAD" {
+            return Ok(GitRef::Head);
         }
         if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(GitRef::Commit(s.to_ascii_lowercase()));
@@ -174,8 +183,10 @@ impl GitRef {
         if gix::validate::reference::name(full.as_bytes().into()).is_err() {
             return bad("not a valid git ref name");
         }
-        if s == "HEAD" || s.ends_with("/HEAD") {
-            return bad("symbolic refs such as HEAD cannot be tracked; name the branch");
+        if s.ends_with("/HEAD") {
+            return bad(
+                "symbolic refs other than HEAD (the remote's default branch) cannot be tracked; name the branch",
+            );
         }
         Ok(if let Some(branch) = s.strip_prefix("refs/heads/") {
             GitRef::Branch(branch.to_owned())
@@ -196,6 +207,7 @@ impl GitRef {
             GitRef::Tag(t) => vec![format!("refs/tags/{t}")],
             GitRef::Ref(r) => vec![r.clone()],
             GitRef::BranchOrTag(n) => vec![format!("refs/heads/{n}"), format!("refs/tags/{n}")],
+            GitRef::Head => vec!["HEAD".to_owned()],
             GitRef::Commit(_) => Vec::new(),
         }
     }
@@ -210,6 +222,7 @@ impl fmt::Display for GitRef {
             GitRef::Commit(c) => f.write_str(c),
             GitRef::BranchOrTag(n) => f.write_str(n),
             GitRef::Ref(r) => f.write_str(r),
+            GitRef::Head => f.write_str("HEAD"),
         }
     }
 }

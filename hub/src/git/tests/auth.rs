@@ -176,6 +176,8 @@ fn refs_parse_and_print_back() {
         (commit, GitRef::Commit(commit.to_ascii_lowercase())),
         // Short ids are names: only full ids pin a commit.
         ("abcdef0", GitRef::BranchOrTag("abcdef0".into())),
+        // The remote's default branch.
+        ("HEAD", GitRef::Head),
     ];
     for (text, want) in cases {
         let parsed: GitRef = text.parse().expect(text);
@@ -185,7 +187,6 @@ fn refs_parse_and_print_back() {
     for bad in [
         "",
         "a..b",
-        "HEAD",
         "refs/remotes/origin/HEAD",
         "bad name",
         "x.lock",

@@ -1,9 +1,11 @@
 //! Tests of the `git` module against real repositories made with the `git` CLI in temporary
-//! directories: fetches ([`fetch`]), https against a loopback server ([`https`]), commit trees
-//! ([`tree`]), URLs and credentials ([`auth`]), and that logs never carry a secret ([`logs`]).
+//! directories: fetches ([`fetch`]), the default branch ([`head`]), https against a loopback
+//! server ([`https`]), commit trees ([`tree`]), URLs and credentials ([`auth`]), and that logs
+//! never carry a secret ([`logs`]).
 
 mod auth;
 mod fetch;
+mod head;
 mod https;
 mod logs;
 mod tree;
