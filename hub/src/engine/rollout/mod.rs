@@ -646,25 +646,21 @@ impl Rollouts {
                         Some(refusal) => return Ok((ClusterSet::new(), Err(refusal))),
                         None => {}
                     }
-                    match rec.offer(
+                    let offer = rec.offer(
                         o.render,
                         clusters,
                         o.pipeline_name,
                         o.pipeline,
                         o.max_removal,
                         now,
-                    ) {
-                        Ok(offer) => {
-                            if offer.started {
-                                started = true;
-                                let r = rec.rollout.as_ref().expect("started");
-                                tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
-                            }
-                            // A new rollout's first batch goes out with the pass below.
-                            Ok((offer.touched, Ok(())))
-                        }
-                        Err(e) => Ok((ClusterSet::new(), Err(e))),
+                    );
+                    if offer.started {
+                        started = true;
+                        let r = rec.rollout.as_ref().expect("started");
+                        tracing::info!(app = %rec.app, revision = %r.revision, stages = r.stages.len(), "rollout started");
                     }
+                    // A new rollout's first batch goes out with the pass below.
+                    Ok((offer.touched, Ok(())))
                 })
                 .instrument(span.clone())
                 .await;
@@ -699,9 +695,7 @@ impl Rollouts {
                 if other_owner(rec, why.source).is_some() {
                     return Ok((ClusterSet::new(), false));
                 }
-                let touched = rec
-                    .retire(why.cause, why.clusters, now)
-                    .map_err(HubError::Invalid)?;
+                let touched = rec.retire(why.cause, why.clusters, now);
                 Ok((touched, rec.finished()))
             })
             .await;

@@ -572,7 +572,8 @@ impl AppRollout {
     /// Takes a new rendering of the app (from a source sync) with the pipeline it uses now.
     /// Starts a rollout when the rendering differs from the revision the app is on; otherwise
     /// takes new clusters at once. Clusters that run the app but are no longer targeted lose
-    /// it through a staged removal. `Err` when a cluster is selected by two stages.
+    /// it through a staged removal. A cluster that several stages select is the first one's
+    /// ([`stages::plan_stages`]).
     pub fn offer(
         &mut self,
         render: Render,
@@ -581,17 +582,11 @@ impl AppRollout {
         pipeline: PipelineConfig,
         max_removal: CountOrPercent,
         now_ms: u64,
-    ) -> Result<Offer, String> {
+    ) -> Offer {
         let pinned: ClusterSet = self.pins.keys().collect();
         let targets = render.entries.clusters();
-        let stages = stages::plan_stages(&pipeline, &targets.difference(&pinned), clusters)?;
+        let stages = stages::plan_stages(&pipeline, &targets.difference(&pinned), clusters);
         let before = self.snapshot(&targets);
-        let dropped: ClusterSet = before
-            .iter()
-            .filter(|(c, e)| e.is_some() && !targets.contains(**c) && !pinned.contains(**c))
-            .map(|(c, _)| *c)
-            .collect();
-        stages::plan_stages(&pipeline, &dropped, clusters)?;
         self.pipeline_name = pipeline_name;
         self.pipeline = pipeline;
         self.max_removal = max_removal;
@@ -610,11 +605,11 @@ impl AppRollout {
             keep_resources: false,
             approved_by: None,
         };
-        self.stage_removal(&before, |c| !targets.contains(c), cause, clusters, now_ms)?;
-        Ok(Offer {
+        self.stage_removal(&before, |c| !targets.contains(c), cause, clusters, now_ms);
+        Offer {
             started,
             touched: self.changed_since(&before),
-        })
+        }
     }
 
     /// The new rendering as a revision: a new rollout (`true`), or nothing to promote.
@@ -706,7 +701,7 @@ impl AppRollout {
         cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) {
         // Clusters the hub no longer has (removed, revoked) can receive nothing: they are
         // dropped at once, not staged.
         let known: ClusterSet = clusters.iter().map(|c| c.id).collect();
@@ -740,11 +735,11 @@ impl AppRollout {
                     rm.gate = None;
                     rm.state = RolloutState::Progressing;
                 }
-                return Ok(());
+                return;
             }
         }
         if from.is_empty() {
-            return Ok(());
+            return;
         }
         self.removal = Some(Removal::plan(
             &self.app,
@@ -755,8 +750,7 @@ impl AppRollout {
             self.max_removal,
             clusters,
             now_ms,
-        )?);
-        Ok(())
+        ));
     }
 
     /// The app left its source: every cluster loses it through a staged removal, and the
@@ -767,14 +761,8 @@ impl AppRollout {
         cause: Cause<'_>,
         clusters: &[ClusterInfo],
         now_ms: u64,
-    ) -> Result<ClusterSet, String> {
+    ) -> ClusterSet {
         let before = self.snapshot(&ClusterSet::new());
-        let dropped: ClusterSet = before
-            .iter()
-            .filter(|(_, e)| e.is_some())
-            .map(|(c, _)| *c)
-            .collect();
-        stages::plan_stages(&self.pipeline, &dropped, clusters)?;
         self.deleted = true;
         if let Some(r) = &mut self.rollout
             && r.state.in_flight()
@@ -783,8 +771,8 @@ impl AppRollout {
             r.finished_ms = Some(now_ms);
             r.message = format!("superseded by the app's removal: {}", cause.reason);
         }
-        self.stage_removal(&before, |_| true, cause, clusters, now_ms)?;
-        Ok(self.changed_since(&before))
+        self.stage_removal(&before, |_| true, cause, clusters, now_ms);
+        self.changed_since(&before)
     }
 
     /// Moves the rollout and the removal on; returns the clusters whose desired entry may have

@@ -77,8 +77,9 @@ impl Removal {
         max_removal: CountOrPercent,
         clusters: &[ClusterInfo],
         now_ms: u64,
-    ) -> Result<Removal, String> {
-        let stages = stages::plan_stages(pipeline, &from.clusters(), clusters)?;
+    ) -> Removal {
+        // The same stages as a release: a cluster several stages select is the first one's.
+        let stages = stages::plan_stages(pipeline, &from.clusters(), clusters);
         let allowed = max_removal.of(total);
         let gate = (from.len() > allowed).then(|| {
             format!(
@@ -86,7 +87,7 @@ impl Removal {
                 from.len()
             )
         });
-        Ok(Removal {
+        Removal {
             revision: cause.revision.to_string(),
             reason: cause.reason.to_string(),
             state: if gate.is_some() && cause.approved_by.is_none() {
@@ -103,7 +104,7 @@ impl Removal {
             started_ms: now_ms,
             finished_ms: None,
             message: String::new(),
-        })
+        }
     }
 
     pub fn in_flight(&self) -> bool {

@@ -308,15 +308,18 @@ pub fn approve(stage: &mut StageRun, who: &str) -> Result<(), String> {
 }
 
 /// The stages of a new run over `members`: each pipeline stage takes the members its selector
-/// matches, in name order; members no stage selects go last (`unstaged`, or `all` when the
-/// pipeline has no stages). `Err` when two stages select one cluster.
+/// matches, in id order; members no stage selects go last (`unstaged`, or `all` when the
+/// pipeline has no stages). Stages may overlap: a cluster belongs to the *first* stage (in
+/// pipeline order) whose selector matches it, and to no other — a cluster labelled
+/// `ring=canary` and `geo=eu` is in `canary`, not in `eu` — so every member is in exactly
+/// one stage, and a later stage neither sends it the change nor counts or waits for it.
 pub fn plan_stages(
     pipeline: &PipelineConfig,
     members: &ClusterSet,
     clusters: &[ClusterInfo],
-) -> Result<Vec<StageRun>, String> {
+) -> Vec<StageRun> {
     let known: HashMap<ClusterId, &ClusterInfo> = clusters.iter().map(|c| (c.id, c)).collect();
-    let mut taken: HashMap<ClusterId, &str> = HashMap::new();
+    let mut taken = ClusterSet::new();
     let mut stages = Vec::new();
     for stage in &pipeline.stages {
         let mut picked = ClusterSet::new();
@@ -324,13 +327,12 @@ pub fn plan_stages(
             let Some(info) = known.get(&c) else {
                 continue;
             };
+            // An earlier stage owns it.
+            if taken.contains(c) {
+                continue;
+            }
             if stage.selector.matches(&info.labels) {
-                if let Some(other) = taken.insert(c, &stage.name) {
-                    return Err(format!(
-                        "cluster {} is selected by two stages of the pipeline: {other} and {}",
-                        info.name, stage.name
-                    ));
-                }
+                taken.insert(c);
                 picked.insert(c);
             }
         }
@@ -342,7 +344,7 @@ pub fn plan_stages(
             picked,
         ));
     }
-    let rest: ClusterSet = members.iter().filter(|c| !taken.contains_key(c)).collect();
+    let rest = members.difference(&taken);
     if !rest.is_empty() || stages.is_empty() {
         let name = if pipeline.stages.is_empty() {
             ALL_STAGE
@@ -357,5 +359,5 @@ pub fn plan_stages(
             rest,
         ));
     }
-    Ok(stages)
+    stages
 }

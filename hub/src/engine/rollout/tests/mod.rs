@@ -1,8 +1,10 @@
 //! The rollout state machine, driven with explicit times and cluster reports (no clocks, no
 //! sleeps): stage order, soak, pacing, approval, halt, rollback, pins, pause, supersede,
 //! disconnected clusters, and what is not a new revision. `rollback.rs`: where a rollback
-//! returns each cluster (what must never be deleted); `removal.rs`: staged removals.
+//! returns each cluster (what must never be deleted); `removal.rs`: staged removals;
+//! `overlap.rs`: stages whose selectors overlap (the first stage owns a cluster).
 
+mod overlap;
 mod removal;
 mod rollback;
 mod scale;
@@ -160,16 +162,14 @@ impl World {
 
     /// Offers a rendering (labels from every cluster of the world).
     fn offer(&mut self, render: Render) -> Offer {
-        self.rec
-            .offer(
-                render,
-                &self.clusters,
-                Some("regions".into()),
-                self.pipeline.clone(),
-                DEFAULT_MAX_REMOVAL,
-                self.now,
-            )
-            .unwrap()
+        self.rec.offer(
+            render,
+            &self.clusters,
+            Some("regions".into()),
+            self.pipeline.clone(),
+            DEFAULT_MAX_REMOVAL,
+            self.now,
+        )
     }
 
     /// Advances as the engine does: a copy without the renderings, which are put back after;
@@ -621,35 +621,4 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
     assert!(touched.contains(cid("us-2")));
     assert_eq!(w.revision_of("us-2").as_deref(), Some("r1"));
     assert!(w.rec.rollback(Some("zzz"), w.now).is_err());
-}
-
-#[test]
-fn a_cluster_in_two_stages_is_refused() {
-    let clusters = vec![info("x", &[("region", "eu"), ("ring", "canary")])];
-    let p = pipeline(
-        vec![
-            Stage {
-                selector: selector("ring", "canary"),
-                ..stage("canary", "-")
-            },
-            stage("eu", "eu"),
-        ],
-        OnFailure::Halt,
-    );
-    let mut rec = AppRollout::new("web", "fleet");
-    let e = rec
-        .offer(
-            render("r1", &clusters),
-            &clusters,
-            None,
-            p,
-            DEFAULT_MAX_REMOVAL,
-            0,
-        )
-        .unwrap_err();
-    assert_eq!(
-        e,
-        "cluster x is selected by two stages of the pipeline: canary and eu"
-    );
-    assert!(rec.rollout.is_none());
 }

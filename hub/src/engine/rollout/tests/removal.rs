@@ -19,7 +19,7 @@ impl World {
     /// Retires the app from every cluster of the world for `cause`; the clusters touched at once.
     fn retire(&mut self, cause: Cause<'_>) -> Vec<String> {
         let clusters = self.clusters.clone();
-        names(&self.rec.retire(cause, &clusters, self.now).unwrap())
+        names(&self.rec.retire(cause, &clusters, self.now))
     }
 
     fn removal(&self) -> &Removal {

@@ -78,7 +78,6 @@ fn history() -> AppRollout {
             DEFAULT_MAX_REMOVAL,
             now,
         )
-        .unwrap()
     };
     // Advances until nothing moves; clusters in `bad` report the revision failed.
     let settle = |rec: &mut AppRollout,
