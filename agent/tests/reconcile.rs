@@ -143,7 +143,7 @@ impl Harness {
                     bundle_size: canonical.len() as u64,
                     trace_context: String::new(),
                     depends_on: a.depends_on.clone(),
-                    options: Some(a.options),
+                    options: Some(a.options.clone()),
                 }
             })
             .collect();

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::AppTrace;
 use super::health::Assessment;
+use super::hooks::HookRun;
 use super::kubeapi::ObjError;
 use super::objects::{Obj, ObjKey};
 
@@ -42,6 +43,8 @@ pub(super) struct AppRun {
     pub(super) notes: Vec<String>,
     /// Spans of this revision's reconcile, when the hub sent a trace context.
     pub(super) trace: Option<AppTrace>,
+    /// The revision's Helm hooks and how far they got.
+    pub(super) hooks: HookRun,
 }
 
 impl AppRun {
@@ -60,11 +63,20 @@ impl AppRun {
             healed: 0,
             notes: Vec::new(),
             trace: None,
+            hooks: HookRun::default(),
         }
     }
 
     pub(super) fn opts(&self) -> flotilla_proto::v1::AppOptions {
-        self.desired.options.unwrap_or_default()
+        self.desired.options.clone().unwrap_or_default()
+    }
+
+    /// How long the app may take to become healthy (and each of its hooks to be done).
+    pub(super) fn health_timeout(&self, default: Duration) -> Duration {
+        match self.opts().health_timeout_ms {
+            0 => default,
+            ms => Duration::from_millis(ms),
+        }
     }
 
     pub(super) fn objs(&self) -> &[Obj] {
@@ -95,17 +107,31 @@ impl AppRun {
         c
     }
 
-    pub(super) fn healthy(&self) -> bool {
+    /// Whether every object of the revision is applied and Current (hooks aside).
+    pub(super) fn objects_healthy(&self) -> bool {
         self.applied_current() && self.apply_errors.is_empty() && {
             let c = self.counts();
             c.current == c.total
         }
     }
 
+    /// Whether a hook runs, or the post-install/post-upgrade stage was not looked at yet.
+    fn hooks_pending(&self) -> bool {
+        self.hooks.wait.is_some() || self.hooks.post_pending()
+    }
+
+    /// Healthy: every object Current and no hook pending or failed.
+    pub(super) fn healthy(&self) -> bool {
+        self.objects_healthy() && !self.hooks_pending() && self.hooks.failed.is_none()
+    }
+
     /// The app's health: its worst object.
     pub(super) fn app_health(&self) -> Health {
         if self.objects.is_err() || self.blocked.is_some() {
             return Health::Unknown;
+        }
+        if self.hooks.failed.is_some() {
+            return Health::Degraded;
         }
         if !self.applied_current() {
             return if self.health.is_empty() {
@@ -117,7 +143,7 @@ impl AppRun {
         let c = self.counts();
         if self.timed_out || c.failed > 0 {
             Health::Degraded
-        } else if c.current == c.total {
+        } else if c.current == c.total && !self.hooks_pending() {
             Health::Healthy
         } else {
             Health::Progressing
@@ -125,7 +151,7 @@ impl AppRun {
     }
 
     pub(super) fn phase(&self) -> Phase {
-        if self.objects.is_err() || self.blocked.is_some() {
+        if self.objects.is_err() || self.blocked.is_some() || self.hooks.failed.is_some() {
             Phase::Failed
         } else if !self.applied_current() {
             Phase::Applying
@@ -139,7 +165,9 @@ impl AppRun {
     /// Whether nothing will change without an outside event (no need to poll soon).
     pub(super) fn settled(&self) -> bool {
         match self.phase() {
-            Phase::Applying => self.waiting.is_none() && self.objects.is_ok(),
+            Phase::Applying => {
+                self.waiting.is_none() && self.hooks.wait.is_none() && self.objects.is_ok()
+            }
             Phase::Failed => true,
             _ => self.app_health() == Health::Healthy || self.timed_out,
         }
@@ -201,7 +229,13 @@ impl AppRun {
         if let Some(b) = &self.blocked {
             return b.clone();
         }
+        if let Some(f) = &self.hooks.failed {
+            return f.clone();
+        }
         if let Some(w) = &self.waiting {
+            return w.clone();
+        }
+        if let Some(w) = &self.hooks.wait {
             return w.clone();
         }
         let total = self.objs().len();

@@ -1,12 +1,15 @@
 //! The inventory of an app: the objects the agent applied for it, kept in the cluster as a
 //! ConfigMap `flotilla-app-<app>` in the agent's namespace. Pruning deletes only objects listed
-//! here, so it stays safe across agent restarts and the loss of the agent's local state.
+//! here, so it stays safe across agent restarts and the loss of the agent's local state. It also
+//! lists the namespaces Flotilla created for the app (`createNamespace`) and what its Helm hooks
+//! did (`hooks`).
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
+use super::hooks::HookRecord;
 use super::kubeapi::FIELD_MANAGER;
 use super::objects::ObjKey;
 
@@ -20,6 +23,10 @@ pub struct Inventory {
     pub revision: String,
     pub digest: String,
     pub objects: BTreeSet<ObjKey>,
+    /// Namespaces Flotilla created (`createNamespace`) that this app uses.
+    pub namespaces: BTreeSet<String>,
+    /// What the app's Helm hooks did.
+    pub hooks: HookRecord,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,18 +86,29 @@ impl Inventories {
         };
         let data = cm.data.unwrap_or_default();
         let get = |k: &str| data.get(k).cloned().unwrap_or_default();
+        let corrupt = |key: &str, e: serde_json::Error| InventoryError::Corrupt {
+            namespace: self.namespace.clone(),
+            name: name.clone(),
+            message: format!("{key}: {e}"),
+        };
         let objects: BTreeSet<ObjKey> = match data.get("objects") {
-            Some(text) => serde_json::from_str(text).map_err(|e| InventoryError::Corrupt {
-                namespace: self.namespace.clone(),
-                name: name.clone(),
-                message: e.to_string(),
-            })?,
+            Some(text) => serde_json::from_str(text).map_err(|e| corrupt("objects", e))?,
             None => BTreeSet::new(),
+        };
+        let namespaces: BTreeSet<String> = match data.get("namespaces") {
+            Some(text) => serde_json::from_str(text).map_err(|e| corrupt("namespaces", e))?,
+            None => BTreeSet::new(),
+        };
+        let hooks: HookRecord = match data.get("hooks") {
+            Some(text) => serde_json::from_str(text).map_err(|e| corrupt("hooks", e))?,
+            None => HookRecord::default(),
         };
         Ok(Inventory {
             revision: get("revision"),
             digest: get("digest"),
             objects,
+            namespaces,
+            hooks,
         })
     }
 
@@ -98,7 +116,7 @@ impl Inventories {
     pub async fn save(&self, app: &str, inv: &Inventory) -> Result<(), InventoryError> {
         let name = configmap_name(app);
         let objects = serde_json::to_string(&inv.objects).expect("keys serialize");
-        let cm = serde_json::json!({
+        let mut cm = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
@@ -117,6 +135,17 @@ impl Inventories {
                 "objects": objects,
             },
         });
+        // Only when there is something to say, so inventories without them stay as they were.
+        if !inv.namespaces.is_empty() {
+            cm["data"]["namespaces"] = serde_json::to_string(&inv.namespaces)
+                .expect("names serialize")
+                .into();
+        }
+        if inv.hooks != HookRecord::default() {
+            cm["data"]["hooks"] = serde_json::to_string(&inv.hooks)
+                .expect("a hook record serializes")
+                .into();
+        }
         self.api
             .patch(
                 &name,

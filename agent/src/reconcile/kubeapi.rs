@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Scope};
 use serde_json::Value;
@@ -155,6 +155,23 @@ impl Kube {
         params.dry_run = dry_run;
         let out = api
             .patch(&key.name, &params, &Patch::Apply(obj))
+            .await
+            .map_err(ObjError::from_kube)?;
+        serde_json::to_value(out).map_err(|e| ObjError::Garbage(Arc::new(e)))
+    }
+
+    /// Creates `obj` with POST as field manager `flotilla-agent` (for `metadata.generateName`:
+    /// the API server picks the name); returns the object as created.
+    pub async fn create(&mut self, key: &ObjKey, obj: &Value) -> Result<Value, ObjError> {
+        let api = self.api(key).await?;
+        let obj: DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| ObjError::Garbage(Arc::new(e)))?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let out = api
+            .create(&params, &obj)
             .await
             .map_err(ObjError::from_kube)?;
         serde_json::to_value(out).map_err(|e| ObjError::Garbage(Arc::new(e)))

@@ -8,7 +8,9 @@
 //! they are Established, then Namespaces, other cluster-scoped objects, namespaced ones); when
 //! every object applied, prune what left the bundle and write the new inventory. Health is
 //! polled until the app settles; drift is checked periodically by dry-run apply. Statuses go to
-//! the [`status::StatusBoard`], which the session drains to the hub.
+//! the [`status::StatusBoard`], which the session drains to the hub. With `createNamespace` the
+//! app's namespace is created first (`namespace`); Helm hooks run before and after the apply
+//! (`hooks`).
 //!
 //! This module is the loop and its I/O; an app's status follows purely from its run record
 //! (`app`).
@@ -16,10 +18,14 @@
 mod app;
 pub mod drift;
 pub mod health;
+pub mod hooks;
 pub mod inventory;
 pub mod kubeapi;
+mod namespace;
 pub mod objects;
 pub mod status;
+#[cfg(all(test, feature = "simulated"))]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -37,6 +43,7 @@ use crate::metrics::AgentMetrics;
 use app::AppRun;
 pub use app::MAX_WORST;
 use health::{Assessment, assess};
+use hooks::{HookCtx, HookRun, Progress, Stage};
 use inventory::{Inventories, Inventory};
 use kubeapi::{Kube, ObjError};
 use objects::{ObjKey, parse_bundle, prune_disabled};
@@ -249,7 +256,7 @@ impl Reconciler {
         let released: BTreeSet<String> = d
             .apps
             .iter()
-            .filter(|a| a.options.is_some_and(|o| o.orphan))
+            .filter(|a| a.options.as_ref().is_some_and(|o| o.orphan))
             .map(|a| a.app.clone())
             .collect();
         let wanted: BTreeSet<&str> = d
@@ -291,16 +298,21 @@ impl Reconciler {
                     continue;
                 }
             }
-            let objects = self
+            let parsed = self
                 .bundles
                 .read(&a.bundle_digest)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| parse_bundle(&bytes).map_err(|e| e.to_string()));
-            if let Err(e) = &objects {
+            if let Err(e) = &parsed {
                 tracing::error!(app = %a.app, digest = %a.bundle_digest, error = %e, "bundle unreadable");
             }
+            let (objects, hooks) = match parsed {
+                Ok((objects, hooks)) => (Ok(objects), hooks),
+                Err(e) => (Err(e), Vec::new()),
+            };
             let healed = self.apps.get(&a.app).map(|r| r.healed).unwrap_or(0);
             let mut run = AppRun::new(a.clone(), objects);
+            run.hooks = HookRun::new(hooks);
             run.healed = healed;
             if self.cfg.trace {
                 run.trace = AppTrace::start(&self.cfg.cluster_id, &a);
@@ -319,22 +331,46 @@ impl Reconciler {
             }
         };
         let mut kept = BTreeSet::new();
+        let mut hooks_left = BTreeSet::new();
+        let mut namespaces = BTreeSet::new();
+        let mut notes = Vec::new();
         if prune {
             kept = self.prune(app, inv.objects.iter().cloned().collect()).await;
+            hooks_left = hooks::remove_all(&mut self.kube, app, &inv).await;
+            if kept.is_empty() && hooks_left.is_empty() {
+                (namespaces, notes) = namespace::release(
+                    &mut self.kube,
+                    &self.inventories,
+                    app,
+                    &inv,
+                    &self.cfg.namespace,
+                )
+                .await;
+            } else {
+                // Deleting the namespace would delete what could not be pruned: later.
+                namespaces = inv.namespaces.clone();
+            }
         }
-        if kept.is_empty() {
+        if kept.is_empty() && hooks_left.is_empty() && namespaces.is_empty() {
             if let Err(e) = self.inventories.remove(app).await {
                 tracing::warn!(app, error = %e, "cannot delete the inventory");
             }
         } else {
-            let inv = Inventory {
+            let mut inv = Inventory {
                 objects: kept,
+                namespaces,
                 ..inv
             };
+            inv.hooks.created = hooks_left;
             let _ = self.inventories.save(app, &inv).await;
         }
         tracing::info!(app, pruned = prune, "app removed");
-        self.board.remove(self.generation, app);
+        if notes.is_empty() {
+            self.board.remove(self.generation, app);
+        } else {
+            let message = format!("no longer desired; objects pruned; {}", notes.join("; "));
+            self.board.remove_saying(self.generation, app, message);
+        }
     }
 
     /// Deletes `stale` objects in reverse apply order, sparing those that opt out; returns the
@@ -378,7 +414,7 @@ impl Reconciler {
         for name in dependency_order(&self.apps) {
             let waiting = self.dependency_wait(&name);
             let run = self.apps.get_mut(&name).expect("ordered from the map");
-            if run.objects.is_err() {
+            if run.objects.is_err() || run.hooks.failed.is_some() {
                 continue;
             }
             if !run.applied_current() || run.blocked.is_some() {
@@ -391,7 +427,34 @@ impl Reconciler {
             if !run.settled() {
                 self.assess(&name).await;
             }
+            self.post_hooks(&name).await;
         }
+    }
+
+    /// Runs the post-install/post-upgrade hooks of `name` once its objects are healthy.
+    async fn post_hooks(&mut self, name: &str) {
+        let default_timeout = self.cfg.default_health_timeout;
+        let run = self.apps.get_mut(name).expect("present");
+        if !run.hooks.post_pending() || !run.objects_healthy() {
+            return;
+        }
+        let mut inv = match self.inventories.load(name).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                run.hooks.wait = Some(format!("cannot read the app's inventory: {e}"));
+                return;
+            }
+        };
+        let mut cx = HookCtx {
+            kube: &mut self.kube,
+            inventories: &self.inventories,
+            app: name,
+            revision: &run.desired.revision,
+            digest: &run.desired.bundle_digest,
+            timeout: run.health_timeout(default_timeout),
+        };
+        run.hooks.advance(&mut cx, &mut inv, Stage::Post).await;
+        run.end_trace_if_settled();
     }
 
     /// Why `name` must wait: a dependency that is not desired here, or not healthy yet.
@@ -434,18 +497,49 @@ impl Reconciler {
             ),
             None => tracing::Span::none(),
         };
-        let old = match self.inventories.load(name).await {
+        let mut old = match self.inventories.load(name).await {
             Ok(inv) => inv,
             Err(e) => {
                 run.blocked = Some(format!("cannot read the app's inventory: {e}"));
                 return;
             }
         };
+        if let Err(e) = namespace::ensure(
+            &mut self.kube,
+            &self.inventories,
+            name,
+            &opts,
+            &objs,
+            &mut old,
+        )
+        .await
+        {
+            run.blocked = Some(e);
+            return;
+        }
+        run.blocked = None;
+        // The pre-install/pre-upgrade hooks, done before anything else of the bundle.
+        let mut cx = HookCtx {
+            kube: &mut self.kube,
+            inventories: &self.inventories,
+            app: name,
+            revision: &desired.revision,
+            digest: &desired.bundle_digest,
+            timeout: run.health_timeout(self.cfg.default_health_timeout),
+        };
+        match run.hooks.advance(&mut cx, &mut old, Stage::Pre).await {
+            Progress::Done => {}
+            Progress::Waiting(_) | Progress::Failed(_) => {
+                run.end_trace_if_settled();
+                return;
+            }
+        }
         let new_keys: BTreeSet<ObjKey> = objs.iter().map(|o| o.key.clone()).collect();
         let pending = Inventory {
             revision: desired.revision.clone(),
             digest: desired.bundle_digest.clone(),
             objects: old.objects.union(&new_keys).cloned().collect(),
+            ..old.clone()
         };
         if let Err(e) = self.inventories.save(name, &pending).await {
             let run = self.apps.get_mut(name).expect("present");
@@ -472,7 +566,7 @@ impl Reconciler {
                 }
                 Err(e) => {
                     tracing::warn!(app = name, object = %obj.key, error = %e, "apply failed");
-                    errors.insert(obj.key.clone(), e);
+                    errors.insert(obj.key.clone(), namespace::hint(e, &opts));
                 }
             }
         }
@@ -613,11 +707,8 @@ impl Reconciler {
         let run = self.apps.get_mut(name).expect("present");
         let was = run.app_health();
         run.health = health;
-        let timeout = match run.opts().health_timeout_ms {
-            0 => default_timeout,
-            ms => Duration::from_millis(ms),
-        };
-        if run.healthy() {
+        let timeout = run.health_timeout(default_timeout);
+        if run.objects_healthy() {
             run.timed_out = false;
         } else if run.applied_at.is_some_and(|t| t.elapsed() >= timeout) {
             run.timed_out = true;

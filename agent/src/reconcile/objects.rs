@@ -6,6 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::hooks::{Hook, is_hook};
+
 /// `flotilla.io/prune: disabled` on an object keeps it in the cluster when it leaves the bundle.
 pub const PRUNE_ANNOTATION: &str = "flotilla.io/prune";
 
@@ -30,6 +32,18 @@ impl ObjKey {
             namespace: s(meta.and_then(|m| m.get("namespace"))).unwrap_or_default(),
             name: s(meta.and_then(|m| m.get("name")))?,
         })
+    }
+
+    /// The key of an object named by `metadata.generateName` (and no name): the prefix stands
+    /// for the name.
+    pub fn generated(obj: &Value) -> Option<ObjKey> {
+        let mut named = obj.clone();
+        let prefix = obj
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())?;
+        named["metadata"]["name"] = prefix.into();
+        ObjKey::of(&named)
     }
 
     /// `(group, version)` of the apiVersion (`""` group for the core API).
@@ -114,21 +128,50 @@ pub enum BundleParseError {
     NoIdentity(usize),
     #[error("bundle lists {0} twice")]
     Duplicate(ObjKey),
+    #[error(
+        "bundle object #{index} ({kind} with generateName {prefix:?}) has no metadata.name and is \
+         not a Helm hook: applying it would create a new object at every reconcile"
+    )]
+    GenerateName {
+        index: usize,
+        kind: String,
+        prefix: String,
+    },
+    #[error("bundle object #{0}: helm.sh/hook-weight {1:?} is not an integer")]
+    HookWeight(usize, String),
 }
 
-/// Parses a canonical bundle (a JSON array of objects) into objects in apply order.
-pub fn parse_bundle(bytes: &[u8]) -> Result<Vec<Obj>, BundleParseError> {
+/// Parses a canonical bundle (a JSON array of objects) into objects in apply order and the
+/// Helm hooks the agent runs (`hooks`; hooks it never runs are dropped).
+pub fn parse_bundle(bytes: &[u8]) -> Result<(Vec<Obj>, Vec<Hook>), BundleParseError> {
     let values: Vec<Value> = serde_json::from_slice(bytes)?;
     let mut objs = Vec::with_capacity(values.len());
+    let mut hooks = Vec::new();
     for (i, value) in values.into_iter().enumerate() {
-        let key = ObjKey::of(&value).ok_or(BundleParseError::NoIdentity(i))?;
+        if is_hook(&value) {
+            hooks.extend(Hook::parse(i, &value)?);
+            continue;
+        }
+        let key = match ObjKey::of(&value) {
+            Some(key) => key,
+            None => {
+                return Err(match ObjKey::generated(&value) {
+                    Some(k) => BundleParseError::GenerateName {
+                        index: i,
+                        kind: k.kind,
+                        prefix: k.name,
+                    },
+                    None => BundleParseError::NoIdentity(i),
+                });
+            }
+        };
         objs.push(Obj::new(key, &value));
     }
     objs.sort_by(|a, b| (a.key.phase(), &a.key).cmp(&(b.key.phase(), &b.key)));
     if let Some(w) = objs.windows(2).find(|w| w[0].key == w[1].key) {
         return Err(BundleParseError::Duplicate(w[0].key.clone()));
     }
-    Ok(objs)
+    Ok((objs, hooks))
 }
 
 #[cfg(test)]
@@ -145,7 +188,7 @@ mod tests {
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
             {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.com"}},
         ]);
-        let objs = parse_bundle(&serde_json::to_vec(&bundle).unwrap()).unwrap();
+        let (objs, _) = parse_bundle(&serde_json::to_vec(&bundle).unwrap()).unwrap();
         let kinds: Vec<&str> = objs.iter().map(|o| o.key.kind.as_str()).collect();
         assert_eq!(
             kinds,
@@ -170,6 +213,33 @@ mod tests {
             r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"n"}}"#;
         let e = parse_bundle(format!("[{cm},{cm}]").as_bytes()).unwrap_err();
         assert!(e.to_string().contains("ConfigMap n/a twice"), "{e}");
+    }
+
+    #[test]
+    fn hooks_are_set_apart_and_a_generate_name_object_must_be_one() {
+        let bundle = json!([
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}},
+            {"apiVersion": "batch/v1", "kind": "Job",
+             "metadata": {"generateName": "m-", "namespace": "n",
+                          "annotations": {"helm.sh/hook": "pre-install"}}},
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "t", "namespace": "n", "annotations": {"helm.sh/hook": "test"}}},
+        ]);
+        let (objs, hooks) = parse_bundle(&serde_json::to_vec(&bundle).unwrap()).unwrap();
+        assert_eq!(objs.len(), 1);
+        assert_eq!(objs[0].key.name, "c");
+        assert_eq!(hooks.len(), 1, "the test hook is dropped");
+        assert!(hooks[0].generate);
+        assert_eq!(hooks[0].key.name, "m-");
+
+        let plain = json!([{"apiVersion": "batch/v1", "kind": "Job",
+                            "metadata": {"generateName": "m-", "namespace": "n"}}]);
+        let e = parse_bundle(&serde_json::to_vec(&plain).unwrap()).unwrap_err();
+        assert!(
+            matches!(e, BundleParseError::GenerateName { index: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not a Helm hook"), "{e}");
     }
 
     #[test]

@@ -93,6 +93,11 @@ impl StatusBoard {
     /// The app is no longer reconciled: the hub is told once (`phase: removed`), then it is gone
     /// (once the hub acknowledged that report, or a reconnect replaced everything).
     pub fn remove(&self, generation: u64, app: &str) {
+        self.remove_saying(generation, app, "no longer desired; objects pruned".into());
+    }
+
+    /// [`Self::remove`] with its own message (e.g. why a namespace was kept).
+    pub fn remove_saying(&self, generation: u64, app: &str, message: String) {
         let mut b = self.board.lock().expect("status board lock");
         if b.apps.get(app).is_some_and(|s| s.phase() == Phase::Removed) {
             return;
@@ -103,7 +108,7 @@ impl StatusBoard {
             AppStatus {
                 app: app.to_string(),
                 phase: Phase::Removed.into(),
-                message: "no longer desired; objects pruned".into(),
+                message,
                 ..Default::default()
             },
         );

@@ -67,6 +67,12 @@ pub struct AppOptions {
     /// Let go of the app without deleting its objects (a removal that keeps resources).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub orphan: bool,
+    /// Create the app's `namespace` before applying it (`createNamespace: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_namespace: bool,
+    /// The app's `namespace` from flotilla.yaml ("" when it names none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// What a cluster should run.
@@ -97,6 +103,8 @@ impl DesiredRecord {
                         force_conflicts: a.options.force_conflicts,
                         health_timeout_ms: a.options.health_timeout_ms,
                         orphan: a.options.orphan,
+                        create_namespace: a.options.create_namespace,
+                        namespace: a.options.namespace.clone(),
                     }),
                 })
                 .collect(),
@@ -135,6 +143,8 @@ impl DesiredRecord {
                 force_conflicts,
                 health_timeout_ms,
                 orphan,
+                create_namespace,
+                namespace,
             } = options;
             h.update([
                 *disable_prune as u8,
@@ -143,6 +153,12 @@ impl DesiredRecord {
                 *orphan as u8,
             ]);
             h.update(health_timeout_ms.to_le_bytes());
+            // Only when set, so that records without them keep their generation.
+            if *create_namespace || !namespace.is_empty() {
+                h.update([1, *create_namespace as u8]);
+                h.update((namespace.len() as u64).to_le_bytes());
+                h.update(namespace.as_bytes());
+            }
         }
         let d = h.finalize();
         let mut first = [0u8; 8];
