@@ -573,6 +573,10 @@ pub struct RolloutOut {
     /// The newest removal of the app from some of its clusters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removal: Option<RemovalOut>,
+    /// Why the app's newest commit is not taken (a rendering that failed, a configuration
+    /// problem, another source defining the app), each naming its source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Clusters losing an app, stage by stage (`rollout status`).
@@ -692,6 +696,7 @@ impl From<&Rollout> for RolloutOut {
             failed_revisions: r.failed_revisions.clone(),
             stages,
             removal: r.removal.as_ref().map(RemovalOut::from),
+            errors: r.errors.clone(),
         }
     }
 }
@@ -757,6 +762,9 @@ pub fn rollout_table(r: &RolloutOut) -> String {
     );
     if let Some(m) = &r.message {
         out.push_str(&format!("message: {m}\n"));
+    }
+    for e in &r.errors {
+        out.push_str(&format!("error: {e}\n"));
     }
     if !r.pins.is_empty() {
         let pins: Vec<String> = r

@@ -53,6 +53,22 @@ pub struct HubReplicas {
     pub etcd: Option<crate::store::etcd::EtcdStore>,
 }
 
+/// Why `app`'s newest commit is not taken, per source that lists it: the app's own error (a
+/// rendering that failed, an app another source defines) and its source's (a configuration
+/// it cannot load, a failed fetch), each prefixed by the source.
+fn app_errors(sources: &[SourceRecord], app: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for s in sources {
+        let Some(st) = s.status.apps.get(app) else {
+            continue;
+        };
+        for e in [&s.status.error, &st.error].into_iter().flatten() {
+            errors.push(format!("source {}: {e}", s.name));
+        }
+    }
+    errors
+}
+
 impl AdminService {
     fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let c = caller(req);
@@ -532,13 +548,32 @@ impl Admin for AdminService {
         }))
     }
 
+    /// The app's rollout record with the errors that keep its newest commit out; an app that
+    /// never had a good revision (its first rendering failed, another source owns the name)
+    /// is shown with its errors alone, not as unknown.
     async fn get_rollout(
         &self,
         req: Request<GetRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
         self.authorize(&req)?;
-        let rec = self.rollouts.get(&req.get_ref().app).await?;
-        Ok(Response::new(self.rollout_out(&rec)))
+        let app = req.into_inner().app;
+        let sources = self.sources.list().await?;
+        let errors = app_errors(&sources, &app);
+        let mut out = match self.rollouts.get(&app).await {
+            Ok(rec) => self.rollout_out(&rec),
+            Err(crate::state::error::HubError::UnknownApp(_)) if !errors.is_empty() => Rollout {
+                source: sources
+                    .iter()
+                    .find(|s| s.status.apps.contains_key(&app))
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                app,
+                ..Default::default()
+            },
+            Err(e) => return Err(e.into()),
+        };
+        out.errors = errors;
+        Ok(Response::new(out))
     }
 
     async fn approve_stage(
