@@ -793,6 +793,8 @@ fn render_all(
             disable_self_heal: !app_config.self_heal,
             force_conflicts: app_config.force,
             health_timeout_ms: app_config.effective_health_timeout(&config).as_millis() as u64,
+            create_namespace: app_config.create_namespace,
+            namespace: app_config.namespace.clone().unwrap_or_default(),
         };
         let result = (|| {
             let manifests =
