@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use super::gotext;
 use super::objects::{self, Target};
 use super::resources::ResourceType;
 use super::store::State;
@@ -41,15 +42,26 @@ impl Req<'_> {
     }
 }
 
-/// An answer: HTTP status and JSON body.
+/// An answer: HTTP status, JSON body and `Warning` header texts.
 pub(crate) struct Reply {
     pub code: u16,
     pub body: Value,
+    pub warnings: Vec<String>,
 }
 
 impl Reply {
     pub fn ok(body: Value) -> Self {
-        Self { code: 200, body }
+        Self {
+            code: 200,
+            body,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The same answer with `Warning` headers.
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings.extend(warnings);
+        self
     }
 }
 
@@ -145,6 +157,22 @@ impl ApiError {
         }))
     }
 
+    /// 422 for a patch whose result the server cannot decode: `errors.NewInvalid` with no kind
+    /// and no name (hence the message's leading ` ""`) and one cause on the field `patch`, the
+    /// invalid value being what the server quotes (handlers/patch.go).
+    pub fn invalid_patch(shown: &str, why: &str) -> Self {
+        let cause = format!("Invalid value: {}: {why}", gotext::quote(shown));
+        Self::new(422, "Invalid", format!(" \"\" is invalid: patch: {cause}")).with_details(
+            json!({"causes": [{"reason": "FieldValueInvalid", "message": cause, "field": "patch"}]}),
+        )
+    }
+
+    /// 500 with no reason: what a real server answers for an error its handler did not turn
+    /// into a status (`responsewriters.ErrorToAPIStatus`, `StatusReasonUnknown`).
+    pub fn unknown_500(message: impl Into<String>) -> Self {
+        Self::new(500, "", message)
+    }
+
     pub fn forbidden(rt: &ResourceType, name: &str, why: &str) -> Self {
         let message = format!("{} {name:?} is forbidden: {why}", rt.qualified_resource());
         Self::on_object(403, "Forbidden", rt, name, message)
@@ -193,15 +221,19 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code,
         });
+        // A real server leaves an unknown reason out.
+        if !self.reason.is_empty() {
+            body["reason"] = self.reason.into();
+        }
         if let Some(d) = self.details {
             body["details"] = d;
         }
         Reply {
             code: self.code,
             body,
+            warnings: Vec::new(),
         }
     }
 }

@@ -29,10 +29,14 @@ mod api;
 mod config;
 mod delete;
 mod fields;
+mod gotext;
 mod kubelet;
 mod objects;
 mod patch;
 mod resources;
+mod schema;
+#[cfg(test)]
+mod schema_tests;
 mod selector;
 mod store;
 #[cfg(test)]
@@ -168,13 +172,32 @@ impl tower::Service<http::Request<kube::client::Body>> for SimService {
             Err(message) => api::ApiError::internal(message).into_reply(),
         };
         let body = serde_json::to_vec(&reply.body).unwrap_or_default();
-        let response = http::Response::builder()
+        let mut response = http::Response::builder()
             .status(reply.code)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())));
+        for text in &reply.warnings {
+            // A text that is no header value (not ASCII) is left out rather than the answer.
+            if let Ok(value) = http::HeaderValue::from_str(&warning_header(text)) {
+                response.headers_mut().append(http::header::WARNING, value);
+            }
+        }
         ready(Ok(response))
     }
+}
+
+/// A `Warning` header as the real server writes one (apimachinery `net.NewWarningHeader`:
+/// code 299, agent `-`, the text quoted with `"` and `\` escaped).
+fn warning_header(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    format!("299 - \"{quoted}\"")
 }
 
 /// Reads a request body that is already all there (kube sends bodies built from bytes).

@@ -1,6 +1,7 @@
 //! The object handlers of the simulated API server: get, list, create, replace and the four
 //! patch types (server-side apply among them), with the real server's checks (namespace exists,
-//! type matches the URL, name rules, preconditions) and `dryRun`. Deletes are in `delete`.
+//! type matches the URL, the schema of built-in kinds (`schema`), name rules, preconditions) and
+//! `dryRun`. Deletes are in `delete`.
 
 use serde_json::{Value, json};
 
@@ -9,6 +10,7 @@ use super::delete;
 use super::fields::{self, Managers, Scope, Writer};
 use super::patch;
 use super::resources::{self, ResourceType};
+use super::schema::{self, FieldValidation, PatchKind};
 use super::selector::Selector;
 use super::store::{self, ObjectKey, State, Write};
 
@@ -47,6 +49,7 @@ struct Options {
     dry_run: bool,
     force: bool,
     manager: Option<String>,
+    validation: FieldValidation,
 }
 
 impl Options {
@@ -55,6 +58,7 @@ impl Options {
             dry_run: dry_run(req.param("dryRun").as_deref())?,
             force: req.param("force").as_deref() == Some("true"),
             manager: req.param("fieldManager").filter(|m| !m.is_empty()),
+            validation: FieldValidation::parse(req.param("fieldValidation").as_deref())?,
         })
     }
 
@@ -364,6 +368,7 @@ fn commit(
     Reply {
         code: if created { 201 } else { 200 },
         body: object,
+        warnings: Vec::new(),
     }
 }
 
@@ -371,6 +376,7 @@ fn create(state: &mut State, req: &Req<'_>, t: &Target) -> Result<Reply, ApiErro
     let opts = Options::from(req)?;
     let mut obj = parse_object(req.body)?;
     check_type(&t.rt, &mut obj, false)?;
+    let warnings = schema::check_body(&t.rt, &mut obj, opts.validation)?;
     check_namespace(t, &mut obj)?;
     let meta = store::metadata_mut(&mut obj);
     let name = match meta
@@ -404,7 +410,7 @@ fn create(state: &mut State, req: &Req<'_>, t: &Target) -> Result<Reply, ApiErro
     let who = writer(&opts, &t.rt, &now);
     let mut managers = Managers::default();
     managers.record_update(None, &obj, &who, t.scope());
-    Ok(commit(state, t, &name, obj, managers, opts.dry_run))
+    Ok(commit(state, t, &name, obj, managers, opts.dry_run).with_warnings(warnings))
 }
 
 fn writer<'a>(opts: &'a Options, rt: &ResourceType, now: &'a str) -> Writer<'a> {
@@ -419,6 +425,7 @@ fn replace(state: &mut State, req: &Req<'_>, t: &Target, name: &str) -> Result<R
     let opts = Options::from(req)?;
     let mut obj = parse_object(req.body)?;
     check_type(&t.rt, &mut obj, false)?;
+    let warnings = schema::check_body(&t.rt, &mut obj, opts.validation)?;
     check_namespace(t, &mut obj)?;
     check_name(&mut obj, name)?;
     let live = state
@@ -426,7 +433,7 @@ fn replace(state: &mut State, req: &Req<'_>, t: &Target, name: &str) -> Result<R
         .ok_or_else(|| ApiError::not_found(&t.rt, name))?
         .clone();
     check_resource_version(t, name, &obj, &live.object)?;
-    update(state, t, name, &opts, live, obj)
+    Ok(update(state, t, name, &opts, live, obj)?.with_warnings(warnings))
 }
 
 /// The common end of replace and the non-apply patches: status rule, ownership, commit.
@@ -468,7 +475,12 @@ fn patch(state: &mut State, req: &Req<'_>, t: &Target, name: &str) -> Result<Rep
         .clone();
     let mut base = store::render(&t.rt, &live);
     store::metadata_mut(&mut base).remove("managedFields");
-    let mut new = if media == Some("application/json-patch+json") {
+    let kind = match media {
+        Some("application/json-patch+json") => PatchKind::Json,
+        Some("application/strategic-merge-patch+json") => PatchKind::Strategic,
+        _ => PatchKind::Merge,
+    };
+    let mut new = if kind == PatchKind::Json {
         patch::json_patch(&base, &patch).map_err(|e| {
             ApiError::invalid(
                 &t.rt,
@@ -483,11 +495,12 @@ fn patch(state: &mut State, req: &Req<'_>, t: &Target, name: &str) -> Result<Rep
         patch::merge_patch(&mut doc, &patch);
         doc
     };
+    let warnings = schema::check_patched(&t.rt, kind, &patch, &mut new, opts.validation)?;
     check_type(&t.rt, &mut new, true)?;
     check_name(&mut new, name)?;
     check_namespace(t, &mut new)?;
     check_resource_version(t, name, &new, &live.object)?;
-    update(state, t, name, &opts, live, new)
+    Ok(update(state, t, name, &opts, live, new)?.with_warnings(warnings))
 }
 
 fn apply(
@@ -507,6 +520,8 @@ fn apply(
     check_name(&mut config, name)?;
     check_namespace(t, &mut config)?;
     fields::strip_nulls(&mut config);
+    // An apply configuration is typed against the schema whatever `fieldValidation` says.
+    schema::check_apply(&t.rt, &config)?;
     let live = state.get(&t.rt, &t.key(name)).cloned();
     if let Some(live) = &live {
         check_resource_version(t, name, &config, &live.object)?;
@@ -569,6 +584,7 @@ fn apply(
             .collect();
         ApiError::apply_conflict(fields::conflict_message(&conflicts), causes)
     })?;
+    schema::check_applied(&t.rt, &config, &new)?;
     let new = status_policy(t, live.as_ref().map(|l| &l.object), new);
     validate_object(&t.rt, name, &new)?;
     Ok(commit(state, t, name, new, managers, opts.dry_run))

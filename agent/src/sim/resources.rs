@@ -157,6 +157,12 @@ pub(crate) fn built_in_kind(group: &str, kind: &str) -> Option<ResourceType> {
         .map(ResourceType::built_in)
 }
 
+/// Every built-in resource.
+#[cfg(test)]
+pub(crate) fn all_built_ins() -> Vec<ResourceType> {
+    BUILT_INS.iter().map(ResourceType::built_in).collect()
+}
+
 /// Every built-in resource of (group, version); `None` when that group/version is not built in.
 pub(crate) fn built_ins_in(group: &str, version: &str) -> Option<Vec<ResourceType>> {
     let list: Vec<ResourceType> = BUILT_INS
