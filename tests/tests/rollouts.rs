@@ -472,3 +472,114 @@ async fn a_cluster_unpinned_during_a_rollout_gets_the_new_revision() {
     f.wait_runs("prod-2", &c2).await;
     f.stop().await;
 }
+
+/// Stages whose selectors overlap: a cluster in the canary ring and in eu is the canary's. It
+/// gets the revision once, in canary; eu holds only its own cluster, and the rollout succeeds
+/// (it used to fail the app, and `rollout status` answered "unknown app").
+#[tokio::test]
+async fn overlapping_stages_give_a_cluster_to_the_first_stage_that_selects_it() {
+    let dir = test_dir();
+    let fleet = "apps:
+  web:
+    path: apps/web
+    namespace: shop
+    targets: {}
+    pipeline: regions
+pipelines:
+  regions:
+    stages:
+      - {name: canary, selector: {matchLabels: {ring: canary}}, soak: 0s}
+      - {name: eu, selector: {matchLabels: {geo: eu}}, soak: 0s}
+";
+    let (repo, c1) = web_app::repo(dir.path(), fleet, Some("1"));
+    let hub = TestHub::start_in(dir.path()).await;
+    let mut agents = Vec::new();
+    let mut sims = Vec::new();
+    for (name, labels) in [
+        ("both-1", &[("ring", "canary"), ("geo", "eu")][..]),
+        ("eu-1", &[("geo", "eu")][..]),
+    ] {
+        let sim = sim_cluster(Duration::from_millis(50));
+        agents.push(hub.join_sim(dir.path(), name, labels, &sim, |_| {}).await);
+        sims.push(sim);
+    }
+    add_fleet_source(&hub, &repo.path).await;
+    let r = eventually("c1 rolled out through both stages", || async {
+        let out = cli(&hub, &["rollout", "status", "web", "-o", "json"])
+            .await
+            .ok()?;
+        let r: Value = serde_json::from_str(&out).unwrap();
+        (r["revision"] == c1.as_str() && r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+    let stages = r["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "no unstaged stage: {r}");
+    assert_eq!(stages[0]["name"], "canary");
+    assert_eq!(stages[0]["clusters"], json!(["both-1"]));
+    assert_eq!(stages[0]["updated_clusters"], json!(["both-1"]));
+    assert_eq!(stages[1]["name"], "eu");
+    assert_eq!(stages[1]["clusters"], json!(["eu-1"]), "not both-1 again");
+    assert_eq!(stages[1]["updated_clusters"], json!(["eu-1"]));
+    assert!(r.get("errors").is_none(), "{r}");
+    for c in ["both-1", "eu-1"] {
+        wait_runs(&hub, c, "web", &c1).await;
+    }
+    drop(repo);
+    for a in agents {
+        a.stop().await.unwrap();
+    }
+}
+
+/// An app with an error shows it in `rollout status`: before it ever had a good revision
+/// (state none, no stages, instead of "unknown app"), and beside the last good one after.
+#[tokio::test]
+async fn rollout_status_shows_an_apps_errors() {
+    let dir = test_dir();
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  x: \"${nope}\"\n";
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write(
+        "flotilla.yaml",
+        "apps:\n  web:\n    path: apps/web\n    namespace: shop\n    targets: {}\n",
+    );
+    repo.write("apps/web/config.yaml", bad);
+    repo.commit("web with an undefined variable");
+    let hub = TestHub::start_in(dir.path()).await;
+    // A registered cluster (no agent needed) for the app to be rendered for.
+    hub.add_cluster("eu-1", &[("geo", "eu")]).await;
+    add_fleet_source(&hub, &repo.path).await;
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+
+    let r = cli_json(&hub, &["rollout", "status", "web"]).await;
+    assert_eq!(r["app"], "web");
+    assert_eq!(r["source"], "fleet");
+    assert_eq!(r["state"], "none");
+    assert_eq!(r["stages"], json!([]));
+    let errors = r["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{r}");
+    let e = errors[0].as_str().unwrap();
+    assert!(e.starts_with("source fleet: "), "{e}");
+    assert!(e.contains("nope"), "{e}");
+    let text = cli(&hub, &["rollout", "status", "web", "-o", "table"])
+        .await
+        .expect("rollout status answers");
+    assert!(text.contains(&format!("error: {e}")), "{text}");
+    // Still unknown: a name no source defines.
+    let err = cli(&hub, &["rollout", "status", "db"]).await.unwrap_err();
+    assert!(err.contains("unknown app"), "{err}");
+
+    // Fixed: a revision and no errors; broken again: the last good revision and the error.
+    repo.write("apps/web/config.yaml", &settings("1"));
+    let good = repo.commit("web fixed");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let r = cli_json(&hub, &["rollout", "status", "web"]).await;
+    assert_eq!(r["revision"], good.as_str(), "{r}");
+    assert!(r.get("errors").is_none(), "{r}");
+    repo.write("apps/web/config.yaml", bad);
+    repo.commit("web broken again");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let r = cli_json(&hub, &["rollout", "status", "web"]).await;
+    assert_eq!(r["revision"], good.as_str(), "the last good revision: {r}");
+    assert_eq!(r["stages"].as_array().map(Vec::len), Some(1), "{r}");
+    let errors = r["errors"].as_array().expect("errors");
+    assert!(errors[0].as_str().unwrap().contains("nope"), "{errors:?}");
+}

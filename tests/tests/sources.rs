@@ -278,3 +278,61 @@ async fn a_force_push_that_removes_the_pinned_commit_keeps_it_desired_and_says_s
     );
     assert_eq!(app["clusters"][0]["bundle_digest"], digest);
 }
+
+/// `--ref` omitted: the remote's default branch, resolved again at every fetch. An empty
+/// remote is a clear error; HEAD moved to another branch is followed at the next sync; HEAD
+/// to a deleted branch is an error that keeps the last good revision.
+#[tokio::test]
+async fn the_default_branch_is_tracked_when_no_ref_is_given_and_followed_when_head_moves() {
+    let dir = test_dir();
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    let hub = TestHub::start_in(dir.path()).await;
+    let src = add_source(&hub, "fleet", &repo, None).await;
+    assert_eq!(src["ref"], "HEAD");
+
+    // Empty: nothing to track yet, and it says why.
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let err = src["error"].as_str().expect("an error");
+    assert!(err.contains("has no default branch"), "{err}");
+    assert!(err.contains("refs/heads/main"), "{err}");
+    assert!(src["commit"].is_null(), "{src}");
+
+    // The first commit on main is taken, and shown as HEAD (main).
+    repo.write("flotilla.yaml", FLOTILLA_YAML);
+    repo.write("apps/web/config.yaml", &manifest("v1"));
+    let c1 = repo.commit("first");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c1.as_str(), "{src}");
+    assert_eq!(src["resolved_ref"], "refs/heads/main");
+    assert!(src["error"].is_null(), "{src}");
+    let table = cli(&hub, &["source", "get", "fleet"]).await.unwrap();
+    assert!(table.contains("HEAD (main)"), "{table}");
+
+    // The remote's HEAD moves to trunk: the next sync follows it.
+    repo.git(&["checkout", "-q", "-b", "trunk"]);
+    repo.write("apps/web/config.yaml", &manifest("v2"));
+    let c2 = repo.commit("on trunk");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.write("apps/web/config.yaml", &manifest("v1-main"));
+    repo.commit("on main, not followed");
+    repo.git(&["symbolic-ref", "HEAD", "refs/heads/trunk"]);
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c2.as_str(), "{src}");
+    assert_eq!(src["resolved_ref"], "refs/heads/trunk");
+    let table = cli(&hub, &["source", "get", "fleet", "-o", "table"])
+        .await
+        .unwrap();
+    assert!(table.contains("HEAD (trunk)"), "{table}");
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["commit"], c2.as_str(), "{app}");
+
+    // HEAD to a deleted branch: an error, and the last good revision stays.
+    repo.git(&["symbolic-ref", "HEAD", "refs/heads/gone"]);
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let err = src["error"].as_str().expect("an error");
+    assert!(err.contains("refs/heads/gone"), "{err}");
+    assert_eq!(src["commit"], c2.as_str(), "{src}");
+    assert_eq!(src["resolved_ref"], "refs/heads/trunk", "as last fetched");
+    let app = cli_json(&hub, &["app", "get", "web"]).await;
+    assert_eq!(app["commit"], c2.as_str(), "{app}");
+}
