@@ -642,3 +642,45 @@ async fn one_bad_object_fails_alone() {
     assert!(h.live("v1", "ConfigMap", Some("m"), "good").is_some());
     h.stop().await;
 }
+
+/// A manifest a real API server refuses (a chart quoting `replicas`): the simulated one
+/// refuses it too, the app fails with the server's own message, and the last revision stays
+/// whole (the object keeps its spec, the object the new revision drops is not pruned).
+#[tokio::test(start_paused = true)]
+async fn an_object_the_api_server_refuses_fails_the_app_and_loses_nothing() {
+    let mut h = Harness::plain().await;
+    h.set(&[app(
+        "shop",
+        "r1",
+        vec![
+            namespace("shop"),
+            deployment("shop", "web", 2),
+            configmap("shop", "old", json!({"a": "1"})),
+        ],
+    )]);
+    h.wait("shop", "healthy", healthy).await;
+
+    let mut quoted = deployment("shop", "web", 3);
+    quoted["spec"]["replicas"] = json!("3");
+    h.set(&[app("shop", "r2", vec![namespace("shop"), quoted])]);
+    let s = h
+        .wait("shop", "failed", |s| s.phase() == Phase::Failed)
+        .await;
+    let refusal = "failed to create typed patch object (shop/web; apps/v1, Kind=Deployment): \
+                   .spec.replicas: expected numeric (int or float), got string";
+    assert!(s.message.contains(refusal), "{}", s.message);
+    assert_eq!(counts(&s).3, 1);
+    assert_eq!(s.worst[0].kind, "Deployment");
+    assert_eq!(s.worst[0].reason, "ApplyFailed");
+    assert!(s.worst[0].message.contains(refusal), "{:?}", s.worst[0]);
+
+    let web = h
+        .live("apps/v1", "Deployment", Some("shop"), "web")
+        .unwrap();
+    assert_eq!(web["spec"]["replicas"], 2, "r1's spec stays");
+    assert!(
+        h.live("v1", "ConfigMap", Some("shop"), "old").is_some(),
+        "not pruned after a failed apply"
+    );
+    h.stop().await;
+}
