@@ -15,6 +15,9 @@
 //!   JSON patch, server-side apply with field ownership and conflicts (`fields`), delete
 //!   (cascading for Namespaces and CRDs), `dryRun=All`, status subresources, and errors as
 //!   Kubernetes `Status` objects with the real server's reasons and messages;
+//! - objects of the built-in kinds checked against their OpenAPI schema on every write path
+//!   (`schema`: wrong types, unknown fields under `fieldValidation`, quantities, base64), with
+//!   the real server's codes and messages, spelled as Go spells them (`gotext`);
 //! - a status simulator (`kubelet`): workloads become ready `ready_delay` after each change
 //!   of their generation, or fail when annotated `flotilla.io/simulate: fail`.
 //!
