@@ -141,6 +141,7 @@ fn incidental(obj: &DynamicObject, kind: &str, inv: &Inventory) -> bool {
 
 /// The objects in `ns` that Flotilla did not apply for the app of `inv` (or that it applied
 /// with `flotilla.io/prune: disabled`), by kind and name; discovery tells which kinds to list.
+/// A kind the agent cannot list is an error: what it cannot see, it must not delete.
 async fn foreign_objects(kube: &Kube, ns: &str, inv: &Inventory) -> Result<Vec<String>, String> {
     let client = kube.client().clone();
     let discovery = Discovery::new(client.clone())
@@ -150,7 +151,11 @@ async fn foreign_objects(kube: &Kube, ns: &str, inv: &Inventory) -> Result<Vec<S
     let mut found = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) {
+            // Events never keep a namespace: not even listed (the agent may not be allowed to).
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || ar.kind == "Event"
+            {
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
