@@ -35,6 +35,7 @@ mod fields;
 mod gotext;
 mod kubelet;
 mod objects;
+mod openapi;
 mod patch;
 mod resources;
 mod schema;
