@@ -62,9 +62,14 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    /// On a simulated cluster configured by `cfg` (recording every request).
+    async fn with_sim(cfg: SimConfig) -> Self {
         let sim = SimCluster::new(SimConfig {
             record_requests: 100_000,
-            ..SimConfig::default()
+            ..cfg
         });
         let dir = tempfile::tempdir().unwrap();
         let bundles = BundleStore::new(dir.path());
@@ -705,4 +710,75 @@ async fn hooks_run_once_per_revision_not_at_drift_checks_or_restarts() {
     // Healthy means the post stage was looked at (it is pending until then).
     h.wait("a", "healthy after a restart", healthy).await;
     assert_eq!(runs(&h), 2, "a restart runs no hook for the same revision");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_install_hook_fails_the_revision_after_its_objects_applied() {
+    let mut h = Harness::new().await;
+    let mut check = hook_job(
+        "default",
+        "check",
+        json!({"helm.sh/hook": "post-install",
+        "helm.sh/hook-delete-policy": "hook-failed"}),
+    );
+    check["metadata"]["annotations"]["flotilla.io/simulate"] = "fail".into();
+    h.set(&[app("a", "r1", vec![configmap("default", "c"), check])]);
+    let s = h.wait("a", "failed", |s| s.phase() == Phase::Failed).await;
+    assert_eq!(s.health(), Health::Degraded);
+    assert_eq!(
+        s.message,
+        "post-install hook Job default/check failed: BackoffLimitExceeded: Job has reached the \
+         specified backoff limit"
+    );
+    assert!(
+        h.live("v1", "ConfigMap", Some("default"), "c").is_some(),
+        "applied before"
+    );
+    assert!(
+        h.live("batch/v1", "Job", Some("default"), "check")
+            .is_none(),
+        "hook-failed deleted it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_not_done_within_the_health_timeout_fails_the_revision() {
+    // Jobs take an hour here; the app allows a minute.
+    let mut h = Harness::with_sim(SimConfig {
+        ready_delay: Duration::from_secs(3600),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut a = app(
+        "a",
+        "r1",
+        vec![
+            configmap("default", "c"),
+            hook_job("default", "slow", json!({"helm.sh/hook": "pre-install"})),
+        ],
+    );
+    a.options.health_timeout_ms = 60_000;
+    h.set(&[a]);
+    let s = h
+        .wait("a", "running the hook", |s| {
+            s.phase() == Phase::Applying && s.message.starts_with("running")
+        })
+        .await;
+    assert!(
+        s.message
+            .starts_with("running pre-install hook Job default/slow (1 of 1)"),
+        "{}",
+        s.message
+    );
+    let s = h.wait("a", "failed", |s| s.phase() == Phase::Failed).await;
+    assert!(
+        s.message
+            .starts_with("pre-install hook Job default/slow failed: not done within 1m"),
+        "{}",
+        s.message
+    );
+    assert!(
+        h.live("v1", "ConfigMap", Some("default"), "c").is_none(),
+        "nothing else applied"
+    );
 }
