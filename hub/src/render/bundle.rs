@@ -3,17 +3,19 @@
 //! canonically and digest.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::Limits;
-use super::config::{AppConfig, FleetConfig};
+use super::config::{AppConfig, CONFIG_FILE, FleetConfig};
 use super::error::{Origin, RenderError};
 use super::manifests::{SourceDoc, is_manifest, read_documents};
 use super::objects::{ObjectKey, is_cluster_scoped, missing_field, namespace_of, set_namespace};
 use super::overlay::{PatchTarget, merge_patch};
 use super::selector::ClusterInfo;
+use super::tool::{DirKind, ToolOutput, Tools};
 use super::tree::{self, Resolved, SourceTree, TreeError};
 use super::vars::{Scope, substitute};
 use super::yaml::Budget;
@@ -62,23 +64,71 @@ pub fn render_app(
     AppManifests::load(tree, config, app, limits)?.render(cluster)
 }
 
-/// An app's manifests and patch files, read and parsed once, ready to render for any cluster.
+/// How tool-rendered apps (Kustomize, Helm) of a source are rendered: the hub's tools and
+/// whether the source lets renders reach the network.
 #[derive(Debug, Clone)]
-pub struct AppManifests {
+pub struct RenderEnv {
+    pub tools: Arc<Tools>,
+    pub network: bool,
+}
+
+impl Default for RenderEnv {
+    /// The tools found on PATH, without network.
+    fn default() -> Self {
+        static TOOLS: OnceLock<Arc<Tools>> = OnceLock::new();
+        RenderEnv {
+            tools: TOOLS.get_or_init(|| Arc::new(Tools::default())).clone(),
+            network: false,
+        }
+    }
+}
+
+/// A directory an app renders from: its own `path`, or an overlay's.
+#[derive(Debug, Clone)]
+enum DirSource {
+    /// Plain manifests, read and parsed at load; whether any refers to a cluster built-in.
+    Plain {
+        docs: Vec<SourceDoc>,
+        mentions_cluster: bool,
+    },
+    /// A kustomization, built when first needed.
+    Kustomize { dir: String },
+    /// A Helm chart, rendered per distinct values.
+    Helm { dir: String },
+}
+
+/// An app's manifests and patch files, read and parsed once, ready to render for any cluster.
+#[derive(Clone)]
+pub struct AppManifests<'t> {
     app: String,
     config: AppConfig,
     limits: Limits,
-    docs: Vec<SourceDoc>,
+    tree: &'t dyn SourceTree,
+    env: RenderEnv,
+    /// The directories the app renders from: `[0]` its `path`, then those overlays name.
+    dirs: Vec<DirSource>,
+    /// Per overlay, the index in `dirs` of the directory it renders instead, if any.
+    overlay_dir: Vec<Option<usize>>,
     /// Per overlay, the documents of its patch files in order.
     patches: Vec<Vec<SourceDoc>>,
-    /// No manifest or patch refers to a cluster built-in (`${cluster.…}`): the rendering
-    /// depends on the cluster only through the overlays that match it.
-    cluster_free: bool,
+    /// Helm values files, read at load: `[0]` the app's, then one list per overlay.
+    values_files: Vec<Vec<(String, Vec<u8>)>>,
+    /// No patch and no Helm value refers to a cluster built-in (`${cluster.…}`).
+    inputs_cluster_free: bool,
+}
+
+impl std::fmt::Debug for AppManifests<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppManifests")
+            .field("app", &self.app)
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a string value of `value` refers to a cluster built-in (or might: a literal
 /// `$${cluster.` counts too).
-fn mentions_cluster(value: &Value) -> bool {
+pub(crate) fn mentions_cluster(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains("${cluster."),
         Value::Array(items) => items.iter().any(mentions_cluster),
@@ -87,14 +137,26 @@ fn mentions_cluster(value: &Value) -> bool {
     }
 }
 
-impl AppManifests {
+impl<'t> AppManifests<'t> {
     /// Reads the manifests under the app's directory (recursive, sorted, hidden entries skipped,
-    /// `.yaml`/`.yml`/`.json`, patch files left out) and every overlay's patch files.
+    /// `.yaml`/`.yml`/`.json`, patch files left out) and every overlay's patch files; a
+    /// kustomization or Helm chart is rendered later, with the tools on PATH.
     pub fn load(
-        tree: &dyn SourceTree,
+        tree: &'t dyn SourceTree,
         config: &FleetConfig,
         app: &str,
         limits: &Limits,
+    ) -> Result<Self, RenderError> {
+        Self::load_with(tree, config, app, limits, RenderEnv::default())
+    }
+
+    /// [`Self::load`], rendering kustomizations and charts with `env`.
+    pub fn load_with(
+        tree: &'t dyn SourceTree,
+        config: &FleetConfig,
+        app: &str,
+        limits: &Limits,
+        env: RenderEnv,
     ) -> Result<Self, RenderError> {
         let app_config = config
             .apps
@@ -107,51 +169,82 @@ impl AppManifests {
             let mut docs = Vec::new();
             for patch in &overlay.patches {
                 let file = tree::join(&config.source_path, patch);
-                let (real, size) = match tree::resolve(tree, &file)? {
-                    Resolved::File { path, size } => (path, size),
-                    Resolved::Dir { .. } => return Err(TreeError::NotAFile { path: file }.into()),
-                };
+                let (real, size) = read_file_at(tree, &file)?;
                 docs.extend(read_documents(tree, &file, &real, size, limits, &budget)?);
                 patch_files.insert(real);
             }
             patches.push(docs);
         }
-        let dir = tree::join(&config.source_path, &app_config.path);
-        match tree::resolve(tree, &dir) {
-            Ok(Resolved::Dir { .. }) => {}
-            Ok(Resolved::File { .. }) | Err(TreeError::NotFound { .. }) => {
-                return Err(RenderError::AppPathNotFound {
-                    app: app.to_owned(),
-                    path: dir,
-                });
+        let mut values_files = Vec::new();
+        let helm_files = std::iter::once(app_config.helm.as_ref().map(|h| &h.values_files)).chain(
+            app_config
+                .overlays
+                .iter()
+                .map(|o| o.helm.as_ref().map(|h| &h.values_files)),
+        );
+        for files in helm_files {
+            let mut read = Vec::new();
+            for name in files.into_iter().flatten() {
+                let file = tree::join(&config.source_path, name);
+                let (real, size) = read_file_at(tree, &file)?;
+                if size > limits.max_file_bytes {
+                    return Err(RenderError::FileTooLarge {
+                        file,
+                        size,
+                        limit: limits.max_file_bytes,
+                    });
+                }
+                read.push((file, tree.read(&real)?));
             }
-            Err(e) => return Err(e.into()),
+            values_files.push(read);
         }
-        let mut docs = Vec::new();
-        for found in tree::walk_files(tree, &dir, &is_manifest)? {
-            if patch_files.contains(&found.real) {
+
+        // The directories to render from, each loaded once.
+        let mut dirs = Vec::new();
+        let mut dir_index: Vec<(String, usize)> = Vec::new();
+        let mut overlay_dir = Vec::new();
+        let paths = std::iter::once(Some(&app_config.path))
+            .chain(app_config.overlays.iter().map(|o| o.path.as_ref()));
+        for (n, path) in paths.enumerate() {
+            let Some(path) = path else {
+                overlay_dir.push(None);
                 continue;
+            };
+            let dir = tree::join(&config.source_path, path);
+            let index = match dir_index.iter().find(|(d, _)| *d == dir) {
+                Some(&(_, i)) => i,
+                None => {
+                    let source =
+                        load_dir(tree, app, app_config, &dir, &patch_files, limits, &budget)?;
+                    dirs.push(source);
+                    dir_index.push((dir, dirs.len() - 1));
+                    dirs.len() - 1
+                }
+            };
+            if n > 0 {
+                overlay_dir.push(Some(index));
             }
-            docs.extend(read_documents(
-                tree,
-                &found.path,
-                &found.real,
-                found.size,
-                limits,
-                &budget,
-            )?);
         }
-        let cluster_free = !docs
-            .iter()
-            .chain(patches.iter().flatten())
-            .any(|d| mentions_cluster(&d.value));
+        let helm_values = std::iter::once(app_config.helm.as_ref().and_then(|h| h.values.as_ref()))
+            .chain(
+                app_config
+                    .overlays
+                    .iter()
+                    .map(|o| o.helm.as_ref().and_then(|h| h.values.as_ref())),
+            );
+        let inputs_cluster_free = !patches.iter().flatten().any(|d| mentions_cluster(&d.value))
+            && !helm_values.flatten().any(mentions_cluster);
         Ok(AppManifests {
             app: app.to_owned(),
             config: app_config.clone(),
             limits: *limits,
-            docs,
+            tree,
+            env,
+            dirs,
+            overlay_dir,
             patches,
-            cluster_free,
+            values_files,
+            inputs_cluster_free,
         })
     }
 
@@ -160,17 +253,53 @@ impl AppManifests {
         &self.app
     }
 
+    /// How the app's own directory renders (plain manifests, Kustomize or Helm).
+    pub fn kind(&self) -> DirKind {
+        match self.dirs[0] {
+            DirSource::Plain { .. } => DirKind::Plain,
+            DirSource::Kustomize { .. } => DirKind::Kustomize,
+            DirSource::Helm { .. } => DirKind::Helm,
+        }
+    }
+
     /// What the rendering for `cluster` depends on, when that is less than the cluster itself:
-    /// the overlays that match it, unless the manifests refer to cluster built-ins. Clusters
-    /// with the same key render alike, so a fleet renders once per distinct key.
+    /// the overlays that match it, unless the manifests (or the kustomization's output, or the
+    /// Helm values) refer to cluster built-ins. Clusters with the same key render alike, so a
+    /// fleet renders once per distinct key.
     pub fn render_key(&self, cluster: &ClusterInfo) -> Option<Vec<usize>> {
-        self.cluster_free.then(|| self.matching(cluster))
+        if !self.inputs_cluster_free {
+            return None;
+        }
+        let matching = self.matching(cluster);
+        let free = match &self.dirs[self.dir_for(&matching)] {
+            DirSource::Plain {
+                mentions_cluster, ..
+            } => !mentions_cluster,
+            // The output is substituted like manifests: it must not name the cluster either.
+            DirSource::Kustomize { dir } => self
+                .env
+                .tools
+                .kustomize(self.tree, dir, &self.limits, self.env.network)
+                .is_ok_and(|out| !out.mentions_cluster),
+            // Only the values are substituted, and they were checked above.
+            DirSource::Helm { .. } => true,
+        };
+        free.then_some(matching)
     }
 
     fn matching(&self, cluster: &ClusterInfo) -> Vec<usize> {
         (0..self.config.overlays.len())
             .filter(|&i| self.config.overlays[i].when.matches(&cluster.labels))
             .collect()
+    }
+
+    /// The directory to render from: the last matching overlay's that names one, else the app's.
+    fn dir_for(&self, matching: &[usize]) -> usize {
+        matching
+            .iter()
+            .rev()
+            .find_map(|&i| self.overlay_dir[i])
+            .unwrap_or(0)
     }
 
     /// Renders the app for `cluster` (whether the app targets it is the caller's business).
@@ -182,15 +311,29 @@ impl AppManifests {
         }
         let scope = scope.with_layer(&self.config.vars);
 
-        let mut objects = Vec::with_capacity(self.docs.len());
-        for doc in &self.docs {
-            let value = substituted(doc, &scope)?;
-            if let Some(field) = missing_field(&value) {
-                return Err(RenderError::MissingField {
-                    origin: doc.origin.clone(),
-                    field,
-                });
-            }
+        let tool_output;
+        let (docs, substitute_docs): (&[SourceDoc], bool) =
+            match &self.dirs[self.dir_for(&matching)] {
+                DirSource::Plain { docs, .. } => (docs, true),
+                DirSource::Kustomize { dir } => {
+                    tool_output =
+                        self.env
+                            .tools
+                            .kustomize(self.tree, dir, &self.limits, self.env.network)?;
+                    (&tool_output.docs, true)
+                }
+                DirSource::Helm { dir } => {
+                    tool_output = self.helm(dir, &matching, &scope)?;
+                    (&tool_output.docs, false)
+                }
+            };
+        let mut objects = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let value = if substitute_docs {
+                substituted(doc, &scope)?
+            } else {
+                doc.value.clone()
+            };
             objects.push((doc.origin.clone(), value));
         }
         for &i in &matching {
@@ -199,6 +342,57 @@ impl AppManifests {
             }
         }
         self.finish(objects)
+    }
+
+    /// `helm template` of the chart in `dir` with the values for a cluster: the app's values
+    /// files, then the matching overlays', then the inline values merged in the same order
+    /// (mappings merge, `null` deletes, anything else replaces), variables substituted.
+    fn helm(
+        &self,
+        dir: &str,
+        matching: &[usize],
+        scope: &Scope<'_>,
+    ) -> Result<Arc<ToolOutput>, RenderError> {
+        let mut files = self.values_files[0].clone();
+        let mut values = Value::Object(Default::default());
+        let app_values = self.config.helm.as_ref().and_then(|h| h.values.as_ref());
+        if let Some(v) = app_values {
+            merge_patch(&mut values, v);
+        }
+        for &i in matching {
+            files.extend(self.values_files[i + 1].iter().cloned());
+            if let Some(v) = self.config.overlays[i]
+                .helm
+                .as_ref()
+                .and_then(|h| h.values.as_ref())
+            {
+                merge_patch(&mut values, v);
+            }
+        }
+        substitute(&mut values, scope).map_err(|error| RenderError::Variable {
+            origin: Origin {
+                file: format!("{CONFIG_FILE} (apps.{}.helm.values)", self.app),
+                document: 1,
+                item: None,
+            },
+            error,
+        })?;
+        let release = self
+            .config
+            .helm
+            .as_ref()
+            .and_then(|h| h.release_name.as_deref())
+            .unwrap_or(&self.app);
+        self.env.tools.helm(
+            self.tree,
+            dir,
+            release,
+            self.config.namespace.as_deref(),
+            files,
+            &values,
+            &self.limits,
+            self.env.network,
+        )
     }
 
     fn is_cluster_scoped(&self, object: &Value) -> bool {
@@ -246,8 +440,14 @@ impl AppManifests {
     fn finish(&self, objects: Vec<(Origin, Value)>) -> Result<RenderedApp, RenderError> {
         let mut keyed = Vec::with_capacity(objects.len());
         for (origin, mut object) in objects {
-            let key = match (missing_field(&object), ObjectKey::of(&object)) {
+            let key = match (missing_field(&object), ObjectKey::of_rendered(&object)) {
                 (None, Some(key)) => key,
+                (Some("metadata.name"), Some(key)) => {
+                    return Err(RenderError::GenerateName {
+                        origin,
+                        object: key.to_string(),
+                    });
+                }
                 (field, _) => {
                     return Err(RenderError::MissingField {
                         origin,
@@ -300,6 +500,76 @@ impl AppManifests {
             canonical,
         })
     }
+}
+
+/// The real path and size of the file `file`.
+fn read_file_at(tree: &dyn SourceTree, file: &str) -> Result<(String, u64), RenderError> {
+    match tree::resolve(tree, file)? {
+        Resolved::File { path, size } => Ok((path, size)),
+        Resolved::Dir { .. } => Err(TreeError::NotAFile {
+            path: file.to_owned(),
+        }
+        .into()),
+    }
+}
+
+/// Loads one directory an app renders from: plain manifests are read now (patch files left
+/// out); a kustomization or chart is only recorded.
+fn load_dir(
+    tree: &dyn SourceTree,
+    app: &str,
+    config: &AppConfig,
+    dir: &str,
+    patch_files: &BTreeSet<String>,
+    limits: &Limits,
+    budget: &Budget,
+) -> Result<DirSource, RenderError> {
+    let not_found = || RenderError::AppPathNotFound {
+        app: app.to_owned(),
+        path: dir.to_owned(),
+    };
+    let kind = match DirKind::of(tree, dir) {
+        Ok(kind) => kind,
+        Err(TreeError::NotFound { .. } | TreeError::NotADirectory { .. }) => {
+            return Err(not_found());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if config.helm.is_some() && kind != DirKind::Helm {
+        return Err(RenderError::NotAChart {
+            app: app.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    Ok(match kind {
+        DirKind::Kustomize => DirSource::Kustomize {
+            dir: dir.to_owned(),
+        },
+        DirKind::Helm => DirSource::Helm {
+            dir: dir.to_owned(),
+        },
+        DirKind::Plain => {
+            let mut docs = Vec::new();
+            for found in tree::walk_files(tree, dir, &is_manifest)? {
+                if patch_files.contains(&found.real) {
+                    continue;
+                }
+                docs.extend(read_documents(
+                    tree,
+                    &found.path,
+                    &found.real,
+                    found.size,
+                    limits,
+                    budget,
+                )?);
+            }
+            let mentions_cluster = docs.iter().any(|d| mentions_cluster(&d.value));
+            DirSource::Plain {
+                docs,
+                mentions_cluster,
+            }
+        }
+    })
 }
 
 fn substituted(doc: &SourceDoc, scope: &Scope<'_>) -> Result<Value, RenderError> {

@@ -77,6 +77,40 @@ pub struct AppConfig {
     /// an approval; default: its pipeline's `maxRemoval`, or 10%.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_removal: Option<CountOrPercent>,
+    /// Whether the agent creates the app's `namespace` before applying it (and deletes it with
+    /// the app, never while it holds objects Flotilla did not apply).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub create_namespace: bool,
+    /// How a Helm chart (a directory with `Chart.yaml`) is rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmConfig>,
+}
+
+/// `helm:` of an app whose directory is a Helm chart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HelmConfig {
+    /// The release name `helm template` renders with; default: the app's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// Values files, relative to the source path, in order (a later one wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// Inline values, over the files; variables are substituted in their strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+}
+
+/// `overlays[].helm:`: values for the clusters the overlay matches, over the app's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HelmOverlay {
+    /// Values files, after the app's and earlier overlays'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// Inline values, over everything before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
 }
 
 impl AppConfig {
@@ -125,6 +159,13 @@ pub struct Overlay {
     /// Files of JSON merge patches (RFC 7386), relative to the source path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<String>,
+    /// A directory rendered instead of the app's `path` (a Kustomize overlay per cluster); the
+    /// last matching overlay that sets one wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Helm values for these clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmOverlay>,
 }
 
 /// A promotion pipeline: stages run in order.

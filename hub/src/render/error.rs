@@ -93,6 +93,14 @@ pub enum RenderError {
     },
     #[error("{origin}: the patch for {target} matches no object")]
     PatchUnmatched { origin: Origin, target: String },
+    #[error(
+        "{origin}: {object} has metadata.generateName and no name; Flotilla creates such objects only as Helm hooks (annotation helm.sh/hook), since any other would be created anew at every apply: give it a metadata.name"
+    )]
+    GenerateName { origin: Origin, object: String },
+    #[error("{what}: {message}")]
+    Tool { what: String, message: String },
+    #[error("app {app}: `helm` is set, but {dir} has no Chart.yaml")]
+    NotAChart { app: String, dir: String },
 }
 
 impl RenderError {
@@ -112,6 +120,8 @@ impl RenderError {
             RenderError::NoNamespace { .. } => "no_namespace",
             RenderError::Duplicate { .. } => "duplicate",
             RenderError::InvalidPatch { .. } | RenderError::PatchUnmatched { .. } => "patch",
+            RenderError::GenerateName { .. } => "generate_name",
+            RenderError::Tool { .. } | RenderError::NotAChart { .. } => "tool",
         }
     }
 }

@@ -62,6 +62,23 @@ pub(crate) fn read_documents(
     } else {
         yaml::parse_documents(&bytes, budget).map_err(|e| yaml_error(file, e, limits))?
     };
+    into_documents(file, values)
+}
+
+/// The documents of a tool's multi-document YAML output (`kubectl kustomize`, `helm template`),
+/// as if read from a file named `file`.
+pub(crate) fn parse_output(
+    file: &str,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Vec<SourceDoc>, RenderError> {
+    let budget = Budget::new(limits.max_bundle_bytes);
+    let values = yaml::parse_documents(bytes, &budget).map_err(|e| yaml_error(file, e, limits))?;
+    into_documents(file, values)
+}
+
+/// Non-empty documents, `List`s expanded; each must be a mapping.
+fn into_documents(file: &str, values: Vec<Value>) -> Result<Vec<SourceDoc>, RenderError> {
     let mut docs = Vec::new();
     for (i, value) in values.into_iter().enumerate() {
         let origin = Origin {

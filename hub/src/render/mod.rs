@@ -26,6 +26,7 @@ mod manifests;
 mod objects;
 mod overlay;
 mod selector;
+pub mod tool;
 mod tree;
 mod validate;
 mod vars;
@@ -35,14 +36,14 @@ mod yaml;
 mod tests;
 
 pub use bundle::{
-    AppManifests, RenderedApp, canonical_bundle, canonical_json, digest_of, render_app,
+    AppManifests, RenderEnv, RenderedApp, canonical_bundle, canonical_json, digest_of, render_app,
     targeted_clusters,
 };
 pub use cache::{BundleCache, BundleRef, CacheError, Compressed};
 pub use clusters::{ClusterId, ClusterSet};
 pub use config::{
     AppConfig, Approval, CONFIG_FILE, CountOrPercent, DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_REMOVAL,
-    FleetConfig, OnFailure, Overlay, PipelineConfig, Stage, VarValue,
+    FleetConfig, HelmConfig, HelmOverlay, OnFailure, Overlay, PipelineConfig, Stage, VarValue,
 };
 pub use error::{Origin, RenderError};
 pub use objects::{CLUSTER_SCOPED_KINDS, ObjectKey, is_cluster_scoped};
@@ -50,9 +51,10 @@ pub use overlay::merge_patch;
 pub use selector::{
     ClusterInfo, LabelSelector, LabelSelectorRequirement, SelectorError, SelectorOperator,
 };
+pub use tool::{DirKind, Isolation, ToolConfig, ToolVersions, Tools};
 pub use tree::{
     DirTree, EntryKind, FoundFile, MAX_SYMLINK_HOPS, MAX_WALK_ENTRIES, Resolved, SourceTree,
-    TreeEntry, TreeError, resolve, walk_files,
+    TreeEntry, TreeError, resolve, walk_all_files, walk_files,
 };
 pub use validate::{ConfigError, Diagnostic, Problem, load_config, parse_config};
 pub use vars::VarError;

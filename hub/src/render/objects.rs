@@ -85,6 +85,36 @@ impl ObjectKey {
     }
 }
 
+impl ObjectKey {
+    /// The key of a rendered object: [`Self::of`], or for an object named by
+    /// `metadata.generateName` (the API server picks the name), that prefix as its name.
+    pub fn of_rendered(object: &Value) -> Option<ObjectKey> {
+        ObjectKey::of(object).or_else(|| {
+            Some(ObjectKey {
+                group: group_of(object.get("apiVersion")?.as_str()?).to_owned(),
+                kind: object.get("kind")?.as_str()?.to_owned(),
+                namespace: namespace_of(object).unwrap_or_default().to_owned(),
+                name: object
+                    .get("metadata")?
+                    .get("generateName")?
+                    .as_str()?
+                    .to_owned(),
+            })
+        })
+    }
+}
+
+/// Whether `object` is a Helm hook (annotated `helm.sh/hook`), which the agent runs around the
+/// rest of the bundle rather than applying it with it.
+pub fn is_hook(object: &Value) -> bool {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get("helm.sh/hook"))
+        .and_then(Value::as_str)
+        .is_some_and(|h| !h.trim().is_empty())
+}
+
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.kind)?;
@@ -124,14 +154,15 @@ pub fn set_namespace(object: &mut Value, namespace: &str) {
 }
 
 /// A required string field that is missing or empty, if any: `apiVersion`, `kind` or
-/// `metadata.name`.
+/// `metadata.name` (a Helm hook may have `metadata.generateName` instead).
 pub fn missing_field(object: &Value) -> Option<&'static str> {
     let is_set = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    let meta = |field| object.get("metadata").and_then(|m| m.get(field));
     if !is_set(object.get("apiVersion")) {
         Some("apiVersion")
     } else if !is_set(object.get("kind")) {
         Some("kind")
-    } else if !is_set(object.get("metadata").and_then(|m| m.get("name"))) {
+    } else if !is_set(meta("name")) && !(is_hook(object) && is_set(meta("generateName"))) {
         Some("metadata.name")
     } else {
         None

@@ -207,6 +207,21 @@ pub fn walk_files(
     dir: &str,
     want: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<FoundFile>, TreeError> {
+    walk(tree, dir, want, false)
+}
+
+/// Every file under `dir` as [`walk_files`] finds them, hidden ones (`.helmignore`) included:
+/// what a rendering tool is given to read.
+pub fn walk_all_files(tree: &dyn SourceTree, dir: &str) -> Result<Vec<FoundFile>, TreeError> {
+    walk(tree, dir, &|_| true, true)
+}
+
+fn walk(
+    tree: &dyn SourceTree,
+    dir: &str,
+    want: &dyn Fn(&str) -> bool,
+    hidden: bool,
+) -> Result<Vec<FoundFile>, TreeError> {
     let real = match resolve(tree, dir)? {
         Resolved::Dir { path } => path,
         Resolved::File { .. } => {
@@ -218,6 +233,7 @@ pub fn walk_files(
     let mut walk = Walk {
         tree,
         want,
+        hidden,
         root: dir.to_owned(),
         stack: vec![real.clone()],
         visited: 0,
@@ -231,6 +247,8 @@ pub fn walk_files(
 struct Walk<'a> {
     tree: &'a dyn SourceTree,
     want: &'a dyn Fn(&str) -> bool,
+    /// Whether entries whose name starts with `.` are walked too.
+    hidden: bool,
     root: String,
     /// Real paths of the directories being walked, outermost first.
     stack: Vec<String>,
@@ -243,7 +261,7 @@ impl Walk<'_> {
         let mut entries = self.tree.entries(real)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries {
-            if entry.name.starts_with('.') {
+            if entry.name.starts_with('.') && !self.hidden {
                 continue;
             }
             self.visited += 1;

@@ -114,6 +114,12 @@ pub enum Problem {
     AppPathNotFound(String),
     #[error("patch file {0:?} not found")]
     PatchNotFound(String),
+    #[error("values file {0:?} not found")]
+    ValuesFileNotFound(String),
+    #[error("createNamespace needs the app's namespace: set `namespace`")]
+    CreateNamespaceWithoutNamespace,
+    #[error("Helm values must be a mapping")]
+    ValuesNotAMapping,
     #[error("{0}")]
     Tree(String),
 }
@@ -238,12 +244,31 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
         }
         check_selector(&app.targets, &here.key("targets"))?;
         check_vars(&app.vars, &here.key("vars"))?;
+        if app.create_namespace && app.namespace.is_none() {
+            return Err(at(
+                here.key("createNamespace"),
+                Problem::CreateNamespaceWithoutNamespace,
+            ));
+        }
+        if let Some(helm) = &app.helm {
+            let h = here.key("helm");
+            if let Some(release) = &helm.release_name {
+                check_name(release).map_err(|p| at(h.key("releaseName"), p))?;
+            }
+            check_values(&helm.values_files, helm.values.as_ref(), &h)?;
+        }
         for (i, overlay) in app.overlays.iter().enumerate() {
             let o = here.key("overlays").index(i);
             check_selector(&overlay.when, &o.key("when"))?;
             check_vars(&overlay.vars, &o.key("vars"))?;
             for (j, patch) in overlay.patches.iter().enumerate() {
                 check_rel_path(patch).map_err(|p| at(o.key("patches").index(j), p))?;
+            }
+            if let Some(path) = &overlay.path {
+                check_rel_path(path).map_err(|p| at(o.key("path"), p))?;
+            }
+            if let Some(helm) = &overlay.helm {
+                check_values(&helm.values_files, helm.values.as_ref(), &o.key("helm"))?;
             }
         }
         let mut seen = BTreeSet::new();
@@ -300,6 +325,23 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
         }
     }
     Ok(())
+}
+
+/// Helm values files are relative paths and inline values a mapping.
+fn check_values(
+    files: &[String],
+    values: Option<&serde_json::Value>,
+    path: &FieldPath,
+) -> Result<(), Found> {
+    for (i, file) in files.iter().enumerate() {
+        check_rel_path(file).map_err(|p| at(path.key("valuesFiles").index(i), p))?;
+    }
+    match values {
+        Some(v) if !v.is_object() && !v.is_null() => {
+            Err(at(path.key("values"), Problem::ValuesNotAMapping))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// App, pipeline, stage and namespace names: DNS labels (RFC 1123), the same rule as cluster names.
@@ -431,17 +473,44 @@ fn check_paths(tree: &dyn SourceTree, config: &FleetConfig) -> Result<(), Found>
             }
             Err(e) => return Err(at(here.key("path"), tree_problem(e))),
         }
-        for (i, overlay) in app.overlays.iter().enumerate() {
-            for (j, patch) in overlay.patches.iter().enumerate() {
-                let path = here.key("overlays").index(i).key("patches").index(j);
-                let file = tree::join(&config.source_path, patch);
-                match tree::resolve(tree, &file) {
-                    Ok(Resolved::File { .. }) => {}
-                    Ok(Resolved::Dir { .. }) | Err(TreeError::NotFound { .. }) => {
-                        return Err(at(path, Problem::PatchNotFound(file)));
-                    }
-                    Err(e) => return Err(at(path, tree_problem(e))),
+        let file_exists = |file: &str, path: FieldPath, missing: fn(String) -> Problem| {
+            let file = tree::join(&config.source_path, file);
+            match tree::resolve(tree, &file) {
+                Ok(Resolved::File { .. }) => Ok(()),
+                Ok(Resolved::Dir { .. }) | Err(TreeError::NotFound { .. }) => {
+                    Err(at(path, missing(file)))
                 }
+                Err(e) => Err(at(path, tree_problem(e))),
+            }
+        };
+        let values_files = app.helm.iter().map(|h| (here.key("helm"), &h.values_files));
+        for (i, overlay) in app.overlays.iter().enumerate() {
+            let o = here.key("overlays").index(i);
+            for (j, patch) in overlay.patches.iter().enumerate() {
+                file_exists(patch, o.key("patches").index(j), Problem::PatchNotFound)?;
+            }
+            if let Some(path) = &overlay.path {
+                let dir = tree::join(&config.source_path, path);
+                match tree::resolve(tree, &dir) {
+                    Ok(Resolved::Dir { .. }) => {}
+                    Ok(Resolved::File { .. }) | Err(TreeError::NotFound { .. }) => {
+                        return Err(at(o.key("path"), Problem::AppPathNotFound(dir)));
+                    }
+                    Err(e) => return Err(at(o.key("path"), tree_problem(e))),
+                }
+            }
+        }
+        let overlay_values = app.overlays.iter().enumerate().filter_map(|(i, o)| {
+            let h = o.helm.as_ref()?;
+            Some((here.key("overlays").index(i).key("helm"), &h.values_files))
+        });
+        for (h, files) in values_files.chain(overlay_values) {
+            for (j, file) in files.iter().enumerate() {
+                file_exists(
+                    file,
+                    h.key("valuesFiles").index(j),
+                    Problem::ValuesFileNotFound,
+                )?;
             }
         }
     }

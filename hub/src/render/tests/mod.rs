@@ -4,6 +4,7 @@
 mod bad_input;
 mod config;
 mod render;
+mod tools;
 
 use std::fs;
 use std::path::Path;
