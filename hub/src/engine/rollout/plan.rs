@@ -7,7 +7,8 @@
 //! Semantics (also in `docs/flotilla-yaml.md`):
 //! - Every new revision of an app goes through its pipeline, the first one too; an app without a
 //!   pipeline has one implicit stage `all` (every targeted cluster at once, halt on failure).
-//!   Clusters the app targets but no stage selects form an implicit last stage `unstaged`.
+//!   Clusters the app targets but no stage selects form an implicit last stage `unstaged`; a
+//!   cluster several stages select is the first one's (in pipeline order), and only its.
 //! - Within a stage clusters move in batches of at most `maxParallel`; a batch is done when each
 //!   of its clusters reports the revision applied and healthy. Then the stage soaks (it must stay
 //!   healthy), then the next stage starts, or waits for approval.
