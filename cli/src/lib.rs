@@ -187,6 +187,10 @@ pub struct AddSourceArgs {
     /// File on the hub with the webhook secret (GitHub/Gitea HMAC key, GitLab token).
     #[arg(long)]
     pub webhook_secret_file: Option<String>,
+    /// Let Kustomize and Helm renders of this source reach the network (remote bases); by
+    /// default they run without it.
+    #[arg(long)]
+    pub render_network: bool,
 }
 
 impl From<AddSourceArgs> for AddSourceRequest {
@@ -199,6 +203,7 @@ impl From<AddSourceArgs> for AddSourceRequest {
             interval_seconds: a.interval.as_secs().max(1),
             secret_file: a.secret_file.unwrap_or_default(),
             webhook_secret_file: a.webhook_secret_file.unwrap_or_default(),
+            render_network: a.render_network,
         }
     }
 }

@@ -312,6 +312,12 @@ pub struct SourceOut {
     pub last_fetch: Option<String>,
     pub error: Option<String>,
     pub secret_file: Option<String>,
+    /// Kustomize and Helm renders may reach the network.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub render_network: bool,
+    /// The tools the apps render with, with their versions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
     pub apps: Vec<String>,
     /// Apps with an error or a removal under way (all apps, with their clusters, from
     /// `source remove`).
@@ -326,6 +332,9 @@ pub struct SourceAppOut {
     pub error: Option<String>,
     pub removal: Option<String>,
     pub clusters: Vec<String>,
+    /// `manifests`, `kustomize` or `helm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renderer: Option<String>,
 }
 
 /// `s`, or `None` when it is empty (the wire's "not set").
@@ -346,6 +355,8 @@ impl From<&Source> for SourceOut {
             last_fetch: rfc3339_ms(s.last_fetch_unix_ms),
             error: non_empty(&s.error),
             secret_file: non_empty(&s.secret_file),
+            render_network: s.render_network,
+            tools: s.tools.clone(),
             apps: s.apps.clone(),
             app_states: s
                 .app_states
@@ -356,6 +367,7 @@ impl From<&Source> for SourceOut {
                     error: non_empty(&a.error),
                     removal: non_empty(&a.removal),
                     clusters: a.clusters.clone(),
+                    renderer: non_empty(&a.renderer),
                 })
                 .collect(),
         }
@@ -379,6 +391,12 @@ impl SourceOut {
 /// One source with, below its row, each app's error or removal.
 pub fn source_table(row: &SourceOut) -> String {
     let mut out = sources_table(std::slice::from_ref(row));
+    for tool in &row.tools {
+        out += &format!("renders with {tool}\n");
+    }
+    if row.render_network {
+        out += "renders may reach the network\n";
+    }
     for a in &row.app_states {
         if let Some(e) = &a.error {
             out += &format!("app {}: error: {e}\n", a.name);

@@ -71,6 +71,8 @@ pub struct HubConfig {
     pub join_failure_window: Duration,
     /// Rendering size limits (per file, per bundle).
     pub limits: crate::render::Limits,
+    /// The rendering tools (`kubectl kustomize`, `helm template`): where, and how long.
+    pub tools: crate::render::ToolConfig,
     pub clock: SharedClock,
     /// Where agents' relayed spans go (set when the hub exports traces); `None`: agents are
     /// told not to send spans.
@@ -115,6 +117,7 @@ impl HubConfig {
             join_failure_burst: 10,
             join_failure_window: Duration::from_secs(60),
             limits: crate::render::Limits::default(),
+            tools: crate::render::ToolConfig::default(),
             clock: Arc::new(flotilla_proto::clock::SystemClock),
             span_forwarder: None,
             store: StoreKind::Redb,
@@ -377,6 +380,7 @@ pub async fn start(
         metrics: metrics.clone(),
         cert_lifetime: config.cert_lifetime,
     };
+    let tools = Arc::new(crate::render::Tools::new(config.tools.clone()));
     let sources = Sources::new(
         store.clone(),
         registry.clone(),
@@ -387,6 +391,7 @@ pub async fn start(
         tracker.clone(),
         shutdown_rx.clone(),
         config.limits,
+        tools.clone(),
     );
     sources.start_all().await?;
     if etcd.is_some() {

@@ -46,6 +46,26 @@ pub fn bin(name: &str) -> PathBuf {
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Installs a test log subscriber once (RUST_LOG controls it).
+/// Where `.ci/tools` put the real kubectl (kustomize) and helm: `$FLOTILLA_TOOLS_DIR`, else
+/// `~/.cache/flotilla/tools`.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("FLOTILLA_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/flotilla/tools")
+        })
+}
+
+/// The hub's rendering tools for tests: the ones `.ci/tools` installed.
+pub fn tool_config() -> flotilla_hub::render::ToolConfig {
+    let dir = tools_dir();
+    flotilla_hub::render::ToolConfig {
+        kustomize_bin: dir.join("kubectl"),
+        helm_bin: dir.join("helm"),
+        ..Default::default()
+    }
+}
+
 pub fn init_logs() {
     flotilla_proto::telemetry::init("warn", false);
 }
@@ -147,6 +167,7 @@ impl TestHub {
     pub fn config(dir: &Path) -> HubConfig {
         let mut c = HubConfig::new(dir.join("hub"));
         c.heartbeat_interval = Duration::from_secs(2);
+        c.tools = tool_config();
         c
     }
 

@@ -163,6 +163,41 @@ impl AdminService {
             .collect())
     }
 
+    /// The versions of the tools the source's apps rendered with (`kustomize v5.7.1 (kubectl
+    /// v1.34.5)`), or why a tool cannot run.
+    async fn tools_of(&self, r: &SourceRecord) -> Vec<String> {
+        let used: std::collections::BTreeSet<&str> = r
+            .status
+            .apps
+            .values()
+            .filter_map(|st| st.renderer.as_deref())
+            .filter(|k| *k != "manifests")
+            .collect();
+        if used.is_empty() {
+            return Vec::new();
+        }
+        let tools = self.sources.tools().clone();
+        let versions = tokio::task::spawn_blocking(move || tools.versions().clone())
+            .await
+            .ok();
+        let Some(v) = versions else {
+            return Vec::new();
+        };
+        used.into_iter()
+            .map(|tool| {
+                let version = if tool == "helm" {
+                    &v.helm
+                } else {
+                    &v.kustomize
+                };
+                match version {
+                    Ok(v) => v.clone(),
+                    Err(e) => format!("{tool}: unavailable ({e})"),
+                }
+            })
+            .collect()
+    }
+
     async fn source_view(&self, r: &SourceRecord) -> Result<Source, Status> {
         let mut clusters = std::collections::BTreeMap::new();
         for app in r.status.apps.keys() {
@@ -181,6 +216,8 @@ impl AdminService {
             secret_file: r.secret_file.clone().unwrap_or_default(),
             apps: r.status.apps.keys().cloned().collect(),
             webhook_secret_file: r.webhook_secret_file.clone().unwrap_or_default(),
+            render_network: r.render_network,
+            tools: self.tools_of(r).await,
             app_states: r
                 .status
                 .apps
@@ -191,6 +228,7 @@ impl AdminService {
                     error: st.error.clone().unwrap_or_default(),
                     removal: st.removal.clone().unwrap_or_default(),
                     clusters: clusters.remove(name).unwrap_or_default(),
+                    renderer: st.renderer.clone().unwrap_or_default(),
                 })
                 .collect(),
         })
@@ -413,6 +451,7 @@ impl Admin for AdminService {
                 interval,
                 secret_file: secret,
                 webhook_secret_file: hook,
+                render_network: r.render_network,
             })
             .await?;
         tracing::info!(%admin, source = %rec.name, url = %crate::git::redact_url(&rec.url), "source added");

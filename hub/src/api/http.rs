@@ -56,14 +56,40 @@ pub async fn serve(
         .await
 }
 
+/// Ready when the store answers. The body also says which rendering tools this hub runs (a
+/// missing tool does not make it unready: only the apps that need it fail to render).
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let tools = match &s.sources {
+        Some(sources) => {
+            let tools = sources.tools().clone();
+            tokio::task::spawn_blocking(move || tool_lines(&tools))
+                .await
+                .unwrap_or_default()
+        }
+        None => String::new(),
+    };
     match s.store.revision().await {
-        Ok(_) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(_) => (StatusCode::OK, format!("ready\n{tools}")),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
+            format!("store unavailable: {e}\n{tools}"),
         ),
     }
+}
+
+/// `kustomize: …`, `helm: …` and how renders are kept off the network, a line each.
+pub fn tool_lines(tools: &crate::render::Tools) -> String {
+    let versions = tools.versions();
+    let line = |name: &str, v: &Result<String, String>| match v {
+        Ok(v) => format!("{name}: {v}\n"),
+        Err(e) => format!("{name}: unavailable ({e})\n"),
+    };
+    format!(
+        "{}{}render network isolation: {}\n",
+        line("kustomize", &versions.kustomize),
+        line("helm", &versions.helm),
+        tools.isolation().as_str()
+    )
 }
 
 async fn metrics_text(State(s): State<HttpState>) -> impl IntoResponse {

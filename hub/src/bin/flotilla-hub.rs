@@ -93,6 +93,15 @@ struct ServeArgs {
     /// Largest rendered bundle (e.g. 64MiB).
     #[arg(long, env = "FLOTILLA_MAX_BUNDLE_SIZE", default_value = "64MiB", value_parser = parse_size)]
     max_bundle_size: u64,
+    /// The kubectl that builds Kustomize apps (`kubectl kustomize`); found on PATH by default.
+    #[arg(long, env = "FLOTILLA_KUSTOMIZE_BIN", default_value = "kubectl")]
+    kustomize_bin: PathBuf,
+    /// The helm that renders Helm apps (`helm template`); found on PATH by default.
+    #[arg(long, env = "FLOTILLA_HELM_BIN", default_value = "helm")]
+    helm_bin: PathBuf,
+    /// How long one Kustomize or Helm render may take before it is stopped (a render error).
+    #[arg(long, env = "FLOTILLA_RENDER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    render_timeout: Duration,
     /// Bytes per second one bundle download may take (e.g. 10MiB); unset: unlimited.
     #[arg(long, env = "FLOTILLA_BUNDLE_RATE_LIMIT", value_parser = parse_size)]
     bundle_rate_limit: Option<u64>,
@@ -234,6 +243,15 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
     c.limits = flotilla_hub::render::Limits {
         max_file_bytes: a.max_file_size,
         max_bundle_bytes: a.max_bundle_size,
+    };
+    if a.render_timeout.is_zero() {
+        return Err("--render-timeout must be longer than zero".into());
+    }
+    c.tools = flotilla_hub::render::ToolConfig {
+        kustomize_bin: a.kustomize_bin.clone(),
+        helm_bin: a.helm_bin.clone(),
+        timeout: a.render_timeout,
+        ..Default::default()
     };
     c.store = store_kind(a)?;
     if a.lease_time < Duration::from_secs(2) {

@@ -23,8 +23,8 @@ use crate::engine::rollout::plan::{Cause, Render};
 use crate::engine::rollout::{AppOffer, Retirement, Rollouts};
 use crate::git::{Auth, GitRef, Mirror, SourceSpec};
 use crate::render::{
-    AppManifests, BundleCache, ClusterInfo, CountOrPercent, Limits, OnFailure, PipelineConfig,
-    load_config, targeted_clusters,
+    AppManifests, BundleCache, ClusterInfo, CountOrPercent, DirKind, Limits, OnFailure,
+    PipelineConfig, RenderEnv, Tools, load_config, targeted_clusters,
 };
 use crate::state::desired::AppEntry;
 use crate::state::error::HubError;
@@ -61,6 +61,10 @@ pub struct SourceRecord {
     /// replica that sees it go up syncs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sync_requests: u64,
+    /// Whether Kustomize and Helm renders of this source may reach the network (remote
+    /// bases); off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub render_network: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -96,6 +100,9 @@ pub struct AppState {
     /// halted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removal: Option<String>,
+    /// How the app rendered at the last sync: `manifests`, `kustomize` or `helm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renderer: Option<String>,
 }
 
 /// What `Sources::add` takes.
@@ -110,6 +117,8 @@ pub struct NewSource {
     pub interval: Duration,
     pub secret_file: Option<String>,
     pub webhook_secret_file: Option<String>,
+    /// Let Kustomize and Helm renders reach the network.
+    pub render_network: bool,
 }
 
 /// The sources of one hub, with their sync loops.
@@ -140,6 +149,8 @@ struct Inner {
     bundles: Arc<BundleCache>,
     data_dir: PathBuf,
     limits: Limits,
+    /// The rendering tools (kubectl kustomize, helm) and their cache.
+    tools: Arc<Tools>,
     clock: SharedClock,
     tracker: TaskTracker,
     shutdown: watch::Receiver<bool>,
@@ -188,6 +199,7 @@ impl Sources {
         tracker: TaskTracker,
         shutdown: watch::Receiver<bool>,
         limits: Limits,
+        tools: Arc<Tools>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -197,6 +209,7 @@ impl Sources {
                 bundles,
                 data_dir,
                 limits,
+                tools,
                 clock,
                 tracker,
                 shutdown,
@@ -213,6 +226,11 @@ impl Sources {
         }
     }
 
+    /// The rendering tools of this hub.
+    pub fn tools(&self) -> &Arc<Tools> {
+        &self.inner.tools
+    }
+
     pub async fn list(&self) -> Result<Vec<SourceRecord>, HubError> {
         self.inner.table.values().await
     }
@@ -227,6 +245,7 @@ impl Sources {
             interval,
             secret_file,
             webhook_secret_file,
+            render_network,
         } = new;
         let (name, url, reference) = (name.as_str(), url.as_str(), reference.as_str());
         let path = crate::git::normalize_path(&path)?;
@@ -244,6 +263,7 @@ impl Sources {
             webhook_secret_file,
             created_ms: unix_ms(self.inner.clock.now()),
             sync_requests: 0,
+            render_network,
             status: SourceStatus::default(),
         };
         crate::git::validate_name(name)?;
@@ -656,11 +676,15 @@ impl Sources {
 
         let clusters = self.cluster_infos().await?;
         let limits = self.inner.limits;
+        let env = RenderEnv {
+            tools: self.inner.tools.clone(),
+            network: rec.render_network,
+        };
         let bundles = self.inner.bundles.clone();
         let infos = clusters.clone();
         let render_span = tracing::info_span!("flotilla.render", source = %name, revision = %commit, clusters = clusters.len());
         let rendered = blocking_in("render", render_span, move || {
-            render_all(&tree, &clusters, &limits, &bundles)
+            render_all(&tree, &clusters, &limits, &env, &bundles)
         })
         .await?;
         let (per_app, config_error) = match rendered {
@@ -686,6 +710,7 @@ impl Sources {
             match result {
                 Ok(r) => {
                     st.error = None;
+                    st.renderer = Some(r.renderer.as_str().to_owned());
                     offers.push(AppOffer {
                         app: app.clone(),
                         render: Render::of_groups(&commit, r.entries),
@@ -767,6 +792,8 @@ async fn blocking_in<T: Send + 'static>(
 
 /// An app rendered for its targeted clusters, with the pipeline that promotes it.
 struct Rendered {
+    /// How the app's own directory renders.
+    renderer: DirKind,
     entries: Groups,
     pipeline_name: Option<String>,
     pipeline: PipelineConfig,
@@ -781,6 +808,7 @@ fn render_all(
     tree: &crate::git::CommitTree,
     clusters: &[ClusterInfo],
     limits: &Limits,
+    env: &RenderEnv,
     bundles: &BundleCache,
 ) -> Result<BTreeMap<String, AppResult>, String> {
     let config = load_config(tree, "", limits).map_err(|e| e.to_string())?;
@@ -797,8 +825,8 @@ fn render_all(
             namespace: app_config.namespace.clone().unwrap_or_default(),
         };
         let result = (|| {
-            let manifests =
-                AppManifests::load(tree, &config, app, limits).map_err(|e| e.to_string())?;
+            let manifests = AppManifests::load_with(tree, &config, app, limits, env.clone())
+                .map_err(|e| e.to_string())?;
             // Clusters whose rendering depends on the same things share it: rendered and
             // stored once per distinct key, not once per cluster, and kept as one entry per
             // distinct bundle with its clusters (10,000 clusters alike: one entry).
@@ -843,6 +871,7 @@ fn render_all(
                 ),
             };
             Ok(Rendered {
+                renderer: manifests.kind(),
                 entries,
                 pipeline_name,
                 pipeline,

@@ -158,11 +158,12 @@ pub fn set_namespace(object: &mut Value, namespace: &str) {
 pub fn missing_field(object: &Value) -> Option<&'static str> {
     let is_set = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
     let meta = |field| object.get("metadata").and_then(|m| m.get(field));
+    let named = is_set(meta("name")) || (is_hook(object) && is_set(meta("generateName")));
     if !is_set(object.get("apiVersion")) {
         Some("apiVersion")
     } else if !is_set(object.get("kind")) {
         Some("kind")
-    } else if !is_set(meta("name")) && !(is_hook(object) && is_set(meta("generateName"))) {
+    } else if !named {
         Some("metadata.name")
     } else {
         None

@@ -443,6 +443,7 @@ async fn add_source(
             interval_seconds,
             secret_file: String::new(),
             webhook_secret_file: webhook_secret_file.into(),
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow!("AddSource {name}: {:?}: {}", s.code(), s.message()))?;

@@ -54,6 +54,7 @@ fn add_source(name: &str, repo: &PromoteRepo) -> AddSourceRequest {
         interval_seconds: INTERVAL_SECS,
         secret_file: String::new(),
         webhook_secret_file: String::new(),
+        ..Default::default()
     }
 }
 

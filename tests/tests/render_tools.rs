@@ -1,0 +1,215 @@
+//! Kustomize and Helm sources end to end, with the real kubectl and helm (`.ci/tools`): a hub
+//! renders a kustomization with per-cluster overlays and a chart with per-cluster values from a
+//! real git repository, agents apply them on SIMULATED clusters (creating the apps'
+//! namespaces), and a broken chart keeps the last good revision with helm's own message.
+
+use std::time::Duration;
+
+use flotilla_tests::*;
+
+const FLEET: &str = "\
+apps:
+  guestbook:
+    path: guestbook/overlays/prod
+    namespace: guestbook
+    createNamespace: true
+    targets: {}
+    overlays:
+      - when: {matchLabels: {env: staging}}
+        path: guestbook/overlays/staging
+  cache:
+    path: charts/cache
+    namespace: cache
+    createNamespace: true
+    targets: {}
+    helm:
+      values:
+        replicas: ${cluster.labels.size}
+        color: ${color}
+    vars: {color: blue}
+";
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: example/guestbook:1}
+";
+
+const CHART_DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}
+  labels: {color: {{ .Values.color | quote }}}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector: {matchLabels: {app: cache}}
+  template:
+    metadata: {labels: {app: cache}}
+    spec:
+      containers:
+      - {name: cache, image: example/cache:1}
+";
+
+fn fleet_repo(dir: &std::path::Path) -> TestRepo {
+    let repo = TestRepo::init(&dir.join("repo"));
+    repo.write("flotilla.yaml", FLEET);
+    repo.write(
+        "guestbook/base/kustomization.yaml",
+        "resources: [deployment.yaml]\nlabels:\n- pairs: {team: guestbook}\n",
+    );
+    repo.write("guestbook/base/deployment.yaml", DEPLOYMENT);
+    repo.write(
+        "guestbook/overlays/prod/kustomization.yaml",
+        "resources: [../../base]\nnamePrefix: prod-\npatches:\n- target: {kind: Deployment, name: web}\n  patch: |-\n    - {op: replace, path: /spec/replicas, value: 2}\n",
+    );
+    repo.write(
+        "guestbook/overlays/staging/kustomization.yaml",
+        "resources: [../../base]\nnamePrefix: staging-\n",
+    );
+    repo.write(
+        "charts/cache/Chart.yaml",
+        "apiVersion: v2\nname: cache\nversion: 1.0.0\n",
+    );
+    repo.write("charts/cache/values.yaml", "replicas: 1\ncolor: none\n");
+    repo.write("charts/cache/templates/deployment.yaml", CHART_DEPLOYMENT);
+    repo
+}
+
+#[tokio::test]
+async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_the_last_good_one() {
+    let dir = test_dir();
+    let repo = fleet_repo(dir.path());
+    let c1 = repo.commit("guestbook and cache");
+    let (hub, http) = TestHub::start_with_http(TestHub::config(dir.path())).await;
+    let prod = sim_cluster(Duration::ZERO);
+    let staging = sim_cluster(Duration::ZERO);
+    let _a = hub
+        .join_sim(
+            dir.path(),
+            "prod-1",
+            &[("env", "prod"), ("size", "3")],
+            &prod,
+            |_| {},
+        )
+        .await;
+    let _b = hub
+        .join_sim(
+            dir.path(),
+            "stage-1",
+            &[("env", "staging"), ("size", "1")],
+            &staging,
+            |_| {},
+        )
+        .await;
+    add_fleet_source(&hub, &repo.path).await;
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c1.as_str(), "{src}");
+    for cluster in ["prod-1", "stage-1"] {
+        for app in ["guestbook", "cache"] {
+            wait_runs(&hub, cluster, app, &c1).await;
+        }
+    }
+
+    // What the simulated clusters hold: the apps' namespaces, created by the agents; each
+    // cluster's kustomize overlay; the chart's values from the cluster's label and a variable.
+    for (sim, name, replicas) in [(&prod, "prod-web", 2), (&staging, "staging-web", 1)] {
+        assert!(sim.object("v1", "Namespace", None, "guestbook").is_some());
+        let d = sim
+            .object("apps/v1", "Deployment", Some("guestbook"), name)
+            .unwrap_or_else(|| panic!("{name} applied"));
+        assert_eq!(d["spec"]["replicas"], replicas);
+        assert_eq!(d["metadata"]["labels"]["team"], "guestbook");
+    }
+    for (sim, replicas) in [(&prod, 3), (&staging, 1)] {
+        let d = sim
+            .object("apps/v1", "Deployment", Some("cache"), "cache")
+            .expect("the chart's Deployment");
+        assert_eq!(d["spec"]["replicas"], replicas);
+        assert_eq!(d["metadata"]["labels"]["color"], "blue");
+    }
+
+    // `source get` names the renderers and the tools' versions; readiness shows them too.
+    let src = cli_json(&hub, &["source", "get", "fleet"]).await;
+    let tools: Vec<&str> = src["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tools[0].starts_with("helm v4."), "{src}");
+    assert!(tools[1].starts_with("kustomize v5."), "{src}");
+    let renderer = |app: &str| {
+        src["app_states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == app)
+            .map(|a| a["renderer"].clone())
+    };
+    assert_eq!(renderer("guestbook").unwrap(), "kustomize");
+    assert_eq!(renderer("cache").unwrap(), "helm");
+    let (code, body) = flotilla_tests::bench::hub::http_get(http, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("kustomize: kustomize v5.") && body.contains("helm: helm v4."),
+        "{body}"
+    );
+
+    // A broken template: the chart fails with helm's message and keeps its last good revision
+    // on every cluster; the kustomization, unchanged, is not disturbed.
+    repo.write(
+        "charts/cache/templates/broken.yaml",
+        "{{ .Values.missing.field }}\n",
+    );
+    let c2 = repo.commit("break the chart");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c2.as_str());
+    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    let error = app["error"].as_str().unwrap_or_default();
+    assert!(error.contains("helm template charts/cache:"), "{app}");
+    assert!(error.contains("nil pointer"), "{app}");
+    assert_eq!(app["commit"], c1.as_str(), "{app}");
+    let text = cli(&hub, &["source", "get", "fleet"]).await.unwrap();
+    assert!(text.contains("app cache: error: cluster "), "{text}");
+    assert!(
+        text.contains(": helm template charts/cache: Error: "),
+        "{text}"
+    );
+    for sim in [&prod, &staging] {
+        assert!(
+            sim.object("apps/v1", "Deployment", Some("cache"), "cache")
+                .is_some()
+        );
+    }
+    for cluster in ["prod-1", "stage-1"] {
+        let a = app_on(&hub, cluster, "cache").await.unwrap();
+        assert_eq!(a["desired_revision"], c1.as_str());
+    }
+
+    // Fixed: the next commit renders and reaches the clusters.
+    repo.git(&["rm", "-q", "charts/cache/templates/broken.yaml"]);
+    repo.write(
+        "charts/cache/templates/deployment.yaml",
+        &CHART_DEPLOYMENT.replace("labels: {", "labels: {fixed: \"yes\", "),
+    );
+    let c3 = repo.commit("fix the chart");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    wait_runs(&hub, "prod-1", "cache", &c3).await;
+    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    assert!(app["error"].is_null(), "{app}");
+    let d = prod
+        .object("apps/v1", "Deployment", Some("cache"), "cache")
+        .unwrap();
+    assert_eq!(d["metadata"]["labels"]["fixed"], "yes");
+}
