@@ -197,3 +197,50 @@ async fn with_the_hub_down_the_agent_keeps_healing_and_reports_on_reconnect() {
     );
     a.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revision_the_api_server_refuses_shows_its_message_and_keeps_the_last_one() {
+    let OneCluster {
+        hub,
+        repo,
+        agent: a,
+        sim,
+        _dir,
+        ..
+    } = OneCluster::start(Duration::ZERO).await;
+    cluster_app(&hub, "eu-1", "web", |a| a["health"] == "healthy").await;
+
+    // A chart or overlay that quotes `replicas`: a real API server refuses the Deployment,
+    // and so does the simulated one. The ConfigMap the revision drops must not be pruned.
+    repo.write(
+        "apps/web/deployment.yaml",
+        &DEPLOYMENT.replace("replicas: 2", "replicas: \"3\""),
+    );
+    repo.git(&["rm", "-q", "apps/web/config.yaml"]);
+    let c2 = repo.commit("web r2 with replicas as a string");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let web = cluster_app(&hub, "eu-1", "web", |a| {
+        a["revision"] == c2.as_str() && a["phase"] == "failed"
+    })
+    .await;
+    let refusal = "failed to create typed patch object (shop/web; apps/v1, Kind=Deployment): \
+                   .spec.replicas: expected numeric (int or float), got string";
+    assert_eq!(web["worst"][0]["name"], "web", "{web}");
+    let message = web["worst"][0]["message"].as_str().unwrap();
+    assert!(message.contains(refusal), "{message}");
+    assert_eq!(web["objects"]["failed"], 1, "{web}");
+
+    let deployment = sim
+        .object("apps/v1", "Deployment", Some("shop"), "web")
+        .unwrap();
+    assert_eq!(
+        deployment["spec"]["replicas"], 2,
+        "the last revision's spec stays"
+    );
+    assert!(
+        sim.object("v1", "ConfigMap", Some("shop"), "settings")
+            .is_some(),
+        "nothing pruned after a refused apply"
+    );
+    a.stop().await.unwrap();
+}
