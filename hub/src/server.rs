@@ -380,7 +380,11 @@ pub async fn start(
         metrics: metrics.clone(),
         cert_lifetime: config.cert_lifetime,
     };
-    let tools = Arc::new(crate::render::Tools::new(config.tools.clone()));
+    let mut tool_config = config.tools.clone();
+    tool_config
+        .chart_cache
+        .get_or_insert_with(|| dd.join("charts"));
+    let tools = Arc::new(crate::render::Tools::new(tool_config));
     let sources = Sources::new(
         store.clone(),
         registry.clone(),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub mod bench;
+pub mod chart_repo;
 pub mod etcd;
 pub mod hub_process;
 pub mod prom;

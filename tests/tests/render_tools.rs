@@ -213,3 +213,104 @@ async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_t
         .unwrap();
     assert_eq!(d["metadata"]["labels"]["fixed"], "yes");
 }
+
+#[tokio::test]
+async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credentials() {
+    let dir = test_dir();
+    // A chart repository on loopback with basic auth, holding cache 1.0.0 (`helm package`).
+    let chart = dir.path().join("chart-src/cache");
+    for (path, text) in [
+        (
+            "Chart.yaml",
+            "apiVersion: v2\nname: cache\nversion: 1.0.0\n",
+        ),
+        ("values.yaml", "replicas: 1\ncolor: none\n"),
+        ("templates/deployment.yaml", CHART_DEPLOYMENT),
+    ] {
+        let p = chart.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let charts = flotilla_tests::chart_repo::ChartRepo::start(
+        &dir.path().join("served"),
+        &[&chart],
+        "fleet",
+        "s3cret",
+    )
+    .await;
+    let credentials = dir.path().join("helm-credentials.yaml");
+    std::fs::write(
+        &credentials,
+        format!(
+            "repositories:\n- url: {}\n  username: fleet\n  password: s3cret\n",
+            charts.url
+        ),
+    )
+    .unwrap();
+
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    let fleet = format!(
+        "apps:\n  cache:\n    namespace: cache\n    createNamespace: true\n    targets: {{}}\n    helm:\n      repo: {}\n      chart: cache\n      version: 1.0.0\n      values: {{replicas: 2, color: green}}\n",
+        charts.url
+    );
+    repo.write("flotilla.yaml", &fleet);
+    let c1 = repo.commit("cache from the chart repository");
+
+    let mut config = TestHub::config(dir.path());
+    config.tools.helm_credentials = Some(credentials.clone());
+    let hub = TestHub::start(config).await;
+    let sim = sim_cluster(Duration::ZERO);
+    let _a = hub.join_sim(dir.path(), "eu-1", &[], &sim, |_| {}).await;
+    add_fleet_source(&hub, &repo.path).await;
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert!(src["error"].is_null(), "{src}");
+    wait_runs(&hub, "eu-1", "cache", &c1).await;
+    let d = sim
+        .object("apps/v1", "Deployment", Some("cache"), "cache")
+        .expect("the fetched chart's Deployment");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["labels"]["color"], "green");
+
+    // Another commit with other values: the package comes from the hub's chart cache.
+    repo.write(
+        "flotilla.yaml",
+        &fleet.replace("color: green", "color: red"),
+    );
+    let c2 = repo.commit("red");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    wait_runs(&hub, "eu-1", "cache", &c2).await;
+    assert_eq!(
+        charts.downloads("cache-1.0.0.tgz"),
+        1,
+        "fetched once per version"
+    );
+
+    // A version the repository does not have: helm's message, the last good revision kept.
+    repo.write("flotilla.yaml", &fleet.replace("1.0.0", "9.9.9"));
+    repo.commit("no such version");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    let error = app["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("helm pull cache 9.9.9 from http://127.0.0.1:"),
+        "{app}"
+    );
+    assert!(error.contains("9.9.9"), "{app}");
+    assert_eq!(app["commit"], c2.as_str());
+
+    // Wrong credentials: the repository's refusal shows.
+    std::fs::write(
+        &credentials,
+        format!(
+            "repositories:\n- url: {}\n  username: fleet\n  password: wrong\n",
+            charts.url
+        ),
+    )
+    .unwrap();
+    repo.write("flotilla.yaml", &fleet.replace("1.0.0", "1.0.1"));
+    repo.commit("another version, wrong password");
+    cli_json(&hub, &["source", "sync", "fleet"]).await;
+    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    let error = app["error"].as_str().unwrap_or_default();
+    assert!(error.contains("401"), "{app}");
+}

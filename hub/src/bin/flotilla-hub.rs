@@ -99,6 +99,10 @@ struct ServeArgs {
     /// The helm that renders Helm apps (`helm template`); found on PATH by default.
     #[arg(long, env = "FLOTILLA_HELM_BIN", default_value = "helm")]
     helm_bin: PathBuf,
+    /// Credentials for chart repositories and OCI registries (YAML: `repositories: [{url,
+    /// username, password}]`, matched by URL prefix), read when a chart is fetched.
+    #[arg(long, env = "FLOTILLA_HELM_CREDENTIALS")]
+    helm_credentials: Option<PathBuf>,
     /// How long one Kustomize or Helm render may take before it is stopped (a render error).
     #[arg(long, env = "FLOTILLA_RENDER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     render_timeout: Duration,
@@ -251,6 +255,7 @@ fn validate(a: &ServeArgs) -> Result<HubConfig, String> {
         kustomize_bin: a.kustomize_bin.clone(),
         helm_bin: a.helm_bin.clone(),
         timeout: a.render_timeout,
+        helm_credentials: a.helm_credentials.clone(),
         ..Default::default()
     };
     c.store = store_kind(a)?;

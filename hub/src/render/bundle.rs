@@ -15,7 +15,7 @@ use super::manifests::{SourceDoc, is_manifest, read_documents};
 use super::objects::{ObjectKey, is_cluster_scoped, missing_field, namespace_of, set_namespace};
 use super::overlay::{PatchTarget, merge_patch};
 use super::selector::ClusterInfo;
-use super::tool::{DirKind, ToolOutput, Tools};
+use super::tool::{ChartRef, DirKind, ToolOutput, Tools};
 use super::tree::{self, Resolved, SourceTree, TreeError};
 use super::vars::{Scope, substitute};
 use super::yaml::Budget;
@@ -95,6 +95,12 @@ enum DirSource {
     Kustomize { dir: String },
     /// A Helm chart, rendered per distinct values.
     Helm { dir: String },
+    /// A chart fetched from a repository (`helm.repo`), rendered per distinct values.
+    RemoteChart {
+        repo: String,
+        chart: String,
+        version: String,
+    },
 }
 
 /// An app's manifests and patch files, read and parsed once, ready to render for any cluster.
@@ -210,6 +216,17 @@ impl<'t> AppManifests<'t> {
                 overlay_dir.push(None);
                 continue;
             };
+            if n == 0
+                && let Some((repo, chart, version)) =
+                    app_config.helm.as_ref().and_then(|h| h.remote())
+            {
+                dirs.push(DirSource::RemoteChart {
+                    repo: repo.to_owned(),
+                    chart: chart.to_owned(),
+                    version: version.to_owned(),
+                });
+                continue;
+            }
             let dir = tree::join(&config.source_path, path);
             let index = match dir_index.iter().find(|(d, _)| *d == dir) {
                 Some(&(_, i)) => i,
@@ -258,7 +275,7 @@ impl<'t> AppManifests<'t> {
         match self.dirs[0] {
             DirSource::Plain { .. } => DirKind::Plain,
             DirSource::Kustomize { .. } => DirKind::Kustomize,
-            DirSource::Helm { .. } => DirKind::Helm,
+            DirSource::Helm { .. } | DirSource::RemoteChart { .. } => DirKind::Helm,
         }
     }
 
@@ -282,7 +299,7 @@ impl<'t> AppManifests<'t> {
                 .kustomize(self.tree, dir, &self.limits, self.env.network)
                 .is_ok_and(|out| !out.mentions_cluster),
             // Only the values are substituted, and they were checked above.
-            DirSource::Helm { .. } => true,
+            DirSource::Helm { .. } | DirSource::RemoteChart { .. } => true,
         };
         free.then_some(matching)
     }
@@ -323,7 +340,21 @@ impl<'t> AppManifests<'t> {
                     (&tool_output.docs, true)
                 }
                 DirSource::Helm { dir } => {
-                    tool_output = self.helm(dir, &matching, &scope)?;
+                    tool_output = self.helm(ChartRef::Dir(dir), &matching, &scope)?;
+                    (&tool_output.docs, false)
+                }
+                DirSource::RemoteChart {
+                    repo,
+                    chart,
+                    version,
+                } => {
+                    let package = self.env.tools.fetch_chart(repo, chart, version)?;
+                    let what = format!("{chart} {version} from {repo}");
+                    let chart_ref = ChartRef::Package {
+                        what: &what,
+                        bytes: &package,
+                    };
+                    tool_output = self.helm(chart_ref, &matching, &scope)?;
                     (&tool_output.docs, false)
                 }
             };
@@ -349,7 +380,7 @@ impl<'t> AppManifests<'t> {
     /// (mappings merge, `null` deletes, anything else replaces), variables substituted.
     fn helm(
         &self,
-        dir: &str,
+        chart: ChartRef<'_>,
         matching: &[usize],
         scope: &Scope<'_>,
     ) -> Result<Arc<ToolOutput>, RenderError> {
@@ -385,7 +416,7 @@ impl<'t> AppManifests<'t> {
             .unwrap_or(&self.app);
         self.env.tools.helm(
             self.tree,
-            dir,
+            chart,
             release,
             self.config.namespace.as_deref(),
             files,
@@ -535,7 +566,7 @@ fn load_dir(
         }
         Err(e) => return Err(e.into()),
     };
-    if config.helm.is_some() && kind != DirKind::Helm {
+    if config.helm.as_ref().is_some_and(|h| h.repo.is_none()) && kind != DirKind::Helm {
         return Err(RenderError::NotAChart {
             app: app.to_owned(),
             dir: dir.to_owned(),

@@ -34,7 +34,9 @@ pub struct FleetConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AppConfig {
-    /// Directory of manifests, relative to the source path, read recursively.
+    /// Directory of manifests, relative to the source path, read recursively (a kustomization
+    /// or a Helm chart); may be left out only for a chart from a repository (`helm.repo`).
+    #[serde(default)]
     pub path: String,
     /// Namespace given to namespaced objects that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +101,27 @@ pub struct HelmConfig {
     /// Inline values, over the files; variables are substituted in their strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<serde_json::Value>,
+    /// A chart repository (`https://…`, serving `index.yaml`) or OCI registry (`oci://…`) to
+    /// fetch `chart` at `version` from, instead of the app's `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The chart's name in `repo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    /// The chart's exact version (no ranges: a commit must always render the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl HelmConfig {
+    /// `(repo, chart, version)` of a chart fetched from a repository.
+    pub fn remote(&self) -> Option<(&str, &str, &str)> {
+        Some((
+            self.repo.as_deref()?,
+            self.chart.as_deref()?,
+            self.version.as_deref()?,
+        ))
+    }
 }
 
 /// `overlays[].helm:`: values for the clusters the overlay matches, over the app's.

@@ -121,6 +121,8 @@ pub enum Problem {
     #[error("Helm values must be a mapping")]
     ValuesNotAMapping,
     #[error("{0}")]
+    RemoteChart(&'static str),
+    #[error("{0}")]
     Tree(String),
 }
 
@@ -238,7 +240,16 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
     for (name, app) in &config.apps {
         let here = root.key("apps").key(name);
         check_name(name).map_err(|p| (here.clone(), true, p))?;
-        check_rel_path(&app.path).map_err(|p| at(here.key("path"), p))?;
+        let remote = app.helm.as_ref().is_some_and(|h| h.repo.is_some());
+        if remote && !app.path.is_empty() {
+            return Err(at(
+                here.key("path"),
+                Problem::RemoteChart("a chart from a repository (`helm.repo`) takes no `path`"),
+            ));
+        }
+        if !remote {
+            check_rel_path(&app.path).map_err(|p| at(here.key("path"), p))?;
+        }
         if let Some(ns) = &app.namespace {
             check_name(ns).map_err(|p| at(here.key("namespace"), p))?;
         }
@@ -256,6 +267,7 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
                 check_name(release).map_err(|p| at(h.key("releaseName"), p))?;
             }
             check_values(&helm.values_files, helm.values.as_ref(), &h)?;
+            check_remote_chart(helm, &h)?;
         }
         for (i, overlay) in app.overlays.iter().enumerate() {
             let o = here.key("overlays").index(i);
@@ -325,6 +337,63 @@ fn check(config: &FleetConfig) -> Result<(), Found> {
         }
     }
     Ok(())
+}
+
+/// A chart from a repository names the repository, chart and exact version together.
+fn check_remote_chart(helm: &crate::render::HelmConfig, path: &FieldPath) -> Result<(), Found> {
+    let (repo, chart, version) = (&helm.repo, &helm.chart, &helm.version);
+    if repo.is_none() && chart.is_none() && version.is_none() {
+        return Ok(());
+    }
+    let Some(repo) = repo else {
+        return Err(at(
+            path.key("repo"),
+            Problem::RemoteChart(
+                "`repo` is missing: set the chart repository (https://…) or registry (oci://…)",
+            ),
+        ));
+    };
+    if !(repo.starts_with("https://") || repo.starts_with("http://") || repo.starts_with("oci://"))
+    {
+        return Err(at(
+            path.key("repo"),
+            Problem::RemoteChart("must start with https://, http:// or oci://"),
+        ));
+    }
+    match chart {
+        None => {
+            return Err(at(
+                path.key("chart"),
+                Problem::RemoteChart("`chart` is missing: the chart's name in the repository"),
+            ));
+        }
+        Some(c) if c.is_empty() || c.contains(['/', ' ']) => {
+            return Err(at(
+                path.key("chart"),
+                Problem::RemoteChart("a chart name is one word, such as redis"),
+            ));
+        }
+        Some(_) => {}
+    }
+    match version {
+        None => Err(at(
+            path.key("version"),
+            Problem::RemoteChart("`version` is missing: name the chart's exact version"),
+        )),
+        Some(v)
+            if v.is_empty()
+                || v.contains(['^', '~', '>', '<', '=', '*', ' ', ',', '|'])
+                || v.ends_with(".x") =>
+        {
+            Err(at(
+                path.key("version"),
+                Problem::RemoteChart(
+                    "must be one exact version such as 1.4.2, not a range: a commit must always render the same chart",
+                ),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Helm values files are relative paths and inline values a mapping.
@@ -466,7 +535,9 @@ fn check_paths(tree: &dyn SourceTree, config: &FleetConfig) -> Result<(), Found>
     for (name, app) in &config.apps {
         let here = FieldPath::default().key("apps").key(name);
         let dir = tree::join(&config.source_path, &app.path);
+        let remote = app.helm.as_ref().is_some_and(|h| h.repo.is_some());
         match tree::resolve(tree, &dir) {
+            _ if remote && app.path.is_empty() => {}
             Ok(Resolved::Dir { .. }) => {}
             Ok(Resolved::File { .. }) | Err(TreeError::NotFound { .. }) => {
                 return Err(at(here.key("path"), Problem::AppPathNotFound(dir)));

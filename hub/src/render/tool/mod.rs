@@ -81,6 +81,12 @@ pub struct ToolConfig {
     pub timeout: Duration,
     /// How many bytes of rendered output the cache keeps, at most.
     pub cache_bytes: u64,
+    /// Where charts fetched from repositories are kept, one file per (repository, chart,
+    /// version); `None`: a temporary directory of this process.
+    pub chart_cache: Option<PathBuf>,
+    /// A YAML file of chart repository credentials (`repositories: [{url, username,
+    /// password}]`, matched by URL prefix), read when a chart is fetched.
+    pub helm_credentials: Option<PathBuf>,
 }
 
 impl Default for ToolConfig {
@@ -90,6 +96,8 @@ impl Default for ToolConfig {
             helm_bin: "helm".into(),
             timeout: Duration::from_secs(60),
             cache_bytes: 256 << 20,
+            chart_cache: None,
+            helm_credentials: None,
         }
     }
 }
@@ -143,12 +151,20 @@ impl Default for Tools {
     }
 }
 
+/// The chart `helm template` renders: a directory of the tree, or a package fetched from a
+/// repository.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChartRef<'a> {
+    Dir(&'a str),
+    Package { what: &'a str, bytes: &'a [u8] },
+}
+
 /// A tool's request: which tool, the directory to copy, the arguments, and the key parts
 /// beyond the files.
 struct Request<'a> {
     tool: &'static str,
-    /// The directory (in the tree) whose files the tool may read.
-    root: &'a str,
+    /// The directory (in the tree) whose files the tool may read; `None`: none.
+    root: Option<&'a str>,
     args: Vec<std::ffi::OsString>,
     /// Extra files to write beside the copy (values files), by name.
     extra: Vec<(String, Vec<u8>)>,
@@ -245,7 +261,7 @@ impl Tools {
         self.run(
             Request {
                 tool: "kustomize",
-                root: &scan.root,
+                root: Some(&scan.root),
                 args: vec!["kustomize".into(), dot_slash(&real).into()],
                 extra: Vec::new(),
                 key: Vec::new(),
@@ -257,12 +273,12 @@ impl Tools {
         )
     }
 
-    /// Renders the chart in `dir` with `helm template`.
+    /// Renders `chart` with `helm template`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn helm(
         &self,
         tree: &dyn SourceTree,
-        dir: &str,
+        chart: ChartRef<'_>,
         release: &str,
         namespace: Option<&str>,
         values_files: Vec<(String, Vec<u8>)>,
@@ -270,19 +286,37 @@ impl Tools {
         limits: &Limits,
         network: bool,
     ) -> Result<Arc<ToolOutput>, RenderError> {
-        let real = real_dir(tree, dir)?;
+        let mut extra = Vec::new();
+        let mut key = Vec::new();
+        let (root, chart_arg, what) = match chart {
+            ChartRef::Dir(dir) => {
+                let real = real_dir(tree, dir)?;
+                (
+                    Some(real.clone()),
+                    dot_slash(&real),
+                    format!("helm template {dir}"),
+                )
+            }
+            ChartRef::Package { what, bytes } => {
+                key_part(&mut key, bytes);
+                extra.push(("chart.tgz".to_owned(), bytes.to_vec()));
+                (
+                    None,
+                    "../values/chart.tgz".to_owned(),
+                    format!("helm template {what}"),
+                )
+            }
+        };
         let mut args: Vec<std::ffi::OsString> = vec![
             "template".into(),
             release.into(),
-            dot_slash(&real).into(),
+            chart_arg.into(),
             "--include-crds".into(),
         ];
         if let Some(ns) = namespace {
             args.push("--namespace".into());
             args.push(ns.into());
         }
-        let mut extra = Vec::new();
-        let mut key = Vec::new();
         for (i, (name, bytes)) in values_files.into_iter().enumerate() {
             let file = format!("values-{i}.yaml");
             args.push("--values".into());
@@ -303,11 +337,11 @@ impl Tools {
         self.run(
             Request {
                 tool: "helm",
-                root: &real,
+                root: root.as_deref(),
                 args,
                 extra,
                 key,
-                what: format!("helm template {dir}"),
+                what,
                 network,
             },
             tree,
@@ -331,7 +365,10 @@ impl Tools {
         };
         let version = version.as_ref().map_err(|e| failed(e.clone()))?;
         // The files the tool may read, with their content: the cache key, and on a miss the copy.
-        let files = tree::walk_all_files(tree, req.root)?;
+        let files = match req.root {
+            Some(root) => tree::walk_all_files(tree, root)?,
+            None => Vec::new(),
+        };
         let mut hasher = Sha256::new();
         let mut contents = Vec::with_capacity(files.len());
         let mut total = 0u64;
@@ -380,7 +417,7 @@ impl Tools {
             }
             std::fs::write(path, bytes).map_err(|e| failed(format!("copying the tree: {e}")))
         };
-        std::fs::create_dir_all(copy.join(req.root))
+        std::fs::create_dir_all(copy.join(req.root.unwrap_or("")))
             .map_err(|e| failed(format!("copying the tree: {e}")))?;
         for (path, bytes) in &contents {
             write(&copy.join(path), bytes)?;
@@ -417,6 +454,128 @@ impl Tools {
         });
         self.cache.insert(key, output.clone());
         Ok(output)
+    }
+}
+
+impl Tools {
+    /// The package of `chart` at `version` from the repository or registry `repo`: from the
+    /// chart cache, else fetched with `helm pull` (with the credentials file's entry for
+    /// `repo`, if any) and kept there. A version is fetched once, whatever the fleet.
+    pub(crate) fn fetch_chart(
+        &self,
+        repo: &str,
+        chart: &str,
+        version: &str,
+    ) -> Result<Vec<u8>, RenderError> {
+        let what = format!("helm pull {chart} {version} from {repo}");
+        let failed = |message: String| RenderError::Tool {
+            what: what.clone(),
+            message,
+        };
+        let dir = self.chart_dir().map_err(&failed)?;
+        let id = hex::encode(Sha256::digest(format!("{repo}\0{chart}\0{version}")));
+        let cached = dir.join(format!("{id}.tgz"));
+        if let Ok(bytes) = std::fs::read(&cached) {
+            return Ok(bytes);
+        }
+        self.versions()
+            .helm
+            .as_ref()
+            .map_err(|e| failed(e.clone()))?;
+        let work = tempfile::tempdir().map_err(|e| failed(format!("temporary directory: {e}")))?;
+        let home = work.path().join("home");
+        let dest = work.path().join("out");
+        for sub in ["tmp", "cache", "config", "data"] {
+            std::fs::create_dir_all(home.join(sub)).map_err(|e| failed(e.to_string()))?;
+        }
+        std::fs::create_dir_all(&dest).map_err(|e| failed(e.to_string()))?;
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        args.push("pull".into());
+        match repo.strip_prefix("oci://") {
+            Some(_) => args.push(format!("{}/{chart}", repo.trim_end_matches('/')).into()),
+            None => {
+                args.extend([chart.into(), "--repo".into(), repo.into()]);
+            }
+        }
+        args.extend(["--version".into(), version.into(), "--destination".into()]);
+        args.push(dest.clone().into());
+        if let Some((user, password)) = self.credentials_for(repo).map_err(&failed)? {
+            args.extend([
+                "--username".into(),
+                user.into(),
+                "--password".into(),
+                password.into(),
+            ]);
+        }
+        let inv = Invocation {
+            bin: &self.config.helm_bin,
+            args,
+            dir: work.path(),
+            home: &home,
+        };
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        sandbox::run(&inv, &self.bounds(true, 1 << 20)).map_err(|e| match e {
+            RunError::Failed(text) => failed(text),
+            other => failed(other.to_string()),
+        })?;
+        let pulled = std::fs::read_dir(&dest)
+            .map_err(|e| failed(e.to_string()))?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".tgz"))
+            .ok_or_else(|| failed("helm pull wrote no chart package".into()))?;
+        let bytes = std::fs::read(pulled.path()).map_err(|e| failed(e.to_string()))?;
+        // Kept atomically: a concurrent render reads a whole package or none.
+        let part = dir.join(format!("{id}.tgz.part-{}", std::process::id()));
+        std::fs::write(&part, &bytes)
+            .and_then(|()| std::fs::rename(&part, &cached))
+            .map_err(|e| failed(format!("keeping the chart in {}: {e}", dir.display())))?;
+        Ok(bytes)
+    }
+
+    /// Where fetched charts are kept.
+    fn chart_dir(&self) -> Result<PathBuf, String> {
+        static FALLBACK: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
+        let dir = match &self.config.chart_cache {
+            Some(dir) => dir.clone(),
+            None => FALLBACK
+                .get_or_init(|| tempfile::tempdir().map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(Clone::clone)?
+                .path()
+                .to_owned(),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The username and password the credentials file holds for `repo` (the longest URL
+    /// prefix that matches), if any.
+    fn credentials_for(&self, repo: &str) -> Result<Option<(String, String)>, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            repositories: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            url: String,
+            username: String,
+            password: String,
+        }
+        let Some(path) = &self.config.helm_credentials else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("helm credentials {}: {e}", path.display()))?;
+        let file: File = serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("helm credentials {}: {e}", path.display()))?;
+        Ok(file
+            .repositories
+            .into_iter()
+            .filter(|e| repo.starts_with(e.url.trim_end_matches('/')))
+            .max_by_key(|e| e.url.len())
+            .map(|e| (e.username, e.password)))
     }
 }
 
