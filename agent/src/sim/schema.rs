@@ -16,7 +16,10 @@
 //! documents themselves. What the schema lacks: list-map keys (an apply error in a keyed list
 //! names the element `[0]` where a real server writes `[name="web"]`), enums, formats other
 //! than quantities, base64 and int-or-string, and the semantic validation a real server does
-//! after decoding (required fields, selectors matching labels, …).
+//! after decoding (required fields, selectors matching labels, …). Fields are visited in key
+//! order (serde_json's maps are sorted) where Go follows the document, so the first of several
+//! errors, and the order of unknown fields, may differ from a real server's; and an apply lists
+//! every unknown field where structured-merge-diff stops at the first in each object.
 //!
 //! The answers, as a v1.34 API server gives them (each formatter cites its source):
 //! - create / replace (`handlers/create.go`, `update.go`: `transformDecodeError`): 400
