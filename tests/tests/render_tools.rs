@@ -214,11 +214,9 @@ async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_t
     assert_eq!(d["metadata"]["labels"]["fixed"], "yes");
 }
 
-#[tokio::test]
-async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credentials() {
-    let dir = test_dir();
-    // A chart repository on loopback with basic auth, holding cache 1.0.0 (`helm package`).
-    let chart = dir.path().join("chart-src/cache");
+/// The chart `cache` 1.0.0 written to `dir/chart-src/cache`.
+fn cache_chart(dir: &std::path::Path) -> std::path::PathBuf {
+    let chart = dir.join("chart-src/cache");
     for (path, text) in [
         (
             "Chart.yaml",
@@ -231,6 +229,14 @@ async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credenti
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
+    chart
+}
+
+#[tokio::test]
+async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credentials() {
+    let dir = test_dir();
+    // A chart repository on loopback with basic auth, holding cache 1.0.0 (`helm package`).
+    let chart = cache_chart(dir.path());
     let charts = flotilla_tests::chart_repo::ChartRepo::start(
         &dir.path().join("served"),
         &[&chart],
@@ -313,4 +319,55 @@ async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credenti
     let app = cli_json(&hub, &["app", "get", "cache"]).await;
     let error = app["error"].as_str().unwrap_or_default();
     assert!(error.contains("401"), "{app}");
+}
+
+#[tokio::test]
+async fn a_chart_from_an_oci_registry_is_fetched_with_its_credentials() {
+    let dir = test_dir();
+    let chart = cache_chart(dir.path());
+    let registry = flotilla_tests::chart_repo::OciRegistry::start(
+        &dir.path().join("pkg"),
+        &chart,
+        ("cache", "1.0.0"),
+        "fleet",
+        "s3cret",
+    )
+    .await;
+    let credentials = dir.path().join("helm-credentials.yaml");
+    let host = registry
+        .url
+        .trim_start_matches("oci://")
+        .split('/')
+        .next()
+        .unwrap();
+    std::fs::write(
+        &credentials,
+        format!(
+            "repositories:\n- url: oci://{host}\n  username: fleet\n  password: s3cret\n  plainHttp: true\n"
+        ),
+    )
+    .unwrap();
+    let repo = TestRepo::init(&dir.path().join("repo"));
+    repo.write(
+        "flotilla.yaml",
+        &format!(
+            "apps:\n  cache:\n    namespace: cache\n    createNamespace: true\n    targets: {{}}\n    helm:\n      repo: {}\n      chart: cache\n      version: 1.0.0\n      values: {{replicas: 3}}\n",
+            registry.url
+        ),
+    );
+    let c1 = repo.commit("cache from the OCI registry");
+    let mut config = TestHub::config(dir.path());
+    config.tools.helm_credentials = Some(credentials);
+    let hub = TestHub::start(config).await;
+    let sim = sim_cluster(Duration::ZERO);
+    let _a = hub.join_sim(dir.path(), "eu-1", &[], &sim, |_| {}).await;
+    add_fleet_source(&hub, &repo.path).await;
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert!(src["error"].is_null(), "{src}");
+    wait_runs(&hub, "eu-1", "cache", &c1).await;
+    let d = sim
+        .object("apps/v1", "Deployment", Some("cache"), "cache")
+        .expect("the chart's Deployment");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(registry.chart_downloads(), 1);
 }

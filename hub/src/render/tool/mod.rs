@@ -499,13 +499,17 @@ impl Tools {
         }
         args.extend(["--version".into(), version.into(), "--destination".into()]);
         args.push(dest.clone().into());
-        if let Some((user, password)) = self.credentials_for(repo).map_err(&failed)? {
+        let access = self.access_for(repo).map_err(&failed)?;
+        if let (Some(user), Some(password)) = (access.username, access.password) {
             args.extend([
                 "--username".into(),
                 user.into(),
                 "--password".into(),
                 password.into(),
             ]);
+        }
+        if access.plain_http {
+            args.push("--plain-http".into());
         }
         let inv = Invocation {
             bin: &self.config.helm_bin,
@@ -548,23 +552,16 @@ impl Tools {
         Ok(dir)
     }
 
-    /// The username and password the credentials file holds for `repo` (the longest URL
-    /// prefix that matches), if any.
-    fn credentials_for(&self, repo: &str) -> Result<Option<(String, String)>, String> {
+    /// How to reach `repo`, from the credentials file's entry with the longest URL prefix
+    /// that matches (none: anonymous, over TLS).
+    fn access_for(&self, repo: &str) -> Result<RepoAccess, String> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct File {
-            repositories: Vec<Entry>,
-        }
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Entry {
-            url: String,
-            username: String,
-            password: String,
+            repositories: Vec<RepoAccess>,
         }
         let Some(path) = &self.config.helm_credentials else {
-            return Ok(None);
+            return Ok(RepoAccess::default());
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("helm credentials {}: {e}", path.display()))?;
@@ -575,8 +572,24 @@ impl Tools {
             .into_iter()
             .filter(|e| repo.starts_with(e.url.trim_end_matches('/')))
             .max_by_key(|e| e.url.len())
-            .map(|e| (e.username, e.password)))
+            .unwrap_or_default())
     }
+}
+
+/// One entry of the `--helm-credentials` file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RepoAccess {
+    /// The repository or registry URL (prefix) the entry is for.
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// An OCI registry served over plain HTTP (`helm pull --plain-http`).
+    #[serde(default)]
+    plain_http: bool,
 }
 
 fn key_part(key: &mut Vec<u8>, part: &[u8]) {
