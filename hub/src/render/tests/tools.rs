@@ -373,3 +373,50 @@ fn helm_is_only_for_charts() {
         "app web: `helm` is set, but web/base has no Chart.yaml"
     );
 }
+
+#[test]
+fn a_chart_from_a_repository_is_named_by_repo_chart_and_an_exact_version() {
+    let limits = Limits::default();
+    let err = |app: &str| {
+        crate::render::parse_config(
+            "flotilla.yaml",
+            &format!("apps:\n  db:\n    targets: {{}}\n{app}"),
+            &limits,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = err("    helm: {repo: 'https://charts.example.com', chart: db, version: ^1.2.0}\n");
+    assert!(
+        e.contains("apps.db.helm.version") && e.contains("not a range"),
+        "{e}"
+    );
+    let e = err("    helm: {repo: 'https://charts.example.com', version: 1.2.0}\n");
+    assert!(
+        e.contains("apps.db.helm.chart") && e.contains("`chart` is missing"),
+        "{e}"
+    );
+    let e = err("    helm: {repo: 'ftp://charts.example.com', chart: db, version: 1.2.0}\n");
+    assert!(
+        e.contains("must start with https://, http:// or oci://"),
+        "{e}"
+    );
+    let e = err(
+        "    path: charts/db\n    helm: {repo: 'oci://r.example.com/c', chart: db, version: 1.2.0}\n",
+    );
+    assert!(e.contains("takes no `path`"), "{e}");
+    let e = err("    path: db\n    createNamespace: true\n");
+    assert!(
+        e.contains("createNamespace needs the app's namespace"),
+        "{e}"
+    );
+    // Without `helm.repo`, `path` stays required.
+    let e = err("    namespace: db\n");
+    assert!(e.contains("apps.db.path"), "{e}");
+    crate::render::parse_config(
+        "flotilla.yaml",
+        "apps:\n  db:\n    targets: {}\n    helm: {repo: 'oci://r.example.com/c', chart: db, version: 1.2.0}\n",
+        &limits,
+    )
+    .expect("a remote chart needs no path");
+}
