@@ -24,8 +24,8 @@ pub enum ObjError {
     /// Another field manager owns fields this apply sets, and force is off.
     #[error("{0} (set `force: true` on the app to take these fields over)")]
     Conflict(String),
-    /// The API server refused the request.
-    #[error("{reason} ({code}): {message}")]
+    /// The API server refused the request (a 500 may come without a reason).
+    #[error("{}({code}): {message}", if reason.is_empty() { String::new() } else { format!("{reason} ") })]
     Api {
         code: u16,
         reason: String,
