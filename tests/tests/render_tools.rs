@@ -43,6 +43,23 @@ spec:
       - {name: web, image: example/guestbook:1}
 ";
 
+/// A pre-install/pre-upgrade hook: a Job with a generated name, deleted once it succeeded.
+const CHART_HOOK: &str = "\
+apiVersion: batch/v1
+kind: Job
+metadata:
+  generateName: {{ .Release.Name }}-migrate-
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-delete-policy: hook-succeeded
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: migrate, image: example/cache-migrate:1}
+";
+
 const CHART_DEPLOYMENT: &str = "\
 apiVersion: apps/v1
 kind: Deployment
@@ -81,7 +98,16 @@ fn fleet_repo(dir: &std::path::Path) -> TestRepo {
     );
     repo.write("charts/cache/values.yaml", "replicas: 1\ncolor: none\n");
     repo.write("charts/cache/templates/deployment.yaml", CHART_DEPLOYMENT);
+    repo.write("charts/cache/templates/migrate.yaml", CHART_HOOK);
     repo
+}
+
+/// Where in the simulated cluster's request log the first write of `what` (a path part) is.
+fn first_write(sim: &flotilla_agent::sim::SimCluster, what: &str) -> usize {
+    sim.requests()
+        .iter()
+        .position(|r| r.method != "GET" && r.path.contains(what))
+        .unwrap_or_else(|| panic!("no write of {what}"))
 }
 
 #[tokio::test]
@@ -90,8 +116,14 @@ async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_t
     let repo = fleet_repo(dir.path());
     let c1 = repo.commit("guestbook and cache");
     let (hub, http) = TestHub::start_with_http(TestHub::config(dir.path())).await;
-    let prod = sim_cluster(Duration::ZERO);
-    let staging = sim_cluster(Duration::ZERO);
+    // Simulated clusters that keep their request log (to see the order of writes).
+    let recording = || {
+        flotilla_agent::sim::SimCluster::new(flotilla_agent::sim::SimConfig {
+            record_requests: 10_000,
+            ..Default::default()
+        })
+    };
+    let (prod, staging) = (recording(), recording());
     let _a = hub
         .join_sim(
             dir.path(),
@@ -135,6 +167,14 @@ async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_t
             .expect("the chart's Deployment");
         assert_eq!(d["spec"]["replicas"], replicas);
         assert_eq!(d["metadata"]["labels"]["color"], "blue");
+        // The chart's pre-install hook ran first (created with POST: it has a generated
+        // name) and was deleted once it succeeded.
+        let job = first_write(sim, "/namespaces/cache/jobs");
+        assert!(job < first_write(sim, "/namespaces/cache/deployments"));
+        assert!(
+            !sim.objects().iter().any(|o| o["kind"] == "Job"),
+            "hook-succeeded deletes the hook"
+        );
     }
 
     // `source get` names the renderers and the tools' versions; readiness shows them too.
@@ -196,6 +236,34 @@ async fn kustomize_and_helm_apps_reach_their_clusters_and_a_broken_chart_keeps_t
         let a = app_on(&hub, cluster, "cache").await.unwrap();
         assert_eq!(a["desired_revision"], c1.as_str());
     }
+
+    // A broken kustomization too: kustomize's message, the last good revision kept.
+    repo.write(
+        "guestbook/overlays/prod/kustomization.yaml",
+        "resources: [../../base, missing.yaml]\n",
+    );
+    let c_bad = repo.commit("break the kustomization");
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert_eq!(src["commit"], c_bad.as_str());
+    let app = cli_json(&hub, &["app", "get", "guestbook"]).await;
+    let error = app["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("kustomize build guestbook/overlays/prod:"),
+        "{app}"
+    );
+    assert!(error.contains("missing.yaml"), "{app}");
+    assert_ne!(app["commit"], c_bad.as_str(), "{app}");
+    assert!(
+        prod.object("apps/v1", "Deployment", Some("guestbook"), "prod-web")
+            .is_some()
+    );
+    repo.git(&[
+        "checkout",
+        "-q",
+        "HEAD~1",
+        "--",
+        "guestbook/overlays/prod/kustomization.yaml",
+    ]);
 
     // Fixed: the next commit renders and reaches the clusters.
     repo.git(&["rm", "-q", "charts/cache/templates/broken.yaml"]);
