@@ -831,7 +831,7 @@ fn render_all(
             // stored once per distinct key, not once per cluster, and kept as one entry per
             // distinct bundle with its clusters (10,000 clusters alike: one entry).
             let mut entries = Groups::default();
-            let mut group_of: HashMap<Vec<usize>, usize> = HashMap::new();
+            let mut group_of: HashMap<crate::render::RenderKey, usize> = HashMap::new();
             for cluster in targeted_clusters(&config, app, clusters) {
                 let key = manifests.render_key(cluster);
                 if let Some(&i) = key.as_ref().and_then(|k| group_of.get(k)) {

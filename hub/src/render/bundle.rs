@@ -2,8 +2,8 @@
 //! substitute variables, apply overlays, default namespaces, check identities, serialize
 //! canonically and digest.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -119,8 +119,31 @@ pub struct AppManifests<'t> {
     patches: Vec<Vec<SourceDoc>>,
     /// Helm values files, read at load: `[0]` the app's, then one list per overlay.
     values_files: Vec<Vec<(String, Vec<u8>)>>,
-    /// No patch and no Helm value refers to a cluster built-in (`${cluster.…}`).
-    inputs_cluster_free: bool,
+    /// No patch refers to a cluster built-in (`${cluster.…}`).
+    patches_cluster_free: bool,
+    /// What the tools rendered for this app at this commit, by their input (a kustomization's
+    /// directory; a chart with its values): each distinct input is read and looked up once,
+    /// whatever the number of clusters.
+    memo: Arc<Mutex<HashMap<Vec<u8>, Arc<ToolOutput>>>>,
+}
+
+/// What an app's rendering for a cluster depends on (see [`AppManifests::render_key`]):
+/// clusters with equal keys render alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RenderKey(Vec<u8>);
+
+impl RenderKey {
+    /// The key of the overlays `matching` a cluster, then `extra` (what else the rendering
+    /// depends on: a chart's values).
+    fn of(matching: &[usize], extra: &[u8]) -> RenderKey {
+        let mut key = Vec::with_capacity(4 + 4 * matching.len() + extra.len());
+        key.extend_from_slice(&(matching.len() as u32).to_le_bytes());
+        for &i in matching {
+            key.extend_from_slice(&(i as u32).to_le_bytes());
+        }
+        key.extend_from_slice(extra);
+        RenderKey(key)
+    }
 }
 
 impl std::fmt::Debug for AppManifests<'_> {
@@ -242,15 +265,7 @@ impl<'t> AppManifests<'t> {
                 overlay_dir.push(Some(index));
             }
         }
-        let helm_values = std::iter::once(app_config.helm.as_ref().and_then(|h| h.values.as_ref()))
-            .chain(
-                app_config
-                    .overlays
-                    .iter()
-                    .map(|o| o.helm.as_ref().and_then(|h| h.values.as_ref())),
-            );
-        let inputs_cluster_free = !patches.iter().flatten().any(|d| mentions_cluster(&d.value))
-            && !helm_values.flatten().any(mentions_cluster);
+        let patches_cluster_free = !patches.iter().flatten().any(|d| mentions_cluster(&d.value));
         Ok(AppManifests {
             app: app.to_owned(),
             config: app_config.clone(),
@@ -261,7 +276,8 @@ impl<'t> AppManifests<'t> {
             overlay_dir,
             patches,
             values_files,
-            inputs_cluster_free,
+            patches_cluster_free,
+            memo: Arc::default(),
         })
     }
 
@@ -280,28 +296,106 @@ impl<'t> AppManifests<'t> {
     }
 
     /// What the rendering for `cluster` depends on, when that is less than the cluster itself:
-    /// the overlays that match it, unless the manifests (or the kustomization's output, or the
-    /// Helm values) refer to cluster built-ins. Clusters with the same key render alike, so a
-    /// fleet renders once per distinct key.
-    pub fn render_key(&self, cluster: &ClusterInfo) -> Option<Vec<usize>> {
-        if !self.inputs_cluster_free {
+    /// the overlays that match it (and for a Helm chart the values they make), unless the
+    /// patches, the manifests or the kustomization's output refer to cluster built-ins. Clusters
+    /// with the same key render alike, so a fleet renders once per distinct key: 10,000 clusters
+    /// whose chart values come in 3 sets render 3 times.
+    pub fn render_key(&self, cluster: &ClusterInfo) -> Option<RenderKey> {
+        if !self.patches_cluster_free {
             return None;
         }
         let matching = self.matching(cluster);
-        let free = match &self.dirs[self.dir_for(&matching)] {
+        let dir = self.dir_for(&matching);
+        match &self.dirs[dir] {
             DirSource::Plain {
                 mentions_cluster, ..
-            } => !mentions_cluster,
+            } => (!mentions_cluster).then(|| RenderKey::of(&matching, &[])),
             // The output is substituted like manifests: it must not name the cluster either.
-            DirSource::Kustomize { dir } => self
-                .env
-                .tools
-                .kustomize(self.tree, dir, &self.limits, self.env.network)
-                .is_ok_and(|out| !out.mentions_cluster),
-            // Only the values are substituted, and they were checked above.
-            DirSource::Helm { .. } | DirSource::RemoteChart { .. } => true,
+            DirSource::Kustomize { .. } => {
+                let out = self.tool_output(dir, &matching, cluster).ok()?;
+                (!out.mentions_cluster).then(|| RenderKey::of(&matching, &[]))
+            }
+            // Only the values are substituted: the key holds them as substituted.
+            DirSource::Helm { .. } | DirSource::RemoteChart { .. } => {
+                let (_, values) = self
+                    .helm_values(&matching, &self.scope(cluster, &matching))
+                    .ok()?;
+                Some(RenderKey::of(&matching, &super::canonical_json(&values)))
+            }
+        }
+    }
+
+    /// The variables of `cluster`: the matching overlays', the app's, the built-ins.
+    fn scope<'s>(&'s self, cluster: &'s ClusterInfo, matching: &[usize]) -> Scope<'s> {
+        let mut scope = Scope::new(cluster);
+        for &i in matching.iter().rev() {
+            scope = scope.with_layer(&self.config.overlays[i].vars);
+        }
+        scope.with_layer(&self.config.vars)
+    }
+
+    /// What the tool renders from `self.dirs[dir]` for a cluster the overlays `matching` pick
+    /// (a plain directory has no tool output), looked up in this app's memo first.
+    fn tool_output(
+        &self,
+        dir: usize,
+        matching: &[usize],
+        cluster: &ClusterInfo,
+    ) -> Result<Arc<ToolOutput>, RenderError> {
+        let memo_key = |extra: &[u8]| {
+            let mut k = (dir as u32).to_le_bytes().to_vec();
+            k.extend_from_slice(RenderKey::of(matching, extra).0.as_slice());
+            k
         };
-        free.then_some(matching)
+        let (key, values) = match &self.dirs[dir] {
+            DirSource::Kustomize { .. } => ((dir as u32).to_le_bytes().to_vec(), None),
+            _ => {
+                let (files, values) = self.helm_values(matching, &self.scope(cluster, matching))?;
+                (
+                    memo_key(&super::canonical_json(&values)),
+                    Some((files, values)),
+                )
+            }
+        };
+        if let Some(hit) = self
+            .memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let tools = &self.env.tools;
+        let out = match (&self.dirs[dir], values) {
+            (DirSource::Kustomize { dir }, _) => {
+                tools.kustomize(self.tree, dir, &self.limits, self.env.network)?
+            }
+            (DirSource::Helm { dir }, Some((files, values))) => {
+                self.helm(ChartRef::Dir(dir), files, &values)?
+            }
+            (
+                DirSource::RemoteChart {
+                    repo,
+                    chart,
+                    version,
+                },
+                Some((files, values)),
+            ) => {
+                let package = tools.fetch_chart(repo, chart, version)?;
+                let what = format!("{chart} {version} from {repo}");
+                let chart_ref = ChartRef::Package {
+                    what: &what,
+                    bytes: &package,
+                };
+                self.helm(chart_ref, files, &values)?
+            }
+            _ => unreachable!("plain directories have no tool output"),
+        };
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, out.clone());
+        Ok(out)
     }
 
     fn matching(&self, cluster: &ClusterInfo) -> Vec<usize> {
@@ -322,42 +416,19 @@ impl<'t> AppManifests<'t> {
     /// Renders the app for `cluster` (whether the app targets it is the caller's business).
     pub fn render(&self, cluster: &ClusterInfo) -> Result<RenderedApp, RenderError> {
         let matching = self.matching(cluster);
-        let mut scope = Scope::new(cluster);
-        for &i in matching.iter().rev() {
-            scope = scope.with_layer(&self.config.overlays[i].vars);
-        }
-        let scope = scope.with_layer(&self.config.vars);
-
+        let scope = self.scope(cluster, &matching);
+        let dir = self.dir_for(&matching);
         let tool_output;
-        let (docs, substitute_docs): (&[SourceDoc], bool) =
-            match &self.dirs[self.dir_for(&matching)] {
-                DirSource::Plain { docs, .. } => (docs, true),
-                DirSource::Kustomize { dir } => {
-                    tool_output =
-                        self.env
-                            .tools
-                            .kustomize(self.tree, dir, &self.limits, self.env.network)?;
-                    (&tool_output.docs, true)
-                }
-                DirSource::Helm { dir } => {
-                    tool_output = self.helm(ChartRef::Dir(dir), &matching, &scope)?;
-                    (&tool_output.docs, false)
-                }
-                DirSource::RemoteChart {
-                    repo,
-                    chart,
-                    version,
-                } => {
-                    let package = self.env.tools.fetch_chart(repo, chart, version)?;
-                    let what = format!("{chart} {version} from {repo}");
-                    let chart_ref = ChartRef::Package {
-                        what: &what,
-                        bytes: &package,
-                    };
-                    tool_output = self.helm(chart_ref, &matching, &scope)?;
-                    (&tool_output.docs, false)
-                }
-            };
+        let (docs, substitute_docs): (&[SourceDoc], bool) = match &self.dirs[dir] {
+            DirSource::Plain { docs, .. } => (docs, true),
+            source => {
+                tool_output = self.tool_output(dir, &matching, cluster)?;
+                // A kustomization's output is substituted like manifests; a chart's is not
+                // (its values were).
+                let substitute = matches!(source, DirSource::Kustomize { .. });
+                (&tool_output.docs, substitute)
+            }
+        };
         let mut objects = Vec::with_capacity(docs.len());
         for doc in docs {
             let value = if substitute_docs {
@@ -375,15 +446,14 @@ impl<'t> AppManifests<'t> {
         self.finish(objects)
     }
 
-    /// `helm template` of the chart in `dir` with the values for a cluster: the app's values
-    /// files, then the matching overlays', then the inline values merged in the same order
-    /// (mappings merge, `null` deletes, anything else replaces), variables substituted.
-    fn helm(
+    /// The Helm values for a cluster the overlays `matching` pick: the app's values files, then
+    /// the matching overlays', and the inline values merged in the same order (mappings merge,
+    /// `null` deletes, anything else replaces), variables substituted.
+    fn helm_values(
         &self,
-        chart: ChartRef<'_>,
         matching: &[usize],
         scope: &Scope<'_>,
-    ) -> Result<Arc<ToolOutput>, RenderError> {
+    ) -> Result<(Vec<(String, Vec<u8>)>, Value), RenderError> {
         let mut files = self.values_files[0].clone();
         let mut values = Value::Object(Default::default());
         let app_values = self.config.helm.as_ref().and_then(|h| h.values.as_ref());
@@ -408,6 +478,16 @@ impl<'t> AppManifests<'t> {
             },
             error,
         })?;
+        Ok((files, values))
+    }
+
+    /// `helm template` of `chart` with `files` and `values`.
+    fn helm(
+        &self,
+        chart: ChartRef<'_>,
+        files: Vec<(String, Vec<u8>)>,
+        values: &Value,
+    ) -> Result<Arc<ToolOutput>, RenderError> {
         let release = self
             .config
             .helm
@@ -420,7 +500,7 @@ impl<'t> AppManifests<'t> {
             release,
             self.config.namespace.as_deref(),
             files,
-            &values,
+            values,
             &self.limits,
             self.env.network,
         )

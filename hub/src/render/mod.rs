@@ -36,8 +36,8 @@ mod yaml;
 mod tests;
 
 pub use bundle::{
-    AppManifests, RenderEnv, RenderedApp, canonical_bundle, canonical_json, digest_of, render_app,
-    targeted_clusters,
+    AppManifests, RenderEnv, RenderKey, RenderedApp, canonical_bundle, canonical_json, digest_of,
+    render_app, targeted_clusters,
 };
 pub use cache::{BundleCache, BundleRef, CacheError, Compressed};
 pub use clusters::{ClusterId, ClusterSet};
