@@ -300,6 +300,70 @@ fn cache_chart(dir: &std::path::Path) -> std::path::PathBuf {
     chart
 }
 
+/// A fleet whose app `cache` is the chart `cache` 1.0.0 from `chart_repo`, with inline
+/// `values`; a hub that reads chart credentials from `credentials` (written with
+/// `credentials_yaml`); one simulated cluster `eu-1` running the first commit.
+struct RemoteChartFleet {
+    hub: TestHub,
+    sim: flotilla_agent::sim::SimCluster,
+    _agent: TestAgent,
+    repo: TestRepo,
+    /// The text of `flotilla.yaml`.
+    fleet: String,
+    credentials: std::path::PathBuf,
+}
+
+async fn remote_chart_fleet(
+    dir: &std::path::Path,
+    chart_repo: &str,
+    credentials_yaml: &str,
+    values: &str,
+) -> RemoteChartFleet {
+    let credentials = dir.join("helm-credentials.yaml");
+    std::fs::write(&credentials, credentials_yaml).unwrap();
+    let repo = TestRepo::init(&dir.join("repo"));
+    let fleet = format!(
+        "apps:\n  cache:\n    namespace: cache\n    createNamespace: true\n    targets: {{}}\n    helm:\n      repo: {chart_repo}\n      chart: cache\n      version: 1.0.0\n      values: {values}\n"
+    );
+    repo.write("flotilla.yaml", &fleet);
+    let first = repo.commit("cache from a chart repository");
+    let mut config = TestHub::config(dir);
+    config.tools.helm_credentials = Some(credentials.clone());
+    let hub = TestHub::start(config).await;
+    let sim = sim_cluster(Duration::ZERO);
+    let agent = hub.join_sim(dir, "eu-1", &[], &sim, |_| {}).await;
+    add_fleet_source(&hub, &repo.path).await;
+    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
+    assert!(src["error"].is_null(), "{src}");
+    wait_runs(&hub, "eu-1", "cache", &first).await;
+    RemoteChartFleet {
+        hub,
+        sim,
+        _agent: agent,
+        repo,
+        fleet,
+        credentials,
+    }
+}
+
+impl RemoteChartFleet {
+    /// The chart's Deployment on the simulated cluster.
+    fn deployment(&self) -> serde_json::Value {
+        self.sim
+            .object("apps/v1", "Deployment", Some("cache"), "cache")
+            .expect("the fetched chart's Deployment")
+    }
+
+    /// Commits `flotilla.yaml` with `from` replaced by `to`, syncs, returns the commit.
+    async fn commit_replacing(&self, from: &str, to: &str) -> String {
+        self.repo
+            .write("flotilla.yaml", &self.fleet.replace(from, to));
+        let commit = self.repo.commit(&format!("{from} -> {to}"));
+        cli_json(&self.hub, &["source", "sync", "fleet"]).await;
+        commit
+    }
+}
+
 #[tokio::test]
 async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credentials() {
     let dir = test_dir();
@@ -312,47 +376,26 @@ async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credenti
         "s3cret",
     )
     .await;
-    let credentials = dir.path().join("helm-credentials.yaml");
-    std::fs::write(
-        &credentials,
+    let credentials = |password: &str| {
         format!(
-            "repositories:\n- url: {}\n  username: fleet\n  password: s3cret\n",
+            "repositories:\n- url: {}\n  username: fleet\n  password: {password}\n",
             charts.url
-        ),
+        )
+    };
+    let f = remote_chart_fleet(
+        dir.path(),
+        &charts.url,
+        &credentials("s3cret"),
+        "{replicas: 2, color: green}",
     )
-    .unwrap();
-
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    let fleet = format!(
-        "apps:\n  cache:\n    namespace: cache\n    createNamespace: true\n    targets: {{}}\n    helm:\n      repo: {}\n      chart: cache\n      version: 1.0.0\n      values: {{replicas: 2, color: green}}\n",
-        charts.url
-    );
-    repo.write("flotilla.yaml", &fleet);
-    let c1 = repo.commit("cache from the chart repository");
-
-    let mut config = TestHub::config(dir.path());
-    config.tools.helm_credentials = Some(credentials.clone());
-    let hub = TestHub::start(config).await;
-    let sim = sim_cluster(Duration::ZERO);
-    let _a = hub.join_sim(dir.path(), "eu-1", &[], &sim, |_| {}).await;
-    add_fleet_source(&hub, &repo.path).await;
-    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
-    assert!(src["error"].is_null(), "{src}");
-    wait_runs(&hub, "eu-1", "cache", &c1).await;
-    let d = sim
-        .object("apps/v1", "Deployment", Some("cache"), "cache")
-        .expect("the fetched chart's Deployment");
+    .await;
+    let d = f.deployment();
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(d["metadata"]["labels"]["color"], "green");
 
     // Another commit with other values: the package comes from the hub's chart cache.
-    repo.write(
-        "flotilla.yaml",
-        &fleet.replace("color: green", "color: red"),
-    );
-    let c2 = repo.commit("red");
-    cli_json(&hub, &["source", "sync", "fleet"]).await;
-    wait_runs(&hub, "eu-1", "cache", &c2).await;
+    let c2 = f.commit_replacing("color: green", "color: red").await;
+    wait_runs(&f.hub, "eu-1", "cache", &c2).await;
     assert_eq!(
         charts.downloads("cache-1.0.0.tgz"),
         1,
@@ -360,33 +403,22 @@ async fn a_chart_from_a_repository_is_fetched_once_per_version_with_its_credenti
     );
 
     // A version the repository does not have: helm's message, the last good revision kept.
-    repo.write("flotilla.yaml", &fleet.replace("1.0.0", "9.9.9"));
-    repo.commit("no such version");
-    cli_json(&hub, &["source", "sync", "fleet"]).await;
-    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    f.commit_replacing("1.0.0", "9.9.9").await;
+    let app = cli_json(&f.hub, &["app", "get", "cache"]).await;
     let error = app["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("helm pull cache 9.9.9 from http://127.0.0.1:"),
         "{app}"
     );
-    assert!(error.contains("9.9.9"), "{app}");
     assert_eq!(app["commit"], c2.as_str());
 
     // Wrong credentials: the repository's refusal shows.
-    std::fs::write(
-        &credentials,
-        format!(
-            "repositories:\n- url: {}\n  username: fleet\n  password: wrong\n",
-            charts.url
-        ),
-    )
-    .unwrap();
-    repo.write("flotilla.yaml", &fleet.replace("1.0.0", "1.0.1"));
-    repo.commit("another version, wrong password");
-    cli_json(&hub, &["source", "sync", "fleet"]).await;
-    let app = cli_json(&hub, &["app", "get", "cache"]).await;
+    std::fs::write(&f.credentials, credentials("wrong")).unwrap();
+    f.commit_replacing("1.0.0", "1.0.1").await;
+    let app = cli_json(&f.hub, &["app", "get", "cache"]).await;
     let error = app["error"].as_str().unwrap_or_default();
     assert!(error.contains("401"), "{app}");
+    assert_eq!(app["commit"], c2.as_str());
 }
 
 #[tokio::test]
@@ -401,41 +433,21 @@ async fn a_chart_from_an_oci_registry_is_fetched_with_its_credentials() {
         "s3cret",
     )
     .await;
-    let credentials = dir.path().join("helm-credentials.yaml");
     let host = registry
         .url
         .trim_start_matches("oci://")
         .split('/')
         .next()
         .unwrap();
-    std::fs::write(
-        &credentials,
-        format!(
+    let f = remote_chart_fleet(
+        dir.path(),
+        &registry.url,
+        &format!(
             "repositories:\n- url: oci://{host}\n  username: fleet\n  password: s3cret\n  plainHttp: true\n"
         ),
+        "{replicas: 3}",
     )
-    .unwrap();
-    let repo = TestRepo::init(&dir.path().join("repo"));
-    repo.write(
-        "flotilla.yaml",
-        &format!(
-            "apps:\n  cache:\n    namespace: cache\n    createNamespace: true\n    targets: {{}}\n    helm:\n      repo: {}\n      chart: cache\n      version: 1.0.0\n      values: {{replicas: 3}}\n",
-            registry.url
-        ),
-    );
-    let c1 = repo.commit("cache from the OCI registry");
-    let mut config = TestHub::config(dir.path());
-    config.tools.helm_credentials = Some(credentials);
-    let hub = TestHub::start(config).await;
-    let sim = sim_cluster(Duration::ZERO);
-    let _a = hub.join_sim(dir.path(), "eu-1", &[], &sim, |_| {}).await;
-    add_fleet_source(&hub, &repo.path).await;
-    let src = cli_json(&hub, &["source", "sync", "fleet"]).await;
-    assert!(src["error"].is_null(), "{src}");
-    wait_runs(&hub, "eu-1", "cache", &c1).await;
-    let d = sim
-        .object("apps/v1", "Deployment", Some("cache"), "cache")
-        .expect("the chart's Deployment");
-    assert_eq!(d["spec"]["replicas"], 3);
+    .await;
+    assert_eq!(f.deployment()["spec"]["replicas"], 3);
     assert_eq!(registry.chart_downloads(), 1);
 }
