@@ -18,6 +18,13 @@
 //!   side by side (p50/p99 and their HA/single ratio), with the hops from the leader's log.
 //! * **Render throughput.** In-process: `load_config` + `AppManifests::load` + `render` of a
 //!   repository of N Kubernetes objects for one cluster, over a directory and over a git commit.
+//! * **Rendering Kustomize and Helm apps** (`--phases kustomize`, not in the default phases).
+//!   In-process, the way a sync renders a fleet: a Kustomize base with 3 overlays chosen per
+//!   cluster by a label, the same as a Helm chart with 3 values files, and as plain manifests
+//!   with 3 Flotilla overlays (the floor), over `--kustomize-clusters` clusters (1,000 and
+//!   10,000): a cold sync (empty render and bundle caches: 3 tool runs, 3 bundles) and a warm one
+//!   (a commit changing only another app: no tool run), with the real `kubectl` and `helm`
+//!   (`--kustomize-bin`, `--helm-bin`; default: where `.ci/tools` puts them).
 //! * **gix against `git fetch`.** On the same repository (with history): an initial fetch into a
 //!   fresh bare repository and an incremental fetch after one new commit, side by side.
 //!
@@ -34,6 +41,8 @@
 //! ```text
 //! cargo build --release -p flotilla-tests --bin deliverybench -p flotilla-hub --bin flotilla-hub
 //! cargo run --release -p flotilla-tests --bin deliverybench -- --sessions 1000
+//! # Kustomize, Helm and plain apps with 3 variants over 1,000 and 10,000 clusters:
+//! cargo run --release -p flotilla-tests --bin deliverybench -- --phases kustomize
 //! # single hub and 3 replicas on etcd, side by side (delivery only):
 //! cargo run --release -p flotilla-tests --bin deliverybench -- --phases delivery \
 //!     --replicas 3 --sessions 1000
@@ -42,6 +51,7 @@
 mod delivery;
 mod gitfetch;
 mod ha;
+mod kustomize;
 mod render;
 mod repo;
 mod report;
@@ -70,6 +80,9 @@ enum Phase {
     Render,
     /// gix against the git CLI on the large repository.
     Fetch,
+    /// What rendering a Kustomize app (and a Helm chart, and the plain floor) with 3 variants
+    /// costs over a fleet, cold and warm, with the real tools.
+    Kustomize,
 }
 
 #[derive(Debug, Parser)]
@@ -147,6 +160,22 @@ struct Args {
     /// Timed render passes per tree.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     render_reps: u64,
+    /// Fleet sizes of the kustomize phase (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    kustomize_clusters: Vec<usize>,
+    /// Timed syncs of each app per fleet size, cold and warm alike (kustomize phase).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+    kustomize_reps: u64,
+    /// `kubectl` (kustomize built in) for the kustomize phase [default: $FLOTILLA_TOOLS_DIR or
+    /// ~/.cache/flotilla/tools, where `.ci/tools` installs it].
+    #[arg(long)]
+    kustomize_bin: Option<PathBuf>,
+    /// `helm` for the kustomize phase [default: beside the default kubectl].
+    #[arg(long)]
+    helm_bin: Option<PathBuf>,
+    /// Leave the Helm chart out of the kustomize phase.
+    #[arg(long)]
+    no_helm: bool,
     /// Repetitions of each fetch measurement.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     fetch_reps: u64,
@@ -192,6 +221,11 @@ fn validate(args: &Args) -> Result<()> {
             );
         }
     }
+    if args.phases.contains(&Phase::Kustomize)
+        && (args.kustomize_clusters.is_empty() || args.kustomize_clusters.contains(&0))
+    {
+        bail!("--kustomize-clusters must name fleet sizes of at least 1 cluster");
+    }
     if (args.phases.contains(&Phase::Render) || args.phases.contains(&Phase::Fetch))
         && (args.apps == 0 || args.objects < args.apps || args.docs_per_file == 0)
     {
@@ -233,7 +267,11 @@ async fn run(args: Args) -> Result<ExitCode> {
     keep_or_remove(tmp, args.keep_dir || outcome.is_err());
     rep.finish();
     if let Err(e) = outcome {
-        if rep.delivery.is_some() || rep.render.is_some() || rep.fetch.is_some() {
+        if rep.delivery.is_some()
+            || rep.render.is_some()
+            || rep.fetch.is_some()
+            || rep.kustomize.is_some()
+        {
             rep.incomplete();
             print_tables(&rep);
             write_json(args.json.as_deref(), &rep)?;
@@ -247,6 +285,18 @@ async fn run(args: Args) -> Result<ExitCode> {
 
 fn print_tables(rep: &Report) {
     println!("{}", rep.table());
+    if let Some(t) = rep.kustomize_table() {
+        println!("rendering Kustomize and Helm apps (3 variants) over a fleet:\n{t}");
+        if let Some(k) = &rep.kustomize {
+            println!(
+                "tools: {}; {}; kept off the network by: {}; {} syncs per row",
+                k.kustomize_version,
+                k.helm_version.as_deref().unwrap_or("helm not measured"),
+                k.isolation,
+                k.rows.first().map_or(0, |r| r.timing.reps)
+            );
+        }
+    }
     if let Some(t) = rep.comparison() {
         println!("delivery, single hub vs replicas:\n{t}");
     }
@@ -259,6 +309,33 @@ async fn measure(
     dir: &Path,
     rep: &mut Report,
 ) -> Result<()> {
+    if args.phases.contains(&Phase::Kustomize) {
+        let defaults = flotilla_tests::tool_config();
+        let mut sizes = args.kustomize_clusters.clone();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let opts = kustomize::Options {
+            clusters: sizes,
+            reps: args.kustomize_reps as usize,
+            tools: flotilla_hub::render::ToolConfig {
+                kustomize_bin: args
+                    .kustomize_bin
+                    .clone()
+                    .unwrap_or(defaults.kustomize_bin.clone()),
+                helm_bin: args.helm_bin.clone().unwrap_or(defaults.helm_bin.clone()),
+                ..defaults
+            },
+            helm: !args.no_helm,
+        };
+        println!(
+            "deliverybench: rendering Kustomize, Helm and plain apps over {:?} clusters with {} and {}",
+            opts.clusters,
+            opts.tools.kustomize_bin.display(),
+            opts.tools.helm_bin.display()
+        );
+        let scratch = dir.join("kustomize");
+        rep.kustomize = Some(blocking(move || kustomize::run(&opts, &scratch)).await?);
+    }
     let render = args.phases.contains(&Phase::Render);
     let fetch = args.phases.contains(&Phase::Fetch);
     if render || fetch {

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::delivery::{DeliveryReport, Rounds};
 use crate::gitfetch::{FetchReport, Pair};
 use crate::ha::HaReport;
+use crate::kustomize::KustomizeReport;
 use crate::render::{RenderReport, Throughput};
 use crate::repo::LargeRepo;
 
@@ -25,6 +26,8 @@ pub struct Report {
     pub large_repo: Option<LargeRepo>,
     pub render: Option<RenderReport>,
     pub fetch: Option<FetchReport>,
+    /// Rendering Kustomize and Helm apps over a fleet (`--phases kustomize`).
+    pub kustomize: Option<KustomizeReport>,
     pub target: String,
     /// Of the single hub: "PASS", "FAIL", "n/a …" or "INCOMPLETE …".
     pub verdict: String,
@@ -188,6 +191,45 @@ impl Report {
         }
         align(&mut t, 3);
         t
+    }
+
+    /// The kustomize phase: one row per (app, fleet size, cold/warm).
+    pub fn kustomize_table(&self) -> Option<Table> {
+        let k = self.kustomize.as_ref()?;
+        let mut t = new_table(
+            vec![
+                "app",
+                "renderer",
+                "clusters",
+                "sync",
+                "ms (median)",
+                "ms (best)",
+                "µs/cluster",
+                "tool runs",
+                "renders",
+                "bundles",
+                "objects/bundle",
+            ],
+            TABLE_WIDTH,
+        );
+        for r in &k.rows {
+            let objects: Vec<String> = r.objects_per_bundle.iter().map(|n| n.to_string()).collect();
+            t.add_row(vec![
+                r.app.clone(),
+                r.renderer.clone(),
+                thousands_f64(r.clusters as f64),
+                r.sync.clone(),
+                format!("{:.1}", r.timing.median_ms),
+                format!("{:.1}", r.timing.best_ms),
+                format!("{:.1}", r.per_cluster_us),
+                r.tool_runs.to_string(),
+                r.renders.to_string(),
+                r.bundles.to_string(),
+                objects.join(" / "),
+            ]);
+        }
+        align(&mut t, 4);
+        Some(t)
     }
 
     /// With replicas: the single hub and the replicas side by side, with the ratio of their
