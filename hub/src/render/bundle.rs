@@ -83,6 +83,9 @@ impl Default for RenderEnv {
     }
 }
 
+/// Helm values files by name, with their content.
+type ValuesFiles = Vec<(String, Vec<u8>)>;
+
 /// A directory an app renders from: its own `path`, or an overlay's.
 #[derive(Debug, Clone)]
 enum DirSource {
@@ -453,7 +456,7 @@ impl<'t> AppManifests<'t> {
         &self,
         matching: &[usize],
         scope: &Scope<'_>,
-    ) -> Result<(Vec<(String, Vec<u8>)>, Value), RenderError> {
+    ) -> Result<(ValuesFiles, Value), RenderError> {
         let mut files = self.values_files[0].clone();
         let mut values = Value::Object(Default::default());
         let app_values = self.config.helm.as_ref().and_then(|h| h.values.as_ref());

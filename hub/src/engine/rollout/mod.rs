@@ -50,6 +50,27 @@ const TICK: Duration = Duration::from_millis(500);
 const PASS_SPACING: Duration = Duration::from_millis(25);
 /// Most bytes of records one save writes in one transaction.
 const SAVE_BYTES: usize = 1 << 20;
+
+/// Splits records of `sizes` bytes, in order, into consecutive chunks of at most `max_ops`
+/// records and at most `max_bytes` bytes (a record larger than `max_bytes` alone in its chunk).
+fn save_chunks(sizes: &[usize], max_ops: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < sizes.len()
+            && end - start < max_ops
+            && (end == start || bytes + sizes[end] <= max_bytes)
+        {
+            bytes += sizes[end];
+            end += 1;
+        }
+        chunks.push(start..end);
+        start = end;
+    }
+    chunks
+}
 /// The longest pause after a failed pass before the next one.
 const FAILED_PASS_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an offer or an operator action is tried again when the record changed under it
@@ -454,24 +475,12 @@ impl Rollouts {
     /// compare-and-swap at the revision it was read at; each app's record stands alone, so a
     /// split loses nothing) and remembers them.
     async fn save_all(&self, store: &SharedStore, steps: &[Step]) -> Result<(), HubError> {
-        let max = store.max_batch_ops().max(1);
-        let mut values: Vec<Vec<u8>> = steps.iter().map(|s| Table::encode(&s.after)).collect();
-        // Chunks of at most `max` writes and SAVE_BYTES (etcd refuses a request over 1.5 MiB;
-        // a record alone stays far below it).
-        let mut start = 0;
-        while start < steps.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < steps.len()
-                && end - start < max
-                && (end == start || bytes + values[end].len() <= SAVE_BYTES)
-            {
-                bytes += values[end].len();
-                end += 1;
-            }
-            let chunk: Vec<Vec<u8>> = values.drain(..end - start).collect();
-            self.save_chunk(store, &steps[start..end], chunk).await?;
-            start = end;
+        let values: Vec<Vec<u8>> = steps.iter().map(|s| Table::encode(&s.after)).collect();
+        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
+        let mut values = values.into_iter();
+        for range in save_chunks(&sizes, store.max_batch_ops().max(1), SAVE_BYTES) {
+            let chunk: Vec<Vec<u8>> = values.by_ref().take(range.len()).collect();
+            self.save_chunk(store, &steps[range], chunk).await?;
         }
         Ok(())
     }

@@ -622,3 +622,31 @@ fn unchanged_content_new_clusters_and_operator_rollback() {
     assert_eq!(w.revision_of("us-2").as_deref(), Some("r1"));
     assert!(w.rec.rollback(Some("zzz"), w.now).is_err());
 }
+
+#[test]
+fn saves_split_into_chunks_that_cover_every_record_once_within_both_bounds() {
+    use super::save_chunks;
+    const MIB: usize = 1 << 20;
+    let sizes = [600 << 10, 600 << 10, 600 << 10, 10, 10, 2 * MIB, 5];
+    assert_eq!(
+        save_chunks(&sizes, 2, MIB),
+        vec![0..1, 1..2, 2..4, 4..5, 5..6, 6..7],
+        "a record over the byte bound stands alone"
+    );
+    assert!(save_chunks(&[], 8, MIB).is_empty());
+    // Many records of varied sizes (what failed at 10,000 clusters x 100 apps: the second
+    // chunk onwards): consecutive, complete, and each within both bounds.
+    let sizes: Vec<usize> = (0..1_000).map(|i| (i * 7_919) % 300_000 + 1).collect();
+    for max_ops in [1, 3, 64, 10_000] {
+        let chunks = save_chunks(&sizes, max_ops, MIB);
+        let mut next = 0;
+        for c in &chunks {
+            assert_eq!(c.start, next);
+            assert!(!c.is_empty() && c.len() <= max_ops);
+            let bytes: usize = sizes[c.clone()].iter().sum();
+            assert!(c.len() == 1 || bytes <= MIB, "{c:?}: {bytes} bytes");
+            next = c.end;
+        }
+        assert_eq!(next, sizes.len());
+    }
+}
