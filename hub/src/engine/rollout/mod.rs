@@ -24,6 +24,7 @@ use std::time::Duration;
 use flotilla_proto::clock::{SharedClock, unix_ms};
 use flotilla_proto::revision::short;
 use flotilla_proto::v1;
+use futures::FutureExt;
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::Instrument;
 
@@ -1147,7 +1148,27 @@ impl Rollouts {
                 self.kick();
             }
             leads = now_leads;
-            if self.tick().await {
+            // A pass that panics (a bug) must not stop every rollout of the fleet for good:
+            // it counts as a failed pass, and the records are read again from the store.
+            let passed = match std::panic::AssertUnwindSafe(self.tick())
+                .catch_unwind()
+                .await
+            {
+                Ok(passed) => passed,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "a rollout pass panicked (a bug); reloading the rollout records and trying again");
+                    if let Err(e) = self.resync().await {
+                        tracing::error!(error = %e, "cannot load the rollout records");
+                    }
+                    false
+                }
+            };
+            if passed {
                 failed = Duration::ZERO;
             } else {
                 // A pass that fails (the store refuses or cannot be reached) is not retried
