@@ -425,10 +425,6 @@ impl Tools {
         for (name, bytes) in &req.extra {
             write(&values_dir.join(name), bytes)?;
         }
-        for sub in ["tmp", "cache", "config", "data"] {
-            std::fs::create_dir_all(home.join(sub))
-                .map_err(|e| failed(format!("tool home: {e}")))?;
-        }
         // Both tools run at the copy's top, given `./<dir>`; values files are `../values/…`.
         let inv = Invocation {
             bin,
@@ -485,9 +481,6 @@ impl Tools {
         let work = tempfile::tempdir().map_err(|e| failed(format!("temporary directory: {e}")))?;
         let home = work.path().join("home");
         let dest = work.path().join("out");
-        for sub in ["tmp", "cache", "config", "data"] {
-            std::fs::create_dir_all(home.join(sub)).map_err(|e| failed(e.to_string()))?;
-        }
         std::fs::create_dir_all(&dest).map_err(|e| failed(e.to_string()))?;
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         args.push("pull".into());

@@ -24,6 +24,9 @@ use wait_timeout::ChildExt;
 /// What a tool's stderr contributes to an error message, at most.
 const MAX_STDERR: u64 = 16 << 10;
 
+/// The sub-directories of a tool's home its environment names.
+const HOME_DIRS: [&str; 4] = ["tmp", "cache", "config", "data"];
+
 /// How long the output pipes may stay open after the tool's process group ended.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 
@@ -110,6 +113,13 @@ pub enum RunError {
 
 /// Runs `inv` within `bounds` and returns what it printed on stdout.
 pub fn run(inv: &Invocation<'_>, bounds: &Bounds) -> Result<Vec<u8>, RunError> {
+    // The directories the environment points the tool at (`TMPDIR`, the XDG and Helm homes).
+    for sub in HOME_DIRS {
+        std::fs::create_dir_all(inv.home.join(sub)).map_err(|e| RunError::Spawn {
+            bin: inv.bin.display().to_string(),
+            message: format!("its home {}: {e}", inv.home.display()),
+        })?;
+    }
     let mut cmd = command(inv, bounds);
     let mut child = cmd.spawn().map_err(|e| RunError::Spawn {
         bin: inv.bin.display().to_string(),
